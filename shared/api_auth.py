@@ -1,0 +1,41 @@
+"""Personal-token checks for the management APIs (flows on runner, requests on
+debugger): the bearer's hash goes to auth over RPC, which answers with the token's
+workspace and scopes."""
+
+from aiohttp import web
+
+from shared.bearer import bearer_from_header, hash_token
+from shared.errors import Forbidden, Timeout, Unavailable
+from shared.messaging import naming
+from shared.messaging.rpc import RpcClient
+from shared.schemas.access import IdentifyToken, TokenIdentity
+
+MANAGE_SCOPES = frozenset({"automation", "automation.manage"})
+WEBHOOK_SCOPES = frozenset({"automation", "automation.manage", "automation.webhook_run"})
+KNOWN_SCOPES = WEBHOOK_SCOPES
+
+
+def scope_covers(held: str, wanted: str) -> bool:
+    """`automation` covers every `automation.*` scope; any scope covers itself."""
+    return held == wanted or wanted.startswith(held + ".")
+
+
+async def identify(rpc: RpcClient, request: web.Request) -> TokenIdentity:
+    token = bearer_from_header(request.headers.get("Authorization"))
+    try:
+        return await rpc.call(
+            naming.AUTH_RPC_QUEUE, naming.IDENTIFY_TOKEN,
+            IdentifyToken(bearer_hash=hash_token(token)), TokenIdentity,
+        )
+    except Timeout:
+        raise Unavailable("the auth service did not answer") from None
+
+
+async def require_scope(
+    rpc: RpcClient, request: web.Request, allowed: frozenset[str] = MANAGE_SCOPES
+) -> TokenIdentity:
+    """The caller's identity if its token holds one of `allowed`; else 401/403."""
+    identity = await identify(rpc, request)
+    if not allowed.intersection(identity.scopes):
+        raise Forbidden(f"this token needs one of the scopes {', '.join(sorted(allowed))}")
+    return identity

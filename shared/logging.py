@@ -1,0 +1,35 @@
+"""Structured JSON logs through structlog. The request id is bound with
+`structlog.contextvars.bind_contextvars(request_id=...)` and appears on every line
+logged while that request is handled."""
+
+import logging
+import sys
+
+import orjson
+import structlog
+
+
+def _dumps(obj: object, default: object = None) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure_logging(service: str, level: str = "info") -> None:
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s")
+    # aio-pika/aiormq log every reconnect attempt at length; keep their warnings only.
+    for noisy in ("aio_pika", "aiormq", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=_dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)

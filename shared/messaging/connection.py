@@ -1,0 +1,205 @@
+"""`Broker`: the process's one robust AMQP connection, its publishing channels and the
+consumers it started.
+
+Publishing rules (aio-pika's defaults are unsafe for us): messages are persistent,
+`mandatory` is set and a return raises, every confirmed publish has a timeout, and any
+failure to get the broker's confirm becomes `Unavailable` (503) for the caller.
+Consumers each get their own channel (their own prefetch) and are declared through the
+robust channel, which re-declares the queue and re-consumes after a reconnect; the
+`Broker` keeps references to them so they live as long as the process.
+"""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from pydantic import BaseModel
+
+from shared.errors import Unavailable
+from shared.messaging import naming
+from shared.messaging.topology import QueueSpec, declare_topology
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+_PUBLISH_FAILURES = (
+    aio_pika.exceptions.DeliveryError,
+    aio_pika.exceptions.PublishError,
+    aio_pika.exceptions.AMQPError,
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aiormq raises it for a channel that closed under us
+)
+
+
+@dataclass
+class Consumer:
+    channel: AbstractRobustChannel
+    queue: AbstractQueue
+    tag: str
+
+
+class Broker:
+    def __init__(self, url: str, service: str, publish_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.service = service
+        # Identifies this process in queue names (reply and per-replica queues).
+        self.instance = uuid.uuid4().hex[:12]
+        self.publish_timeout_s = publish_timeout_s
+        self._connection: AbstractRobustConnection | None = None
+        self._confirm_channel: AbstractRobustChannel | None = None
+        self._fast_channel: AbstractRobustChannel | None = None
+        self._events: AbstractExchange | None = None
+        self._consumers: list[Consumer] = []
+        self.reconnected: list[Callable[[], None]] = []
+
+    async def connect(self) -> None:
+        self._connection = await aio_pika.connect_robust(
+            self.url,
+            client_properties={"connection_name": f"flowhooks-{self.service}-{self.instance}"},
+            reconnect_interval=1,
+        )
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._confirm_channel = await self._channel(confirms=True)
+        # Replies go on a channel without confirms: the caller waits for the reply itself.
+        self._fast_channel = await self._channel(confirms=False)
+        await declare_topology(self._confirm_channel)
+        self._events = await self._confirm_channel.get_exchange(naming.EVENTS_EXCHANGE)
+
+    async def _channel(self, confirms: bool) -> AbstractRobustChannel:
+        assert self._connection is not None
+        channel = await self._connection.channel(
+            publisher_confirms=confirms, on_return_raises=confirms
+        )
+        return channel  # type: ignore[return-value]
+
+    def _on_reconnect(self, *_: Any) -> None:
+        log.info("broker_reconnected")
+        for callback in self.reconnected:
+            callback()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed and (
+            self._connection.connected.is_set()
+        )
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        assert self._connection is not None, "Broker.connect() first"
+        return self._connection
+
+    async def publish(
+        self,
+        body: bytes,
+        *,
+        routing_key: str,
+        to_events: bool = False,
+        persistent: bool = True,
+        mandatory: bool = True,
+        confirm: bool = True,
+        expiration_s: float | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+        message_type: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish and, with `confirm`, wait for the broker's ack (bounded by the publish
+        timeout). Raises `Unavailable` when the broker did not take the message."""
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=(
+                aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+            ),
+            expiration=timedelta(seconds=expiration_s) if expiration_s else None,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            type=message_type,
+            headers=headers,
+            app_id=self.service,
+        )
+        channel = self._confirm_channel if confirm else self._fast_channel
+        if channel is None:
+            raise Unavailable("not connected to the message broker")
+        try:
+            if to_events:
+                assert self._events is not None
+                exchange = self._events
+            else:
+                exchange = channel.default_exchange
+            if confirm:
+                await asyncio.wait_for(
+                    exchange.publish(message, routing_key, mandatory=mandatory),
+                    self.publish_timeout_s,
+                )
+            else:
+                await asyncio.wait_for(
+                    exchange.publish(message, routing_key, mandatory=False),
+                    self.publish_timeout_s,
+                )
+        except _PUBLISH_FAILURES as exc:
+            log.warning("publish_failed", routing_key=routing_key, error=repr(exc))
+            raise Unavailable("the message broker did not accept the request") from exc
+
+    async def publish_event(self, routing_key: str, event: BaseModel, mandatory: bool = True) -> None:
+        """A persistent, confirmed event on the topic exchange."""
+        await self.publish(
+            event.model_dump_json().encode(), routing_key=routing_key, to_events=True,
+            mandatory=mandatory, message_type=type(event).__name__,
+        )
+
+    async def consume(
+        self,
+        spec: QueueSpec | str,
+        handler: Handler,
+        *,
+        prefetch: int,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        bindings: tuple[str, ...] = (),
+    ) -> Consumer:
+        """Consume a queue on a channel of its own. A `QueueSpec` is a durable shared
+        queue; a plain name is a per-process queue (exclusive, deleted with the
+        connection; the robust channel re-declares it after a reconnect)."""
+        channel = await self._channel(confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        if isinstance(spec, QueueSpec):
+            queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+        else:
+            queue = await channel.declare_queue(spec, exclusive=True, auto_delete=True)
+            if bindings:
+                exchange = await channel.get_exchange(naming.EVENTS_EXCHANGE)
+                for key in bindings:
+                    await queue.bind(exchange, key)
+        tag = await queue.consume(handler, no_ack=no_ack, exclusive=exclusive)
+        consumer = Consumer(channel, queue, tag)
+        self._consumers.append(consumer)
+        return consumer
+
+    async def stop_consuming(self) -> None:
+        """First step of a graceful shutdown: no new deliveries; in-flight ones finish."""
+        for consumer in self._consumers:
+            try:
+                await consumer.queue.cancel(consumer.tag)
+            except Exception as exc:  # noqa: BLE001 - shutting down: log and go on
+                log.warning("cancel_consumer_failed", queue=consumer.queue.name, error=repr(exc))
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()

@@ -1,0 +1,41 @@
+"""Every exchange, queue, routing key and RPC method name used by flowhooks.
+
+Routing keys are `<entity>.<past-tense verb>`; RPC methods are `<service>.<verb>`.
+"""
+
+PREFIX = "flowhooks"
+
+# The one topic exchange every event goes through.
+EVENTS_EXCHANGE = f"{PREFIX}.events"
+
+# RPC request queues (one per serving role; any number of replicas consume each).
+AUTH_RPC_QUEUE = f"{PREFIX}.rpc.auth"
+RUNNER_RPC_QUEUE = f"{PREFIX}.rpc.runner"
+# Sync webhook runs: a queue of their own so that control RPCs are never stuck behind runs.
+SYNC_RUNS_QUEUE = f"{PREFIX}.runner.sync-runs"
+
+# Durable event queues, one per consuming service (replicas compete on it).
+DEBUGGER_EVENTS_QUEUE = f"{PREFIX}.debugger.events"
+AUTH_FLOW_CHANGES_QUEUE = f"{PREFIX}.auth.flow-changes"
+
+# Routing keys.
+FLOW_CHANGED = "flow.changed"  # runner -> auth: a flow's access state (token hash, status)
+FLOW_ACCESS_CHANGED = "flow_access.changed"  # auth -> every ingress: drop cached answers
+ACCESS_TOKEN_REVOKED = "access_token.revoked"  # auth -> every ingress: drop cached answers
+RUN_FINISHED = "run.finished"  # runner -> debugger: a request and its run's outcome
+
+# RPC methods.
+AUTHORIZE_WEBHOOK = "auth.authorize_webhook"
+IDENTIFY_TOKEN = "auth.identify_token"
+LIST_FLOW_ACCESS = "runner.list_flow_access"
+START_RUN = "runner.start_run"
+
+
+def reply_queue_name(service: str, instance: str) -> str:
+    """A per-process reply queue: exclusive, deleted with its connection."""
+    return f"{PREFIX}.reply.{service}.{instance}"
+
+
+def cache_invalidation_queue_name(instance: str) -> str:
+    """Each ingress replica's own queue of access changes."""
+    return f"{PREFIX}.ingress.access-changes.{instance}"

@@ -1,0 +1,47 @@
+"""Queues and exchanges with their arguments, declared by every process at start.
+
+Every process declares the whole durable topology (it is idempotent), so a message
+published before its consumer ever started is queued, not dropped as unroutable, and
+producer and consumer can never disagree on a queue's arguments.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+
+from shared.messaging import naming
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    bindings: tuple[str, ...] = ()  # routing keys bound on the events exchange
+
+
+# Events that must not be lost: quorum queues (replicated, fsynced) with a delivery
+# limit so that a poison message cannot loop forever.
+QUORUM = {"x-queue-type": "quorum", "x-delivery-limit": 10}
+
+DEBUGGER_EVENTS = QueueSpec(naming.DEBUGGER_EVENTS_QUEUE, QUORUM, (naming.RUN_FINISHED,))
+AUTH_FLOW_CHANGES = QueueSpec(naming.AUTH_FLOW_CHANGES_QUEUE, QUORUM, (naming.FLOW_CHANGED,))
+
+# RPC queues: classic and durable. Requests carry a per-message expiration equal to the
+# caller's timeout, so a call nobody picked up in time is dropped rather than run late.
+AUTH_RPC = QueueSpec(naming.AUTH_RPC_QUEUE)
+RUNNER_RPC = QueueSpec(naming.RUNNER_RPC_QUEUE)
+SYNC_RUNS = QueueSpec(naming.SYNC_RUNS_QUEUE)
+
+DURABLE_QUEUES = (DEBUGGER_EVENTS, AUTH_FLOW_CHANGES, AUTH_RPC, RUNNER_RPC, SYNC_RUNS)
+
+
+async def declare_topology(channel: AbstractChannel) -> None:
+    exchange = await channel.declare_exchange(
+        naming.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    for spec in DURABLE_QUEUES:
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+        for key in spec.bindings:
+            await queue.bind(exchange, key)

@@ -1,0 +1,1 @@
+"""Message schemas (pydantic), defined once and imported by producer and consumer."""

@@ -1,0 +1,59 @@
+"""A webhook request and its run: ingress -> runner (`StartRun`), runner -> ingress
+(`RunResult`, the RPC reply), runner -> debugger (`RunFinished`)."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+Outcome = Literal["succeeded", "failed", "timeout", "expired", "rejected"]
+
+
+class WebhookRequest(BaseModel):
+    """A normalised webhook request. `headers` never contains `authorization`."""
+
+    request_id: str
+    flow_id: str
+    workspace_id: str
+    received_at: datetime
+    method: str
+    path: str
+    query: dict[str, str | list[str]]
+    headers: dict[str, str]
+    content_type: str | None
+    raw_body: str
+    input: Any
+    mode: Literal["sync", "async"] = "sync"
+
+
+class StartRun(BaseModel):
+    request: WebhookRequest
+    flow_version: int
+    deadline: datetime
+
+
+class StepTrace(BaseModel):
+    ref_id: str
+    type: str
+    input: Any = None
+    output: Any = None
+    error: str | None = None
+    started_at: datetime
+    duration_ms: float
+
+
+class RunResult(BaseModel):
+    request_id: str
+    outcome: Outcome
+    status_code: int
+    content_type: str
+    body: str
+    error: str | None = None
+    steps: list[StepTrace] = []
+    started_at: datetime
+    finished_at: datetime
+
+
+class RunFinished(BaseModel):
+    request: WebhookRequest
+    result: RunResult

@@ -1,0 +1,151 @@
+"""The aiohttp pieces every service shares: typed app keys, the one middleware that
+gives every answer an `X-Request-Id` and maps every error to the contract's envelope,
+`/healthz`, `/readyz`, `/metrics`, and `run_service` (uvloop, graceful SIGTERM)."""
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+import uvloop
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+from shared.errors import (
+    ApiError,
+    BadRequest,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+log = structlog.get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class Ops:
+    """Per-app metrics registry and readiness checks (no module-level globals)."""
+
+    service: str
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    readiness: dict[str, ReadinessCheck] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.http_requests = Counter(
+            "flowhooks_http_requests", "HTTP requests answered", ["route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "flowhooks_http_request_seconds", "HTTP request handling time", ["route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+
+
+OPS = web.AppKey("ops", Ops)
+REQUEST_ID = "request_id"
+
+
+def json_response(
+    data: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error.envelope(), status=error.status_code, headers=error.headers())
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such resource")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return MethodNotAllowed(f"method {exc.method} is not allowed here")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("the request body is too large")
+    if isinstance(exc, web.HTTPUnsupportedMediaType):
+        return UnsupportedMediaType(exc.text or "unsupported media type")
+    if exc.status_code < 500:
+        return BadRequest(exc.reason)
+    return InternalError(exc.reason)
+
+
+@web.middleware
+async def envelope_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request_id = uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status_code < 400:
+            raise
+        response = error_response(_from_http_exception(exc))
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        response = error_response(InternalError("internal error"))
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    response.headers["X-Request-Id"] = request_id
+    ops = request.app.get(OPS)
+    if ops is not None:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        ops.http_requests.labels(name, str(response.status)).inc()
+        ops.http_latency.labels(name).observe(time.perf_counter() - started)
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ops = request.app[OPS]
+    checks: dict[str, bool] = {}
+    for name, check in ops.readiness.items():
+        try:
+            checks[name] = await check()
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            checks[name] = False
+    ready = all(checks.values())
+    return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[OPS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def base_app(service: str, client_max_size: int = 1024**2) -> web.Application:
+    """An app with the envelope middleware and the three ops routes."""
+    app = web.Application(middlewares=[envelope_middleware], client_max_size=client_max_size)
+    app[OPS] = Ops(service)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def run_service(app: web.Application, host: str, port: int, shutdown_timeout_s: float) -> None:
+    """Serve until SIGTERM/SIGINT; then stop accepting, let in-flight requests finish
+    (up to `shutdown_timeout_s`) and run the cleanup contexts (consumers stop first)."""
+    uvloop.install()
+    web.run_app(
+        app, host=host, port=port, shutdown_timeout=shutdown_timeout_s, access_log=None,
+        print=None, handle_signals=True,
+    )
