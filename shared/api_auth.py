@@ -24,8 +24,10 @@ async def identify(rpc: RpcClient, request: web.Request) -> TokenIdentity:
     token = bearer_from_header(request.headers.get("Authorization"))
     try:
         return await rpc.call(
-            naming.AUTH_RPC_QUEUE, naming.IDENTIFY_TOKEN,
-            IdentifyToken(bearer_hash=hash_token(token)), TokenIdentity,
+            naming.AUTH_RPC_QUEUE,
+            naming.IDENTIFY_TOKEN,
+            IdentifyToken(bearer_hash=hash_token(token)),
+            TokenIdentity,
         )
     except Timeout:
         raise Unavailable("the auth service did not answer") from None

@@ -34,8 +34,12 @@ class ApiError(Exception):
         self.status_code = status if status is not None else self.status
 
     def envelope(self) -> dict[str, Any]:
-        return {"status": self.status_code, "error": self.kind, "message": self.message,
-                "data": self.data}
+        return {
+            "status": self.status_code,
+            "error": self.kind,
+            "message": self.message,
+            "data": self.data,
+        }
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -102,9 +106,20 @@ class Timeout(ApiError):
 
 _BY_KIND: dict[str, type[ApiError]] = {
     cls.kind: cls
-    for cls in (BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed,
-                PayloadTooLarge, UnsupportedMediaType, RateLimited, FlowError,
-                InternalError, Unavailable, Timeout)
+    for cls in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        RateLimited,
+        FlowError,
+        InternalError,
+        Unavailable,
+        Timeout,
+    )
 }
 
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 import structlog
@@ -27,6 +28,8 @@ from shared.errors import (
 log = structlog.get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -39,18 +42,22 @@ class Ops:
 
     def __post_init__(self) -> None:
         self.http_requests = Counter(
-            "flowhooks_http_requests", "HTTP requests answered", ["route", "status"],
+            "flowhooks_http_requests",
+            "HTTP requests answered",
+            ["route", "status"],
             registry=self.registry,
         )
         self.http_latency = Histogram(
-            "flowhooks_http_request_seconds", "HTTP request handling time", ["route"],
+            "flowhooks_http_request_seconds",
+            "HTTP request handling time",
+            ["route"],
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
 
 OPS = web.AppKey("ops", Ops)
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def json_response(
@@ -120,7 +127,7 @@ async def readyz(request: web.Request) -> web.Response:
     for name, check in ops.readiness.items():
         try:
             checks[name] = await check()
-        except Exception:  # noqa: BLE001 - any failure means not ready
+        except Exception:
             checks[name] = False
     ready = all(checks.values())
     return json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
@@ -129,6 +136,16 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[OPS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def route_to(key: web.AppKey[T], pick: Callable[[T], Handler]) -> Handler:
+    """A handler that calls a method of an object created later, in a cleanup context:
+    routes must be added before the app starts, its resources only exist after."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await pick(request.app[key])(request)
+
+    return handler
 
 
 def base_app(service: str, client_max_size: int = 1024**2) -> web.Application:
@@ -146,6 +163,11 @@ def run_service(app: web.Application, host: str, port: int, shutdown_timeout_s: 
     (up to `shutdown_timeout_s`) and run the cleanup contexts (consumers stop first)."""
     uvloop.install()
     web.run_app(
-        app, host=host, port=port, shutdown_timeout=shutdown_timeout_s, access_log=None,
-        print=None, handle_signals=True,
+        app,
+        host=host,
+        port=port,
+        shutdown_timeout=shutdown_timeout_s,
+        access_log=None,
+        print=None,
+        handle_signals=True,
     )

@@ -86,7 +86,7 @@ class Broker:
         channel = await self._connection.channel(
             publisher_confirms=confirms, on_return_raises=confirms
         )
-        return channel  # type: ignore[return-value]
+        return channel
 
     def _on_reconnect(self, *_: Any) -> None:
         log.info("broker_reconnected")
@@ -95,8 +95,10 @@ class Broker:
 
     @property
     def is_connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed and (
-            self._connection.connected.is_set()
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and (self._connection.connected.is_set())
         )
 
     @property
@@ -125,7 +127,9 @@ class Broker:
             body,
             content_type="application/json",
             delivery_mode=(
-                aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+                aio_pika.DeliveryMode.PERSISTENT
+                if persistent
+                else aio_pika.DeliveryMode.NOT_PERSISTENT
             ),
             expiration=timedelta(seconds=expiration_s) if expiration_s else None,
             correlation_id=correlation_id,
@@ -157,11 +161,16 @@ class Broker:
             log.warning("publish_failed", routing_key=routing_key, error=repr(exc))
             raise Unavailable("the message broker did not accept the request") from exc
 
-    async def publish_event(self, routing_key: str, event: BaseModel, mandatory: bool = True) -> None:
+    async def publish_event(
+        self, routing_key: str, event: BaseModel, mandatory: bool = True
+    ) -> None:
         """A persistent, confirmed event on the topic exchange."""
         await self.publish(
-            event.model_dump_json().encode(), routing_key=routing_key, to_events=True,
-            mandatory=mandatory, message_type=type(event).__name__,
+            event.model_dump_json().encode(),
+            routing_key=routing_key,
+            to_events=True,
+            mandatory=mandatory,
+            message_type=type(event).__name__,
         )
 
     async def consume(
@@ -197,7 +206,7 @@ class Broker:
         for consumer in self._consumers:
             try:
                 await consumer.queue.cancel(consumer.tag)
-            except Exception as exc:  # noqa: BLE001 - shutting down: log and go on
+            except Exception as exc:
                 log.warning("cancel_consumer_failed", queue=consumer.queue.name, error=repr(exc))
 
     async def close(self) -> None:

@@ -65,14 +65,16 @@ class RpcClient:
         `Unavailable` when the broker did not take the call or nobody serves `queue`."""
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
         correlation_id = correlation_id or uuid.uuid4().hex
-        future: asyncio.Future[AbstractIncomingMessage] = (
-            asyncio.get_running_loop().create_future()
-        )
+        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
         try:
             await self.broker.publish(
-                request.model_dump_json().encode(), routing_key=queue, message_type=method,
-                correlation_id=correlation_id, reply_to=self.reply_queue, expiration_s=timeout,
+                request.model_dump_json().encode(),
+                routing_key=queue,
+                message_type=method,
+                correlation_id=correlation_id,
+                reply_to=self.reply_queue,
+                expiration_s=timeout,
             )
             try:
                 reply = await asyncio.wait_for(future, timeout)
@@ -128,8 +130,12 @@ class RpcServer:
             if message.reply_to:
                 try:
                     await self.broker.publish(
-                        body, routing_key=message.reply_to, confirm=False, persistent=False,
-                        correlation_id=message.correlation_id, message_type=reply_type,
+                        body,
+                        routing_key=message.reply_to,
+                        confirm=False,
+                        persistent=False,
+                        correlation_id=message.correlation_id,
+                        message_type=reply_type,
                     )
                 except Unavailable:
                     log.warning("rpc_reply_lost", method=message.type)
@@ -147,7 +153,9 @@ class RpcServer:
             try:
                 request = method.request_model.model_validate_json(message.body)
             except ValidationError as exc:
-                raise BadRequest(f"invalid {message.type} request: {exc.error_count()} errors") from exc
+                raise BadRequest(
+                    f"invalid {message.type} request: {exc.error_count()} errors"
+                ) from exc
             result = await method.handler(request)
             return RESULT, result.model_dump_json().encode()
         except ApiError as exc:

@@ -1,0 +1,93 @@
+"""The ingress's cache of auth's answers, kept correct by auth's change events.
+
+Only `allowed` answers are cached, keyed by (flow id, bearer hash). Auth publishes
+`flow_access.changed` after it applied a flow change (pause, deletion, token rotation)
+and `access_token.revoked` after a revocation; every ingress replica receives them on
+a queue of its own and evicts the affected entries, so a change takes effect within
+the time a message takes to cross the broker. An answer fetched while a change event
+arrived is not cached (`_generation`), and after a broker reconnect (events may have
+been missed) the whole cache is dropped. The TTL is only a backstop.
+"""
+
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from shared.errors import Timeout, Unavailable
+from shared.messaging import naming
+from shared.messaging.rpc import RpcClient
+from shared.schemas.access import (
+    AccessTokenRevoked,
+    AuthorizeWebhook,
+    FlowAccessChanged,
+    WebhookAccess,
+)
+
+log = structlog.get_logger(__name__)
+
+CacheKey = tuple[str, str]
+
+
+class AccessCache:
+    def __init__(self, rpc: RpcClient, max_entries: int, ttl_s: float) -> None:
+        self.rpc = rpc
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[CacheKey, tuple[WebhookAccess, float]] = OrderedDict()
+        self._generation = 0
+
+    async def authorize(self, flow_id: str, bearer_hash: str) -> WebhookAccess:
+        key = (flow_id, bearer_hash)
+        cached = self._entries.get(key)
+        if cached is not None:
+            access, stored_at = cached
+            fresh = time.monotonic() - stored_at < self.ttl_s
+            unexpired = access.expires_at is None or access.expires_at > datetime.now(UTC)
+            if fresh and unexpired:
+                self._entries.move_to_end(key)
+                return access
+            del self._entries[key]
+        generation = self._generation
+        try:
+            access = await self.rpc.call(
+                naming.AUTH_RPC_QUEUE,
+                naming.AUTHORIZE_WEBHOOK,
+                AuthorizeWebhook(flow_id=flow_id, bearer_hash=bearer_hash),
+                WebhookAccess,
+            )
+        except Timeout:
+            raise Unavailable("the auth service did not answer in time") from None
+        if access.decision == "allowed" and generation == self._generation:
+            self._store(key, access)
+        return access
+
+    def _store(self, key: CacheKey, access: WebhookAccess) -> None:
+        if self.max_entries == 0:
+            return
+        self._entries[key] = (access, time.monotonic())
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, *, flow_id: str | None = None, bearer_hash: str | None = None) -> None:
+        self._generation += 1
+        stale = [key for key in self._entries if key[0] == flow_id or key[1] == bearer_hash]
+        for key in stale:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+
+    async def on_change(self, message: AbstractIncomingMessage) -> None:
+        """Consumer of this replica's access-change queue (auto-ack)."""
+        if message.routing_key == naming.FLOW_ACCESS_CHANGED:
+            self.forget(flow_id=FlowAccessChanged.model_validate_json(message.body).flow_id)
+        elif message.routing_key == naming.ACCESS_TOKEN_REVOKED:
+            revoked = AccessTokenRevoked.model_validate_json(message.body)
+            self.forget(bearer_hash=revoked.token_hash)
+        else:
+            # Unknown event: be safe rather than fast.
+            self.clear()

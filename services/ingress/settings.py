@@ -1,0 +1,13 @@
+from pydantic import Field
+
+from shared.settings import ServiceSettings
+
+
+class IngressSettings(ServiceSettings):
+    ingress_port: int = 8080
+    # Bodies larger than this get 413 before they are read in full.
+    ingress_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # Answers from auth kept per (flow, bearer); change events from auth evict them.
+    ingress_access_cache_size: int = Field(default=10_000, ge=0)
+    # Backstop only: correctness comes from the change events, not from this TTL.
+    ingress_access_cache_ttl_s: float = Field(default=60.0, gt=0)

@@ -1,0 +1,78 @@
+"""A small HTTP client for the e2e tests: the calls a user makes with curl."""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+
+from tests.e2e.system import System
+
+T = TypeVar("T")
+
+
+class Api:
+    def __init__(self, system: System, session: aiohttp.ClientSession, token: str) -> None:
+        self.system = system
+        self.session = session
+        self.token = token
+
+    def _auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    async def create_flow(self, definition: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.post(
+            f"{self.system.url('runner')}/v1/flows", json=definition, headers=self._auth()
+        ) as answer:
+            body = await answer.json()
+            assert answer.status == 201, body
+            return dict(body)
+
+    async def patch_flow(self, flow_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        async with self.session.patch(
+            f"{self.system.url('runner')}/v1/flows/{flow_id}", json=patch, headers=self._auth()
+        ) as answer:
+            body = await answer.json()
+            assert answer.status == 200, body
+            return dict(body)
+
+    async def webhook_info(self, flow_id: str) -> dict[str, Any]:
+        async with self.session.get(
+            f"{self.system.url('runner')}/v1/flows/{flow_id}/webhook", headers=self._auth()
+        ) as answer:
+            body = await answer.json()
+            assert answer.status == 200, body
+            return dict(body)
+
+    async def send(
+        self, flow_id: str, token: str | None, *, method: str = "POST", **kwargs: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.session.request(
+            method,
+            f"{self.system.url('ingress')}/v1/flow-webhook/{flow_id}",
+            headers=headers,
+            **kwargs,
+        ) as answer:
+            return answer.status, dict(answer.headers), await answer.read()
+
+    async def debugger(self, path: str, token: str | None = None) -> tuple[int, Any]:
+        async with self.session.get(
+            f"{self.system.url('debugger')}{path}", headers=self._auth(token)
+        ) as answer:
+            return answer.status, await answer.json()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float = 10.0) -> T:
+    """Poll until `probe` returns something other than None (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        await asyncio.sleep(0.05)
