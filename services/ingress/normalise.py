@@ -1,13 +1,17 @@
-"""Turn an incoming webhook into a `WebhookRequest`: the parsed body as JSON, the query,
-and the headers (names lower-cased; `authorization` never passes)."""
+"""Turn an incoming webhook into a `WebhookRequest`: the body parsed to JSON by its
+content type, the query, and the headers (names lower-cased; `authorization` never
+passes on)."""
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
 from multidict import MultiMapping
 
+from services.ingress.form_body import multi_dict, multipart_to_json, urlencoded_to_json
+from services.ingress.xml_body import xml_to_json
 from shared.errors import BadRequest
 from shared.schemas.runs import WebhookRequest
 
@@ -15,31 +19,70 @@ from shared.schemas.runs import WebhookRequest
 DROPPED_HEADERS = frozenset({"authorization"})
 
 
-def parse_json(body: bytes) -> Any:
+@dataclass(frozen=True)
+class BodyLimits:
+    max_json_depth: int = 64
+    max_xml_depth: int = 64
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_xml(media: str) -> bool:
+    return media in ("application/xml", "text/xml") or media.endswith("+xml")
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def parse_json(body: bytes, max_depth: int = 64) -> Any:
     """The body as JSON; `{}` for an empty body; `BadRequest` saying what and where."""
     if not body.strip():
         return {}
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         # orjson's message names line and column: "... line 1 column 9 (char 8)".
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        raise BadRequest(
+            f"the body is not valid JSON: {exc}", data={"line": exc.lineno, "column": exc.colno}
+        ) from None
+    if json_depth(value) > max_depth:
+        raise BadRequest(f"the JSON body is nested deeper than {max_depth} levels")
+    return value
 
 
-def parse_body(content_type: str | None, body: bytes) -> Any:
-    return parse_json(body)
-
-
-def multi_dict(items: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
-    """Repeated keys become lists, in order."""
-    result: dict[str, str | list[str]] = {}
-    for key, value in items:
-        if key not in result:
-            result[key] = value
-        else:
-            existing = result[key]
-            result[key] = [*existing, value] if isinstance(existing, list) else [existing, value]
-    return result
+def parse_body(content_type: str | None, body: bytes, limits: BodyLimits) -> Any:
+    media = media_type(content_type)
+    if not body.strip():
+        return {}
+    if is_xml(media):
+        return xml_to_json(body, limits.max_xml_depth)
+    if media == "application/x-www-form-urlencoded":
+        return urlencoded_to_json(body)
+    if media == "multipart/form-data":
+        return multipart_to_json(content_type or "", body)
+    if media == "application/json" or media.endswith("+json"):
+        return parse_json(body, limits.max_json_depth)
+    # No or another content type: JSON, else form data (the original product's rule).
+    try:
+        return parse_json(body, limits.max_json_depth)
+    except BadRequest as json_error:
+        try:
+            return urlencoded_to_json(body, strict=True)
+        except BadRequest:
+            raise json_error from None
 
 
 def clean_headers(headers: MultiMapping[str]) -> dict[str, str]:
@@ -65,10 +108,11 @@ def webhook_request(
     content_type: str | None,
     body: bytes,
     mode: str,
+    limits: BodyLimits,
 ) -> WebhookRequest:
     query_dict = multi_dict(query)
     # GET has no body: its query is the input.
-    parsed = query_dict if method == "GET" else parse_body(content_type, body)
+    parsed = query_dict if method == "GET" else parse_body(content_type, body, limits)
     return WebhookRequest(
         request_id=request_id,
         flow_id=flow_id,

@@ -7,6 +7,9 @@ class IngressSettings(ServiceSettings):
     ingress_port: int = 8080
     # Bodies larger than this get 413 before they are read in full.
     ingress_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # Nesting bounds for JSON and XML bodies (400 beyond them).
+    ingress_max_json_depth: int = Field(default=64, ge=1, le=1000)
+    ingress_max_xml_depth: int = Field(default=64, ge=1, le=250)
     # Answers from auth kept per (flow, bearer); change events from auth evict them.
     ingress_access_cache_size: int = Field(default=10_000, ge=0)
     # Backstop only: correctness comes from the change events, not from this TTL.

@@ -7,7 +7,7 @@ import structlog
 from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
-from services.ingress.normalise import webhook_request
+from services.ingress.normalise import BodyLimits, webhook_request
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import Forbidden, NotFound, PayloadTooLarge, Timeout, Unauthorized
 from shared.messaging import naming
@@ -26,10 +26,13 @@ PAUSED_BODY = (
 
 
 class WebhookHandler:
-    def __init__(self, access: AccessCache, rpc: RpcClient, max_body_bytes: int) -> None:
+    def __init__(
+        self, access: AccessCache, rpc: RpcClient, max_body_bytes: int, limits: BodyLimits
+    ) -> None:
         self.access = access
         self.rpc = rpc
         self.max_body_bytes = max_body_bytes
+        self.limits = limits
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC)
@@ -52,6 +55,7 @@ class WebhookHandler:
             content_type=request.headers.get("Content-Type"),
             body=body,
             mode="async" if flow.is_async else "sync",
+            limits=self.limits,
         )
         start = StartRun(
             request=normalised,

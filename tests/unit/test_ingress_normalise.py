@@ -1,0 +1,60 @@
+from datetime import UTC, datetime
+
+import pytest
+from multidict import CIMultiDict
+
+from services.ingress.form_body import multi_dict
+from services.ingress.normalise import BodyLimits, clean_headers, parse_json, webhook_request
+from shared.errors import BadRequest
+
+
+def test_json_body_and_empty_body() -> None:
+    assert parse_json(b'{"company_id": 123456}') == {"company_id": 123456}
+    assert parse_json(b"") == {}
+    assert parse_json(b"  \n") == {}
+    assert parse_json(b"[1, 2]") == [1, 2]
+
+
+def test_bad_json_says_where() -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_json(b'{"a": 1,\n "b": }')
+    assert caught.value.message.startswith("the body is not valid JSON: ")
+    assert "line 2 column 7" in caught.value.message
+
+
+def test_repeated_query_keys_become_lists() -> None:
+    assert multi_dict([("a", "1"), ("b", "2"), ("a", "3"), ("a", "4")]) == {
+        "a": ["1", "3", "4"],
+        "b": "2",
+    }
+
+
+def test_headers_lower_cased_without_authorization() -> None:
+    headers = CIMultiDict(
+        [
+            ("Authorization", "Bearer s3cret"),
+            ("X-Signature", "abc"),
+            ("Accept", "a"),
+            ("accept", "b"),
+        ]
+    )
+    assert clean_headers(headers) == {"x-signature": "abc", "accept": "a, b"}
+
+
+def test_get_uses_query_as_input() -> None:
+    normalised = webhook_request(
+        request_id="r1",
+        flow_id="f1",
+        workspace_id="w1",
+        received_at=datetime.now(UTC),
+        method="GET",
+        path="/v1/flow-webhook/f1",
+        query=[("page", "2")],
+        headers=CIMultiDict(),
+        content_type=None,
+        body=b"",
+        mode="sync",
+        limits=BodyLimits(),
+    )
+    assert normalised.input == {"page": "2"}
+    assert normalised.query == {"page": "2"}
