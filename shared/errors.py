@@ -7,6 +7,7 @@
      ├── Forbidden             403 forbidden
      ├── NotFound              404 not_found
      ├── MethodNotAllowed      405 method_not_allowed
+     ├── RequestTimeout        408 request_timeout (the body arrived too slowly)
      ├── PayloadTooLarge       413 payload_too_large
      ├── UnsupportedMediaType  415 unsupported_media_type
      ├── RateLimited           429 rate_limited (with Retry-After)
@@ -68,6 +69,10 @@ class MethodNotAllowed(ApiError):
     status, kind = 405, "method_not_allowed"
 
 
+class RequestTimeout(ApiError):
+    status, kind = 408, "request_timeout"
+
+
 class PayloadTooLarge(ApiError):
     status, kind = 413, "payload_too_large"
 
@@ -112,6 +117,7 @@ _BY_KIND: dict[str, type[ApiError]] = {
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        RequestTimeout,
         PayloadTooLarge,
         UnsupportedMediaType,
         RateLimited,

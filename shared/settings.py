@@ -20,3 +20,7 @@ class ServiceSettings(BaseSettings):
     # Graceful shutdown: how long in-flight work may take after SIGTERM.
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     database_pool_max: int = Field(default=10, ge=1)
+    # A client must send each request's headers within this time (slow senders).
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    # Longest request line / single header line accepted (431/400 beyond).
+    http_max_header_bytes: int = Field(default=8190, ge=1024)

@@ -2,6 +2,8 @@
 gives every answer an `X-Request-Id` and maps every error to the contract's envelope,
 `/healthz`, `/readyz`, `/metrics`, and `run_service` (uvloop, graceful SIGTERM)."""
 
+import asyncio
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -24,6 +26,8 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from shared.settings import ServiceSettings
+from shared.slow_senders import GuardedSite, Guards
 
 log = structlog.get_logger(__name__)
 
@@ -158,16 +162,56 @@ def base_app(service: str, client_max_size: int = 1024**2) -> web.Application:
     return app
 
 
-def run_service(app: web.Application, host: str, port: int, shutdown_timeout_s: float) -> None:
-    """Serve until SIGTERM/SIGINT; then stop accepting, let in-flight requests finish
-    (up to `shutdown_timeout_s`) and run the cleanup contexts (consumers stop first)."""
-    uvloop.install()
-    web.run_app(
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_timeout_s: float,
+    header_timeout_s: float,
+    max_header_bytes: int,
+    stop: asyncio.Event,
+) -> None:
+    guards = Guards()
+    app.on_response_prepare.append(guards.on_response_prepare)
+    runner = web.AppRunner(
         app,
-        host=host,
-        port=port,
-        shutdown_timeout=shutdown_timeout_s,
         access_log=None,
-        print=None,
-        handle_signals=True,
+        shutdown_timeout=shutdown_timeout_s,
+        # Request line and each header are bounded; so is the number of headers.
+        max_line_size=max_header_bytes,
+        max_field_size=max_header_bytes,
+        max_headers=100,
     )
+    await runner.setup()  # runs the cleanup contexts' start: connections, consumers
+    site = GuardedSite(runner, host, port, header_timeout_s=header_timeout_s, guards=guards)
+    await site.start()
+    log.info("listening", host=host, port=port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        # Stops accepting, lets in-flight requests finish, then the cleanup contexts
+        # close consumers and connections in reverse order.
+        await runner.cleanup()
+
+
+def run_service(app: web.Application, settings: ServiceSettings, port: int) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully (see `serve`)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(
+            app,
+            settings.host,
+            port,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            header_timeout_s=settings.http_header_timeout_s,
+            max_header_bytes=settings.http_max_header_bytes,
+            stop=stop,
+        )
+
+    uvloop.run(main())

@@ -7,9 +7,7 @@ from shared.web import run_service
 def main() -> None:
     settings = AuthSettings()
     configure_logging("auth", settings.log_level)
-    run_service(
-        create_app(settings), settings.host, settings.auth_port, settings.shutdown_timeout_s
-    )
+    run_service(create_app(settings), settings, settings.auth_port)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,7 @@ from shared.web import run_service
 def main() -> None:
     settings = IngressSettings()
     configure_logging("ingress", settings.log_level)
-    run_service(
-        create_app(settings), settings.host, settings.ingress_port, settings.shutdown_timeout_s
-    )
+    run_service(create_app(settings), settings, settings.ingress_port)
 
 
 if __name__ == "__main__":

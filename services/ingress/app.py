@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
-from services.ingress.normalise import BodyLimits
 from services.ingress.settings import IngressSettings
 from services.ingress.webhook import WebhookHandler
 from shared.messaging import naming
@@ -41,8 +40,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bindings=(naming.FLOW_ACCESS_CHANGED, naming.ACCESS_TOKEN_REVOKED),
     )
     app[BROKER], app[ACCESS_CACHE] = broker, cache
-    limits = BodyLimits(settings.ingress_max_json_depth, settings.ingress_max_xml_depth)
-    app[WEBHOOK] = WebhookHandler(cache, rpc, settings.ingress_max_body_bytes, limits)
+    app[WEBHOOK] = WebhookHandler(cache, rpc, settings)
 
     async def broker_ready() -> bool:
         return broker.is_connected

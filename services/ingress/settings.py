@@ -7,6 +7,8 @@ class IngressSettings(ServiceSettings):
     ingress_port: int = 8080
     # Bodies larger than this get 413 before they are read in full.
     ingress_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # The whole body must arrive within this time (slow senders get 408).
+    ingress_body_timeout_s: float = Field(default=30.0, gt=0)
     # Nesting bounds for JSON and XML bodies (400 beyond them).
     ingress_max_json_depth: int = Field(default=64, ge=1, le=1000)
     ingress_max_xml_depth: int = Field(default=64, ge=1, le=250)

@@ -1,6 +1,7 @@
 """`/v1/flow-webhook/{flow_id}`: check the bearer, refuse or answer paused flows,
 normalise the body, run the flow over RPC and answer with the flow's response."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -8,8 +9,16 @@ from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
 from services.ingress.normalise import BodyLimits, webhook_request
+from services.ingress.settings import IngressSettings
 from shared.bearer import bearer_from_header, hash_token
-from shared.errors import Forbidden, NotFound, PayloadTooLarge, Timeout, Unauthorized
+from shared.errors import (
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    Timeout,
+    Unauthorized,
+)
 from shared.messaging import naming
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowWebhookSettings
@@ -26,13 +35,12 @@ PAUSED_BODY = (
 
 
 class WebhookHandler:
-    def __init__(
-        self, access: AccessCache, rpc: RpcClient, max_body_bytes: int, limits: BodyLimits
-    ) -> None:
+    def __init__(self, access: AccessCache, rpc: RpcClient, settings: IngressSettings) -> None:
         self.access = access
         self.rpc = rpc
-        self.max_body_bytes = max_body_bytes
-        self.limits = limits
+        self.max_body_bytes = settings.ingress_max_body_bytes
+        self.body_timeout_s = settings.ingress_body_timeout_s
+        self.limits = BodyLimits(settings.ingress_max_json_depth, settings.ingress_max_xml_depth)
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC)
@@ -100,9 +108,17 @@ class WebhookHandler:
             raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise PayloadTooLarge(
+                            f"the body is larger than {self.max_body_bytes} bytes"
+                        )
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the body did not arrive within {self.body_timeout_s:g} s"
+            ) from None
         return b"".join(chunks)

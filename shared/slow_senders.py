@@ -1,0 +1,122 @@
+"""Cut off clients that send their request headers too slowly.
+
+aiohttp has no header-read timeout: a client sending one header byte a second keeps a
+connection (and its buffers) forever. `HeaderDeadline` wraps aiohttp's protocol: the
+header block of each request (up to the blank line) must arrive within `timeout_s` of
+the connection opening, or of the first byte of the next request on a kept-alive
+connection; otherwise the connection is closed. Body reads are bounded separately by
+the handlers. In production a reverse proxy in front does the same (deploy/README.md).
+"""
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+END_OF_HEADERS = b"\r\n\r\n"
+
+
+class HeaderDeadline(asyncio.Protocol):
+    def __init__(self, inner: asyncio.Protocol, timeout_s: float, guards: "Guards") -> None:
+        self.inner = inner
+        self.timeout_s = timeout_s
+        self.guards = guards
+        self.transport: asyncio.Transport | None = None
+        self.awaiting_headers = True
+        self.tail = b""
+        self.timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.awaiting_headers and self.transport is not None:
+            self.guards.cut_off += 1
+            self.transport.abort()
+
+    def request_done(self) -> None:
+        """The response is on its way: the next bytes start a new header block."""
+        self.awaiting_headers = True
+        self.tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.guards.by_transport[id(transport)] = self
+        self._arm()
+        self.inner.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.transport is not None:
+            self.guards.by_transport.pop(id(self.transport), None)
+        self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.awaiting_headers:
+            self._arm()
+            if END_OF_HEADERS in self.tail + data:
+                self.awaiting_headers = False
+                self._disarm()
+            else:
+                self.tail = data[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class Guards:
+    """The live connections' guards, so that a finished request re-arms its guard."""
+
+    def __init__(self) -> None:
+        self.by_transport: dict[int, HeaderDeadline] = {}
+        self.cut_off = 0
+
+    async def on_response_prepare(self, request: web.Request, _: web.StreamResponse) -> None:
+        guard = self.by_transport.get(id(request.transport))
+        if guard is not None:
+            guard.request_done()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCP site whose connections are wrapped in `HeaderDeadline`."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        header_timeout_s: float,
+        guards: Guards,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.header_timeout_s = header_timeout_s
+        self.guards = guards
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HeaderDeadline(server(), self.header_timeout_s, self.guards),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+        )
