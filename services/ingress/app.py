@@ -40,7 +40,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bindings=(naming.FLOW_ACCESS_CHANGED, naming.ACCESS_TOKEN_REVOKED),
     )
     app[BROKER], app[ACCESS_CACHE] = broker, cache
-    app[WEBHOOK] = WebhookHandler(cache, rpc, settings)
+    app[WEBHOOK] = WebhookHandler(cache, rpc, broker, settings)
 
     async def broker_ready() -> bool:
         return broker.is_connected

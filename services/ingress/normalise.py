@@ -2,7 +2,6 @@
 content type, the query, and the headers (names lower-cased; `authorization` never
 passes on)."""
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import orjson
 from multidict import MultiMapping
 
-from services.ingress.form_body import multi_dict, multipart_to_json, urlencoded_to_json
+from services.ingress.form_body import multipart_to_json, urlencoded_to_json
 from services.ingress.xml_body import xml_to_json
 from shared.errors import BadRequest
 from shared.schemas.runs import WebhookRequest
@@ -95,6 +94,17 @@ def clean_headers(headers: MultiMapping[str]) -> dict[str, str]:
     return cleaned
 
 
+def parse_input(
+    method: str,
+    query: dict[str, Any],
+    content_type: str | None,
+    body: bytes,
+    limits: BodyLimits,
+) -> Any:
+    """What the flow sees under the webhook's ref-id. GET has no body: its query is it."""
+    return query if method == "GET" else parse_body(content_type, body, limits)
+
+
 def webhook_request(
     *,
     request_id: str,
@@ -103,16 +113,13 @@ def webhook_request(
     received_at: datetime,
     method: str,
     path: str,
-    query: Iterable[tuple[str, str]],
+    query: dict[str, Any],
     headers: MultiMapping[str],
     content_type: str | None,
     body: bytes,
+    parsed_input: Any,
     mode: str,
-    limits: BodyLimits,
 ) -> WebhookRequest:
-    query_dict = multi_dict(query)
-    # GET has no body: its query is the input.
-    parsed = query_dict if method == "GET" else parse_body(content_type, body, limits)
     return WebhookRequest(
         request_id=request_id,
         flow_id=flow_id,
@@ -120,10 +127,10 @@ def webhook_request(
         received_at=received_at,
         method=method,
         path=path,
-        query=query_dict,
+        query=query,
         headers=clean_headers(headers),
         content_type=content_type,
         raw_body=body.decode("utf-8", errors="replace"),
-        input=parsed,
+        input=parsed_input,
         mode="async" if mode == "async" else "sync",
     )

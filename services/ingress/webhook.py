@@ -1,29 +1,34 @@
-"""`/v1/flow-webhook/{flow_id}`: check the bearer, refuse or answer paused flows,
-normalise the body, run the flow over RPC and answer with the flow's response."""
+"""`/v1/flow-webhook/{flow_id}`: check the bearer, answer paused flows, read and parse
+the body, then either run the flow over RPC (sync) or queue it durably (async)."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import structlog
 from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
-from services.ingress.normalise import BodyLimits, webhook_request
+from services.ingress.form_body import multi_dict
+from services.ingress.normalise import BodyLimits, parse_input, webhook_request
 from services.ingress.settings import IngressSettings
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
+    BadRequest,
     Forbidden,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
     Timeout,
     Unauthorized,
+    Unavailable,
 )
 from shared.messaging import naming
+from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowWebhookSettings
-from shared.schemas.runs import RunResult, StartRun
-from shared.web import REQUEST_ID
+from shared.schemas.runs import RunFinished, RunResult, StartRun, WebhookRequest
+from shared.web import REQUEST_ID, json_response
 
 log = structlog.get_logger(__name__)
 
@@ -35,53 +40,86 @@ PAUSED_BODY = (
 
 
 class WebhookHandler:
-    def __init__(self, access: AccessCache, rpc: RpcClient, settings: IngressSettings) -> None:
+    def __init__(
+        self, access: AccessCache, rpc: RpcClient, broker: Broker, settings: IngressSettings
+    ) -> None:
         self.access = access
         self.rpc = rpc
+        self.broker = broker
         self.max_body_bytes = settings.ingress_max_body_bytes
         self.body_timeout_s = settings.ingress_body_timeout_s
         self.limits = BodyLimits(settings.ingress_max_json_depth, settings.ingress_max_xml_depth)
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC)
-        request_id: str = request[REQUEST_ID]
-        flow_id = request.match_info["flow_id"]
-        flow = await self._authorize(request, flow_id)
+        flow = await self._authorize(request, request.match_info["flow_id"])
         if flow.status == "paused":
             # Neither run nor stored (contract).
             return web.Response(body=PAUSED_BODY, content_type="application/json")
         body = await self._read_body(request)
+        content_type = request.headers.get("Content-Type")
+        query = multi_dict(request.query.items())
         normalised = webhook_request(
-            request_id=request_id,
+            request_id=request[REQUEST_ID],
             flow_id=flow.flow_id,
             workspace_id=flow.workspace_id,
             received_at=received_at,
             method=request.method,
             path=request.path,
-            query=request.query.items(),
+            query=query,
             headers=request.headers,
-            content_type=request.headers.get("Content-Type"),
+            content_type=content_type,
             body=body,
+            parsed_input=None,
             mode="async" if flow.is_async else "sync",
-            limits=self.limits,
         )
+        try:
+            normalised.input = parse_input(request.method, query, content_type, body, self.limits)
+        except BadRequest as error:
+            await self._record_rejected(normalised, error)
+            raise
+        if flow.is_async:
+            # An async run's time budget starts when a runner takes it, not now.
+            return await self._schedule(StartRun(request=normalised, flow_version=flow.version))
         start = StartRun(
             request=normalised,
             flow_version=flow.version,
             deadline=received_at + timedelta(seconds=flow.timeout_s),
         )
+        return await self._run_sync(start, flow.timeout_s)
+
+    async def _schedule(self, start: StartRun) -> web.Response:
+        """200 only once the broker has confirmed the persistent message on the durable
+        queue; any failure is a 503 from `Broker.publish`, never a false 200."""
+        await self.broker.publish(
+            start.model_dump_json().encode(),
+            routing_key=naming.ASYNC_RUNS_QUEUE,
+            message_type=naming.START_RUN,
+            correlation_id=start.request.request_id,
+        )
+        return json_response(
+            {
+                "status": 200,
+                "error": None,
+                "message": "scheduled",
+                "data": {"request_id": start.request.request_id},
+            }
+        )
+
+    async def _run_sync(self, start: StartRun, timeout_s: float) -> web.Response:
+        request_id = start.request.request_id
         try:
             result = await self.rpc.call(
                 naming.SYNC_RUNS_QUEUE,
                 naming.START_RUN,
                 start,
                 RunResult,
-                timeout_s=flow.timeout_s,
+                timeout_s=timeout_s,
                 correlation_id=request_id,
             )
         except Timeout:
             raise Timeout(
-                f"the flow did not finish within {flow.timeout_s:g} s (request {request_id})",
+                f"the flow did not finish within {timeout_s:g} s (request {request_id})",
                 data={"request_id": request_id},
             ) from None
         return web.Response(
@@ -89,6 +127,26 @@ class WebhookHandler:
             status=result.status_code,
             headers={"Content-Type": result.content_type},
         )
+
+    async def _record_rejected(self, normalised: WebhookRequest, error: BadRequest) -> None:
+        """A body that cannot be parsed is still stored, so the sender's mistake shows."""
+        now = datetime.now(UTC)
+        result = RunResult(
+            request_id=normalised.request_id,
+            outcome="rejected",
+            status_code=error.status_code,
+            content_type="application/json",
+            body=orjson.dumps(error.envelope()).decode(),
+            error=error.message,
+            started_at=now,
+            finished_at=now,
+        )
+        try:
+            await self.broker.publish_event(
+                naming.REQUEST_REJECTED, RunFinished(request=normalised, result=result)
+            )
+        except Unavailable:
+            log.warning("rejected_request_not_recorded", request_id=normalised.request_id)
 
     async def _authorize(self, request: web.Request, flow_id: str) -> FlowWebhookSettings:
         bearer_hash = hash_token(bearer_from_header(request.headers.get("Authorization")))

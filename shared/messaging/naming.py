@@ -13,6 +13,8 @@ AUTH_RPC_QUEUE = f"{PREFIX}.rpc.auth"
 RUNNER_RPC_QUEUE = f"{PREFIX}.rpc.runner"
 # Sync webhook runs: a queue of their own so that control RPCs are never stuck behind runs.
 SYNC_RUNS_QUEUE = f"{PREFIX}.runner.sync-runs"
+# Async webhook runs: durable work, apart from sync runs so a flood cannot starve them.
+ASYNC_RUNS_QUEUE = f"{PREFIX}.runner.async-runs"
 
 # Durable event queues, one per consuming service (replicas compete on it).
 DEBUGGER_EVENTS_QUEUE = f"{PREFIX}.debugger.events"
@@ -23,6 +25,10 @@ FLOW_CHANGED = "flow.changed"  # runner -> auth: a flow's access state (token ha
 FLOW_ACCESS_CHANGED = "flow_access.changed"  # auth -> every ingress: drop cached answers
 ACCESS_TOKEN_REVOKED = "access_token.revoked"  # auth -> every ingress: drop cached answers
 RUN_FINISHED = "run.finished"  # runner -> debugger: a request and its run's outcome
+REQUEST_REJECTED = "request.rejected"  # ingress -> debugger: a body that could not be parsed
+# Dead-lettered by the broker itself (body: the StartRun), for the debugger:
+RUN_EXPIRED = "run.expired"  # a sync run nobody picked up before its caller gave up
+RUN_DEAD_LETTERED = "run.dead_lettered"  # an async run that failed its delivery limit
 
 # RPC methods.
 AUTHORIZE_WEBHOOK = "auth.authorize_webhook"

@@ -25,16 +25,48 @@ class QueueSpec:
 # limit so that a poison message cannot loop forever.
 QUORUM = {"x-queue-type": "quorum", "x-delivery-limit": 10}
 
-DEBUGGER_EVENTS = QueueSpec(naming.DEBUGGER_EVENTS_QUEUE, QUORUM, (naming.RUN_FINISHED,))
+DEBUGGER_EVENTS = QueueSpec(
+    naming.DEBUGGER_EVENTS_QUEUE,
+    QUORUM,
+    (naming.RUN_FINISHED, naming.REQUEST_REJECTED, naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED),
+)
 AUTH_FLOW_CHANGES = QueueSpec(naming.AUTH_FLOW_CHANGES_QUEUE, QUORUM, (naming.FLOW_CHANGED,))
 
 # RPC queues: classic and durable. Requests carry a per-message expiration equal to the
 # caller's timeout, so a call nobody picked up in time is dropped rather than run late.
 AUTH_RPC = QueueSpec(naming.AUTH_RPC_QUEUE)
 RUNNER_RPC = QueueSpec(naming.RUNNER_RPC_QUEUE)
-SYNC_RUNS = QueueSpec(naming.SYNC_RUNS_QUEUE)
+# An expired sync run is dead-lettered to the debugger, which records it as `expired`.
+SYNC_RUNS = QueueSpec(
+    naming.SYNC_RUNS_QUEUE,
+    {
+        "x-dead-letter-exchange": naming.EVENTS_EXCHANGE,
+        "x-dead-letter-routing-key": naming.RUN_EXPIRED,
+    },
+)
+# Async runs: quorum (replicated, survives broker restarts); a run that keeps crashing
+# its runner is delivered at most `x-delivery-limit` + 1 times, then dead-lettered
+# (at least once) to the debugger, which records it as failed.
+ASYNC_RUNS = QueueSpec(
+    naming.ASYNC_RUNS_QUEUE,
+    {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 5,
+        "x-dead-letter-exchange": naming.EVENTS_EXCHANGE,
+        "x-dead-letter-routing-key": naming.RUN_DEAD_LETTERED,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    },
+)
 
-DURABLE_QUEUES = (DEBUGGER_EVENTS, AUTH_FLOW_CHANGES, AUTH_RPC, RUNNER_RPC, SYNC_RUNS)
+DURABLE_QUEUES = (
+    DEBUGGER_EVENTS,
+    AUTH_FLOW_CHANGES,
+    AUTH_RPC,
+    RUNNER_RPC,
+    SYNC_RUNS,
+    ASYNC_RUNS,
+)
 
 
 async def declare_topology(channel: AbstractChannel) -> None:

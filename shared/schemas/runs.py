@@ -27,9 +27,13 @@ class WebhookRequest(BaseModel):
 
 
 class StartRun(BaseModel):
+    """ingress -> runner. `deadline`: a sync caller stops waiting then (a run that starts
+    after it is not run: `expired`); None for async runs, whose time budget (the flow's
+    `timeout_s`) starts when a runner takes them."""
+
     request: WebhookRequest
     flow_version: int
-    deadline: datetime
+    deadline: datetime | None = None
 
 
 class StepTrace(BaseModel):

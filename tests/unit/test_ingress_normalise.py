@@ -1,10 +1,8 @@
-from datetime import UTC, datetime
-
 import pytest
 from multidict import CIMultiDict
 
 from services.ingress.form_body import multi_dict
-from services.ingress.normalise import BodyLimits, clean_headers, parse_json, webhook_request
+from services.ingress.normalise import BodyLimits, clean_headers, parse_input, parse_json
 from shared.errors import BadRequest
 
 
@@ -42,19 +40,6 @@ def test_headers_lower_cased_without_authorization() -> None:
 
 
 def test_get_uses_query_as_input() -> None:
-    normalised = webhook_request(
-        request_id="r1",
-        flow_id="f1",
-        workspace_id="w1",
-        received_at=datetime.now(UTC),
-        method="GET",
-        path="/v1/flow-webhook/f1",
-        query=[("page", "2")],
-        headers=CIMultiDict(),
-        content_type=None,
-        body=b"",
-        mode="sync",
-        limits=BodyLimits(),
-    )
-    assert normalised.input == {"page": "2"}
-    assert normalised.query == {"page": "2"}
+    query = {"page": "2"}
+    assert parse_input("GET", query, None, b"ignored", BodyLimits()) == {"page": "2"}
+    assert parse_input("POST", query, None, b'{"a": 1}', BodyLimits()) == {"a": 1}
