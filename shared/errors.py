@@ -82,7 +82,7 @@ class UnsupportedMediaType(ApiError):
 
 
 class _RetryLater(ApiError):
-    retry_after_s: int = 1
+    retry_after_s: int = 1  # a class default; an instance may set its own
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}

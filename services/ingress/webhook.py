@@ -11,6 +11,7 @@ from aiohttp import web
 from services.ingress.access_cache import AccessCache
 from services.ingress.form_body import multi_dict
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
+from services.ingress.rate_limit import FlowRateLimiter
 from services.ingress.settings import IngressSettings
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
@@ -44,6 +45,9 @@ class WebhookHandler:
         self, access: AccessCache, rpc: RpcClient, broker: Broker, settings: IngressSettings
     ) -> None:
         self.access = access
+        self.rate_limiter = FlowRateLimiter(
+            settings.ingress_flow_rate_limit_per_s, settings.ingress_flow_rate_burst
+        )
         self.rpc = rpc
         self.broker = broker
         self.max_body_bytes = settings.ingress_max_body_bytes
@@ -56,6 +60,7 @@ class WebhookHandler:
         if flow.status == "paused":
             # Neither run nor stored (contract).
             return web.Response(body=PAUSED_BODY, content_type="application/json")
+        self.rate_limiter.check(flow.flow_id)
         body = await self._read_body(request)
         content_type = request.headers.get("Content-Type")
         query = multi_dict(request.query.items())
