@@ -1,0 +1,249 @@
+"""`python -m bench` (`make bench`): start the ceiling and the system, run every
+scenario with the load generator in its own process, write
+`bench/results/<date>.json` and `.md`. Bounded: every scenario runs a fixed number of
+seconds; the whole run takes a few minutes on a 2-core machine.
+
+Scenarios (each reported as a ratio to the ceiling measured in the same run):
+ceiling, sync, async (closed loop and open loop at half the closed-loop rate), paused,
+unauthorized, xml, runners (sync with 1, 2 and 4 runner processes), debugger (every
+accepted async request stored, and the lag until the last one was).
+"""
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from tests.e2e.system import REPO, System, free_port
+from tests.infra import fresh_database, fresh_vhost
+
+RESULTS = REPO / "bench" / "results"
+SMALL_JSON = '{"kind": "myResult", "company_id": 123456, "user_id": 789123}'
+XML_5K = (
+    "<order>"
+    + "".join(f'<item id="{i}"><sku>SKU-{i:05d}</sku><qty>{i % 7}</qty></item>' for i in range(110))
+    + "</order>"
+)
+SYNC_FLOW = {
+    "name": "bench sync",
+    "status": "live",
+    "webhook": {
+        "ref_id": "web1",
+        "response": {
+            "status_code": 200,
+            "body": (
+                '{"valid": {% if res1.value == "myResult" %}"{{ res1.value }}"'
+                "{% else %}false{% endif %}}"
+            ),
+        },
+    },
+    "steps": [{"ref_id": "res1", "type": "template", "template": "{{ web1.kind }}"}],
+}
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+        timeout=float(spec.get("seconds", 5)) + 90,
+    )
+    return dict(json.loads(done.stdout))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+class Bench:
+    def __init__(self, system: System, seconds: float, concurrency: int) -> None:
+        self.system = system
+        self.seconds = seconds
+        self.concurrency = concurrency
+        self.results: dict[str, Any] = {}
+
+    def pids(self) -> dict[str, int]:
+        return {
+            f"{s.name}:{s.port}": s.process.pid
+            for services in self.system.processes.values()
+            for s in services
+        }
+
+    def measure(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        before = {k: cpu_seconds(p) for k, p in self.pids().items()}
+        result = loadgen({"seconds": self.seconds, "concurrency": self.concurrency, **spec})
+        after = {k: cpu_seconds(p) for k, p in self.pids().items()}
+        count = max(1, result["count"])
+        result["cpu_ms_per_request"] = {
+            k.split(":")[0]: round((after[k] - before[k]) * 1000 / count, 3) for k in before
+        }
+        result["rss_mib_under_load"] = {k.split(":")[0]: rss_mib(p) for k, p in self.pids().items()}
+        ids = result.pop("ids", [])
+        self.results[name] = result
+        print(
+            f"{name:24} {result['rps']:>9} req/s  p50 {result['p50_ms']:>7} ms  "
+            f"p99 {result['p99_ms']:>7} ms  {result['statuses']}",
+            flush=True,
+        )
+        result["ids_count"] = len(ids)
+        return {**result, "ids": ids}
+
+
+async def api_setup(system: System, token: str) -> dict[str, str]:
+    """Flows for the scenarios; returns their ids and webhook tokens."""
+    headers = {"Authorization": f"Bearer {token}"}
+    runner = system.url("runner")
+    out: dict[str, str] = {}
+    async with aiohttp.ClientSession() as session:
+        for key, definition in (
+            ("sync", SYNC_FLOW),
+            (
+                "async",
+                {
+                    **SYNC_FLOW,
+                    "name": "bench async",
+                    "webhook": {**SYNC_FLOW["webhook"], "async": True},
+                },
+            ),
+            ("paused", {**SYNC_FLOW, "name": "bench paused", "status": "paused"}),
+        ):
+            async with session.post(f"{runner}/v1/flows", json=definition, headers=headers) as r:
+                flow = await r.json()
+                assert r.status == 201, flow
+            async with session.get(f"{runner}/v1/flows/{flow['id']}/webhook", headers=headers) as r:
+                out[key] = flow["id"]
+                out[f"{key}_token"] = (await r.json())["token"]
+    return out
+
+
+async def stored_count(database_url: str, flow_id: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM debugger.requests WHERE flow_id = $1::uuid", flow_id
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+
+    ceiling_port = free_port()
+    ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(ceiling_port)], cwd=REPO)
+    time.sleep(1.5)
+    with fresh_vhost() as amqp_url, fresh_database() as database_url:
+        system = System(
+            amqp_url,
+            database_url,
+            extra_env={
+                "FLOWHOOKS_LOG_LEVEL": "warning",
+                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
+            },
+        )
+        bench = Bench(system, args.seconds, args.concurrency)
+        try:
+            bench.measure(
+                "ceiling",
+                {"url": f"http://127.0.0.1:{ceiling_port}/v1/flow-webhook/x", "body": SMALL_JSON},
+            )
+            ceiling.terminate()
+            system.start_all()
+            rest = {k: rss_mib(p) for k, p in bench.pids().items()}
+            token = system.create_token("bench", "automation")
+            flows = asyncio.run(api_setup(system, token))
+            ingress = system.url("ingress")
+
+            def target(key: str, token_key: str | None = None, **extra: Any) -> dict[str, Any]:
+                return {
+                    "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
+                    "headers": {"Authorization": f"Bearer {flows[token_key or key + '_token']}"},
+                    "body": SMALL_JSON,
+                    **extra,
+                }
+
+            bench.measure("sync", target("sync"))
+            accepted = bench.measure("async", target("async", collect_ids=True))
+            # Debugger lag: from the end of the async load until everything is stored.
+            load_ended = time.monotonic()
+            expected = accepted["statuses"].get("200", 0)
+            stored = 0
+            while time.monotonic() - load_ended < 120:
+                stored = asyncio.run(stored_count(database_url, flows["async"]))
+                if stored >= expected:
+                    break
+                time.sleep(0.2)
+            bench.results["debugger"] = {
+                "accepted": expected,
+                "stored": stored,
+                "lag_after_load_s": round(time.monotonic() - load_ended, 2),
+            }
+            print(
+                f"debugger                 accepted {expected} stored {stored} "
+                f"lag {bench.results['debugger']['lag_after_load_s']} s",
+                flush=True,
+            )
+            half = max(1.0, bench.results["async"]["rps"] / 2)
+            bench.measure("async_open_loop_half", target("async", rate=half))
+            bench.measure("paused", target("paused"))
+            bench.measure(
+                "unauthorized", {**target("sync"), "headers": {"Authorization": "Bearer fhp_wrong"}}
+            )
+            bench.measure(
+                "xml_5k_sync", {**target("sync"), "body": XML_5K, "content_type": "application/xml"}
+            )
+            for runners in (2, 4):
+                while len(system.processes["runner"]) < runners:
+                    system.start("runner")
+                bench.measure(f"sync_{runners}_runners", target("sync"))
+            bench.results["rss_mib_at_rest"] = rest
+        finally:
+            system.stop_all()
+            if ceiling.poll() is None:
+                ceiling.terminate()
+    base = bench.results["ceiling"]["rps"]
+    for result in bench.results.values():
+        if isinstance(result, dict) and "rps" in result:
+            result["ratio_to_ceiling"] = round(result["rps"] / base, 3)
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(bench.results, indent=2))
+    lines = [
+        "| scenario | req/s | ratio to ceiling | p50 ms | p99 ms | statuses |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in bench.results.items():
+        if isinstance(result, dict) and "rps" in result:
+            lines.append(
+                f"| {name} | {result['rps']} | {result['ratio_to_ceiling']} | "
+                f"{result['p50_ms']} | {result['p99_ms']} | {result['statuses']} |"
+            )
+    (RESULTS / f"{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: bench/results/{stamp}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
