@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+from multidict import CIMultiDict
 
 from tests.e2e.system import System
 
@@ -47,7 +48,7 @@ class Api:
 
     async def send(
         self, flow_id: str, token: str | None, *, method: str = "POST", **kwargs: Any
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, CIMultiDict[str], bytes]:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -57,7 +58,8 @@ class Api:
             headers=headers,
             **kwargs,
         ) as answer:
-            return answer.status, dict(answer.headers), await answer.read()
+            # Header names are case-insensitive (aiohttp sends X-Request-ID).
+            return answer.status, CIMultiDict(answer.headers), await answer.read()
 
     async def debugger(self, path: str, token: str | None = None) -> tuple[int, Any]:
         async with self.session.get(

@@ -243,7 +243,7 @@ async def test_rate_limit_per_flow(api: Api) -> None:
                 headers={"Authorization": f"Bearer {token}"},
             ) as answer:
                 statuses.append(answer.status)
-                last_headers, last_body = dict(answer.headers), await answer.json()
+                last_headers, last_body = answer.headers.copy(), await answer.json()
         assert statuses == [200, 200, 429]
         assert last_headers["Retry-After"] == "1"
         assert last_body["error"] == "rate_limited"

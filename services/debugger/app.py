@@ -1,0 +1,81 @@
+"""debugger: wires settings, the database, the broker, the batching intake and the
+ops API."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from services.debugger.ingest import BatchIngest
+from services.debugger.records import Redaction
+from services.debugger.requests_api import RequestsApi
+from services.debugger.settings import DebuggerSettings
+from services.debugger.store import RequestStore
+from shared.db import apply_migrations, create_pool
+from shared.messaging import topology
+from shared.messaging.connection import Broker
+from shared.messaging.rpc import RpcClient
+from shared.web import OPS, base_app, route_to
+
+SCHEMA = "debugger"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+SETTINGS = web.AppKey("settings", DebuggerSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+BROKER = web.AppKey("broker", Broker)
+INGEST = web.AppKey("ingest", BatchIngest)
+REQUESTS_API = web.AppKey("requests_api", RequestsApi)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(settings.database_url, settings.database_pool_max)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    broker = Broker(settings.amqp_url, "debugger", settings.publish_timeout_s)
+    await broker.connect()
+    app[POOL], app[BROKER] = pool, broker
+    store = RequestStore(pool)
+    rpc = RpcClient(broker, settings.rpc_timeout_s)
+    await rpc.start()
+    app[REQUESTS_API] = RequestsApi(store, rpc)
+    redaction = Redaction(
+        frozenset(h.lower() for h in settings.debugger_redact_headers),
+        settings.debugger_max_raw_body_bytes,
+    )
+    ingest = BatchIngest(
+        store, redaction, settings.debugger_batch_size, settings.debugger_batch_linger_ms / 1000
+    )
+    app[INGEST] = ingest
+    await broker.consume(
+        topology.DEBUGGER_EVENTS,
+        ingest.on_event,
+        prefetch=max(settings.debugger_prefetch, settings.debugger_batch_size),
+    )
+
+    async def database_ready() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def broker_ready() -> bool:
+        return broker.is_connected
+
+    app[OPS].readiness.update(database=database_ready, broker=broker_ready)
+    yield
+    await broker.stop_consuming()
+    try:
+        await asyncio.wait_for(ingest.close(), settings.shutdown_timeout_s)
+    except TimeoutError:
+        pass  # unacked events are delivered again after the restart
+    await broker.close()
+    await pool.close()
+
+
+def create_app(settings: DebuggerSettings) -> web.Application:
+    app = base_app("debugger")
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/v1/flows/{flow_id}/requests", route_to(REQUESTS_API, lambda api: api.list))
+    app.router.add_get("/v1/requests/{request_id}", route_to(REQUESTS_API, lambda api: api.get))
+    return app

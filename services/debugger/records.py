@@ -1,0 +1,124 @@
+"""From the events the debugger receives to the rows it stores.
+
+- `run.finished` and `request.rejected` carry a `RunFinished` (the request and its
+  outcome): rank 2.
+- `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
+  original `StartRun`: the request never got an outcome of its own (rank 1, so a run's
+  own outcome wins whatever the arrival order).
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from services.debugger.redact import clean_text, cut_body, json_text, redact_headers
+from shared.messaging import naming
+from shared.schemas.runs import RunFinished, StartRun, WebhookRequest
+
+RANK_DEAD_LETTER, RANK_OUTCOME = 1, 2
+
+
+@dataclass(frozen=True)
+class Redaction:
+    headers: frozenset[str]
+    max_raw_body_bytes: int
+
+
+def _envelope(status: int, kind: str, message: str) -> str:
+    return orjson.dumps(
+        {"status": status, "error": kind, "message": message, "data": None}
+    ).decode()
+
+
+def _row(
+    request: WebhookRequest,
+    redaction: Redaction,
+    *,
+    outcome: str,
+    status_code: int | None,
+    response_content_type: str | None,
+    response_body: str | None,
+    error: str | None,
+    steps: list[Any],
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    rank: int,
+) -> tuple[Any, ...]:
+    raw_body, truncated = cut_body(request.raw_body, redaction.max_raw_body_bytes)
+    return (
+        request.request_id,
+        request.flow_id,
+        request.workspace_id,
+        request.received_at,
+        request.method,
+        clean_text(request.path),
+        json_text(request.query),
+        json_text(redact_headers(request.headers, redaction.headers)),
+        clean_text(request.content_type) if request.content_type else None,
+        raw_body,
+        truncated,
+        json_text(request.input),
+        request.mode,
+        outcome,
+        status_code,
+        response_content_type,
+        clean_text(response_body) if response_body is not None else None,
+        clean_text(error) if error else None,
+        json_text(steps),
+        started_at,
+        finished_at,
+        rank,
+    )
+
+
+def row_from_event(routing_key: str, body: bytes, redaction: Redaction) -> tuple[Any, ...]:
+    """Raises pydantic's ValidationError for a body that is not what the key says."""
+    if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
+        start = StartRun.model_validate_json(body)
+        now = datetime.now(UTC)
+        if routing_key == naming.RUN_EXPIRED:
+            message = "no runner started the run before its caller gave up"
+            return _row(
+                start.request,
+                redaction,
+                outcome="expired",
+                status_code=504,
+                response_content_type="application/json",
+                response_body=_envelope(504, "timeout", message),
+                error=message,
+                steps=[],
+                started_at=None,
+                finished_at=now,
+                rank=RANK_DEAD_LETTER,
+            )
+        message = "the run failed on every delivery and was dead-lettered"
+        return _row(
+            start.request,
+            redaction,
+            outcome="failed",
+            status_code=None,
+            response_content_type=None,
+            response_body=None,
+            error=message,
+            steps=[],
+            started_at=None,
+            finished_at=now,
+            rank=RANK_DEAD_LETTER,
+        )
+    finished = RunFinished.model_validate_json(body)
+    result = finished.result
+    return _row(
+        finished.request,
+        redaction,
+        outcome=result.outcome,
+        status_code=result.status_code,
+        response_content_type=result.content_type,
+        response_body=result.body,
+        error=result.error,
+        steps=[step.model_dump(mode="json") for step in result.steps],
+        started_at=result.started_at,
+        finished_at=result.finished_at,
+        rank=RANK_OUTCOME,
+    )

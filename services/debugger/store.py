@@ -1,0 +1,106 @@
+"""debugger's SQL: batched idempotent writes, and the reads of the ops API."""
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+COLUMNS = (
+    "id",
+    "flow_id",
+    "workspace_id",
+    "received_at",
+    "method",
+    "path",
+    "query",
+    "headers",
+    "content_type",
+    "raw_body",
+    "raw_body_truncated",
+    "input",
+    "mode",
+    "outcome",
+    "status_code",
+    "response_content_type",
+    "response_body",
+    "error",
+    "steps",
+    "started_at",
+    "finished_at",
+    "source_rank",
+)
+_JSONB = {"query", "headers", "input", "steps"}
+_PLACEHOLDERS = ", ".join(
+    f"${i}::jsonb" if name in _JSONB else f"${i}" for i, name in enumerate(COLUMNS, start=1)
+)
+_UPDATES = ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])
+UPSERT = (
+    f"INSERT INTO debugger.requests ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"
+    f" ON CONFLICT (id) DO UPDATE SET {_UPDATES}, stored_at = now()"
+    " WHERE debugger.requests.source_rank <= EXCLUDED.source_rank"
+)
+_SELECT = (
+    "SELECT id, flow_id::text, workspace_id::text, received_at, method, path, query::text,"
+    " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
+    " status_code, response_content_type, response_body, error, steps::text, started_at,"
+    " finished_at FROM debugger.requests"
+)
+
+
+def _decode(record: asyncpg.Record) -> dict[str, Any]:
+    row = dict(record)
+    for name in ("query", "headers", "input", "steps"):
+        row[name] = orjson.loads(row[name]) if row[name] is not None else None
+    return row
+
+
+class RequestStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """One transaction per batch; a redelivered event updates its row in place."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(UPSERT, rows)
+
+    async def get(self, request_id: str, workspace_id: str) -> dict[str, Any] | None:
+        record = await self.pool.fetchrow(
+            f"{_SELECT} WHERE id = $1 AND workspace_id = $2", request_id, uuid.UUID(workspace_id)
+        )
+        return _decode(record) if record else None
+
+    async def list_for_flow(
+        self,
+        flow_id: uuid.UUID,
+        workspace_id: str,
+        *,
+        limit: int,
+        before: tuple[datetime, str] | None,
+        outcome: str | None,
+        mode: str | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self.pool.fetch(
+            "SELECT id, flow_id::text, received_at, method, mode, outcome, status_code,"
+            " started_at, finished_at FROM debugger.requests"
+            " WHERE flow_id = $1 AND workspace_id = $2"
+            " AND ($3::text IS NULL OR outcome = $3) AND ($4::text IS NULL OR mode = $4)"
+            " AND ($5::timestamptz IS NULL OR received_at >= $5)"
+            " AND ($6::timestamptz IS NULL OR received_at < $6)"
+            " AND ($7::timestamptz IS NULL OR (received_at, id) < ($7, $8::text))"
+            " ORDER BY received_at DESC, id DESC LIMIT $9",
+            flow_id,
+            uuid.UUID(workspace_id),
+            outcome,
+            mode,
+            since,
+            until,
+            before[0] if before else None,
+            before[1] if before else None,
+            limit,
+        )
+        return rows

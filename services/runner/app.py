@@ -1,0 +1,101 @@
+"""runner: wires settings, the database, the broker, the flows API, the run consumers
+(sync RPC and async queue) and the flow-access RPC."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from services.runner.access import FlowAccess
+from services.runner.engine import Engine
+from services.runner.flows_api import FlowsApi
+from services.runner.runs import FlowCache, RunService
+from services.runner.settings import RunnerSettings
+from services.runner.store import FlowStore
+from services.runner.templates import TemplateEngine
+from shared.db import apply_migrations, create_pool
+from shared.messaging import naming, topology
+from shared.messaging.connection import Broker
+from shared.messaging.rpc import RpcClient, RpcServer
+from shared.schemas.access import ListFlowAccess
+from shared.schemas.runs import StartRun
+from shared.web import OPS, base_app, route_to
+
+SCHEMA = "runner"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+SETTINGS = web.AppKey("settings", RunnerSettings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+BROKER = web.AppKey("broker", Broker)
+FLOWS_API = web.AppKey("flows_api", FlowsApi)
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(settings.database_url, settings.database_pool_max)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    broker = Broker(settings.amqp_url, "runner", settings.publish_timeout_s)
+    await broker.connect()
+    app[POOL], app[BROKER] = pool, broker
+
+    store = FlowStore(pool)
+    templates = TemplateEngine(settings.runner_template_cache_size)
+    access = FlowAccess(store, broker, settings.runner_token_key.get_secret_value())
+    rpc = RpcClient(broker, settings.rpc_timeout_s)
+    await rpc.start()
+    app[FLOWS_API] = FlowsApi(
+        store,
+        access,
+        rpc,
+        templates,
+        settings.runner_max_timeout_s,
+        settings.runner_webhook_base_url,
+    )
+
+    runs = RunService(
+        FlowCache(store, templates, settings.runner_max_timeout_s), Engine(templates), broker
+    )
+    sync_runs = RpcServer(broker, topology.SYNC_RUNS, prefetch=settings.runner_sync_prefetch)
+    sync_runs.register(naming.START_RUN, StartRun, runs.start_sync_run)
+    control = RpcServer(broker, topology.RUNNER_RPC, prefetch=8)
+    control.register(naming.LIST_FLOW_ACCESS, ListFlowAccess, access.list_flow_access)
+    await sync_runs.start()
+    await control.start()
+    await broker.consume(
+        topology.ASYNC_RUNS, runs.on_async_run, prefetch=settings.runner_async_prefetch
+    )
+
+    async def database_ready() -> bool:
+        return bool(await pool.fetchval("SELECT 1"))
+
+    async def broker_ready() -> bool:
+        return broker.is_connected
+
+    app[OPS].readiness.update(database=database_ready, broker=broker_ready)
+    yield
+    await broker.stop_consuming()
+    await sync_runs.wait_idle(settings.shutdown_timeout_s)
+    await runs.wait_idle(settings.shutdown_timeout_s)
+    await control.wait_idle(settings.shutdown_timeout_s)
+    await broker.close()
+    await pool.close()
+
+
+def create_app(settings: RunnerSettings) -> web.Application:
+    app = base_app("runner")
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    api = FLOWS_API
+    app.router.add_post("/v1/flows", route_to(api, lambda a: a.create))
+    app.router.add_get("/v1/flows", route_to(api, lambda a: a.list))
+    app.router.add_get("/v1/flows/{flow_id}", route_to(api, lambda a: a.get))
+    app.router.add_put("/v1/flows/{flow_id}", route_to(api, lambda a: a.replace))
+    app.router.add_patch("/v1/flows/{flow_id}", route_to(api, lambda a: a.patch))
+    app.router.add_delete("/v1/flows/{flow_id}", route_to(api, lambda a: a.delete))
+    app.router.add_get("/v1/flows/{flow_id}/webhook", route_to(api, lambda a: a.webhook))
+    app.router.add_post(
+        "/v1/flows/{flow_id}/webhook/rotate-token", route_to(api, lambda a: a.rotate_token)
+    )
+    return app

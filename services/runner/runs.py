@@ -1,0 +1,137 @@
+"""Runs webhook requests: sync ones as the `runner.start_run` RPC (the reply is the
+sender's answer), async ones from the durable async queue (acked only after the run's
+outcome was published). Either way `run.finished` carries the request, the result and
+the step trace to the debugger."""
+
+import asyncio
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from services.runner.definition import parse_definition
+from services.runner.engine import Engine, Flow, error_result
+from services.runner.store import FlowStore
+from services.runner.templates import TemplateEngine
+from shared.errors import NotFound, Timeout, Unavailable
+from shared.messaging import naming
+from shared.messaging.connection import Broker
+from shared.schemas.runs import RunFinished, RunResult, StartRun
+
+log = structlog.get_logger(__name__)
+
+
+class FlowCache:
+    """Parsed flows by id; reloaded when a request names a newer version."""
+
+    def __init__(
+        self, store: FlowStore, templates: TemplateEngine, max_timeout_s: float, size: int = 10_000
+    ) -> None:
+        self.store = store
+        self.templates = templates
+        self.max_timeout_s = max_timeout_s
+        self.size = size
+        self._flows: OrderedDict[str, Flow] = OrderedDict()
+
+    async def get(self, flow_id: str, min_version: int) -> Flow | None:
+        cached = self._flows.get(flow_id)
+        if cached is not None and cached.version >= min_version:
+            self._flows.move_to_end(flow_id)
+            return cached
+        row = await self.store.get(flow_id)
+        if row is None:
+            self._flows.pop(flow_id, None)
+            return None
+        raw = {"name": row.name, "status": row.status, **row.definition}
+        # A large max: a flow saved under a higher cap still runs.
+        definition = parse_definition(raw, self.templates, max_timeout_s=float("inf"))
+        flow = Flow(row.id, row.workspace_id, row.version, definition)
+        self._flows[flow_id] = flow
+        if len(self._flows) > self.size:
+            self._flows.popitem(last=False)
+        return flow
+
+
+class RunService:
+    def __init__(self, flows: FlowCache, engine: Engine, broker: Broker) -> None:
+        self.flows = flows
+        self.engine = engine
+        self.broker = broker
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def _execute(self, start: StartRun) -> RunResult:
+        request = start.request
+        started_at = datetime.now(UTC)
+        if start.deadline is not None and start.deadline <= started_at:
+            error = Timeout(
+                f"the run was not started before its caller gave up (request {request.request_id})"
+            )
+            return error_result(request.request_id, error, "expired", started_at)
+        flow = await self.flows.get(request.flow_id, start.flow_version)
+        if flow is None:
+            return error_result(request.request_id, NotFound("no such flow"), "failed", started_at)
+        timeout_s = flow.definition.webhook.timeout_s
+        if start.deadline is not None:
+            timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())
+        try:
+            return await asyncio.wait_for(self.engine.run(flow, request), timeout_s)
+        except TimeoutError:
+            error = Timeout(
+                f"the flow did not finish within {timeout_s:g} s (request {request.request_id})",
+                data={"request_id": request.request_id},
+            )
+            return error_result(request.request_id, error, "timeout", started_at)
+
+    async def _record(self, start: StartRun, result: RunResult) -> None:
+        await self.broker.publish_event(
+            naming.RUN_FINISHED, RunFinished(request=start.request, result=result)
+        )
+
+    async def start_sync_run(self, start: StartRun) -> RunResult:
+        """The `runner.start_run` RPC handler (sync webhooks)."""
+        structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
+        result = await self._execute(start)
+        try:
+            await self._record(start, result)
+        except Unavailable:
+            # The sender still gets its answer; the debugger misses this one run.
+            log.error("run_not_recorded", outcome=result.outcome)
+        return result
+
+    async def on_async_run(self, message: AbstractIncomingMessage) -> None:
+        """Consumer of the async queue. Acked only once the outcome is published; a
+        crash or a failed publish leaves it to the broker to deliver again (up to the
+        queue's delivery limit, then it is dead-lettered to the debugger)."""
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            try:
+                start = StartRun.model_validate_json(message.body)
+            except ValidationError:
+                log.error("bad_start_run", body=message.body[:200])
+                await message.reject(requeue=False)  # dead-lettered: the debugger sees it
+                return
+            structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
+            try:
+                result = await self._execute(start)
+                await self._record(start, result)
+            except Exception:
+                log.exception("async_run_not_recorded")
+                await asyncio.sleep(1)
+                await message.nack(requeue=True)
+                return
+            await message.ack()
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(self.idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("async_runs_still_running", count=self.in_flight)

@@ -1,0 +1,19 @@
+from pydantic import Field, SecretStr
+
+from shared.settings import ServiceSettings
+
+
+class RunnerSettings(ServiceSettings):
+    runner_port: int = 8082
+    # Secret from which every flow's webhook token is derived (HMAC); required, and the
+    # same on every runner replica. Changing it changes every flow's token.
+    runner_token_key: SecretStr
+    # The ingress's public base URL, shown in `GET /v1/flows/{id}/webhook`.
+    runner_webhook_base_url: str = "http://127.0.0.1:8080"
+    # Upper bound for a flow's `webhook.timeout_s`.
+    runner_max_timeout_s: float = Field(default=300.0, gt=0)
+    # Runs in progress at once per runner process, per queue.
+    runner_sync_prefetch: int = Field(default=32, ge=1)
+    runner_async_prefetch: int = Field(default=16, ge=1)
+    # Compiled templates kept per process.
+    runner_template_cache_size: int = Field(default=10_000, ge=1)

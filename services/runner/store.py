@@ -1,0 +1,147 @@
+"""runner's SQL: flow definitions."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+
+@dataclass(frozen=True)
+class FlowRow:
+    id: str
+    workspace_id: str
+    name: str
+    status: str
+    definition: dict[str, Any]  # webhook and steps, as saved
+    version: int
+    token_nonce: str
+    created_at: datetime
+    updated_at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "workspace_id": self.workspace_id,
+            "name": self.name,
+            "status": self.status,
+            "webhook": self.definition["webhook"],
+            "steps": self.definition["steps"],
+            "version": self.version,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+_COLUMNS = (
+    "id::text, workspace_id::text, name, status, definition::text AS definition, version,"
+    " token_nonce, created_at, updated_at"
+)
+
+
+def _row(record: asyncpg.Record) -> FlowRow:
+    values = dict(record)
+    values["definition"] = orjson.loads(values["definition"])
+    return FlowRow(**values)
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+class FlowStore:
+    """Reads take the pool; writes take a connection inside the caller's transaction
+    (the caller publishes `flow.changed` before it commits)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def get(self, flow_id: str, workspace_id: str | None = None) -> FlowRow | None:
+        key = _uuid(flow_id)
+        if key is None:
+            return None
+        record = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM runner.flows WHERE id = $1", key)
+        if record is None:
+            return None
+        flow = _row(record)
+        if workspace_id is not None and flow.workspace_id != workspace_id:
+            return None
+        return flow
+
+    async def in_workspace(self, workspace_id: str, after: str | None, limit: int) -> list[FlowRow]:
+        records = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM runner.flows WHERE workspace_id = $1"
+            " AND ($2::uuid IS NULL OR id > $2::uuid) ORDER BY id LIMIT $3",
+            uuid.UUID(workspace_id),
+            _uuid(after) if after else None,
+            limit,
+        )
+        return [_row(r) for r in records]
+
+    async def page_all(self, after: str | None, limit: int) -> list[FlowRow]:
+        records = await self.pool.fetch(
+            f"SELECT {_COLUMNS} FROM runner.flows"
+            " WHERE ($1::uuid IS NULL OR id > $1::uuid) ORDER BY id LIMIT $2",
+            _uuid(after) if after else None,
+            limit,
+        )
+        return [_row(r) for r in records]
+
+    @staticmethod
+    async def insert(
+        conn: asyncpg.Connection,
+        workspace_id: str,
+        name: str,
+        status: str,
+        definition: dict[str, Any],
+        nonce: str,
+    ) -> FlowRow:
+        record = await conn.fetchrow(
+            "INSERT INTO runner.flows (id, workspace_id, name, status, definition, token_nonce)"
+            f" VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING {_COLUMNS}",
+            uuid.uuid4(),
+            uuid.UUID(workspace_id),
+            name,
+            status,
+            orjson.dumps(definition).decode(),
+            nonce,
+        )
+        assert record is not None
+        return _row(record)
+
+    @staticmethod
+    async def update(
+        conn: asyncpg.Connection,
+        flow: FlowRow,
+        name: str,
+        status: str,
+        definition: dict[str, Any],
+        nonce: str,
+    ) -> FlowRow | None:
+        """A new version, only if nobody changed the flow meanwhile (None otherwise)."""
+        record = await conn.fetchrow(
+            "UPDATE runner.flows SET name = $3, status = $4, definition = $5::jsonb,"
+            " token_nonce = $6, version = version + 1, updated_at = now()"
+            f" WHERE id = $1 AND version = $2 RETURNING {_COLUMNS}",
+            uuid.UUID(flow.id),
+            flow.version,
+            name,
+            status,
+            orjson.dumps(definition).decode(),
+            nonce,
+        )
+        return _row(record) if record else None
+
+    @staticmethod
+    async def delete(conn: asyncpg.Connection, flow: FlowRow) -> bool:
+        deleted = await conn.fetchval(
+            "DELETE FROM runner.flows WHERE id = $1 AND version = $2 RETURNING id",
+            uuid.UUID(flow.id),
+            flow.version,
+        )
+        return deleted is not None
