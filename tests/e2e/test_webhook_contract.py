@@ -223,8 +223,11 @@ async def test_auth_matrix(api: Api) -> None:
         assert status == 401, header
         assert headers["WWW-Authenticate"].startswith("Bearer")
     for bad_id in ("not-a-uuid", "00000000-0000-0000-0000-000000000000"):
-        status, _, _ = await api.send(bad_id, flow_token, json={})
+        status, _, _ = await api.send(bad_id, api.token, json={})
         assert status == 404
+        # A flow's own token is worth nothing on another flow: an unknown bearer there.
+        status, _, _ = await api.send(bad_id, flow_token, json={})
+        assert status == 401
 
 
 async def test_rate_limit_per_flow(api: Api) -> None:
