@@ -1,0 +1,131 @@
+"""Async flows: answered once the broker has the request durably, run later, never
+lost when a runner dies mid-run."""
+
+import signal
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+
+from tests.e2e.client import Api, eventually
+from tests.e2e.system import System
+from tests.infra import fresh_database, fresh_vhost
+
+pytestmark = pytest.mark.e2e
+
+# About 200,000 template loop iterations: long enough to be mid-run when killed.
+SLOW = "{% for i in range(1000) %}{% for j in range(200) %}{% endfor %}{% endfor %}{{ web1.n }}"
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[System]:
+    """Its own system: these tests stop and kill runners."""
+    with fresh_vhost() as amqp_url, fresh_database() as database_url:
+        running = System(amqp_url, database_url)
+        try:
+            running.start_all()
+            yield running
+        finally:
+            running.stop_all()
+
+
+@pytest.fixture
+async def api(system: System) -> AsyncIterator[Api]:
+    token = system.create_token("acme", "automation")
+    async with aiohttp.ClientSession() as session:
+        yield Api(system, session, token)
+
+
+async def async_flow(api: Api, template: str = "{{ web1.n }}") -> tuple[str, str]:
+    flow = await api.create_flow(
+        {
+            "name": "async",
+            "status": "live",
+            "webhook": {"ref_id": "web1", "async": True},
+            "steps": [{"ref_id": "n", "type": "template", "template": template}],
+        }
+    )
+    return flow["id"], (await api.webhook_info(flow["id"]))["token"]
+
+
+async def stored_rows(database_url: str, flow_id: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, outcome, input::text FROM debugger.requests WHERE flow_id = $1::uuid",
+            flow_id,
+        )
+    finally:
+        await conn.close()
+    return [dict(row) for row in rows]
+
+
+async def test_accepted_while_no_runner_then_run(api: Api) -> None:
+    system = api.system
+    flow_id, token = await async_flow(api)
+    for runner in list(system.processes["runner"]):
+        system.stop(runner)
+
+    accepted = []
+    for n in range(5):
+        status, headers, body = await api.send(flow_id, token, json={"n": n})
+        assert status == 200
+        envelope = orjson.loads(body)
+        assert envelope == {
+            "status": 200,
+            "error": None,
+            "message": "scheduled",
+            "data": {"request_id": headers["X-Request-Id"]},
+        }
+        accepted.append(headers["X-Request-Id"])
+    assert await stored_rows(system.database_url, flow_id) == []
+
+    system.start("runner")
+
+    async def all_stored() -> list[dict[str, Any]] | None:
+        rows = await stored_rows(system.database_url, flow_id)
+        return rows if len(rows) == len(accepted) else None
+
+    rows = await eventually(all_stored, timeout_s=20)
+    assert sorted(row["id"] for row in rows) == sorted(accepted)
+    assert {row["outcome"] for row in rows} == {"succeeded"}
+
+    status, record = await api.debugger(f"/v1/requests/{accepted[3]}")
+    assert status == 200
+    assert record["mode"] == "async"
+    assert record["steps"][0]["output"] == {"value": 3}
+
+
+async def test_runner_killed_mid_run_loses_nothing(api: Api) -> None:
+    system = api.system
+    flow_id, token = await async_flow(api, SLOW)
+    accepted = []
+    for n in range(120):
+        status, headers, _ = await api.send(flow_id, token, json={"n": n})
+        assert status == 200
+        accepted.append(headers["X-Request-Id"])
+
+    async def some_done() -> int | None:
+        count = len(await stored_rows(system.database_url, flow_id))
+        return count if count >= 5 else None
+
+    await eventually(some_done, timeout_s=30)
+    for runner in list(system.processes["runner"]):
+        system.stop(runner, signal.SIGKILL)
+    done_before_restart = len(await stored_rows(system.database_url, flow_id))
+    assert done_before_restart < len(accepted), "the kill came too late to test anything"
+
+    system.start("runner")
+
+    async def all_stored() -> list[dict[str, Any]] | None:
+        rows = await stored_rows(system.database_url, flow_id)
+        return rows if len(rows) >= len(accepted) else None
+
+    rows = await eventually(all_stored, timeout_s=90)
+    ids = [row["id"] for row in rows]
+    assert sorted(ids) == sorted(accepted)  # every accepted request, each exactly once
+    assert {row["outcome"] for row in rows} == {"succeeded"}
+    assert sorted(orjson.loads(row["input"])["n"] for row in rows) == list(range(120))
