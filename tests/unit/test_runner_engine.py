@@ -1,0 +1,115 @@
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from services.runner.definition import parse_definition
+from services.runner.engine import Engine, Flow
+from services.runner.templates import TemplateEngine
+from shared.schemas.runs import RunResult, WebhookRequest
+
+TEMPLATES = TemplateEngine()
+CONTRACT_BODY = (
+    '{"valid": {% if res1.value == "myResult" %}"{{ res1.value }}"{% else %}false{% endif %}}'
+)
+
+
+def flow(raw: dict[str, Any]) -> Flow:
+    return Flow("f1", "w1", 1, parse_definition({"name": "t", **raw}, TEMPLATES, 300))
+
+
+def request(body: Any, **extra: Any) -> WebhookRequest:
+    return WebhookRequest(
+        request_id="r1",
+        flow_id="f1",
+        workspace_id="w1",
+        received_at=datetime.now(UTC),
+        method="POST",
+        path="/v1/flow-webhook/f1",
+        query={},
+        headers={"x-signature": "s"},
+        content_type="application/json",
+        raw_body=orjson.dumps(body).decode(),
+        input=body,
+        **extra,
+    )
+
+
+async def run(raw: dict[str, Any], body: Any) -> RunResult:
+    return await Engine(TEMPLATES).run(flow(raw), request(body))
+
+
+CONTRACT = {
+    "webhook": {"ref_id": "web1", "response": {"status_code": 200, "body": CONTRACT_BODY}},
+    "steps": [{"ref_id": "res1", "type": "template", "template": "{{ web1.kind }}"}],
+}
+
+
+async def test_contract_example() -> None:
+    result = await run(CONTRACT, {"kind": "myResult"})
+    assert (result.outcome, result.status_code, result.content_type, result.body) == (
+        "succeeded",
+        200,
+        "application/json",
+        '{"valid": "myResult"}',
+    )
+    assert [(s.ref_id, s.output, s.error) for s in result.steps] == [
+        ("res1", {"value": "myResult"}, None)
+    ]
+    result = await run(CONTRACT, {"kind": "other"})
+    assert result.body == '{"valid": false}'
+
+
+async def test_text_and_named_content_types() -> None:
+    text = {"webhook": {"response": {"status_code": 201, "body": "hello {{ web1.n }}"}}}
+    result = await run(text, {"n": 1})
+    assert (result.status_code, result.content_type, result.body) == (
+        201,
+        "text/plain; charset=utf-8",
+        "hello 1",
+    )
+    named = {"webhook": {"response": {"body": "<a/>", "content_type": "application/xml"}}}
+    assert (await run(named, {})).content_type == "application/xml"
+
+
+async def test_default_response_is_the_last_output() -> None:
+    raw = {
+        "steps": [
+            {"ref_id": "a", "type": "template", "template": "{{ web1.n + 1 }}"},
+            {"ref_id": "b", "type": "template", "template": "{{ a.value * 2 }}"},
+        ]
+    }
+    result = await run(raw, {"n": 1})
+    assert orjson.loads(result.body) == {
+        "status": 200,
+        "error": None,
+        "message": "ok",
+        "data": {"value": 4},
+    }
+    empty = await run({}, {})
+    assert orjson.loads(empty.body)["data"] is None
+
+
+async def test_failed_step_is_a_flow_error_naming_it() -> None:
+    result = await run(CONTRACT, {})
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert orjson.loads(result.body) == {
+        "status": 500,
+        "error": "flow_error",
+        "data": None,
+        "message": "step 'res1' failed: steps[0].template: 'dict object' has no attribute 'kind'",
+    }
+    assert result.steps[0].error is not None
+
+
+async def test_request_metadata() -> None:
+    raw = {
+        "webhook": {
+            "response": {
+                "body": (
+                    '{{ request.method }} {{ request.headers["x-signature"] }} {{ request.id }}'
+                )
+            }
+        }
+    }
+    assert (await run(raw, {})).body == "POST s r1"

@@ -1,0 +1,62 @@
+import pytest
+
+from services.runner.templates import TemplateEngine, TemplateFailure
+
+CONTEXT = {"web1": {"kind": "myResult", "amount": 150, "items": [1, 2], "nested": {"a": "b"}}}
+
+
+@pytest.fixture
+def engine() -> TemplateEngine:
+    return TemplateEngine(cache_size=100)
+
+
+def test_single_expression_keeps_type(engine: TemplateEngine) -> None:
+    assert engine.render_value("{{ web1.kind }}", CONTEXT, "f") == "myResult"
+    assert engine.render_value("{{ web1.amount > 100 }}", CONTEXT, "f") is True
+    assert engine.render_value("  {{ web1.items }} ", CONTEXT, "f") == [1, 2]
+    assert engine.render_value("{{ web1.amount }}", CONTEXT, "f") == 150
+    assert engine.render_value("{{ web1.nested }}", CONTEXT, "f") == {"a": "b"}
+
+
+def test_other_templates_render_text_then_json(engine: TemplateEngine) -> None:
+    assert engine.render_value("[{{ web1.amount }}, 2]", CONTEXT, "f") == [150, 2]
+    assert engine.render_value("amount {{ web1.amount }}", CONTEXT, "f") == "amount 150"
+    assert engine.render_value('{"k": "{{ web1.kind }}"}', CONTEXT, "f") == {"k": "myResult"}
+    assert engine.render_value("{{ web1.amount }}{{ web1.amount }}", CONTEXT, "f") == 150150
+
+
+def test_json_keys_win_over_dict_methods(engine: TemplateEngine) -> None:
+    assert engine.render_value("{{ web1.items }}", CONTEXT, "f") == [1, 2]
+
+
+def test_undefined_names_the_field_and_the_name(engine: TemplateEngine) -> None:
+    with pytest.raises(TemplateFailure, match=r"^steps\[0\]\.template: 'nope' is undefined$"):
+        engine.render_value("{{ nope }}", CONTEXT, "steps[0].template")
+    with pytest.raises(TemplateFailure, match="has no attribute 'missing'"):
+        engine.render_value("x {{ web1.missing }}", CONTEXT, "f")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ web1.__class__ }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ ''.format.__globals__ }}",
+        "{{ web1.items.append(3) }}",
+        "{{ range(10000000) | list | length }}",
+    ],
+)
+def test_sandbox_refuses(engine: TemplateEngine, hostile: str) -> None:
+    with pytest.raises(TemplateFailure):
+        engine.render_value(hostile, {"web1": {"items": [1]}}, "f")
+
+
+def test_compiled_once(engine: TemplateEngine) -> None:
+    first = engine.compile("{{ web1.kind }}")
+    assert engine.compile("{{ web1.kind }}") is first
+
+
+def test_names_referenced(engine: TemplateEngine) -> None:
+    names = engine.referenced_names("{{ web1.a }}{% for x in res1.value %}{{ x }}{% endfor %}")
+    assert names == {"web1", "res1"}
