@@ -112,7 +112,10 @@ def _cmd_run(_: argparse.Namespace) -> int:
     print("flowhooks is starting:")
     for name, port in ports.items():
         print(f"  {name:9} http://{host}:{port}")
-    print("Create the first token:  flowhooks token create --workspace acme --scope automation")
+    print(
+        "Create the first token:"
+        "  .venv/bin/flowhooks token create --workspace acme --scope automation"
+    )
     print("Stop with Ctrl-C.")
     exit_code = 0
     while not stopping:

@@ -12,7 +12,9 @@ import asyncpg
 from yarl import URL
 
 AMQP_BASE = os.environ.get("FLOWHOOKS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG_BASE = os.environ.get("FLOWHOOKS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_BASE = os.environ.get(
+    "FLOWHOOKS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _rabbitmqctl(*args: str) -> None:

@@ -62,19 +62,24 @@ def parse_json(body: bytes, max_depth: int = 64) -> Any:
     return value
 
 
+def looks_like_json(body: bytes) -> bool:
+    return body.lstrip()[:1] in (b"{", b"[")
+
+
 def parse_body(content_type: str | None, body: bytes, limits: BodyLimits) -> Any:
     media = media_type(content_type)
     if not body.strip():
         return {}
     if is_xml(media):
         return xml_to_json(body, limits.max_xml_depth)
-    if media == "application/x-www-form-urlencoded":
-        return urlencoded_to_json(body)
     if media == "multipart/form-data":
         return multipart_to_json(content_type or "", body)
     if media == "application/json" or media.endswith("+json"):
         return parse_json(body, limits.max_json_depth)
-    # No or another content type: JSON, else form data (the original product's rule).
+    if media == "application/x-www-form-urlencoded" and not looks_like_json(body):
+        return urlencoded_to_json(body)
+    # Any other or no content type, and JSON sent as form data (curl -d does that):
+    # JSON, else form data (the original product's rule).
     try:
         return parse_json(body, limits.max_json_depth)
     except BadRequest as json_error:

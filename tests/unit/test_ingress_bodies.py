@@ -125,3 +125,10 @@ def test_no_content_type_json_then_form() -> None:
 def test_empty_body_is_empty_object() -> None:
     for content_type in (None, "application/json", "application/xml", "multipart/form-data"):
         assert parse_body(content_type, b"", LIMITS) == {}
+
+
+def test_json_sent_as_form_data_is_json() -> None:
+    # `curl -d '{"kind": "x"}'` labels its body application/x-www-form-urlencoded.
+    form = "application/x-www-form-urlencoded"
+    assert parse_body(form, b'{"kind": "x"}', LIMITS) == {"kind": "x"}
+    assert parse_body(form, b"kind=x", LIMITS) == {"kind": "x"}
