@@ -49,6 +49,19 @@ SYNC_FLOW = {
 }
 
 
+XML_FLOW = {
+    "name": "bench xml",
+    "status": "live",
+    "webhook": {
+        "ref_id": "web1",
+        "response": {"status_code": 200, "body": '{"items": {{ count.value }}}'},
+    },
+    "steps": [
+        {"ref_id": "count", "type": "template", "template": "{{ web1.order.item | length }}"}
+    ],
+}
+
+
 def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
@@ -123,6 +136,7 @@ async def api_setup(system: System, token: str) -> dict[str, str]:
                 },
             ),
             ("paused", {**SYNC_FLOW, "name": "bench paused", "status": "paused"}),
+            ("xml", XML_FLOW),
         ):
             async with session.post(f"{runner}/v1/flows", json=definition, headers=headers) as r:
                 flow = await r.json()
@@ -185,6 +199,10 @@ def main() -> None:
                     **extra,
                 }
 
+            # One request at a time: the round trip of a single sync webhook.
+            bench.measure(
+                "sync_sequential_500", target("sync", concurrency=1, max_requests=500, seconds=60)
+            )
             bench.measure("sync", target("sync"))
             accepted = bench.measure("async", target("async", collect_ids=True))
             # Debugger lag: from the end of the async load until everything is stored.

@@ -1,6 +1,9 @@
 """The ingress's cache of auth's answers, kept correct by auth's change events.
 
-Only `allowed` answers are cached, keyed by (flow id, bearer hash). Auth publishes
+Every answer is cached, keyed by (flow id, bearer hash): refusals too, so a flood of
+bad tokens costs no RPC each. That is safe because a bearer's standing for a flow only
+changes through events the cache hears about (a token is random, so an unknown hash
+never becomes valid; a flow appearing or changing sends `flow_access.changed`). Auth publishes
 `flow_access.changed` after it applied a flow change (pause, deletion, token rotation)
 and `access_token.revoked` after a revocation; every ingress replica receives them on
 a queue of its own and evicts the affected entries, so a change takes effect within
@@ -60,7 +63,7 @@ class AccessCache:
             )
         except Timeout:
             raise Unavailable("the auth service did not answer in time") from None
-        if access.decision == "allowed" and generation == self._generation:
+        if generation == self._generation:
             self._store(key, access)
         return access
 

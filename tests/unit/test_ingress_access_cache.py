@@ -42,11 +42,16 @@ async def test_allowed_answers_are_cached_until_evicted() -> None:
     assert auth.calls == 3
 
 
-async def test_refusals_are_not_cached() -> None:
-    auth = CountingAuth(WebhookAccess(decision="unauthorized"))
+async def test_refusals_are_cached_until_the_flow_changes() -> None:
+    auth = CountingAuth(WebhookAccess(decision="not_found"))
     cache = AccessCache(auth, max_entries=10, ttl_s=60)  # type: ignore[arg-type]
     await cache.authorize("f1", "h1")
     await cache.authorize("f1", "h1")
+    assert auth.calls == 1
+    # The flow is created (auth announces it): the next answer is fetched again.
+    auth.answer = allowed()
+    cache.forget(flow_id="f1")
+    assert (await cache.authorize("f1", "h1")).decision == "allowed"
     assert auth.calls == 2
 
 
