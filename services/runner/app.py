@@ -41,7 +41,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[POOL], app[BROKER] = pool, broker
 
     store = FlowStore(pool)
-    templates = TemplateEngine(settings.runner_template_cache_size)
+    templates = TemplateEngine(
+        settings.runner_template_cache_size,
+        settings.runner_render_timeout_s,
+        settings.runner_max_output_chars,
+    )
     access = FlowAccess(store, broker, settings.runner_token_key.get_secret_value())
     rpc = RpcClient(broker, settings.rpc_timeout_s)
     await rpc.start()

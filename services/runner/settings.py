@@ -15,5 +15,10 @@ class RunnerSettings(ServiceSettings):
     # Runs in progress at once per runner process, per queue.
     runner_sync_prefetch: int = Field(default=32, ge=1)
     runner_async_prefetch: int = Field(default=16, ge=1)
+    # Budget of one template render: the longest a hostile template can hold a runner's
+    # event loop. Past it the step (or response) fails with a clear error.
+    runner_render_timeout_s: float = Field(default=0.5, gt=0)
+    # Largest rendered text, and largest string or list one operator may build.
+    runner_max_output_chars: int = Field(default=1_000_000, ge=1000)
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)

@@ -6,8 +6,14 @@ compiled once and cached, and the contract's rule for templated fields:
 - any other template renders to text, and text that is valid JSON is parsed as JSON.
 
 Undefined names are errors that name the field and the missing name.
+
+Bounds (the sandbox alone does not limit CPU or memory): every render runs under the
+process's `RenderWatchdog` time budget; `*`, `**` and `%` refuse results beyond the
+size limit (`'a' * 50000000`); rendered output beyond the size limit fails the render;
+`range` is capped by the sandbox (100,000 items).
 """
 
+import functools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -15,21 +21,83 @@ from typing import Any
 
 import orjson
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from services.runner.render_budget import RenderTimeout, RenderWatchdog
 
 _SINGLE_EXPRESSION = re.compile(
     r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%|%\}|\{#).)*)\}\}\s*$", re.DOTALL
 )
 
 
+_WIDE_FORMAT = re.compile(r"\d{5,}")
+
+
 class FlowSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with one change for JSON data: `web1.items` is the key
-    `items` of the webhook body when it has one, not the dict method."""
+    """The immutable sandbox, with two changes: `web1.items` is the key `items` of the
+    webhook body when it has one (not the dict method), and operators that can build
+    huge values in one step are bounded."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self, max_value_size: int, **options: Any) -> None:
+        super().__init__(**options)
+        self.max_value_size = max_value_size
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         if isinstance(obj, dict) and attribute in obj:
             return obj[attribute]
         return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, times in ((left, right), (right, left)):
+                if (
+                    isinstance(sequence, (str, list, tuple))
+                    and isinstance(times, int)
+                    and len(sequence) * times > self.max_value_size
+                ):
+                    raise SecurityError(f"the result of * is over {self.max_value_size} items")
+        elif operator == "**":
+            if isinstance(right, int) and isinstance(left, int) and abs(right) > 10_000:
+                raise SecurityError("exponent too large")
+        elif operator == "%" and isinstance(left, str) and _WIDE_FORMAT.search(left):
+            raise SecurityError("format widths over 9999 are not allowed")
+        return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        # "{:>999999999}".format(x) would allocate gigabytes.
+        self_str = getattr(value, "__self__", None)
+        if (
+            getattr(value, "__name__", None) in ("format", "format_map")
+            and isinstance(self_str, str)
+            and _WIDE_FORMAT.search(self_str)
+        ):
+            raise SecurityError("format widths over 9999 are not allowed")
+        return super().wrap_str_format(value)
+
+
+def _bounded_filters(env: FlowSandbox) -> None:
+    """Filters whose width argument can allocate without limit get a bound."""
+    limit = 10_000
+
+    def checked(name: str, width_arg: int) -> None:
+        original = env.filters[name]
+
+        @functools.wraps(original)  # keeps Jinja's pass_environment marker
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            width = kwargs.get("width", args[width_arg] if len(args) > width_arg else 0)
+            if isinstance(width, int) and width > limit:
+                raise SecurityError(f"{name}: widths over {limit} are not allowed")
+            if name == "format" and isinstance(args[0], str) and _WIDE_FORMAT.search(args[0]):
+                raise SecurityError("format widths over 9999 are not allowed")
+            return original(*args, **kwargs)
+
+        env.filters[name] = bounded
+
+    for name, width_arg in (("center", 1), ("indent", 1), ("wordwrap", 2), ("format", 99)):
+        checked(name, width_arg)
 
 
 class TemplateFailure(Exception):
@@ -44,11 +112,24 @@ class CompiledTemplate:
 
 
 class TemplateEngine:
-    def __init__(self, cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        cache_size: int = 10_000,
+        render_timeout_s: float = 0.5,
+        max_output_chars: int = 1_000_000,
+        watchdog: RenderWatchdog | None = None,
+    ) -> None:
         self.env = FlowSandbox(
-            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+            max_output_chars,
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
         )
+        _bounded_filters(self.env)
         self.cache_size = cache_size
+        self.render_timeout_s = render_timeout_s
+        self.max_output_chars = max_output_chars
+        self.watchdog = watchdog or RenderWatchdog()
         self._cache: OrderedDict[str, CompiledTemplate] = OrderedDict()
 
     def check_syntax(self, source: str) -> nodes.Template:
@@ -81,9 +162,26 @@ class TemplateEngine:
             self._cache.popitem(last=False)
         return compiled
 
+    def _generate(self, compiled: CompiledTemplate, context: dict[str, Any]) -> str:
+        chunks: list[str] = []
+        size = 0
+        with self.watchdog.limit(self.render_timeout_s):
+            for chunk in compiled.text.generate(context):
+                size += len(chunk)
+                if size > self.max_output_chars:
+                    raise TemplateFailure(
+                        f"the output is larger than {self.max_output_chars} characters"
+                    )
+                chunks.append(chunk)
+        return "".join(chunks)
+
     def render_text(self, source: str, context: dict[str, Any], field: str) -> str:
         try:
-            return str(self.compile(source).text.render(context))
+            return self._generate(self.compile(source), context)
+        except RenderTimeout:
+            raise TemplateFailure(
+                f"{field}: rendering took longer than {self.render_timeout_s:g} s"
+            ) from None
         except TemplateFailure as exc:
             raise TemplateFailure(f"{field}: {exc}") from None
         except TemplateError as exc:
@@ -96,10 +194,15 @@ class TemplateEngine:
         try:
             compiled = self.compile(source)
             if compiled.expression is not None:
-                value = compiled.expression(**context)
+                with self.watchdog.limit(self.render_timeout_s):
+                    value = compiled.expression(**context)
                 if isinstance(value, StrictUndefined):
                     str(value)  # raises the UndefinedError that names the missing name
                 return value
+        except RenderTimeout:
+            raise TemplateFailure(
+                f"{field}: rendering took longer than {self.render_timeout_s:g} s"
+            ) from None
         except TemplateFailure as exc:
             raise TemplateFailure(f"{field}: {exc}") from None
         except TemplateError as exc:

@@ -7,7 +7,7 @@ CONTEXT = {"web1": {"kind": "myResult", "amount": 150, "items": [1, 2], "nested"
 
 @pytest.fixture
 def engine() -> TemplateEngine:
-    return TemplateEngine(cache_size=100)
+    return TemplateEngine(cache_size=100, render_timeout_s=0.2, max_output_chars=1_000_000)
 
 
 def test_single_expression_keeps_type(engine: TemplateEngine) -> None:
@@ -45,11 +45,31 @@ def test_undefined_names_the_field_and_the_name(engine: TemplateEngine) -> None:
         "{{ ''.format.__globals__ }}",
         "{{ web1.items.append(3) }}",
         "{{ range(10000000) | list | length }}",
+        "{{ 'a' * 50000000 }}",
+        "{{ [1] * 50000000 }}",
+        "{{ 10 ** 10000000 }}",
+        "{{ '%0999999999d' % 1 }}",
+        "{{ '{:>999999999}'.format('a') }}",
+        "{{ 'x' | center(1000000000) }}",
+        "{{ '%0999999999d' | format(1) }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+        "{{ self.__init__.__globals__ }}",
+        "{{ lipsum.__globals__ }}",
+        "{{ request.__class__.__base__.__subclasses__() }}",
     ],
 )
 def test_sandbox_refuses(engine: TemplateEngine, hostile: str) -> None:
     with pytest.raises(TemplateFailure):
-        engine.render_value(hostile, {"web1": {"items": [1]}}, "f")
+        engine.render_value(hostile, {"web1": {"items": [1]}, "request": {"id": "r"}}, "f")
+
+
+def test_time_budget_names_the_field(engine: TemplateEngine) -> None:
+    loops = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(TemplateFailure, match=r"^steps\[0\]\.template: rendering took longer"):
+        engine.render_text(loops, {}, "steps[0].template")
+    # The engine keeps working afterwards.
+    assert engine.render_value("{{ 1 + 1 }}", {}, "f") == 2
 
 
 def test_compiled_once(engine: TemplateEngine) -> None:
