@@ -11,7 +11,10 @@ the handlers. In production a reverse proxy in front does the same (deploy/READM
 import asyncio
 from typing import Any
 
+import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 END_OF_HEADERS = b"\r\n\r\n"
 
@@ -78,6 +81,30 @@ class HeaderDeadline(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+class EnvelopeRequestHandler(RequestHandler):
+    """aiohttp's protocol, except that requests it cannot even parse (a header line
+    over the limit, a broken request line) get the contract's JSON envelope instead of
+    a plain-text page."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; refuses if output began
+        kind, text = (
+            ("bad_request", "the request could not be parsed (malformed, or a header too long)")
+            if status < 500
+            else ("internal_error", "internal error")
+        )
+        body = orjson.dumps({"status": status, "error": kind, "message": text, "data": None})
+        response = web.Response(body=body, status=status, content_type="application/json")
+        response.force_close()
+        return response
+
+
 class Guards:
     """The live connections' guards, so that a finished request re-arms its guard."""
 
@@ -113,8 +140,14 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        # What `web.Server.__call__` does, with our handler class (aiohttp is pinned).
+        loop_arg, kwargs = server._loop, server._kwargs
         self._server = await loop.create_server(
-            lambda: HeaderDeadline(server(), self.header_timeout_s, self.guards),
+            lambda: HeaderDeadline(
+                EnvelopeRequestHandler(server, loop=loop_arg, **kwargs),
+                self.header_timeout_s,
+                self.guards,
+            ),
             self._host,
             self._port,
             backlog=self._backlog,

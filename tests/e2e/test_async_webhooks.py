@@ -1,10 +1,12 @@
 """Async flows: answered once the broker has the request durably, run later, never
 lost when a runner dies mid-run."""
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aio_pika
 import aiohttp
 import asyncpg
 import orjson
@@ -129,3 +131,41 @@ async def test_runner_killed_mid_run_loses_nothing(api: Api) -> None:
     assert sorted(ids) == sorted(accepted)  # every accepted request, each exactly once
     assert {row["outcome"] for row in rows} == {"succeeded"}
     assert sorted(orjson.loads(row["input"])["n"] for row in rows) == list(range(120))
+
+
+async def test_run_failing_every_delivery_is_dead_lettered_and_shown_failed(api: Api) -> None:
+    """A run that never completes (here: a consumer that always gives it back, as a
+    runner crashing on it would) is delivered up to the queue's limit, then
+    dead-lettered to the debugger, which records it as failed: not dropped, not looping."""
+    system = api.system
+    flow_id, token = await async_flow(api)
+    for runner in list(system.processes["runner"]):
+        system.stop(runner)
+    try:
+        status, headers, _ = await api.send(flow_id, token, json={"n": 1})
+        assert status == 200
+        request_id = headers["X-Request-Id"]
+        deliveries = 0
+        connection = await aio_pika.connect(system.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue("flowhooks.runner.async-runs", ensure=False)
+            while deliveries < 20:
+                message = await queue.get(no_ack=False, fail=False, timeout=5)
+                if message is None:
+                    break
+                deliveries += 1
+                await message.nack(requeue=True)
+        assert deliveries == 6  # the first delivery and x-delivery-limit (5) more
+        status, record = 404, None
+        for _ in range(100):
+            status, record = await api.debugger(f"/v1/requests/{request_id}")
+            if status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and record is not None
+        assert record["outcome"] == "failed"
+        assert "dead-lettered" in record["error"]
+        assert record["input"] == {"n": 1}
+    finally:
+        system.start("runner")

@@ -355,3 +355,36 @@ async def test_changes_reach_two_ingress_replicas_within_one_second(api: Api) ->
         await within_one_second(new_token, 401)
     finally:
         api.system.stop(second)
+
+
+async def test_header_too_long_is_a_400_envelope(api: Api) -> None:
+    flow_id, token = await echo_flow(api)
+    status, _, body = await api.send(flow_id, token, json={}, headers={"X-Big": "a" * 9000})
+    assert status == 400
+    assert orjson.loads(body) == {
+        "status": 400,
+        "error": "bad_request",
+        "data": None,
+        "message": "the request could not be parsed (malformed, or a header too long)",
+    }
+
+
+async def test_slow_body_is_408(api: Api) -> None:
+    slow = api.system.start("ingress", FLOWHOOKS_INGRESS_BODY_TIMEOUT_S="1")
+    try:
+        flow_id, token = await echo_flow(api)
+
+        async def trickle() -> AsyncIterator[bytes]:
+            yield b'{"a": '
+            await asyncio.sleep(3)
+            yield b"1}"
+
+        async with api.session.post(
+            f"{slow.url}/v1/flow-webhook/{flow_id}",
+            data=trickle(),
+            headers={"Authorization": f"Bearer {token}"},
+        ) as answer:
+            assert answer.status == 408
+            assert (await answer.json())["error"] == "request_timeout"
+    finally:
+        api.system.stop(slow)
