@@ -10,8 +10,10 @@ from aiohttp import web
 from services.runner.access import FlowAccess
 from services.runner.engine import Engine
 from services.runner.flows_api import FlowsApi
+from services.runner.outbound import AddressPolicy, OutboundHttp
 from services.runner.runs import FlowCache, RunService
 from services.runner.settings import RunnerSettings
+from services.runner.steps.base import StepLimits
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.db import apply_migrations, create_pool
@@ -58,8 +60,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         settings.runner_webhook_base_url,
     )
 
+    http = OutboundHttp(AddressPolicy(settings.runner_http_allow_networks))
+    limits = StepLimits(
+        loop_max_items=settings.runner_loop_max_items,
+        http_max_response_bytes=settings.runner_http_max_response_bytes,
+    )
     runs = RunService(
-        FlowCache(store, templates, settings.runner_max_timeout_s), Engine(templates), broker
+        FlowCache(store, templates, settings.runner_max_timeout_s),
+        Engine(templates, limits, http),
+        broker,
     )
     sync_runs = RpcServer(broker, topology.SYNC_RUNS, prefetch=settings.runner_sync_prefetch)
     sync_runs.register(naming.START_RUN, StartRun, runs.start_sync_run)
@@ -83,6 +92,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await sync_runs.wait_idle(settings.shutdown_timeout_s)
     await runs.wait_idle(settings.shutdown_timeout_s)
     await control.wait_idle(settings.shutdown_timeout_s)
+    await http.close()
     await broker.close()
     await pool.close()
 

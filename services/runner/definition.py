@@ -48,7 +48,7 @@ class FlowDefinition(BaseModel):
             "name": self.name,
             "status": self.status,
             "webhook": self.webhook.model_dump(by_alias=True),
-            "steps": [step.model_dump() for step in self.steps],
+            "steps": [step.model_dump(by_alias=True) for step in self.steps],
         }
 
 
@@ -78,10 +78,13 @@ def _parse_steps(raw_steps: Any, prefix: str) -> list[StepModel]:
                 f"unknown step type {raw.get('type')!r}; known: {', '.join(sorted(STEP_TYPES))}",
             )
         try:
-            steps.append(step_type.model.model_validate(raw))
+            step = step_type.model.model_validate(raw)
         except ValidationError as exc:
             error = exc.errors()[0]
             raise _refuse(_path(tuple(error["loc"]), path), error["msg"]) from None
+        for name, attribute in step.NESTED.items():
+            setattr(step, attribute, _parse_steps(getattr(step, attribute), f"{path}.{name}"))
+        steps.append(step)
     return steps
 
 
@@ -135,8 +138,11 @@ def _check_references(definition: FlowDefinition, engine: TemplateEngine) -> Non
             for field, source in step.templates().items():
                 check_template(f"{path}.{field}", source, known)
             for field, children in step.nested().items():
-                inner_known = known | ({"loop"} if step.type == "loop" else set())
-                known |= walk(children, f"{path}.{field}", inner_known) - inner_known
+                if step.type == "loop":
+                    # Ref-ids inside a loop belong to one iteration: not visible after it.
+                    walk(children, f"{path}.{field}", known | {"loop"})
+                else:
+                    known |= walk(children, f"{path}.{field}", known)
             known.add(step.ref_id)
         return known
 

@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 
 from services.runner.definition import FlowDefinition
+from services.runner.outbound import OutboundHttp
 from services.runner.steps import STEP_TYPES, StepModel
-from services.runner.steps.base import RunContext
+from services.runner.steps.base import RunContext, StepLimits
+from services.runner.steps.fail import StepFailed
 from services.runner.templates import TemplateEngine, TemplateFailure
 from shared.errors import ApiError, FlowError
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest
@@ -28,17 +30,9 @@ class Flow:
     definition: FlowDefinition
 
 
-class StepFailed(Exception):
-    def __init__(self, ref_id: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.ref_id = ref_id
-        self.message = message
-        self.status = status
-
-
 def json_value(value: Any) -> Any:
     """What a template produced, as plain JSON (anything else becomes its text)."""
-    return orjson.loads(orjson.dumps(value, default=str))
+    return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
 def error_result(
@@ -62,8 +56,15 @@ def error_result(
 
 
 class Engine:
-    def __init__(self, templates: TemplateEngine) -> None:
+    def __init__(
+        self,
+        templates: TemplateEngine,
+        limits: StepLimits | None = None,
+        http: OutboundHttp | None = None,
+    ) -> None:
         self.templates = templates
+        self.limits = limits or StepLimits()
+        self.http = http
 
     def context(self, flow: Flow, request: WebhookRequest) -> dict[str, Any]:
         return {
@@ -94,17 +95,16 @@ class Engine:
             entry = StepTrace(
                 ref_id=step.ref_id,
                 type=step.type,
-                input=step.templates(),
+                input=step.trace_input(),
                 started_at=started_at,
                 duration_ms=0,
             )
             trace.append(entry)
             try:
-                output = json_value(
-                    await STEP_TYPES[step.type].run(
-                        step, RunContext(self.templates, values, path, self)
-                    )
+                context = RunContext(
+                    self.templates, values, path, self, trace, self.limits, self.http
                 )
+                output = json_value(await STEP_TYPES[step.type].run(step, context))
             except TemplateFailure as exc:
                 entry.error = str(exc)
                 raise StepFailed(step.ref_id, str(exc)) from None

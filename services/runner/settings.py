@@ -20,5 +20,12 @@ class RunnerSettings(ServiceSettings):
     runner_render_timeout_s: float = Field(default=0.5, gt=0)
     # Largest rendered text, and largest string or list one operator may build.
     runner_max_output_chars: int = Field(default=1_000_000, ge=1000)
+    # Networks `http` steps may reach although they are private, loopback or
+    # link-local (JSON list of CIDRs, e.g. ["10.1.0.0/16"]). Empty: only public addresses.
+    runner_http_allow_networks: list[str] = Field(default_factory=list)
+    # Largest response body an `http` step reads.
+    runner_http_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Most items a `loop` step iterates over.
+    runner_loop_max_items: int = Field(default=10_000, ge=1)
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)

@@ -1,0 +1,115 @@
+"""`http`: an outgoing HTTP request. Templated `method`, `url`, `headers` and `body`
+(a body that renders to a JSON object or list is sent as JSON, anything else as text);
+`timeout_s`; `retries` on connection errors, 5xx and 429 with exponential backoff.
+Output `{"status", "headers", "body"}` (the body parsed when it is JSON). Private and
+metadata addresses are refused (outbound.py). Header values that carry secrets are
+redacted in the step trace."""
+
+import asyncio
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+import structlog
+from pydantic import Field
+
+from services.runner.outbound import OutboundRefused, is_retryable
+from services.runner.steps.base import RunContext, StepModel, StepType
+from services.runner.templates import TemplateFailure, parse_if_json
+
+log = structlog.get_logger(__name__)
+
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "x-auth-token",
+        "api-key",
+    }
+)
+REDACTED = "[redacted]"
+
+
+class HttpStep(StepModel):
+    type: Literal["http"]
+    method: str = "GET"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff_s: float = Field(default=0.2, ge=0, le=30)
+
+    def templates(self) -> dict[str, str]:
+        fields = {"method": self.method, "url": self.url}
+        fields.update({f"headers.{name}": value for name, value in self.headers.items()})
+        if self.body is not None:
+            fields["body"] = self.body
+        return fields
+
+    def trace_input(self) -> dict[str, Any]:
+        data = self.templates()
+        return {
+            k: (REDACTED if k.split(".", 1)[-1].lower() in SECRET_HEADERS else v)
+            for k, v in data.items()
+        }
+
+
+def redact(headers: dict[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+
+
+async def run(step: HttpStep, ctx: RunContext) -> Any:
+    if ctx.http is None:
+        raise TemplateFailure(f"{ctx.path}: outgoing HTTP is not available in this runner")
+    render = ctx.templates.render_text
+    method = render(step.method, ctx.values, f"{ctx.path}.method").strip().upper()
+    url = render(step.url, ctx.values, f"{ctx.path}.url").strip()
+    headers = {
+        name: render(value, ctx.values, f"{ctx.path}.headers.{name}")
+        for name, value in step.headers.items()
+    }
+    data: bytes | None = None
+    if step.body is not None:
+        body = ctx.templates.render_value(step.body, ctx.values, f"{ctx.path}.body")
+        if isinstance(body, (dict, list)):
+            data = orjson.dumps(body)
+            headers.setdefault("Content-Type", "application/json")
+        else:
+            data = str(body).encode()
+    attempt = 0
+    while True:
+        try:
+            status, response_headers, raw = await ctx.http.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                timeout_s=step.timeout_s,
+                max_response_bytes=ctx.limits.http_max_response_bytes,
+            )
+            if not is_retryable(status) or attempt >= step.retries:
+                break
+            problem = f"HTTP {status}"
+        except OutboundRefused as exc:
+            raise TemplateFailure(f"{ctx.path}.url: {exc}") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if attempt >= step.retries:
+                raise TemplateFailure(
+                    f"{ctx.path}: {method} {url} failed after {attempt + 1} attempts: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
+            problem = type(exc).__name__
+        attempt += 1
+        log.info("http_step_retry", step=step.ref_id, attempt=attempt, problem=problem)
+        await asyncio.sleep(step.retry_backoff_s * (2 ** (attempt - 1)))
+    text = raw.decode(errors="replace")
+    content_type = response_headers.get("Content-Type", "")
+    parsed = parse_if_json(text) if "json" in content_type else text
+    return {"status": status, "headers": redact(response_headers), "body": parsed}
+
+
+HTTP = StepType("http", HttpStep, run)

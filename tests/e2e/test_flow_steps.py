@@ -1,0 +1,240 @@
+"""Flows that branch, loop, call an HTTP endpoint (served by this test on loopback,
+allowed by the operator's allow list) and fail on purpose; outgoing requests to
+private and metadata addresses refused; hostile templates fail the run, not the runner."""
+
+import socket
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from tests.e2e.client import Api, eventually
+from tests.e2e.system import System
+from tests.infra import fresh_database, fresh_vhost
+
+pytestmark = pytest.mark.e2e
+
+# The test's own HTTP endpoint listens on 127.0.0.2; only that address is allowed.
+ENDPOINT_HOST = "127.0.0.2"
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[System]:
+    with fresh_vhost() as amqp_url, fresh_database() as database_url:
+        running = System(
+            amqp_url,
+            database_url,
+            extra_env={
+                "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": f'["{ENDPOINT_HOST}/32"]',
+                "FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S": "0.3",
+            },
+        )
+        try:
+            running.start_all()
+            yield running
+        finally:
+            running.stop_all()
+
+
+@pytest.fixture
+async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A CRM stand-in: records what it receives; /flaky fails twice, then answers."""
+    received: list[dict[str, Any]] = []
+    flaky_calls = {"n": 0}
+
+    async def contacts(request: web.Request) -> web.Response:
+        received.append({"body": await request.json(), "auth": request.headers.get("X-Api-Key")})
+        return web.json_response({"id": len(received), "ok": True}, status=201)
+
+    async def flaky(request: web.Request) -> web.Response:
+        flaky_calls["n"] += 1
+        if flaky_calls["n"] <= 2:
+            return web.Response(status=503)
+        return web.json_response({"after": flaky_calls["n"]})
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+
+    app = web.Application()
+    app.router.add_post("/contacts", contacts)
+    app.router.add_get("/flaky", flaky)
+    app.router.add_get("/redirect", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with socket.socket() as sock:
+        sock.bind((ENDPOINT_HOST, 0))
+        port = sock.getsockname()[1]
+    site = web.TCPSite(runner, ENDPOINT_HOST, port)
+    await site.start()
+    yield f"http://{ENDPOINT_HOST}:{port}", received
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def api(system: System) -> AsyncIterator[Api]:
+    token = system.create_token("acme", "automation")
+    async with aiohttp.ClientSession() as session:
+        yield Api(system, session, token)
+
+
+async def send(api: Api, definition: dict[str, Any], body: Any) -> tuple[int, Any]:
+    status, answer, _ = await send_with_id(api, definition, body)
+    return status, answer
+
+
+async def send_with_id(api: Api, definition: dict[str, Any], body: Any) -> tuple[int, Any, str]:
+    flow = await api.create_flow({"name": "steps", "status": "live", **definition})
+    token = (await api.webhook_info(flow["id"]))["token"]
+    status, headers, raw = await api.send(flow["id"], token, json=body)
+    answer = orjson.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
+    return status, answer, headers["X-Request-Id"]
+
+
+async def test_branch_loop_and_call_an_api(
+    api: Api, endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, received = endpoint
+    definition = {
+        "webhook": {
+            "ref_id": "web1",
+            "response": {
+                "status_code": 200,
+                "body": (
+                    '{"synced": {{ sync.value | length }}, "vip": {{ vip.value | tojson }},'
+                    ' "first_id": {{ sync.value[0].body.id }}}'
+                ),
+            },
+        },
+        "steps": [
+            {
+                "ref_id": "vip",
+                "type": "condition",
+                "if": "{{ web1.total > 100 }}",
+                "then": [{"ref_id": "tier", "type": "template", "template": "gold"}],
+                "else": [{"ref_id": "tier2", "type": "template", "template": "basic"}],
+            },
+            {
+                "ref_id": "sync",
+                "type": "loop",
+                "over": "{{ web1.users }}",
+                "steps": [
+                    {
+                        "ref_id": "push",
+                        "type": "http",
+                        "method": "POST",
+                        "url": base + "/contacts",
+                        "headers": {"X-Api-Key": "secret-key-123"},
+                        "body": '{"name": "{{ loop.item.name }}", "n": {{ loop.index }},'
+                        ' "tier": "{{ tier.value }}"}',
+                    },
+                ],
+            },
+        ],
+    }
+    status, answer, request_id = await send_with_id(
+        api, definition, {"total": 250, "users": [{"name": "ada"}, {"name": "bob"}]}
+    )
+    assert status == 200, answer
+    assert answer == {"synced": 2, "vip": True, "first_id": 1}
+    assert received == [
+        {"body": {"name": "ada", "n": 0, "tier": "gold"}, "auth": "secret-key-123"},
+        {"body": {"name": "bob", "n": 1, "tier": "gold"}, "auth": "secret-key-123"},
+    ]
+
+    # The trace shows each call, with the API key redacted (and nowhere in the record).
+    async def stored() -> dict[str, Any] | None:
+        status, record = await api.debugger(f"/v1/requests/{request_id}")
+        return record if status == 200 else None
+
+    record = await eventually(stored)
+    push_steps = [s for s in record["steps"] if s["ref_id"] == "push"]
+    assert len(push_steps) == 2
+    assert push_steps[0]["input"]["headers.X-Api-Key"] == "[redacted]"
+    assert push_steps[0]["output"]["status"] == 201
+    assert "secret-key-123" not in orjson.dumps(record).decode()
+
+
+async def test_retries_then_succeeds(api: Api, endpoint: tuple[str, list[dict[str, Any]]]) -> None:
+    base, _ = endpoint
+    status, answer = await send(
+        api,
+        {
+            "steps": [
+                {
+                    "ref_id": "call",
+                    "type": "http",
+                    "url": base + "/flaky",
+                    "retries": 3,
+                    "retry_backoff_s": 0.01,
+                }
+            ]
+        },
+        {},
+    )
+    assert status == 200, answer
+    assert answer["data"]["status"] == 200
+    assert answer["data"]["body"] == {"after": 3}
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        ("http://10.0.0.1/", "10.0.0.1"),
+        ("http://[::ffff:127.0.0.1]:9/", "127.0.0.1"),
+        ("http://localhost:9/", "localhost is 127.0.0.1"),
+    ],
+)
+async def test_private_destinations_refused(api: Api, url: str, why: str) -> None:
+    status, answer = await send(
+        api, {"steps": [{"ref_id": "call", "type": "http", "url": url, "retries": 0}]}, {}
+    )
+    assert status == 500
+    assert answer["error"] == "flow_error"
+    assert why in answer["message"]
+    assert "the operator has not allowed it" in answer["message"]
+
+
+async def test_redirect_to_metadata_refused(
+    api: Api, endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, _ = endpoint
+    status, answer = await send(
+        api,
+        {"steps": [{"ref_id": "call", "type": "http", "url": base + "/redirect", "retries": 0}]},
+        {},
+    )
+    assert status == 500
+    assert "169.254.169.254" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ cycler.__init__.__globals__.os }}",
+        "{{ request.__class__ }}",
+        "{{ '{0.__class__}'.format(web1) }}",
+        "{{ 'a' * 50000000 }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    ],
+)
+async def test_template_injection_fails_the_run_not_the_runner(api: Api, hostile: str) -> None:
+    started = time.monotonic()
+    status, answer = await send(
+        api, {"steps": [{"ref_id": "evil", "type": "template", "template": hostile}]}, {"x": 1}
+    )
+    assert status == 500, answer
+    assert answer["error"] == "flow_error"
+    assert time.monotonic() - started < 30  # the contract's default sync timeout
+    # The runner still serves.
+    status, answer = await send(
+        api,
+        {"steps": [{"ref_id": "ok", "type": "template", "template": "{{ web1.x + 1 }}"}]},
+        {"x": 1},
+    )
+    assert (status, answer["data"]) == (200, {"value": 2})

@@ -1,0 +1,204 @@
+"""condition, loop and fail, through the engine (no services)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from services.runner.definition import parse_definition
+from services.runner.engine import Engine, Flow
+from services.runner.steps.base import StepLimits
+from services.runner.templates import TemplateEngine
+from shared.errors import BadRequest
+from shared.schemas.runs import RunResult, WebhookRequest
+
+TEMPLATES = TemplateEngine()
+
+
+async def run(raw: dict[str, Any], body: Any, limits: StepLimits | None = None) -> RunResult:
+    flow = Flow("f1", "w1", 1, parse_definition({"name": "t", **raw}, TEMPLATES, 300))
+    request = WebhookRequest(
+        request_id="r1",
+        flow_id="f1",
+        workspace_id="w1",
+        received_at=datetime.now(UTC),
+        method="POST",
+        path="/",
+        query={},
+        headers={},
+        content_type=None,
+        raw_body="",
+        input=body,
+    )
+    return await Engine(TEMPLATES, limits).run(flow, request)
+
+
+def data(result: RunResult) -> Any:
+    return orjson.loads(result.body)["data"]
+
+
+BRANCHING = {
+    "steps": [
+        {
+            "ref_id": "big",
+            "type": "condition",
+            "if": "{{ web1.amount > 100 }}",
+            "then": [{"ref_id": "label", "type": "template", "template": "big"}],
+            "else": [{"ref_id": "small", "type": "template", "template": "small"}],
+        },
+    ],
+    "webhook": {"response": {"body": "{{ big.value }} {{ label.value }}"}},
+}
+
+
+async def test_condition_takes_a_branch() -> None:
+    assert (await run(BRANCHING, {"amount": 150})).body == "True big"
+    result = await run(BRANCHING, {"amount": 5})
+    assert result.status_code == 500  # `label` did not run: its name is undefined
+    assert "'label' is undefined" in orjson.loads(result.body)["message"]
+    no_response = {"steps": BRANCHING["steps"]}
+    assert data(await run(no_response, {"amount": 5})) == {"value": False}
+    assert [s.ref_id for s in (await run(no_response, {"amount": 5})).steps] == ["big", "small"]
+
+
+async def test_loop_over_items() -> None:
+    raw = {
+        "steps": [
+            {
+                "ref_id": "each",
+                "type": "loop",
+                "over": "{{ web1.items }}",
+                "steps": [
+                    {"ref_id": "double", "type": "template", "template": "{{ loop.item * 2 }}"},
+                    {
+                        "ref_id": "line",
+                        "type": "template",
+                        "template": "{{ loop.index }}:{{ double.value }}",
+                    },
+                ],
+            }
+        ]
+    }
+    assert data(await run(raw, {"items": [1, 2, 3]})) == {
+        "value": [{"value": "0:2"}, {"value": "1:4"}, {"value": "2:6"}]
+    }
+    assert data(await run(raw, {"items": []})) == {"value": []}
+    failed = await run(raw, {"items": "nope"})
+    assert "must give a list" in orjson.loads(failed.body)["message"]
+    limited = await run(raw, {"items": [1, 2, 3]}, StepLimits(loop_max_items=2))
+    assert "more than 2 items" in orjson.loads(limited.body)["message"]
+
+
+async def test_fail_with_status() -> None:
+    raw = {
+        "steps": [
+            {
+                "ref_id": "check",
+                "type": "condition",
+                "if": "{{ web1.user is not defined }}",
+                "then": [
+                    {
+                        "ref_id": "stop",
+                        "type": "fail",
+                        "message": "no user in {{ request.id }}",
+                        "status_code": 422,
+                    }
+                ],
+            },
+        ]
+    }
+    result = await run(raw, {})
+    assert result.status_code == 422
+    assert orjson.loads(result.body) == {
+        "status": 422,
+        "error": "flow_error",
+        "data": None,
+        "message": "step 'stop' failed: no user in r1",
+    }
+    assert result.outcome == "failed"
+    assert (await run(raw, {"user": "u"})).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        (
+            {
+                "steps": [
+                    {
+                        "ref_id": "l",
+                        "type": "loop",
+                        "over": "{{ web1 }}",
+                        "steps": [
+                            {"ref_id": "x", "type": "template", "template": "{{ loop.item }}"}
+                        ],
+                    },
+                    {"ref_id": "after", "type": "template", "template": "{{ x.value }}"},
+                ]
+            },
+            "steps[1].template",
+            "unknown name 'x'",
+        ),
+        (
+            {
+                "steps": [
+                    {
+                        "ref_id": "c",
+                        "type": "condition",
+                        "if": "{{ true }}",
+                        "then": [{"ref_id": "c", "type": "template", "template": "x"}],
+                    }
+                ]
+            },
+            "steps[0].then[0].ref_id",
+            "duplicate ref-id 'c'",
+        ),
+        (
+            {"steps": [{"ref_id": "c", "type": "condition", "if": "{% if %}"}]},
+            "steps[0].if",
+            "template syntax error",
+        ),
+        (
+            {"steps": [{"ref_id": "t", "type": "template", "template": "{{ loop.item }}"}]},
+            "steps[0].template",
+            "unknown name 'loop'",
+        ),
+        (
+            {"steps": [{"ref_id": "f", "type": "fail", "status_code": 99}]},
+            "steps[0].status_code",
+            "greater than or equal to 100",
+        ),
+        ({"steps": [{"ref_id": "h", "type": "http"}]}, "steps[0].url", "Field required"),
+        (
+            {
+                "steps": [
+                    {
+                        "ref_id": "l",
+                        "type": "loop",
+                        "over": "x",
+                        "steps": [{"ref_id": "bad", "type": "nope"}],
+                    }
+                ]
+            },
+            "steps[0].steps[0].type",
+            "unknown step type",
+        ),
+    ],
+)
+def test_nested_validation(raw: dict[str, Any], field: str, message: str) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_definition({"name": "t", **raw}, TEMPLATES, 300)
+    assert caught.value.data == {"field": field}
+    assert message in caught.value.message
+
+
+def test_nested_steps_round_trip() -> None:
+    definition = parse_definition({"name": "t", **BRANCHING}, TEMPLATES, 300)
+    assert definition.public()["steps"][0] == {
+        "ref_id": "big",
+        "type": "condition",
+        "if": "{{ web1.amount > 100 }}",
+        "then": [{"ref_id": "label", "type": "template", "template": "big"}],
+        "else": [{"ref_id": "small", "type": "template", "template": "small"}],
+    }
