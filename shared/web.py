@@ -111,7 +111,8 @@ async def envelope_middleware(
         response = error_response(InternalError("internal error"))
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
-    response.headers["X-Request-Id"] = request_id
+    if not response.prepared:  # a stream (server-sent events) has sent its headers
+        response.headers["X-Request-Id"] = request_id
     ops = request.app.get(OPS)
     if ops is not None:
         route = request.match_info.route.resource

@@ -2,6 +2,7 @@
 ops API."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from aiohttp import web
 from services.debugger.ingest import BatchIngest
 from services.debugger.records import Redaction
 from services.debugger.requests_api import RequestsApi
+from services.debugger.retention import Retention
 from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
+from services.debugger.tail import LiveTail
 from shared.db import apply_migrations, create_pool
 from shared.messaging import topology
 from shared.messaging.connection import Broker
@@ -40,10 +43,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     store = RequestStore(pool)
     rpc = RpcClient(broker, settings.rpc_timeout_s)
     await rpc.start()
-    app[REQUESTS_API] = RequestsApi(store, rpc)
     redaction = Redaction(
         frozenset(h.lower() for h in settings.debugger_redact_headers),
         settings.debugger_max_raw_body_bytes,
+    )
+    app[REQUESTS_API] = RequestsApi(
+        store, rpc, LiveTail(broker, redaction), settings.debugger_replay_timeout_s
     )
     ingest = BatchIngest(
         store, redaction, settings.debugger_batch_size, settings.debugger_batch_linger_ms / 1000
@@ -62,7 +67,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         return broker.is_connected
 
     app[OPS].readiness.update(database=database_ready, broker=broker_ready)
+    retention = Retention(
+        pool,
+        max_age_s=settings.debugger_retention_max_age_s,
+        max_per_flow=settings.debugger_retention_max_per_flow,
+        batch=settings.debugger_retention_batch,
+        interval_s=settings.debugger_retention_interval_s,
+    )
+    retention_task = asyncio.create_task(retention.run_forever())
     yield
+    retention_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await retention_task
     await broker.stop_consuming()
     try:
         await asyncio.wait_for(ingest.close(), settings.shutdown_timeout_s)
@@ -78,4 +94,11 @@ def create_app(settings: DebuggerSettings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/v1/flows/{flow_id}/requests", route_to(REQUESTS_API, lambda api: api.list))
     app.router.add_get("/v1/requests/{request_id}", route_to(REQUESTS_API, lambda api: api.get))
+    app.router.add_post(
+        "/v1/requests/{request_id}/replay", route_to(REQUESTS_API, lambda api: api.replay)
+    )
+    app.router.add_get(
+        "/v1/flows/{flow_id}/requests/stream", route_to(REQUESTS_API, lambda api: api.stream)
+    )
+    app.router.add_get("/v1/flows/{flow_id}/stats", route_to(REQUESTS_API, lambda api: api.stats))
     return app

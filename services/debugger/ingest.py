@@ -10,12 +10,14 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from services.debugger.records import Redaction, row_from_event
-from services.debugger.store import RequestStore
+from services.debugger.records import Redaction, flow_from_event, row_from_event
+from services.debugger.store import COLUMNS, RequestStore
+from shared.messaging import naming
 
 log = structlog.get_logger(__name__)
 
 RETRY_DELAY_S = 1.0
+RANK = COLUMNS.index("source_rank")
 
 
 class BatchIngest:
@@ -26,21 +28,27 @@ class BatchIngest:
         self.redaction = redaction
         self.batch_size = batch_size
         self.linger_s = linger_s
-        self._pending: list[tuple[AbstractIncomingMessage, tuple[Any, ...]]] = []
+        # (message, is a flow row, row)
+        self._pending: list[tuple[AbstractIncomingMessage, bool, tuple[Any, ...]]] = []
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self.stored = 0
 
     async def on_event(self, message: AbstractIncomingMessage) -> None:
+        is_flow = message.routing_key == naming.FLOW_CHANGED
         try:
-            row = row_from_event(message.routing_key or "", message.body, self.redaction)
+            row = (
+                flow_from_event(message.body)
+                if is_flow
+                else row_from_event(message.routing_key or "", message.body, self.redaction)
+            )
         except ValidationError:
             log.error(
                 "bad_debugger_event", routing_key=message.routing_key, body=message.body[:200]
             )
             await message.reject(requeue=False)
             return
-        self._pending.append((message, row))
+        self._pending.append((message, is_flow, row))
         if len(self._pending) >= self.batch_size:
             await self.flush()
         elif self._timer is None:
@@ -60,21 +68,27 @@ class BatchIngest:
                 )
                 await self._write(batch)
 
-    async def _write(self, batch: list[tuple[AbstractIncomingMessage, tuple[Any, ...]]]) -> None:
+    async def _write(
+        self, batch: list[tuple[AbstractIncomingMessage, bool, tuple[Any, ...]]]
+    ) -> None:
         # The same request twice in one batch: keep its last event only (ON CONFLICT
         # cannot touch one row twice in a statement); the rank rule sorts out the rest.
         rows: dict[str, tuple[Any, ...]] = {}
-        for _, row in batch:
-            if row[0] not in rows or rows[row[0]][-1] <= row[-1]:
+        flows: dict[Any, tuple[Any, ...]] = {}
+        for _, is_flow, row in batch:
+            if is_flow:
+                if row[0] not in flows or flows[row[0]][2] < row[2]:
+                    flows[row[0]] = row
+            elif row[0] not in rows or rows[row[0]][RANK] <= row[RANK]:
                 rows[row[0]] = row
         while True:
             try:
-                await self.store.write(list(rows.values()))
+                await self.store.write(list(rows.values()), list(flows.values()))
                 break
             except Exception as exc:
                 log.warning("batch_write_failed", size=len(batch), error=repr(exc))
                 await asyncio.sleep(RETRY_DELAY_S)
-        for message, _ in batch:
+        for message, _, _ in batch:
             try:
                 await message.ack()
             except Exception as exc:

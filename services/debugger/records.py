@@ -7,6 +7,7 @@
   own outcome wins whatever the arrival order).
 """
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 
 from services.debugger.redact import clean_text, cut_body, json_text, redact_headers
 from shared.messaging import naming
+from shared.schemas.access import FlowChanged
 from shared.schemas.runs import RunFinished, StartRun, WebhookRequest
 
 RANK_DEAD_LETTER, RANK_OUTCOME = 1, 2
@@ -70,6 +72,18 @@ def _row(
         started_at,
         finished_at,
         rank,
+        request.replay_of,
+    )
+
+
+def flow_from_event(body: bytes) -> tuple[Any, ...]:
+    """A `flow.changed` event as a `debugger.flows` row."""
+    change = FlowChanged.model_validate_json(body)
+    return (
+        uuid.UUID(change.flow_id),
+        uuid.UUID(change.workspace_id),
+        change.version,
+        change.deleted,
     )
 
 

@@ -2,18 +2,22 @@
 request in full. Personal tokens with `automation` or `automation.manage`; only the
 caller's workspace is ever read."""
 
+import asyncio
 import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from services.debugger.store import RequestStore
+from services.debugger.tail import LiveTail, sse
 from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
+from shared.messaging import naming
 from shared.messaging.rpc import RpcClient
+from shared.schemas.runs import RunResult, StartRun, WebhookRequest
 from shared.web import json_response
 
 MAX_LIMIT = 500
@@ -54,16 +58,32 @@ def _duration_ms(started: datetime | None, finished: datetime | None) -> float |
 
 
 class RequestsApi:
-    def __init__(self, store: RequestStore, rpc: RpcClient) -> None:
+    def __init__(
+        self,
+        store: RequestStore,
+        rpc: RpcClient,
+        tail: LiveTail,
+        replay_timeout_s: float,
+        heartbeat_s: float = 15.0,
+    ) -> None:
         self.store = store
         self.rpc = rpc
+        self.tail = tail
+        self.replay_timeout_s = replay_timeout_s
+        self.heartbeat_s = heartbeat_s
 
-    async def list(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request)
+    async def _visible_flow(self, request: web.Request, workspace_id: str) -> uuid.UUID:
         try:
             flow_id = uuid.UUID(request.match_info["flow_id"])
         except ValueError:
             raise NotFound("no such flow") from None
+        if not await self.store.flow_visible(flow_id, workspace_id):
+            raise NotFound("no such flow")
+        return flow_id
+
+    async def list(self, request: web.Request) -> web.Response:
+        caller = await require_scope(self.rpc, request)
+        flow_id = await self._visible_flow(request, caller.workspace_id)
         query = request.query
         try:
             limit = max(1, min(int(query.get("limit", "50")), MAX_LIMIT))
@@ -117,3 +137,107 @@ class RequestsApi:
             "body": row.pop("response_body"),
         }
         return json_response({**row, "response": response})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """Counts by outcome and latency percentiles over `?window_s=` (default 3600)."""
+        caller = await require_scope(self.rpc, request)
+        flow_id = await self._visible_flow(request, caller.workspace_id)
+        try:
+            window_s = float(request.query.get("window_s", "3600"))
+        except ValueError:
+            raise BadRequest("window_s must be a number", data={"field": "window_s"}) from None
+        if not 0 < window_s <= 90 * 86400:
+            raise BadRequest("window_s must be between 0 and 90 days", data={"field": "window_s"})
+        stats = await self.store.stats(flow_id, caller.workspace_id, window_s)
+        return json_response({"flow_id": str(flow_id), "window_s": window_s, **stats})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """The stored input through the normal run path again, as a new request that
+        points at the original (`replay_of`)."""
+        caller = await require_scope(self.rpc, request)
+        row = await self.store.get(request.match_info["request_id"], caller.workspace_id)
+        if row is None:
+            raise NotFound("no such request")
+        if row["outcome"] == "rejected":
+            raise BadRequest("a request whose body could not be parsed cannot be replayed")
+        now = datetime.now(UTC)
+        replayed = WebhookRequest(
+            request_id=uuid.uuid4().hex,
+            flow_id=row["flow_id"],
+            workspace_id=row["workspace_id"],
+            received_at=now,
+            method=row["method"],
+            path=row["path"],
+            query=row["query"],
+            headers=row["headers"],
+            content_type=row["content_type"],
+            raw_body=row["raw_body"],
+            input=row["input"],
+            mode=row["mode"],
+            replay_of=row["id"],
+        )
+        if row["mode"] == "async":
+            start = StartRun(request=replayed, flow_version=0)
+            await self.rpc.broker.publish(
+                start.model_dump_json().encode(),
+                routing_key=naming.ASYNC_RUNS_QUEUE,
+                message_type=naming.START_RUN,
+                correlation_id=replayed.request_id,
+            )
+            return json_response(
+                {"request_id": replayed.request_id, "replay_of": row["id"], "outcome": "queued"},
+                status=202,
+            )
+        start = StartRun(
+            request=replayed,
+            flow_version=0,
+            deadline=now + timedelta(seconds=self.replay_timeout_s),
+        )
+        result = await self.rpc.call(
+            naming.SYNC_RUNS_QUEUE,
+            naming.START_RUN,
+            start,
+            RunResult,
+            timeout_s=self.replay_timeout_s,
+            correlation_id=replayed.request_id,
+        )
+        return json_response(
+            {
+                "request_id": replayed.request_id,
+                "replay_of": row["id"],
+                "outcome": result.outcome,
+                "response": {
+                    "status_code": result.status_code,
+                    "content_type": result.content_type,
+                    "body": result.body,
+                },
+            }
+        )
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: one `request` event per new request of the flow."""
+        caller = await require_scope(self.rpc, request)
+        flow_id = str(await self._visible_flow(request, caller.workspace_id))
+        queue = await self.tail.subscribe(flow_id, caller.workspace_id)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        try:
+            await response.prepare(request)
+            await response.write(b": tailing\n\n")
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), self.heartbeat_s)
+                except TimeoutError:
+                    await response.write(b": ping\n\n")
+                    continue
+                await response.write(sse("request", item))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.tail.unsubscribe(flow_id, caller.workspace_id, queue)
+        return response

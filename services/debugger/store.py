@@ -31,6 +31,7 @@ COLUMNS = (
     "started_at",
     "finished_at",
     "source_rank",
+    "replay_of",
 )
 _JSONB = {"query", "headers", "input", "steps"}
 _PLACEHOLDERS = ", ".join(
@@ -42,11 +43,23 @@ UPSERT = (
     f" ON CONFLICT (id) DO UPDATE SET {_UPDATES}, stored_at = now()"
     " WHERE debugger.requests.source_rank <= EXCLUDED.source_rank"
 )
+UPSERT_FLOW = (
+    "INSERT INTO debugger.flows (flow_id, workspace_id, version, deleted) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (flow_id) DO UPDATE SET workspace_id = EXCLUDED.workspace_id,"
+    " version = EXCLUDED.version, deleted = EXCLUDED.deleted"
+    " WHERE debugger.flows.version < EXCLUDED.version"
+)
+# A flow known only from its requests (its flow.changed came before the debugger
+# existed) is known all the same.
+INSERT_FLOW_OWNER = (
+    "INSERT INTO debugger.flows (flow_id, workspace_id, version) VALUES ($1, $2, 0)"
+    " ON CONFLICT (flow_id) DO NOTHING"
+)
 _SELECT = (
     "SELECT id, flow_id::text, workspace_id::text, received_at, method, path, query::text,"
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
-    " finished_at FROM debugger.requests"
+    " finished_at, replay_of FROM debugger.requests"
 )
 
 
@@ -61,10 +74,27 @@ class RequestStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def write(
+        self, rows: Sequence[tuple[Any, ...]], flows: Sequence[tuple[Any, ...]] = ()
+    ) -> None:
         """One transaction per batch; a redelivered event updates its row in place."""
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.executemany(UPSERT, rows)
+            if flows:
+                await conn.executemany(UPSERT_FLOW, flows)
+            if rows:
+                await conn.executemany(UPSERT, rows)
+                owners = {(row[1], row[2]) for row in rows}
+                await conn.executemany(
+                    INSERT_FLOW_OWNER, [(uuid.UUID(f), uuid.UUID(w)) for f, w in owners]
+                )
+
+    async def flow_visible(self, flow_id: uuid.UUID, workspace_id: str) -> bool:
+        """The flow exists (as far as the debugger heard) and belongs to the workspace."""
+        owner = await self.pool.fetchval(
+            "SELECT workspace_id::text FROM debugger.flows WHERE flow_id = $1 AND NOT deleted",
+            flow_id,
+        )
+        return bool(owner == workspace_id)
 
     async def get(self, request_id: str, workspace_id: str) -> dict[str, Any] | None:
         record = await self.pool.fetchrow(
@@ -104,3 +134,33 @@ class RequestStore:
             limit,
         )
         return rows
+
+    async def stats(self, flow_id: uuid.UUID, workspace_id: str, window_s: float) -> dict[str, Any]:
+        async with self.pool.acquire() as conn:
+            counts = await conn.fetch(
+                "SELECT outcome, count(*) AS n FROM debugger.requests WHERE flow_id = $1"
+                " AND workspace_id = $2 AND received_at >= now() - make_interval(secs => $3)"
+                " GROUP BY outcome",
+                flow_id,
+                uuid.UUID(workspace_id),
+                window_s,
+            )
+            latency = await conn.fetchrow(
+                "SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP"
+                " (ORDER BY extract(epoch FROM finished_at - received_at) * 1000) AS p"
+                " FROM debugger.requests WHERE flow_id = $1 AND workspace_id = $2"
+                " AND received_at >= now() - make_interval(secs => $3)"
+                " AND finished_at IS NOT NULL",
+                flow_id,
+                uuid.UUID(workspace_id),
+                window_s,
+            )
+        by_outcome = {row["outcome"]: row["n"] for row in counts}
+        p = latency["p"] if latency is not None else None
+        return {
+            "total": sum(by_outcome.values()),
+            "by_outcome": by_outcome,
+            "latency_ms": {"p50": round(p[0], 3), "p90": round(p[1], 3), "p99": round(p[2], 3)}
+            if p
+            else None,
+        }

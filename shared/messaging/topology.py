@@ -28,7 +28,14 @@ QUORUM = {"x-queue-type": "quorum", "x-delivery-limit": 10}
 DEBUGGER_EVENTS = QueueSpec(
     naming.DEBUGGER_EVENTS_QUEUE,
     QUORUM,
-    (naming.RUN_FINISHED, naming.REQUEST_REJECTED, naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED),
+    (
+        naming.RUN_FINISHED,
+        naming.REQUEST_REJECTED,
+        naming.RUN_EXPIRED,
+        naming.RUN_DEAD_LETTERED,
+        # Which workspace owns each flow (the debugger keeps its own copy).
+        naming.FLOW_CHANGED,
+    ),
 )
 AUTH_FLOW_CHANGES = QueueSpec(naming.AUTH_FLOW_CHANGES_QUEUE, QUORUM, (naming.FLOW_CHANGED,))
 

@@ -24,6 +24,8 @@ class WebhookRequest(BaseModel):
     raw_body: str
     input: Any
     mode: Literal["sync", "async"] = "sync"
+    # Set when the debugger replays a stored request: the original's id.
+    replay_of: str | None = None
 
 
 class StartRun(BaseModel):

@@ -1,0 +1,94 @@
+"""The live tail: `GET /v1/flows/{id}/requests/stream` as server-sent events.
+
+Each debugger process, once it has a first subscriber, consumes the same events as the
+durable intake on an exclusive queue of its own (so a tail sees every request whichever
+replica stores it) and passes summaries to the subscribers of that flow and workspace.
+A subscriber that does not keep up loses events rather than holding memory."""
+
+import asyncio
+from typing import Any
+
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from services.debugger.records import Redaction, row_from_event
+from services.debugger.store import COLUMNS
+from shared.messaging import naming
+from shared.messaging.connection import Broker
+
+log = structlog.get_logger(__name__)
+
+TAILED = (
+    naming.RUN_FINISHED,
+    naming.REQUEST_REJECTED,
+    naming.RUN_EXPIRED,
+    naming.RUN_DEAD_LETTERED,
+)
+_INDEX = {name: i for i, name in enumerate(COLUMNS)}
+
+
+def summary(row: tuple[Any, ...]) -> dict[str, Any]:
+    received, finished = row[_INDEX["received_at"]], row[_INDEX["finished_at"]]
+    return {
+        "id": row[_INDEX["id"]],
+        "flow_id": str(row[_INDEX["flow_id"]]),
+        "received_at": received,
+        "method": row[_INDEX["method"]],
+        "mode": row[_INDEX["mode"]],
+        "outcome": row[_INDEX["outcome"]],
+        "status_code": row[_INDEX["status_code"]],
+        "duration_ms": round((finished - received).total_seconds() * 1000, 3) if finished else None,
+    }
+
+
+class LiveTail:
+    def __init__(self, broker: Broker, redaction: Redaction, queue_size: int = 1000) -> None:
+        self.broker = broker
+        self.redaction = redaction
+        self.queue_size = queue_size
+        self._subscribers: dict[tuple[str, str], set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._consuming = asyncio.Lock()
+        self._started = False
+
+    async def subscribe(self, flow_id: str, workspace_id: str) -> asyncio.Queue[dict[str, Any]]:
+        async with self._consuming:
+            if not self._started:
+                await self.broker.consume(
+                    f"{naming.PREFIX}.debugger.tail.{self.broker.instance}",
+                    self._on_event,
+                    prefetch=1000,
+                    no_ack=True,
+                    bindings=TAILED,
+                )
+                self._started = True
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.queue_size)
+        self._subscribers.setdefault((flow_id, workspace_id), set()).add(queue)
+        return queue
+
+    def unsubscribe(
+        self, flow_id: str, workspace_id: str, queue: asyncio.Queue[dict[str, Any]]
+    ) -> None:
+        subscribers = self._subscribers.get((flow_id, workspace_id), set())
+        subscribers.discard(queue)
+        if not subscribers:
+            self._subscribers.pop((flow_id, workspace_id), None)
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        if not self._subscribers:
+            return
+        try:
+            row = row_from_event(message.routing_key or "", message.body, self.redaction)
+        except ValidationError:
+            return
+        key = (str(row[_INDEX["flow_id"]]), str(row[_INDEX["workspace_id"]]))
+        for queue in self._subscribers.get(key, ()):
+            try:
+                queue.put_nowait(summary(row))
+            except asyncio.QueueFull:
+                log.warning("tail_subscriber_too_slow", flow_id=key[0])
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
