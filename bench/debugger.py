@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.debugger.store import RequestStore
+from services.debugger.store import COLUMNS, RequestStore
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.schemas.runs import RunFinished, RunResult, WebhookRequest
@@ -148,30 +148,7 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
                 "requests",
                 schema_name="debugger",
                 records=records,
-                columns=[
-                    "id",
-                    "flow_id",
-                    "workspace_id",
-                    "received_at",
-                    "method",
-                    "path",
-                    "query",
-                    "headers",
-                    "content_type",
-                    "raw_body",
-                    "raw_body_truncated",
-                    "input",
-                    "mode",
-                    "outcome",
-                    "status_code",
-                    "response_content_type",
-                    "response_body",
-                    "error",
-                    "steps",
-                    "started_at",
-                    "finished_at",
-                    "source_rank",
-                ],
+                columns=COLUMNS[:-1],  # all but replay_of
             )
         await conn.execute("ANALYZE debugger.requests")
     fill_s = time.monotonic() - began

@@ -34,6 +34,14 @@ async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
     return pool
 
 
+async def open_pool(dsn: str, max_size: int, schema: str, migrations: Path) -> asyncpg.Pool:
+    """A service's pool, with its schema migrated (every service does this at start)."""
+    pool = await create_pool(dsn, max_size)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn, schema, migrations)
+    return pool
+
+
 async def apply_migrations(conn: asyncpg.Connection, schema: str, directory: Path) -> list[str]:
     """Apply the not yet applied `*.sql` files of `directory`; returns their names."""
     applied: list[str] = []

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import asyncpg
 import orjson
 import structlog
 import uvloop
@@ -26,6 +27,7 @@ from shared.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from shared.messaging.connection import Broker
 from shared.settings import ServiceSettings
 from shared.slow_senders import GuardedSite, Guards
 
@@ -62,6 +64,22 @@ class Ops:
 
 OPS = web.AppKey("ops", Ops)
 REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def watch_readiness(app: web.Application, broker: Broker, pool: asyncpg.Pool | None = None) -> None:
+    """`/readyz` checks: the broker connection, and the database where there is one."""
+
+    async def broker_ready() -> bool:
+        return broker.is_connected
+
+    app[OPS].readiness["broker"] = broker_ready
+    if pool is not None:
+        database = pool
+
+        async def database_ready() -> bool:
+            return bool(await database.fetchval("SELECT 1"))
+
+        app[OPS].readiness["database"] = database_ready
 
 
 def json_response(

@@ -13,12 +13,12 @@ from services.auth.flow_sync import FlowAccessSync
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
 from services.auth.tokens_api import TokensApi
-from shared.db import apply_migrations, create_pool
+from shared.db import open_pool
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.schemas.access import AuthorizeWebhook, IdentifyToken
-from shared.web import OPS, base_app, route_to
+from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "auth"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -32,9 +32,7 @@ TOKENS_API = web.AppKey("tokens_api", TokensApi)
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(settings.database_url, settings.database_pool_max)
-    async with pool.acquire() as conn:
-        await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    pool = await open_pool(settings.database_url, settings.database_pool_max, SCHEMA, MIGRATIONS)
     broker = Broker(settings.amqp_url, "auth", settings.publish_timeout_s)
     await broker.connect()
     app[POOL], app[BROKER] = pool, broker
@@ -54,13 +52,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await broker.consume(topology.AUTH_FLOW_CHANGES, flow_sync.on_flow_changed, prefetch=32)
     resync = asyncio.create_task(flow_sync.resync_forever())
 
-    async def database_ready() -> bool:
-        return bool(await pool.fetchval("SELECT 1"))
-
-    async def broker_ready() -> bool:
-        return broker.is_connected
-
-    app[OPS].readiness.update(database=database_ready, broker=broker_ready)
+    watch_readiness(app, broker, pool)
     yield
     resync.cancel()
     with contextlib.suppress(asyncio.CancelledError):

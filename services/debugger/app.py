@@ -16,11 +16,11 @@ from services.debugger.retention import Retention
 from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
-from shared.db import apply_migrations, create_pool
+from shared.db import open_pool
 from shared.messaging import topology
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
-from shared.web import OPS, base_app, route_to
+from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "debugger"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -34,9 +34,7 @@ REQUESTS_API = web.AppKey("requests_api", RequestsApi)
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(settings.database_url, settings.database_pool_max)
-    async with pool.acquire() as conn:
-        await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    pool = await open_pool(settings.database_url, settings.database_pool_max, SCHEMA, MIGRATIONS)
     broker = Broker(settings.amqp_url, "debugger", settings.publish_timeout_s)
     await broker.connect()
     app[POOL], app[BROKER] = pool, broker
@@ -60,13 +58,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         prefetch=max(settings.debugger_prefetch, settings.debugger_batch_size),
     )
 
-    async def database_ready() -> bool:
-        return bool(await pool.fetchval("SELECT 1"))
-
-    async def broker_ready() -> bool:
-        return broker.is_connected
-
-    app[OPS].readiness.update(database=database_ready, broker=broker_ready)
+    watch_readiness(app, broker, pool)
     retention = Retention(
         pool,
         max_age_s=settings.debugger_retention_max_age_s,

@@ -11,7 +11,7 @@ from services.ingress.webhook import WebhookHandler
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
-from shared.web import OPS, base_app, route_to
+from shared.web import base_app, route_to, watch_readiness
 
 SETTINGS = web.AppKey("settings", IngressSettings)
 BROKER = web.AppKey("broker", Broker)
@@ -42,10 +42,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[BROKER], app[ACCESS_CACHE] = broker, cache
     app[WEBHOOK] = WebhookHandler(cache, rpc, broker, settings)
 
-    async def broker_ready() -> bool:
-        return broker.is_connected
-
-    app[OPS].readiness["broker"] = broker_ready
+    watch_readiness(app, broker)
     yield
     # aiohttp has already stopped accepting and waited for in-flight requests.
     await broker.stop_consuming()

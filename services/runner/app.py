@@ -16,13 +16,13 @@ from services.runner.settings import RunnerSettings
 from services.runner.steps.base import StepLimits
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
-from shared.db import apply_migrations, create_pool
+from shared.db import open_pool
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.schemas.access import ListFlowAccess
 from shared.schemas.runs import StartRun
-from shared.web import OPS, base_app, route_to
+from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "runner"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,9 +35,7 @@ FLOWS_API = web.AppKey("flows_api", FlowsApi)
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(settings.database_url, settings.database_pool_max)
-    async with pool.acquire() as conn:
-        await apply_migrations(conn, SCHEMA, MIGRATIONS)
+    pool = await open_pool(settings.database_url, settings.database_pool_max, SCHEMA, MIGRATIONS)
     broker = Broker(settings.amqp_url, "runner", settings.publish_timeout_s)
     await broker.connect()
     app[POOL], app[BROKER] = pool, broker
@@ -80,13 +78,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         topology.ASYNC_RUNS, runs.on_async_run, prefetch=settings.runner_async_prefetch
     )
 
-    async def database_ready() -> bool:
-        return bool(await pool.fetchval("SELECT 1"))
-
-    async def broker_ready() -> bool:
-        return broker.is_connected
-
-    app[OPS].readiness.update(database=database_ready, broker=broker_ready)
+    watch_readiness(app, broker, pool)
     yield
     await broker.stop_consuming()
     await sync_runs.wait_idle(settings.shutdown_timeout_s)

@@ -16,6 +16,8 @@ size limit (`'a' * 50000000`); rendered output beyond the size limit fails the r
 import functools
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,9 +177,11 @@ class TemplateEngine:
                 chunks.append(chunk)
         return "".join(chunks)
 
-    def render_text(self, source: str, context: dict[str, Any], field: str) -> str:
+    @contextmanager
+    def _failures(self, field: str) -> Iterator[None]:
+        """Every way a render can fail, as one `TemplateFailure` naming the field."""
         try:
-            return self._generate(self.compile(source), context)
+            yield
         except RenderTimeout:
             raise TemplateFailure(
                 f"{field}: rendering took longer than {self.render_timeout_s:g} s"
@@ -189,9 +193,13 @@ class TemplateEngine:
         except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
             raise TemplateFailure(f"{field}: {type(exc).__name__}: {exc}") from None
 
+    def render_text(self, source: str, context: dict[str, Any], field: str) -> str:
+        with self._failures(field):
+            return self._generate(self.compile(source), context)
+
     def render_value(self, source: str, context: dict[str, Any], field: str) -> Any:
         """The contract's templated-field rule (see the module docstring)."""
-        try:
+        with self._failures(field):
             compiled = self.compile(source)
             if compiled.expression is not None:
                 with self.watchdog.limit(self.render_timeout_s):
@@ -199,16 +207,6 @@ class TemplateEngine:
                 if isinstance(value, StrictUndefined):
                     str(value)  # raises the UndefinedError that names the missing name
                 return value
-        except RenderTimeout:
-            raise TemplateFailure(
-                f"{field}: rendering took longer than {self.render_timeout_s:g} s"
-            ) from None
-        except TemplateFailure as exc:
-            raise TemplateFailure(f"{field}: {exc}") from None
-        except TemplateError as exc:
-            raise TemplateFailure(f"{field}: {exc.message or type(exc).__name__}") from None
-        except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
-            raise TemplateFailure(f"{field}: {type(exc).__name__}: {exc}") from None
         return parse_if_json(self.render_text(source, context, field))
 
 

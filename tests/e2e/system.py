@@ -10,9 +10,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from tests.infra import fresh_database, fresh_vhost
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("auth", "runner", "debugger", "ingress")
@@ -137,3 +141,18 @@ class System:
             args, cwd=REPO, env=self.env(), capture_output=True, check=True, timeout=60
         )
         return done.stdout.decode().strip()
+
+
+@contextmanager
+def running_system(**extra_env: str) -> Iterator[System]:
+    """The four services on a fresh vhost and database, stopped (cleanly) afterwards."""
+    with fresh_vhost() as amqp_url, fresh_database() as database_url:
+        running = System(amqp_url, database_url, extra_env=extra_env)
+        try:
+            running.start_all()
+            yield running
+        finally:
+            logs = running.logs()
+            codes = running.stop_all()
+            bad = {name: code for name, code in codes.items() if code != 0}
+            assert not bad, f"services did not stop cleanly: {bad}\n{logs}"

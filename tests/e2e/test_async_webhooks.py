@@ -3,18 +3,16 @@ lost when a runner dies mid-run."""
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
-import aiohttp
 import asyncpg
 import orjson
 import pytest
 
 from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
+from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -25,20 +23,8 @@ SLOW = "{% for i in range(1000) %}{% for j in range(200) %}{% endfor %}{% endfor
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     """Its own system: these tests stop and kill runners."""
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        running = System(amqp_url, database_url)
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
-
-
-@pytest.fixture
-async def api(system: System) -> AsyncIterator[Api]:
-    token = system.create_token("acme", "automation")
-    async with aiohttp.ClientSession() as session:
-        yield Api(system, session, token)
+    with running_system() as running:
+        yield running
 
 
 async def async_flow(api: Api, template: str = "{{ web1.n }}") -> tuple[str, str]:

@@ -7,44 +7,25 @@ import asyncio
 import glob
 import os
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 import pytest
 
 from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
+from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        running = System(
-            amqp_url,
-            database_url,
-            extra_env={
-                "FLOWHOOKS_DEBUGGER_RETENTION_MAX_PER_FLOW": "3",
-                "FLOWHOOKS_DEBUGGER_RETENTION_INTERVAL_S": "0.5",
-            },
-        )
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
-
-
-@pytest.fixture
-async def api(system: System) -> AsyncIterator[Api]:
-    token = system.create_token("acme", "automation")
-    async with aiohttp.ClientSession() as session:
-        yield Api(system, session, token)
+    with running_system(
+        FLOWHOOKS_DEBUGGER_RETENTION_MAX_PER_FLOW="3", FLOWHOOKS_DEBUGGER_RETENTION_INTERVAL_S="0.5"
+    ) as running:
+        yield running
 
 
 async def make_flow(api: Api, template: str = "{{ web1.n }}") -> tuple[str, str]:

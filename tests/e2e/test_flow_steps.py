@@ -7,14 +7,12 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
 from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
+from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -24,20 +22,11 @@ ENDPOINT_HOST = "127.0.0.2"
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        running = System(
-            amqp_url,
-            database_url,
-            extra_env={
-                "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": f'["{ENDPOINT_HOST}/32"]',
-                "FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S": "0.3",
-            },
-        )
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
+    with running_system(
+        FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS=f'["{ENDPOINT_HOST}/32"]',
+        FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S="0.3",
+    ) as running:
+        yield running
 
 
 @pytest.fixture
@@ -72,13 +61,6 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await site.start()
     yield f"http://{ENDPOINT_HOST}:{port}", received
     await runner.cleanup()
-
-
-@pytest.fixture
-async def api(system: System) -> AsyncIterator[Api]:
-    token = system.create_token("acme", "automation")
-    async with aiohttp.ClientSession() as session:
-        yield Api(system, session, token)
 
 
 async def send(api: Api, definition: dict[str, Any], body: Any) -> tuple[int, Any]:

@@ -1,14 +1,11 @@
 """The sync webhook path end to end: four service processes, HTTP only."""
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
 
 pytestmark = pytest.mark.e2e
 
@@ -32,13 +29,6 @@ def contract_flow(**webhook: Any) -> dict[str, Any]:
         },
         "steps": [{"ref_id": "res1", "type": "template", "template": "{{ web1.kind }}"}],
     }
-
-
-@pytest.fixture
-async def api(system: System) -> AsyncIterator[Api]:
-    token = system.create_token("acme", "automation")
-    async with aiohttp.ClientSession() as session:
-        yield Api(system, session, token)
 
 
 async def test_contract_response_template(api: Api) -> None:

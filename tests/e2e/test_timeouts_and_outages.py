@@ -1,17 +1,15 @@
 """Sync timeouts (504, result still recorded), sync runs that expire unrun, and async
 requests the broker cannot take (503, never a false 200)."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
-import aiohttp
 import orjson
 import pytest
 
 from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
+from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -22,20 +20,8 @@ SLOW = "{% for i in range(10000) %}{% for j in range(400) %}{% endfor %}{% endfo
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     """Its own system: these tests stop runners and delete queues."""
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        running = System(amqp_url, database_url)
-        try:
-            running.start_all()
-            yield running
-        finally:
-            running.stop_all()
-
-
-@pytest.fixture
-async def api(system: System) -> AsyncIterator[Api]:
-    token = system.create_token("acme", "automation")
-    async with aiohttp.ClientSession() as session:
-        yield Api(system, session, token)
+    with running_system() as running:
+        yield running
 
 
 async def stored(api: Api, request_id: str) -> dict[str, Any]:

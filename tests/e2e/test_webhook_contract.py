@@ -25,13 +25,6 @@ ECHO_FLOW: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-async def api(system: System) -> AsyncIterator[Api]:
-    token = system.create_token("acme", "automation")
-    async with aiohttp.ClientSession() as session:
-        yield Api(system, session, token)
-
-
 async def echo_flow(api: Api) -> tuple[str, str]:
     flow = await api.create_flow(ECHO_FLOW)
     return flow["id"], (await api.webhook_info(flow["id"]))["token"]
