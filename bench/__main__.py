@@ -231,7 +231,7 @@ def main() -> None:
                 "unauthorized", {**target("sync"), "headers": {"Authorization": "Bearer fhp_wrong"}}
             )
             bench.measure(
-                "xml_5k_sync", {**target("sync"), "body": XML_5K, "content_type": "application/xml"}
+                "xml_5k_sync", {**target("xml"), "body": XML_5K, "content_type": "application/xml"}
             )
             for runners in (2, 4):
                 while len(system.processes["runner"]) < runners:
