@@ -20,7 +20,7 @@ import asyncpg
 from services.debugger.store import COLUMNS, RequestStore
 from shared.messaging import naming
 from shared.messaging.connection import Broker
-from shared.schemas.runs import RunFinished, RunResult, WebhookRequest
+from shared.schemas.runs import RunFinished, RunResult, RunsFinished, WebhookRequest
 from tests.e2e.system import System
 from tests.infra import fresh_database, fresh_vhost
 
@@ -51,7 +51,9 @@ def event(flow_id: str, n: int) -> bytes:
         started_at=now,
         finished_at=now,
     )
-    return RunFinished(request=request, result=result).model_dump_json().encode()
+    return (
+        RunsFinished(items=[RunFinished(request=request, result=result)]).model_dump_json().encode()
+    )
 
 
 async def queue_events(amqp_url: str, count: int, flow_id: str) -> None:

@@ -10,7 +10,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from services.debugger.records import Redaction, flow_from_event, row_from_event
+from services.debugger.records import Redaction, flow_from_event, rows_from_event
 from services.debugger.store import COLUMNS, RequestStore
 from shared.messaging import naming
 
@@ -28,8 +28,9 @@ class BatchIngest:
         self.redaction = redaction
         self.batch_size = batch_size
         self.linger_s = linger_s
-        # (message, is a flow row, row)
-        self._pending: list[tuple[AbstractIncomingMessage, bool, tuple[Any, ...]]] = []
+        # (message, its rows are flows (not requests), its rows)
+        self._pending: list[tuple[AbstractIncomingMessage, bool, list[tuple[Any, ...]]]] = []
+        self._pending_rows = 0
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self.stored = 0
@@ -37,10 +38,10 @@ class BatchIngest:
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         is_flow = message.routing_key == naming.FLOW_CHANGED
         try:
-            row = (
-                flow_from_event(message.body)
+            rows = (
+                [flow_from_event(message.body)]
                 if is_flow
-                else row_from_event(message.routing_key or "", message.body, self.redaction)
+                else rows_from_event(message.routing_key or "", message.body, self.redaction)
             )
         except ValidationError:
             log.error(
@@ -48,8 +49,9 @@ class BatchIngest:
             )
             await message.reject(requeue=False)
             return
-        self._pending.append((message, is_flow, row))
-        if len(self._pending) >= self.batch_size:
+        self._pending.append((message, is_flow, rows))
+        self._pending_rows += len(rows)
+        if self._pending_rows >= self.batch_size:
             await self.flush()
         elif self._timer is None:
             self._timer = asyncio.create_task(self._linger())
@@ -62,25 +64,23 @@ class BatchIngest:
     async def flush(self) -> None:
         async with self._flush_lock:
             while self._pending:
-                batch, self._pending = (
-                    self._pending[: self.batch_size],
-                    self._pending[self.batch_size :],
-                )
+                batch, self._pending, self._pending_rows = self._pending, [], 0
                 await self._write(batch)
 
     async def _write(
-        self, batch: list[tuple[AbstractIncomingMessage, bool, tuple[Any, ...]]]
+        self, batch: list[tuple[AbstractIncomingMessage, bool, list[tuple[Any, ...]]]]
     ) -> None:
         # The same request twice in one batch: keep its last event only (ON CONFLICT
         # cannot touch one row twice in a statement); the rank rule sorts out the rest.
         rows: dict[str, tuple[Any, ...]] = {}
         flows: dict[Any, tuple[Any, ...]] = {}
-        for _, is_flow, row in batch:
-            if is_flow:
-                if row[0] not in flows or flows[row[0]][2] < row[2]:
-                    flows[row[0]] = row
-            elif row[0] not in rows or rows[row[0]][RANK] <= row[RANK]:
-                rows[row[0]] = row
+        for _, is_flow, message_rows in batch:
+            for row in message_rows:
+                if is_flow:
+                    if row[0] not in flows or flows[row[0]][2] < row[2]:
+                        flows[row[0]] = row
+                elif row[0] not in rows or rows[row[0]][RANK] <= row[RANK]:
+                    rows[row[0]] = row
         while True:
             try:
                 await self.store.write(list(rows.values()), list(flows.values()))
@@ -94,7 +94,7 @@ class BatchIngest:
             except Exception as exc:
                 # The channel went away: the broker redelivers, the upsert absorbs it.
                 log.warning("ack_failed", error=repr(exc))
-        self.stored += len(batch)
+        self.stored += len(rows)
 
     async def close(self) -> None:
         """Shutdown, after consuming stopped: write and ack what is pending."""

@@ -17,7 +17,7 @@ import orjson
 from services.debugger.redact import clean_text, cut_body, json_text, redact_headers
 from shared.messaging import naming
 from shared.schemas.access import FlowChanged
-from shared.schemas.runs import RunFinished, StartRun, WebhookRequest
+from shared.schemas.runs import RunFinished, RunsFinished, StartRun, WebhookRequest
 
 RANK_DEAD_LETTER, RANK_OUTCOME = 1, 2
 
@@ -87,41 +87,48 @@ def flow_from_event(body: bytes) -> tuple[Any, ...]:
     )
 
 
-def row_from_event(routing_key: str, body: bytes, redaction: Redaction) -> tuple[Any, ...]:
+def rows_from_event(routing_key: str, body: bytes, redaction: Redaction) -> list[tuple[Any, ...]]:
     """Raises pydantic's ValidationError for a body that is not what the key says."""
     if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
-        start = StartRun.model_validate_json(body)
-        now = datetime.now(UTC)
-        if routing_key == naming.RUN_EXPIRED:
-            message = "no runner started the run before its caller gave up"
-            return _row(
-                start.request,
-                redaction,
-                outcome="expired",
-                status_code=504,
-                response_content_type="application/json",
-                response_body=_envelope(504, "timeout", message),
-                error=message,
-                steps=[],
-                started_at=None,
-                finished_at=now,
-                rank=RANK_DEAD_LETTER,
-            )
-        message = "the run failed on every delivery and was dead-lettered"
+        return [_dead_letter_row(routing_key, body, redaction)]
+    return [_finished_row(item, redaction) for item in RunsFinished.model_validate_json(body).items]
+
+
+def _dead_letter_row(routing_key: str, body: bytes, redaction: Redaction) -> tuple[Any, ...]:
+    start = StartRun.model_validate_json(body)
+    now = datetime.now(UTC)
+    if routing_key == naming.RUN_EXPIRED:
+        message = "no runner started the run before its caller gave up"
         return _row(
             start.request,
             redaction,
-            outcome="failed",
-            status_code=None,
-            response_content_type=None,
-            response_body=None,
+            outcome="expired",
+            status_code=504,
+            response_content_type="application/json",
+            response_body=_envelope(504, "timeout", message),
             error=message,
             steps=[],
             started_at=None,
             finished_at=now,
             rank=RANK_DEAD_LETTER,
         )
-    finished = RunFinished.model_validate_json(body)
+    message = "the run failed on every delivery and was dead-lettered"
+    return _row(
+        start.request,
+        redaction,
+        outcome="failed",
+        status_code=None,
+        response_content_type=None,
+        response_body=None,
+        error=message,
+        steps=[],
+        started_at=None,
+        finished_at=now,
+        rank=RANK_DEAD_LETTER,
+    )
+
+
+def _finished_row(finished: RunFinished, redaction: Redaction) -> tuple[Any, ...]:
     result = finished.result
     return _row(
         finished.request,

@@ -13,7 +13,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from services.debugger.records import Redaction, row_from_event
+from services.debugger.records import Redaction, rows_from_event
 from services.debugger.store import COLUMNS
 from shared.messaging import naming
 from shared.messaging.connection import Broker
@@ -79,15 +79,16 @@ class LiveTail:
         if not self._subscribers:
             return
         try:
-            row = row_from_event(message.routing_key or "", message.body, self.redaction)
+            rows = rows_from_event(message.routing_key or "", message.body, self.redaction)
         except ValidationError:
             return
-        key = (str(row[_INDEX["flow_id"]]), str(row[_INDEX["workspace_id"]]))
-        for queue in self._subscribers.get(key, ()):
-            try:
-                queue.put_nowait(summary(row))
-            except asyncio.QueueFull:
-                log.warning("tail_subscriber_too_slow", flow_id=key[0])
+        for row in rows:
+            key = (str(row[_INDEX["flow_id"]]), str(row[_INDEX["workspace_id"]]))
+            for queue in self._subscribers.get(key, ()):
+                try:
+                    queue.put_nowait(summary(row))
+                except asyncio.QueueFull:
+                    log.warning("tail_subscriber_too_slow", flow_id=key[0])
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:

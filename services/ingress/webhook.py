@@ -28,7 +28,7 @@ from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowWebhookSettings
-from shared.schemas.runs import RunFinished, RunResult, StartRun, WebhookRequest
+from shared.schemas.runs import RunFinished, RunResult, RunsFinished, StartRun, WebhookRequest
 from shared.web import REQUEST_ID, json_response
 
 log = structlog.get_logger(__name__)
@@ -148,7 +148,8 @@ class WebhookHandler:
         )
         try:
             await self.broker.publish_event(
-                naming.REQUEST_REJECTED, RunFinished(request=normalised, result=result)
+                naming.REQUEST_REJECTED,
+                RunsFinished(items=[RunFinished(request=normalised, result=result)]),
             )
         except Unavailable:
             log.warning("rejected_request_not_recorded", request_id=normalised.request_id)

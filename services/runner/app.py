@@ -18,10 +18,11 @@ from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.db import open_pool
 from shared.messaging import naming, topology
+from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.schemas.access import ListFlowAccess
-from shared.schemas.runs import StartRun
+from shared.schemas.runs import RunFinished, RunsFinished, StartRun
 from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "runner"
@@ -63,10 +64,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         loop_max_items=settings.runner_loop_max_items,
         http_max_response_bytes=settings.runner_http_max_response_bytes,
     )
+    finished: BatchPublisher[RunFinished] = BatchPublisher(
+        broker,
+        naming.RUN_FINISHED,
+        lambda items: RunsFinished(items=items),
+        linger_s=settings.runner_event_linger_ms / 1000,
+        max_items=settings.runner_event_batch,
+    )
     runs = RunService(
         FlowCache(store, templates, settings.runner_max_timeout_s),
         Engine(templates, limits, http),
-        broker,
+        finished,
     )
     sync_runs = RpcServer(broker, topology.SYNC_RUNS, prefetch=settings.runner_sync_prefetch)
     sync_runs.register(naming.START_RUN, StartRun, runs.start_sync_run)
@@ -84,6 +92,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await sync_runs.wait_idle(settings.shutdown_timeout_s)
     await runs.wait_idle(settings.shutdown_timeout_s)
     await control.wait_idle(settings.shutdown_timeout_s)
+    await finished.drain()
     await http.close()
     await broker.close()
     await pool.close()

@@ -16,8 +16,7 @@ from services.runner.engine import Engine, Flow, error_result
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.errors import NotFound, Timeout, Unavailable
-from shared.messaging import naming
-from shared.messaging.connection import Broker
+from shared.messaging.batching import BatchPublisher
 from shared.schemas.runs import RunFinished, RunResult, StartRun
 
 log = structlog.get_logger(__name__)
@@ -55,10 +54,13 @@ class FlowCache:
 
 
 class RunService:
-    def __init__(self, flows: FlowCache, engine: Engine, broker: Broker) -> None:
+    def __init__(
+        self, flows: FlowCache, engine: Engine, finished: BatchPublisher[RunFinished]
+    ) -> None:
         self.flows = flows
         self.engine = engine
-        self.broker = broker
+        # run.finished events, many runs to a message; `publish` returns once confirmed.
+        self.finished = finished
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -98,9 +100,7 @@ class RunService:
         return result
 
     async def _record(self, start: StartRun, result: RunResult) -> None:
-        await self.broker.publish_event(
-            naming.RUN_FINISHED, RunFinished(request=start.request, result=result)
-        )
+        await self.finished.publish(RunFinished(request=start.request, result=result))
 
     async def start_sync_run(self, start: StartRun) -> RunResult:
         """The `runner.start_run` RPC handler (sync webhooks)."""

@@ -63,3 +63,10 @@ class RunResult(BaseModel):
 class RunFinished(BaseModel):
     request: WebhookRequest
     result: RunResult
+
+
+class RunsFinished(BaseModel):
+    """The body of `run.finished` and `request.rejected`: one or more finished requests
+    (the runner batches them; see shared/messaging/batching.py)."""
+
+    items: list[RunFinished]

@@ -2,12 +2,12 @@ from datetime import UTC, datetime
 
 import orjson
 
-from services.debugger.records import RANK_DEAD_LETTER, RANK_OUTCOME, Redaction, row_from_event
+from services.debugger.records import RANK_DEAD_LETTER, RANK_OUTCOME, Redaction, rows_from_event
 from services.debugger.redact import REDACTED, cut_body, json_text, redact_headers
 from services.debugger.requests_api import decode_cursor, encode_cursor
 from services.debugger.store import COLUMNS
 from shared.messaging import naming
-from shared.schemas.runs import RunFinished, RunResult, StartRun, WebhookRequest
+from shared.schemas.runs import RunFinished, RunResult, RunsFinished, StartRun, WebhookRequest
 
 REDACTION = Redaction(frozenset({"cookie", "x-api-key"}), max_raw_body_bytes=8)
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -48,8 +48,11 @@ def test_finished_event_row() -> None:
         started_at=NOW,
         finished_at=NOW,
     )
-    body = RunFinished(request=webhook_request(), result=result).model_dump_json().encode()
-    row = dict(zip(COLUMNS, row_from_event(naming.RUN_FINISHED, body, REDACTION), strict=True))
+    finished = RunFinished(request=webhook_request(), result=result)
+    body = RunsFinished(items=[finished, finished]).model_dump_json().encode()
+    rows = rows_from_event(naming.RUN_FINISHED, body, REDACTION)
+    assert len(rows) == 2  # one message, many runs
+    row = dict(zip(COLUMNS, rows[0], strict=True))
     assert orjson.loads(row["headers"]) == {
         "cookie": REDACTED,
         "x-api-key": REDACTED,
@@ -66,14 +69,16 @@ def test_finished_event_row() -> None:
 
 def test_dead_lettered_start_run_rows() -> None:
     body = StartRun(request=webhook_request(), flow_version=1).model_dump_json().encode()
-    expired = dict(zip(COLUMNS, row_from_event(naming.RUN_EXPIRED, body, REDACTION), strict=True))
+    expired = dict(
+        zip(COLUMNS, rows_from_event(naming.RUN_EXPIRED, body, REDACTION)[0], strict=True)
+    )
     assert (expired["outcome"], expired["status_code"], expired["source_rank"]) == (
         "expired",
         504,
         RANK_DEAD_LETTER,
     )
     dead = dict(
-        zip(COLUMNS, row_from_event(naming.RUN_DEAD_LETTERED, body, REDACTION), strict=True)
+        zip(COLUMNS, rows_from_event(naming.RUN_DEAD_LETTERED, body, REDACTION)[0], strict=True)
     )
     assert dead["outcome"] == "failed"
     assert "dead-lettered" in dead["error"]

@@ -1,0 +1,68 @@
+"""BatchPublisher against the real RabbitMQ: many callers, few messages, each caller
+released only by its message's confirm."""
+
+import asyncio
+
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel
+
+from shared.errors import Unavailable
+from shared.messaging.batching import BatchPublisher
+from shared.messaging.connection import Broker
+
+pytestmark = pytest.mark.integration
+
+
+class Item(BaseModel):
+    n: int
+
+
+class Items(BaseModel):
+    items: list[Item]
+
+
+async def test_many_events_few_messages(amqp_url: str) -> None:
+    broker = Broker(amqp_url, "test")
+    await broker.connect()
+    received: list[Items] = []
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        received.append(Items.model_validate_json(message.body))
+
+    await broker.consume(
+        f"test-batches-{broker.instance}",
+        on_message,
+        prefetch=100,
+        no_ack=True,
+        bindings=("test.happened",),
+    )
+    publisher: BatchPublisher[Item] = BatchPublisher(
+        broker, "test.happened", lambda items: Items(items=items), linger_s=0.02, max_items=50
+    )
+    try:
+        await asyncio.gather(*(publisher.publish(Item(n=n)) for n in range(120)))
+        for _ in range(100):
+            if sum(len(batch.items) for batch in received) == 120:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(item.n for batch in received for item in batch.items) == list(range(120))
+        assert [len(batch.items) for batch in received] == [50, 50, 20]
+    finally:
+        await broker.close()
+
+
+async def test_every_waiter_hears_of_a_failed_publish(amqp_url: str) -> None:
+    broker = Broker(amqp_url, "test")
+    await broker.connect()
+    # Unroutable: mandatory publish to a routing key nobody binds -> returned -> Unavailable.
+    publisher: BatchPublisher[Item] = BatchPublisher(
+        broker, "nobody.listens", lambda items: Items(items=items), linger_s=0.01
+    )
+    try:
+        results = await asyncio.gather(
+            *(publisher.publish(Item(n=n)) for n in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(result, Unavailable) for result in results)
+    finally:
+        await broker.close()
