@@ -68,7 +68,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         broker,
         naming.RUN_FINISHED,
         lambda items: RunsFinished(items=items),
-        linger_s=settings.runner_event_linger_ms / 1000,
         max_items=settings.runner_event_batch,
     )
     runs = RunService(

@@ -27,8 +27,8 @@ class RunnerSettings(ServiceSettings):
     runner_http_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     # Most items a `loop` step iterates over.
     runner_loop_max_items: int = Field(default=10_000, ge=1)
-    # run.finished events are sent in batches: at most this long a wait, this many runs.
-    runner_event_linger_ms: float = Field(default=5.0, ge=0)
+    # run.finished events are group-committed: while one message awaits its confirm, the
+    # next collects up to this many runs.
     runner_event_batch: int = Field(default=200, ge=1)
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)

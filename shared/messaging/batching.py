@@ -1,11 +1,13 @@
-"""`BatchPublisher`: many events in one persistent, confirmed message.
+"""`BatchPublisher`: many events in one persistent, confirmed message, by group commit.
 
 One AMQP message per event costs a frame encode, a confirm and, at the consumer, a
 delivery and an ack, which on this machine is most of a request's CPU
-(../shared/perf-findings.md). A `BatchPublisher` collects events for up to `linger_s`
-(or `max_items`), publishes them as one message, and every caller of `publish` returns
-only when the broker confirmed that message, or raises `Unavailable` if it did not.
-So each caller keeps exactly the guarantee of its own confirmed publish."""
+(../shared/perf-findings.md). A `BatchPublisher` sends at once when nothing is in
+flight (no added latency at low load); while a message waits for its confirm, new
+events collect and go together in the next message (up to `max_items` each). Every
+caller of `publish` returns only when the broker confirmed the message holding its
+event, or raises `Unavailable` if it did not: each caller keeps exactly the guarantee of
+its own confirmed publish."""
 
 import asyncio
 from collections.abc import Callable
@@ -25,52 +27,46 @@ class BatchPublisher(Generic[Item]):
         routing_key: str,
         wrap: Callable[[list[Item]], BaseModel],
         *,
-        linger_s: float = 0.005,
         max_items: int = 200,
     ) -> None:
         self.broker = broker
         self.routing_key = routing_key
         self.wrap = wrap
-        self.linger_s = linger_s
         self.max_items = max_items
-        self._items: list[Item] = []
-        self._sent: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
+        self._waiting: list[tuple[Item, asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self.messages_sent = 0
 
     async def publish(self, item: Item) -> None:
-        if self._sent is None:
-            self._sent = asyncio.get_running_loop().create_future()
-            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush)
-        self._items.append(item)
-        sent = self._sent
-        if len(self._items) >= self.max_items:
-            self._flush()
-        await asyncio.shield(sent)
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, confirmed))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+        await asyncio.shield(confirmed)
 
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        items, sent = self._items, self._sent
-        self._items, self._sent = [], None
-        if sent is not None and items:
-            task = asyncio.get_running_loop().create_task(self._send(items, sent))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+    async def _send_all(self) -> None:
+        """Send what waits, in messages of up to `max_items`, until nothing waits."""
+        try:
+            while self._waiting:
+                batch = self._waiting[: self.max_items]
+                del self._waiting[: self.max_items]
+                try:
+                    await self.broker.publish_event(
+                        self.routing_key, self.wrap([item for item, _ in batch])
+                    )
+                except Exception as exc:  # Unavailable, or a bug: every waiter must hear
+                    for _, confirmed in batch:
+                        if not confirmed.done():
+                            confirmed.set_exception(exc)
+                    continue
+                self.messages_sent += 1
+                for _, confirmed in batch:
+                    if not confirmed.done():
+                        confirmed.set_result(None)
+        finally:
+            self._sender = None
 
     async def drain(self) -> None:
-        """Shutdown: send what is collected and wait for every send in flight."""
-        self._flush()
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
-
-    async def _send(self, items: list[Item], sent: "asyncio.Future[None]") -> None:
-        try:
-            await self.broker.publish_event(self.routing_key, self.wrap(items))
-        except Exception as exc:  # Unavailable, or a bug: every waiter must hear of it
-            if not sent.done():
-                sent.set_exception(exc)
-            return
-        if not sent.done():
-            sent.set_result(None)
+        """Shutdown: wait until everything handed to `publish` was sent."""
+        if self._sender is not None:
+            await asyncio.gather(self._sender, return_exceptions=True)

@@ -38,7 +38,7 @@ async def test_many_events_few_messages(amqp_url: str) -> None:
         bindings=("test.happened",),
     )
     publisher: BatchPublisher[Item] = BatchPublisher(
-        broker, "test.happened", lambda items: Items(items=items), linger_s=0.02, max_items=50
+        broker, "test.happened", lambda items: Items(items=items), max_items=50
     )
     try:
         await asyncio.gather(*(publisher.publish(Item(n=n)) for n in range(120)))
@@ -47,7 +47,16 @@ async def test_many_events_few_messages(amqp_url: str) -> None:
                 break
             await asyncio.sleep(0.02)
         assert sorted(item.n for batch in received for item in batch.items) == list(range(120))
+        # All 120 were waiting when the sender first ran: at most 50 a message.
         assert [len(batch.items) for batch in received] == [50, 50, 20]
+        # Alone, an event goes at once, in a message of its own.
+        await publisher.publish(Item(n=120))
+        for _ in range(100):
+            if len(received) == 4:
+                break
+            await asyncio.sleep(0.02)
+        assert [item.n for item in received[3].items] == [120]
+        assert publisher.messages_sent == 4
     finally:
         await broker.close()
 
@@ -57,7 +66,7 @@ async def test_every_waiter_hears_of_a_failed_publish(amqp_url: str) -> None:
     await broker.connect()
     # Unroutable: mandatory publish to a routing key nobody binds -> returned -> Unavailable.
     publisher: BatchPublisher[Item] = BatchPublisher(
-        broker, "nobody.listens", lambda items: Items(items=items), linger_s=0.01
+        broker, "nobody.listens", lambda items: Items(items=items)
     )
     try:
         results = await asyncio.gather(
