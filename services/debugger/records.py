@@ -1,10 +1,13 @@
 """From the events the debugger receives to the rows it stores.
 
-- `run.finished` and `request.rejected` carry a `RunFinished` (the request and its
-  outcome): rank 2.
+- `request.queued` and `run.started` (async only, best effort) carry the request:
+  outcome `queued` (rank 0) and `running` (rank 1).
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
-  original `StartRun`: the request never got an outcome of its own (rank 1, so a run's
-  own outcome wins whatever the arrival order).
+  original `StartRun`: the request never got an outcome of its own (rank 2).
+- `run.finished` and `request.rejected` carry `RunsFinished` (requests and their
+  outcomes): rank 3.
+A row is only ever replaced by an event of the same or a higher rank, so the final
+record is right whatever order the events arrive in.
 """
 
 import uuid
@@ -17,9 +20,10 @@ import orjson
 from services.debugger.redact import clean_text, cut_body, json_text, redact_headers
 from shared.messaging import naming
 from shared.schemas.access import FlowChanged
-from shared.schemas.runs import RunFinished, RunsFinished, StartRun, WebhookRequest
+from shared.schemas.runs import RunFinished, RunProgress, RunsFinished, StartRun, WebhookRequest
 
-RANK_DEAD_LETTER, RANK_OUTCOME = 1, 2
+# A later stage never yields to an earlier one, whatever order events arrive in.
+RANK_QUEUED, RANK_RUNNING, RANK_DEAD_LETTER, RANK_OUTCOME = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,24 @@ def rows_from_event(routing_key: str, body: bytes, redaction: Redaction) -> list
     """Raises pydantic's ValidationError for a body that is not what the key says."""
     if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
         return [_dead_letter_row(routing_key, body, redaction)]
+    if routing_key in (naming.REQUEST_QUEUED, naming.RUN_STARTED):
+        progress = RunProgress.model_validate_json(body)
+        running = routing_key == naming.RUN_STARTED
+        return [
+            _row(
+                progress.request,
+                redaction,
+                outcome="running" if running else "queued",
+                status_code=None,
+                response_content_type=None,
+                response_body=None,
+                error=None,
+                steps=[],
+                started_at=progress.at if running else None,
+                finished_at=None,
+                rank=RANK_RUNNING if running else RANK_QUEUED,
+            )
+        ]
     return [_finished_row(item, redaction) for item in RunsFinished.model_validate_json(body).items]
 
 

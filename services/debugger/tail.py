@@ -21,6 +21,8 @@ from shared.messaging.connection import Broker
 log = structlog.get_logger(__name__)
 
 TAILED = (
+    naming.REQUEST_QUEUED,
+    naming.RUN_STARTED,
     naming.RUN_FINISHED,
     naming.REQUEST_REJECTED,
     naming.RUN_EXPIRED,

@@ -2,6 +2,7 @@
 the body, then either run the flow over RPC (sync) or queue it durably (async)."""
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -28,7 +29,14 @@ from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowWebhookSettings
-from shared.schemas.runs import RunFinished, RunResult, RunsFinished, StartRun, WebhookRequest
+from shared.schemas.runs import (
+    RunFinished,
+    RunProgress,
+    RunResult,
+    RunsFinished,
+    StartRun,
+    WebhookRequest,
+)
 from shared.web import REQUEST_ID, json_response
 
 log = structlog.get_logger(__name__)
@@ -102,6 +110,13 @@ class WebhookHandler:
             message_type=naming.START_RUN,
             correlation_id=start.request.request_id,
         )
+        # Best effort, unconfirmed: lets the debugger show `queued` until the run ends.
+        with contextlib.suppress(Unavailable):
+            await self.broker.publish_event(
+                naming.REQUEST_QUEUED,
+                RunProgress(request=start.request, at=datetime.now(UTC)),
+                confirm=False,
+            )
         return json_response(
             {
                 "status": 200,

@@ -4,6 +4,7 @@ outcome was published). Either way `run.finished` carries the request, the resul
 the step trace to the debugger."""
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
@@ -16,8 +17,10 @@ from services.runner.engine import Engine, Flow, error_result
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.errors import NotFound, Timeout, Unavailable
+from shared.messaging import naming
 from shared.messaging.batching import BatchPublisher
-from shared.schemas.runs import RunFinished, RunResult, StartRun
+from shared.messaging.connection import Broker
+from shared.schemas.runs import RunFinished, RunProgress, RunResult, StartRun
 
 log = structlog.get_logger(__name__)
 
@@ -55,8 +58,13 @@ class FlowCache:
 
 class RunService:
     def __init__(
-        self, flows: FlowCache, engine: Engine, finished: BatchPublisher[RunFinished]
+        self,
+        flows: FlowCache,
+        engine: Engine,
+        finished: BatchPublisher[RunFinished],
+        broker: Broker,
     ) -> None:
+        self.broker = broker
         self.flows = flows
         self.engine = engine
         # run.finished events, many runs to a message; `publish` returns once confirmed.
@@ -127,6 +135,13 @@ class RunService:
                 await message.reject(requeue=False)  # dead-lettered: the debugger sees it
                 return
             structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
+            # Best effort, unconfirmed: lets the debugger show `running`.
+            with contextlib.suppress(Unavailable):
+                await self.broker.publish_event(
+                    naming.RUN_STARTED,
+                    RunProgress(request=start.request, at=datetime.now(UTC)),
+                    confirm=False,
+                )
             try:
                 result = await self._execute(start)
                 await self._record(start, result)

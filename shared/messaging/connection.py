@@ -64,7 +64,8 @@ class Broker:
         self._connection: AbstractRobustConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
         self._fast_channel: AbstractRobustChannel | None = None
-        self._events: AbstractExchange | None = None
+        self._events: AbstractExchange | None = None  # on the confirm channel
+        self._fast_events: AbstractExchange | None = None  # on the channel without confirms
         self._consumers: list[Consumer] = []
         self.reconnected: list[Callable[[], None]] = []
 
@@ -80,6 +81,7 @@ class Broker:
         self._fast_channel = await self._channel(confirms=False)
         await declare_topology(self._confirm_channel)
         self._events = await self._confirm_channel.get_exchange(naming.EVENTS_EXCHANGE)
+        self._fast_events = await self._fast_channel.get_exchange(naming.EVENTS_EXCHANGE)
 
     async def _channel(self, confirms: bool) -> AbstractRobustChannel:
         assert self._connection is not None
@@ -143,8 +145,8 @@ class Broker:
             raise Unavailable("not connected to the message broker")
         try:
             if to_events:
-                assert self._events is not None
-                exchange = self._events
+                exchange = self._events if confirm else self._fast_events
+                assert exchange is not None
             else:
                 exchange = channel.default_exchange
             if confirm:
@@ -162,14 +164,16 @@ class Broker:
             raise Unavailable("the message broker did not accept the request") from exc
 
     async def publish_event(
-        self, routing_key: str, event: BaseModel, mandatory: bool = True
+        self, routing_key: str, event: BaseModel, mandatory: bool = True, confirm: bool = True
     ) -> None:
-        """A persistent, confirmed event on the topic exchange."""
+        """A persistent event on the topic exchange; confirmed unless `confirm=False`
+        (best-effort events whose loss only hides an intermediate state)."""
         await self.publish(
             event.model_dump_json().encode(),
             routing_key=routing_key,
             to_events=True,
-            mandatory=mandatory,
+            mandatory=mandatory and confirm,
+            confirm=confirm,
             message_type=type(event).__name__,
         )
 

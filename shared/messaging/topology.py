@@ -31,6 +31,8 @@ DEBUGGER_EVENTS = QueueSpec(
     (
         naming.RUN_FINISHED,
         naming.REQUEST_REJECTED,
+        naming.REQUEST_QUEUED,
+        naming.RUN_STARTED,
         naming.RUN_EXPIRED,
         naming.RUN_DEAD_LETTERED,
         # Which workspace owns each flow (the debugger keeps its own copy).

@@ -70,3 +70,13 @@ class RunsFinished(BaseModel):
     (the runner batches them; see shared/messaging/batching.py)."""
 
     items: list[RunFinished]
+
+
+class RunProgress(BaseModel):
+    """The body of `request.queued` (ingress, once an async request is durably queued)
+    and `run.started` (runner, as it starts an async run). Best effort: what is
+    guaranteed is the run's outcome (`run.finished`); these only let the debugger show
+    `queued` and `running` meanwhile."""
+
+    request: WebhookRequest
+    at: datetime

@@ -69,13 +69,21 @@ async def test_accepted_while_no_runner_then_run(api: Api) -> None:
             "data": {"request_id": headers["X-Request-Id"]},
         }
         accepted.append(headers["X-Request-Id"])
-    assert await stored_rows(system.database_url, flow_id) == []
+
+    # Not run, but visible as queued.
+    async def all_queued() -> list[dict[str, Any]] | None:
+        rows = await stored_rows(system.database_url, flow_id)
+        return rows if len(rows) == len(accepted) else None
+
+    queued = await eventually(all_queued)
+    assert {row["outcome"] for row in queued} == {"queued"}
 
     system.start("runner")
 
     async def all_stored() -> list[dict[str, Any]] | None:
         rows = await stored_rows(system.database_url, flow_id)
-        return rows if len(rows) == len(accepted) else None
+        done = [row for row in rows if row["outcome"] == "succeeded"]
+        return done if len(done) == len(accepted) else None
 
     rows = await eventually(all_stored, timeout_s=20)
     assert sorted(row["id"] for row in rows) == sorted(accepted)
@@ -96,20 +104,23 @@ async def test_runner_killed_mid_run_loses_nothing(api: Api) -> None:
         assert status == 200
         accepted.append(headers["X-Request-Id"])
 
+    async def finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [row for row in rows if row["outcome"] not in ("queued", "running")]
+
     async def some_done() -> int | None:
-        count = len(await stored_rows(system.database_url, flow_id))
+        count = len(await finished(await stored_rows(system.database_url, flow_id)))
         return count if count >= 5 else None
 
     await eventually(some_done, timeout_s=30)
     for runner in list(system.processes["runner"]):
         system.stop(runner, signal.SIGKILL)
-    done_before_restart = len(await stored_rows(system.database_url, flow_id))
+    done_before_restart = len(await finished(await stored_rows(system.database_url, flow_id)))
     assert done_before_restart < len(accepted), "the kill came too late to test anything"
 
     system.start("runner")
 
     async def all_stored() -> list[dict[str, Any]] | None:
-        rows = await stored_rows(system.database_url, flow_id)
+        rows = await finished(await stored_rows(system.database_url, flow_id))
         return rows if len(rows) >= len(accepted) else None
 
     rows = await eventually(all_stored, timeout_s=90)

@@ -7,7 +7,14 @@ from services.debugger.redact import REDACTED, cut_body, json_text, redact_heade
 from services.debugger.requests_api import decode_cursor, encode_cursor
 from services.debugger.store import COLUMNS
 from shared.messaging import naming
-from shared.schemas.runs import RunFinished, RunResult, RunsFinished, StartRun, WebhookRequest
+from shared.schemas.runs import (
+    RunFinished,
+    RunProgress,
+    RunResult,
+    RunsFinished,
+    StartRun,
+    WebhookRequest,
+)
 
 REDACTION = Redaction(frozenset({"cookie", "x-api-key"}), max_raw_body_bytes=8)
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -86,3 +93,16 @@ def test_dead_lettered_start_run_rows() -> None:
 
 def test_cursor_round_trip() -> None:
     assert decode_cursor(encode_cursor(NOW, "r1")) == (NOW, "r1")
+
+
+def test_progress_rows_rank_below_outcomes() -> None:
+    progress = RunProgress(request=webhook_request(), at=NOW).model_dump_json().encode()
+    queued = dict(
+        zip(COLUMNS, rows_from_event(naming.REQUEST_QUEUED, progress, REDACTION)[0], strict=True)
+    )
+    running = dict(
+        zip(COLUMNS, rows_from_event(naming.RUN_STARTED, progress, REDACTION)[0], strict=True)
+    )
+    assert (queued["outcome"], running["outcome"]) == ("queued", "running")
+    assert queued["source_rank"] < running["source_rank"] < RANK_DEAD_LETTER < RANK_OUTCOME
+    assert running["started_at"] == NOW and running["finished_at"] is None
