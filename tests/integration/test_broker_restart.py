@@ -1,0 +1,101 @@
+"""After RabbitMQ restarts, a process's consumers and RPC come back by themselves (the
+robust connection re-declares queues and re-consumes), and nothing durable is lost.
+Restarts the local broker's application: a few seconds."""
+
+import asyncio
+import subprocess
+
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel
+
+from shared.errors import Timeout, Unavailable
+from shared.messaging.connection import Broker
+from shared.messaging.rpc import RpcClient, RpcServer
+from shared.messaging.topology import QueueSpec
+
+pytestmark = pytest.mark.integration
+
+QUEUE = QueueSpec("flowhooks.test.restart-rpc")
+EVENTS = QueueSpec("flowhooks.test.restart-events", {"x-queue-type": "quorum"}, ("test.done",))
+
+
+class Echo(BaseModel):
+    text: str
+
+
+def restart_rabbitmq() -> None:
+    subprocess.run(["rabbitmqctl", "-q", "stop_app"], check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "-q", "start_app"], check=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, timeout=120)
+
+
+async def test_consumers_and_rpc_survive_a_broker_restart(amqp_url: str) -> None:
+    server_broker = Broker(amqp_url, "test-server")
+    client_broker = Broker(amqp_url, "test-client")
+    await server_broker.connect()
+    await client_broker.connect()
+    server = RpcServer(server_broker, QUEUE, prefetch=10)
+
+    async def echo(request: Echo) -> Echo:
+        return Echo(text=request.text.upper())
+
+    server.register("test.echo", Echo, echo)
+    await server.start()
+    # The durable event queue, declared before the restart.
+    exchange_channel = await server_broker.connection.channel()
+    queue = await exchange_channel.declare_queue(
+        EVENTS.name, durable=True, arguments=EVENTS.arguments
+    )
+    await queue.bind("flowhooks.events", "test.done")
+    received: list[str] = []
+
+    async def on_event(message: AbstractIncomingMessage) -> None:
+        received.append(message.body.decode())
+        await message.ack()
+
+    client = RpcClient(client_broker, default_timeout_s=2)
+    await client.start()
+    try:
+        assert (await client.call(QUEUE.name, "test.echo", Echo(text="a"), Echo)).text == "A"
+        # Published (and confirmed) before the restart, with no consumer yet.
+        await client_broker.publish_event("test.done", Echo(text="before"))
+        # A consumer started before the restart must be consuming again after it.
+        live_received: list[str] = []
+
+        async def on_live(message: AbstractIncomingMessage) -> None:
+            live_received.append(message.body.decode())
+
+        await server_broker.consume(
+            f"flowhooks.test.live.{server_broker.instance}",
+            on_live,
+            prefetch=10,
+            no_ack=True,
+            bindings=("test.live",),
+        )
+
+        await asyncio.to_thread(restart_rabbitmq)
+
+        answer = None
+        for _ in range(60):
+            try:
+                answer = await client.call(
+                    QUEUE.name, "test.echo", Echo(text="b"), Echo, timeout_s=1
+                )
+                break
+            except (Timeout, Unavailable):
+                await asyncio.sleep(0.5)
+        assert answer is not None and answer.text == "B"
+
+        await client_broker.publish_event("test.live", Echo(text="live"), mandatory=False)
+        await server_broker.consume(EVENTS, on_event, prefetch=10)
+        await client_broker.publish_event("test.done", Echo(text="after"))
+        for _ in range(100):
+            if len(received) == 2 and live_received:
+                break
+            await asyncio.sleep(0.05)
+        assert received == ['{"text":"before"}', '{"text":"after"}']
+        assert live_received == ['{"text":"live"}']
+    finally:
+        await client_broker.close()
+        await server_broker.close()
