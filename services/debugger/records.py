@@ -1,7 +1,7 @@
 """From the events the debugger receives to the rows it stores.
 
-- `request.queued` and `run.started` (async only, best effort) carry the request:
-  outcome `queued` (rank 0) and `running` (rank 1).
+- `request.queued` (ingress) and `run.started` (runner), async only, batched and best
+  effort: outcome `queued` (rank 0) and `running` (rank 1).
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
   original `StartRun`: the request never got an outcome of its own (rank 2).
 - `run.finished` and `request.rejected` carry `RunsFinished` (requests and their
@@ -20,7 +20,7 @@ import orjson
 from services.debugger.redact import clean_text, cut_body, json_text, redact_headers
 from shared.messaging import naming
 from shared.schemas.access import FlowChanged
-from shared.schemas.runs import RunFinished, RunProgress, RunsFinished, StartRun, WebhookRequest
+from shared.schemas.runs import RunFinished, RunsFinished, RunsProgressed, StartRun, WebhookRequest
 
 # A later stage never yields to an earlier one, whatever order events arrive in.
 RANK_QUEUED, RANK_RUNNING, RANK_DEAD_LETTER, RANK_OUTCOME = 0, 1, 2, 3
@@ -95,25 +95,39 @@ def rows_from_event(routing_key: str, body: bytes, redaction: Redaction) -> list
     """Raises pydantic's ValidationError for a body that is not what the key says."""
     if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
         return [_dead_letter_row(routing_key, body, redaction)]
-    if routing_key in (naming.REQUEST_QUEUED, naming.RUN_STARTED):
-        progress = RunProgress.model_validate_json(body)
-        running = routing_key == naming.RUN_STARTED
+    if routing_key == naming.REQUEST_QUEUED:
         return [
-            _row(
-                progress.request,
-                redaction,
-                outcome="running" if running else "queued",
-                status_code=None,
-                response_content_type=None,
-                response_body=None,
-                error=None,
-                steps=[],
-                started_at=progress.at if running else None,
-                finished_at=None,
-                rank=RANK_RUNNING if running else RANK_QUEUED,
-            )
+            _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
+            for item in RunsProgressed.model_validate_json(body).items
+        ]
+    if routing_key == naming.RUN_STARTED:
+        return [
+            _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
+            for item in RunsProgressed.model_validate_json(body).items
         ]
     return [_finished_row(item, redaction) for item in RunsFinished.model_validate_json(body).items]
+
+
+def _progress_row(
+    request: WebhookRequest,
+    redaction: Redaction,
+    outcome: str,
+    started_at: datetime | None,
+    rank: int,
+) -> tuple[Any, ...]:
+    return _row(
+        request,
+        redaction,
+        outcome=outcome,
+        status_code=None,
+        response_content_type=None,
+        response_body=None,
+        error=None,
+        steps=[],
+        started_at=started_at,
+        finished_at=None,
+        rank=rank,
+    )
 
 
 def _dead_letter_row(routing_key: str, body: bytes, redaction: Redaction) -> tuple[Any, ...]:

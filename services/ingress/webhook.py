@@ -2,7 +2,6 @@
 the body, then either run the flow over RPC (sync) or queue it durably (async)."""
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -26,6 +25,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.messaging import naming
+from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowWebhookSettings
@@ -34,6 +34,7 @@ from shared.schemas.runs import (
     RunProgress,
     RunResult,
     RunsFinished,
+    RunsProgressed,
     StartRun,
     WebhookRequest,
 )
@@ -58,6 +59,9 @@ class WebhookHandler:
         )
         self.rpc = rpc
         self.broker = broker
+        self.queued: BatchPublisher[RunProgress] = BatchPublisher(
+            broker, naming.REQUEST_QUEUED, lambda items: RunsProgressed(items=items)
+        )
         self.max_body_bytes = settings.ingress_max_body_bytes
         self.body_timeout_s = settings.ingress_body_timeout_s
         self.limits = BodyLimits(settings.ingress_max_json_depth, settings.ingress_max_xml_depth)
@@ -110,13 +114,8 @@ class WebhookHandler:
             message_type=naming.START_RUN,
             correlation_id=start.request.request_id,
         )
-        # Best effort, unconfirmed: lets the debugger show `queued` until the run ends.
-        with contextlib.suppress(Unavailable):
-            await self.broker.publish_event(
-                naming.REQUEST_QUEUED,
-                RunProgress(request=start.request, at=datetime.now(UTC)),
-                confirm=False,
-            )
+        # Best effort, batched, not awaited: the debugger shows it as `queued` meanwhile.
+        self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
         return json_response(
             {
                 "status": 200,

@@ -22,7 +22,7 @@ from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.schemas.access import ListFlowAccess
-from shared.schemas.runs import RunFinished, RunsFinished, StartRun
+from shared.schemas.runs import RunFinished, RunsFinished, RunsProgressed, StartRun
 from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "runner"
@@ -74,7 +74,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         FlowCache(store, templates, settings.runner_max_timeout_s),
         Engine(templates, limits, http),
         finished,
-        broker,
+        BatchPublisher(broker, naming.RUN_STARTED, lambda items: RunsProgressed(items=items)),
     )
     sync_runs = RpcServer(broker, topology.SYNC_RUNS, prefetch=settings.runner_sync_prefetch)
     sync_runs.register(naming.START_RUN, StartRun, runs.start_sync_run)

@@ -4,7 +4,6 @@ outcome was published). Either way `run.finished` carries the request, the resul
 the step trace to the debugger."""
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
@@ -17,9 +16,7 @@ from services.runner.engine import Engine, Flow, error_result
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.errors import NotFound, Timeout, Unavailable
-from shared.messaging import naming
 from shared.messaging.batching import BatchPublisher
-from shared.messaging.connection import Broker
 from shared.schemas.runs import RunFinished, RunProgress, RunResult, StartRun
 
 log = structlog.get_logger(__name__)
@@ -62,9 +59,10 @@ class RunService:
         flows: FlowCache,
         engine: Engine,
         finished: BatchPublisher[RunFinished],
-        broker: Broker,
+        started: BatchPublisher[RunProgress],
     ) -> None:
-        self.broker = broker
+        # run.started events: best effort, batched, never awaited.
+        self.started = started
         self.flows = flows
         self.engine = engine
         # run.finished events, many runs to a message; `publish` returns once confirmed.
@@ -135,13 +133,8 @@ class RunService:
                 await message.reject(requeue=False)  # dead-lettered: the debugger sees it
                 return
             structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
-            # Best effort, unconfirmed: lets the debugger show `running`.
-            with contextlib.suppress(Unavailable):
-                await self.broker.publish_event(
-                    naming.RUN_STARTED,
-                    RunProgress(request=start.request, at=datetime.now(UTC)),
-                    confirm=False,
-                )
+            # Best effort, batched, not awaited: lets the debugger show `running`.
+            self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
             try:
                 result = await self._execute(start)
                 await self._record(start, result)

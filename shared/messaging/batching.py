@@ -44,6 +44,16 @@ class BatchPublisher(Generic[Item]):
             self._sender = asyncio.get_running_loop().create_task(self._send_all())
         await asyncio.shield(confirmed)
 
+    def publish_soon(self, item: Item) -> None:
+        """Best effort: batched like `publish`, but nobody waits, and a failure is only
+        logged by the broker layer."""
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Mark a failure as seen: nobody awaits this future.
+        confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._waiting.append((item, confirmed))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+
     async def _send_all(self) -> None:
         """Send what waits, in messages of up to `max_items`, until nothing waits."""
         try:

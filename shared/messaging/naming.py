@@ -26,8 +26,8 @@ FLOW_ACCESS_CHANGED = "flow_access.changed"  # auth -> every ingress: drop cache
 ACCESS_TOKEN_REVOKED = "access_token.revoked"  # auth -> every ingress: drop cached answers
 RUN_FINISHED = "run.finished"  # runner -> debugger: a request and its run's outcome
 REQUEST_REJECTED = "request.rejected"  # ingress -> debugger: a body that could not be parsed
-REQUEST_QUEUED = "request.queued"  # ingress -> debugger: an async request is queued
-RUN_STARTED = "run.started"  # runner -> debugger: an async run has started
+REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
+RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
 # Dead-lettered by the broker itself (body: the StartRun), for the debugger:
 RUN_EXPIRED = "run.expired"  # a sync run nobody picked up before its caller gave up
 RUN_DEAD_LETTERED = "run.dead_lettered"  # an async run that failed its delivery limit

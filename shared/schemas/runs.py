@@ -73,10 +73,16 @@ class RunsFinished(BaseModel):
 
 
 class RunProgress(BaseModel):
-    """The body of `request.queued` (ingress, once an async request is durably queued)
-    and `run.started` (runner, as it starts an async run). Best effort: what is
-    guaranteed is the run's outcome (`run.finished`); these only let the debugger show
-    `queued` and `running` meanwhile."""
+    """An async request that was queued, or whose run has started."""
 
     request: WebhookRequest
     at: datetime
+
+
+class RunsProgressed(BaseModel):
+    """The body of `request.queued` (ingress, once async requests are durably queued)
+    and `run.started` (runner, as it starts async runs); both batched and best effort:
+    what is guaranteed is the run's outcome (`run.finished`); these only let the
+    debugger show `queued` and `running` meanwhile."""
+
+    items: list[RunProgress]

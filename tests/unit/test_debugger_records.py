@@ -12,6 +12,7 @@ from shared.schemas.runs import (
     RunProgress,
     RunResult,
     RunsFinished,
+    RunsProgressed,
     StartRun,
     WebhookRequest,
 )
@@ -96,12 +97,13 @@ def test_cursor_round_trip() -> None:
 
 
 def test_progress_rows_rank_below_outcomes() -> None:
-    progress = RunProgress(request=webhook_request(), at=NOW).model_dump_json().encode()
+    progress = RunsProgressed(items=[RunProgress(request=webhook_request(), at=NOW)])
+    body = progress.model_dump_json().encode()
     queued = dict(
-        zip(COLUMNS, rows_from_event(naming.REQUEST_QUEUED, progress, REDACTION)[0], strict=True)
+        zip(COLUMNS, rows_from_event(naming.REQUEST_QUEUED, body, REDACTION)[0], strict=True)
     )
     running = dict(
-        zip(COLUMNS, rows_from_event(naming.RUN_STARTED, progress, REDACTION)[0], strict=True)
+        zip(COLUMNS, rows_from_event(naming.RUN_STARTED, body, REDACTION)[0], strict=True)
     )
     assert (queued["outcome"], running["outcome"]) == ("queued", "running")
     assert queued["source_rank"] < running["source_rank"] < RANK_DEAD_LETTER < RANK_OUTCOME
