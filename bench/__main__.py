@@ -163,6 +163,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="run without the debugger's queued/running events",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
 
@@ -176,6 +181,8 @@ def main() -> None:
             extra_env={
                 "FLOWHOOKS_LOG_LEVEL": "warning",
                 "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
+                "FLOWHOOKS_INGRESS_RECORD_QUEUED": str(not args.no_progress).lower(),
+                "FLOWHOOKS_RUNNER_RECORD_STARTED": str(not args.no_progress).lower(),
             },
         )
         bench = Bench(system, args.seconds, args.concurrency)

@@ -12,6 +12,9 @@ class IngressSettings(ServiceSettings):
     # Per-flow rate limit in each replica (requests a second; 0 turns it off) and burst.
     ingress_flow_rate_limit_per_s: float = Field(default=1000.0, ge=0)
     ingress_flow_rate_burst: int = Field(default=2000, ge=1)
+    # Tell the debugger about async requests as soon as they are queued (outcome
+    # `queued`). Costs about a third of async throughput (docs/performance.md).
+    ingress_record_queued: bool = True
     # Nesting bounds for JSON and XML bodies (400 beyond them).
     ingress_max_json_depth: int = Field(default=64, ge=1, le=1000)
     ingress_max_xml_depth: int = Field(default=64, ge=1, le=250)

@@ -59,6 +59,7 @@ class WebhookHandler:
         )
         self.rpc = rpc
         self.broker = broker
+        self.record_queued = settings.ingress_record_queued
         self.queued: BatchPublisher[RunProgress] = BatchPublisher(
             broker, naming.REQUEST_QUEUED, lambda items: RunsProgressed(items=items)
         )
@@ -114,8 +115,9 @@ class WebhookHandler:
             message_type=naming.START_RUN,
             correlation_id=start.request.request_id,
         )
-        # Best effort, batched, not awaited: the debugger shows it as `queued` meanwhile.
-        self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
+        if self.record_queued:
+            # Best effort, batched, not awaited: the debugger shows it `queued` meanwhile.
+            self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
         return json_response(
             {
                 "status": 200,

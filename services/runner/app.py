@@ -74,7 +74,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         FlowCache(store, templates, settings.runner_max_timeout_s),
         Engine(templates, limits, http),
         finished,
-        BatchPublisher(broker, naming.RUN_STARTED, lambda items: RunsProgressed(items=items)),
+        BatchPublisher(broker, naming.RUN_STARTED, lambda items: RunsProgressed(items=items))
+        if settings.runner_record_started
+        else None,
     )
     sync_runs = RpcServer(broker, topology.SYNC_RUNS, prefetch=settings.runner_sync_prefetch)
     sync_runs.register(naming.START_RUN, StartRun, runs.start_sync_run)

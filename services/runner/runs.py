@@ -59,9 +59,9 @@ class RunService:
         flows: FlowCache,
         engine: Engine,
         finished: BatchPublisher[RunFinished],
-        started: BatchPublisher[RunProgress],
+        started: BatchPublisher[RunProgress] | None,
     ) -> None:
-        # run.started events: best effort, batched, never awaited.
+        # run.started events (None: not sent): best effort, batched, never awaited.
         self.started = started
         self.flows = flows
         self.engine = engine
@@ -133,8 +133,9 @@ class RunService:
                 await message.reject(requeue=False)  # dead-lettered: the debugger sees it
                 return
             structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
-            # Best effort, batched, not awaited: lets the debugger show `running`.
-            self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
+            if self.started is not None:
+                # Best effort, batched, not awaited: lets the debugger show `running`.
+                self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
             try:
                 result = await self._execute(start)
                 await self._record(start, result)

@@ -30,5 +30,7 @@ class RunnerSettings(ServiceSettings):
     # run.finished events are group-committed: while one message awaits its confirm, the
     # next collects up to this many runs.
     runner_event_batch: int = Field(default=200, ge=1)
+    # Tell the debugger when an async run starts (outcome `running`).
+    runner_record_started: bool = True
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)
