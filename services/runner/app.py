@@ -1,6 +1,7 @@
 """runner: wires settings, the database, the broker, the flows API, the run consumers
 (sync RPC and async queue) and the flow-access RPC."""
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -8,14 +9,13 @@ import asyncpg
 from aiohttp import web
 
 from services.runner.access import FlowAccess
-from services.runner.engine import Engine
 from services.runner.flows_api import FlowsApi
-from services.runner.outbound import AddressPolicy, OutboundHttp
+from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService
 from services.runner.settings import RunnerSettings
-from services.runner.steps.base import StepLimits
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
+from services.runner.worker_protocol import WorkerConfig
 from shared.db import open_pool
 from shared.messaging import naming, topology
 from shared.messaging.batching import BatchPublisher
@@ -32,6 +32,25 @@ SETTINGS = web.AppKey("settings", RunnerSettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 BROKER = web.AppKey("broker", Broker)
 FLOWS_API = web.AppKey("flows_api", FlowsApi)
+WORKERS = web.AppKey("workers", WorkerPool)
+
+
+def worker_config(settings: RunnerSettings) -> WorkerConfig:
+    return WorkerConfig(
+        render_timeout_s=settings.runner_render_timeout_s,
+        max_output_chars=settings.runner_max_output_chars,
+        template_cache_size=settings.runner_template_cache_size,
+        http_allow_networks=settings.runner_http_allow_networks,
+        http_max_response_bytes=settings.runner_http_max_response_bytes,
+        loop_max_items=settings.runner_loop_max_items,
+        max_loop_iterations=settings.runner_max_loop_iterations,
+        max_value_bytes=settings.runner_max_value_bytes,
+        max_trace_steps=settings.runner_max_trace_steps,
+        max_trace_bytes=settings.runner_max_trace_bytes,
+        max_response_bytes=settings.runner_max_response_bytes,
+        memory_mb=settings.runner_worker_memory_mb,
+        run_cpu_s=settings.runner_run_cpu_s,
+    )
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -59,22 +78,26 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         settings.runner_webhook_base_url,
     )
 
-    http = OutboundHttp(AddressPolicy(settings.runner_http_allow_networks))
-    limits = StepLimits(
-        loop_max_items=settings.runner_loop_max_items,
-        http_max_response_bytes=settings.runner_http_max_response_bytes,
+    workers = WorkerPool(
+        worker_config(settings),
+        workers=settings.runner_workers or os.cpu_count() or 1,
+        slots_per_worker=settings.runner_worker_slots,
+        workspace_share=settings.runner_workspace_share,
+        slice_s=settings.runner_run_slice_s,
     )
+    await workers.start()
+    app[WORKERS] = workers
     finished: BatchPublisher[RunFinished] = BatchPublisher(
         broker,
         naming.RUN_FINISHED,
-        lambda items: RunsFinished(items=items),
+        RunsFinished,
         max_items=settings.runner_event_batch,
     )
     runs = RunService(
-        FlowCache(store, templates, settings.runner_max_timeout_s),
-        Engine(templates, limits, http),
+        FlowCache(store),
+        workers,
         finished,
-        BatchPublisher(broker, naming.RUN_STARTED, lambda items: RunsProgressed(items=items))
+        BatchPublisher(broker, naming.RUN_STARTED, RunsProgressed)
         if settings.runner_record_started
         else None,
     )
@@ -95,7 +118,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await runs.wait_idle(settings.shutdown_timeout_s)
     await control.wait_idle(settings.shutdown_timeout_s)
     await finished.drain()
-    await http.close()
+    await workers.close(settings.shutdown_timeout_s)
     await broker.close()
     await pool.close()
 

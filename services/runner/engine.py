@@ -2,6 +2,7 @@
 its ref-id in later templates, then the webhook response. Produces the `RunResult`
 (the exact HTTP answer for the sender) and the step trace."""
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -9,15 +10,19 @@ from typing import Any
 
 import orjson
 
+from services.runner.bounds import BoundExceeded, bound_trace, json_value
 from services.runner.definition import FlowDefinition
 from services.runner.outbound import OutboundHttp
 from services.runner.steps import STEP_TYPES, StepModel
-from services.runner.steps.base import RunContext, StepLimits
+from services.runner.steps.base import RunContext, RunState, StepLimits
 from services.runner.steps.fail import StepFailed
 from services.runner.templates import TemplateEngine, TemplateFailure
 from shared.errors import ApiError, FlowError
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest
 
+_OUT_OF_MEMORY = (
+    "the run went over its worker's memory bound (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
+)
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 
@@ -28,11 +33,6 @@ class Flow:
     workspace_id: str
     version: int
     definition: FlowDefinition
-
-
-def json_value(value: Any) -> Any:
-    """What a template produced, as plain JSON (anything else becomes its text)."""
-    return orjson.loads(orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS))
 
 
 def error_result(
@@ -61,10 +61,15 @@ class Engine:
         templates: TemplateEngine,
         limits: StepLimits | None = None,
         http: OutboundHttp | None = None,
+        *,
+        max_trace_bytes: int = 1_000_000,
+        max_response_bytes: int = 1_000_000,
     ) -> None:
         self.templates = templates
         self.limits = limits or StepLimits()
         self.http = http
+        self.max_trace_bytes = max_trace_bytes
+        self.max_response_bytes = max_response_bytes
 
     def context(self, flow: Flow, request: WebhookRequest) -> dict[str, Any]:
         return {
@@ -85,11 +90,14 @@ class Engine:
         steps: list[StepModel],
         values: dict[str, Any],
         prefix: str,
-        trace: list[StepTrace],
+        state: RunState,
     ) -> Any:
-        """Run `steps` in order; returns the last one's output (None without steps)."""
+        """Run `steps` in order; returns the last one's output (None without steps).
+        Every step starts with a pass through the event loop, so that runs sharing a
+        worker take turns and the worker's CPU meter sees each step."""
         output: Any = None
         for index, step in enumerate(steps):
+            await asyncio.sleep(0)
             path = f"{prefix}[{index}]"
             started_at, clock = datetime.now(UTC), time.perf_counter()
             entry = StepTrace(
@@ -99,61 +107,86 @@ class Engine:
                 started_at=started_at,
                 duration_ms=0,
             )
-            trace.append(entry)
+            state.record(entry)
             try:
                 context = RunContext(
-                    self.templates, values, path, self, trace, self.limits, self.http
+                    self.templates, values, path, self, state, self.limits, self.http
                 )
-                output = json_value(await STEP_TYPES[step.type].run(step, context))
-            except TemplateFailure as exc:
-                entry.error = str(exc)
-                raise StepFailed(step.ref_id, str(exc)) from None
+                output = json_value(
+                    await STEP_TYPES[step.type].run(step, context), self.limits.max_value_bytes
+                )
             except StepFailed as exc:
                 entry.error = exc.message
                 raise
+            except (TemplateFailure, BoundExceeded) as exc:
+                entry.error = str(exc)
+                raise StepFailed(step.ref_id, str(exc)) from None
+            except MemoryError:
+                entry.error = _OUT_OF_MEMORY
+                raise StepFailed(step.ref_id, _OUT_OF_MEMORY) from None
+            except Exception as exc:
+                # Whatever else a flow provokes (RecursionError from a recursive macro,
+                # a bug in a step) is this run's failure, never the runner's.
+                entry.error = f"{type(exc).__name__}: {str(exc)[:500]}"
+                raise StepFailed(step.ref_id, entry.error) from None
             finally:
                 entry.duration_ms = round((time.perf_counter() - clock) * 1000, 3)
             entry.output = output
             values[step.ref_id] = output
         return output
 
-    async def run(self, flow: Flow, request: WebhookRequest) -> RunResult:
+    async def run(
+        self, flow: Flow, request: WebhookRequest, state: RunState | None = None
+    ) -> RunResult:
+        """The run's result. `state` (the caller's, so that it can read the trace of a
+        run it had to stop) collects the trace."""
+        state = state if state is not None else RunState(self.limits)
         started_at = datetime.now(UTC)
         values = self.context(flow, request)
-        trace: list[StepTrace] = []
         try:
-            last = await self.run_steps(flow.definition.steps, values, "steps", trace)
+            last = await self.run_steps(flow.definition.steps, values, "steps", state)
+            status_code, content_type, body = self._response(flow, values, last)
         except StepFailed as exc:
             error = FlowError(f"step {exc.ref_id!r} failed: {exc.message}", status=exc.status)
-            return error_result(request.request_id, error, "failed", started_at, trace)
-        response = flow.definition.webhook.response
-        if response is None:
-            body = orjson.dumps({"status": 200, "error": None, "message": "ok", "data": last})
-            return RunResult(
-                request_id=request.request_id,
-                outcome="succeeded",
-                status_code=200,
-                content_type=JSON,
-                body=body.decode(),
-                steps=trace,
-                started_at=started_at,
-                finished_at=datetime.now(UTC),
-            )
-        try:
-            text = self.templates.render_text(response.body, values, "webhook.response.body")
-        except TemplateFailure as exc:
+            return error_result(request.request_id, error, "failed", started_at, self.trace(state))
+        except (TemplateFailure, BoundExceeded) as exc:
             error = FlowError(f"the webhook response failed: {exc}")
-            return error_result(request.request_id, error, "failed", started_at, trace)
+            return error_result(request.request_id, error, "failed", started_at, self.trace(state))
         return RunResult(
             request_id=request.request_id,
             outcome="succeeded",
-            status_code=response.status_code,
-            content_type=response.content_type or (JSON if is_json(text) else TEXT),
-            body=text,
-            steps=trace,
+            status_code=status_code,
+            content_type=content_type,
+            body=body,
+            steps=self.trace(state),
             started_at=started_at,
             finished_at=datetime.now(UTC),
         )
+
+    def trace(self, state: RunState) -> list[StepTrace]:
+        return bound_trace(state.trace, self.max_trace_bytes, state.dropped_steps)
+
+    def _response(self, flow: Flow, values: dict[str, Any], last: Any) -> tuple[int, str, str]:
+        """The sender's status code, content type and body; raises `BoundExceeded` for a
+        body past `FLOWHOOKS_RUNNER_MAX_RESPONSE_BYTES` or one that is not valid text."""
+        response = flow.definition.webhook.response
+        if response is None:
+            envelope = {"status": 200, "error": None, "message": "ok", "data": last}
+            status_code, content_type, body = 200, JSON, orjson.dumps(envelope).decode()
+        else:
+            text = self.templates.render_text(response.body, values, "webhook.response.body")
+            content_type = response.content_type or (JSON if is_json(text) else TEXT)
+            status_code, body = response.status_code, text
+        try:
+            size = len(body.encode())
+        except UnicodeEncodeError as exc:
+            raise BoundExceeded(f"the body is not valid text: {exc.reason}") from None
+        if size > self.max_response_bytes:
+            raise BoundExceeded(
+                f"the body of {size} bytes is larger than the bound of"
+                f" {self.max_response_bytes} bytes (FLOWHOOKS_RUNNER_MAX_RESPONSE_BYTES)"
+            )
+        return status_code, content_type, body
 
 
 def is_json(text: str) -> bool:

@@ -1,52 +1,62 @@
 """Runs webhook requests: sync ones as the `runner.start_run` RPC (the reply is the
 sender's answer), async ones from the durable async queue (acked only after the run's
-outcome was published). Either way `run.finished` carries the request, the result and
-the step trace to the debugger."""
+outcome was published). The flows themselves run in the worker pool (`pool.py`), never
+here. Either way `run.finished` carries the request, the result and the step trace to
+the debugger."""
 
 import asyncio
 from collections import OrderedDict
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from services.runner.definition import parse_definition
-from services.runner.engine import Engine, Flow, error_result
+from services.runner.definition import WebhookTrigger
+from services.runner.engine import error_result
+from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.templates import TemplateEngine
-from shared.errors import NotFound, Timeout, Unavailable
-from shared.messaging.batching import BatchPublisher
+from services.runner.worker_protocol import FlowSnapshot
+from shared.errors import FlowError, NotFound, Timeout, Unavailable
+from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.schemas.runs import RunFinished, RunProgress, RunResult, StartRun
 
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class CachedFlow:
+    snapshot: FlowSnapshot
+    timeout_s: float
+
+
 class FlowCache:
-    """Parsed flows by id; reloaded when a request names a newer version."""
+    """Flows as saved, by id; reloaded when a request names a newer version. The
+    supervisor never parses templates: workers do (user code stays in them)."""
 
-    def __init__(
-        self, store: FlowStore, templates: TemplateEngine, max_timeout_s: float, size: int = 10_000
-    ) -> None:
+    def __init__(self, store: FlowStore, size: int = 10_000) -> None:
         self.store = store
-        self.templates = templates
-        self.max_timeout_s = max_timeout_s
         self.size = size
-        self._flows: OrderedDict[str, Flow] = OrderedDict()
+        self._flows: OrderedDict[str, CachedFlow] = OrderedDict()
 
-    async def get(self, flow_id: str, min_version: int) -> Flow | None:
+    async def get(self, flow_id: str, min_version: int) -> CachedFlow | None:
         cached = self._flows.get(flow_id)
-        if cached is not None and cached.version >= min_version:
+        if cached is not None and cached.snapshot.version >= min_version:
             self._flows.move_to_end(flow_id)
             return cached
         row = await self.store.get(flow_id)
         if row is None:
             self._flows.pop(flow_id, None)
             return None
-        raw = {"name": row.name, "status": row.status, **row.definition}
-        # A large max: a flow saved under a higher cap still runs.
-        definition = parse_definition(raw, self.templates, max_timeout_s=float("inf"))
-        flow = Flow(row.id, row.workspace_id, row.version, definition)
+        snapshot = FlowSnapshot(
+            id=row.id,
+            workspace_id=row.workspace_id,
+            version=row.version,
+            definition={"name": row.name, "status": row.status, **row.definition},
+        )
+        trigger = WebhookTrigger.model_validate(row.definition.get("webhook", {}))
+        flow = CachedFlow(snapshot, trigger.timeout_s)
         self._flows[flow_id] = flow
         if len(self._flows) > self.size:
             self._flows.popitem(last=False)
@@ -57,14 +67,14 @@ class RunService:
     def __init__(
         self,
         flows: FlowCache,
-        engine: Engine,
+        pool: WorkerPool,
         finished: BatchPublisher[RunFinished],
         started: BatchPublisher[RunProgress] | None,
     ) -> None:
         # run.started events (None: not sent): best effort, batched, never awaited.
         self.started = started
         self.flows = flows
-        self.engine = engine
+        self.pool = pool
         # run.finished events, many runs to a message; `publish` returns once confirmed.
         self.finished = finished
         self.in_flight = 0
@@ -82,31 +92,21 @@ class RunService:
         flow = await self.flows.get(request.flow_id, start.flow_version)
         if flow is None:
             return error_result(request.request_id, NotFound("no such flow"), "failed", started_at)
-        timeout_s = flow.definition.webhook.timeout_s
+        timeout_s = flow.timeout_s
         if start.deadline is not None:
             timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())
-        try:
-            result = await asyncio.wait_for(self.engine.run(flow, request), timeout_s)
-        except TimeoutError:
-            result = None
-        # CPU-bound steps cannot be interrupted by wait_for: judge by the clock too, so
-        # the record says what the sender got.
-        if result is None or datetime.now(UTC) - started_at > timedelta(seconds=timeout_s):
-            error = Timeout(
-                f"the flow did not finish within {timeout_s:g} s (request {request.request_id})",
-                data={"request_id": request.request_id},
-            )
-            return error_result(
-                request.request_id,
-                error,
-                "timeout",
-                started_at,
-                result.steps if result is not None else None,
-            )
-        return result
+        return await self.pool.run(request, flow.snapshot, timeout_s)
 
     async def _record(self, start: StartRun, result: RunResult) -> None:
-        await self.finished.publish(RunFinished(request=start.request, result=result))
+        try:
+            await self.finished.publish(RunFinished(request=start.request, result=result))
+        except Unencodable as exc:
+            # Workers send only encodable results, so this is a bug's safety net: the
+            # run is still recorded, as failed, with the reason and without its trace.
+            log.error("run_finished_unencodable", error=str(exc))
+            error = FlowError(f"the run's result cannot be recorded: {exc}")
+            reduced = error_result(start.request.request_id, error, "failed", result.started_at)
+            await self.finished.publish(RunFinished(request=start.request, result=reduced))
 
     async def start_sync_run(self, start: StartRun) -> RunResult:
         """The `runner.start_run` RPC handler (sync webhooks)."""

@@ -12,14 +12,36 @@ class RunnerSettings(ServiceSettings):
     runner_webhook_base_url: str = "http://127.0.0.1:8080"
     # Upper bound for a flow's `webhook.timeout_s`.
     runner_max_timeout_s: float = Field(default=300.0, gt=0)
-    # Runs in progress at once per runner process, per queue.
-    runner_sync_prefetch: int = Field(default=32, ge=1)
-    runner_async_prefetch: int = Field(default=16, ge=1)
-    # Budget of one template render: the longest a hostile template can hold a runner's
-    # event loop. Past it the step (or response) fails with a clear error.
+    # Webhook requests taken from the broker at once per runner process, per queue
+    # (runs beyond the free slots wait in the runner, in their workspace's turn).
+    runner_sync_prefetch: int = Field(default=64, ge=1)
+    runner_async_prefetch: int = Field(default=32, ge=1)
+    # Worker processes that run flows (0: one per core), and runs each runs at once.
+    runner_workers: int = Field(default=0, ge=0)
+    runner_worker_slots: int = Field(default=16, ge=1)
+    # Share of a runner's slots (workers x slots) that one workspace may hold.
+    runner_workspace_share: float = Field(default=0.5, gt=0, le=1)
+    # Address-space bound of one worker process (RLIMIT_AS).
+    runner_worker_memory_mb: int = Field(default=512, ge=128)
+    # CPU time one run may use in all.
+    runner_run_cpu_s: float = Field(default=5.0, gt=0)
+    # Longest a run may compute without a pause (one operation that cannot be
+    # interrupted): past it the supervisor kills the worker and fails the run.
+    runner_run_slice_s: float = Field(default=1.0, gt=0)
+    # Budget of one template render (interrupted from inside the worker, cheaper than a
+    # kill). Past it the step (or response) fails with a clear error.
     runner_render_timeout_s: float = Field(default=0.5, gt=0)
     # Largest rendered text, and largest string or list one operator may build.
     runner_max_output_chars: int = Field(default=1_000_000, ge=1000)
+    # Largest value (encoded as JSON) a step may produce.
+    runner_max_value_bytes: int = Field(default=1_000_000, ge=1000)
+    # Loop iterations of one run in total (nested loops multiply).
+    runner_max_loop_iterations: int = Field(default=10_000, ge=1)
+    # Step trace of one run: entries kept, and bytes of inputs and outputs kept.
+    runner_max_trace_steps: int = Field(default=1_000, ge=10)
+    runner_max_trace_bytes: int = Field(default=1_000_000, ge=10_000)
+    # Largest response body a flow may give its sender.
+    runner_max_response_bytes: int = Field(default=1_000_000, ge=1000)
     # Networks `http` steps may reach although they are private, loopback or
     # link-local (JSON list of CIDRs, e.g. ["10.1.0.0/16"]). Empty: only public addresses.
     runner_http_allow_networks: list[str] = Field(default_factory=list)

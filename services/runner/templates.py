@@ -173,6 +173,7 @@ class TemplateEngine:
                 if size > self.max_output_chars:
                     raise TemplateFailure(
                         f"the output is larger than {self.max_output_chars} characters"
+                        " (FLOWHOOKS_RUNNER_MAX_OUTPUT_CHARS)"
                     )
                 chunks.append(chunk)
         return "".join(chunks)
@@ -190,8 +191,10 @@ class TemplateEngine:
             raise TemplateFailure(f"{field}: {exc}") from None
         except TemplateError as exc:
             raise TemplateFailure(f"{field}: {exc.message or type(exc).__name__}") from None
+        except RecursionError:
+            raise TemplateFailure(f"{field}: recursion too deep") from None
         except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
-            raise TemplateFailure(f"{field}: {type(exc).__name__}: {exc}") from None
+            raise TemplateFailure(f"{field}: {type(exc).__name__}: {str(exc)[:500]}") from None
 
     def render_text(self, source: str, context: dict[str, Any], field: str) -> str:
         with self._failures(field):
@@ -206,6 +209,12 @@ class TemplateEngine:
                     value = compiled.expression(**context)
                 if isinstance(value, StrictUndefined):
                     str(value)  # raises the UndefinedError that names the missing name
+                if isinstance(value, (str, bytes)) and len(value) > self.max_output_chars:
+                    # Containers are bounded where the value is used (bounds.json_value).
+                    raise TemplateFailure(
+                        f"the value is larger than {self.max_output_chars} characters"
+                        " (FLOWHOOKS_RUNNER_MAX_OUTPUT_CHARS)"
+                    )
                 return value
         return parse_if_json(self.render_text(source, context, field))
 

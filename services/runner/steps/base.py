@@ -1,7 +1,7 @@
 """The uniform interface of a step type."""
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +16,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class StepLimits:
     loop_max_items: int = 10_000
+    # Loop iterations of one run in total: nested loops multiply, this bounds the product.
+    max_loop_iterations: int = 10_000
+    # Encoded size of any one value a step produces.
+    max_value_bytes: int = 1_000_000
+    # Trace entries kept for one run; steps beyond are counted, not recorded.
+    max_trace_steps: int = 1_000
     http_max_response_bytes: int = 10 * 1024 * 1024
     http_default_timeout_s: float = 10.0
     http_max_retries: int = 5
@@ -47,6 +53,29 @@ class StepModel(BaseModel):
 
 
 @dataclass
+class RunState:
+    """What one run has used so far, against its limits."""
+
+    limits: StepLimits
+    trace: list[Any] = field(default_factory=list)
+    loop_iterations: int = 0
+    dropped_steps: int = 0  # steps past `max_trace_steps`, not in the trace
+
+    def record(self, entry: Any) -> bool:
+        """Adds a step to the trace unless the trace is full (then only counts it)."""
+        if len(self.trace) >= self.limits.max_trace_steps:
+            self.dropped_steps += 1
+            return False
+        self.trace.append(entry)
+        return True
+
+    def count_iterations(self, count: int) -> bool:
+        """Charges `count` loop iterations; False once the run's total is past its bound."""
+        self.loop_iterations += count
+        return self.loop_iterations <= self.limits.max_loop_iterations
+
+
+@dataclass
 class RunContext:
     """What a step sees while it runs."""
 
@@ -54,7 +83,7 @@ class RunContext:
     values: dict[str, Any]  # ref-id -> output, plus `request` (and `loop` inside loops)
     path: str  # where this step is in the flow, for error messages: "steps[0]"
     engine: "Engine"  # to run nested step lists (condition, loop)
-    trace: list[Any]  # the run's step trace, which nested steps add to
+    state: RunState  # the run's trace and what it has used, which nested steps add to
     limits: StepLimits
     http: "OutboundHttp | None" = None
 

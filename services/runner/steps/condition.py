@@ -26,7 +26,7 @@ async def run(step: ConditionStep, ctx: RunContext) -> Any:
     chosen = bool(value)
     branch = "then" if chosen else "else"
     await ctx.engine.run_steps(
-        step.then if chosen else step.else_, ctx.values, f"{ctx.path}.{branch}", ctx.trace
+        step.then if chosen else step.else_, ctx.values, f"{ctx.path}.{branch}", ctx.state
     )
     return {"value": chosen}
 

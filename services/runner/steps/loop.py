@@ -28,12 +28,20 @@ async def run(step: LoopStep, ctx: RunContext) -> Any:
     if not isinstance(items, list):
         raise TemplateFailure(f"{ctx.path}.over: must give a list, not {type(items).__name__}")
     if len(items) > ctx.limits.loop_max_items:
-        raise TemplateFailure(f"{ctx.path}.over: more than {ctx.limits.loop_max_items} items")
+        raise TemplateFailure(
+            f"{ctx.path}.over: more than {ctx.limits.loop_max_items} items"
+            " (FLOWHOOKS_RUNNER_LOOP_MAX_ITEMS)"
+        )
+    if not ctx.state.count_iterations(len(items)):
+        raise TemplateFailure(
+            f"{ctx.path}.over: the run's loops would go past {ctx.limits.max_loop_iterations}"
+            " iterations in total (FLOWHOOKS_RUNNER_MAX_LOOP_ITERATIONS)"
+        )
     outputs = []
     for index, item in enumerate(items):
         values = {**ctx.values, "loop": {"item": item, "index": index}}
         outputs.append(
-            await ctx.engine.run_steps(step.steps, values, f"{ctx.path}.steps", ctx.trace)
+            await ctx.engine.run_steps(step.steps, values, f"{ctx.path}.steps", ctx.state)
         )
     return {"value": outputs}
 

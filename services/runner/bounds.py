@@ -1,0 +1,110 @@
+"""Bounds on what a flow builds: every value a template or step produces, the run's
+step trace, and the result a worker sends back. Whatever a flow builds either fits
+these bounds or fails its own run with a message that names the bound; nothing a flow
+builds can make a message too large to encode or to publish."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from shared.schemas.runs import StepTrace
+
+# Containers nested deeper than this are not plain JSON data (orjson refuses 255).
+MAX_DEPTH = 200
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+class BoundExceeded(Exception):
+    """A run built something past one of its bounds; the message names the setting."""
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """`value` as data orjson can encode: integers beyond 64 bits become their digits,
+    lone surrogates become U+FFFD, anything else that is not JSON becomes its text."""
+    if depth > MAX_DEPTH:
+        raise BoundExceeded(f"a value is nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, float)):
+        return value
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return str(value)
+        except ValueError:  # more digits than Python converts
+            return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_plain(str(k), depth + 1): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(item, depth + 1) for item in value]
+    return _plain(str(value), depth + 1)
+
+
+def encoded(value: Any) -> bytes:
+    """`value` as JSON bytes, made encodable where it is not (see `_plain`)."""
+    try:
+        return orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        try:
+            return orjson.dumps(_plain(value, 0), option=_JSON_OPTIONS)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise BoundExceeded(f"a value cannot be encoded as JSON: {exc}") from None
+
+
+def json_value(value: Any, max_bytes: int) -> Any:
+    """What a template or step produced, as plain JSON data of at most `max_bytes`
+    encoded bytes (`FLOWHOOKS_RUNNER_MAX_VALUE_BYTES`)."""
+    data = encoded(value)
+    if len(data) > max_bytes:
+        raise BoundExceeded(
+            f"a value of {len(data)} bytes is larger than the bound of {max_bytes} bytes"
+            " (FLOWHOOKS_RUNNER_MAX_VALUE_BYTES)"
+        )
+    return orjson.loads(data)
+
+
+def truncated(size: int) -> dict[str, Any]:
+    """What stands in the trace for a value past the trace's bound."""
+    return {"truncated": True, "size": size}
+
+
+def bound_trace(trace: list[StepTrace], max_bytes: int, dropped_steps: int) -> list[StepTrace]:
+    """The trace with its inputs and outputs kept while their total stays within
+    `max_bytes` (`FLOWHOOKS_RUNNER_MAX_TRACE_BYTES`); later ones are replaced by a
+    `truncated` marker with their size. `dropped_steps` (steps past the trace's step
+    bound, never recorded) are named by one marker entry at the end."""
+    total = 0
+    for entry in trace:
+        for attribute in ("input", "output"):
+            value = getattr(entry, attribute)
+            if value is None:
+                continue
+            size = len(encoded(value))
+            if total + size > max_bytes:
+                setattr(entry, attribute, truncated(size))
+            else:
+                total += size
+        if entry.error is not None and len(entry.error) > 2000:
+            entry.error = entry.error[:2000] + "…"
+    if dropped_steps:
+        last = trace[-1] if trace else None
+        trace.append(
+            StepTrace(
+                ref_id="…",
+                type="truncated",
+                error=f"{dropped_steps} more steps ran but are not in the trace"
+                " (FLOWHOOKS_RUNNER_MAX_TRACE_STEPS)",
+                started_at=last.started_at if last else datetime.now(UTC),
+                duration_ms=0,
+            )
+        )
+    return trace
+

@@ -1,0 +1,108 @@
+"""What each run costs its worker, measured from both sides of the process boundary.
+
+Inside a worker, runs share one event loop and take turns: a run computes in slices
+between two awaits. `MeteredRun` wraps a run's coroutine and charges every slice to
+that run; past its CPU budget the run is stopped at its next turn. A slice that never
+ends (one huge big-integer operation, a C call that holds the GIL) cannot be stopped
+from inside, so the worker also writes, into memory it shares with the supervisor,
+which run is computing and since when (`SliceMarker`). The supervisor reads it and
+kills the worker when a slice outlasts its bound: it knows which run to blame.
+"""
+
+import mmap
+import os
+import struct
+import time
+from collections.abc import Coroutine, Generator
+from typing import Any
+
+# key of the run computing now (0: none), monotonic ns when its slice began
+_LAYOUT = struct.Struct("=qq")
+
+
+class CpuBudgetExceeded(BaseException):
+    """Thrown into a run that used up its CPU budget. A BaseException, so that no
+    step's error handling can swallow it: it ends the run."""
+
+
+class SliceMarker:
+    """Two numbers in shared memory: which run is computing and since when."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, _LAYOUT.size)
+
+    @classmethod
+    def create(cls) -> "SliceMarker":
+        fd = os.memfd_create("flowhooks-run-slice", 0)  # inherited by the worker
+        os.ftruncate(fd, _LAYOUT.size)
+        return cls(fd)
+
+    def enter(self, key: int) -> None:
+        _LAYOUT.pack_into(self._map, 0, key, time.monotonic_ns())
+
+    def leave(self) -> None:
+        _LAYOUT.pack_into(self._map, 0, 0, 0)
+
+    def read(self) -> tuple[int, float]:
+        """(run key, seconds its slice has lasted); (0, 0.0) when no run computes. The
+        worker writes without a lock: read until two reads agree."""
+        while True:
+            first = _LAYOUT.unpack_from(self._map, 0)
+            if _LAYOUT.unpack_from(self._map, 0) == first:
+                break
+        key, since_ns = first
+        if key == 0:
+            return 0, 0.0
+        return key, (time.monotonic_ns() - since_ns) / 1e9
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self.fd)
+
+
+class MeteredRun:
+    """Awaitable: runs `coroutine`, charging the CPU time of each of its slices to it
+    and marking it in `marker` while it computes."""
+
+    def __init__(
+        self,
+        coroutine: Coroutine[Any, Any, Any],
+        key: int,
+        marker: SliceMarker,
+        cpu_budget_s: float,
+    ) -> None:
+        self.coroutine = coroutine
+        self.key = key
+        self.marker = marker
+        self.cpu_budget_s = cpu_budget_s
+        self.cpu_used_s = 0.0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self.coroutine
+        to_send: Any = None
+        to_throw: BaseException | None = None
+        stopped = False
+        while True:
+            self.marker.enter(self.key)
+            started = time.thread_time()
+            try:
+                if to_throw is not None:
+                    yielded = coroutine.throw(to_throw)
+                else:
+                    yielded = coroutine.send(to_send)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self.cpu_used_s += time.thread_time() - started
+                self.marker.leave()
+            to_send, to_throw = None, None
+            if self.cpu_used_s > self.cpu_budget_s and not stopped:
+                # Do not wait for what it awaits: end it now, at its own await (once:
+                # its cleanup may await in turn).
+                to_throw, stopped = CpuBudgetExceeded(), True
+                continue
+            try:
+                to_send = yield yielded
+            except BaseException as exc:  # cancellation and the like, for the run
+                to_throw = exc

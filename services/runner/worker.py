@@ -1,0 +1,207 @@
+"""A runner worker process: the only place where flows (user code) run.
+
+Started by the supervisor (`services/runner/pool.py`) as
+`python -m services.runner.worker SOCKET_FD MARKER_FD`. It runs many flows at once on
+its own event loop, each metered (`run_meter.py`), under an address-space bound
+(`RLIMIT_AS`), and sends each result back encoded on its own, so that a result that
+cannot be encoded fails its own run and nobody else's. It exits when the supervisor
+closes the socket, and dies with the supervisor.
+"""
+
+import asyncio
+import ctypes
+import os
+import resource
+import signal
+import socket
+import sys
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+import structlog
+import uvloop
+from pydantic import ValidationError
+
+from services.runner.definition import parse_definition
+from services.runner.engine import Engine, Flow, error_result
+from services.runner.outbound import AddressPolicy, OutboundHttp
+from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
+from services.runner.steps.base import RunState, StepLimits
+from services.runner.templates import TemplateEngine
+from services.runner.worker_protocol import (
+    FlowSnapshot,
+    WorkDone,
+    WorkerConfig,
+    WorkItem,
+    frame,
+    frame_of,
+    read_frame,
+)
+from shared.errors import FlowError, Timeout
+from shared.logging import configure_logging
+from shared.schemas.runs import RunResult
+
+log = structlog.get_logger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, marker: SliceMarker) -> None:
+        self.config = config
+        self.marker = marker
+        self.templates = TemplateEngine(
+            config.template_cache_size, config.render_timeout_s, config.max_output_chars
+        )
+        self.http = OutboundHttp(AddressPolicy(config.http_allow_networks))
+        self.limits = StepLimits(
+            loop_max_items=config.loop_max_items,
+            max_loop_iterations=config.max_loop_iterations,
+            max_value_bytes=config.max_value_bytes,
+            max_trace_steps=config.max_trace_steps,
+            http_max_response_bytes=config.http_max_response_bytes,
+        )
+        self.engine = Engine(
+            self.templates,
+            self.limits,
+            self.http,
+            max_trace_bytes=config.max_trace_bytes,
+            max_response_bytes=config.max_response_bytes,
+        )
+        self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
+        self._done: list[bytes] = []
+        self._has_done = asyncio.Event()
+        self._runs: set[asyncio.Task[None]] = set()
+
+    def flow(self, snapshot: FlowSnapshot) -> Flow:
+        key = (snapshot.id, snapshot.version)
+        flow = self._flows.get(key)
+        if flow is None:
+            # Saved flows were validated; a large max so a flow saved under a higher
+            # cap still runs.
+            definition = parse_definition(
+                snapshot.definition, self.templates, max_timeout_s=float("inf")
+            )
+            flow = Flow(snapshot.id, snapshot.workspace_id, snapshot.version, definition)
+            self._flows[key] = flow
+            if len(self._flows) > self.config.flow_cache_size:
+                self._flows.popitem(last=False)
+        self._flows.move_to_end(key)
+        return flow
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sender = asyncio.create_task(self._send_done(writer))
+        writer.write(frame(b'{"ready":true}'))
+        try:
+            while True:
+                try:
+                    message = await read_frame(reader)
+                except asyncio.IncompleteReadError:
+                    return  # the supervisor closed: shutdown
+                for raw in message.get("runs", ()):
+                    task = asyncio.create_task(self._run_item(raw))
+                    self._runs.add(task)
+                    task.add_done_callback(self._runs.discard)
+        finally:
+            sender.cancel()
+            await self.http.close()
+
+    async def _run_item(self, raw: dict[str, object]) -> None:
+        key = int(raw.get("key", 0))  # type: ignore[call-overload]
+        started_at = datetime.now(UTC)
+        try:
+            item = WorkItem.model_validate(raw)
+        except ValidationError as exc:
+            error = FlowError(f"the run could not be read: {exc.error_count()} errors")
+            self._finish(key, error_result("", error, "failed", started_at))
+            return
+        structlog.contextvars.bind_contextvars(request_id=item.request.request_id)
+        state = RunState(self.limits)
+        try:
+            result = await MeteredRun(
+                self._execute(item, state), key, self.marker, self.config.run_cpu_s
+            )
+        except CpuBudgetExceeded:
+            error = FlowError(
+                f"the run used more than {self.config.run_cpu_s:g} s of CPU time"
+                " (FLOWHOOKS_RUNNER_RUN_CPU_S)"
+            )
+            result = error_result(
+                item.request.request_id, error, "failed", started_at, self.engine.trace(state)
+            )
+        except Exception as exc:  # anything at all: this run's failure, not the worker's
+            log.warning("run_crashed", error=repr(exc)[:500])
+            error = FlowError(f"the run failed: {type(exc).__name__}: {str(exc)[:500]}")
+            result = error_result(item.request.request_id, error, "failed", started_at)
+        self._finish(key, result)
+
+    async def _execute(self, item: WorkItem, state: RunState) -> RunResult:
+        flow = self.flow(item.flow)
+        started_at = datetime.now(UTC)
+        try:
+            async with asyncio.timeout(item.timeout_s):
+                result = await self.engine.run(flow, item.request, state)
+        except TimeoutError:
+            result = None
+        # A run whose last slice ran past the deadline is late too: the record says what
+        # the sender got.
+        elapsed = (datetime.now(UTC) - started_at).total_seconds()
+        if result is None or elapsed > item.timeout_s:
+            request_id = item.request.request_id
+            error = Timeout(
+                f"the flow did not finish within {item.timeout_s:g} s (request {request_id})",
+                data={"request_id": request_id},
+            )
+            return error_result(request_id, error, "timeout", started_at, self.engine.trace(state))
+        return result
+
+    def _finish(self, key: int, result: RunResult) -> None:
+        try:
+            encoded = WorkDone(key=key, result=result).model_dump_json().encode()
+        except ValueError as exc:  # pydantic's serialisation error: e.g. a lone surrogate
+            error = FlowError(f"the run's result cannot be encoded: {str(exc)[:300]}")
+            fallback = error_result(result.request_id, error, "failed", result.started_at)
+            encoded = WorkDone(key=key, result=fallback).model_dump_json().encode()
+        self._done.append(encoded)
+        self._has_done.set()
+
+    async def _send_done(self, writer: asyncio.StreamWriter) -> None:
+        """Results finished while the last write drained go together in one frame."""
+        while True:
+            await self._has_done.wait()
+            self._has_done.clear()
+            done, self._done = self._done, []
+            writer.write(frame_of("done", done))
+            await writer.drain()
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed socket still ends the worker
+    if os.getppid() == 1:
+        sys.exit(0)  # the supervisor died before the line above
+
+
+async def _main(sock_fd: int, marker_fd: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=sock_fd))
+    config = WorkerConfig.model_validate(await read_frame(reader))
+    limit = config.memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    await Worker(config, SliceMarker(marker_fd)).serve(reader, writer)
+
+
+def main() -> None:
+    _die_with_parent()
+    # The supervisor decides when workers stop (after their runs): a Ctrl-C to the
+    # process group or a SIGTERM meant for the runner is not for them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging("runner-worker", os.environ.get("FLOWHOOKS_LOG_LEVEL", "info"))
+    uvloop.run(_main(int(sys.argv[1]), int(sys.argv[2])))
+
+
+if __name__ == "__main__":
+    main()
