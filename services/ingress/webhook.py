@@ -61,7 +61,7 @@ class WebhookHandler:
         self.broker = broker
         self.record_queued = settings.ingress_record_queued
         self.queued: BatchPublisher[RunProgress] = BatchPublisher(
-            broker, naming.REQUEST_QUEUED, lambda items: RunsProgressed(items=items)
+            broker, naming.REQUEST_QUEUED, RunsProgressed
         )
         self.max_body_bytes = settings.ingress_max_body_bytes
         self.body_timeout_s = settings.ingress_body_timeout_s

@@ -4,20 +4,37 @@ One AMQP message per event costs a frame encode, a confirm and, at the consumer,
 delivery and an ack, which on this machine is most of a request's CPU
 (../shared/perf-findings.md). A `BatchPublisher` sends at once when nothing is in
 flight (no added latency at low load); while a message waits for its confirm, new
-events collect and go together in the next message (up to `max_items` each). Every
-caller of `publish` returns only when the broker confirmed the message holding its
-event, or raises `Unavailable` if it did not: each caller keeps exactly the guarantee of
-its own confirmed publish."""
+events collect and go together in the next message (up to `max_items` and `max_bytes`
+each). Every caller of `publish` returns only when the broker confirmed the message
+holding its event, or raises `Unavailable` if it did not: each caller keeps exactly the
+guarantee of its own confirmed publish.
+
+Batches never couple fates: each event is encoded on its own when it is handed over (an
+event that cannot be encoded fails its own caller, `Unencodable`, and never joins a
+batch), and a batch the broker refuses is split in halves until the refused event
+stands alone, so only its own caller hears of it.
+"""
 
 import asyncio
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
+from shared.errors import Unavailable
 from shared.messaging.connection import Broker
 
 Item = TypeVar("Item", bound=BaseModel)
+
+
+class Unencodable(ValueError):
+    """An event that cannot be encoded as JSON (it fails alone)."""
+
+
+@dataclass
+class _Waiting:
+    encoded: bytes
+    confirmed: asyncio.Future[None]
 
 
 class BatchPublisher(Generic[Item]):
@@ -25,58 +42,100 @@ class BatchPublisher(Generic[Item]):
         self,
         broker: Broker,
         routing_key: str,
-        wrap: Callable[[list[Item]], BaseModel],
+        batch_model: type[BaseModel],
         *,
         max_items: int = 200,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> None:
+        """`batch_model`: the message's schema, a model whose one field `items` is the
+        list of events (its name is the message's type)."""
+        if list(batch_model.model_fields) != ["items"]:
+            raise TypeError(f"{batch_model.__name__} must have exactly one field, `items`")
         self.broker = broker
         self.routing_key = routing_key
-        self.wrap = wrap
+        self.message_type = batch_model.__name__
         self.max_items = max_items
-        self._waiting: list[tuple[Item, asyncio.Future[None]]] = []
+        self.max_bytes = max_bytes
+        self._waiting: list[_Waiting] = []
         self._sender: asyncio.Task[None] | None = None
         self.messages_sent = 0
+        self.splits = 0
 
     async def publish(self, item: Item) -> None:
-        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, confirmed))
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+        confirmed = self._enqueue(item)
         await asyncio.shield(confirmed)
 
     def publish_soon(self, item: Item) -> None:
         """Best effort: batched like `publish`, but nobody waits, and a failure is only
         logged by the broker layer."""
-        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        confirmed = self._enqueue(item)
         # Mark a failure as seen: nobody awaits this future.
         confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._waiting.append((item, confirmed))
+
+    def _enqueue(self, item: Item) -> asyncio.Future[None]:
+        try:
+            encoded = item.model_dump_json().encode()
+        except ValueError as exc:  # pydantic's serialisation error is one
+            raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(encoded, confirmed))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_all())
+        return confirmed
+
+    def _next_batch(self) -> list[_Waiting]:
+        count, size = 0, 0
+        for waiting in self._waiting[: self.max_items]:
+            if count and size + len(waiting.encoded) > self.max_bytes:
+                break
+            count, size = count + 1, size + len(waiting.encoded) + 1
+        batch = self._waiting[:count]
+        del self._waiting[:count]
+        return batch
 
     async def _send_all(self) -> None:
         """Send what waits, in messages of up to `max_items`, until nothing waits."""
         try:
             while self._waiting:
-                batch = self._waiting[: self.max_items]
-                del self._waiting[: self.max_items]
-                try:
-                    await self.broker.publish_event(
-                        self.routing_key, self.wrap([item for item, _ in batch])
-                    )
-                except Exception as exc:  # Unavailable, or a bug: every waiter must hear
-                    for _, confirmed in batch:
-                        if not confirmed.done():
-                            confirmed.set_exception(exc)
-                    continue
-                self.messages_sent += 1
-                for _, confirmed in batch:
-                    if not confirmed.done():
-                        confirmed.set_result(None)
+                await self._send(self._next_batch())
         finally:
             self._sender = None
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        body = b'{"items":[' + b",".join(waiting.encoded for waiting in batch) + b"]}"
+        try:
+            await self.broker.publish(
+                body, routing_key=self.routing_key, to_events=True, message_type=self.message_type
+            )
+        except Exception as exc:  # Unavailable, or a bug: every waiter must hear
+            if len(batch) > 1 and _refused(exc):
+                # Perhaps one event the broker will not take (too large, ...): split, so
+                # that it fails alone.
+                self.splits += 1
+                half = len(batch) // 2
+                await self._send(batch[:half])
+                await self._send(batch[half:])
+                return
+            for waiting in batch:
+                if not waiting.confirmed.done():
+                    waiting.confirmed.set_exception(exc)
+            return
+        self.messages_sent += 1
+        for waiting in batch:
+            if not waiting.confirmed.done():
+                waiting.confirmed.set_result(None)
 
     async def drain(self) -> None:
         """Shutdown: wait until everything handed to `publish` was sent."""
         if self._sender is not None:
             await asyncio.gather(self._sender, return_exceptions=True)
+
+
+def _refused(exc: BaseException) -> bool:
+    """The broker answered and said no (a nack, a return, a closed channel), as opposed
+    to not answering at all (down, or no confirm in time): only then can a smaller
+    message fare better."""
+    if not isinstance(exc, Unavailable):
+        return False
+    cause = exc.__cause__
+    return cause is not None and not isinstance(cause, (TimeoutError, ConnectionError))

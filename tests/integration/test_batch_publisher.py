@@ -38,7 +38,7 @@ async def test_many_events_few_messages(amqp_url: str) -> None:
         bindings=("test.happened",),
     )
     publisher: BatchPublisher[Item] = BatchPublisher(
-        broker, "test.happened", lambda items: Items(items=items), max_items=50
+        broker, "test.happened", Items, max_items=50
     )
     try:
         await asyncio.gather(*(publisher.publish(Item(n=n)) for n in range(120)))
@@ -66,7 +66,7 @@ async def test_every_waiter_hears_of_a_failed_publish(amqp_url: str) -> None:
     await broker.connect()
     # Unroutable: mandatory publish to a routing key nobody binds -> returned -> Unavailable.
     publisher: BatchPublisher[Item] = BatchPublisher(
-        broker, "nobody.listens", lambda items: Items(items=items)
+        broker, "nobody.listens", Items
     )
     try:
         results = await asyncio.gather(
