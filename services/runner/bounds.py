@@ -3,6 +3,7 @@ step trace, and the result a worker sends back. Whatever a flow builds either fi
 these bounds or fails its own run with a message that names the bound; nothing a flow
 builds can make a message too large to encode or to publish."""
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from shared.schemas.runs import StepTrace
 # Containers nested deeper than this are not plain JSON data (orjson refuses 255).
 MAX_DEPTH = 200
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BoundExceeded(Exception):
@@ -40,7 +42,7 @@ def _plain(value: Any, depth: int) -> Any:
         except ValueError:  # more digits than Python converts
             return f"<integer of {value.bit_length()} bits>"
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {_plain(str(k), depth + 1): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
