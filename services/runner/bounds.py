@@ -109,4 +109,3 @@ def bound_trace(trace: list[StepTrace], max_bytes: int, dropped_steps: int) -> l
             )
         )
     return trace
-

@@ -20,9 +20,7 @@ from services.runner.templates import TemplateEngine, TemplateFailure
 from shared.errors import ApiError, FlowError
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest
 
-_OUT_OF_MEMORY = (
-    "the run went over its worker's memory bound (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
-)
+_OUT_OF_MEMORY = "the run went over its worker's memory bound (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 

@@ -119,9 +119,7 @@ class WorkerPool:
     def worker_pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]
 
-    async def run(
-        self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float
-    ) -> RunResult:
+    async def run(self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float) -> RunResult:
         """The run's result; never raises for anything the run does."""
         key = next(self._keys)
         item = WorkItem(key=key, request=request, flow=flow, timeout_s=timeout_s)

@@ -37,9 +37,7 @@ async def test_many_events_few_messages(amqp_url: str) -> None:
         no_ack=True,
         bindings=("test.happened",),
     )
-    publisher: BatchPublisher[Item] = BatchPublisher(
-        broker, "test.happened", Items, max_items=50
-    )
+    publisher: BatchPublisher[Item] = BatchPublisher(broker, "test.happened", Items, max_items=50)
     try:
         await asyncio.gather(*(publisher.publish(Item(n=n)) for n in range(120)))
         for _ in range(100):
@@ -65,9 +63,7 @@ async def test_every_waiter_hears_of_a_failed_publish(amqp_url: str) -> None:
     broker = Broker(amqp_url, "test")
     await broker.connect()
     # Unroutable: mandatory publish to a routing key nobody binds -> returned -> Unavailable.
-    publisher: BatchPublisher[Item] = BatchPublisher(
-        broker, "nobody.listens", Items
-    )
+    publisher: BatchPublisher[Item] = BatchPublisher(broker, "nobody.listens", Items)
     try:
         results = await asyncio.gather(
             *(publisher.publish(Item(n=n)) for n in range(5)), return_exceptions=True

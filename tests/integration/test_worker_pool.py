@@ -34,8 +34,11 @@ CONFIG = WorkerConfig(
 )
 
 
-def flow(steps: list[dict[str, Any]], response_body: str | None = None, workspace: str = "evil",
-         ) -> FlowSnapshot:
+def flow(
+    steps: list[dict[str, Any]],
+    response_body: str | None = None,
+    workspace: str = "evil",
+) -> FlowSnapshot:
     webhook: dict[str, Any] = {"ref_id": "web1"}
     if response_body is not None:
         webhook["response"] = {"status_code": 201, "body": response_body}
