@@ -73,9 +73,24 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(done.stdout))
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+    """CPU time of a service: its process and its children (the runner's workers)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone meanwhile (a worker that was replaced)
+    own = (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+    return own + sum(cpu_seconds(child) for child in _children(pid))
 
 
 def rss_mib(pid: int) -> float:

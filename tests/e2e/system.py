@@ -51,6 +51,8 @@ class System:
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, list[ServiceProcess]] = field(default_factory=dict)
     token_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # The checkout the services run from (bench/compare.py runs an older one beside).
+    repo: Path = REPO
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")}
@@ -75,7 +77,7 @@ class System:
         log = tempfile.NamedTemporaryFile(prefix=f"flowhooks-{name}-", suffix=".log", delete=False)
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
-            cwd=REPO,
+            cwd=self.repo,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -138,7 +140,7 @@ class System:
         for scope in scopes:
             args += ["--scope", scope]
         done = subprocess.run(
-            args, cwd=REPO, env=self.env(), capture_output=True, check=True, timeout=60
+            args, cwd=self.repo, env=self.env(), capture_output=True, check=True, timeout=60
         )
         return done.stdout.decode().strip()
 

@@ -1,0 +1,128 @@
+"""`python -m bench.compare [--base REV]`: what a change costs, before and after in one
+run. The base revision (default: the commit before the worker pool, `HEAD` otherwise)
+is checked out in a temporary git worktree; the ceiling, then the base system, then
+this checkout's system are measured one after the other with the same load generator
+and the same scenarios (a sequential sync round trip, sync and async under load), each
+as a ratio to the ceiling of the same run, with CPU per request per service (a
+service's CPU includes its child processes: the runner's workers). Writes
+`bench/results/compare-<date>.json` and `.md`."""
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.__main__ import RESULTS, SMALL_JSON, Bench, api_setup
+from tests.e2e.system import REPO, System, free_port
+from tests.infra import fresh_database, fresh_vhost
+
+# The last commit whose runner ran flows in its own event loop.
+BEFORE_WORKER_POOL = "793374c"
+
+
+def measure_system(repo: Path, seconds: float, concurrency: int) -> dict[str, Any]:
+    with fresh_vhost() as amqp_url, fresh_database() as database_url:
+        system = System(
+            amqp_url,
+            database_url,
+            repo=repo,
+            extra_env={
+                "FLOWHOOKS_LOG_LEVEL": "warning",
+                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
+            },
+        )
+        bench = Bench(system, seconds, concurrency)
+        try:
+            system.start_all()
+            flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
+            ingress = system.url("ingress")
+
+            def target(key: str, **extra: Any) -> dict[str, Any]:
+                return {
+                    "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
+                    "headers": {"Authorization": f"Bearer {flows[key + '_token']}"},
+                    "body": SMALL_JSON,
+                    **extra,
+                }
+
+            bench.measure(
+                "sync_sequential_300", target("sync", concurrency=1, max_requests=300, seconds=60)
+            )
+            bench.measure("sync", target("sync"))
+            bench.measure("async", target("async"))
+        finally:
+            system.stop_all()
+    return bench.results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base", default=BEFORE_WORKER_POOL)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"base": args.base}
+    with tempfile.TemporaryDirectory(prefix="flowhooks-base-") as tmp:
+        base = Path(tmp) / "base"
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(base), args.base],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        try:
+            port = free_port()
+            ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=REPO)
+            time.sleep(1.5)
+            try:
+                ceiling_bench = Bench(System("", ""), args.seconds, args.concurrency)
+                results["ceiling"] = ceiling_bench.measure(
+                    "ceiling", {"url": f"http://127.0.0.1:{port}/x", "body": SMALL_JSON}
+                )
+            finally:
+                ceiling.terminate()
+                ceiling.wait()
+            print(f"-- before ({args.base})", flush=True)
+            results["before"] = measure_system(base, args.seconds, args.concurrency)
+            print("-- after (this checkout)", flush=True)
+            results["after"] = measure_system(REPO, args.seconds, args.concurrency)
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False
+            )
+    results["ceiling"].pop("ids", None)
+    ceiling_rps = results["ceiling"]["rps"]
+    lines = [
+        f"ceiling: {ceiling_rps} req/s; before = {args.base}, after = this checkout",
+        "",
+        "| scenario | before req/s (ratio) | after req/s (ratio) | after/before "
+        "| p50 ms before/after | p99 ms before/after | CPU ms/request before | after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in results["after"]:
+        was, now = results["before"][name], results["after"][name]
+        for result in (was, now):
+            result["ratio_to_ceiling"] = round(result["rps"] / ceiling_rps, 3)
+        lines.append(
+            f"| {name} | {was['rps']} ({was['ratio_to_ceiling']}) "
+            f"| {now['rps']} ({now['ratio_to_ceiling']}) "
+            f"| {round(now['rps'] / max(was['rps'], 1e-9), 2)} "
+            f"| {was['p50_ms']} / {now['p50_ms']} | {was['p99_ms']} / {now['p99_ms']} "
+            f"| {was['cpu_ms_per_request']} | {now['cpu_ms_per_request']} |"
+        )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
+    (RESULTS / f"compare-{stamp}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"compare-{stamp}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: bench/results/compare-{stamp}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
