@@ -8,6 +8,14 @@ resolve to a public address for the check and a private one for the connection (
 rebinding). aiohttp never asks the resolver about IP literals
 (`http://127.0.0.1/`, `http://[::ffff:127.0.0.1]/`), so those are checked before the
 request; redirects are followed by hand, each hop checked the same way.
+
+Secrets (shared/redaction.py): a redirect to another origin (host, or scheme and port,
+except an upgrade from http to https) drops every secret header (`Authorization`,
+`Cookie`, `X-Api-Key`, the step's other secret headers) for that hop and the ones after
+it; no cookie jar is kept (cookies set for one workspace's step must not be sent by
+another's); and no message of this module quotes a URL's userinfo or query. A URL that
+is not a valid absolute http(s) URL (a backslash, whitespace, control characters, no
+host, a bad port) is refused before any connection.
 """
 
 import asyncio
@@ -17,6 +25,8 @@ import socket
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
+
+from shared.redaction import is_secret_header, safe_url
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -97,6 +107,52 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
+# Characters no URL an http step may call contains (RFC 3986 has no place for them;
+# WHATWG parsers read a backslash as a slash, others do not: refuse the ambiguity).
+# (A space is left to yarl, which encodes it: `?q={{ name }}` with "Ada Lovelace".)
+_FORBIDDEN_IN_URL = frozenset({"\\", "\x7f"} | {chr(c) for c in range(32)})
+
+
+def _refuse_bad_characters(url: str) -> None:
+    bad = next((c for c in url if c in _FORBIDDEN_IN_URL), None)
+    if bad is not None:
+        what = "a backslash" if bad == "\\" else "a control character"
+        raise OutboundRefused(f"the URL {safe_url(url)} is not valid: it contains {what}")
+
+
+def parse_url(url: str) -> URL:
+    """`url` as an absolute http or https URL, or OutboundRefused saying what is wrong
+    (without quoting its userinfo or query)."""
+    shown = safe_url(url)
+    _refuse_bad_characters(url)
+    try:
+        target = URL(url)
+        host, port = target.host, target.port
+    except (ValueError, TypeError) as exc:
+        raise OutboundRefused(f"the URL {shown} is not valid ({type(exc).__name__})") from None
+    if target.scheme not in ("http", "https"):
+        raise OutboundRefused(f"only http and https URLs are allowed, not {shown}")
+    if not host:
+        raise OutboundRefused(f"the URL {shown} has no host")
+    if port is not None and not 0 < port < 65536:
+        raise OutboundRefused(f"the URL {shown} has an invalid port")
+    return target
+
+
+def same_origin(before: URL, after: URL) -> bool:
+    """Whether a redirect from `before` to `after` may keep the secret headers: the
+    same host, scheme and port, or the same host upgraded from http to https."""
+    if (before.host or "").lower() != (after.host or "").lower():
+        return False
+    if (before.scheme, before.port) == (after.scheme, after.port):
+        return True
+    return (before.scheme, before.port, after.scheme, after.port) == ("http", 80, "https", 443)
+
+
+def without_secrets(headers: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in headers.items() if not is_secret_header(name)}
+
+
 class OutboundHttp:
     """One aiohttp session per runner process, behind the address policy."""
 
@@ -109,6 +165,8 @@ class OutboundHttp:
                 resolver=GuardedResolver(policy), limit=200, ttl_dns_cache=None, use_dns_cache=False
             ),
             auto_decompress=True,
+            # No cookie jar: the session is shared by every workspace's runs.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def request(
@@ -121,10 +179,8 @@ class OutboundHttp:
         timeout_s: float,
         max_response_bytes: int,
     ) -> tuple[int, dict[str, str], bytes]:
-        target = URL(url)
+        target = parse_url(url)
         for _ in range(self.MAX_REDIRECTS + 1):
-            if target.scheme not in ("http", "https"):
-                raise OutboundRefused(f"only http and https URLs are allowed, not {target}")
             self.policy.check_literal(target)
             async with self.session.request(
                 method,
@@ -135,11 +191,26 @@ class OutboundHttp:
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
                 if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
-                    target = target.join(URL(response.headers["Location"]))
+                    _refuse_bad_characters(response.headers["Location"])
+                    try:
+                        location = target.join(URL(response.headers["Location"]))
+                    except (ValueError, TypeError):
+                        raise OutboundRefused(
+                            f"{safe_url(str(target))} redirected to a URL that is not valid"
+                        ) from None
+                    following = parse_url(str(location))
+                    if not same_origin(target, following):
+                        headers = without_secrets(headers)
+                    target = following
                     if response.status == 303 or (
                         response.status in (301, 302) and method == "POST"
                     ):
                         method, data = "GET", None
+                        headers = {
+                            name: value
+                            for name, value in headers.items()
+                            if name.lower() not in ("content-type", "content-length")
+                        }
                     continue
                 body = await response.content.read(max_response_bytes + 1)
                 if len(body) > max_response_bytes:

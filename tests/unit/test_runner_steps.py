@@ -3,11 +3,13 @@
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
+from services.runner.outbound import AddressPolicy, OutboundHttp
 from services.runner.steps.base import StepLimits
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
@@ -202,3 +204,144 @@ def test_nested_steps_round_trip() -> None:
         "then": [{"ref_id": "label", "type": "template", "template": "big"}],
         "else": [{"ref_id": "small", "type": "template", "template": "small"}],
     }
+
+
+# --- http step: secrets never echoed, malformed URLs fail cleanly (issue 9) ----------
+
+
+class FakeHttp:
+    """Stands in for OutboundHttp: raises `error`, or answers with `headers`."""
+
+    def __init__(
+        self, error: BaseException | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        self.error = error
+        self.headers = headers or {}
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        data: bytes | None,
+        timeout_s: float,
+        max_response_bytes: int,
+    ) -> tuple[int, dict[str, str], bytes]:
+        self.calls.append((method, url, headers))
+        if self.error is not None:
+            raise self.error
+        return 200, self.headers, b"ok"
+
+
+SECRET_URL = "https://user:pa55@api.example.com/v1/items?api_key=S3CRET&page=2"
+
+
+async def run_http(http: Any, url: str = SECRET_URL, **step: Any) -> RunResult:
+    flow = Flow(
+        "f1",
+        "w1",
+        1,
+        parse_definition(
+            {
+                "name": "t",
+                "steps": [
+                    {
+                        "ref_id": "call",
+                        "type": "http",
+                        "url": url,
+                        "headers": {"X-Shopify-Access-Token": "S3CRET", "Accept": "*/*"},
+                        "retries": 0,
+                        **step,
+                    }
+                ],
+            },
+            TEMPLATES,
+            300,
+        ),
+    )
+    request = WebhookRequest(
+        request_id="r1",
+        flow_id="f1",
+        workspace_id="w1",
+        received_at=datetime.now(UTC),
+        method="POST",
+        path="/",
+        query={},
+        headers={},
+        content_type=None,
+        raw_body="",
+        input={},
+    )
+    return await Engine(TEMPLATES, None, http).run(flow, request)
+
+
+def assert_no_secret(result: RunResult) -> None:
+    everything = result.model_dump_json()
+    assert "S3CRET" not in everything and "pa55" not in everything
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        aiohttp.ClientConnectionError(f"Cannot connect to host {SECRET_URL}"),
+        aiohttp.InvalidURL(SECRET_URL),
+        TimeoutError(),
+        ValueError(f"Newline or carriage return character detected: {SECRET_URL}"),
+        RuntimeError("something unexpected"),
+    ],
+)
+async def test_http_step_errors_never_echo_the_query_or_userinfo(error: BaseException) -> None:
+    result = await run_http(FakeHttp(error))
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert orjson.loads(result.body)["error"] == "flow_error"
+    message = orjson.loads(result.body)["message"]
+    assert "https://api.example.com/v1/items" in message
+    assert "?" not in message.split("api.example.com", 1)[1].split(" ", 1)[0]
+    assert_no_secret(result)
+    step = result.steps[0]
+    assert step.error is not None and "S3CRET" not in step.error
+    assert (
+        step.input["url"] == "https://[redacted]@api.example.com/v1/items?api_key=[redacted]&page=2"
+    )
+    assert step.input["headers.X-Shopify-Access-Token"] == "[redacted]"
+    assert step.input["headers.Accept"] == "*/*"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://api.example.com\\@evil.example/?token=S3CRET", "a backslash"),
+        ("https://api.example.com/\x00?token=S3CRET", "a control character"),
+        ("https://[::1/?token=S3CRET", "not valid"),
+        ("ftp://user:pa55@example.com/?token=S3CRET", "only http and https"),
+        ("https:///nohost?token=S3CRET", "no host"),
+        ("https://api.example.com:99999/?token=S3CRET", "not valid"),
+    ],
+)
+async def test_a_malformed_url_is_a_clean_step_failure(url: str, why: str) -> None:
+    http = OutboundHttp(AddressPolicy([]))
+    try:
+        result = await run_http(http, url=url)
+    finally:
+        await http.close()
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    message = orjson.loads(result.body)["message"]
+    assert "steps[0].url" in message and why in message
+    assert_no_secret(result)
+
+
+async def test_http_step_output_and_trace_redact_secret_headers() -> None:
+    http = FakeHttp(headers={"Set-Cookie": "sid=S3CRET", "X-Upstream-Token": "S3CRET", "A": "b"})
+    result = await run_http(http, url="https://api.example.com/?q={{ web1 }}&key=S3CRET")
+    assert result.outcome == "succeeded", result.body
+    output = result.steps[0].output
+    assert output["headers"] == {
+        "Set-Cookie": "[redacted]",
+        "X-Upstream-Token": "[redacted]",
+        "A": "b",
+    }
+    assert_no_secret(result)
+    # What was sent is the real thing: redaction is only for what is shown and stored.
+    assert http.calls[0][2]["X-Shopify-Access-Token"] == "S3CRET"

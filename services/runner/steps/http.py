@@ -2,8 +2,13 @@
 (a body that renders to a JSON object or list is sent as JSON, anything else as text);
 `timeout_s`; `retries` on connection errors, 5xx and 429 with exponential backoff.
 Output `{"status", "headers", "body"}` (the body parsed when it is JSON). Private and
-metadata addresses are refused (outbound.py). Header values that carry secrets are
-redacted in the step trace."""
+metadata addresses are refused (outbound.py).
+
+Secrets (shared/redaction.py, the list the debugger uses too): secret header values and
+secret query parameters of the URL are redacted in the step trace and in the output's
+response headers; an error message names the URL by scheme, host, port and path only
+(never its userinfo or query), and exception texts are scrubbed the same way; a URL
+that is not valid is a clean step failure."""
 
 import asyncio
 from typing import Any, Literal
@@ -16,21 +21,19 @@ from pydantic import Field
 from services.runner.outbound import OutboundRefused, is_retryable
 from services.runner.steps.base import RunContext, StepModel, StepType
 from services.runner.templates import TemplateFailure, parse_if_json
+from shared.redaction import (
+    REDACTED,
+    SECRET_HEADERS,
+    is_secret_header,
+    redact_headers,
+    redact_url_text,
+    safe_url,
+    scrub_urls,
+)
+
+__all__ = ["HTTP", "REDACTED", "SECRET_HEADERS", "HttpStep", "redact"]
 
 log = structlog.get_logger(__name__)
-
-SECRET_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "x-auth-token",
-        "api-key",
-    }
-)
-REDACTED = "[redacted]"
 
 
 class HttpStep(StepModel):
@@ -52,14 +55,22 @@ class HttpStep(StepModel):
 
     def trace_input(self) -> dict[str, Any]:
         data = self.templates()
+        data["url"] = redact_url_text(data["url"])
         return {
-            k: (REDACTED if k.split(".", 1)[-1].lower() in SECRET_HEADERS else v)
+            k: (REDACTED if k.startswith("headers.") and is_secret_header(k[8:]) else v)
             for k, v in data.items()
         }
 
 
 def redact(headers: dict[str, str]) -> dict[str, str]:
-    return {k: (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in headers.items()}
+    return redact_headers(headers)
+
+
+def _problem(exc: BaseException) -> str:
+    """An exception as an error message may show it: URLs in it cut to scheme, host and
+    path, secret query parameters redacted, bounded."""
+    text = scrub_urls(str(exc)[:2000])[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 async def run(step: HttpStep, ctx: RunContext) -> Any:
@@ -95,14 +106,20 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
                 break
             problem = f"HTTP {status}"
         except OutboundRefused as exc:
-            raise TemplateFailure(f"{ctx.path}.url: {exc}") from None
+            raise TemplateFailure(f"{ctx.path}.url: {scrub_urls(str(exc))}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            if attempt >= step.retries:
+            if isinstance(exc, aiohttp.InvalidURL) or attempt >= step.retries:
                 raise TemplateFailure(
-                    f"{ctx.path}: {method} {url} failed after {attempt + 1} attempts: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{ctx.path}: {method[:16]} {safe_url(url)} failed after {attempt + 1}"
+                    f" attempts: {_problem(exc)}"
                 ) from None
             problem = type(exc).__name__
+        except Exception as exc:
+            # Whatever else the request refuses (a method or header value aiohttp will
+            # not send, ...): this step's failure, never the runner's.
+            raise TemplateFailure(
+                f"{ctx.path}: {method[:16]} {safe_url(url)} could not be sent: {_problem(exc)}"
+            ) from None
         attempt += 1
         log.info("http_step_retry", step=step.ref_id, attempt=attempt, problem=problem)
         await asyncio.sleep(step.retry_backoff_s * (2 ** (attempt - 1)))
