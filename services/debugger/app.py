@@ -42,14 +42,26 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     rpc = RpcClient(broker, settings.rpc_timeout_s)
     await rpc.start()
     redaction = Redaction(
-        frozenset(h.lower() for h in settings.debugger_redact_headers),
-        settings.debugger_max_raw_body_bytes,
+        headers=frozenset(h.lower() for h in settings.debugger_redact_headers),
+        max_raw_body_bytes=settings.debugger_max_raw_body_bytes,
+        query=frozenset(q.lower() for q in settings.debugger_redact_query),
+        max_input_bytes=settings.debugger_max_input_bytes,
+        max_trace_bytes=settings.debugger_max_trace_bytes,
+        max_step_value_bytes=settings.debugger_max_step_value_bytes,
+        max_response_body_bytes=settings.debugger_max_response_body_bytes,
+        max_error_bytes=settings.debugger_max_error_bytes,
     )
     app[REQUESTS_API] = RequestsApi(
         store, rpc, LiveTail(broker, redaction), settings.debugger_replay_timeout_s
     )
     ingest = BatchIngest(
-        store, redaction, settings.debugger_batch_size, settings.debugger_batch_linger_ms / 1000
+        store,
+        redaction,
+        settings.debugger_batch_size,
+        settings.debugger_batch_linger_ms / 1000,
+        retry_delay_s=settings.debugger_write_retry_delay_s,
+        max_retry_delay_s=settings.debugger_write_max_retry_delay_s,
+        unknown_retries=settings.debugger_write_unknown_retries,
     )
     app[INGEST] = ingest
     await broker.consume(
@@ -72,10 +84,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await retention_task
     await broker.stop_consuming()
-    try:
-        await asyncio.wait_for(ingest.close(), settings.shutdown_timeout_s)
-    except TimeoutError:
-        pass  # unacked events are delivered again after the restart
+    # Write and ack the batch in progress; what cannot be written in time stays unacked
+    # and is delivered again once the connection is closed.
+    await ingest.close(settings.shutdown_timeout_s)
     await broker.close()
     await pool.close()
 

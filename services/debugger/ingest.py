@@ -1,39 +1,134 @@
 """The debugger's intake: events from its quorum queue, written in batches (one
-transaction per batch, idempotent on the request id) and acked only after commit. A
-failed write (PostgreSQL restarting) leaves the batch unacked and retried, so nothing
-is lost; a crash before commit means the broker delivers the batch again."""
+transaction per batch, idempotent on the request id) and acked only after commit.
+
+Failures, and why they are handled this way (no event of one workspace can stop the
+intake of everyone):
+- A body that cannot be read at all (not JSON, wrong schema) is logged and rejected
+  without requeue: it would fail the same way every time. In a batched message, an
+  unreadable item is left out and the others are stored (records.py).
+- PostgreSQL away (connection refused or lost, starting up, shutting down, read-only
+  after a failover, out of connections or disk, schema not migrated): the write is
+  retried in place, with backoff, the batch still unacked, for as long as it takes:
+  nothing is lost. Not nack-and-requeue: the quorum queue counts every requeue
+  against its delivery limit and drops the message past it.
+- PostgreSQL refusing the values themselves (class 22 data exceptions, constraint
+  violations, class 54 limits, a value asyncpg cannot encode): retrying cannot help,
+  so the batch is split in halves (by messages, then by the rows of one message) until
+  the refused rows stand alone (a few writes, not one per row). Each refused row is
+  stored in its reduced form (ids, times, outcome and "not storable: <why>", no bodies
+  or trace; records.reduced_row); a row whose reduced form is refused too is dropped
+  with an error log. Everything else in the batch is stored and acked.
+- Any other failure (statement timeout, out of memory, deadlock, an unknown error) is
+  retried `unknown_retries` times, then handled as refused data.
+- A crash before commit leaves the batch unacked: the broker delivers it again and the
+  upsert absorbs the repeat.
+"""
 
 import asyncio
+import contextlib
 from typing import Any
 
+import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 
-from services.debugger.records import Redaction, flow_from_event, rows_from_event
+from services.debugger.records import Redaction, flow_from_event, reduced_row, rows_from_event
 from services.debugger.store import COLUMNS, RequestStore
 from shared.messaging import naming
 
 log = structlog.get_logger(__name__)
 
 RETRY_DELAY_S = 1.0
+MAX_RETRY_DELAY_S = 30.0
+UNKNOWN_RETRIES = 3
 RANK = COLUMNS.index("source_rank")
+
+# The values themselves: retrying cannot help.
+REFUSED_DATA: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+    UnicodeError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+# PostgreSQL (or the way to it) is away or not ready: retry for as long as it takes.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionRefusedError, ConnectionResetError, ...
+    TimeoutError,
+    asyncpg.InterfaceError,  # connection closed, pool closing
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after a failover
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.DiskFullError,
+    asyncpg.exceptions.SyntaxOrAccessError,  # class 42: not migrated, no permission
+)
+
+
+def classify(exc: BaseException) -> str:
+    """One of "data", "unavailable" or "unknown"."""
+    if isinstance(exc, REFUSED_DATA):
+        return "data"
+    if isinstance(exc, UNAVAILABLE):
+        return "unavailable"
+    return "unknown"
+
+
+class _Abandoned(Exception):
+    """Shutdown gave up on a write that keeps failing; its messages stay unacked."""
+
+
+class _Refused(Exception):
+    """A write PostgreSQL refused for its values (or kept failing for no known reason)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+# (message, its rows are flows (not requests), its rows)
+Pending = tuple[AbstractIncomingMessage, bool, list[tuple[Any, ...]]]
 
 
 class BatchIngest:
     def __init__(
-        self, store: RequestStore, redaction: Redaction, batch_size: int, linger_s: float
+        self,
+        store: RequestStore,
+        redaction: Redaction,
+        batch_size: int,
+        linger_s: float,
+        *,
+        retry_delay_s: float = RETRY_DELAY_S,
+        max_retry_delay_s: float = MAX_RETRY_DELAY_S,
+        unknown_retries: int = UNKNOWN_RETRIES,
     ) -> None:
         self.store = store
         self.redaction = redaction
         self.batch_size = batch_size
         self.linger_s = linger_s
-        # (message, its rows are flows (not requests), its rows)
-        self._pending: list[tuple[AbstractIncomingMessage, bool, list[tuple[Any, ...]]]] = []
+        self.retry_delay_s = retry_delay_s
+        self.max_retry_delay_s = max_retry_delay_s
+        self.unknown_retries = unknown_retries
+        self._pending: list[Pending] = []
         self._pending_rows = 0
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
-        self.stored = 0
+        self._abandoned = asyncio.Event()
+        # Counters for logs, metrics and tests.
+        self.stored = 0  # request rows written (whole or reduced)
+        self.reduced = 0  # request rows stored in their reduced form
+        self.dropped = 0  # rows not stored at all (not even reduced)
+        self.rejected = 0  # messages refused as unreadable
+        self.write_failures = 0
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet written (nor acked)."""
+        return len(self._pending)
 
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         is_flow = message.routing_key == naming.FLOW_CHANGED
@@ -41,13 +136,18 @@ class BatchIngest:
             rows = (
                 [flow_from_event(message.body)]
                 if is_flow
-                else rows_from_event(message.routing_key or "", message.body, self.redaction)
+                else rows_from_event(
+                    message.routing_key or "", message.body, self.redaction, message.headers
+                )
             )
-        except ValidationError:
+        except Exception as exc:  # unreadable (ValidationError is a ValueError), or a bug
             log.error(
-                "bad_debugger_event", routing_key=message.routing_key, body=message.body[:200]
+                "bad_debugger_event",
+                routing_key=message.routing_key,
+                error=repr(exc)[:500],
+                body=message.body[:200],
             )
-            await message.reject(requeue=False)
+            await self._reject(message)
             return
         self._pending.append((message, is_flow, rows))
         self._pending_rows += len(rows)
@@ -65,11 +165,74 @@ class BatchIngest:
         async with self._flush_lock:
             while self._pending:
                 batch, self._pending, self._pending_rows = self._pending, [], 0
-                await self._write(batch)
+                try:
+                    await self._write(batch)
+                except _Abandoned:
+                    return
 
-    async def _write(
-        self, batch: list[tuple[AbstractIncomingMessage, bool, list[tuple[Any, ...]]]]
-    ) -> None:
+    async def _write(self, batch: list[Pending]) -> None:
+        await self._store_apart(batch)
+        for message, _, _ in batch:
+            try:
+                await message.ack()
+            except Exception as exc:
+                # The channel went away: the broker redelivers, the upsert absorbs it.
+                log.warning("ack_failed", error=repr(exc))
+
+    async def _store_apart(self, batch: list[Pending], top: bool = True) -> None:
+        """Store the batch in one transaction; if PostgreSQL refuses it for its values,
+        halve it (by messages, then by the rows of one message) until each refused row
+        stands alone, and store that one reduced (or drop it). Unknown failures are
+        retried for the whole batch only, not again for each part."""
+        try:
+            await self._store(batch, self.unknown_retries if top else 0)
+            return
+        except _Refused as refused:
+            if len(batch) == 1 and len(batch[0][2]) <= 1:
+                await self._store_reduced(batch[0], refused.cause)
+                return
+        if len(batch) > 1:
+            half = len(batch) // 2
+            parts = [batch[:half], batch[half:]]
+        else:
+            message, is_flow, rows = batch[0]
+            half = len(rows) // 2
+            parts = [[(message, is_flow, rows[:half])], [(message, is_flow, rows[half:])]]
+        for part in parts:
+            await self._store_apart(part, top=False)
+
+    async def _store_reduced(self, item: Pending, cause: BaseException) -> None:
+        message, is_flow, rows = item
+        if not rows:
+            return
+        row = rows[0]
+        reason = f"{type(cause).__name__}: {str(cause).strip()[:500]}"
+        if not is_flow:
+            try:
+                await self._store([(message, False, [reduced_row(row, reason)])], 0)
+                self.reduced += 1
+                log.error(
+                    "debugger_row_stored_reduced",
+                    request_id=row[0],
+                    routing_key=message.routing_key,
+                    error=reason,
+                )
+                return
+            except _Refused as again:
+                reason += f"; reduced form: {again.cause!r}"[:500]
+        self.dropped += 1
+        log.error(
+            "debugger_row_dropped",
+            kind="flow" if is_flow else "request",
+            id=str(row[0])[:200],
+            routing_key=message.routing_key,
+            error=reason,
+        )
+
+    async def _store(self, batch: list[Pending], unknown_retries: int) -> None:
+        """Write the batch in one transaction, retrying while PostgreSQL is away. Raises
+        `_Refused` (the values, or an unknown failure that outlasted `unknown_retries`),
+        or `_Abandoned` (shutdown gave up)."""
         # The same request twice in one batch: keep its last event only (ON CONFLICT
         # cannot touch one row twice in a statement); the rank rule sorts out the rest.
         rows: dict[str, tuple[Any, ...]] = {}
@@ -81,24 +244,47 @@ class BatchIngest:
                         flows[row[0]] = row
                 elif row[0] not in rows or rows[row[0]][RANK] <= row[RANK]:
                     rows[row[0]] = row
+        unknown = 0
+        delay = self.retry_delay_s
         while True:
             try:
                 await self.store.write(list(rows.values()), list(flows.values()))
-                break
+                self.stored += len(rows)
+                return
             except Exception as exc:
-                log.warning("batch_write_failed", size=len(batch), error=repr(exc))
-                await asyncio.sleep(RETRY_DELAY_S)
-        for message, _, _ in batch:
-            try:
-                await message.ack()
-            except Exception as exc:
-                # The channel went away: the broker redelivers, the upsert absorbs it.
-                log.warning("ack_failed", error=repr(exc))
-        self.stored += len(rows)
+                kind = classify(exc)
+                if kind == "data":
+                    raise _Refused(exc) from exc
+                if kind == "unknown":
+                    unknown += 1
+                    if unknown > unknown_retries:
+                        raise _Refused(exc) from exc
+                self.write_failures += 1
+                log.warning(
+                    "batch_write_failed", messages=len(batch), kind=kind, error=repr(exc)[:500]
+                )
+                if self._abandoned.is_set():
+                    raise _Abandoned from exc
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._abandoned.wait(), delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
 
-    async def close(self) -> None:
-        """Shutdown, after consuming stopped: write and ack what is pending."""
+    async def _reject(self, message: AbstractIncomingMessage) -> None:
+        self.rejected += 1
+        try:
+            await message.reject(requeue=False)
+        except Exception as exc:
+            log.warning("reject_failed", error=repr(exc))
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Shutdown, after consuming stopped: write and ack what is pending. A write
+        still failing after `timeout_s` is given up: its messages stay unacked and the
+        broker delivers them again once this process's connection is closed."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except TimeoutError:
+            log.warning("shutdown_flush_gave_up", pending=self.pending)
+            self._abandoned.set()

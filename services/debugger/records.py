@@ -11,25 +11,52 @@ record is right whatever order the events arrive in.
 """
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+import structlog
+from pydantic import BaseModel, ValidationError
 
-from services.debugger.redact import clean_text, cut_body, json_text, redact_headers
-from shared.messaging import naming
+from services.debugger.redact import (
+    capped_json,
+    capped_value,
+    clean_text,
+    cut_body,
+    cut_text,
+    redact_headers,
+    redact_query,
+)
+from services.debugger.store import COLUMNS
+from shared import redaction as secrets
+from shared.messaging import naming, topology
 from shared.schemas.access import FlowChanged
-from shared.schemas.runs import RunFinished, RunsFinished, RunsProgressed, StartRun, WebhookRequest
+from shared.schemas.runs import RunFinished, RunProgress, StartRun, WebhookRequest
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T", bound=BaseModel)
 
 # A later stage never yields to an earlier one, whatever order events arrive in.
 RANK_QUEUED, RANK_RUNNING, RANK_DEAD_LETTER, RANK_OUTCOME = 0, 1, 2, 3
+_INDEX = {name: i for i, name in enumerate(COLUMNS)}
+# What the reduced form of a row leaves out (see `reduced_row`).
+_LEFT_OUT = ("raw_body", "input", "steps", "response_body", "headers", "query")
 
 
 @dataclass(frozen=True)
 class Redaction:
-    headers: frozenset[str]
-    max_raw_body_bytes: int
+    """What is redacted (beyond `shared/redaction.py`'s list) and each field's cap."""
+
+    headers: frozenset[str] = frozenset()  # extra secret header names
+    max_raw_body_bytes: int = 65_536
+    query: frozenset[str] = frozenset()  # extra secret query parameter names
+    max_input_bytes: int = 262_144
+    max_trace_bytes: int = 1_048_576
+    max_step_value_bytes: int = 65_536
+    max_response_body_bytes: int = 65_536
+    max_error_bytes: int = 8_192
 
 
 def _envelope(status: int, kind: str, message: str) -> str:
@@ -52,32 +79,218 @@ def _row(
     finished_at: datetime | None,
     rank: int,
 ) -> tuple[Any, ...]:
-    raw_body, truncated = cut_body(request.raw_body, redaction.max_raw_body_bytes)
+    """The stored row; its reduced form (with the reason) if a value cannot even be
+    encoded (an integer beyond 64 bits, nesting deeper than the JSON encoder goes)."""
+    try:
+        return _full_row(
+            request,
+            redaction,
+            outcome=outcome,
+            status_code=status_code,
+            response_content_type=response_content_type,
+            response_body=response_body,
+            error=error,
+            steps=steps,
+            started_at=started_at,
+            finished_at=finished_at,
+            rank=rank,
+        )
+    except Exception as exc:
+        log.error("debugger_row_not_encodable", request_id=request.request_id, error=repr(exc))
+        skeleton: dict[str, Any] = {name: None for name in COLUMNS}
+        skeleton.update(
+            id=request.request_id,
+            flow_id=request.flow_id,
+            workspace_id=request.workspace_id,
+            received_at=request.received_at,
+            method=request.method,
+            mode=request.mode,
+            outcome=outcome,
+            status_code=status_code,
+            error=error,
+            started_at=started_at,
+            finished_at=finished_at,
+            source_rank=rank,
+            replay_of=request.replay_of,
+        )
+        return reduced_row(tuple(skeleton[name] for name in COLUMNS), _describe(exc))
+
+
+def _full_row(
+    request: WebhookRequest,
+    redaction: Redaction,
+    *,
+    outcome: str,
+    status_code: int | None,
+    response_content_type: str | None,
+    response_body: str | None,
+    error: str | None,
+    steps: list[Any],
+    started_at: datetime | None,
+    finished_at: datetime | None,
+    rank: int,
+) -> tuple[Any, ...]:
+    truncated: dict[str, int] = {}
+    raw_body, raw_cut = cut_body(request.raw_body, redaction.max_raw_body_bytes)
+    if raw_cut:
+        truncated["raw_body"] = len(request.raw_body.encode())
+    query = redact_query(request.query, redaction.query)
+    parsed = request.input
+    if request.method == "GET" and parsed == request.query:
+        parsed = query  # a GET's input is its query: the same secrets
+    input_text, input_size = capped_json(parsed, redaction.max_input_bytes)
+    if input_size is not None:
+        truncated["input"] = input_size
+    steps_text, steps_size = _capped_steps(steps, redaction)
+    if steps_size is not None:
+        truncated["steps"] = steps_size
+    body: str | None = None
+    if response_body is not None:
+        body, body_size = cut_text(response_body, redaction.max_response_body_bytes)
+        if body_size is not None:
+            truncated["response_body"] = body_size
+    stored_error: str | None = None
+    if error:
+        stored_error, error_size = cut_text(error, redaction.max_error_bytes)
+        if error_size is not None:
+            truncated["error"] = error_size
+            stored_error += f" ... [truncated, {error_size} bytes]"
     return (
         request.request_id,
         request.flow_id,
         request.workspace_id,
         request.received_at,
-        request.method,
-        clean_text(request.path),
-        json_text(request.query),
-        json_text(redact_headers(request.headers, redaction.headers)),
+        clean_text(request.method),
+        clean_text(secrets.redact_url_text(request.path, redaction.query)),
+        capped_json(query, redaction.max_input_bytes)[0],
+        capped_json(redact_headers(request.headers, redaction.headers), redaction.max_input_bytes)[
+            0
+        ],
         clean_text(request.content_type) if request.content_type else None,
         raw_body,
-        truncated,
-        json_text(request.input),
+        raw_cut,
+        input_text,
         request.mode,
         outcome,
         status_code,
-        response_content_type,
-        clean_text(response_body) if response_body is not None else None,
-        clean_text(error) if error else None,
-        json_text(steps),
+        clean_text(response_content_type) if response_content_type is not None else None,
+        body,
+        stored_error,
+        steps_text,
         started_at,
         finished_at,
         rank,
         request.replay_of,
+        orjson.dumps(truncated).decode() if truncated else None,
     )
+
+
+def _capped_steps(steps: list[Any], redaction: Redaction) -> tuple[str, int | None]:
+    """The step trace as stored: each step's secrets redacted (a second line of
+    defence: the runner already redacts), each step's input and output capped at
+    `max_step_value_bytes` and its error at `max_error_bytes`, and the steps beyond
+    `max_trace_bytes` in all replaced by one marker step. Returns the JSON text and,
+    when anything was cut, the trace's original size."""
+    redacted = [_redact_step(step, redaction) for step in steps]
+    text = capped_json(redacted, 1 << 62)[0]
+    original = len(text.encode())
+    if original <= min(redaction.max_trace_bytes, redaction.max_step_value_bytes):
+        return text, None  # no part of it can be over a cap
+    cut = False
+    kept: list[Any] = []
+    used = 2  # the brackets
+    for index, step in enumerate(redacted):
+        if isinstance(step, dict):
+            step = dict(step)
+            for field in ("input", "output"):
+                step[field], size = capped_value(step.get(field), redaction.max_step_value_bytes)
+                cut = cut or size is not None
+            if isinstance(step.get("error"), str):
+                step["error"], size = cut_text(step["error"], redaction.max_error_bytes)
+                cut = cut or size is not None
+        step_size = len(capped_json(step, 1 << 62)[0].encode()) + 1
+        if used + step_size > redaction.max_trace_bytes - 400:  # room for the marker
+            omitted = len(steps) - index
+            kept.append(
+                {
+                    "ref_id": "_truncated",
+                    "type": "truncated",
+                    "truncated": True,
+                    "size": original,
+                    "steps_omitted": omitted,
+                    "input": None,
+                    "output": None,
+                    "error": f"the trace is {original} bytes, over the debugger's cap of"
+                    f" {redaction.max_trace_bytes}: {omitted} more steps not stored",
+                    "started_at": None,
+                    "duration_ms": 0,
+                }
+            )
+            cut = True
+            break
+        kept.append(step)
+        used += step_size
+    if not cut:
+        return text, None
+    return capped_json(kept, 1 << 62)[0], original
+
+
+def _redact_step(step: Any, redaction: Redaction) -> Any:
+    """An `http` step's URL and secret headers, redacted by the shared list."""
+    if not isinstance(step, dict) or step.get("type") != "http":
+        return step
+    given = step.get("input")
+    if not isinstance(given, dict):
+        return step
+    redacted: dict[str, Any] = {}
+    for key, value in given.items():
+        if key.startswith("headers.") and secrets.is_secret_header(key[8:], redaction.headers):
+            value = secrets.REDACTED
+        elif key == "url" and isinstance(value, str):
+            value = secrets.redact_url_text(value, redaction.query)
+        redacted[key] = value
+    return {**step, "input": redacted}
+
+
+def reduced_row(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
+    """What is stored of a row that PostgreSQL refused (or that could not be encoded):
+    its ids, times, mode and outcome, and the reason; no headers, query, bodies, input
+    or trace. `truncated` lists the sizes of what was left out, and `reduced: true`."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    left_out: dict[str, Any] = {"reduced": True}
+    for name in _LEFT_OUT:
+        value = values.get(name)
+        if isinstance(value, str):
+            left_out[name] = len(value.encode(errors="replace"))
+    status = values["status_code"]
+    previous = values["error"]
+    error = f"not storable: {reason}"
+    if isinstance(previous, str) and previous:
+        error += f"; the run's error: {clean_text(previous)[:1000]}"
+    values.update(
+        method=clean_text(str(values["method"]))[:16],
+        path="",
+        query="{}",
+        headers="{}",
+        content_type=None,
+        raw_body="",
+        raw_body_truncated=True,
+        input=None,
+        status_code=status if isinstance(status, int) and 100 <= status <= 599 else None,
+        response_content_type=None,
+        response_body=None,
+        error=cut_text(error, 4000)[0],
+        steps="[]",
+        replay_of=clean_text(str(values["replay_of"]))[:200] if values["replay_of"] else None,
+        truncated=orjson.dumps(left_out).decode(),
+    )
+    return tuple(values[name] for name in COLUMNS)
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as the reason a row was reduced: its kind and (bounded) message."""
+    text = clean_text(str(exc).replace("\n", " "))
+    return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
 
 
 def flow_from_event(body: bytes) -> tuple[Any, ...]:
@@ -91,21 +304,54 @@ def flow_from_event(body: bytes) -> tuple[Any, ...]:
     )
 
 
-def rows_from_event(routing_key: str, body: bytes, redaction: Redaction) -> list[tuple[Any, ...]]:
-    """Raises pydantic's ValidationError for a body that is not what the key says."""
+def rows_from_event(
+    routing_key: str,
+    body: bytes,
+    redaction: Redaction,
+    headers: Mapping[str, Any] | None = None,
+) -> list[tuple[Any, ...]]:
+    """Raises ValueError (pydantic's ValidationError is one) for a body that is not what
+    the key says. In a message of many items, an item that is not readable is logged
+    and left out; the others are stored. `headers`: the message's (`x-death` says why a
+    dead-lettered run was dead-lettered)."""
     if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
-        return [_dead_letter_row(routing_key, body, redaction)]
+        return [_dead_letter_row(routing_key, body, redaction, headers or {})]
     if routing_key == naming.REQUEST_QUEUED:
         return [
             _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
-            for item in RunsProgressed.model_validate_json(body).items
+            for item in _items(body, RunProgress, routing_key)
         ]
     if routing_key == naming.RUN_STARTED:
         return [
             _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
-            for item in RunsProgressed.model_validate_json(body).items
+            for item in _items(body, RunProgress, routing_key)
         ]
-    return [_finished_row(item, redaction) for item in RunsFinished.model_validate_json(body).items]
+    return [_finished_row(item, redaction) for item in _items(body, RunFinished, routing_key)]
+
+
+def _items(body: bytes, model: type[T], routing_key: str) -> list[T]:
+    """The `items` of a batched event, each validated on its own: one unreadable item
+    does not cost the others. A single bare item is accepted too. ValueError when the
+    body is not JSON or has no items at all."""
+    document = orjson.loads(body)
+    if isinstance(document, dict) and "items" not in document:
+        return [model.model_validate(document)]
+    if not isinstance(document, dict) or not isinstance(document["items"], list):
+        raise ValueError(f"{routing_key}: expected an object with a list of items")
+    items: list[T] = []
+    for index, raw in enumerate(document["items"]):
+        try:
+            items.append(model.model_validate(raw))
+        except ValidationError as exc:
+            log.error(
+                "unreadable_debugger_event_item",
+                routing_key=routing_key,
+                index=index,
+                error=str(exc)[:500],
+            )
+    if not items and document["items"]:
+        raise ValueError(f"{routing_key}: no item of the message is readable")
+    return items
 
 
 def _progress_row(
@@ -130,11 +376,60 @@ def _progress_row(
     )
 
 
-def _dead_letter_row(routing_key: str, body: bytes, redaction: Redaction) -> tuple[Any, ...]:
+def dead_letter_reason(headers: Mapping[str, Any]) -> str:
+    """Why the broker dead-lettered a message, from its `x-death` header (the newest
+    death first): "dead-lettered after 6 deliveries (delivery_limit) from ...",
+    "dead-lettered (rejected) by ...", ..."""
+    deaths = headers.get("x-death")
+    death = deaths[0] if isinstance(deaths, list) and deaths else None
+    if not isinstance(death, Mapping):
+        reason = _text(headers.get("x-first-death-reason"))
+        return f"dead-lettered ({reason or 'the broker gave no reason'})"
+    reason = _text(death.get("reason")) or "unknown"
+    queue = _text(death.get("queue")) or "its queue"
+    count = death.get("count")
+    if reason == "delivery_limit":
+        limit = _delivery_limit(queue)
+        text = (
+            f"dead-lettered after {limit + 1} deliveries (delivery_limit) from {queue}:"
+            " no runner recorded an outcome on any of them"
+            if limit is not None
+            else f"dead-lettered after too many deliveries (delivery_limit) from {queue}"
+        )
+    elif reason == "rejected":
+        text = f"dead-lettered (rejected): a consumer of {queue} rejected it"
+    elif reason == "expired":
+        text = f"dead-lettered (expired): it waited in {queue} longer than its time to live"
+    elif reason == "maxlen":
+        text = f"dead-lettered (maxlen): {queue} was full"
+    else:
+        text = f"dead-lettered ({reason}) from {queue}"
+    if isinstance(count, int) and count > 1:
+        text += f"; dead-lettered {count} times in all"
+    return text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return clean_text(value)[:200] if isinstance(value, str) else ""
+
+
+def _delivery_limit(queue: str) -> int | None:
+    for spec in topology.DURABLE_QUEUES:
+        if spec.name == queue and isinstance(spec.arguments.get("x-delivery-limit"), int):
+            return int(spec.arguments["x-delivery-limit"])
+    return None
+
+
+def _dead_letter_row(
+    routing_key: str, body: bytes, redaction: Redaction, headers: Mapping[str, Any]
+) -> tuple[Any, ...]:
     start = StartRun.model_validate_json(body)
     now = datetime.now(UTC)
+    why = dead_letter_reason(headers)
     if routing_key == naming.RUN_EXPIRED:
-        message = "no runner started the run before its caller gave up"
+        message = f"no runner started the run before its caller gave up ({why})"
         return _row(
             start.request,
             redaction,
@@ -148,7 +443,7 @@ def _dead_letter_row(routing_key: str, body: bytes, redaction: Redaction) -> tup
             finished_at=now,
             rank=RANK_DEAD_LETTER,
         )
-    message = "the run failed on every delivery and was dead-lettered"
+    message = f"the run has no outcome: {why}"
     return _row(
         start.request,
         redaction,

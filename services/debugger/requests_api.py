@@ -160,6 +160,16 @@ class RequestsApi:
             raise NotFound("no such request")
         if row["outcome"] == "rejected":
             raise BadRequest("a request whose body could not be parsed cannot be replayed")
+        truncated = row.get("truncated") or {}
+        if truncated.get("reduced"):
+            raise BadRequest(
+                "the request was not stored in full (not storable): it cannot be replayed"
+            )
+        if "input" in truncated:
+            raise BadRequest(
+                f"the request's input ({truncated['input']} bytes) was stored truncated,"
+                " beyond FLOWHOOKS_DEBUGGER_MAX_INPUT_BYTES: it cannot be replayed"
+            )
         now = datetime.now(UTC)
         replayed = WebhookRequest(
             request_id=uuid.uuid4().hex,

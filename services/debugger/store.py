@@ -32,8 +32,11 @@ COLUMNS = (
     "finished_at",
     "source_rank",
     "replay_of",
+    # Fields stored cut or replaced by a marker: {field: original size in bytes}; and
+    # `"reduced": true` for a row PostgreSQL refused, stored without its contents.
+    "truncated",
 )
-_JSONB = {"query", "headers", "input", "steps"}
+_JSONB = {"query", "headers", "input", "steps", "truncated"}
 _PLACEHOLDERS = ", ".join(
     f"${i}::jsonb" if name in _JSONB else f"${i}" for i, name in enumerate(COLUMNS, start=1)
 )
@@ -59,13 +62,13 @@ _SELECT = (
     "SELECT id, flow_id::text, workspace_id::text, received_at, method, path, query::text,"
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
-    " finished_at, replay_of FROM debugger.requests"
+    " finished_at, replay_of, truncated::text FROM debugger.requests"
 )
 
 
 def _decode(record: asyncpg.Record) -> dict[str, Any]:
     row = dict(record)
-    for name in ("query", "headers", "input", "steps"):
+    for name in ("query", "headers", "input", "steps", "truncated"):
         row[name] = orjson.loads(row[name]) if row[name] is not None else None
     return row
 

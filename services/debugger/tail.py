@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 
 from services.debugger.records import Redaction, rows_from_event
 from services.debugger.store import COLUMNS
@@ -81,8 +80,10 @@ class LiveTail:
         if not self._subscribers:
             return
         try:
-            rows = rows_from_event(message.routing_key or "", message.body, self.redaction)
-        except ValidationError:
+            rows = rows_from_event(
+                message.routing_key or "", message.body, self.redaction, message.headers
+            )
+        except Exception:  # unreadable: the durable intake logs it
             return
         for row in rows:
             key = (str(row[_INDEX["flow_id"]]), str(row[_INDEX["workspace_id"]]))
