@@ -47,6 +47,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     # aiohttp has already stopped accepting and waited for in-flight requests.
     await broker.stop_consuming()
     await broker.close()
+    app[WEBHOOK].close()
 
 
 def create_app(settings: IngressSettings) -> web.Application:

@@ -9,8 +9,14 @@ from typing import Any
 import orjson
 from multidict import MultiMapping
 
-from services.ingress.form_body import multipart_to_json, urlencoded_to_json
-from services.ingress.xml_body import xml_to_json
+from services.ingress.form_body import (
+    DEFAULT_MAX_FIELDS,
+    DEFAULT_MAX_PARTS,
+    multipart_to_json,
+    urlencoded_to_json,
+)
+from services.ingress.text import replace_undecodable
+from services.ingress.xml_body import XmlLimits, xml_to_json
 from shared.errors import BadRequest
 from shared.schemas.runs import WebhookRequest
 
@@ -20,8 +26,24 @@ DROPPED_HEADERS = frozenset({"authorization"})
 
 @dataclass(frozen=True)
 class BodyLimits:
+    """The bounds of body parsing (defaults as in `IngressSettings`)."""
+
     max_json_depth: int = 64
     max_xml_depth: int = 64
+    max_xml_elements: int = XmlLimits.max_elements
+    max_xml_attributes: int = XmlLimits.max_attributes
+    max_xml_text_chars: int = XmlLimits.max_text_chars
+    max_form_fields: int = DEFAULT_MAX_FIELDS
+    max_form_parts: int = DEFAULT_MAX_PARTS
+
+    @property
+    def xml(self) -> XmlLimits:
+        return XmlLimits(
+            max_depth=self.max_xml_depth,
+            max_elements=self.max_xml_elements,
+            max_attributes=self.max_xml_attributes,
+            max_text_chars=self.max_xml_text_chars,
+        )
 
 
 def media_type(content_type: str | None) -> str:
@@ -71,28 +93,32 @@ def parse_body(content_type: str | None, body: bytes, limits: BodyLimits) -> Any
     if not body.strip():
         return {}
     if is_xml(media):
-        return xml_to_json(body, limits.max_xml_depth)
+        return xml_to_json(body, limits.xml)
     if media == "multipart/form-data":
-        return multipart_to_json(content_type or "", body)
+        return multipart_to_json(content_type or "", body, max_parts=limits.max_form_parts)
     if media == "application/json" or media.endswith("+json"):
         return parse_json(body, limits.max_json_depth)
     if media == "application/x-www-form-urlencoded" and not looks_like_json(body):
-        return urlencoded_to_json(body)
+        return urlencoded_to_json(body, max_fields=limits.max_form_fields)
     # Any other or no content type, and JSON sent as form data (curl -d does that):
     # JSON, else form data (the original product's rule).
     try:
         return parse_json(body, limits.max_json_depth)
     except BadRequest as json_error:
         try:
-            return urlencoded_to_json(body, strict=True)
+            return urlencoded_to_json(body, strict=True, max_fields=limits.max_form_fields)
         except BadRequest:
             raise json_error from None
 
 
 def clean_headers(headers: MultiMapping[str]) -> dict[str, str]:
+    """Names lower-cased, repeated headers joined with `, `, `authorization` left out, and
+    bytes that are not UTF-8 kept as U+FFFD (aiohttp hands them over as lone surrogates,
+    which nothing downstream could encode)."""
     cleaned: dict[str, str] = {}
-    for name, value in headers.items():
-        lower = name.lower()
+    for raw_name, raw_value in headers.items():
+        lower = replace_undecodable(raw_name.lower())
+        value = replace_undecodable(raw_value)
         if lower in DROPPED_HEADERS:
             continue
         cleaned[lower] = f"{cleaned[lower]}, {value}" if lower in cleaned else value

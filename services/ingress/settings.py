@@ -18,6 +18,20 @@ class IngressSettings(ServiceSettings):
     # Nesting bounds for JSON and XML bodies (400 beyond them).
     ingress_max_json_depth: int = Field(default=64, ge=1, le=1000)
     ingress_max_xml_depth: int = Field(default=64, ge=1, le=250)
+    # Bounds of one XML body, in the whole document (400 naming the bound beyond them):
+    # elements, attributes, and characters of text (text and attribute values).
+    ingress_max_xml_elements: int = Field(default=50_000, ge=1)
+    ingress_max_xml_attributes: int = Field(default=50_000, ge=0)
+    ingress_max_xml_text_chars: int = Field(default=10 * 1024 * 1024, ge=0)
+    # Fields of one urlencoded body and parts of one multipart/form-data body (400 beyond).
+    ingress_max_form_fields: int = Field(default=1000, ge=1)
+    ingress_max_form_parts: int = Field(default=1000, ge=1)
+    # Bodies larger than this are parsed on a worker thread, off the event loop, so that
+    # parsing one large body does not hold up the other requests; smaller ones inline
+    # (a thread hop costs more than parsing them). At most `ingress_parse_threads` large
+    # bodies are parsed at once; more wait for a thread.
+    ingress_parse_inline_max_bytes: int = Field(default=64 * 1024, ge=0)
+    ingress_parse_threads: int = Field(default=2, ge=1)
     # Answers from auth kept per (flow, bearer); change events from auth evict them.
     ingress_access_cache_size: int = Field(default=10_000, ge=0)
     # Backstop only: correctness comes from the change events, not from this TTL.

@@ -2,7 +2,9 @@
 the body, then either run the flow over RPC (sync) or queue it durably (async)."""
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import structlog
@@ -13,6 +15,7 @@ from services.ingress.form_body import multi_dict
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
 from services.ingress.rate_limit import FlowRateLimiter
 from services.ingress.settings import IngressSettings
+from services.ingress.text import replace_undecodable
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
     BadRequest,
@@ -49,6 +52,18 @@ PAUSED_BODY = (
 )
 
 
+def body_limits(settings: IngressSettings) -> BodyLimits:
+    return BodyLimits(
+        max_json_depth=settings.ingress_max_json_depth,
+        max_xml_depth=settings.ingress_max_xml_depth,
+        max_xml_elements=settings.ingress_max_xml_elements,
+        max_xml_attributes=settings.ingress_max_xml_attributes,
+        max_xml_text_chars=settings.ingress_max_xml_text_chars,
+        max_form_fields=settings.ingress_max_form_fields,
+        max_form_parts=settings.ingress_max_form_parts,
+    )
+
+
 class WebhookHandler:
     def __init__(
         self, access: AccessCache, rpc: RpcClient, broker: Broker, settings: IngressSettings
@@ -65,7 +80,14 @@ class WebhookHandler:
         )
         self.max_body_bytes = settings.ingress_max_body_bytes
         self.body_timeout_s = settings.ingress_body_timeout_s
-        self.limits = BodyLimits(settings.ingress_max_json_depth, settings.ingress_max_xml_depth)
+        self.limits = body_limits(settings)
+        self.parse_inline_max_bytes = settings.ingress_parse_inline_max_bytes
+        self.parser = ThreadPoolExecutor(
+            settings.ingress_parse_threads, thread_name_prefix="ingress-parse"
+        )
+
+    def close(self) -> None:
+        self.parser.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC)
@@ -76,14 +98,19 @@ class WebhookHandler:
         self.rate_limiter.check(flow.flow_id)
         body = await self._read_body(request)
         content_type = request.headers.get("Content-Type")
-        query = multi_dict(request.query.items())
+        if content_type is not None:
+            content_type = replace_undecodable(content_type)
+        query = multi_dict(
+            (replace_undecodable(key), replace_undecodable(value))
+            for key, value in request.query.items()
+        )
         normalised = webhook_request(
             request_id=request[REQUEST_ID],
             flow_id=flow.flow_id,
             workspace_id=flow.workspace_id,
             received_at=received_at,
             method=request.method,
-            path=request.path,
+            path=replace_undecodable(request.path),
             query=query,
             headers=request.headers,
             content_type=content_type,
@@ -92,7 +119,7 @@ class WebhookHandler:
             mode="async" if flow.is_async else "sync",
         )
         try:
-            normalised.input = parse_input(request.method, query, content_type, body, self.limits)
+            normalised.input = await self._parse(request.method, query, content_type, body)
         except BadRequest as error:
             await self._record_rejected(normalised, error)
             raise
@@ -105,6 +132,18 @@ class WebhookHandler:
             deadline=received_at + timedelta(seconds=flow.timeout_s),
         )
         return await self._run_sync(start, flow.timeout_s)
+
+    async def _parse(
+        self, method: str, query: dict[str, Any], content_type: str | None, body: bytes
+    ) -> Any:
+        """The flow's input. A large body is parsed on a worker thread: its parse (bounded
+        and linear, but up to the body size) must not hold up the event loop and with it
+        every other request on this ingress."""
+        if method == "GET" or len(body) <= self.parse_inline_max_bytes:
+            return parse_input(method, query, content_type, body, self.limits)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.parser, parse_input, method, query, content_type, body, self.limits
+        )
 
     async def _schedule(self, start: StartRun) -> web.Response:
         """200 only once the broker has confirmed the persistent message on the durable
