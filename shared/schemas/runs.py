@@ -38,6 +38,13 @@ class StartRun(BaseModel):
     deadline: datetime | None = None
 
 
+class StartRuns(BaseModel):
+    """Many `StartRun`s in one message (ingress -> runner, by group commit). Dead-lettered
+    as a whole (`run.expired`, `run.dead_lettered`): each item is one request."""
+
+    items: list[StartRun]
+
+
 class StepTrace(BaseModel):
     ref_id: str
     type: str
