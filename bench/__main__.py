@@ -5,8 +5,9 @@ seconds; the whole run takes a few minutes on a 2-core machine.
 
 Scenarios (each reported as a ratio to the ceiling measured in the same run):
 ceiling, sync, async (closed loop and open loop at half the closed-loop rate), paused,
-unauthorized, xml, runners (sync with 1, 2 and 4 runner processes), debugger (every
-accepted async request stored, and the lag until the last one was).
+unauthorized, xml, runners (sync, and an I/O-bound flow whose `http` step waits 50 ms
+on a local endpoint, with 1, 2 and 4 runner processes), debugger (every accepted async
+request stored, and the lag until the last one was).
 """
 
 import argparse
@@ -60,6 +61,29 @@ XML_FLOW = {
         {"ref_id": "count", "type": "template", "template": "{{ web1.order.item | length }}"}
     ],
 }
+
+# The I/O-bound flow: one `http` step to an endpoint that answers after 50 ms.
+SLOW_HOST = "127.0.0.2"
+SLOW_DELAY_MS = 50
+
+
+def io_flow(port: int) -> dict[str, Any]:
+    return {
+        "name": "bench io",
+        "status": "live",
+        "webhook": {
+            "ref_id": "web1",
+            "response": {"status_code": 200, "body": '{"remote": {{ call.body.ok | tojson }}}'},
+        },
+        "steps": [
+            {
+                "ref_id": "call",
+                "type": "http",
+                "method": "GET",
+                "url": f"http://{SLOW_HOST}:{port}/slow",
+            }
+        ],
+    }
 
 
 def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +158,7 @@ class Bench:
         return {**result, "ids": ids}
 
 
-async def api_setup(system: System, token: str) -> dict[str, str]:
+async def api_setup(system: System, token: str, slow_port: int | None = None) -> dict[str, str]:
     """Flows for the scenarios; returns their ids and webhook tokens."""
     headers = {"Authorization": f"Bearer {token}"}
     runner = system.url("runner")
@@ -152,6 +176,7 @@ async def api_setup(system: System, token: str) -> dict[str, str]:
             ),
             ("paused", {**SYNC_FLOW, "name": "bench paused", "status": "paused"}),
             ("xml", XML_FLOW),
+            *((("io", io_flow(slow_port)),) if slow_port is not None else ()),
         ):
             async with session.post(f"{runner}/v1/flows", json=definition, headers=headers) as r:
                 flow = await r.json()
@@ -188,6 +213,18 @@ def main() -> None:
 
     ceiling_port = free_port()
     ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(ceiling_port)], cwd=REPO)
+    slow_port = free_port()
+    slow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.slow_endpoint",
+            SLOW_HOST,
+            str(slow_port),
+            str(SLOW_DELAY_MS),
+        ],
+        cwd=REPO,
+    )
     time.sleep(1.5)
     with fresh_vhost() as amqp_url, fresh_database() as database_url:
         system = System(
@@ -198,6 +235,7 @@ def main() -> None:
                 "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
                 "FLOWHOOKS_INGRESS_RECORD_QUEUED": str(not args.no_progress).lower(),
                 "FLOWHOOKS_RUNNER_RECORD_STARTED": str(not args.no_progress).lower(),
+                "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": f'["{SLOW_HOST}/32"]',
             },
         )
         bench = Bench(system, args.seconds, args.concurrency)
@@ -210,7 +248,7 @@ def main() -> None:
             system.start_all()
             rest = {k: rss_mib(p) for k, p in bench.pids().items()}
             token = system.create_token("bench", "automation")
-            flows = asyncio.run(api_setup(system, token))
+            flows = asyncio.run(api_setup(system, token, slow_port))
             ingress = system.url("ingress")
 
             def target(key: str, token_key: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -255,13 +293,19 @@ def main() -> None:
             bench.measure(
                 "xml_5k_sync", {**target("xml"), "body": XML_5K, "content_type": "application/xml"}
             )
+            # An I/O-bound flow (50 ms of waiting a run): runners add slots, so throughput
+            # should grow with them; a CPU-bound flow is limited by the two cores.
+            io_load = {"concurrency": 400}
+            bench.measure("io_1_runner", target("io", **io_load))
             for runners in (2, 4):
                 while len(system.processes["runner"]) < runners:
                     system.start("runner")
                 bench.measure(f"sync_{runners}_runners", target("sync"))
+                bench.measure(f"io_{runners}_runners", target("io", **io_load))
             bench.results["rss_mib_at_rest"] = rest
         finally:
             system.stop_all()
+            slow.terminate()
             if ceiling.poll() is None:
                 ceiling.terminate()
     base = bench.results["ceiling"]["rps"]

@@ -53,7 +53,7 @@ def top(raw: Path, count: int = 12) -> dict[str, object]:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        if not stack:
+        if not stack or not samples.isdigit():
             continue
         n = int(samples)
         leaf = stack.split(";")[-1]
@@ -95,8 +95,9 @@ def main() -> None:
             spies = {
                 name: subprocess.Popen(
                     [
-                        "py-spy",
+                        str(Path(sys.executable).parent / "py-spy"),
                         "record",
+                        "--subprocesses",  # the runner's workers
                         "--format",
                         "raw",
                         "--nonblocking",

@@ -11,6 +11,7 @@ from services.ingress.webhook import WebhookHandler
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
+from shared.messaging.runner_client import RunnerClient
 from shared.web import base_app, route_to, watch_readiness
 
 SETTINGS = web.AppKey("settings", IngressSettings)
@@ -40,11 +41,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bindings=(naming.FLOW_ACCESS_CHANGED, naming.ACCESS_TOKEN_REVOKED),
     )
     app[BROKER], app[ACCESS_CACHE] = broker, cache
-    app[WEBHOOK] = WebhookHandler(cache, rpc, broker, settings)
+    runner = RunnerClient(broker, rpc, max_items=settings.ingress_run_batch)
+    app[WEBHOOK] = WebhookHandler(cache, runner, broker, settings)
 
     watch_readiness(app, broker)
     yield
     # aiohttp has already stopped accepting and waited for in-flight requests.
+    await runner.drain()
     await broker.stop_consuming()
     await broker.close()
     app[WEBHOOK].close()

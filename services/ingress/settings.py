@@ -32,6 +32,9 @@ class IngressSettings(ServiceSettings):
     # bodies are parsed at once; more wait for a thread.
     ingress_parse_inline_max_bytes: int = Field(default=64 * 1024, ge=0)
     ingress_parse_threads: int = Field(default=2, ge=1)
+    # Most webhook requests in one message to the runners (group commit: a message goes
+    # at once when none is in flight; requests arriving meanwhile share the next).
+    ingress_run_batch: int = Field(default=200, ge=1)
     # Answers from auth kept per (flow, bearer); change events from auth evict them.
     ingress_access_cache_size: int = Field(default=10_000, ge=0)
     # Backstop only: correctness comes from the change events, not from this TTL.

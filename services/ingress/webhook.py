@@ -23,14 +23,13 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
-    Timeout,
     Unauthorized,
     Unavailable,
 )
 from shared.messaging import naming
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
-from shared.messaging.rpc import RpcClient
+from shared.messaging.runner_client import RunnerClient
 from shared.schemas.access import FlowWebhookSettings
 from shared.schemas.runs import (
     RunFinished,
@@ -66,13 +65,17 @@ def body_limits(settings: IngressSettings) -> BodyLimits:
 
 class WebhookHandler:
     def __init__(
-        self, access: AccessCache, rpc: RpcClient, broker: Broker, settings: IngressSettings
+        self,
+        access: AccessCache,
+        runner: RunnerClient,
+        broker: Broker,
+        settings: IngressSettings,
     ) -> None:
         self.access = access
         self.rate_limiter = FlowRateLimiter(
             settings.ingress_flow_rate_limit_per_s, settings.ingress_flow_rate_burst
         )
-        self.rpc = rpc
+        self.runner = runner
         self.broker = broker
         self.record_queued = settings.ingress_record_queued
         self.queued: BatchPublisher[RunProgress] = BatchPublisher(
@@ -148,12 +151,7 @@ class WebhookHandler:
     async def _schedule(self, start: StartRun) -> web.Response:
         """200 only once the broker has confirmed the persistent message on the durable
         queue; any failure is a 503 from `Broker.publish`, never a false 200."""
-        await self.broker.publish(
-            start.model_dump_json().encode(),
-            routing_key=naming.ASYNC_RUNS_QUEUE,
-            message_type=naming.START_RUN,
-            correlation_id=start.request.request_id,
-        )
+        await self.runner.schedule(start)
         if self.record_queued:
             # Best effort, batched, not awaited: the debugger shows it `queued` meanwhile.
             self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
@@ -167,21 +165,7 @@ class WebhookHandler:
         )
 
     async def _run_sync(self, start: StartRun, timeout_s: float) -> web.Response:
-        request_id = start.request.request_id
-        try:
-            result = await self.rpc.call(
-                naming.SYNC_RUNS_QUEUE,
-                naming.START_RUN,
-                start,
-                RunResult,
-                timeout_s=timeout_s,
-                correlation_id=request_id,
-            )
-        except Timeout:
-            raise Timeout(
-                f"the flow did not finish within {timeout_s:g} s (request {request_id})",
-                data={"request_id": request_id},
-            ) from None
+        result = await self.runner.run(start, timeout_s)
         return web.Response(
             body=result.body.encode(),
             status=result.status_code,

@@ -1,6 +1,7 @@
 """runner: wires settings, the database, the broker, the flows API, the run consumers
 (sync RPC and async queue) and the flow-access RPC."""
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,6 +10,7 @@ import asyncpg
 from aiohttp import web
 
 from services.runner.access import FlowAccess
+from services.runner.finished import FinishedRuns
 from services.runner.flows_api import FlowsApi
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService
@@ -20,9 +22,9 @@ from shared.db import open_pool
 from shared.messaging import naming, topology
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
-from shared.messaging.rpc import RpcClient, RpcServer
+from shared.messaging.rpc import GroupedReplies, RpcClient, RpcServer
 from shared.schemas.access import ListFlowAccess
-from shared.schemas.runs import RunFinished, RunsFinished, RunsProgressed, StartRun
+from shared.schemas.runs import RunFinished, RunsFinished, RunsProgressed
 from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "runner"
@@ -93,31 +95,39 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         RunsFinished,
         max_items=settings.runner_event_batch,
     )
+    replies = GroupedReplies(broker)
+    finished_runs = FinishedRuns(pool, settings.runner_finished_keep_s)
     runs = RunService(
+        broker,
         FlowCache(store),
         workers,
         finished,
         BatchPublisher(broker, naming.RUN_STARTED, RunsProgressed)
         if settings.runner_record_started
         else None,
+        replies,
+        finished_runs,
     )
-    sync_runs = RpcServer(broker, topology.SYNC_RUNS, prefetch=settings.runner_sync_prefetch)
-    sync_runs.register(naming.START_RUN, StartRun, runs.start_sync_run)
+    pruning = asyncio.create_task(finished_runs.prune_forever(60.0))
     control = RpcServer(broker, topology.RUNNER_RPC, prefetch=8)
     control.register(naming.LIST_FLOW_ACCESS, ListFlowAccess, access.list_flow_access)
-    await sync_runs.start()
     await control.start()
     await broker.consume(
-        topology.ASYNC_RUNS, runs.on_async_run, prefetch=settings.runner_async_prefetch
+        topology.SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch
+    )
+    await broker.consume(
+        topology.ASYNC_RUNS, runs.on_async_runs, prefetch=settings.runner_async_prefetch
     )
 
     watch_readiness(app, broker, pool)
     yield
     await broker.stop_consuming()
-    await sync_runs.wait_idle(settings.shutdown_timeout_s)
     await runs.wait_idle(settings.shutdown_timeout_s)
     await control.wait_idle(settings.shutdown_timeout_s)
     await finished.drain()
+    await replies.drain()
+    await finished_runs.drain()
+    pruning.cancel()
     await workers.close(settings.shutdown_timeout_s)
     await broker.close()
     await pool.close()

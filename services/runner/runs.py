@@ -1,26 +1,29 @@
-"""Runs webhook requests: sync ones as the `runner.start_run` RPC (the reply is the
-sender's answer), async ones from the durable async queue (acked only after the run's
-outcome was published). The flows themselves run in the worker pool (`pool.py`), never
-here. Either way `run.finished` carries the request, the result and the step trace to
-the debugger."""
+"""Runs webhook requests, taken in batches from the sync and the async run queues: sync
+runs are answered on the caller's reply queue (the sender's answer), async runs are
+acked only after their outcomes were published. The flows themselves run in the worker
+pool (`pool.py`), never here. Either way `run.finished` carries the request, the result
+and the step trace to the debugger."""
 
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 
 from services.runner.definition import WebhookTrigger
 from services.runner.engine import error_result
+from services.runner.finished import FinishedRuns
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
 from services.runner.worker_protocol import FlowSnapshot
 from shared.errors import FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
-from shared.schemas.runs import RunFinished, RunProgress, RunResult, StartRun
+from shared.messaging.connection import Broker
+from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
+from shared.schemas.runs import RunFinished, RunProgress, RunResult, StartRun, StartRuns
 
 log = structlog.get_logger(__name__)
 
@@ -64,22 +67,125 @@ class FlowCache:
 
 
 class RunService:
+    """The consumer of both run queues. A message holds one `StartRun` or many
+    (`StartRuns`); its runs go to the worker pool together, each is recorded
+    (`run.finished`, confirmed) and, for sync runs, answered as soon as it is done, and
+    the message is acked once every run in it is recorded."""
+
     def __init__(
         self,
+        broker: Broker,
         flows: FlowCache,
         pool: WorkerPool,
         finished: BatchPublisher[RunFinished],
         started: BatchPublisher[RunProgress] | None,
+        replies: GroupedReplies,
+        finished_runs: FinishedRuns,
     ) -> None:
-        # run.started events (None: not sent): best effort, batched, never awaited.
-        self.started = started
+        self.broker = broker
         self.flows = flows
         self.pool = pool
         # run.finished events, many runs to a message; `publish` returns once confirmed.
         self.finished = finished
+        # run.started events (None: not sent): best effort, batched, never awaited.
+        self.started = started
+        self.replies = replies
+        self.finished_runs = finished_runs
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.batches_split = 0
+
+    async def on_sync_runs(self, message: AbstractIncomingMessage) -> None:
+        await self._take(message, sync=True)
+
+    async def on_async_runs(self, message: AbstractIncomingMessage) -> None:
+        await self._take(message, sync=False)
+
+    async def _take(self, message: AbstractIncomingMessage, *, sync: bool) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            try:
+                starts = read_starts(message.body)
+            except ValueError:
+                log.error("bad_start_runs", body=message.body[:200])
+                await message.reject(requeue=False)  # dead-lettered: the debugger sees it
+                return
+            if message.redelivered:
+                # Its runner died mid-batch: run only what had not finished, and each on
+                # its own from now on, so that a request that kills runners fails alone.
+                done = await self.finished_runs.which([s.request.request_id for s in starts])
+                starts = [s for s in starts if s.request.request_id not in done]
+                if len(starts) > 1:
+                    await self._split(message, starts)
+                    return
+            reply_to = message.reply_to if sync else None
+            outcomes = await asyncio.gather(
+                *(self._one(start, reply_to) for start in starts), return_exceptions=True
+            )
+            failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            if failed and not sync:
+                # The broker or the database is away: deliver it again later; the runs
+                # that were recorded are marked and will not run again.
+                log.error("async_runs_not_recorded", count=len(failed), error=repr(failed[0]))
+                await asyncio.sleep(1)
+                await message.nack(requeue=True)
+                return
+            await message.ack()
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def _one(self, start: StartRun, reply_to: str | None) -> None:
+        """Run, record and (sync) answer one request. Raises only for infrastructure
+        failures (the broker or the database away)."""
+        request_id = start.request.request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if reply_to is None and self.started is not None:
+            # Best effort, batched, not awaited: lets the debugger show `running`.
+            self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
+        try:
+            result = await self._execute(start)
+        except Exception:
+            log.exception("run_not_started")
+            if reply_to is not None:
+                error = Unavailable("the runner cannot run the flow right now")
+                self.replies.send(reply_to, request_id, ERROR, error_body(error))
+            raise
+        try:
+            await self._record(start, result)
+        except Unavailable:
+            if reply_to is None:
+                raise
+            # The sender still gets its answer; the debugger misses this one run.
+            log.error("run_not_recorded", outcome=result.outcome)
+        if reply_to is not None:
+            self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
+        await self.finished_runs.mark(request_id)
+
+    async def _split(self, message: AbstractIncomingMessage, starts: list[StartRun]) -> None:
+        """Publish each run as a message of its own (confirmed), then ack the batch."""
+        try:
+            for start in starts:
+                expiration_s = None
+                if start.deadline is not None:
+                    left = (start.deadline - datetime.now(UTC)).total_seconds()
+                    expiration_s = max(0.001, left)
+                await self.broker.publish(
+                    StartRuns(items=[start]).model_dump_json().encode(),
+                    routing_key=message.routing_key or "",
+                    message_type=message.type,
+                    reply_to=message.reply_to,
+                    expiration_s=expiration_s,
+                )
+        except Unavailable:
+            await asyncio.sleep(1)
+            await message.nack(requeue=True)
+            return
+        self.batches_split += 1
+        await message.ack()
 
     async def _execute(self, start: StartRun) -> RunResult:
         request = start.request
@@ -108,50 +214,17 @@ class RunService:
             reduced = error_result(start.request.request_id, error, "failed", result.started_at)
             await self.finished.publish(RunFinished(request=start.request, result=reduced))
 
-    async def start_sync_run(self, start: StartRun) -> RunResult:
-        """The `runner.start_run` RPC handler (sync webhooks)."""
-        structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
-        result = await self._execute(start)
-        try:
-            await self._record(start, result)
-        except Unavailable:
-            # The sender still gets its answer; the debugger misses this one run.
-            log.error("run_not_recorded", outcome=result.outcome)
-        return result
-
-    async def on_async_run(self, message: AbstractIncomingMessage) -> None:
-        """Consumer of the async queue. Acked only once the outcome is published; a
-        crash or a failed publish leaves it to the broker to deliver again (up to the
-        queue's delivery limit, then it is dead-lettered to the debugger)."""
-        self.in_flight += 1
-        self.idle.clear()
-        try:
-            try:
-                start = StartRun.model_validate_json(message.body)
-            except ValidationError:
-                log.error("bad_start_run", body=message.body[:200])
-                await message.reject(requeue=False)  # dead-lettered: the debugger sees it
-                return
-            structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
-            if self.started is not None:
-                # Best effort, batched, not awaited: lets the debugger show `running`.
-                self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
-            try:
-                result = await self._execute(start)
-                await self._record(start, result)
-            except Exception:
-                log.exception("async_run_not_recorded")
-                await asyncio.sleep(1)
-                await message.nack(requeue=True)
-                return
-            await message.ack()
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
-
     async def wait_idle(self, timeout_s: float) -> None:
         try:
             await asyncio.wait_for(self.idle.wait(), timeout_s)
         except TimeoutError:
-            log.warning("async_runs_still_running", count=self.in_flight)
+            log.warning("runs_still_running", count=self.in_flight)
+
+
+def read_starts(body: bytes) -> list[StartRun]:
+    """A `StartRuns` body, or a single `StartRun` (what a caller that does not batch,
+    such as an older ingress, sends). ValueError for anything else."""
+    document = orjson.loads(body)
+    if isinstance(document, dict) and "items" in document:
+        return StartRuns.model_validate(document).items
+    return [StartRun.model_validate(document)]

@@ -12,10 +12,14 @@ class RunnerSettings(ServiceSettings):
     runner_webhook_base_url: str = "http://127.0.0.1:8080"
     # Upper bound for a flow's `webhook.timeout_s`.
     runner_max_timeout_s: float = Field(default=300.0, gt=0)
-    # Webhook requests taken from the broker at once per runner process, per queue
-    # (runs beyond the free slots wait in the runner, in their workspace's turn).
-    runner_sync_prefetch: int = Field(default=64, ge=1)
-    runner_async_prefetch: int = Field(default=32, ge=1)
+    # Messages of webhook requests (each holds one or many) taken from the broker at once
+    # per runner process, per queue (runs beyond the free slots wait in the runner, in
+    # their workspace's turn).
+    runner_sync_prefetch: int = Field(default=16, ge=1)
+    runner_async_prefetch: int = Field(default=8, ge=1)
+    # How long the runner remembers that a request finished (a batch delivered again
+    # after a runner died runs only the requests not finished within this time).
+    runner_finished_keep_s: float = Field(default=600.0, gt=0)
     # Worker processes that run flows (0: one per core), and runs each runs at once.
     runner_workers: int = Field(default=0, ge=0)
     runner_worker_slots: int = Field(default=16, ge=1)

@@ -16,6 +16,7 @@ stands alone, so only its own caller hears of it.
 """
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -35,6 +36,7 @@ class Unencodable(ValueError):
 class _Waiting:
     encoded: bytes
     confirmed: asyncio.Future[None]
+    expires_at: float | None  # monotonic: when its sender stops waiting
 
 
 class BatchPublisher(Generic[Item]):
@@ -46,9 +48,13 @@ class BatchPublisher(Generic[Item]):
         *,
         max_items: int = 200,
         max_bytes: int = 8 * 1024 * 1024,
+        to_queue: bool = False,
+        reply_to: str | None = None,
     ) -> None:
         """`batch_model`: the message's schema, a model whose one field `items` is the
-        list of events (its name is the message's type)."""
+        list of events (its name is the message's type). Events go to the topic
+        exchange under `routing_key`, or with `to_queue` straight to the queue of that
+        name (commands); `reply_to` is set on every message."""
         if list(batch_model.model_fields) != ["items"]:
             raise TypeError(f"{batch_model.__name__} must have exactly one field, `items`")
         self.broker = broker
@@ -56,13 +62,18 @@ class BatchPublisher(Generic[Item]):
         self.message_type = batch_model.__name__
         self.max_items = max_items
         self.max_bytes = max_bytes
+        self.to_queue = to_queue
+        self.reply_to = reply_to
         self._waiting: list[_Waiting] = []
         self._sender: asyncio.Task[None] | None = None
         self.messages_sent = 0
         self.splits = 0
 
-    async def publish(self, item: Item) -> None:
-        confirmed = self._enqueue(item)
+    async def publish(self, item: Item, *, expires_in_s: float | None = None) -> None:
+        """Returns once the message holding `item` is confirmed. `expires_in_s`: nobody
+        waits for the item after that; a message whose every item has such a time
+        expires in the queue at the latest of them (dead-lettered, not run late)."""
+        confirmed = self._enqueue(item, expires_in_s)
         await asyncio.shield(confirmed)
 
     def publish_soon(self, item: Item) -> None:
@@ -72,13 +83,14 @@ class BatchPublisher(Generic[Item]):
         # Mark a failure as seen: nobody awaits this future.
         confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def _enqueue(self, item: Item) -> asyncio.Future[None]:
+    def _enqueue(self, item: Item, expires_in_s: float | None = None) -> asyncio.Future[None]:
         try:
             encoded = item.model_dump_json().encode()
         except ValueError as exc:  # pydantic's serialisation error is one
             raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(encoded, confirmed))
+        expires_at = time.monotonic() + expires_in_s if expires_in_s is not None else None
+        self._waiting.append(_Waiting(encoded, confirmed, expires_at))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._send_all())
         return confirmed
@@ -103,9 +115,18 @@ class BatchPublisher(Generic[Item]):
 
     async def _send(self, batch: list[_Waiting]) -> None:
         body = b'{"items":[' + b",".join(waiting.encoded for waiting in batch) + b"]}"
+        deadlines = [waiting.expires_at for waiting in batch if waiting.expires_at is not None]
+        expiration_s = (
+            max(0.001, max(deadlines) - time.monotonic()) if len(deadlines) == len(batch) else None
+        )
         try:
             await self.broker.publish(
-                body, routing_key=self.routing_key, to_events=True, message_type=self.message_type
+                body,
+                routing_key=self.routing_key,
+                to_events=not self.to_queue,
+                message_type=self.message_type,
+                reply_to=self.reply_to,
+                expiration_s=expiration_s,
             )
         except Exception as exc:  # Unavailable, or a bug: every waiter must hear
             if len(batch) > 1 and _refused(exc):

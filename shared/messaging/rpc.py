@@ -5,6 +5,9 @@ A call is one persistent message on the server's queue with `type` = method name
 to the caller's timeout (a call nobody picked up in time is dropped, not run late).
 The reply's `type` is `result` (body: the response model) or `error` (body:
 `{"kind", "message", "data"}`, raised again at the caller as the same `ApiError`).
+A server that answers many calls of one caller at once may group the replies in one
+message of type `replies` (`{"items": [{"correlation_id", "type", "body"}]}`); the
+client resolves each waiting call by its correlation id (`expect`, `unpack`).
 
 Replies use one classic exclusive queue per calling process rather than direct
 reply-to: RabbitMQ advises a reply queue per requester beyond a few hundred messages a
@@ -33,6 +36,27 @@ Req = TypeVar("Req", bound=BaseModel)
 Resp = TypeVar("Resp", bound=BaseModel)
 
 RESULT, ERROR = "result", "error"
+# A message of many replies to one caller: {"items": [{"correlation_id", "type", "body"}]}.
+REPLIES = "replies"
+
+
+@dataclass(frozen=True)
+class Reply:
+    type: str  # RESULT or ERROR
+    body: Any  # decoded JSON
+
+
+def reply_item(correlation_id: str, reply_type: str, body: bytes) -> bytes:
+    """One reply of a grouped reply message (`type` = `REPLIES`), encoded."""
+    return (
+        b'{"correlation_id":'
+        + orjson.dumps(correlation_id)
+        + b',"type":'
+        + orjson.dumps(reply_type)
+        + b',"body":'
+        + body
+        + b"}"
+    )
 
 
 class RpcClient:
@@ -40,16 +64,41 @@ class RpcClient:
         self.broker = broker
         self.default_timeout_s = default_timeout_s
         self.reply_queue = naming.reply_queue_name(broker.service, broker.instance)
-        self._pending: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
 
     async def start(self) -> None:
         # no_ack: a reply is useful only to the waiting future, never redelivered.
         await self.broker.consume(self.reply_queue, self._on_reply, prefetch=1000, no_ack=True)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._pending.pop(message.correlation_id or "", None)
+        if message.type == REPLIES:
+            for item in orjson.loads(message.body)["items"]:
+                self._resolve(item["correlation_id"], Reply(item["type"], item["body"]))
+        else:
+            self._resolve(message.correlation_id or "", Reply(message.type or "", message.body))
+
+    def _resolve(self, correlation_id: str, reply: Reply) -> None:
+        future = self._pending.pop(correlation_id, None)
         if future is not None and not future.done():
-            future.set_result(message)
+            future.set_result(reply)
+
+    def expect(self, correlation_id: str) -> asyncio.Future[Reply]:
+        """A future for the reply to `correlation_id` (for callers that send the request
+        themselves, e.g. in a batch); `forget` it when done waiting."""
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> None:
+        self._pending.pop(correlation_id, None)
+
+    @staticmethod
+    def unpack(reply: Reply, response_model: type[Resp]) -> Resp:
+        """The reply's response, or the remote `ApiError` raised again."""
+        body = orjson.loads(reply.body) if isinstance(reply.body, bytes) else reply.body
+        if reply.type == ERROR:
+            raise error_from_kind(body["kind"], body["message"], body.get("data"))
+        return response_model.model_validate(body)
 
     async def call(
         self,
@@ -65,8 +114,7 @@ class RpcClient:
         `Unavailable` when the broker did not take the call or nobody serves `queue`."""
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
         correlation_id = correlation_id or uuid.uuid4().hex
-        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = future
+        future = self.expect(correlation_id)
         try:
             await self.broker.publish(
                 request.model_dump_json().encode(),
@@ -81,11 +129,8 @@ class RpcClient:
             except TimeoutError:
                 raise Timeout(f"{method} did not answer within {timeout:g} s") from None
         finally:
-            self._pending.pop(correlation_id, None)
-        if reply.type == ERROR:
-            error = orjson.loads(reply.body)
-            raise error_from_kind(error["kind"], error["message"], error.get("data"))
-        return response_model.model_validate_json(reply.body)
+            self.forget(correlation_id)
+        return self.unpack(reply, response_model)
 
 
 @dataclass(frozen=True)
@@ -163,6 +208,53 @@ class RpcServer:
         except Exception:
             log.exception("rpc_handler_crashed", method=message.type)
             error = InternalError("internal error")
-        return ERROR, orjson.dumps(
-            {"kind": error.kind, "message": error.message, "data": error.data}
-        )
+        return ERROR, error_body(error)
+
+
+def error_body(error: ApiError) -> bytes:
+    """An `ERROR` reply's body: the error's kind, message and data."""
+    return orjson.dumps({"kind": error.kind, "message": error.message, "data": error.data})
+
+
+class GroupedReplies:
+    """Replies of a server that takes calls in batches: every reply is sent as soon as
+    its call is done, and the replies to one caller that are ready in the same turn of
+    the event loop go together in one `REPLIES` message (no wait is added)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._ready: dict[str, list[bytes]] = {}
+        self._flush_scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+        self.messages_sent = 0
+
+    def send(self, reply_to: str, correlation_id: str, reply_type: str, body: bytes) -> None:
+        self._ready.setdefault(reply_to, []).append(reply_item(correlation_id, reply_type, body))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        ready, self._ready = self._ready, {}
+        for reply_to, items in ready.items():
+            task = asyncio.get_running_loop().create_task(self._publish(reply_to, items))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _publish(self, reply_to: str, items: list[bytes]) -> None:
+        try:
+            await self.broker.publish(
+                b'{"items":[' + b",".join(items) + b"]}",
+                routing_key=reply_to,
+                confirm=False,
+                persistent=False,
+                message_type=REPLIES,
+            )
+            self.messages_sent += 1
+        except Unavailable:
+            log.warning("rpc_replies_lost", count=len(items))
+
+    async def drain(self) -> None:
+        while self._sending or self._flush_scheduled:
+            await asyncio.gather(*self._sending, asyncio.sleep(0))

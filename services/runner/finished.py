@@ -1,0 +1,74 @@
+"""Which requests already have their outcome recorded, so that a batch of StartRuns
+delivered again (its runner died mid-batch) runs only what had not finished. Marks are
+group-committed (one INSERT for the runs that finish together) and written before the
+batch is acked; they are an optimisation of at-least-once, so a mark that cannot be
+written is logged, not fatal (the run may then run again after a crash)."""
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from shared.group_commit import GroupCommit
+
+log = structlog.get_logger(__name__)
+
+
+class FinishedRuns:
+    def __init__(self, pool: asyncpg.Pool, keep_s: float, prune_batch: int = 10_000) -> None:
+        self.pool = pool
+        self.keep_s = keep_s
+        self.prune_batch = prune_batch
+        self._marks: GroupCommit[str] = GroupCommit(self._insert)
+
+    async def mark(self, request_id: str) -> None:
+        try:
+            await self._marks.add(request_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("finished_mark_failed", error=repr(exc))
+
+    async def _insert(self, request_ids: list[str]) -> None:
+        await self.pool.execute(
+            "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
+            " ON CONFLICT DO NOTHING",
+            request_ids,
+        )
+
+    async def which(self, request_ids: list[str]) -> set[str]:
+        """Those of `request_ids` that finished (none, if the database cannot say)."""
+        try:
+            rows = await self.pool.fetch(
+                "SELECT request_id FROM runner.finished_runs WHERE request_id = ANY($1::text[])",
+                request_ids,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("finished_lookup_failed", error=repr(exc))
+            return set()
+        return {row["request_id"] for row in rows}
+
+    async def prune(self) -> int:
+        """Deletes marks older than `keep_s`, in bounded batches."""
+        deleted = 0
+        while True:
+            status = await self.pool.execute(
+                "DELETE FROM runner.finished_runs WHERE request_id IN (SELECT request_id"
+                " FROM runner.finished_runs WHERE finished_at < now() - make_interval(secs => $1)"
+                " LIMIT $2)",
+                self.keep_s,
+                self.prune_batch,
+            )
+            count = int(status.split()[-1])
+            deleted += count
+            if count < self.prune_batch:
+                return deleted
+
+    async def prune_forever(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.prune()
+            except Exception as exc:  # the job must outlive any one failure
+                log.warning("finished_prune_failed", error=repr(exc))
+
+    async def drain(self) -> None:
+        await self._marks.drain()

@@ -1,0 +1,61 @@
+"""`RunnerClient`: how the ingress (and the debugger's replay) hand webhook requests to
+the runners, many to a message (group commit, `BatchPublisher`):
+
+- `schedule(start)` (async flows): returns once the broker confirmed the persistent
+  `StartRuns` message that holds it on the durable async queue; raises `Unavailable`
+  otherwise (never a false 200).
+- `run(start, timeout_s)` (sync flows): the `StartRuns` message carries this process's
+  reply queue and expires in the queue when its last caller stops waiting (then it is
+  dead-lettered as `run.expired`); the runner replies to each run as it finishes,
+  grouping the replies that are ready together (`rpc.REPLIES`).
+"""
+
+import asyncio
+
+from shared.errors import Timeout
+from shared.messaging import naming
+from shared.messaging.batching import BatchPublisher
+from shared.messaging.connection import Broker
+from shared.messaging.rpc import RpcClient
+from shared.schemas.runs import RunResult, StartRun, StartRuns
+
+
+class RunnerClient:
+    def __init__(self, broker: Broker, rpc: RpcClient, *, max_items: int = 200) -> None:
+        self.rpc = rpc
+        self._async_runs: BatchPublisher[StartRun] = BatchPublisher(
+            broker, naming.ASYNC_RUNS_QUEUE, StartRuns, to_queue=True, max_items=max_items
+        )
+        self._sync_runs: BatchPublisher[StartRun] = BatchPublisher(
+            broker,
+            naming.SYNC_RUNS_QUEUE,
+            StartRuns,
+            to_queue=True,
+            reply_to=rpc.reply_queue,
+            max_items=max_items,
+        )
+
+    async def schedule(self, start: StartRun) -> None:
+        await self._async_runs.publish(start)
+
+    async def run(self, start: StartRun, timeout_s: float) -> RunResult:
+        """The run's result; `Timeout` if it did not come within `timeout_s`,
+        `Unavailable` if the broker did not take the request."""
+        correlation_id = start.request.request_id
+        reply = self.rpc.expect(correlation_id)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._sync_runs.publish(start, expires_in_s=timeout_s)
+                result = await reply
+        except TimeoutError:
+            raise Timeout(
+                f"the flow did not finish within {timeout_s:g} s (request {correlation_id})",
+                data={"request_id": correlation_id},
+            ) from None
+        finally:
+            self.rpc.forget(correlation_id)
+        return self.rpc.unpack(result, RunResult)
+
+    async def drain(self) -> None:
+        await self._async_runs.drain()
+        await self._sync_runs.drain()
