@@ -15,6 +15,7 @@ from shared.schemas.runs import StepTrace
 MAX_DEPTH = 200
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SCALARS = (int, float, type(None))
 
 
 class BoundExceeded(Exception):
@@ -50,8 +51,39 @@ def _plain(value: Any, depth: int) -> Any:
     return _plain(str(value), depth + 1)
 
 
-def encoded(value: Any) -> bytes:
-    """`value` as JSON bytes, made encodable where it is not (see `_plain`)."""
+def at_least_bytes(value: Any, limit: int) -> int:
+    """A lower bound of `value`'s encoded size, counted only until it passes `limit`:
+    cheap for values within the bound, immediate for huge containers. (orjson must
+    never see a huge container: it reserves ~180 bytes of address space an item up
+    front, and a failed reservation under the worker's memory bound is a segfault.)"""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2 + 4 * len(item)  # {} and, per entry, "":  and a comma at least
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            total += 1 + len(item)
+            if total > limit:
+                break
+            # Numbers, booleans and None are counted by len() already.
+            stack.extend([each for each in item if not isinstance(each, _SCALARS)])
+        else:
+            total += 1
+        if total > limit:
+            break
+    return total
+
+
+def encoded(value: Any, max_bytes: int) -> bytes:
+    """`value` as JSON bytes, made encodable where it is not (see `_plain`); refused
+    when it is larger than `max_bytes`."""
+    size = at_least_bytes(value, max_bytes)
+    if size > max_bytes:
+        raise _too_large(f"at least {size}", max_bytes)
     try:
         return orjson.dumps(value, default=_default, option=_JSON_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
@@ -61,16 +93,20 @@ def encoded(value: Any) -> bytes:
             raise BoundExceeded(f"a value cannot be encoded as JSON: {exc}") from None
 
 
-def json_value(value: Any, max_bytes: int) -> Any:
+def json_value(value: Any, max_bytes: int) -> tuple[Any, int]:
     """What a template or step produced, as plain JSON data of at most `max_bytes`
-    encoded bytes (`FLOWHOOKS_RUNNER_MAX_VALUE_BYTES`)."""
-    data = encoded(value)
+    encoded bytes (`FLOWHOOKS_RUNNER_MAX_VALUE_BYTES`), and its encoded size."""
+    data = encoded(value, max_bytes)
     if len(data) > max_bytes:
-        raise BoundExceeded(
-            f"a value of {len(data)} bytes is larger than the bound of {max_bytes} bytes"
-            " (FLOWHOOKS_RUNNER_MAX_VALUE_BYTES)"
-        )
-    return orjson.loads(data)
+        raise _too_large(str(len(data)), max_bytes)
+    return orjson.loads(data), len(data)
+
+
+def _too_large(size: str, max_bytes: int) -> BoundExceeded:
+    return BoundExceeded(
+        f"a value of {size} bytes is larger than the bound of {max_bytes} bytes"
+        " (FLOWHOOKS_RUNNER_MAX_VALUE_BYTES)"
+    )
 
 
 def truncated(size: int) -> dict[str, Any]:
@@ -78,18 +114,32 @@ def truncated(size: int) -> dict[str, Any]:
     return {"truncated": True, "size": size}
 
 
-def bound_trace(trace: list[StepTrace], max_bytes: int, dropped_steps: int) -> list[StepTrace]:
+def bound_trace(
+    trace: list[StepTrace],
+    max_bytes: int,
+    dropped_steps: int,
+    output_sizes: dict[int, int] | None = None,
+) -> list[StepTrace]:
     """The trace with its inputs and outputs kept while their total stays within
     `max_bytes` (`FLOWHOOKS_RUNNER_MAX_TRACE_BYTES`); later ones are replaced by a
     `truncated` marker with their size. `dropped_steps` (steps past the trace's step
-    bound, never recorded) are named by one marker entry at the end."""
+    bound, never recorded) are named by one marker entry at the end. `output_sizes`:
+    the encoded sizes of outputs already measured, by `id()` of their entry."""
     total = 0
+    known = output_sizes or {}
     for entry in trace:
         for attribute in ("input", "output"):
             value = getattr(entry, attribute)
             if value is None:
                 continue
-            size = len(encoded(value))
+            size = known.get(id(entry), -1) if attribute == "output" else -1
+            if size < 0:
+                size = at_least_bytes(value, max_bytes)
+            if size <= max_bytes and (attribute != "output" or id(entry) not in known):
+                try:
+                    size = len(encoded(value, max_bytes))
+                except BoundExceeded:
+                    size = max_bytes + 1
             if total + size > max_bytes:
                 setattr(entry, attribute, truncated(size))
             else:

@@ -110,7 +110,7 @@ class Engine:
                 context = RunContext(
                     self.templates, values, path, self, state, self.limits, self.http
                 )
-                output = json_value(
+                output, state.output_sizes[id(entry)] = json_value(
                     await STEP_TYPES[step.type].run(step, context), self.limits.max_value_bytes
                 )
             except StepFailed as exc:
@@ -162,7 +162,9 @@ class Engine:
         )
 
     def trace(self, state: RunState) -> list[StepTrace]:
-        return bound_trace(state.trace, self.max_trace_bytes, state.dropped_steps)
+        return bound_trace(
+            state.trace, self.max_trace_bytes, state.dropped_steps, state.output_sizes
+        )
 
     def _response(self, flow: Flow, values: dict[str, Any], last: Any) -> tuple[int, str, str]:
         """The sender's status code, content type and body; raises `BoundExceeded` for a

@@ -261,11 +261,16 @@ class WorkerPool:
             computing, _ = worker.marker.read()
             log.error("worker_died", worker=worker.number, returncode=returncode, run=computing)
             if computing:
+                how = (
+                    f"killed by signal {-returncode}"
+                    if returncode < 0
+                    else f"exit status {returncode}"
+                )
                 blame = _Blame(
                     computing,
                     FlowError(
-                        f"the run's worker process died while running it (exit status"
-                        f" {returncode}); a run may use at most {self.config.memory_mb} MiB"
+                        f"the run's worker process died while running it ({how}); a run"
+                        f" may use at most {self.config.memory_mb} MiB"
                         " (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
                     ),
                     "failed",

@@ -18,6 +18,9 @@ from typing import Any
 
 # key of the run computing now (0: none), monotonic ns when its slice began
 _LAYOUT = struct.Struct("=qq")
+# A slice gives one turn to the others for each TURN_PER_CPU_S of CPU it used.
+TURN_PER_CPU_S = 0.002
+MAX_YIELDED_TURNS = 64
 
 
 class CpuBudgetExceeded(BaseException):
@@ -94,13 +97,25 @@ class MeteredRun:
             except StopIteration as stop:
                 return stop.value
             finally:
-                self.cpu_used_s += time.thread_time() - started
+                spent = time.thread_time() - started
+                self.cpu_used_s += spent
                 self.marker.leave()
             to_send, to_throw = None, None
             if self.cpu_used_s > self.cpu_budget_s and not stopped:
                 # Do not wait for what it awaits: end it now, at its own await (once:
                 # its cleanup may await in turn).
                 to_throw, stopped = CpuBudgetExceeded(), True
+                continue
+            # A long slice is paid for with turns given to the worker's other runs (a
+            # bare yield puts this run at the back of the ready queue), so that light
+            # runs pass a heavy one instead of waiting behind each of its slices.
+            for _ in range(min(MAX_YIELDED_TURNS, int(spent / TURN_PER_CPU_S))):
+                try:
+                    yield None
+                except BaseException as exc:
+                    to_throw = exc
+                    break
+            if to_throw is not None:
                 continue
             try:
                 to_send = yield yielded

@@ -186,6 +186,7 @@ class TemplateEngine:
         except RenderTimeout:
             raise TemplateFailure(
                 f"{field}: rendering took longer than {self.render_timeout_s:g} s"
+                " (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)"
             ) from None
         except TemplateFailure as exc:
             raise TemplateFailure(f"{field}: {exc}") from None

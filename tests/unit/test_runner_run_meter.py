@@ -86,3 +86,27 @@ def test_a_slice_that_lasts_is_seen_from_outside(marker: SliceMarker) -> None:
     assert key == 9 and lasted >= 0.05
     marker.leave()
     assert other.read() == (0, 0.0)
+
+
+async def test_a_light_run_passes_a_heavy_one(marker: SliceMarker) -> None:
+    """After each long slice the heavy run gives turns to the others: the light run's
+    five short slices all run before the heavy run's second slice."""
+    events: list[str] = []
+
+    async def heavy() -> None:
+        for n in range(3):
+            end = time.thread_time() + 0.03
+            while time.thread_time() < end:
+                pass
+            events.append(f"heavy{n}")
+            await asyncio.sleep(0)
+
+    async def light() -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        events.append("light")
+
+    await asyncio.gather(
+        MeteredRun(heavy(), 1, marker, cpu_budget_s=5), MeteredRun(light(), 2, marker, 5)
+    )
+    assert events == ["heavy0", "light", "heavy1", "heavy2"]

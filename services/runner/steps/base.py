@@ -60,6 +60,7 @@ class RunState:
     trace: list[Any] = field(default_factory=list)
     loop_iterations: int = 0
     dropped_steps: int = 0  # steps past `max_trace_steps`, not in the trace
+    output_sizes: dict[int, int] = field(default_factory=dict)  # id(entry) -> bytes
 
     def record(self, entry: Any) -> bool:
         """Adds a step to the trace unless the trace is full (then only counts it)."""
