@@ -6,7 +6,7 @@ from aiohttp import web
 
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import Forbidden, Timeout, Unavailable
-from shared.messaging import naming
+from shared.messaging.contracts import IDENTIFY_TOKEN
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import IdentifyToken, TokenIdentity
 
@@ -23,12 +23,7 @@ def scope_covers(held: str, wanted: str) -> bool:
 async def identify(rpc: RpcClient, request: web.Request) -> TokenIdentity:
     token = bearer_from_header(request.headers.get("Authorization"))
     try:
-        return await rpc.call(
-            naming.AUTH_RPC_QUEUE,
-            naming.IDENTIFY_TOKEN,
-            IdentifyToken(bearer_hash=hash_token(token)),
-            TokenIdentity,
-        )
+        return await rpc.call(IDENTIFY_TOKEN, IdentifyToken(bearer_hash=hash_token(token)))
     except Timeout:
         raise Unavailable("the auth service did not answer") from None
 

@@ -14,10 +14,10 @@ from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
 from services.auth.tokens_api import TokensApi
 from shared.db import open_pool
-from shared.messaging import naming, topology
+from shared.messaging import topology
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import AUTHORIZE_WEBHOOK, IDENTIFY_TOKEN
 from shared.messaging.rpc import RpcClient, RpcServer
-from shared.schemas.access import AuthorizeWebhook, IdentifyToken
 from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "auth"
@@ -46,8 +46,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[TOKENS_API] = TokensApi(store, checker, broker)
 
     server = RpcServer(broker, topology.AUTH_RPC, prefetch=settings.auth_rpc_prefetch)
-    server.register(naming.AUTHORIZE_WEBHOOK, AuthorizeWebhook, checker.authorize_webhook)
-    server.register(naming.IDENTIFY_TOKEN, IdentifyToken, checker.identify_token)
+    server.register(AUTHORIZE_WEBHOOK, checker.authorize_webhook)
+    server.register(IDENTIFY_TOKEN, checker.identify_token)
     await server.start()
     await broker.consume(topology.AUTH_FLOW_CHANGES, flow_sync.on_flow_changed, prefetch=32)
     resync = asyncio.create_task(flow_sync.resync_forever())

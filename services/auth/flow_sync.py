@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from services.auth.store import AuthStore
 from shared.errors import ApiError
-from shared.messaging import naming
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import FLOW_ACCESS_CHANGED, LIST_FLOW_ACCESS
 from shared.messaging.rpc import RpcClient
-from shared.schemas.access import FlowAccessChanged, FlowAccessPage, FlowChanged, ListFlowAccess
+from shared.schemas.access import FlowAccessChanged, FlowChanged, ListFlowAccess
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,7 @@ class FlowAccessSync:
         if await self.store.apply_flow_change(change):
             # No ingress may be running: an unroutable notice is fine (mandatory=False).
             await self.broker.publish_event(
-                naming.FLOW_ACCESS_CHANGED,
+                FLOW_ACCESS_CHANGED,
                 FlowAccessChanged(flow_id=change.flow_id),
                 mandatory=False,
             )
@@ -73,12 +73,7 @@ class FlowAccessSync:
         after: str | None = None
         count = 0
         while True:
-            page = await self.rpc.call(
-                naming.RUNNER_RPC_QUEUE,
-                naming.LIST_FLOW_ACCESS,
-                ListFlowAccess(after_flow_id=after),
-                FlowAccessPage,
-            )
+            page = await self.rpc.call(LIST_FLOW_ACCESS, ListFlowAccess(after_flow_id=after))
             for change in page.items:
                 await self.apply(change)
             count += len(page.items)

@@ -11,8 +11,8 @@ from services.auth.store import AuthStore
 from shared.api_auth import KNOWN_SCOPES, MANAGE_SCOPES, scope_covers
 from shared.bearer import bearer_from_header, hash_token, new_personal_token
 from shared.errors import BadRequest, Forbidden, NotFound
-from shared.messaging import naming
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import ACCESS_TOKEN_REVOKED
 from shared.schemas.access import AccessTokenRevoked, IdentifyToken, TokenIdentity
 from shared.web import json_response
 
@@ -101,7 +101,7 @@ class TokensApi:
             raise NotFound("no such token")
         # Every ingress replica drops what it cached for this token.
         await self.broker.publish_event(
-            naming.ACCESS_TOKEN_REVOKED,
+            ACCESS_TOKEN_REVOKED,
             AccessTokenRevoked(token_id=token.id, token_hash=token.token_hash),
             mandatory=False,
         )

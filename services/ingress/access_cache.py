@@ -20,7 +20,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from shared.errors import Timeout, Unavailable
-from shared.messaging import naming
+from shared.messaging.contracts import ACCESS_TOKEN_REVOKED, AUTHORIZE_WEBHOOK, FLOW_ACCESS_CHANGED
+from shared.messaging.dispatch import EventHandlers, UnknownEvent
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import (
     AccessTokenRevoked,
@@ -41,6 +42,10 @@ class AccessCache:
         self.ttl_s = ttl_s
         self._entries: OrderedDict[CacheKey, tuple[WebhookAccess, float]] = OrderedDict()
         self._generation = 0
+        # The events of this replica's access-change queue.
+        self.changes = EventHandlers()
+        self.changes.on(FLOW_ACCESS_CHANGED, self._flow_access_changed)
+        self.changes.on(ACCESS_TOKEN_REVOKED, self._token_revoked)
 
     async def authorize(self, flow_id: str, bearer_hash: str) -> WebhookAccess:
         key = (flow_id, bearer_hash)
@@ -56,10 +61,7 @@ class AccessCache:
         generation = self._generation
         try:
             access = await self.rpc.call(
-                naming.AUTH_RPC_QUEUE,
-                naming.AUTHORIZE_WEBHOOK,
-                AuthorizeWebhook(flow_id=flow_id, bearer_hash=bearer_hash),
-                WebhookAccess,
+                AUTHORIZE_WEBHOOK, AuthorizeWebhook(flow_id=flow_id, bearer_hash=bearer_hash)
             )
         except Timeout:
             raise Unavailable("the auth service did not answer in time") from None
@@ -86,11 +88,14 @@ class AccessCache:
 
     async def on_change(self, message: AbstractIncomingMessage) -> None:
         """Consumer of this replica's access-change queue (auto-ack)."""
-        if message.routing_key == naming.FLOW_ACCESS_CHANGED:
-            self.forget(flow_id=FlowAccessChanged.model_validate_json(message.body).flow_id)
-        elif message.routing_key == naming.ACCESS_TOKEN_REVOKED:
-            revoked = AccessTokenRevoked.model_validate_json(message.body)
-            self.forget(bearer_hash=revoked.token_hash)
-        else:
-            # Unknown event: be safe rather than fast.
+        try:
+            await self.changes.dispatch(message)
+        except (UnknownEvent, ValueError):  # pydantic's ValidationError is a ValueError
+            # Unknown or unreadable: be safe rather than fast.
             self.clear()
+
+    async def _flow_access_changed(self, change: FlowAccessChanged) -> None:
+        self.forget(flow_id=change.flow_id)
+
+    async def _token_revoked(self, revoked: AccessTokenRevoked) -> None:
+        self.forget(bearer_hash=revoked.token_hash)

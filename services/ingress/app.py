@@ -38,7 +38,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         cache.on_change,
         prefetch=100,
         no_ack=True,
-        bindings=(naming.FLOW_ACCESS_CHANGED, naming.ACCESS_TOKEN_REVOKED),
+        bindings=cache.changes.routing_keys,
     )
     app[BROKER], app[ACCESS_CACHE] = broker, cache
     runner = RunnerClient(broker, rpc, max_items=settings.ingress_run_batch)

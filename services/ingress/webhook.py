@@ -26,9 +26,9 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
-from shared.messaging import naming
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import REQUEST_QUEUED, REQUEST_REJECTED
 from shared.messaging.runner_client import RunnerClient
 from shared.schemas.access import FlowWebhookSettings
 from shared.schemas.runs import (
@@ -36,7 +36,6 @@ from shared.schemas.runs import (
     RunProgress,
     RunResult,
     RunsFinished,
-    RunsProgressed,
     StartRun,
     WebhookRequest,
 )
@@ -78,9 +77,7 @@ class WebhookHandler:
         self.runner = runner
         self.broker = broker
         self.record_queued = settings.ingress_record_queued
-        self.queued: BatchPublisher[RunProgress] = BatchPublisher(
-            broker, naming.REQUEST_QUEUED, RunsProgressed
-        )
+        self.queued: BatchPublisher[RunProgress] = BatchPublisher(broker, REQUEST_QUEUED)
         self.max_body_bytes = settings.ingress_max_body_bytes
         self.body_timeout_s = settings.ingress_body_timeout_s
         self.limits = body_limits(settings)
@@ -187,7 +184,7 @@ class WebhookHandler:
         )
         try:
             await self.broker.publish_event(
-                naming.REQUEST_REJECTED,
+                REQUEST_REJECTED,
                 RunsFinished(items=[RunFinished(request=normalised, result=result)]),
             )
         except Unavailable:

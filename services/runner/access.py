@@ -6,8 +6,8 @@ at start."""
 from services.runner.flow_tokens import flow_token
 from services.runner.store import FlowRow, FlowStore
 from shared.bearer import hash_token
-from shared.messaging import naming
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import FLOW_CHANGED
 from shared.schemas.access import FlowAccessPage, FlowChanged, FlowWebhookSettings, ListFlowAccess
 
 
@@ -41,7 +41,7 @@ class FlowAccess:
 
     async def publish(self, flow: FlowRow, deleted: bool = False) -> None:
         """Raises `Unavailable` when the broker does not confirm (the caller rolls back)."""
-        await self.broker.publish_event(naming.FLOW_CHANGED, self.changed(flow, deleted))
+        await self.broker.publish_event(FLOW_CHANGED, self.changed(flow, deleted))
 
     async def list_flow_access(self, request: ListFlowAccess) -> FlowAccessPage:
         limit = max(1, min(request.limit, 1000))

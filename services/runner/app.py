@@ -19,12 +19,12 @@ from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import WorkerConfig
 from shared.db import open_pool
-from shared.messaging import naming, topology
+from shared.messaging import topology
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import LIST_FLOW_ACCESS, RUN_FINISHED, RUN_STARTED
 from shared.messaging.rpc import GroupedReplies, RpcClient, RpcServer
-from shared.schemas.access import ListFlowAccess
-from shared.schemas.runs import RunFinished, RunsFinished, RunsProgressed
+from shared.schemas.runs import RunFinished
 from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "runner"
@@ -91,8 +91,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[WORKERS] = workers
     finished: BatchPublisher[RunFinished] = BatchPublisher(
         broker,
-        naming.RUN_FINISHED,
-        RunsFinished,
+        RUN_FINISHED,
         max_items=settings.runner_event_batch,
     )
     replies = GroupedReplies(broker)
@@ -102,15 +101,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         FlowCache(store),
         workers,
         finished,
-        BatchPublisher(broker, naming.RUN_STARTED, RunsProgressed)
-        if settings.runner_record_started
-        else None,
+        BatchPublisher(broker, RUN_STARTED) if settings.runner_record_started else None,
         replies,
         finished_runs,
     )
     pruning = asyncio.create_task(finished_runs.prune_forever(60.0))
     control = RpcServer(broker, topology.RUNNER_RPC, prefetch=8)
-    control.register(naming.LIST_FLOW_ACCESS, ListFlowAccess, access.list_flow_access)
+    control.register(LIST_FLOW_ACCESS, access.list_flow_access)
     await control.start()
     await broker.consume(
         topology.SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch

@@ -18,12 +18,13 @@ stands alone, so only its own caller hears of it.
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
 from shared.errors import Unavailable
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import Command, Event
 
 Item = TypeVar("Item", bound=BaseModel)
 
@@ -43,26 +44,23 @@ class BatchPublisher(Generic[Item]):
     def __init__(
         self,
         broker: Broker,
-        routing_key: str,
-        batch_model: type[BaseModel],
+        target: Event[Any] | Command[Any],
         *,
         max_items: int = 200,
         max_bytes: int = 8 * 1024 * 1024,
-        to_queue: bool = False,
         reply_to: str | None = None,
     ) -> None:
-        """`batch_model`: the message's schema, a model whose one field `items` is the
-        list of events (its name is the message's type). Events go to the topic
-        exchange under `routing_key`, or with `to_queue` straight to the queue of that
-        name (commands); `reply_to` is set on every message."""
-        if list(batch_model.model_fields) != ["items"]:
-            raise TypeError(f"{batch_model.__name__} must have exactly one field, `items`")
+        """`target`: an event (to the topic exchange) or a command (to its queue) whose
+        body has one field, `items`, the list of what is published one by one here.
+        `reply_to` is set on every message."""
+        if list(target.body.model_fields) != ["items"]:
+            raise TypeError(f"{target.body.__name__} must have exactly one field, `items`")
         self.broker = broker
-        self.routing_key = routing_key
-        self.message_type = batch_model.__name__
+        self.to_queue = isinstance(target, Command)
+        self.routing_key = target.queue.name if isinstance(target, Command) else target.routing_key
+        self.message_type = target.body.__name__
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self.to_queue = to_queue
         self.reply_to = reply_to
         self._waiting: list[_Waiting] = []
         self._sender: asyncio.Task[None] | None = None

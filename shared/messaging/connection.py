@@ -26,10 +26,10 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from pydantic import BaseModel
 
 from shared.errors import Unavailable
 from shared.messaging import naming
+from shared.messaging.contracts import Body, Event
 from shared.messaging.topology import QueueSpec, declare_topology
 
 log = structlog.get_logger(__name__)
@@ -164,17 +164,17 @@ class Broker:
             raise Unavailable("the message broker did not accept the request") from exc
 
     async def publish_event(
-        self, routing_key: str, event: BaseModel, mandatory: bool = True, confirm: bool = True
+        self, event: Event[Body], body: Body, mandatory: bool = True, confirm: bool = True
     ) -> None:
         """A persistent event on the topic exchange; confirmed unless `confirm=False`
         (best-effort events whose loss only hides an intermediate state)."""
         await self.publish(
-            event.model_dump_json().encode(),
-            routing_key=routing_key,
+            body.model_dump_json().encode(),
+            routing_key=event.routing_key,
             to_events=True,
             mandatory=mandatory and confirm,
             confirm=confirm,
-            message_type=type(event).__name__,
+            message_type=event.body.__name__,
         )
 
     async def consume(

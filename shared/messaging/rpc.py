@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from shared.errors import ApiError, BadRequest, InternalError, Timeout, Unavailable, error_from_kind
 from shared.messaging import naming
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import Rpc
 from shared.messaging.topology import QueueSpec
 
 log = structlog.get_logger(__name__)
@@ -102,24 +103,22 @@ class RpcClient:
 
     async def call(
         self,
-        queue: str,
-        method: str,
-        request: BaseModel,
-        response_model: type[Resp],
+        rpc: Rpc[Req, Resp],
+        request: Req,
         *,
         timeout_s: float | None = None,
         correlation_id: str | None = None,
     ) -> Resp:
         """Raises the remote `ApiError`, `Timeout` when no answer came in time, or
-        `Unavailable` when the broker did not take the call or nobody serves `queue`."""
+        `Unavailable` when the broker did not take the call or nobody serves its queue."""
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
         correlation_id = correlation_id or uuid.uuid4().hex
         future = self.expect(correlation_id)
         try:
             await self.broker.publish(
                 request.model_dump_json().encode(),
-                routing_key=queue,
-                message_type=method,
+                routing_key=rpc.queue.name,
+                message_type=rpc.method,
                 correlation_id=correlation_id,
                 reply_to=self.reply_queue,
                 expiration_s=timeout,
@@ -127,10 +126,10 @@ class RpcClient:
             try:
                 reply = await asyncio.wait_for(future, timeout)
             except TimeoutError:
-                raise Timeout(f"{method} did not answer within {timeout:g} s") from None
+                raise Timeout(f"{rpc.method} did not answer within {timeout:g} s") from None
         finally:
             self.forget(correlation_id)
-        return self.unpack(reply, response_model)
+        return self.unpack(reply, rpc.response)
 
 
 @dataclass(frozen=True)
@@ -151,10 +150,10 @@ class RpcServer:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def register(
-        self, method: str, request_model: type[Req], handler: Callable[[Req], Awaitable[BaseModel]]
-    ) -> None:
-        self._methods[method] = _Method(request_model, handler)
+    def register(self, rpc: Rpc[Req, Resp], handler: Callable[[Req], Awaitable[Resp]]) -> None:
+        if rpc.queue != self.queue:
+            raise ValueError(f"{rpc.method} is served from {rpc.queue.name}, not {self.queue.name}")
+        self._methods[rpc.method] = _Method(rpc.request, handler)
 
     async def start(self) -> None:
         await self.broker.consume(self.queue, self._on_call, prefetch=self.prefetch)

@@ -13,26 +13,21 @@ the runners, many to a message (group commit, `BatchPublisher`):
 import asyncio
 
 from shared.errors import Timeout
-from shared.messaging import naming
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import ASYNC_RUNS, SYNC_RUNS
 from shared.messaging.rpc import RpcClient
-from shared.schemas.runs import RunResult, StartRun, StartRuns
+from shared.schemas.runs import RunResult, StartRun
 
 
 class RunnerClient:
     def __init__(self, broker: Broker, rpc: RpcClient, *, max_items: int = 200) -> None:
         self.rpc = rpc
         self._async_runs: BatchPublisher[StartRun] = BatchPublisher(
-            broker, naming.ASYNC_RUNS_QUEUE, StartRuns, to_queue=True, max_items=max_items
+            broker, ASYNC_RUNS, max_items=max_items
         )
         self._sync_runs: BatchPublisher[StartRun] = BatchPublisher(
-            broker,
-            naming.SYNC_RUNS_QUEUE,
-            StartRuns,
-            to_queue=True,
-            reply_to=rpc.reply_queue,
-            max_items=max_items,
+            broker, SYNC_RUNS, reply_to=rpc.reply_queue, max_items=max_items
         )
 
     async def schedule(self, start: StartRun) -> None:

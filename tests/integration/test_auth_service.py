@@ -15,8 +15,8 @@ from services.auth.cli import create_token
 from services.auth.settings import AuthSettings
 from shared.bearer import hash_token
 from shared.errors import Unauthorized
-from shared.messaging import naming
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import AUTHORIZE_WEBHOOK, FLOW_CHANGED, IDENTIFY_TOKEN
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import (
     AuthorizeWebhook,
@@ -39,19 +39,11 @@ class Peer:
 
     async def authorize(self, flow_id: str, bearer: str) -> WebhookAccess:
         return await self.rpc.call(
-            naming.AUTH_RPC_QUEUE,
-            naming.AUTHORIZE_WEBHOOK,
-            AuthorizeWebhook(flow_id=flow_id, bearer_hash=hash_token(bearer)),
-            WebhookAccess,
+            AUTHORIZE_WEBHOOK, AuthorizeWebhook(flow_id=flow_id, bearer_hash=hash_token(bearer))
         )
 
     async def identify(self, bearer: str) -> TokenIdentity:
-        return await self.rpc.call(
-            naming.AUTH_RPC_QUEUE,
-            naming.IDENTIFY_TOKEN,
-            IdentifyToken(bearer_hash=hash_token(bearer)),
-            TokenIdentity,
-        )
+        return await self.rpc.call(IDENTIFY_TOKEN, IdentifyToken(bearer_hash=hash_token(bearer)))
 
     async def publish_flow(
         self,
@@ -69,7 +61,7 @@ class Peer:
             status=status,  # type: ignore[arg-type]
         )
         await self.broker.publish_event(
-            naming.FLOW_CHANGED,
+            FLOW_CHANGED,
             FlowChanged(
                 flow_id=flow_id,
                 workspace_id=workspace_id,

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from shared.errors import Unavailable
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import Event
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,9 @@ async def test_many_events_few_messages(amqp_url: str) -> None:
         no_ack=True,
         bindings=("test.happened",),
     )
-    publisher: BatchPublisher[Item] = BatchPublisher(broker, "test.happened", Items, max_items=50)
+    publisher: BatchPublisher[Item] = BatchPublisher(
+        broker, Event("test.happened", Items), max_items=50
+    )
     try:
         await asyncio.gather(*(publisher.publish(Item(n=n)) for n in range(120)))
         for _ in range(100):
@@ -63,7 +66,7 @@ async def test_every_waiter_hears_of_a_failed_publish(amqp_url: str) -> None:
     broker = Broker(amqp_url, "test")
     await broker.connect()
     # Unroutable: mandatory publish to a routing key nobody binds -> returned -> Unavailable.
-    publisher: BatchPublisher[Item] = BatchPublisher(broker, "nobody.listens", Items)
+    publisher: BatchPublisher[Item] = BatchPublisher(broker, Event("nobody.listens", Items))
     try:
         results = await asyncio.gather(
             *(publisher.publish(Item(n=n)) for n in range(5)), return_exceptions=True

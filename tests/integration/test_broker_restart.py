@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from shared.errors import Timeout, Unavailable
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import Event, Rpc
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.messaging.topology import QueueSpec
 
@@ -22,6 +23,11 @@ EVENTS = QueueSpec("flowhooks.test.restart-events", {"x-queue-type": "quorum"}, 
 
 class Echo(BaseModel):
     text: str
+
+
+ECHO: Rpc[Echo, Echo] = Rpc("test.echo", QUEUE, Echo, Echo)
+DONE: Event[Echo] = Event("test.done", Echo)
+LIVE: Event[Echo] = Event("test.live", Echo)
 
 
 def restart_rabbitmq() -> None:
@@ -40,7 +46,7 @@ async def test_consumers_and_rpc_survive_a_broker_restart(amqp_url: str) -> None
     async def echo(request: Echo) -> Echo:
         return Echo(text=request.text.upper())
 
-    server.register("test.echo", Echo, echo)
+    server.register(ECHO, echo)
     await server.start()
     # The durable event queue, declared before the restart.
     exchange_channel = await server_broker.connection.channel()
@@ -57,9 +63,9 @@ async def test_consumers_and_rpc_survive_a_broker_restart(amqp_url: str) -> None
     client = RpcClient(client_broker, default_timeout_s=2)
     await client.start()
     try:
-        assert (await client.call(QUEUE.name, "test.echo", Echo(text="a"), Echo)).text == "A"
+        assert (await client.call(ECHO, Echo(text="a"))).text == "A"
         # Published (and confirmed) before the restart, with no consumer yet.
-        await client_broker.publish_event("test.done", Echo(text="before"))
+        await client_broker.publish_event(DONE, Echo(text="before"))
         # A consumer started before the restart must be consuming again after it.
         live_received: list[str] = []
 
@@ -79,17 +85,15 @@ async def test_consumers_and_rpc_survive_a_broker_restart(amqp_url: str) -> None
         answer = None
         for _ in range(60):
             try:
-                answer = await client.call(
-                    QUEUE.name, "test.echo", Echo(text="b"), Echo, timeout_s=1
-                )
+                answer = await client.call(ECHO, Echo(text="b"), timeout_s=1)
                 break
             except (Timeout, Unavailable):
                 await asyncio.sleep(0.5)
         assert answer is not None and answer.text == "B"
 
-        await client_broker.publish_event("test.live", Echo(text="live"), mandatory=False)
+        await client_broker.publish_event(LIVE, Echo(text="live"), mandatory=False)
         await server_broker.consume(EVENTS, on_event, prefetch=10)
-        await client_broker.publish_event("test.done", Echo(text="after"))
+        await client_broker.publish_event(DONE, Echo(text="after"))
         for _ in range(100):
             if len(received) == 2 and live_received:
                 break

@@ -6,7 +6,9 @@ import pytest
 from pydantic import BaseModel
 
 from shared.errors import NotFound, Timeout
+from shared.messaging import topology
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import Rpc
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.messaging.topology import QueueSpec
 
@@ -17,6 +19,11 @@ QUEUE = QueueSpec("flowhooks.test.echo")
 
 class Echo(BaseModel):
     text: str
+
+
+ECHO: Rpc[Echo, Echo] = Rpc("test.echo", QUEUE, Echo, Echo)
+# Declared by the topology, served by nobody here.
+NOBODY: Rpc[Echo, Echo] = Rpc("auth.identify_token", topology.AUTH_RPC, Echo, Echo)
 
 
 async def _serve(amqp_url: str) -> tuple[Broker, RpcServer]:
@@ -31,7 +38,7 @@ async def _serve(amqp_url: str) -> tuple[Broker, RpcServer]:
             await asyncio.sleep(2)
         return Echo(text=request.text.upper())
 
-    server.register("test.echo", Echo, echo)
+    server.register(ECHO, echo)
     await server.start()
     return broker, server
 
@@ -43,14 +50,12 @@ async def test_call_returns_result_and_remote_errors(amqp_url: str) -> None:
     client = RpcClient(client_broker, default_timeout_s=5)
     await client.start()
     try:
-        answers = await asyncio.gather(
-            *(client.call(QUEUE.name, "test.echo", Echo(text=f"a{i}"), Echo) for i in range(50))
-        )
+        answers = await asyncio.gather(*(client.call(ECHO, Echo(text=f"a{i}")) for i in range(50)))
         assert [a.text for a in answers] == [f"A{i}" for i in range(50)]
         with pytest.raises(NotFound, match="no such thing"):
-            await client.call(QUEUE.name, "test.echo", Echo(text="missing"), Echo)
+            await client.call(ECHO, Echo(text="missing"))
         with pytest.raises(Timeout):
-            await client.call(QUEUE.name, "test.echo", Echo(text="slow"), Echo, timeout_s=0.3)
+            await client.call(ECHO, Echo(text="slow"), timeout_s=0.3)
     finally:
         await client_broker.close()
         await server_broker.close()
@@ -64,6 +69,6 @@ async def test_call_without_server_times_out(amqp_url: str) -> None:
     try:
         # The queue exists (declared by topology) but nobody consumes it.
         with pytest.raises(Timeout):
-            await client.call("flowhooks.rpc.auth", "auth.identify_token", Echo(text="x"), Echo)
+            await client.call(NOBODY, Echo(text="x"))
     finally:
         await broker.close()

@@ -1,0 +1,89 @@
+"""Every message flowhooks sends, declared once: where it goes and what it carries.
+Producers and consumers import these objects; nobody spells a queue, a routing key, a
+method name or a schema again at a call site.
+
+- `Rpc[Request, Response]`: a method served from a queue.
+  `await rpc_client.call(AUTHORIZE_WEBHOOK, AuthorizeWebhook(...))` returns a
+  `WebhookAccess` (checked by mypy); `RpcServer.register(AUTHORIZE_WEBHOOK, handler)`.
+- `Event[T]`: a routing key on the events exchange and its body.
+  `broker.publish_event(FLOW_CHANGED, FlowChanged(...))`; consumers dispatch with
+  `EventHandlers`.
+- `Command[T]`: work on a durable queue (`StartRuns`, batched by `RunnerClient`).
+"""
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from shared.messaging import naming, topology
+from shared.messaging.topology import QueueSpec
+from shared.schemas.access import (
+    AccessTokenRevoked,
+    AuthorizeWebhook,
+    FlowAccessChanged,
+    FlowAccessPage,
+    FlowChanged,
+    IdentifyToken,
+    ListFlowAccess,
+    TokenIdentity,
+    WebhookAccess,
+)
+from shared.schemas.runs import RunResult, RunsFinished, RunsProgressed, StartRun, StartRuns
+
+Request = TypeVar("Request", bound=BaseModel)
+Response = TypeVar("Response", bound=BaseModel)
+Body = TypeVar("Body", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Rpc(Generic[Request, Response]):
+    method: str
+    queue: QueueSpec
+    request: type[Request]
+    response: type[Response]
+
+
+@dataclass(frozen=True)
+class Event(Generic[Body]):
+    routing_key: str
+    body: type[Body]
+
+
+@dataclass(frozen=True)
+class Command(Generic[Body]):
+    queue: QueueSpec
+    body: type[Body]
+
+
+# RPCs.
+AUTHORIZE_WEBHOOK: Rpc[AuthorizeWebhook, WebhookAccess] = Rpc(
+    naming.AUTHORIZE_WEBHOOK, topology.AUTH_RPC, AuthorizeWebhook, WebhookAccess
+)
+IDENTIFY_TOKEN: Rpc[IdentifyToken, TokenIdentity] = Rpc(
+    naming.IDENTIFY_TOKEN, topology.AUTH_RPC, IdentifyToken, TokenIdentity
+)
+LIST_FLOW_ACCESS: Rpc[ListFlowAccess, FlowAccessPage] = Rpc(
+    naming.LIST_FLOW_ACCESS, topology.RUNNER_RPC, ListFlowAccess, FlowAccessPage
+)
+# One sync run as a call of its own (the debugger's replay); the ingress batches them
+# (`SYNC_RUNS`). The runner answers both the same way.
+START_RUN: Rpc[StartRun, RunResult] = Rpc(naming.START_RUN, topology.SYNC_RUNS, StartRun, RunResult)
+
+# Commands: webhook requests for the runners, many to a message.
+SYNC_RUNS: Command[StartRuns] = Command(topology.SYNC_RUNS, StartRuns)
+ASYNC_RUNS: Command[StartRuns] = Command(topology.ASYNC_RUNS, StartRuns)
+
+# Events.
+FLOW_CHANGED: Event[FlowChanged] = Event(naming.FLOW_CHANGED, FlowChanged)
+FLOW_ACCESS_CHANGED: Event[FlowAccessChanged] = Event(naming.FLOW_ACCESS_CHANGED, FlowAccessChanged)
+ACCESS_TOKEN_REVOKED: Event[AccessTokenRevoked] = Event(
+    naming.ACCESS_TOKEN_REVOKED, AccessTokenRevoked
+)
+RUN_FINISHED: Event[RunsFinished] = Event(naming.RUN_FINISHED, RunsFinished)
+REQUEST_REJECTED: Event[RunsFinished] = Event(naming.REQUEST_REJECTED, RunsFinished)
+REQUEST_QUEUED: Event[RunsProgressed] = Event(naming.REQUEST_QUEUED, RunsProgressed)
+RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)
+# Dead-lettered by the broker: the StartRuns (or a single StartRun) it gave up on.
+RUN_EXPIRED: Event[StartRuns] = Event(naming.RUN_EXPIRED, StartRuns)
+RUN_DEAD_LETTERED: Event[StartRuns] = Event(naming.RUN_DEAD_LETTERED, StartRuns)
