@@ -1,7 +1,17 @@
-"""Debugger figures: `python -m bench.debugger [--rows 1000000] [--events 20000]`.
+"""Debugger figures: `python -m bench.debugger [--rows 1000000] [--events 20000]
+[--items 1,10,50] [--ingest-only]`.
 
-1. Ingest rate: with the debugger stopped, `--events` RunFinished events are queued;
-   the debugger is started and timed until every one is stored (records a second).
+1. Ingest rate: with the debugger stopped, `--events` RunFinished records are queued,
+   `--items` of them to a message (1: one message per record, the worst case and what
+   an idle runner sends; 10 and 50: `RunsFinished` batches as the runner's group
+   commit sends them under load); the debugger is started and timed until every one
+   is stored.
+   Reported per setting: `records_per_s` over the steady window (from the first
+   stored row to the last, so the process's start-up is not counted),
+   `records_per_s_incl_start` (from launching the process), and the debugger
+   process's CPU per record over the steady window (`cpu_ms_per_record`, 1.0 = one
+   core-millisecond) and its PostgreSQL backends' (`postgres_cpu_ms_per_record`; the
+   WAL writer, the checkpointer and RabbitMQ are not counted).
 2. Listing latency at scale: `--rows` requests are COPYed into the table (one hot flow
    with a fifth of them, the rest spread over 500 flows), then the listing query the
    API runs is timed: the first page, and a page deep in the hot flow via the cursor.
@@ -9,11 +19,14 @@
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 
@@ -27,7 +40,7 @@ from tests.infra import fresh_database, fresh_vhost
 WORKSPACE = str(uuid.uuid4())
 
 
-def event(flow_id: str, n: int) -> bytes:
+def finished(flow_id: str, n: int) -> RunFinished:
     now = datetime.now(UTC)
     request = WebhookRequest(
         request_id=uuid.uuid4().hex,
@@ -51,54 +64,101 @@ def event(flow_id: str, n: int) -> bytes:
         started_at=now,
         finished_at=now,
     )
-    return (
-        RunsFinished(items=[RunFinished(request=request, result=result)]).model_dump_json().encode()
-    )
+    return RunFinished(request=request, result=result)
 
 
-async def queue_events(amqp_url: str, count: int, flow_id: str) -> None:
+def event(flow_id: str, n: int, items: int = 1) -> bytes:
+    """One `run.finished` message of `items` records, numbered from `n`."""
+    records = [finished(flow_id, n + i) for i in range(items)]
+    return RunsFinished(items=records).model_dump_json().encode()
+
+
+async def queue_events(amqp_url: str, count: int, flow_id: str, items: int = 1) -> None:
     broker = Broker(amqp_url, "bench")
     await broker.connect()
     try:
-        for start in range(0, count, 500):
+        bodies = [event(flow_id, n, min(items, count - n)) for n in range(0, count, items)]
+        for start in range(0, len(bodies), 500):
             await asyncio.gather(
                 *(
-                    broker.publish(
-                        event(flow_id, n), routing_key=naming.RUN_FINISHED, to_events=True
-                    )
-                    for n in range(start, min(count, start + 500))
+                    broker.publish(body, routing_key=naming.RUN_FINISHED, to_events=True)
+                    for body in bodies[start : start + 500]
                 )
             )
     finally:
         await broker.close()
 
 
-async def count_rows(database_url: str) -> int:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backends_cpu_seconds(conn: asyncpg.Connection) -> float:
+    """CPU time so far of the PostgreSQL backends of this database (the debugger's
+    connections), but for `conn`'s own."""
+    pids = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()"
+    )
+    total = 0.0
+    for row in pids:
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(row["pid"])
+    return total
+
+
+async def watch_ingest(database_url: str, events: int, pid: int) -> dict[str, float]:
+    """Poll the row count until `events` rows are stored: when the first and the last
+    showed up, and the CPU time in between of the debugger and of its PostgreSQL
+    backends."""
     conn = await asyncpg.connect(database_url)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM debugger.requests"))
+        first: tuple[float, int, float, float] | None = None
+        while True:
+            count = int(await conn.fetchval("SELECT count(*) FROM debugger.requests"))
+            now = time.monotonic()
+            if count and first is None:
+                first = (now, count, cpu_seconds(pid), await backends_cpu_seconds(conn))
+            if count >= events:
+                assert first is not None
+                return {
+                    "first_at": first[0],
+                    "first_count": first[1],
+                    "last_at": now,
+                    "cpu_s": cpu_seconds(pid) - first[2],
+                    "postgres_cpu_s": await backends_cpu_seconds(conn) - first[3],
+                }
+            await asyncio.sleep(0.01)
     finally:
         await conn.close()
 
 
-def ingest_rate(events: int) -> dict[str, float]:
+def ingest_rate(events: int, items: int = 1) -> dict[str, float]:
     with fresh_vhost() as amqp_url, fresh_database() as database_url:
         system = System(amqp_url, database_url, extra_env={"FLOWHOOKS_LOG_LEVEL": "warning"})
         try:
             first = system.start("debugger")  # migrates and declares the queue
             system.stop(first)
-            asyncio.run(queue_events(amqp_url, events, str(uuid.uuid4())))
+            asyncio.run(queue_events(amqp_url, events, str(uuid.uuid4()), items))
             started = time.monotonic()
-            system.start("debugger")
-            while asyncio.run(count_rows(database_url)) < events:
-                time.sleep(0.1)
-            elapsed = time.monotonic() - started
+            debugger = system.start("debugger")
+            seen = asyncio.run(watch_ingest(database_url, events, debugger.process.pid))
         finally:
             system.stop_all()
+    steady_records = events - seen["first_count"]
+    steady_s = max(seen["last_at"] - seen["first_at"], 1e-3)
     return {
         "events": events,
-        "seconds": round(elapsed, 2),
-        "records_per_s": round(events / elapsed, 1),
+        "items_per_message": items,
+        "seconds": round(seen["last_at"] - started, 2),
+        "records_per_s": round(steady_records / steady_s, 1),
+        "records_per_s_incl_start": round(events / (seen["last_at"] - started), 1),
+        "cpu_ms_per_record": round(1000 * seen["cpu_s"] / max(steady_records, 1), 4),
+        "postgres_cpu_ms_per_record": round(
+            1000 * seen["postgres_cpu_s"] / max(steady_records, 1), 4
+        ),
     }
 
 
@@ -150,7 +210,8 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
                 "requests",
                 schema_name="debugger",
                 records=records,
-                columns=COLUMNS[:-1],  # all but replay_of
+                # Up to source_rank: replay_of and truncated are left NULL.
+                columns=COLUMNS[: COLUMNS.index("source_rank") + 1],
             )
         await conn.execute("ANALYZE debugger.requests")
     fill_s = time.monotonic() - began
@@ -216,11 +277,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument(
+        "--items",
+        default="1,10,50",
+        help="records per message, one ingest run for each (comma-separated)",
+    )
+    parser.add_argument("--ingest-only", action="store_true", help="skip the listing figures")
     args = parser.parse_args()
-    results: dict[str, object] = {"ingest": ingest_rate(args.events)}
+    ingest = [ingest_rate(args.events, int(items)) for items in args.items.split(",")]
+    results: dict[str, object] = {"ingest": ingest}
     print(json.dumps(results), flush=True)
-    with fresh_database() as database_url:
-        results["listing"] = asyncio.run(fill_and_list(database_url, args.rows))
+    if not args.ingest_only:
+        with fresh_database() as database_url:
+            results["listing"] = asyncio.run(fill_and_list(database_url, args.rows))
     print(json.dumps(results, indent=2))
 
 

@@ -1,10 +1,12 @@
 """The debugger's intake: events from its quorum queue, written in batches (one
-transaction per batch, idempotent on the request id) and acked only after commit.
+transaction per batch: COPY to a staging table, then one upsert, idempotent on the
+request id, store.py) and acked only after commit, with one `multiple` ack per batch.
 
 Failures, and why they are handled this way (no event of one workspace can stop the
 intake of everyone):
 - A body that cannot be read at all (not JSON, wrong schema) is logged and rejected
-  without requeue: it would fail the same way every time. In a batched message, an
+  without requeue (with the batch it arrived in): it would fail the same way every
+  time. In a batched message, an
   unreadable item is left out and the others are stored (records.py).
 - PostgreSQL away (connection refused or lost, starting up, shutting down, read-only
   after a failover, out of connections or disk, schema not migrated): the write is
@@ -115,6 +117,8 @@ class BatchIngest:
         self.unknown_retries = unknown_retries
         self._pending: list[Pending] = []
         self._pending_rows = 0
+        # Unreadable messages, rejected with the batch they arrived in (before its ack).
+        self._unreadable: list[AbstractIncomingMessage] = []
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._abandoned = asyncio.Event()
@@ -127,8 +131,8 @@ class BatchIngest:
 
     @property
     def pending(self) -> int:
-        """Messages received and not yet written (nor acked)."""
-        return len(self._pending)
+        """Messages received and not yet written (nor acked, nor rejected)."""
+        return len(self._pending) + len(self._unreadable)
 
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         is_flow = message.routing_key == naming.FLOW_CHANGED
@@ -147,13 +151,14 @@ class BatchIngest:
                 error=repr(exc)[:500],
                 body=message.body[:200],
             )
-            await self._reject(message)
-            return
-        self._pending.append((message, is_flow, rows))
-        self._pending_rows += len(rows)
-        if self._pending_rows >= self.batch_size:
-            await self.flush()
-        elif self._timer is None:
+            self._unreadable.append(message)
+        else:
+            self._pending.append((message, is_flow, rows))
+            self._pending_rows += len(rows)
+            if self._pending_rows >= self.batch_size:
+                await self.flush()
+                return
+        if self._timer is None:
             self._timer = asyncio.create_task(self._linger())
 
     async def _linger(self) -> None:
@@ -163,21 +168,50 @@ class BatchIngest:
 
     async def flush(self) -> None:
         async with self._flush_lock:
-            while self._pending:
+            while self._pending or self._unreadable:
                 batch, self._pending, self._pending_rows = self._pending, [], 0
+                unreadable, self._unreadable = self._unreadable, []
                 try:
-                    await self._write(batch)
+                    if batch:
+                        await self._store_apart(batch)
                 except _Abandoned:
                     return
+                await self._settle(batch, unreadable)
 
-    async def _write(self, batch: list[Pending]) -> None:
-        await self._store_apart(batch)
+    async def _settle(
+        self, batch: list[Pending], unreadable: list[AbstractIncomingMessage]
+    ) -> None:
+        """After the batch's commit: reject its unreadable messages, then ack the rest
+        with one `multiple` ack per channel (for its newest delivery) instead of one
+        frame per message. A multiple ack settles every outstanding delivery of the
+        channel up to that one: all of those are in this batch or settled already
+        (events join the batch in delivery order, batches are written one at a time,
+        and this batch's rejects were sent, each awaited, before the ack). A message
+        without a delivery tag (a test double) is acked alone."""
+        for message in unreadable:
+            await self._reject(message)
+        newest: dict[int, AbstractIncomingMessage] = {}
+        alone: list[AbstractIncomingMessage] = []
         for message, _, _ in batch:
-            try:
-                await message.ack()
-            except Exception as exc:
-                # The channel went away: the broker redelivers, the upsert absorbs it.
-                log.warning("ack_failed", error=repr(exc))
+            tag = getattr(message, "delivery_tag", None)
+            if not isinstance(tag, int):
+                alone.append(message)
+                continue
+            channel = id(message.channel)
+            current = newest.get(channel)
+            if current is None or (current.delivery_tag or 0) < tag:
+                newest[channel] = message
+        for message in newest.values():
+            await self._ack_one(message, multiple=True)
+        for message in alone:
+            await self._ack_one(message, multiple=False)
+
+    async def _ack_one(self, message: AbstractIncomingMessage, multiple: bool) -> None:
+        try:
+            await message.ack(multiple=multiple)
+        except Exception as exc:
+            # The channel went away: the broker redelivers, the upsert absorbs it.
+            log.warning("ack_failed", error=repr(exc))
 
     async def _store_apart(self, batch: list[Pending], top: bool = True) -> None:
         """Store the batch in one transaction; if PostgreSQL refuses it for its values,

@@ -3,7 +3,8 @@
 - `request.queued` (ingress) and `run.started` (runner), async only, batched and best
   effort: outcome `queued` (rank 0) and `running` (rank 1).
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
-  original `StartRun`: the request never got an outcome of its own (rank 2).
+  original `StartRun`, or a `StartRuns` (many runs in one message, dead-lettered
+  whole): each request never got an outcome of its own (rank 2); one row per item.
 - `run.finished` and `request.rejected` carry `RunsFinished` (requests and their
   outcomes): rank 3.
 A row is only ever replaced by an event of the same or a higher rank, so the final
@@ -26,6 +27,7 @@ from services.debugger.redact import (
     clean_text,
     cut_body,
     cut_text,
+    is_secret_header,
     redact_headers,
     redact_query,
 )
@@ -33,7 +35,15 @@ from services.debugger.store import COLUMNS
 from shared import redaction as secrets
 from shared.messaging import naming, topology
 from shared.schemas.access import FlowChanged
-from shared.schemas.runs import RunFinished, RunProgress, StartRun, WebhookRequest
+from shared.schemas.runs import (
+    RunFinished,
+    RunProgress,
+    RunsFinished,
+    RunsProgressed,
+    StartRun,
+    StartRuns,
+    WebhookRequest,
+)
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -191,6 +201,8 @@ def _capped_steps(steps: list[Any], redaction: Redaction) -> tuple[str, int | No
     `max_step_value_bytes` and its error at `max_error_bytes`, and the steps beyond
     `max_trace_bytes` in all replaced by one marker step. Returns the JSON text and,
     when anything was cut, the trace's original size."""
+    if not steps:
+        return "[]", None
     redacted = [_redact_step(step, redaction) for step in steps]
     text = capped_json(redacted, 1 << 62)[0]
     original = len(text.encode())
@@ -244,7 +256,7 @@ def _redact_step(step: Any, redaction: Redaction) -> Any:
         return step
     redacted: dict[str, Any] = {}
     for key, value in given.items():
-        if key.startswith("headers.") and secrets.is_secret_header(key[8:], redaction.headers):
+        if key.startswith("headers.") and is_secret_header(key[8:], redaction.headers):
             value = secrets.REDACTED
         elif key == "url" and isinstance(value, str):
             value = secrets.redact_url_text(value, redaction.query)
@@ -315,30 +327,40 @@ def rows_from_event(
     and left out; the others are stored. `headers`: the message's (`x-death` says why a
     dead-lettered run was dead-lettered)."""
     if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
-        return [_dead_letter_row(routing_key, body, redaction, headers or {})]
+        return _dead_letter_rows(routing_key, body, redaction, headers or {})
     if routing_key == naming.REQUEST_QUEUED:
         return [
             _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
-            for item in _items(body, RunProgress, routing_key)
+            for item in _items(body, RunsProgressed, RunProgress, routing_key)
         ]
     if routing_key == naming.RUN_STARTED:
         return [
             _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
-            for item in _items(body, RunProgress, routing_key)
+            for item in _items(body, RunsProgressed, RunProgress, routing_key)
         ]
-    return [_finished_row(item, redaction) for item in _items(body, RunFinished, routing_key)]
+    return [
+        _finished_row(item, redaction)
+        for item in _items(body, RunsFinished, RunFinished, routing_key)
+    ]
 
 
-def _items(body: bytes, model: type[T], routing_key: str) -> list[T]:
-    """The `items` of a batched event, each validated on its own: one unreadable item
-    does not cost the others. A single bare item is accepted too. ValueError when the
-    body is not JSON or has no items at all."""
+def _items(body: bytes, batch: type[BaseModel], model: type[T], routing_key: str) -> list[T]:
+    """The `items` of a batched event (`batch`: a model whose one field is `items`, a
+    list of `model`). The whole message is validated in one pass first; only when that
+    fails is each item validated on its own, so that one unreadable item does not cost
+    the others. A single bare item is accepted too. ValueError when the body is not
+    JSON or has no items at all."""
+    try:
+        items: list[T] = batch.model_validate_json(body).items  # type: ignore[attr-defined]
+        return items
+    except ValidationError:
+        pass
     document = orjson.loads(body)
     if isinstance(document, dict) and "items" not in document:
         return [model.model_validate(document)]
     if not isinstance(document, dict) or not isinstance(document["items"], list):
         raise ValueError(f"{routing_key}: expected an object with a list of items")
-    items: list[T] = []
+    items = []
     for index, raw in enumerate(document["items"]):
         try:
             items.append(model.model_validate(raw))
@@ -422,12 +444,22 @@ def _delivery_limit(queue: str) -> int | None:
     return None
 
 
-def _dead_letter_row(
+def _dead_letter_rows(
     routing_key: str, body: bytes, redaction: Redaction, headers: Mapping[str, Any]
-) -> tuple[Any, ...]:
-    start = StartRun.model_validate_json(body)
+) -> list[tuple[Any, ...]]:
+    """A dead-lettered `StartRun`, or `StartRuns` (dead-lettered whole): one row per
+    run, each with the broker's reason (the message's, so the same for all)."""
     now = datetime.now(UTC)
     why = dead_letter_reason(headers)
+    return [
+        _dead_letter_row(routing_key, start, redaction, why, now)
+        for start in _items(body, StartRuns, StartRun, routing_key)
+    ]
+
+
+def _dead_letter_row(
+    routing_key: str, start: StartRun, redaction: Redaction, why: str, now: datetime
+) -> tuple[Any, ...]:
     if routing_key == naming.RUN_EXPIRED:
         message = f"no runner started the run before its caller gave up ({why})"
         return _row(

@@ -10,6 +10,7 @@
 """
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -30,8 +31,16 @@ def redact_headers(headers: dict[str, str], extra: Iterable[str] = ()) -> dict[s
         lower = name.lower()
         if lower in ALWAYS_DROPPED:
             continue
-        cleaned[lower] = REDACTED if redaction.is_secret_header(lower, extra) else value
+        cleaned[lower] = REDACTED if is_secret_header(lower, extra) else value
     return cleaned
+
+
+@lru_cache(maxsize=4096)
+def is_secret_header(name: str, extra: frozenset[str]) -> bool:
+    """`shared/redaction.py`'s answer, remembered: most requests carry the same few
+    header names, and the answer is per-row work at ingest (bounded: names seen
+    beyond the cache's size are simply asked again)."""
+    return redaction.is_secret_header(name, extra)
 
 
 def redact_query(query: dict[str, Any], extra: Iterable[str] = ()) -> dict[str, Any]:

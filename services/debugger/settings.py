@@ -5,11 +5,13 @@ from shared.settings import ServiceSettings
 
 class DebuggerSettings(ServiceSettings):
     debugger_port: int = 8083
-    # Events written per transaction, and the longest wait to fill a batch.
-    debugger_batch_size: int = Field(default=200, ge=1)
+    # Rows written per transaction (a batch also takes whatever arrived while the
+    # previous one was being written), and the longest wait to fill a batch.
+    debugger_batch_size: int = Field(default=1000, ge=1)
     debugger_batch_linger_ms: float = Field(default=20.0, ge=0)
-    # Unacknowledged events held at once; at least the batch size.
-    debugger_prefetch: int = Field(default=1000, ge=1)
+    # Unacknowledged messages held at once; at least the batch size (twice it lets the
+    # next batch fill while one is written). A message can carry many events.
+    debugger_prefetch: int = Field(default=2000, ge=1)
     # Size caps per stored field (UTF-8 bytes). Beyond them, text is stored cut and JSON
     # as a marker {"truncated": true, "size": N, "preview": "..."}; the row's
     # `truncated` records each cut field's original size.

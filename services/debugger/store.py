@@ -37,12 +37,32 @@ COLUMNS = (
     "truncated",
 )
 _JSONB = {"query", "headers", "input", "steps", "truncated"}
-_PLACEHOLDERS = ", ".join(
-    f"${i}::jsonb" if name in _JSONB else f"${i}" for i, name in enumerate(COLUMNS, start=1)
+# A batch goes in by COPY (binary) to a session's temporary table, then in one statement
+# to its place: the client's CPU per row is about half of `executemany`'s and PostgreSQL
+# does one statement per batch, not one per row. jsonb columns travel as text and are
+# parsed by the INSERT (so invalid JSON is refused data, as before).
+_STAGING_TYPES = {
+    "flow_id": "uuid",
+    "workspace_id": "uuid",
+    "received_at": "timestamptz",
+    "raw_body_truncated": "boolean",
+    "status_code": "integer",
+    "started_at": "timestamptz",
+    "finished_at": "timestamptz",
+    "source_rank": "smallint",
+}
+STAGING = "debugger_requests_batch"
+CREATE_STAGING = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ("
+    + ", ".join(f"{name} {_STAGING_TYPES.get(name, 'text')}" for name in COLUMNS)
+    + ") ON COMMIT DELETE ROWS"
 )
+_SELECTED = ", ".join(f"{name}::jsonb" if name in _JSONB else name for name in COLUMNS)
 _UPDATES = ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])
-UPSERT = (
-    f"INSERT INTO debugger.requests ({', '.join(COLUMNS)}) VALUES ({_PLACEHOLDERS})"
+# The rank rule: a row is only replaced by an event of the same or a higher rank.
+UPSERT_STAGED = (
+    f"INSERT INTO debugger.requests ({', '.join(COLUMNS)})"
+    f" SELECT {_SELECTED} FROM pg_temp.{STAGING} ORDER BY id"
     f" ON CONFLICT (id) DO UPDATE SET {_UPDATES}, stored_at = now()"
     " WHERE debugger.requests.source_rank <= EXCLUDED.source_rank"
 )
@@ -54,9 +74,10 @@ UPSERT_FLOW = (
 )
 # A flow known only from its requests (its flow.changed came before the debugger
 # existed) is known all the same.
-INSERT_FLOW_OWNER = (
-    "INSERT INTO debugger.flows (flow_id, workspace_id, version) VALUES ($1, $2, 0)"
-    " ON CONFLICT (flow_id) DO NOTHING"
+INSERT_FLOW_OWNERS = (
+    "INSERT INTO debugger.flows (flow_id, workspace_id, version)"
+    " SELECT flow_id, workspace_id, 0 FROM unnest($1::uuid[], $2::uuid[])"
+    " AS owner (flow_id, workspace_id) ON CONFLICT (flow_id) DO NOTHING"
 )
 _SELECT = (
     "SELECT id, flow_id::text, workspace_id::text, received_at, method, path, query::text,"
@@ -80,15 +101,22 @@ class RequestStore:
     async def write(
         self, rows: Sequence[tuple[Any, ...]], flows: Sequence[tuple[Any, ...]] = ()
     ) -> None:
-        """One transaction per batch; a redelivered event updates its row in place."""
+        """One transaction per batch: its requests COPYed to the staging table and
+        upserted from there in one statement (at most one row per request id: ON
+        CONFLICT cannot touch a row twice in a statement); a redelivered event updates
+        its row in place, by the rank rule."""
         async with self.pool.acquire() as conn, conn.transaction():
             if flows:
                 await conn.executemany(UPSERT_FLOW, flows)
             if rows:
-                await conn.executemany(UPSERT, rows)
-                owners = {(row[1], row[2]) for row in rows}
-                await conn.executemany(
-                    INSERT_FLOW_OWNER, [(uuid.UUID(f), uuid.UUID(w)) for f, w in owners]
+                await conn.execute(CREATE_STAGING)  # once per connection; then a no-op
+                await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
+                # In id order: two writers (replicas) lock the rows they share in the
+                # same order, so they wait for each other instead of deadlocking.
+                await conn.execute(UPSERT_STAGED)
+                owners = sorted({(str(row[1]), str(row[2])) for row in rows})
+                await conn.execute(
+                    INSERT_FLOW_OWNERS, [flow for flow, _ in owners], [ws for _, ws in owners]
                 )
 
     async def flow_visible(self, flow_id: uuid.UUID, workspace_id: str) -> bool:

@@ -26,9 +26,12 @@ from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
 from shared.schemas.runs import (
     RunFinished,
+    RunProgress,
     RunResult,
     RunsFinished,
+    RunsProgressed,
     StartRun,
+    StartRuns,
     StepTrace,
     WebhookRequest,
 )
@@ -184,7 +187,8 @@ async def test_one_refused_row_does_not_cost_the_batch(amqp_url: str, database_u
         poisoned = await dbg.row("poison-status")
         assert poisoned is not None
         assert poisoned["outcome"] == "succeeded" and poisoned["status_code"] is None
-        assert poisoned["error"].startswith("not storable: DataError: invalid input")
+        # Found while encoding the batch for COPY (asyncpg's own words).
+        assert poisoned["error"].startswith("not storable: OverflowError: value out of int32")
         assert poisoned["error"].endswith("; the run's error: odd")
         assert (poisoned["raw_body"], poisoned["input"], poisoned["steps"]) == ("", None, "[]")
         assert orjson.loads(poisoned["truncated_text"])["reduced"] is True
@@ -258,3 +262,65 @@ async def test_dead_lettered_runs_say_why(amqp_url: str, database_url: str) -> N
 
         await eventually(own_outcome)
         assert uuid.UUID(str(looping["flow_id"])) == uuid.UUID(FLOW)
+
+
+async def test_a_dead_lettered_batch_of_runs_is_one_record_per_run(
+    amqp_url: str, database_url: str
+) -> None:
+    async with debugger(amqp_url, database_url, Redaction()) as dbg:
+        await dbg.consume()
+        connection = await aio_pika.connect(amqp_url)
+        channel = await connection.channel()
+        queue = await channel.get_queue(naming.ASYNC_RUNS_QUEUE)
+        try:
+            runs = StartRuns(
+                items=[
+                    StartRun(request=webhook_request(f"batched-{n}"), flow_version=1)
+                    for n in range(3)
+                ]
+            )
+            await dbg.broker.publish(
+                runs.model_dump_json().encode(), routing_key=naming.ASYNC_RUNS_QUEUE
+            )
+            message = await queue.get(timeout=5)
+            await message.reject(requeue=False)  # dead-lettered whole
+        finally:
+            await connection.close()
+        for n in range(3):
+            row = await eventually(lambda n=n: dbg.row(f"batched-{n}"))  # type: ignore[misc]
+            assert row["outcome"] == "failed" and "dead-lettered (rejected)" in row["error"]
+
+
+async def test_the_rank_rule_holds_within_and_across_batches(
+    amqp_url: str, database_url: str
+) -> None:
+    async with debugger(amqp_url, database_url, Redaction()) as dbg:
+        request = webhook_request("ranked")
+        outcome = finished(request, outcome="failed", error="own")
+        queued = RunsProgressed(items=[RunProgress(request=request, at=NOW)])
+        # In one batch: the outcome, then an older event of the same request.
+        await dbg.publish(outcome)
+        await dbg.broker.publish(
+            queued.model_dump_json().encode(), routing_key=naming.REQUEST_QUEUED, to_events=True
+        )
+        await dbg.consume()
+        row = await eventually(lambda: dbg.row("ranked"))
+        assert row["outcome"] == "failed" and row["error"] == "own"
+        # In a later batch: the queued event again, then a marker to wait for.
+        await dbg.broker.publish(
+            queued.model_dump_json().encode(), routing_key=naming.REQUEST_QUEUED, to_events=True
+        )
+        await dbg.publish(finished(webhook_request("marker")))
+        await eventually(lambda: dbg.row("marker"))
+        row = await dbg.row("ranked")
+        assert row is not None and row["outcome"] == "failed" and row["error"] == "own"
+        # A redelivered outcome (same rank) updates in place: still one row.
+        await dbg.publish(finished(request, outcome="failed", error="own, again"))
+
+        async def updated() -> bool:
+            again = await dbg.row("ranked")
+            return again is not None and again["error"] == "own, again"
+
+        await eventually(updated)
+        count = await dbg.pool.fetchval("SELECT count(*) FROM debugger.requests")
+        assert count == 2

@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 
 from services.debugger.ingest import BatchIngest, classify
 from services.debugger.records import Redaction
@@ -21,18 +22,60 @@ STATUS = COLUMNS.index("status_code")
 ERROR = COLUMNS.index("error")
 
 
+class Channel:
+    """A consumer's channel as the broker sees it: delivery tags in order, and what
+    settles them (an ack, `multiple` or not, or a reject). Settling a tag that is not
+    outstanding is a channel error on a real broker (PRECONDITION_FAILED)."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.settled: dict[int, str] = {}
+        self.frames: list[tuple[str, int, bool]] = []
+
+    def deliver(self) -> int:
+        self.delivered += 1
+        return self.delivered
+
+    def settle(self, how: str, tag: int, multiple: bool) -> None:
+        self.frames.append((how, tag, multiple))
+        tags = range(1, tag + 1) if multiple else [tag]
+        if not multiple and tag in self.settled:
+            raise AssertionError(f"tag {tag} settled twice")
+        for each in tags:
+            self.settled.setdefault(each, how)
+
+
+CHANNEL = [Channel()]
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel() -> None:
+    CHANNEL[0] = Channel()
+
+
 class Message:
-    def __init__(self, body: bytes, routing_key: str = naming.RUN_FINISHED) -> None:
+    def __init__(
+        self, body: bytes, routing_key: str = naming.RUN_FINISHED, channel: Channel | None = None
+    ) -> None:
         self.body = body
         self.routing_key = routing_key
         self.headers: dict[str, Any] = {}
-        self.acked = self.rejected = False
+        self.channel = channel or CHANNEL[0]
+        self.delivery_tag = self.channel.deliver()
 
-    async def ack(self) -> None:
-        self.acked = True
+    @property
+    def acked(self) -> bool:
+        return self.channel.settled.get(self.delivery_tag) == "ack"
+
+    @property
+    def rejected(self) -> bool:
+        return self.channel.settled.get(self.delivery_tag) == "reject"
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.channel.settle("ack", self.delivery_tag, multiple)
 
     async def reject(self, requeue: bool = False) -> None:
-        self.rejected = True
+        self.channel.settle("reject", self.delivery_tag, False)
 
 
 class FakeStore:
@@ -166,10 +209,39 @@ async def test_an_unknown_failure_is_retried_a_bounded_number_of_times() -> None
 async def test_an_unreadable_message_is_rejected_alone() -> None:
     store = FakeStore()
     intake = ingest(store)
-    bad, good = Message(b"{not json"), event("a")
-    await feed(intake, [bad, good])
+    first, bad, good = event("a"), Message(b"{not json"), event("b")
+    await feed(intake, [first, bad, good])
     assert bad.rejected and not bad.acked
-    assert good.acked and list(store.rows) == ["a"]
+    assert first.acked and good.acked and sorted(store.rows) == ["a", "b"]
+    # Rejected before the batch's multiple ack, which then leaves it alone.
+    assert CHANNEL[0].frames == [("reject", 2, False), ("ack", 3, True)]
+
+
+async def test_a_batch_is_acked_with_one_frame_after_its_commit() -> None:
+    store = FakeStore()
+    intake = BatchIngest(store, Redaction(), batch_size=10, linger_s=60)  # type: ignore[arg-type]
+    messages = [event(f"r{n}") for n in range(25)]
+    for message in messages[:10]:
+        await intake.on_event(message)  # type: ignore[arg-type]
+    # The first ten filled a batch: written, then acked up to the tenth at once.
+    assert CHANNEL[0].frames == [("ack", 10, True)] and store.writes == 1
+    for message in messages[10:]:
+        await intake.on_event(message)  # type: ignore[arg-type]
+    assert not messages[24].acked  # five wait for the next batch, unacked
+    await intake.close(5)
+    assert CHANNEL[0].frames == [("ack", 10, True), ("ack", 20, True), ("ack", 25, True)]
+    assert all(m.acked for m in messages) and len(store.rows) == 25
+
+
+async def test_a_batch_spanning_channels_acks_each_channel() -> None:
+    store = FakeStore()
+    intake = ingest(store)
+    old, new = Channel(), Channel()  # a reconnect: deliveries on a new channel
+    messages = [Message(event(f"o{n}").body, channel=old) for n in range(3)]
+    messages += [Message(event(f"n{n}").body, channel=new) for n in range(2)]
+    await feed(intake, messages)
+    assert old.frames == [("ack", 3, True)] and new.frames == [("ack", 2, True)]
+    assert all(m.acked for m in messages)
 
 
 def test_classification() -> None:

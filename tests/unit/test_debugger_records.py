@@ -23,6 +23,7 @@ from shared.schemas.runs import (
     RunsFinished,
     RunsProgressed,
     StartRun,
+    StartRuns,
     StepTrace,
     WebhookRequest,
 )
@@ -31,9 +32,9 @@ REDACTION = Redaction(frozenset({"cookie", "x-api-key"}), max_raw_body_bytes=8)
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
-def webhook_request() -> WebhookRequest:
+def webhook_request(request_id: str = "r1") -> WebhookRequest:
     return WebhookRequest(
-        request_id="r1",
+        request_id=request_id,
         flow_id="00000000-0000-0000-0000-000000000001",
         workspace_id="00000000-0000-0000-0000-000000000002",
         received_at=NOW,
@@ -366,3 +367,54 @@ def test_dead_lettered_rows_say_why() -> None:
     assert "dead-lettered (the broker gave no reason)" in unknown["error"]
     as_bytes = {"x-death": [{"reason": b"maxlen", "queue": b"q", "count": 1}]}
     assert "dead-lettered (maxlen): q was full" in dead_letter_reason(as_bytes)
+
+
+def test_a_dead_lettered_start_run_is_one_row_with_the_reason() -> None:
+    body = StartRun(request=webhook_request("single"), flow_version=1).model_dump_json()
+    headers = x_death("delivery_limit", naming.ASYNC_RUNS_QUEUE)
+    rows = rows_from_event(naming.RUN_DEAD_LETTERED, body.encode(), REDACTION, headers)
+    assert len(rows) == 1
+    row = dict(zip(COLUMNS, rows[0], strict=True))
+    assert (row["id"], row["outcome"], row["source_rank"]) == ("single", "failed", 2)
+    assert "dead-lettered after 6 deliveries (delivery_limit)" in row["error"]
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "reason", "outcome", "status"),
+    [
+        (naming.RUN_DEAD_LETTERED, "rejected", "failed", None),
+        (naming.RUN_EXPIRED, "expired", "expired", 504),
+    ],
+)
+def test_a_dead_lettered_start_runs_batch_is_one_row_per_run(
+    routing_key: str, reason: str, outcome: str, status: int | None
+) -> None:
+    ids = ["b1", "b2", "b3"]
+    body = StartRuns(
+        items=[StartRun(request=webhook_request(i), flow_version=1) for i in ids]
+    ).model_dump_json()
+    headers = x_death(reason, naming.ASYNC_RUNS_QUEUE)
+    rows = [
+        dict(zip(COLUMNS, row, strict=True))
+        for row in rows_from_event(routing_key, body.encode(), REDACTION, headers)
+    ]
+    assert [row["id"] for row in rows] == ids
+    for row in rows:
+        assert (row["outcome"], row["status_code"], row["source_rank"]) == (
+            outcome,
+            status,
+            RANK_DEAD_LETTER,
+        )
+        assert f"dead-lettered ({reason})" in row["error"]
+        assert orjson.loads(row["headers"])["cookie"] == REDACTED
+
+
+def test_a_dead_lettered_batch_keeps_its_readable_runs() -> None:
+    good = StartRun(request=webhook_request("good"), flow_version=1).model_dump(mode="json")
+    body = orjson.dumps({"items": [good, {"request": {"request_id": "broken"}}]})
+    rows = rows_from_event(naming.RUN_DEAD_LETTERED, body, REDACTION, x_death("rejected", "q"))
+    assert [row[0] for row in rows] == ["good"]
+    with pytest.raises(ValueError, match="no item of the message is readable"):
+        rows_from_event(naming.RUN_DEAD_LETTERED, b'{"items": [{"x": 1}]}', REDACTION)
+    with pytest.raises(ValueError):
+        rows_from_event(naming.RUN_DEAD_LETTERED, b'{"request": {}}', REDACTION)
