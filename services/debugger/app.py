@@ -20,6 +20,7 @@ from shared.db import open_pool
 from shared.messaging import topology
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import RpcClient
+from shared.messaging.runner_client import RunnerClient
 from shared.web import base_app, route_to, watch_readiness
 
 SCHEMA = "debugger"
@@ -52,7 +53,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         max_error_bytes=settings.debugger_max_error_bytes,
     )
     app[REQUESTS_API] = RequestsApi(
-        store, rpc, LiveTail(broker, redaction), settings.debugger_replay_timeout_s
+        store,
+        rpc,
+        RunnerClient(broker, rpc),
+        LiveTail(broker, redaction),
+        settings.debugger_replay_timeout_s,
     )
     ingest = BatchIngest(
         store,

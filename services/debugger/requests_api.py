@@ -15,9 +15,9 @@ from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail, sse
 from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
-from shared.messaging import naming
 from shared.messaging.rpc import RpcClient
-from shared.schemas.runs import RunResult, StartRun, WebhookRequest
+from shared.messaging.runner_client import RunnerClient
+from shared.schemas.runs import CURRENT_VERSION, StartRun, WebhookRequest
 from shared.web import json_response
 
 MAX_LIMIT = 500
@@ -62,12 +62,14 @@ class RequestsApi:
         self,
         store: RequestStore,
         rpc: RpcClient,
+        runner: RunnerClient,
         tail: LiveTail,
         replay_timeout_s: float,
         heartbeat_s: float = 15.0,
     ) -> None:
         self.store = store
         self.rpc = rpc
+        self.runner = runner
         self.tail = tail
         self.replay_timeout_s = replay_timeout_s
         self.heartbeat_s = heartbeat_s
@@ -187,30 +189,17 @@ class RequestsApi:
             replay_of=row["id"],
         )
         if row["mode"] == "async":
-            start = StartRun(request=replayed, flow_version=0)
-            await self.rpc.broker.publish(
-                start.model_dump_json().encode(),
-                routing_key=naming.ASYNC_RUNS_QUEUE,
-                message_type=naming.START_RUN,
-                correlation_id=replayed.request_id,
-            )
+            await self.runner.schedule(StartRun(request=replayed, flow_version=CURRENT_VERSION))
             return json_response(
                 {"request_id": replayed.request_id, "replay_of": row["id"], "outcome": "queued"},
                 status=202,
             )
         start = StartRun(
             request=replayed,
-            flow_version=0,
+            flow_version=CURRENT_VERSION,
             deadline=now + timedelta(seconds=self.replay_timeout_s),
         )
-        result = await self.rpc.call(
-            naming.SYNC_RUNS_QUEUE,
-            naming.START_RUN,
-            start,
-            RunResult,
-            timeout_s=self.replay_timeout_s,
-            correlation_id=replayed.request_id,
-        )
+        result = await self.runner.run(start, self.replay_timeout_s)
         return json_response(
             {
                 "request_id": replayed.request_id,

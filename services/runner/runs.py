@@ -23,7 +23,14 @@ from shared.errors import FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
-from shared.schemas.runs import RunFinished, RunProgress, RunResult, StartRun, StartRuns
+from shared.schemas.runs import (
+    CURRENT_VERSION,
+    RunFinished,
+    RunProgress,
+    RunResult,
+    StartRun,
+    StartRuns,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +52,12 @@ class FlowCache:
 
     async def get(self, flow_id: str, min_version: int) -> CachedFlow | None:
         cached = self._flows.get(flow_id)
-        if cached is not None and cached.snapshot.version >= min_version:
+        # A replay (`CURRENT_VERSION`) always reads the flow afresh.
+        if (
+            cached is not None
+            and min_version != CURRENT_VERSION
+            and cached.snapshot.version >= min_version
+        ):
             self._flows.move_to_end(flow_id)
             return cached
         row = await self.store.get(flow_id)

@@ -28,10 +28,16 @@ class WebhookRequest(BaseModel):
     replay_of: str | None = None
 
 
+# `StartRun.flow_version` of a replay: whatever version the flow has now, read afresh.
+CURRENT_VERSION = 0
+
+
 class StartRun(BaseModel):
-    """ingress -> runner. `deadline`: a sync caller stops waiting then (a run that starts
-    after it is not run: `expired`); None for async runs, whose time budget (the flow's
-    `timeout_s`) starts when a runner takes them."""
+    """ingress -> runner. `flow_version`: the version the ingress authorised (a runner
+    with an older copy reloads it), or `CURRENT_VERSION`. `deadline`: a sync caller
+    stops waiting then (a run that starts after it is not run: `expired`); None for
+    async runs, whose time budget (the flow's `timeout_s`) starts when a runner takes
+    them."""
 
     request: WebhookRequest
     flow_version: int
