@@ -2,11 +2,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
+from services.runner.runs import read_starts
 from services.runner.templates import TemplateEngine
-from shared.schemas.runs import RunResult, WebhookRequest
+from shared.schemas.runs import RunResult, StartRun, StartRuns, WebhookRequest
 
 TEMPLATES = TemplateEngine()
 CONTRACT_BODY = (
@@ -113,3 +115,14 @@ async def test_request_metadata() -> None:
         }
     }
     assert (await run(raw, {})).body == "POST s r1"
+
+
+def test_a_message_holds_one_start_run_or_many() -> None:
+    one = StartRun(request=request({"n": 1}), flow_version=3)
+    many = StartRuns(items=[one, one.model_copy(update={"flow_version": 4})])
+    assert read_starts(one.model_dump_json().encode()) == [one]
+    assert [s.flow_version for s in read_starts(many.model_dump_json().encode())] == [3, 4]
+    with pytest.raises(ValueError):
+        read_starts(b'{"items": [{"nope": 1}]}')
+    with pytest.raises(ValueError):
+        read_starts(b"not json")
