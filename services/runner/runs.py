@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
 
 from services.runner.definition import WebhookTrigger
 from services.runner.engine import error_result
@@ -234,9 +235,18 @@ class RunService:
 
 
 def read_starts(body: bytes) -> list[StartRun]:
-    """A `StartRuns` body, or a single `StartRun` (what a caller that does not batch,
-    such as an older ingress, sends). ValueError for anything else."""
+    """A `StartRuns` body, each item read on its own (an unreadable one is logged and
+    left out: it costs no other), or a single `StartRun` (what a caller that does not
+    batch sends). ValueError when nothing in it is readable."""
     document = orjson.loads(body)
-    if isinstance(document, dict) and "items" in document:
-        return StartRuns.model_validate(document).items
-    return [StartRun.model_validate(document)]
+    if not (isinstance(document, dict) and isinstance(document.get("items"), list)):
+        return [StartRun.model_validate(document)]
+    starts = []
+    for index, item in enumerate(document["items"]):
+        try:
+            starts.append(StartRun.model_validate(item))
+        except ValidationError as exc:
+            log.error("unreadable_start_run", index=index, error=str(exc)[:500])
+    if not starts and document["items"]:
+        raise ValueError("no item of the message is readable")
+    return starts

@@ -122,6 +122,9 @@ def test_a_message_holds_one_start_run_or_many() -> None:
     many = StartRuns(items=[one, one.model_copy(update={"flow_version": 4})])
     assert read_starts(one.model_dump_json().encode()) == [one]
     assert [s.flow_version for s in read_starts(many.model_dump_json().encode())] == [3, 4]
+    # An unreadable item is left out; the others are run.
+    mixed = b'{"items": [{"nope": 1}, ' + one.model_dump_json().encode() + b"]}"
+    assert read_starts(mixed) == [one]
     with pytest.raises(ValueError):
         read_starts(b'{"items": [{"nope": 1}]}')
     with pytest.raises(ValueError):
