@@ -84,11 +84,16 @@ def main() -> None:
             try:
                 ceiling_bench = Bench(System("", ""), args.seconds, args.concurrency)
                 results["ceiling"] = ceiling_bench.measure(
-                    "ceiling", {"url": f"http://127.0.0.1:{port}/x", "body": SMALL_JSON}
+                    "ceiling",
+                    {"url": f"http://127.0.0.1:{port}/v1/flow-webhook/x", "body": SMALL_JSON},
                 )
             finally:
                 ceiling.terminate()
                 ceiling.wait()
+            if set(results["ceiling"]["statuses"]) != {"200"}:
+                raise SystemExit(
+                    f"the ceiling did not answer 200: {results['ceiling']['statuses']}"
+                )
             print(f"-- before ({args.base})", flush=True)
             results["before"] = measure_system(base, args.seconds, args.concurrency)
             print("-- after (this checkout)", flush=True)

@@ -33,6 +33,7 @@ from services.debugger.redact import (
 )
 from services.debugger.store import COLUMNS
 from shared import redaction as secrets
+from shared.errors import Timeout
 from shared.messaging import naming, topology
 from shared.schemas.access import FlowChanged
 from shared.schemas.runs import (
@@ -67,12 +68,6 @@ class Redaction:
     max_step_value_bytes: int = 65_536
     max_response_body_bytes: int = 65_536
     max_error_bytes: int = 8_192
-
-
-def _envelope(status: int, kind: str, message: str) -> str:
-    return orjson.dumps(
-        {"status": status, "error": kind, "message": message, "data": None}
-    ).decode()
 
 
 def _row(
@@ -468,7 +463,7 @@ def _dead_letter_row(
             outcome="expired",
             status_code=504,
             response_content_type="application/json",
-            response_body=_envelope(504, "timeout", message),
+            response_body=orjson.dumps(Timeout(message).envelope()).decode(),
             error=message,
             steps=[],
             started_at=None,

@@ -17,11 +17,10 @@ from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
 from shared.messaging.rpc import RpcClient
 from shared.messaging.runner_client import RunnerClient
-from shared.schemas.runs import CURRENT_VERSION, StartRun, WebhookRequest
+from shared.schemas.runs import CURRENT_VERSION, RECORDED_OUTCOMES, StartRun, WebhookRequest
 from shared.web import json_response
 
 MAX_LIMIT = 500
-OUTCOMES = frozenset({"queued", "running", "succeeded", "failed", "timeout", "expired", "rejected"})
 
 
 def encode_cursor(received_at: datetime, request_id: str) -> str:
@@ -92,9 +91,10 @@ class RequestsApi:
         except ValueError:
             raise BadRequest("limit must be a whole number", data={"field": "limit"}) from None
         outcome = query.get("outcome")
-        if outcome is not None and outcome not in OUTCOMES:
+        if outcome is not None and outcome not in RECORDED_OUTCOMES:
             raise BadRequest(
-                f"outcome must be one of {', '.join(sorted(OUTCOMES))}", data={"field": "outcome"}
+                f"outcome must be one of {', '.join(sorted(RECORDED_OUTCOMES))}",
+                data={"field": "outcome"},
             )
         mode = query.get("mode")
         if mode is not None and mode not in ("sync", "async"):

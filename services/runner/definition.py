@@ -1,7 +1,7 @@
 """A flow's definition: parsing and validation on save. Every refusal is a 400
 `bad_request` whose message and `data.field` point at the place (`steps[0].template`)."""
 
-from typing import Any, Literal
+from typing import Any
 
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -10,10 +10,9 @@ from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import REF_ID_PATTERN
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
+from shared.schemas.access import FlowStatus
 
 RESERVED_REF_IDS = frozenset({"request", "loop"})
-
-FlowStatus = Literal["draft", "live", "paused"]
 
 
 class ResponseConfig(BaseModel):

@@ -2,11 +2,15 @@
 (`RunResult`, the RPC reply), runner -> debugger (`RunFinished`)."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 
+# A run's outcome; and what the debugger shows of a request: one of those, or where it
+# is on its way there.
 Outcome = Literal["succeeded", "failed", "timeout", "expired", "rejected"]
+Progress = Literal["queued", "running"]
+RECORDED_OUTCOMES: frozenset[str] = frozenset(get_args(Outcome) + get_args(Progress))
 
 
 class WebhookRequest(BaseModel):

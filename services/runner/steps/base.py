@@ -23,8 +23,6 @@ class StepLimits:
     # Trace entries kept for one run; steps beyond are counted, not recorded.
     max_trace_steps: int = 1_000
     http_max_response_bytes: int = 10 * 1024 * 1024
-    http_default_timeout_s: float = 10.0
-    http_max_retries: int = 5
 
 
 REF_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
