@@ -5,7 +5,8 @@ this checkout's system are measured one after the other with the same load gener
 and the same scenarios (a sequential sync round trip, sync and async under load), each
 as a ratio to the ceiling of the same run, with CPU per request per service (a
 service's CPU includes its child processes: the runner's workers). Writes
-`bench/results/compare-<date>.json` and `.md`."""
+`bench/results/compare-<date>.json` and `.md`. `--after REV` measures another revision
+instead of this checkout (also from a worktree)."""
 
 import argparse
 import asyncio
@@ -64,19 +65,23 @@ def measure_system(repo: Path, seconds: float, concurrency: int) -> dict[str, An
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", default=BEFORE_WORKER_POOL)
+    parser.add_argument("--after", default=None, help="a revision instead of this checkout")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"base": args.base}
+    after_label = args.after or "this checkout"
+    results: dict[str, Any] = {"base": args.base, "after_revision": after_label}
     with tempfile.TemporaryDirectory(prefix="flowhooks-base-") as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(base), args.base],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-        )
+        base, after = Path(tmp) / "base", Path(tmp) / "after"
+        checkouts = [(base, args.base)] + ([(after, args.after)] if args.after else [])
+        for path, revision in checkouts:
+            subprocess.run(
+                ["git", "worktree", "add", "--detach", str(path), revision],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+            )
         try:
             port = free_port()
             ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=REPO)
@@ -96,16 +101,19 @@ def main() -> None:
                 )
             print(f"-- before ({args.base})", flush=True)
             results["before"] = measure_system(base, args.seconds, args.concurrency)
-            print("-- after (this checkout)", flush=True)
-            results["after"] = measure_system(REPO, args.seconds, args.concurrency)
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(base)], cwd=REPO, check=False
+            print(f"-- after ({after_label})", flush=True)
+            results["after"] = measure_system(
+                after if args.after else REPO, args.seconds, args.concurrency
             )
+        finally:
+            for path, _ in checkouts:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(path)], cwd=REPO, check=False
+                )
     results["ceiling"].pop("ids", None)
     ceiling_rps = results["ceiling"]["rps"]
     lines = [
-        f"ceiling: {ceiling_rps} req/s; before = {args.base}, after = this checkout",
+        f"ceiling: {ceiling_rps} req/s; before = {args.base}, after = {after_label}",
         "",
         "| scenario | before req/s (ratio) | after req/s (ratio) | after/before "
         "| p50 ms before/after | p99 ms before/after | CPU ms/request before | after |",

@@ -2,7 +2,10 @@
 
 Inside a worker, runs share one event loop and take turns: a run computes in slices
 between two awaits. `MeteredRun` wraps a run's coroutine and charges every slice to
-that run; past its CPU budget the run is stopped at its next turn. A slice that never
+that run; past its CPU budget the run is stopped at its next turn. A slice is timed by
+the clock (`perf_counter`, a vDSO call), not by the thread's CPU clock (a system call,
+costly in a VM, on every slice): the worker runs one thread of Python at a time, so
+the two differ only when the machine is overloaded, and then in the run's disfavour. A slice that never
 ends (one huge big-integer operation, a C call that holds the GIL) cannot be stopped
 from inside, so the worker also writes, into memory it shares with the supervisor,
 which run is computing and since when (`SliceMarker`). The supervisor reads it and
@@ -88,7 +91,7 @@ class MeteredRun:
         stopped = False
         while True:
             self.marker.enter(self.key)
-            started = time.thread_time()
+            started = time.perf_counter()
             try:
                 if to_throw is not None:
                     yielded = coroutine.throw(to_throw)
@@ -97,7 +100,7 @@ class MeteredRun:
             except StopIteration as stop:
                 return stop.value
             finally:
-                spent = time.thread_time() - started
+                spent = time.perf_counter() - started
                 self.cpu_used_s += spent
                 self.marker.leave()
             to_send, to_throw = None, None
