@@ -2,10 +2,11 @@
 
 Inside a worker, runs share one event loop and take turns: a run computes in slices
 between two awaits. `MeteredRun` wraps a run's coroutine and charges every slice to
-that run; past its CPU budget the run is stopped at its next turn. A slice is timed by
-the clock (`perf_counter`, a vDSO call), not by the thread's CPU clock (a system call,
-costly in a VM, on every slice): the worker runs one thread of Python at a time, so
-the two differ only when the machine is overloaded, and then in the run's disfavour. A slice that never
+that run; past its CPU budget the run is stopped at its next turn. A slice is timed
+by the clock (`perf_counter`, a vDSO call), not by the thread's CPU clock (a system
+call, costly in a VM, on every slice): the worker runs one thread of Python at a time,
+so the two differ only when the machine is overloaded, and then in the run's
+disfavour. A slice that never
 ends (one huge big-integer operation, a C call that holds the GIL) cannot be stopped
 from inside, so the worker also writes, into memory it shares with the supervisor,
 which run is computing and since when (`SliceMarker`). The supervisor reads it and
