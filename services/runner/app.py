@@ -86,6 +86,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         slots_per_worker=settings.runner_worker_slots,
         workspace_share=settings.runner_workspace_share,
         slice_s=settings.runner_run_slice_s,
+        log_level=settings.log_level,
     )
     await workers.start()
     app[WORKERS] = workers

@@ -90,6 +90,7 @@ class WorkerPool:
         max_attempts: int = 3,
         tick_s: float = 0.02,
         spawn_timeout_s: float = 30.0,
+        log_level: str = "info",
     ) -> None:
         self.config = config
         self.size = workers
@@ -99,6 +100,7 @@ class WorkerPool:
         self.max_attempts = max_attempts
         self.tick_s = tick_s
         self.spawn_timeout_s = spawn_timeout_s
+        self.log_level = log_level
         self._workers: list[_Worker] = []
         self._unplaced: list[_Run] = []
         self._keys = itertools.count(1)
@@ -166,8 +168,10 @@ class WorkerPool:
     async def _start_worker(self) -> _Worker:
         ours, theirs = socket.socketpair()
         marker = SliceMarker.create()
-        # Few malloc arenas: the address-space bound is about memory, not reservations.
-        env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+        # No secret of the runner's (token key, database URL) where user code runs; few
+        # malloc arenas: the address-space bound is about memory, not reservations.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")}
+        env.update(MALLOC_ARENA_MAX="2", FLOWHOOKS_LOG_LEVEL=self.log_level)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,

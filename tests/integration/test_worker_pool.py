@@ -7,6 +7,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,3 +212,21 @@ async def test_fair_share_leaves_room_for_other_workspaces(pool: WorkerPool) -> 
     assert pool.fair_share.running.get("evil") == 16
     assert_echoed(await echoes(pool, 16))
     assert [r.outcome for r in await asyncio.gather(*slow)] == ["succeeded"] * 40
+
+
+async def test_workers_hold_none_of_the_runners_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User code runs in the workers: the runner's token key and database URL are not
+    in their environment."""
+    monkeypatch.setenv("FLOWHOOKS_RUNNER_TOKEN_KEY", "secret-key")
+    monkeypatch.setenv("FLOWHOOKS_DATABASE_URL", "postgresql://user:pw@db/flowhooks")
+    pool = await start_pool()
+    try:
+        for pid in pool.worker_pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            names = {entry.split(b"=", 1)[0] for entry in environ.split(b"\0") if entry}
+            assert {name for name in names if name.startswith(b"FLOWHOOKS_")} == {
+                b"FLOWHOOKS_LOG_LEVEL"
+            }
+            assert b"secret-key" not in environ and b"user:pw" not in environ
+    finally:
+        await pool.close()
