@@ -13,6 +13,8 @@ from shared.group_commit import GroupCommit
 
 log = structlog.get_logger(__name__)
 
+MARK_TIMEOUT_S = 2.0
+
 
 class FinishedRuns:
     def __init__(self, pool: asyncpg.Pool, keep_s: float, prune_batch: int = 10_000) -> None:
@@ -22,9 +24,11 @@ class FinishedRuns:
         self._marks: GroupCommit[str] = GroupCommit(self._insert)
 
     async def mark(self, request_id: str) -> None:
+        """Waits for the mark at most `MARK_TIMEOUT_S`: a slow database must not hold
+        back the acks of runs that are done."""
         try:
-            await self._marks.add(request_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await asyncio.wait_for(self._marks.add(request_id), MARK_TIMEOUT_S)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("finished_mark_failed", error=repr(exc))
 
     async def _insert(self, request_ids: list[str]) -> None:
