@@ -13,7 +13,7 @@ record is right whatever order the events arrive in.
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -70,36 +70,26 @@ class Redaction:
     max_error_bytes: int = 8_192
 
 
-def _row(
-    request: WebhookRequest,
-    redaction: Redaction,
-    *,
-    outcome: str,
-    status_code: int | None,
-    response_content_type: str | None,
-    response_body: str | None,
-    error: str | None,
-    steps: list[Any],
-    started_at: datetime | None,
-    finished_at: datetime | None,
-    rank: int,
-) -> tuple[Any, ...]:
+@dataclass(frozen=True)
+class RunState:
+    """What one event says about a request's run (the rest of the row is the request)."""
+
+    outcome: str
+    rank: int
+    status_code: int | None = None
+    response_content_type: str | None = None
+    response_body: str | None = None
+    error: str | None = None
+    steps: list[Any] = field(default_factory=list)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> tuple[Any, ...]:
     """The stored row; its reduced form (with the reason) if a value cannot even be
     encoded (an integer beyond 64 bits, nesting deeper than the JSON encoder goes)."""
     try:
-        return _full_row(
-            request,
-            redaction,
-            outcome=outcome,
-            status_code=status_code,
-            response_content_type=response_content_type,
-            response_body=response_body,
-            error=error,
-            steps=steps,
-            started_at=started_at,
-            finished_at=finished_at,
-            rank=rank,
-        )
+        return _full_row(request, redaction, run)
     except Exception as exc:
         log.error("debugger_row_not_encodable", request_id=request.request_id, error=repr(exc))
         skeleton: dict[str, Any] = {name: None for name in COLUMNS}
@@ -110,31 +100,18 @@ def _row(
             received_at=request.received_at,
             method=request.method,
             mode=request.mode,
-            outcome=outcome,
-            status_code=status_code,
-            error=error,
-            started_at=started_at,
-            finished_at=finished_at,
-            source_rank=rank,
+            outcome=run.outcome,
+            status_code=run.status_code,
+            error=run.error,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            source_rank=run.rank,
             replay_of=request.replay_of,
         )
         return reduced_row(tuple(skeleton[name] for name in COLUMNS), _describe(exc))
 
 
-def _full_row(
-    request: WebhookRequest,
-    redaction: Redaction,
-    *,
-    outcome: str,
-    status_code: int | None,
-    response_content_type: str | None,
-    response_body: str | None,
-    error: str | None,
-    steps: list[Any],
-    started_at: datetime | None,
-    finished_at: datetime | None,
-    rank: int,
-) -> tuple[Any, ...]:
+def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> tuple[Any, ...]:
     truncated: dict[str, int] = {}
     raw_body, raw_cut = cut_body(request.raw_body, redaction.max_raw_body_bytes)
     if raw_cut:
@@ -146,17 +123,17 @@ def _full_row(
     input_text, input_size = capped_json(parsed, redaction.max_input_bytes)
     if input_size is not None:
         truncated["input"] = input_size
-    steps_text, steps_size = _capped_steps(steps, redaction)
+    steps_text, steps_size = _capped_steps(run.steps, redaction)
     if steps_size is not None:
         truncated["steps"] = steps_size
     body: str | None = None
-    if response_body is not None:
-        body, body_size = cut_text(response_body, redaction.max_response_body_bytes)
+    if run.response_body is not None:
+        body, body_size = cut_text(run.response_body, redaction.max_response_body_bytes)
         if body_size is not None:
             truncated["response_body"] = body_size
     stored_error: str | None = None
-    if error:
-        stored_error, error_size = cut_text(error, redaction.max_error_bytes)
+    if run.error:
+        stored_error, error_size = cut_text(run.error, redaction.max_error_bytes)
         if error_size is not None:
             truncated["error"] = error_size
             stored_error += f" ... [truncated, {error_size} bytes]"
@@ -176,15 +153,15 @@ def _full_row(
         raw_cut,
         input_text,
         request.mode,
-        outcome,
-        status_code,
-        clean_text(response_content_type) if response_content_type is not None else None,
+        run.outcome,
+        run.status_code,
+        clean_text(run.response_content_type) if run.response_content_type is not None else None,
         body,
         stored_error,
         steps_text,
-        started_at,
-        finished_at,
-        rank,
+        run.started_at,
+        run.finished_at,
+        run.rank,
         request.replay_of,
         orjson.dumps(truncated).decode() if truncated else None,
     )
@@ -378,19 +355,7 @@ def _progress_row(
     started_at: datetime | None,
     rank: int,
 ) -> tuple[Any, ...]:
-    return _row(
-        request,
-        redaction,
-        outcome=outcome,
-        status_code=None,
-        response_content_type=None,
-        response_body=None,
-        error=None,
-        steps=[],
-        started_at=started_at,
-        finished_at=None,
-        rank=rank,
-    )
+    return _row(request, redaction, RunState(outcome, rank, started_at=started_at))
 
 
 def dead_letter_reason(headers: Mapping[str, Any]) -> str:
@@ -457,41 +422,26 @@ def _dead_letter_row(
 ) -> tuple[Any, ...]:
     if routing_key == naming.RUN_EXPIRED:
         message = f"no runner started the run before its caller gave up ({why})"
-        return _row(
-            start.request,
-            redaction,
-            outcome="expired",
+        expired = RunState(
+            "expired",
+            RANK_DEAD_LETTER,
             status_code=504,
             response_content_type="application/json",
             response_body=orjson.dumps(Timeout(message).envelope()).decode(),
             error=message,
-            steps=[],
-            started_at=None,
             finished_at=now,
-            rank=RANK_DEAD_LETTER,
         )
+        return _row(start.request, redaction, expired)
     message = f"the run has no outcome: {why}"
-    return _row(
-        start.request,
-        redaction,
-        outcome="failed",
-        status_code=None,
-        response_content_type=None,
-        response_body=None,
-        error=message,
-        steps=[],
-        started_at=None,
-        finished_at=now,
-        rank=RANK_DEAD_LETTER,
-    )
+    failed = RunState("failed", RANK_DEAD_LETTER, error=message, finished_at=now)
+    return _row(start.request, redaction, failed)
 
 
 def _finished_row(finished: RunFinished, redaction: Redaction) -> tuple[Any, ...]:
     result = finished.result
-    return _row(
-        finished.request,
-        redaction,
-        outcome=result.outcome,
+    run = RunState(
+        result.outcome,
+        RANK_OUTCOME,
         status_code=result.status_code,
         response_content_type=result.content_type,
         response_body=result.body,
@@ -499,5 +449,5 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> tuple[Any, ...
         steps=[step.model_dump(mode="json") for step in result.steps],
         started_at=result.started_at,
         finished_at=result.finished_at,
-        rank=RANK_OUTCOME,
     )
+    return _row(finished.request, redaction, run)
