@@ -13,10 +13,12 @@ class RunnerSettings(ServiceSettings):
     # Upper bound for a flow's `webhook.timeout_s`.
     runner_max_timeout_s: float = Field(default=300.0, gt=0)
     # Messages of webhook requests (each holds one or many) taken from the broker at once
-    # per runner process, per queue (runs beyond the free slots wait in the runner, in
-    # their workspace's turn).
-    runner_sync_prefetch: int = Field(default=16, ge=1)
-    runner_async_prefetch: int = Field(default=8, ge=1)
+    # per runner process, per queue. Runs beyond the free slots wait in the runner, in
+    # their workspace's turn; the window must be well above the slots (workers x slots)
+    # so that a workspace whose runs wait for their share cannot fill it and keep the
+    # other workspaces' messages in the queue.
+    runner_sync_prefetch: int = Field(default=128, ge=1)
+    runner_async_prefetch: int = Field(default=64, ge=1)
     # How long the runner remembers that a request finished (a batch delivered again
     # after a runner died runs only the requests not finished within this time).
     runner_finished_keep_s: float = Field(default=600.0, gt=0)
