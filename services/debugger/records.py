@@ -12,7 +12,7 @@ record is right whatever order the events arrive in.
 """
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from services.debugger.redact import (
 from services.debugger.store import COLUMNS
 from shared import redaction as secrets
 from shared.errors import Timeout
-from shared.messaging import naming, topology
+from shared.messaging import contracts, naming, topology
 from shared.schemas.access import FlowChanged
 from shared.schemas.runs import (
     RunFinished,
@@ -288,6 +288,9 @@ def flow_from_event(body: bytes) -> tuple[Any, ...]:
     )
 
 
+RowBuilder = Callable[[str, bytes, Redaction, Mapping[str, Any]], list[tuple[Any, ...]]]
+
+
 def rows_from_event(
     routing_key: str,
     body: bytes,
@@ -295,21 +298,36 @@ def rows_from_event(
     headers: Mapping[str, Any] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Raises ValueError (pydantic's ValidationError is one) for a body that is not what
-    the key says. In a message of many items, an item that is not readable is logged
-    and left out; the others are stored. `headers`: the message's (`x-death` says why a
-    dead-lettered run was dead-lettered)."""
-    if routing_key in (naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED):
-        return _dead_letter_rows(routing_key, body, redaction, headers or {})
-    if routing_key == naming.REQUEST_QUEUED:
-        return [
-            _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
-            for item in _items(body, RunsProgressed, RunProgress, routing_key)
-        ]
-    if routing_key == naming.RUN_STARTED:
-        return [
-            _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
-            for item in _items(body, RunsProgressed, RunProgress, routing_key)
-        ]
+    the key says, or a key that is not a request event. In a message of many items, an
+    item that is not readable is logged and left out; the others are stored. `headers`:
+    the message's (`x-death` says why a dead-lettered run was dead-lettered)."""
+    build = ROWS_BY_EVENT.get(routing_key)
+    if build is None:
+        raise ValueError(f"{routing_key!r} is not an event about requests")
+    return build(routing_key, body, redaction, headers or {})
+
+
+def _queued_rows(
+    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
+    return [
+        _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
+        for item in _items(body, RunsProgressed, RunProgress, routing_key)
+    ]
+
+
+def _running_rows(
+    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
+    return [
+        _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
+        for item in _items(body, RunsProgressed, RunProgress, routing_key)
+    ]
+
+
+def _finished_rows(
+    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
+) -> list[tuple[Any, ...]]:
     return [
         _finished_row(item, redaction)
         for item in _items(body, RunsFinished, RunFinished, routing_key)
@@ -451,3 +469,15 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> tuple[Any, ...
         finished_at=result.finished_at,
     )
     return _row(finished.request, redaction, run)
+
+
+# Every event about requests, and how its rows are built (the debugger's queue and the
+# live tail are bound to exactly these).
+ROWS_BY_EVENT: dict[str, RowBuilder] = {
+    contracts.REQUEST_QUEUED.routing_key: _queued_rows,
+    contracts.RUN_STARTED.routing_key: _running_rows,
+    contracts.RUN_FINISHED.routing_key: _finished_rows,
+    contracts.REQUEST_REJECTED.routing_key: _finished_rows,
+    contracts.RUN_EXPIRED.routing_key: _dead_letter_rows,
+    contracts.RUN_DEAD_LETTERED.routing_key: _dead_letter_rows,
+}

@@ -12,21 +12,14 @@ import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from services.debugger.records import Redaction, rows_from_event
+from services.debugger.records import ROWS_BY_EVENT, Redaction, rows_from_event
 from services.debugger.store import COLUMNS
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 
 log = structlog.get_logger(__name__)
 
-TAILED = (
-    naming.REQUEST_QUEUED,
-    naming.RUN_STARTED,
-    naming.RUN_FINISHED,
-    naming.REQUEST_REJECTED,
-    naming.RUN_EXPIRED,
-    naming.RUN_DEAD_LETTERED,
-)
+TAILED = tuple(ROWS_BY_EVENT)
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
 
 
