@@ -418,3 +418,8 @@ def test_a_dead_lettered_batch_keeps_its_readable_runs() -> None:
         rows_from_event(naming.RUN_DEAD_LETTERED, b'{"items": [{"x": 1}]}', REDACTION)
     with pytest.raises(ValueError):
         rows_from_event(naming.RUN_DEAD_LETTERED, b'{"request": {}}', REDACTION)
+
+
+def test_an_event_that_is_not_about_requests_is_refused() -> None:
+    with pytest.raises(ValueError, match="'flow.renamed' is not an event about requests"):
+        rows_from_event("flow.renamed", b'{"items": []}', REDACTION)
