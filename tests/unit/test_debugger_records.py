@@ -421,5 +421,5 @@ def test_a_dead_lettered_batch_keeps_its_readable_runs() -> None:
 
 
 def test_an_event_that_is_not_about_requests_is_refused() -> None:
-    with pytest.raises(ValueError, match="'flow.renamed' is not an event about requests"):
+    with pytest.raises(ValueError, match=r"'flow\.renamed' is not an event about requests"):
         rows_from_event("flow.renamed", b'{"items": []}', REDACTION)
