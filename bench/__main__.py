@@ -143,8 +143,13 @@ class Bench:
         result = loadgen({"seconds": self.seconds, "concurrency": self.concurrency, **spec})
         after = {k: cpu_seconds(p) for k, p in self.pids().items()}
         count = max(1, result["count"])
+        # Per service, summed over its replicas (the runners of the scaling scenarios).
+        per_service: dict[str, float] = {}
+        for key in before:
+            service = key.split(":")[0]
+            per_service[service] = per_service.get(service, 0.0) + after.get(key, 0.0) - before[key]
         result["cpu_ms_per_request"] = {
-            k.split(":")[0]: round((after[k] - before[k]) * 1000 / count, 3) for k in before
+            service: round(seconds * 1000 / count, 3) for service, seconds in per_service.items()
         }
         result["rss_mib_under_load"] = {k.split(":")[0]: rss_mib(p) for k, p in self.pids().items()}
         ids = result.pop("ids", [])
@@ -315,15 +320,26 @@ def main() -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     (RESULTS / f"{stamp}.json").write_text(json.dumps(bench.results, indent=2))
     lines = [
-        "| scenario | req/s | ratio to ceiling | p50 ms | p99 ms | statuses |",
-        "|---|---|---|---|---|---|",
+        "| scenario | req/s | ratio to ceiling | p50 ms | p99 ms | statuses "
+        "| CPU ms per request (ingress / runner with workers / debugger) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, result in bench.results.items():
         if isinstance(result, dict) and "rps" in result:
+            cpu = result.get("cpu_ms_per_request", {})
+            per_service = " / ".join(
+                str(cpu.get(service, "-")) for service in ("ingress", "runner", "debugger")
+            )
             lines.append(
                 f"| {name} | {result['rps']} | {result['ratio_to_ceiling']} | "
-                f"{result['p50_ms']} | {result['p99_ms']} | {result['statuses']} |"
+                f"{result['p50_ms']} | {result['p99_ms']} | {result['statuses']} "
+                f"| {per_service} |"
             )
+    debugger = bench.results.get("debugger", {})
+    lines.append(
+        f"\ndebugger: accepted {debugger.get('accepted')}, stored {debugger.get('stored')},"
+        f" the last {debugger.get('lag_after_load_s')} s after the load"
+    )
     (RESULTS / f"{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written: bench/results/{stamp}.json and .md")
