@@ -15,6 +15,7 @@ loop (which consumes, replies and publishes), only in worker processes
 """
 
 import asyncio
+import contextlib
 import itertools
 import os
 import socket
@@ -247,13 +248,15 @@ class WorkerPool:
         log.warning(
             "worker_killed", worker=worker.number, run=blame.key, reason=blame.error.message
         )
-        worker.process.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have died meanwhile
+            worker.process.kill()
 
     async def _lost(self, worker: _Worker) -> None:
         """The worker ended (killed, crashed or over its memory bound): blame the run it
         was computing, run the others again elsewhere, start a new worker."""
         if worker.process.returncode is None:
-            worker.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
         returncode = await worker.process.wait()
         if worker in self._workers:
             self._workers.remove(worker)
@@ -307,30 +310,36 @@ class WorkerPool:
         task.add_done_callback(self._spawning.discard)
 
     async def _watch(self) -> None:
-        """Kills a worker whose run computes past the slice bound without a pause, or
-        whose run is past its deadline (the worker should have ended it itself)."""
         while True:
             await asyncio.sleep(self.tick_s)
-            now = time.monotonic()
-            for worker in list(self._workers):
-                if worker.blame is not None:
-                    continue
-                key, lasted_s = worker.marker.read()
-                if key and lasted_s > self.slice_s and key in worker.runs:
-                    message = (
-                        f"the run computed for more than {self.slice_s:g} s without a pause"
-                        " and was stopped (FLOWHOOKS_RUNNER_RUN_SLICE_S)"
-                    )
-                    self._kill(worker, _Blame(key, FlowError(message), "failed"))
-                    continue
-                late = next((run for run in worker.runs.values() if now > run.deadline), None)
-                if late is not None:
-                    message = (
-                        f"the flow did not finish within {late.timeout_s:g} s"
-                        f" (request {late.request_id})"
-                    )
-                    error = Timeout(message, data={"request_id": late.request_id})
-                    self._kill(worker, _Blame(late.key, error, "timeout"))
+            try:
+                self._check_workers()
+            except Exception:  # the watch must outlive any one failure
+                log.exception("worker_watch_failed")
+
+    def _check_workers(self) -> None:
+        """Kills a worker whose run computes past the slice bound without a pause, or
+        whose run is past its deadline (the worker should have ended it itself)."""
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if worker.blame is not None:
+                continue
+            key, lasted_s = worker.marker.read()
+            if key and lasted_s > self.slice_s and key in worker.runs:
+                message = (
+                    f"the run computed for more than {self.slice_s:g} s without a pause"
+                    " and was stopped (FLOWHOOKS_RUNNER_RUN_SLICE_S)"
+                )
+                self._kill(worker, _Blame(key, FlowError(message), "failed"))
+                continue
+            late = next((run for run in worker.runs.values() if now > run.deadline), None)
+            if late is not None:
+                message = (
+                    f"the flow did not finish within {late.timeout_s:g} s"
+                    f" (request {late.request_id})"
+                )
+                error = Timeout(message, data={"request_id": late.request_id})
+                self._kill(worker, _Blame(late.key, error, "timeout"))
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """After the runs finished: close every worker's socket (a worker exits on it);
