@@ -196,12 +196,20 @@ async def test_retention_by_count_and_age(api: Api) -> None:
 
     kept = await eventually(trimmed, timeout_s=20)
     assert set(kept) == set(ids[2:])  # the newest three
+
+    async def small_stored() -> dict[str, int] | None:
+        counts = await db_count(api.system, small_id)
+        return counts if set(counts) == set(small) else None
+
+    # Backdate only once the row is stored: a write after the UPDATE would undo it.
+    await eventually(small_stored, timeout_s=20)
     conn = await asyncpg.connect(api.system.database_url)
     try:
-        await conn.execute(
+        status = await conn.execute(
             "UPDATE debugger.requests SET received_at = now() - interval '31 days' WHERE id = $1",
             small[0],
         )
+        assert status == "UPDATE 1"
     finally:
         await conn.close()
 
