@@ -20,8 +20,11 @@ import time
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-# key of the run computing now (0: none), monotonic ns when its slice began
-_LAYOUT = struct.Struct("=qq")
+# Two 8-byte fields: the key of the run computing now (0: none), at offset 0, and the
+# monotonic ns when its slice began, at offset 8. Each is written by one aligned store.
+_FIELD = struct.Struct("=q")
+_KEY, _SINCE = 0, 8
+_SIZE = 16
 # A slice gives one turn to the others for each TURN_PER_CPU_S of CPU it used.
 TURN_PER_CPU_S = 0.002
 MAX_YIELDED_TURNS = 64
@@ -37,28 +40,33 @@ class SliceMarker:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._map = mmap.mmap(fd, _LAYOUT.size)
+        self._map = mmap.mmap(fd, _SIZE)
 
     @classmethod
     def create(cls) -> "SliceMarker":
         fd = os.memfd_create("flowhooks-run-slice", 0)  # inherited by the worker
-        os.ftruncate(fd, _LAYOUT.size)
+        os.ftruncate(fd, _SIZE)
         return cls(fd)
 
+    # The worker writes without a lock and can be preempted between two stores, so the
+    # order of the stores is what keeps a reader from ever seeing a run paired with a
+    # stale time: the time first, then the key; and leaving clears the key only.
+
     def enter(self, key: int) -> None:
-        _LAYOUT.pack_into(self._map, 0, key, time.monotonic_ns())
+        _FIELD.pack_into(self._map, _SINCE, time.monotonic_ns())
+        _FIELD.pack_into(self._map, _KEY, key)
 
     def leave(self) -> None:
-        _LAYOUT.pack_into(self._map, 0, 0, 0)
+        _FIELD.pack_into(self._map, _KEY, 0)
 
     def read(self) -> tuple[int, float]:
         """(run key, seconds its slice has lasted); (0, 0.0) when no run computes. The
-        worker writes without a lock: read until two reads agree."""
+        key is read before the time: a key seen set was set after its time was."""
         while True:
-            first = _LAYOUT.unpack_from(self._map, 0)
-            if _LAYOUT.unpack_from(self._map, 0) == first:
-                break
-        key, since_ns = first
+            key = _FIELD.unpack_from(self._map, _KEY)[0]
+            since_ns = _FIELD.unpack_from(self._map, _SINCE)[0]
+            if _FIELD.unpack_from(self._map, _KEY)[0] == key:
+                break  # no other slice began in between
         if key == 0:
             return 0, 0.0
         return key, (time.monotonic_ns() - since_ns) / 1e9

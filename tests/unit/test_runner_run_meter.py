@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from services.runner import run_meter
 from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
 
 
@@ -110,3 +111,17 @@ async def test_a_light_run_passes_a_heavy_one(marker: SliceMarker) -> None:
         MeteredRun(heavy(), 1, marker, cpu_budget_s=5), MeteredRun(light(), 2, marker, 5)
     )
     assert events == ["heavy0", "light", "heavy1", "heavy2"]
+
+
+def test_a_slice_half_begun_reads_as_idle(marker: SliceMarker) -> None:
+    """The worker can be preempted between the two stores of `enter`: the time is
+    stored first, so a reader then sees no run rather than a run paired with a stale
+    time (which would read as a slice lasting since boot, and get its worker killed)."""
+    marker.enter(3)
+    marker.leave()
+    # The first store of the next `enter`, and nothing more yet.
+    run_meter._FIELD.pack_into(marker._map, run_meter._SINCE, time.monotonic_ns())
+    assert marker.read() == (0, 0.0)
+    run_meter._FIELD.pack_into(marker._map, run_meter._KEY, 4)  # the second store
+    key, lasted = marker.read()
+    assert key == 4 and 0 <= lasted < 1
