@@ -168,7 +168,8 @@ async def test_a_run_over_the_memory_bound_fails_alone() -> None:
 
 
 async def test_runs_on_a_worker_that_dies_run_again_elsewhere(pool: WorkerPool) -> None:
-    runs = [asyncio.create_task(pool.run(request({}), LIGHT, 30)) for _ in range(8)]
+    # Long enough (about a second for all) that the kill lands while they run.
+    runs = [asyncio.create_task(pool.run(request({}), busy(8_000), 30)) for _ in range(8)]
     await asyncio.sleep(0.1)
     os.kill(pool.worker_pids[0], signal.SIGKILL)
     results = await asyncio.gather(*runs)
