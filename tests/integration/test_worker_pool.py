@@ -6,7 +6,6 @@ import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from services.runner.pool import WorkerPool
 from services.runner.worker_protocol import FlowSnapshot, WorkerConfig
 from shared.schemas.runs import RunResult, WebhookRequest
+from tests.factories import webhook_request
 
 pytestmark = pytest.mark.integration
 
@@ -89,19 +89,7 @@ MEMORY = flow(
 
 
 def request(body: Any) -> WebhookRequest:
-    return WebhookRequest(
-        request_id=uuid.uuid4().hex,
-        flow_id=str(uuid.uuid4()),
-        workspace_id="w",
-        received_at=datetime.now(UTC),
-        method="POST",
-        path="/",
-        query={},
-        headers={},
-        content_type="application/json",
-        raw_body="",
-        input=body,
-    )
+    return webhook_request(body)
 
 
 async def start_pool(**overrides: Any) -> WorkerPool:

@@ -15,7 +15,8 @@ from services.debugger.ingest import BatchIngest, classify
 from services.debugger.records import Redaction
 from services.debugger.store import COLUMNS
 from shared.messaging import naming
-from shared.schemas.runs import RunFinished, RunResult, RunsFinished, WebhookRequest
+from shared.schemas.runs import RunFinished, RunResult, RunsFinished
+from tests.factories import webhook_request
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 STATUS = COLUMNS.index("status_code")
@@ -103,18 +104,13 @@ class FakeStore:
 def event(*request_ids: str, status: int = 200) -> Message:
     items = [
         RunFinished(
-            request=WebhookRequest(
+            request=webhook_request(
+                {"a": 1},
                 request_id=request_id,
                 flow_id="00000000-0000-0000-0000-000000000001",
                 workspace_id="00000000-0000-0000-0000-000000000002",
                 received_at=NOW,
-                method="POST",
-                path="/",
-                query={},
-                headers={},
-                content_type=None,
                 raw_body="body",
-                input={"a": 1},
             ),
             result=RunResult(
                 request_id=request_id,

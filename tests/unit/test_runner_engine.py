@@ -1,4 +1,3 @@
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -9,6 +8,7 @@ from services.runner.engine import Engine, Flow
 from services.runner.runs import read_starts
 from services.runner.templates import TemplateEngine
 from shared.schemas.runs import RunResult, StartRun, StartRuns, WebhookRequest
+from tests.factories import webhook_request
 
 TEMPLATES = TemplateEngine()
 CONTRACT_BODY = (
@@ -21,19 +21,9 @@ def flow(raw: dict[str, Any]) -> Flow:
 
 
 def request(body: Any, **extra: Any) -> WebhookRequest:
-    return WebhookRequest(
-        request_id="r1",
-        flow_id="f1",
-        workspace_id="w1",
-        received_at=datetime.now(UTC),
-        method="POST",
-        path="/v1/flow-webhook/f1",
-        query={},
-        headers={"x-signature": "s"},
-        content_type="application/json",
-        raw_body=orjson.dumps(body).decode(),
-        input=body,
-        **extra,
+    fields = {"request_id": "r1", "flow_id": "f1", "workspace_id": "w1"}
+    return webhook_request(
+        body, path="/v1/flow-webhook/f1", headers={"x-signature": "s"}, **{**fields, **extra}
     )
 
 

@@ -1,6 +1,5 @@
 """condition, loop and fail, through the engine (no services)."""
 
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -13,26 +12,15 @@ from services.runner.outbound import AddressPolicy, OutboundHttp
 from services.runner.steps.base import StepLimits
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
-from shared.schemas.runs import RunResult, WebhookRequest
+from shared.schemas.runs import RunResult
+from tests.factories import webhook_request
 
 TEMPLATES = TemplateEngine()
 
 
 async def run(raw: dict[str, Any], body: Any, limits: StepLimits | None = None) -> RunResult:
     flow = Flow("f1", "w1", 1, parse_definition({"name": "t", **raw}, TEMPLATES, 300))
-    request = WebhookRequest(
-        request_id="r1",
-        flow_id="f1",
-        workspace_id="w1",
-        received_at=datetime.now(UTC),
-        method="POST",
-        path="/",
-        query={},
-        headers={},
-        content_type=None,
-        raw_body="",
-        input=body,
-    )
+    request = webhook_request(body, request_id="r1", flow_id="f1", workspace_id="w1")
     return await Engine(TEMPLATES, limits).run(flow, request)
 
 
@@ -261,19 +249,7 @@ async def run_http(http: Any, url: str = SECRET_URL, **step: Any) -> RunResult:
             300,
         ),
     )
-    request = WebhookRequest(
-        request_id="r1",
-        flow_id="f1",
-        workspace_id="w1",
-        received_at=datetime.now(UTC),
-        method="POST",
-        path="/",
-        query={},
-        headers={},
-        content_type=None,
-        raw_body="",
-        input={},
-    )
+    request = webhook_request({}, request_id="r1", flow_id="f1", workspace_id="w1")
     return await Engine(TEMPLATES, None, http).run(flow, request)
 
 
