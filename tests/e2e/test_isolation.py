@@ -296,6 +296,21 @@ async def assert_victims_unharmed(victim: Victim, calls: list[Call]) -> None:
     await asyncio.gather(*(check(c) for c in calls))
 
 
+async def assert_runner_serves(api: Api, replaced: set[int] | None = None) -> None:
+    """The runner has all its workers again (a new one in place of at least one of
+    `replaced`, if given) and a fresh victim is served as before."""
+
+    async def full_pool() -> bool | None:
+        now = worker_pids(api.system)
+        renewed = replaced is None or bool(replaced - now)
+        return True if len(now) == WORKERS and renewed else None
+
+    await eventually(full_pool, timeout_s=30)
+    fresh = await make_victim(api)
+    _, after = await under_attack(fresh, asyncio.sleep(0), at_least=10, at_most=10)
+    await assert_victims_unharmed(fresh, after)
+
+
 # --- the attacker ----------------------------------------------------------------------
 
 
@@ -534,17 +549,7 @@ async def test_uninterruptible_operation_kills_only_its_worker(
     await assert_ran_once(endpoint, [asynchronous.request_id])
 
     # The killed workers were replaced; the runner keeps serving.
-    async def replaced() -> set[int] | None:
-        now = worker_pids(api.system)
-        return now if len(now) == WORKERS and before - now else None
-
-    await eventually(replaced, timeout_s=30)
-    fresh = await make_victim(api)
-    _, after = await under_attack(fresh, asyncio.sleep(0), at_least=10, at_most=10)
-    await assert_victims_unharmed(fresh, after)
-
-
-# --- "a worker killed by its memory bound" ---------------------------------------------
+    await assert_runner_serves(api, replaced=before)
 
 
 # --- the render's time budget and the run's CPU budget --------------------------------
@@ -642,13 +647,7 @@ async def test_memory_bound_fails_the_run_and_the_runner_keeps_serving(
     record = await assert_recorded(attacker, many.request_id, "failed", 500)
     assert_names_one(record["error"], stopped_by)
 
-    async def full_pool() -> bool | None:
-        return True if len(worker_pids(api.system)) == WORKERS else None
-
-    await eventually(full_pool, timeout_s=30)
-    fresh = await make_victim(api)
-    _, after = await under_attack(fresh, asyncio.sleep(0), at_least=10, at_most=10)
-    await assert_victims_unharmed(fresh, after)
+    await assert_runner_serves(api)
 
 
 # --- row 4: nested loops -----------------------------------------------------------------
