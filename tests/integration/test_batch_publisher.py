@@ -74,3 +74,44 @@ async def test_every_waiter_hears_of_a_failed_publish(amqp_url: str) -> None:
         assert all(isinstance(result, Unavailable) for result in results)
     finally:
         await broker.close()
+
+
+class Note(BaseModel):
+    text: str
+
+
+class Notes(BaseModel):
+    items: list[Note]
+
+
+async def test_an_event_the_broker_refuses_fails_alone(amqp_url: str) -> None:
+    """The only queue bound to the key refuses any message over 2,000 bytes (a nack,
+    as for a message too large): the batch holding the large event is split until the
+    large one stands alone; the events beside it are delivered, their callers released."""
+    broker = Broker(amqp_url, "test")
+    await broker.connect()
+    try:
+        channel = await broker.connection.channel()
+        queue = await channel.declare_queue(
+            f"test-refusing-{broker.instance}",
+            arguments={"x-max-length-bytes": 2000, "x-overflow": "reject-publish"},
+        )
+        await queue.bind("flowhooks.events", "test.noted")
+        publisher: BatchPublisher[Note] = BatchPublisher(broker, Event("test.noted", Notes))
+        texts = ["a", "b", "x" * 3000, "c", "d"]
+        results = await asyncio.gather(
+            *(publisher.publish(Note(text=text)) for text in texts), return_exceptions=True
+        )
+        assert [type(result).__name__ for result in results] == [
+            "NoneType",
+            "NoneType",
+            "Unavailable",
+            "NoneType",
+            "NoneType",
+        ]
+        delivered: list[str] = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            delivered += [note.text for note in Notes.model_validate_json(message.body).items]
+        assert sorted(delivered) == ["a", "b", "c", "d"]
+    finally:
+        await broker.close()
