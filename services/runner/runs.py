@@ -107,7 +107,6 @@ class RunService:
         self.in_flight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.batches_split = 0
 
     async def on_sync_runs(self, message: AbstractIncomingMessage) -> None:
         await self._take(message, sync=True)
@@ -197,7 +196,6 @@ class RunService:
             await asyncio.sleep(1)
             await message.nack(requeue=True)
             return
-        self.batches_split += 1
         await message.ack()
 
     async def _execute(self, start: StartRun) -> RunResult:

@@ -65,7 +65,6 @@ class BatchPublisher(Generic[Item]):
         self._waiting: list[_Waiting] = []
         self._sender: asyncio.Task[None] | None = None
         self.messages_sent = 0
-        self.splits = 0
 
     async def publish(self, item: Item, *, expires_in_s: float | None = None) -> None:
         """Returns once the message holding `item` is confirmed. `expires_in_s`: nobody
@@ -130,7 +129,6 @@ class BatchPublisher(Generic[Item]):
             if len(batch) > 1 and _refused(exc):
                 # Perhaps one event the broker will not take (too large, ...): split, so
                 # that it fails alone.
-                self.splits += 1
                 half = len(batch) // 2
                 await self._send(batch[:half])
                 await self._send(batch[half:])

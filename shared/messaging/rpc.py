@@ -225,7 +225,6 @@ class GroupedReplies:
         self._ready: dict[str, list[bytes]] = {}
         self._flush_scheduled = False
         self._sending: set[asyncio.Task[None]] = set()
-        self.messages_sent = 0
 
     def send(self, reply_to: str, correlation_id: str, reply_type: str, body: bytes) -> None:
         self._ready.setdefault(reply_to, []).append(reply_item(correlation_id, reply_type, body))
@@ -250,7 +249,6 @@ class GroupedReplies:
                 persistent=False,
                 message_type=REPLIES,
             )
-            self.messages_sent += 1
         except Unavailable:
             log.warning("rpc_replies_lost", count=len(items))
 
