@@ -163,10 +163,10 @@ def ingest_rate(events: int, items: int = 1) -> dict[str, float]:
 
 
 async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
-    from services.debugger.app import MIGRATIONS, SCHEMA
+    from services.debugger.app import DATABASE
     from shared.db import migrate
 
-    await migrate(database_url, SCHEMA, MIGRATIONS)
+    await migrate(database_url, DATABASE.schema, DATABASE.migrations)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     assert pool is not None
     hot = uuid.uuid4()

@@ -3,7 +3,7 @@ to call the API with. Prints the secret once."""
 
 from datetime import datetime
 
-from services.auth.app import MIGRATIONS, SCHEMA
+from services.auth.app import DATABASE
 from services.auth.store import AccessToken, AuthStore
 from services.auth.tokens_api import DISPLAY_PREFIX_LENGTH
 from shared.api_auth import KNOWN_SCOPES
@@ -22,7 +22,7 @@ async def create_token(
     if unknown:
         raise ValueError(f"unknown scopes {unknown}; known: {sorted(KNOWN_SCOPES)}")
     await ensure_database(database_url)
-    await migrate(database_url, SCHEMA, MIGRATIONS)
+    await migrate(database_url, DATABASE.schema, DATABASE.migrations)
     pool = await create_pool(database_url, 1)
     try:
         store = AuthStore(pool)

@@ -1,7 +1,5 @@
-"""ingress: wires settings, the broker (no database), the access cache and the
-webhook route."""
-
-from collections.abc import AsyncIterator
+"""ingress: the webhook route, the access cache (kept by auth's change events) and the
+runner client, declared on the service kernel (`shared/service.py`). No database."""
 
 from aiohttp import web
 
@@ -9,56 +7,50 @@ from services.ingress.access_cache import AccessCache
 from services.ingress.settings import IngressSettings
 from services.ingress.webhook import WebhookHandler
 from shared.messaging import naming
-from shared.messaging.connection import Broker
-from shared.messaging.rpc import RpcClient
 from shared.messaging.runner_client import RunnerClient
-from shared.web import base_app, route_to, watch_readiness
+from shared.service import Kernel, Route, ServiceSpec
 
-SETTINGS = web.AppKey("settings", IngressSettings)
-BROKER = web.AppKey("broker", Broker)
-ACCESS_CACHE = web.AppKey("access_cache", AccessCache)
 WEBHOOK = web.AppKey("webhook", WebhookHandler)
 
-WEBHOOK_PATH = "/v1/flow-webhook/{flow_id}"
 
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    broker = Broker(settings.amqp_url, "ingress", settings.publish_timeout_s)
-    await broker.connect()
-    rpc = RpcClient(broker, settings.rpc_timeout_s)
-    await rpc.start()
+async def wire(kernel: Kernel[IngressSettings]) -> None:
+    settings = kernel.settings
     cache = AccessCache(
-        rpc, settings.ingress_access_cache_size, settings.ingress_access_cache_ttl_s
+        kernel.rpc, settings.ingress_access_cache_size, settings.ingress_access_cache_ttl_s
     )
     # Events may have been missed while the connection was down.
-    broker.reconnected.append(cache.clear)
-    await broker.consume(
-        naming.cache_invalidation_queue_name(broker.instance),
-        cache.on_change,
+    kernel.broker.reconnected.append(cache.clear)
+    kernel.on_events(
+        naming.cache_invalidation_queue_name(kernel.broker.instance),
+        cache.changes,
         prefetch=100,
-        no_ack=True,
-        bindings=cache.changes.routing_keys,
+        # Unknown or unreadable: be safe rather than fast.
+        on_unreadable=cache.clear,
     )
-    app[BROKER], app[ACCESS_CACHE] = broker, cache
-    runner = RunnerClient(broker, rpc, max_items=settings.ingress_run_batch)
-    app[WEBHOOK] = WebhookHandler(cache, runner, broker, settings)
+    runner = RunnerClient(kernel.broker, kernel.rpc, max_items=settings.ingress_run_batch)
+    webhook = kernel.provide(WEBHOOK, WebhookHandler(cache, runner, kernel.broker, settings))
 
-    watch_readiness(app, broker)
-    yield
-    # aiohttp has already stopped accepting and waited for in-flight requests.
-    await runner.drain()
-    await broker.stop_consuming()
-    await broker.close()
-    app[WEBHOOK].close()
+    async def close() -> None:
+        await runner.drain()
+        webhook.close()
+
+    kernel.on_shutdown(close)
+
+
+def _webhook_route(method: str) -> Route[WebhookHandler]:
+    return Route(method, "/v1/flow-webhook/{flow_id}", WEBHOOK, lambda webhook: webhook.handle)
+
+
+SERVICE = ServiceSpec(
+    name="ingress",
+    settings=IngressSettings,
+    port=lambda settings: settings.ingress_port,
+    wire=wire,
+    routes=tuple(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),
+    # The webhook reads its body itself, bounded by ingress_max_body_bytes.
+    client_max_size=lambda settings: settings.ingress_max_body_bytes,
+)
 
 
 def create_app(settings: IngressSettings) -> web.Application:
-    # The webhook reads its body itself, bounded by ingress_max_body_bytes.
-    app = base_app("ingress", client_max_size=settings.ingress_max_body_bytes)
-    app[SETTINGS] = settings
-    app.cleanup_ctx.append(_resources)
-    handler = route_to(WEBHOOK, lambda webhook: webhook.handle)
-    for method in ("POST", "GET", "PUT", "PATCH"):
-        app.router.add_route(method, WEBHOOK_PATH, handler)
-    return app
+    return SERVICE.create_app(settings)

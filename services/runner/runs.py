@@ -9,10 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 
 from services.runner.definition import WebhookTrigger
 from services.runner.engine import error_result
@@ -32,6 +29,7 @@ from shared.schemas.runs import (
     StartRun,
     StartRuns,
 )
+from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
 
@@ -104,51 +102,30 @@ class RunService:
         self.started = started
         self.replies = replies
         self.finished_runs = finished_runs
-        self.in_flight = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
 
-    async def on_sync_runs(self, message: AbstractIncomingMessage) -> None:
-        await self._take(message, sync=True)
+    async def on_sync_runs(self, runs: StartRuns, delivery: Delivery) -> None:
+        await self._take(runs.items, delivery, reply_to=delivery.reply_to)
 
-    async def on_async_runs(self, message: AbstractIncomingMessage) -> None:
-        await self._take(message, sync=False)
+    async def on_async_runs(self, runs: StartRuns, delivery: Delivery) -> None:
+        await self._take(runs.items, delivery, reply_to=None)
 
-    async def _take(self, message: AbstractIncomingMessage, *, sync: bool) -> None:
-        self.in_flight += 1
-        self.idle.clear()
-        try:
-            try:
-                starts = read_starts(message.body)
-            except ValueError:
-                log.error("bad_start_runs", body=message.body[:200])
-                await message.reject(requeue=False)  # dead-lettered: the debugger sees it
+    async def _take(self, starts: list[StartRun], delivery: Delivery, reply_to: str | None) -> None:
+        if delivery.redelivered:
+            # Its runner died mid-batch: run only what had not finished, and each on its
+            # own from now on, so that a request that kills runners fails alone.
+            done = await self.finished_runs.which([s.request.request_id for s in starts])
+            starts = [s for s in starts if s.request.request_id not in done]
+            if len(starts) > 1:
+                await self._split(delivery, starts)
                 return
-            if message.redelivered:
-                # Its runner died mid-batch: run only what had not finished, and each on
-                # its own from now on, so that a request that kills runners fails alone.
-                done = await self.finished_runs.which([s.request.request_id for s in starts])
-                starts = [s for s in starts if s.request.request_id not in done]
-                if len(starts) > 1:
-                    await self._split(message, starts)
-                    return
-            reply_to = message.reply_to if sync else None
-            outcomes = await asyncio.gather(
-                *(self._one(start, reply_to) for start in starts), return_exceptions=True
-            )
-            failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-            if failed and not sync:
-                # The broker or the database is away: deliver it again later; the runs
-                # that were recorded are marked and will not run again.
-                log.error("async_runs_not_recorded", count=len(failed), error=repr(failed[0]))
-                await asyncio.sleep(1)
-                await message.nack(requeue=True)
-                return
-            await message.ack()
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self.idle.set()
+        outcomes = await asyncio.gather(
+            *(self._one(start, reply_to) for start in starts), return_exceptions=True
+        )
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failed and reply_to is None:
+            # The broker or the database is away: deliver it again later; the runs that
+            # were recorded are marked and will not run again.
+            raise Retry(f"{len(failed)} async runs not recorded: {failed[0]!r}")
 
     async def _one(self, start: StartRun, reply_to: str | None) -> None:
         """Run, record and (sync) answer one request. Raises only for infrastructure
@@ -177,8 +154,9 @@ class RunService:
             self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
         await self.finished_runs.mark(request_id)
 
-    async def _split(self, message: AbstractIncomingMessage, starts: list[StartRun]) -> None:
-        """Publish each run as a message of its own (confirmed), then ack the batch."""
+    async def _split(self, delivery: Delivery, starts: list[StartRun]) -> None:
+        """Publish each run as a message of its own (confirmed); the batch is acked
+        once all are."""
         try:
             for start in starts:
                 expiration_s = None
@@ -187,16 +165,13 @@ class RunService:
                     expiration_s = max(0.001, left)
                 await self.broker.publish(
                     StartRuns(items=[start]).model_dump_json().encode(),
-                    routing_key=message.routing_key or "",
-                    message_type=message.type,
-                    reply_to=message.reply_to,
+                    routing_key=delivery.routing_key,
+                    message_type=delivery.message_type,
+                    reply_to=delivery.reply_to,
                     expiration_s=expiration_s,
                 )
-        except Unavailable:
-            await asyncio.sleep(1)
-            await message.nack(requeue=True)
-            return
-        await message.ack()
+        except Unavailable as exc:
+            raise Retry("the split runs were not all published") from exc
 
     async def _execute(self, start: StartRun) -> RunResult:
         request = start.request
@@ -224,27 +199,3 @@ class RunService:
             error = FlowError(f"the run's result cannot be recorded: {exc}")
             reduced = error_result(start.request.request_id, error, "failed", result.started_at)
             await self.finished.publish(RunFinished(request=start.request, result=reduced))
-
-    async def wait_idle(self, timeout_s: float) -> None:
-        try:
-            await asyncio.wait_for(self.idle.wait(), timeout_s)
-        except TimeoutError:
-            log.warning("runs_still_running", count=self.in_flight)
-
-
-def read_starts(body: bytes) -> list[StartRun]:
-    """A `StartRuns` body, each item read on its own (an unreadable one is logged and
-    left out: it costs no other), or a single `StartRun` (what a caller that does not
-    batch sends). ValueError when nothing in it is readable."""
-    document = orjson.loads(body)
-    if not (isinstance(document, dict) and isinstance(document.get("items"), list)):
-        return [StartRun.model_validate(document)]
-    starts = []
-    for index, item in enumerate(document["items"]):
-        try:
-            starts.append(StartRun.model_validate(item))
-        except ValidationError as exc:
-            log.error("unreadable_start_run", index=index, error=str(exc)[:500])
-    if not starts and document["items"]:
-        raise ValueError("no item of the message is readable")
-    return starts

@@ -11,6 +11,7 @@ method name or a schema again at a call site.
 - `Command[T]`: work on a durable queue (`StartRuns`, batched by `RunnerClient`).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -54,6 +55,15 @@ class Event(Generic[Body]):
 class Command(Generic[Body]):
     queue: QueueSpec
     body: type[Body]
+    # How a consumer reads a message; the schema's JSON validation unless a command
+    # reads its items one by one (so that one unreadable item costs no other).
+    reader: Callable[[bytes], Body] | None = None
+
+    def decode(self, message: bytes) -> Body:
+        """Raises ValueError (pydantic's ValidationError is one) for an unreadable body."""
+        if self.reader is not None:
+            return self.reader(message)
+        return self.body.model_validate_json(message)
 
 
 # RPCs.
@@ -71,8 +81,8 @@ LIST_FLOW_ACCESS: Rpc[ListFlowAccess, FlowAccessPage] = Rpc(
 START_RUN: Rpc[StartRun, RunResult] = Rpc(naming.START_RUN, topology.SYNC_RUNS, StartRun, RunResult)
 
 # Commands: webhook requests for the runners, many to a message.
-SYNC_RUNS: Command[StartRuns] = Command(topology.SYNC_RUNS, StartRuns)
-ASYNC_RUNS: Command[StartRuns] = Command(topology.ASYNC_RUNS, StartRuns)
+SYNC_RUNS: Command[StartRuns] = Command(topology.SYNC_RUNS, StartRuns, StartRuns.read)
+ASYNC_RUNS: Command[StartRuns] = Command(topology.ASYNC_RUNS, StartRuns, StartRuns.read)
 
 # Events.
 FLOW_CHANGED: Event[FlowChanged] = Event(naming.FLOW_CHANGED, FlowChanged)

@@ -29,7 +29,6 @@ from shared.errors import ApiError, BadRequest, InternalError, Timeout, Unavaila
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Rpc
-from shared.messaging.topology import QueueSpec
 
 log = structlog.get_logger(__name__)
 
@@ -139,55 +138,32 @@ class _Method:
 
 
 class RpcServer:
-    """Serves the methods registered on it from one queue; replicas compete for calls."""
+    """The methods served from one queue (replicas compete for calls): each call is
+    answered on its caller's reply queue, errors included, and acked."""
 
-    def __init__(self, broker: Broker, queue: QueueSpec, prefetch: int) -> None:
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.queue = queue
-        self.prefetch = prefetch
         self._methods: dict[str, _Method] = {}
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     def register(self, rpc: Rpc[Req, Resp], handler: Callable[[Req], Awaitable[Resp]]) -> None:
-        if rpc.queue != self.queue:
-            raise ValueError(f"{rpc.method} is served from {rpc.queue.name}, not {self.queue.name}")
         self._methods[rpc.method] = _Method(rpc.request, handler)
 
-    async def start(self) -> None:
-        await self.broker.consume(self.queue, self._on_call, prefetch=self.prefetch)
-
-    async def wait_idle(self, timeout_s: float) -> None:
-        """Graceful shutdown: wait for the calls being served (after stop_consuming)."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            log.warning("rpc_calls_still_running", count=self._in_flight)
-
-    async def _on_call(self, message: AbstractIncomingMessage) -> None:
-        self._in_flight += 1
-        self._idle.clear()
+    async def on_call(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.bind_contextvars(request_id=message.correlation_id)
-        try:
-            reply_type, body = await self._dispatch(message)
-            if message.reply_to:
-                try:
-                    await self.broker.publish(
-                        body,
-                        routing_key=message.reply_to,
-                        confirm=False,
-                        persistent=False,
-                        correlation_id=message.correlation_id,
-                        message_type=reply_type,
-                    )
-                except Unavailable:
-                    log.warning("rpc_reply_lost", method=message.type)
-            await message.ack()
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+        reply_type, body = await self._dispatch(message)
+        if message.reply_to:
+            try:
+                await self.broker.publish(
+                    body,
+                    routing_key=message.reply_to,
+                    confirm=False,
+                    persistent=False,
+                    correlation_id=message.correlation_id,
+                    message_type=reply_type,
+                )
+            except Unavailable:
+                log.warning("rpc_reply_lost", method=message.type)
+        await message.ack()
 
     async def _dispatch(self, message: AbstractIncomingMessage) -> tuple[str, bytes]:
         method = self._methods.get(message.type or "")

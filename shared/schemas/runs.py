@@ -4,7 +4,11 @@
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel
+import orjson
+import structlog
+from pydantic import BaseModel, ValidationError
+
+log = structlog.get_logger(__name__)
 
 # A run's outcome; and what the debugger shows of a request: one of those, or where it
 # is on its way there.
@@ -53,6 +57,24 @@ class StartRuns(BaseModel):
     as a whole (`run.expired`, `run.dead_lettered`): each item is one request."""
 
     items: list[StartRun]
+
+    @classmethod
+    def read(cls, body: bytes) -> "StartRuns":
+        """Each item read on its own (an unreadable one is logged and left out: it costs
+        no other); a single `StartRun` (what the debugger's replay sends) is read as a
+        batch of one. ValueError when nothing in it is readable."""
+        document = orjson.loads(body)
+        if not (isinstance(document, dict) and isinstance(document.get("items"), list)):
+            return cls(items=[StartRun.model_validate(document)])
+        starts = []
+        for index, item in enumerate(document["items"]):
+            try:
+                starts.append(StartRun.model_validate(item))
+            except ValidationError as exc:
+                log.error("unreadable_start_run", index=index, error=str(exc)[:500])
+        if not starts and document["items"]:
+            raise ValueError("no item of the message is readable")
+        return cls.model_construct(items=starts)
 
 
 class StepTrace(BaseModel):

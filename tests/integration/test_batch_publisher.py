@@ -3,6 +3,7 @@ released only by its message's confirm."""
 
 import asyncio
 
+import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel
@@ -90,8 +91,9 @@ async def test_an_event_the_broker_refuses_fails_alone(amqp_url: str) -> None:
     large one stands alone; the events beside it are delivered, their callers released."""
     broker = Broker(amqp_url, "test")
     await broker.connect()
+    observer = await aio_pika.connect(amqp_url)
     try:
-        channel = await broker.connection.channel()
+        channel = await observer.channel()
         queue = await channel.declare_queue(
             f"test-refusing-{broker.instance}",
             arguments={"x-max-length-bytes": 2000, "x-overflow": "reject-publish"},
@@ -114,4 +116,5 @@ async def test_an_event_the_broker_refuses_fails_alone(amqp_url: str) -> None:
             delivered += [note.text for note in Notes.model_validate_json(message.body).items]
         assert sorted(delivered) == ["a", "b", "c", "d"]
     finally:
+        await observer.close()
         await broker.close()

@@ -5,6 +5,7 @@ Restarts the local broker's application: a few seconds."""
 import asyncio
 import subprocess
 
+import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel
@@ -41,19 +42,21 @@ async def test_consumers_and_rpc_survive_a_broker_restart(amqp_url: str) -> None
     client_broker = Broker(amqp_url, "test-client")
     await server_broker.connect()
     await client_broker.connect()
-    server = RpcServer(server_broker, QUEUE, prefetch=10)
+    server = RpcServer(server_broker)
 
     async def echo(request: Echo) -> Echo:
         return Echo(text=request.text.upper())
 
     server.register(ECHO, echo)
-    await server.start()
+    await server_broker.consume(QUEUE, server.on_call, prefetch=10)
     # The durable event queue, declared before the restart.
-    exchange_channel = await server_broker.connection.channel()
+    declaring = await aio_pika.connect(amqp_url)
+    exchange_channel = await declaring.channel()
     queue = await exchange_channel.declare_queue(
         EVENTS.name, durable=True, arguments=EVENTS.arguments
     )
     await queue.bind("flowhooks.events", "test.done")
+    await declaring.close()
     received: list[str] = []
 
     async def on_event(message: AbstractIncomingMessage) -> None:

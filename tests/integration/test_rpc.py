@@ -29,7 +29,7 @@ NOBODY: Rpc[Echo, Echo] = Rpc("auth.identify_token", topology.AUTH_RPC, Echo, Ec
 async def _serve(amqp_url: str) -> tuple[Broker, RpcServer]:
     broker = Broker(amqp_url, "test-server")
     await broker.connect()
-    server = RpcServer(broker, QUEUE, prefetch=10)
+    server = RpcServer(broker)
 
     async def echo(request: Echo) -> Echo:
         if request.text == "missing":
@@ -39,7 +39,7 @@ async def _serve(amqp_url: str) -> tuple[Broker, RpcServer]:
         return Echo(text=request.text.upper())
 
     server.register(ECHO, echo)
-    await server.start()
+    await broker.consume(QUEUE, server.on_call, prefetch=10)
     return broker, server
 
 

@@ -5,7 +5,6 @@ import pytest
 
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
-from services.runner.runs import read_starts
 from services.runner.templates import TemplateEngine
 from shared.schemas.runs import RunResult, StartRun, StartRuns, WebhookRequest
 from tests.factories import webhook_request
@@ -110,12 +109,12 @@ async def test_request_metadata() -> None:
 def test_a_message_holds_one_start_run_or_many() -> None:
     one = StartRun(request=request({"n": 1}), flow_version=3)
     many = StartRuns(items=[one, one.model_copy(update={"flow_version": 4})])
-    assert read_starts(one.model_dump_json().encode()) == [one]
-    assert [s.flow_version for s in read_starts(many.model_dump_json().encode())] == [3, 4]
+    assert StartRuns.read(one.model_dump_json().encode()).items == [one]
+    assert [s.flow_version for s in StartRuns.read(many.model_dump_json().encode()).items] == [3, 4]
     # An unreadable item is left out; the others are run.
     mixed = b'{"items": [{"nope": 1}, ' + one.model_dump_json().encode() + b"]}"
-    assert read_starts(mixed) == [one]
+    assert StartRuns.read(mixed).items == [one]
     with pytest.raises(ValueError):
-        read_starts(b'{"items": [{"nope": 1}]}')
+        StartRuns.read(b'{"items": [{"nope": 1}]}')
     with pytest.raises(ValueError):
-        read_starts(b"not json")
+        StartRuns.read(b"not json")
