@@ -28,22 +28,23 @@ intake of everyone):
 
 import asyncio
 import contextlib
-from typing import Any
+import uuid
+from collections.abc import Sequence
 
 import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.debugger.records import Redaction, flow_from_event, reduced_row, rows_from_event
-from services.debugger.store import COLUMNS, RequestStore
+from services.debugger.store import FlowRow, RequestRow, RequestStore
 from shared.messaging import naming
+from shared.messaging.trust import check_publisher
 
 log = structlog.get_logger(__name__)
 
 RETRY_DELAY_S = 1.0
 MAX_RETRY_DELAY_S = 30.0
 UNKNOWN_RETRIES = 3
-RANK = COLUMNS.index("source_rank")
 
 # The values themselves: retrying cannot help.
 REFUSED_DATA: tuple[type[BaseException], ...] = (
@@ -93,7 +94,7 @@ class _Refused(Exception):
 
 
 # (message, its rows are flows (not requests), its rows)
-Pending = tuple[AbstractIncomingMessage, bool, list[tuple[Any, ...]]]
+Pending = tuple[AbstractIncomingMessage, bool, Sequence[RequestRow | FlowRow]]
 
 
 class BatchIngest:
@@ -107,8 +108,12 @@ class BatchIngest:
         retry_delay_s: float = RETRY_DELAY_S,
         max_retry_delay_s: float = MAX_RETRY_DELAY_S,
         unknown_retries: int = UNKNOWN_RETRIES,
+        runner_user: str | None = None,
     ) -> None:
         self.store = store
+        # The only broker user whose `flow.changed` is believed (shared/messaging/trust.py);
+        # None: not checked (tests that feed messages without a broker).
+        self.runner_user = runner_user
         self.redaction = redaction
         self.batch_size = batch_size
         self.linger_s = linger_s
@@ -137,6 +142,8 @@ class BatchIngest:
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         is_flow = message.routing_key == naming.FLOW_CHANGED
         try:
+            if is_flow and self.runner_user is not None:
+                check_publisher(message, self.runner_user)  # a forged owner is dropped
             rows = (
                 [flow_from_event(message.body)]
                 if is_flow
@@ -241,13 +248,13 @@ class BatchIngest:
             return
         row = rows[0]
         reason = f"{type(cause).__name__}: {str(cause).strip()[:500]}"
-        if not is_flow:
+        if isinstance(row, RequestRow):
             try:
                 await self._store([(message, False, [reduced_row(row, reason)])], 0)
                 self.reduced += 1
                 log.error(
                     "debugger_row_stored_reduced",
-                    request_id=row[0],
+                    request_id=row.id,
                     routing_key=message.routing_key,
                     error=reason,
                 )
@@ -258,7 +265,7 @@ class BatchIngest:
         log.error(
             "debugger_row_dropped",
             kind="flow" if is_flow else "request",
-            id=str(row[0])[:200],
+            id=str(row.id if isinstance(row, RequestRow) else row.flow_id)[:200],
             routing_key=message.routing_key,
             error=reason,
         )
@@ -269,15 +276,16 @@ class BatchIngest:
         or `_Abandoned` (shutdown gave up)."""
         # The same request twice in one batch: keep its last event only (ON CONFLICT
         # cannot touch one row twice in a statement); the rank rule sorts out the rest.
-        rows: dict[str, tuple[Any, ...]] = {}
-        flows: dict[Any, tuple[Any, ...]] = {}
-        for _, is_flow, message_rows in batch:
+        rows: dict[str, RequestRow] = {}
+        flows: dict[uuid.UUID, FlowRow] = {}
+        for _, _, message_rows in batch:
             for row in message_rows:
-                if is_flow:
-                    if row[0] not in flows or flows[row[0]][2] < row[2]:
-                        flows[row[0]] = row
-                elif row[0] not in rows or rows[row[0]][RANK] <= row[RANK]:
-                    rows[row[0]] = row
+                if isinstance(row, FlowRow):
+                    known = flows.get(row.flow_id)
+                    if known is None or known.version < row.version:
+                        flows[row.flow_id] = row
+                elif row.id not in rows or rows[row.id].source_rank <= row.source_rank:
+                    rows[row.id] = row
         unknown = 0
         delay = self.retry_delay_s
         while True:

@@ -31,7 +31,7 @@ from services.debugger.redact import (
     redact_headers,
     redact_query,
 )
-from services.debugger.store import COLUMNS
+from services.debugger.store import COLUMNS, FlowRow, RequestRow
 from shared import redaction as secrets
 from shared.errors import Timeout
 from shared.messaging import contracts, naming, topology
@@ -51,7 +51,6 @@ T = TypeVar("T", bound=BaseModel)
 
 # A later stage never yields to an earlier one, whatever order events arrive in.
 RANK_QUEUED, RANK_RUNNING, RANK_DEAD_LETTER, RANK_OUTCOME = 0, 1, 2, 3
-_INDEX = {name: i for i, name in enumerate(COLUMNS)}
 # What the reduced form of a row leaves out (see `reduced_row`).
 _LEFT_OUT = ("raw_body", "input", "steps", "response_body", "headers", "query")
 
@@ -85,7 +84,7 @@ class RunState:
     finished_at: datetime | None = None
 
 
-def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> tuple[Any, ...]:
+def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> RequestRow:
     """The stored row; its reduced form (with the reason) if a value cannot even be
     encoded (an integer beyond 64 bits, nesting deeper than the JSON encoder goes)."""
     try:
@@ -108,10 +107,10 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> tuple[
             source_rank=run.rank,
             replay_of=request.replay_of,
         )
-        return reduced_row(tuple(skeleton[name] for name in COLUMNS), _describe(exc))
+        return reduced_row(RequestRow(**skeleton), _describe(exc))
 
 
-def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> tuple[Any, ...]:
+def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> RequestRow:
     truncated: dict[str, int] = {}
     raw_body, raw_cut = cut_body(request.raw_body, redaction.max_raw_body_bytes)
     if raw_cut:
@@ -137,33 +136,34 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> t
         if error_size is not None:
             truncated["error"] = error_size
             stored_error += f" ... [truncated, {error_size} bytes]"
-    return (
-        request.request_id,
-        request.flow_id,
-        request.workspace_id,
-        request.received_at,
-        clean_text(request.method),
-        clean_text(secrets.redact_url_text(request.path, redaction.query)),
-        capped_json(query, redaction.max_input_bytes)[0],
-        capped_json(redact_headers(request.headers, redaction.headers), redaction.max_input_bytes)[
-            0
-        ],
-        clean_text(request.content_type) if request.content_type else None,
-        raw_body,
-        raw_cut,
-        input_text,
-        request.mode,
-        run.outcome,
-        run.status_code,
-        clean_text(run.response_content_type) if run.response_content_type is not None else None,
-        body,
-        stored_error,
-        steps_text,
-        run.started_at,
-        run.finished_at,
-        run.rank,
-        request.replay_of,
-        orjson.dumps(truncated).decode() if truncated else None,
+    content_type = run.response_content_type
+    return RequestRow(
+        id=request.request_id,
+        flow_id=request.flow_id,
+        workspace_id=request.workspace_id,
+        received_at=request.received_at,
+        method=clean_text(request.method),
+        path=clean_text(secrets.redact_url_text(request.path, redaction.query)),
+        query=capped_json(query, redaction.max_input_bytes)[0],
+        headers=capped_json(
+            redact_headers(request.headers, redaction.headers), redaction.max_input_bytes
+        )[0],
+        content_type=clean_text(request.content_type) if request.content_type else None,
+        raw_body=raw_body,
+        raw_body_truncated=raw_cut,
+        input=input_text,
+        mode=request.mode,
+        outcome=run.outcome,
+        status_code=run.status_code,
+        response_content_type=clean_text(content_type) if content_type is not None else None,
+        response_body=body,
+        error=stored_error,
+        steps=steps_text,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        source_rank=run.rank,
+        replay_of=request.replay_of,
+        truncated=orjson.dumps(truncated).decode() if truncated else None,
     )
 
 
@@ -236,11 +236,11 @@ def _redact_step(step: Any, redaction: Redaction) -> Any:
     return {**step, "input": redacted}
 
 
-def reduced_row(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
+def reduced_row(row: RequestRow, reason: str) -> RequestRow:
     """What is stored of a row that PostgreSQL refused (or that could not be encoded):
     its ids, times, mode and outcome, and the reason; no headers, query, bodies, input
     or trace. `truncated` lists the sizes of what was left out, and `reduced: true`."""
-    values = dict(zip(COLUMNS, row, strict=True))
+    values = row._asdict()
     left_out: dict[str, Any] = {"reduced": True}
     for name in _LEFT_OUT:
         value = values.get(name)
@@ -251,7 +251,7 @@ def reduced_row(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
     error = f"not storable: {reason}"
     if isinstance(previous, str) and previous:
         error += f"; the run's error: {clean_text(previous)[:1000]}"
-    values.update(
+    return row._replace(
         method=clean_text(str(values["method"]))[:16],
         path="",
         query="{}",
@@ -268,7 +268,6 @@ def reduced_row(row: tuple[Any, ...], reason: str) -> tuple[Any, ...]:
         replay_of=clean_text(str(values["replay_of"]))[:200] if values["replay_of"] else None,
         truncated=orjson.dumps(left_out).decode(),
     )
-    return tuple(values[name] for name in COLUMNS)
 
 
 def _describe(exc: BaseException) -> str:
@@ -277,10 +276,10 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:500]}" if text else type(exc).__name__
 
 
-def flow_from_event(body: bytes) -> tuple[Any, ...]:
+def flow_from_event(body: bytes) -> FlowRow:
     """A `flow.changed` event as a `debugger.flows` row."""
     change = FlowChanged.model_validate_json(body)
-    return (
+    return FlowRow(
         uuid.UUID(change.flow_id),
         uuid.UUID(change.workspace_id),
         change.version,
@@ -288,7 +287,7 @@ def flow_from_event(body: bytes) -> tuple[Any, ...]:
     )
 
 
-RowBuilder = Callable[[str, bytes, Redaction, Mapping[str, Any]], list[tuple[Any, ...]]]
+RowBuilder = Callable[[str, bytes, Redaction, Mapping[str, Any]], list[RequestRow]]
 
 
 def rows_from_event(
@@ -296,7 +295,7 @@ def rows_from_event(
     body: bytes,
     redaction: Redaction,
     headers: Mapping[str, Any] | None = None,
-) -> list[tuple[Any, ...]]:
+) -> list[RequestRow]:
     """Raises ValueError (pydantic's ValidationError is one) for a body that is not what
     the key says, or a key that is not a request event. In a message of many items, an
     item that is not readable is logged and left out; the others are stored. `headers`:
@@ -309,7 +308,7 @@ def rows_from_event(
 
 def _queued_rows(
     routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
+) -> list[RequestRow]:
     return [
         _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
@@ -318,7 +317,7 @@ def _queued_rows(
 
 def _running_rows(
     routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
+) -> list[RequestRow]:
     return [
         _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
@@ -327,7 +326,7 @@ def _running_rows(
 
 def _finished_rows(
     routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
+) -> list[RequestRow]:
     return [
         _finished_row(item, redaction)
         for item in _items(body, RunsFinished, RunFinished, routing_key)
@@ -372,7 +371,7 @@ def _progress_row(
     outcome: str,
     started_at: datetime | None,
     rank: int,
-) -> tuple[Any, ...]:
+) -> RequestRow:
     return _row(request, redaction, RunState(outcome, rank, started_at=started_at))
 
 
@@ -424,7 +423,7 @@ def _delivery_limit(queue: str) -> int | None:
 
 def _dead_letter_rows(
     routing_key: str, body: bytes, redaction: Redaction, headers: Mapping[str, Any]
-) -> list[tuple[Any, ...]]:
+) -> list[RequestRow]:
     """A dead-lettered `StartRun`, or `StartRuns` (dead-lettered whole): one row per
     run, each with the broker's reason (the message's, so the same for all)."""
     now = datetime.now(UTC)
@@ -437,7 +436,7 @@ def _dead_letter_rows(
 
 def _dead_letter_row(
     routing_key: str, start: StartRun, redaction: Redaction, why: str, now: datetime
-) -> tuple[Any, ...]:
+) -> RequestRow:
     if routing_key == naming.RUN_EXPIRED:
         message = f"no runner started the run before its caller gave up ({why})"
         expired = RunState(
@@ -455,7 +454,7 @@ def _dead_letter_row(
     return _row(start.request, redaction, failed)
 
 
-def _finished_row(finished: RunFinished, redaction: Redaction) -> tuple[Any, ...]:
+def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
     result = finished.result
     run = RunState(
         result.outcome,

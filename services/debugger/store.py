@@ -3,39 +3,54 @@
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
 
-COLUMNS = (
-    "id",
-    "flow_id",
-    "workspace_id",
-    "received_at",
-    "method",
-    "path",
-    "query",
-    "headers",
-    "content_type",
-    "raw_body",
-    "raw_body_truncated",
-    "input",
-    "mode",
-    "outcome",
-    "status_code",
-    "response_content_type",
-    "response_body",
-    "error",
-    "steps",
-    "started_at",
-    "finished_at",
-    "source_rank",
-    "replay_of",
+
+class RequestRow(NamedTuple):
+    """One row of `debugger.requests` as written: jsonb columns as JSON text (built
+    and capped by `records.py`). A tuple, so a batch goes to COPY as it is."""
+
+    id: str
+    flow_id: str
+    workspace_id: str
+    received_at: datetime
+    method: str
+    path: str
+    query: str
+    headers: str
+    content_type: str | None
+    raw_body: str
+    raw_body_truncated: bool
+    input: str | None
+    mode: str
+    outcome: str
+    status_code: int | None
+    response_content_type: str | None
+    response_body: str | None
+    error: str | None
+    steps: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    source_rank: int
+    replay_of: str | None
     # Fields stored cut or replaced by a marker: {field: original size in bytes}; and
     # `"reduced": true` for a row PostgreSQL refused, stored without its contents.
-    "truncated",
-)
+    truncated: str | None
+
+
+class FlowRow(NamedTuple):
+    """One row of `debugger.flows`: which workspace owns a flow, as of `version`."""
+
+    flow_id: uuid.UUID
+    workspace_id: uuid.UUID
+    version: int
+    deleted: bool
+
+
+COLUMNS = RequestRow._fields
 _JSONB = {"query", "headers", "input", "steps", "truncated"}
 # A batch goes in by COPY (binary) to a session's temporary table, then in one statement
 # to its place: the client's CPU per row is about half of `executemany`'s and PostgreSQL
@@ -98,9 +113,7 @@ class RequestStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def write(
-        self, rows: Sequence[tuple[Any, ...]], flows: Sequence[tuple[Any, ...]] = ()
-    ) -> None:
+    async def write(self, rows: Sequence[RequestRow], flows: Sequence[FlowRow] = ()) -> None:
         """One transaction per batch: its requests COPYed to the staging table and
         upserted from there in one statement (at most one row per request id: ON
         CONFLICT cannot touch a row twice in a statement); a redelivered event updates
@@ -114,7 +127,7 @@ class RequestStore:
                 # In id order: two writers (replicas) lock the rows they share in the
                 # same order, so they wait for each other instead of deadlocking.
                 await conn.execute(UPSERT_STAGED)
-                owners = sorted({(str(row[1]), str(row[2])) for row in rows})
+                owners = sorted({(str(row.flow_id), str(row.workspace_id)) for row in rows})
                 await conn.execute(
                     INSERT_FLOW_OWNERS, [flow for flow, _ in owners], [ws for _, ws in owners]
                 )

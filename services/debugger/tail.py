@@ -13,26 +13,25 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.debugger.records import ROWS_BY_EVENT, Redaction, rows_from_event
-from services.debugger.store import COLUMNS
+from services.debugger.store import RequestRow
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 
 log = structlog.get_logger(__name__)
 
 TAILED = tuple(ROWS_BY_EVENT)
-_INDEX = {name: i for i, name in enumerate(COLUMNS)}
 
 
-def summary(row: tuple[Any, ...]) -> dict[str, Any]:
-    received, finished = row[_INDEX["received_at"]], row[_INDEX["finished_at"]]
+def summary(row: RequestRow) -> dict[str, Any]:
+    received, finished = row.received_at, row.finished_at
     return {
-        "id": row[_INDEX["id"]],
-        "flow_id": str(row[_INDEX["flow_id"]]),
+        "id": row.id,
+        "flow_id": str(row.flow_id),
         "received_at": received,
-        "method": row[_INDEX["method"]],
-        "mode": row[_INDEX["mode"]],
-        "outcome": row[_INDEX["outcome"]],
-        "status_code": row[_INDEX["status_code"]],
+        "method": row.method,
+        "mode": row.mode,
+        "outcome": row.outcome,
+        "status_code": row.status_code,
         "duration_ms": round((finished - received).total_seconds() * 1000, 3) if finished else None,
     }
 
@@ -50,7 +49,7 @@ class LiveTail:
         async with self._consuming:
             if not self._started:
                 await self.broker.consume(
-                    f"{naming.PREFIX}.debugger.tail.{self.broker.instance}",
+                    naming.tail_queue_name(self.broker.instance),
                     self._on_event,
                     prefetch=1000,
                     no_ack=True,
@@ -79,7 +78,7 @@ class LiveTail:
         except Exception:  # unreadable: the durable intake logs it
             return
         for row in rows:
-            key = (str(row[_INDEX["flow_id"]]), str(row[_INDEX["workspace_id"]]))
+            key = (str(row.flow_id), str(row.workspace_id))
             for queue in self._subscribers.get(key, ()):
                 try:
                     queue.put_nowait(summary(row))

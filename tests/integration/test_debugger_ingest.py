@@ -17,13 +17,15 @@ import asyncpg
 import orjson
 import pytest
 
-from services.debugger.app import MIGRATIONS, SCHEMA
+from services.debugger.app import DATABASE
 from services.debugger.ingest import BatchIngest
 from services.debugger.records import Redaction
 from services.debugger.store import RequestStore
 from shared.db import open_pool
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import FLOW_CHANGED
+from shared.schemas.access import FlowChanged, FlowWebhookSettings
 from shared.schemas.runs import (
     RunFinished,
     RunProgress,
@@ -98,13 +100,22 @@ class Debugger:
 
 @asynccontextmanager
 async def debugger(
-    amqp_url: str, database_url: str, redaction: Redaction, batch_size: int = 500
+    amqp_url: str,
+    database_url: str,
+    redaction: Redaction,
+    batch_size: int = 500,
+    runner_user: str | None = None,
 ) -> AsyncIterator[Debugger]:
-    pool = await open_pool(database_url, 4, SCHEMA, MIGRATIONS)
+    pool = await open_pool(database_url, 4, DATABASE.schema, DATABASE.migrations)
     broker = Broker(amqp_url, "debugger-test")
     await broker.connect()
     intake = BatchIngest(
-        RequestStore(pool), redaction, batch_size, linger_s=0.3, retry_delay_s=0.05
+        RequestStore(pool),
+        redaction,
+        batch_size,
+        linger_s=0.3,
+        retry_delay_s=0.05,
+        runner_user=runner_user,
     )
     try:
         yield Debugger(broker, pool, intake)
@@ -324,3 +335,42 @@ async def test_the_rank_rule_holds_within_and_across_batches(
         await eventually(updated)
         count = await dbg.pool.fetchval("SELECT count(*) FROM debugger.requests")
         assert count == 2
+
+
+async def test_flow_ownership_only_from_the_runners_user(amqp_url: str, database_url: str) -> None:
+    """A `flow.changed` from a broker user other than the runners' (this test publishes as
+    guest) is dropped, not stored: a forged one cannot hand a flow's records to another
+    workspace."""
+    forged, genuine = uuid.uuid4(), uuid.uuid4()
+    workspace = uuid.uuid4()
+
+    def change(flow_id: uuid.UUID) -> FlowChanged:
+        ids = {"flow_id": str(flow_id), "workspace_id": str(workspace), "version": 1}
+        settings = FlowWebhookSettings(**ids, status="live")
+        return FlowChanged(**ids, token_hash="0" * 64, settings=settings)
+
+    async with debugger(amqp_url, database_url, Redaction(), runner_user="flowhooks-runner") as dbg:
+        await dbg.broker.publish_event(FLOW_CHANGED, change(forged))
+        await dbg.consume()
+        await eventually_rejected(dbg.ingest, 1)
+    async with debugger(amqp_url, database_url, Redaction(), runner_user="guest") as dbg:
+        await dbg.broker.publish_event(FLOW_CHANGED, change(genuine))
+        await dbg.consume()
+        stored = await _stored_flows(dbg.pool, 1)
+    assert stored == [genuine]
+    assert dbg.ingest.rejected == 0
+
+
+async def eventually_rejected(ingest: BatchIngest, count: int) -> None:
+    async with asyncio.timeout(10):
+        while ingest.rejected < count:
+            await asyncio.sleep(0.05)
+
+
+async def _stored_flows(pool: asyncpg.Pool, count: int) -> list[uuid.UUID]:
+    async with asyncio.timeout(10):
+        while True:
+            rows = await pool.fetch("SELECT flow_id FROM debugger.flows ORDER BY flow_id")
+            if len(rows) >= count:
+                return [row["flow_id"] for row in rows]
+            await asyncio.sleep(0.05)

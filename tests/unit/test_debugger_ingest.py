@@ -13,14 +13,12 @@ import pytest
 
 from services.debugger.ingest import BatchIngest, classify
 from services.debugger.records import Redaction
-from services.debugger.store import COLUMNS
+from services.debugger.store import FlowRow, RequestRow
 from shared.messaging import naming
 from shared.schemas.runs import RunFinished, RunResult, RunsFinished
 from tests.factories import webhook_request
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
-STATUS = COLUMNS.index("status_code")
-ERROR = COLUMNS.index("error")
 
 
 class Channel:
@@ -84,21 +82,19 @@ class FakeStore:
     starts with "never"; raises `outage` for the first `outage_writes` writes."""
 
     def __init__(self, outage: BaseException | None = None, outage_writes: int = 0) -> None:
-        self.rows: dict[str, tuple[Any, ...]] = {}
+        self.rows: dict[str, RequestRow] = {}
         self.writes = 0
         self.outage = outage
         self.outage_writes = outage_writes
 
-    async def write(
-        self, rows: Sequence[tuple[Any, ...]], flows: Sequence[tuple[Any, ...]] = ()
-    ) -> None:
+    async def write(self, rows: Sequence[RequestRow], flows: Sequence[FlowRow] = ()) -> None:
         self.writes += 1
         if self.outage is not None and self.writes <= self.outage_writes:
             raise self.outage
         for row in rows:
-            if row[STATUS] == 999 or str(row[0]).startswith("never"):
-                raise asyncpg.DataError(f"invalid input for query argument: {row[0]}")
-        self.rows.update({row[0]: row for row in rows})
+            if row.status_code == 999 or str(row.id).startswith("never"):
+                raise asyncpg.DataError(f"invalid input for query argument: {row.id}")
+        self.rows.update({row.id: row for row in rows})
 
 
 def event(*request_ids: str, status: int = 200) -> Message:
@@ -146,10 +142,10 @@ async def test_a_refused_row_is_found_and_stored_reduced() -> None:
     assert all(m.acked for m in messages)
     assert len(store.rows) == 81
     reduced = store.rows["poison-1"]
-    assert reduced[STATUS] is None
-    assert reduced[ERROR].startswith("not storable: DataError: invalid input")
-    assert orjson.loads(reduced[COLUMNS.index("truncated")])["reduced"] is True
-    assert store.rows["r17c"][STATUS] == 200 and store.rows["r17a"][ERROR] is None
+    assert reduced.status_code is None
+    assert reduced.error.startswith("not storable: DataError: invalid input")
+    assert orjson.loads(reduced.truncated)["reduced"] is True
+    assert store.rows["r17c"].status_code == 200 and store.rows["r17a"].error is None
     assert (intake.reduced, intake.dropped) == (1, 0)
     # Halving: a few writes, not one per message.
     assert store.writes < 30
@@ -176,17 +172,15 @@ async def test_postgres_away_is_waited_out_without_losing_or_splitting() -> None
     messages = [event("a", "b"), event("c")]
     await feed(intake, messages)
     assert sorted(store.rows) == ["a", "b", "c"]
-    assert all(row[ERROR] is None for row in store.rows.values())  # nothing reduced
+    assert all(row.error is None for row in store.rows.values())  # nothing reduced
     assert store.writes == 9 and intake.write_failures == 8
 
 
 async def test_an_unknown_failure_is_retried_a_bounded_number_of_times() -> None:
     class Flaky(FakeStore):
-        async def write(
-            self, rows: Sequence[tuple[Any, ...]], flows: Sequence[tuple[Any, ...]] = ()
-        ) -> None:
-            if any(row[0] == "odd" for row in rows) and not all(
-                str(row[ERROR]).startswith("not storable") for row in rows
+        async def write(self, rows: Sequence[RequestRow], flows: Sequence[FlowRow] = ()) -> None:
+            if any(row.id == "odd" for row in rows) and not all(
+                str(row.error).startswith("not storable") for row in rows
             ):
                 self.writes += 1
                 raise asyncpg.exceptions.QueryCanceledError("canceling statement")
@@ -197,7 +191,7 @@ async def test_an_unknown_failure_is_retried_a_bounded_number_of_times() -> None
     messages = [event("a"), event("odd"), event("b")]
     await asyncio.wait_for(feed(intake, messages), 5)
     assert sorted(store.rows) == ["a", "b", "odd"]
-    assert store.rows["odd"][ERROR].startswith("not storable: QueryCanceledError")
+    assert store.rows["odd"].error.startswith("not storable: QueryCanceledError")
     # Retried for the whole batch only (twice), never again for its halves.
     assert intake.write_failures == 2
 

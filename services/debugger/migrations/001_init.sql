@@ -22,8 +22,9 @@ CREATE TABLE debugger.requests (
     steps jsonb NOT NULL DEFAULT '[]',
     started_at timestamptz,
     finished_at timestamptz,
-    -- Which kind of event wrote the row: a run's own outcome (2) wins over what the
-    -- broker dead-lettered (1), whatever order they arrive in.
+    -- Which kind of event wrote the row: a run's own outcome (3) wins over what the
+    -- broker dead-lettered (2), which wins over progress (running 1, queued 0), whatever
+    -- order they arrive in.
     source_rank smallint NOT NULL,
     stored_at timestamptz NOT NULL DEFAULT now()
 );
