@@ -30,7 +30,13 @@ from aio_pika.abc import (
 from shared.errors import Unavailable
 from shared.messaging import naming
 from shared.messaging.contracts import Body, Event
-from shared.messaging.topology import QueueSpec, declare_topology
+from shared.messaging.topology import (
+    QueueSpec,
+    declare_topology,
+    may_declare_topology,
+    verify_topology,
+)
+from shared.messaging.trust import url_user
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +64,9 @@ class Broker:
     def __init__(self, url: str, service: str, publish_timeout_s: float = 5.0) -> None:
         self.url = url
         self.service = service
+        # The login, sent as every message's `user_id`: RabbitMQ refuses any other, so
+        # consumers can tell which service published a message (`trust.py`).
+        self.user = url_user(url)
         # Identifies this process in queue names (reply and per-replica queues).
         self.instance = uuid.uuid4().hex[:12]
         self.publish_timeout_s = publish_timeout_s
@@ -79,7 +88,13 @@ class Broker:
         self._confirm_channel = await self._channel(confirms=True)
         # Replies go on a channel without confirms: the caller waits for the reply itself.
         self._fast_channel = await self._channel(confirms=False)
-        await declare_topology(self._confirm_channel)
+        assert self._connection.transport is not None
+        raw = self._connection.transport.connection
+        if await may_declare_topology(raw):
+            # On the robust channel, which declares it again after a reconnect.
+            await declare_topology(self._confirm_channel)
+        else:
+            await verify_topology(raw)
         self._events = await self._confirm_channel.get_exchange(naming.EVENTS_EXCHANGE)
         self._fast_events = await self._fast_channel.get_exchange(naming.EVENTS_EXCHANGE)
 
@@ -102,11 +117,6 @@ class Broker:
             and not self._connection.is_closed
             and (self._connection.connected.is_set())
         )
-
-    @property
-    def connection(self) -> AbstractRobustConnection:
-        assert self._connection is not None, "Broker.connect() first"
-        return self._connection
 
     async def publish(
         self,
@@ -139,6 +149,7 @@ class Broker:
             type=message_type,
             headers=headers,
             app_id=self.service,
+            user_id=self.user,
         )
         channel = self._confirm_channel if confirm else self._fast_channel
         if channel is None:

@@ -47,3 +47,8 @@ def reply_queue_name(service: str, instance: str) -> str:
 def cache_invalidation_queue_name(instance: str) -> str:
     """Each ingress replica's own queue of access changes."""
     return f"{PREFIX}.ingress.access-changes.{instance}"
+
+
+def tail_queue_name(instance: str) -> str:
+    """Each debugger replica's own queue for its live tail (only once a tail is open)."""
+    return f"{PREFIX}.debugger.tail.{instance}"

@@ -2,13 +2,17 @@
 
 Every process declares the whole durable topology (it is idempotent), so a message
 published before its consumer ever started is queued, not dropped as unroutable, and
-producer and consumer can never disagree on a queue's arguments.
+producer and consumer can never disagree on a queue's arguments. That takes a login
+allowed to configure everything (the single development user). A service's own
+least-privilege user (`flowhooks broker-setup`, `permissions.py`) may not: the operator
+declared the topology with the users, and the service only checks that it is there.
 """
 
 from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel
 
 from shared.messaging import naming
@@ -86,3 +90,41 @@ async def declare_topology(channel: AbstractChannel) -> None:
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
         for key in spec.bindings:
             await queue.bind(exchange, key)
+
+
+class TopologyMissing(RuntimeError):
+    pass
+
+
+async def may_declare_topology(connection: aiormq.abc.AbstractConnection) -> bool:
+    """Whether this login may declare the shared topology, tried on a throwaway channel
+    (a refusal closes the channel it happens on): no service's own user may configure
+    the events exchange, the single development user may."""
+    channel = await connection.channel()
+    try:
+        await channel.exchange_declare(
+            naming.EVENTS_EXCHANGE, exchange_type=aio_pika.ExchangeType.TOPIC.value, durable=True
+        )
+    except aiormq.exceptions.ChannelAccessRefused:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
+
+
+async def verify_topology(connection: aiormq.abc.AbstractConnection) -> None:
+    """Passive declarations (they need no permission): raises `TopologyMissing` unless the
+    events exchange and every durable queue exist. Bindings cannot be checked this way."""
+    channel = await connection.channel()
+    try:
+        await channel.exchange_declare(naming.EVENTS_EXCHANGE, passive=True)
+        for spec in DURABLE_QUEUES:
+            await channel.queue_declare(spec.name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        raise TopologyMissing(
+            f"the broker topology is not declared ({exc}): run `flowhooks broker-setup`"
+        ) from exc
+    finally:
+        if not channel.is_closed:
+            await channel.close()

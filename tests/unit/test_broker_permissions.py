@@ -1,0 +1,178 @@
+"""The permission regexes, checked the way RabbitMQ applies them (`re:run`: searched,
+so they must be anchored), and the committed definitions file."""
+
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from services.debugger.tail import TAILED
+from shared.messaging import broker_setup, naming, topology
+from shared.messaging.permissions import (
+    DEFAULT_EXCHANGE,
+    SERVICES,
+    Permissions,
+    TopicPermissions,
+    permissions,
+    topic_permissions,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+INSTANCE = "3f2a9c01b7de"  # like Broker.instance
+
+
+def allowed(regex: str, name: str) -> bool:
+    return re.search(regex, name) is not None
+
+
+def who(kind: str, name: str) -> set[str]:
+    """The services whose `kind` permission covers `name`."""
+    return {s for s in SERVICES if allowed(getattr(permissions(s), kind), name)}
+
+
+def who_topic(kind: str, key: str) -> set[str]:
+    return {s for s in SERVICES if allowed(getattr(topic_permissions(s), kind), key)}
+
+
+@pytest.mark.parametrize(
+    ("name", "configure", "read"),
+    [
+        # Durable queues: only their consumer declares and reads them.
+        (naming.AUTH_RPC_QUEUE, {"auth"}, {"auth"}),
+        (naming.AUTH_FLOW_CHANGES_QUEUE, {"auth"}, {"auth"}),
+        (naming.RUNNER_RPC_QUEUE, {"runner"}, {"runner"}),
+        (naming.SYNC_RUNS_QUEUE, {"runner"}, {"runner"}),
+        (naming.ASYNC_RUNS_QUEUE, {"runner"}, {"runner"}),
+        (naming.DEBUGGER_EVENTS_QUEUE, {"debugger"}, {"debugger"}),
+        # Per-process queues, whatever the process id.
+        (naming.reply_queue_name("ingress", INSTANCE), {"ingress"}, {"ingress"}),
+        (naming.reply_queue_name("auth", INSTANCE), {"auth"}, {"auth"}),
+        (naming.reply_queue_name("runner", "pod-7_x"), {"runner"}, {"runner"}),
+        (naming.reply_queue_name("debugger", INSTANCE), {"debugger"}, {"debugger"}),
+        (naming.cache_invalidation_queue_name(INSTANCE), {"ingress"}, {"ingress"}),
+        (naming.tail_queue_name(INSTANCE), {"debugger"}, {"debugger"}),
+        # Nobody may declare the events exchange (broker-setup does); binding reads it.
+        (naming.EVENTS_EXCHANGE, set(), {"ingress", "debugger"}),
+        # Near misses: the anchors and escaped dots hold.
+        (naming.reply_queue_name("ingress", "a.b"), set(), set()),
+        (naming.reply_queue_name("ingress", ""), set(), set()),
+        ("x" + naming.AUTH_RPC_QUEUE, set(), set()),
+        (naming.AUTH_RPC_QUEUE + ".x", set(), set()),
+        ("flowhooksXrpcXauth", set(), set()),
+        ("flowhooks.reply.auth2." + INSTANCE, set(), set()),
+        ("amq.gen-JzTY20BRgKO-HjmUJj0wLg", set(), set()),
+        (DEFAULT_EXCHANGE, set(), set()),
+    ],
+)
+def test_configure_and_read_cover_only_a_services_own_queues(
+    name: str, configure: set[str], read: set[str]
+) -> None:
+    assert who("configure", name) == configure
+    assert who("read", name) == read
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        # RPC calls, commands and replies all go through the default exchange.
+        (DEFAULT_EXCHANGE, {"ingress", "auth", "runner", "debugger"}),
+        (naming.EVENTS_EXCHANGE, {"ingress", "auth", "runner"}),
+        # Binding a queue needs write on it: only the per-process queues that are bound.
+        (naming.cache_invalidation_queue_name(INSTANCE), {"ingress"}),
+        (naming.tail_queue_name(INSTANCE), {"debugger"}),
+        (naming.reply_queue_name("ingress", INSTANCE), set()),
+        (naming.AUTH_FLOW_CHANGES_QUEUE, set()),
+        (naming.DEBUGGER_EVENTS_QUEUE, set()),
+        ("amq.topic", set()),
+    ],
+)
+def test_write(name: str, write: set[str]) -> None:
+    assert who("write", name) == write
+
+
+@pytest.mark.parametrize(
+    ("key", "publishers"),
+    [
+        (naming.FLOW_CHANGED, {"runner"}),
+        (naming.RUN_FINISHED, {"runner"}),
+        (naming.RUN_STARTED, {"runner"}),
+        (naming.FLOW_ACCESS_CHANGED, {"auth"}),
+        (naming.ACCESS_TOKEN_REVOKED, {"auth"}),
+        (naming.REQUEST_REJECTED, {"ingress"}),
+        (naming.REQUEST_QUEUED, {"ingress"}),
+        # Only the broker dead-letters these (no permission check then).
+        (naming.RUN_EXPIRED, set()),
+        (naming.RUN_DEAD_LETTERED, set()),
+        ("flow.changed.x", set()),
+        ("flowXchanged", set()),
+        ("#", set()),
+    ],
+)
+def test_topic_write_only_the_producer(key: str, publishers: set[str]) -> None:
+    assert who_topic("write", key) == publishers
+
+
+def test_topic_read_is_what_the_per_process_queues_bind() -> None:
+    assert who_topic("read", naming.FLOW_ACCESS_CHANGED) == {"ingress"}
+    assert who_topic("read", naming.ACCESS_TOKEN_REVOKED) == {"ingress"}
+    for key in TAILED:  # the debugger's live tail
+        assert who_topic("read", key) == {"debugger"}
+    assert who_topic("read", "#") == set()
+    assert {topic_permissions(s).exchange for s in SERVICES} == {naming.EVENTS_EXCHANGE}
+
+
+def test_exact_regexes() -> None:
+    """The full text for one service, so that a change to the derivation shows here."""
+    assert permissions("runner") == Permissions(
+        configure=r"^(flowhooks\.reply\.runner\.[A-Za-z0-9_-]+|flowhooks\.rpc\.runner"
+        r"|flowhooks\.runner\.async-runs|flowhooks\.runner\.sync-runs)$",
+        write=r"^(amq\.default|flowhooks\.events)$",
+        read=r"^(flowhooks\.reply\.runner\.[A-Za-z0-9_-]+|flowhooks\.rpc\.runner"
+        r"|flowhooks\.runner\.async-runs|flowhooks\.runner\.sync-runs)$",
+    )
+    assert topic_permissions("runner") == TopicPermissions(
+        exchange="flowhooks.events",
+        write=r"^(flow\.changed|run\.finished|run\.started)$",
+        read="^$",
+    )
+
+
+def test_every_durable_queue_has_exactly_one_consuming_service() -> None:
+    for spec in topology.DURABLE_QUEUES:
+        assert len(who("read", spec.name)) == 1, spec.name
+
+
+def test_committed_definitions_match_the_generator() -> None:
+    committed = (REPO / "deploy" / "rabbitmq" / "definitions.json").read_text()
+    assert committed == broker_setup.template(), (
+        "regenerate: .venv/bin/flowhooks broker-setup --template > deploy/rabbitmq/definitions.json"
+    )
+
+
+def test_rendered_definitions_hash_given_passwords_and_generate_the_rest() -> None:
+    users = broker_setup.user_names()
+    document, generated = broker_setup.render("flowhooks", users, {"runner": "s3cret"})
+    assert set(generated) == {"ingress", "auth", "debugger"}
+    hashes = {u["name"]: u["password_hash"] for u in json.loads(document)["users"]}
+    raw = base64.b64decode(hashes["flowhooks-runner"])
+    salt, digest = raw[:4], raw[4:]
+    assert digest == hashlib.sha256(salt + b"s3cret").digest()
+    raw = base64.b64decode(hashes["flowhooks-auth"])
+    assert raw[4:] == hashlib.sha256(raw[:4] + generated["auth"].encode()).digest()
+
+
+def test_existing_users_without_a_given_password_are_left_out() -> None:
+    users = broker_setup.user_names()
+    chosen, generated = broker_setup.choose_passwords(
+        users, {"auth": "given"}, existing={"flowhooks-runner", "flowhooks-auth"}
+    )
+    assert chosen.keys() == {"auth", "ingress", "debugger"}
+    assert chosen["auth"] == "given"
+    assert generated.keys() == {"ingress", "debugger"}
+    document = broker_setup.definitions("flowhooks", users, {"auth": "h"})
+    assert [u["name"] for u in document["users"]] == ["flowhooks-auth"]
+    # Permissions are set for every user, listed or not.
+    assert len(document["permissions"]) == len(document["topic_permissions"]) == 4
