@@ -4,8 +4,12 @@ flowhooks run                     all four services, supervised (development)
 flowhooks ingress|runner|auth|debugger
                                   one service (deployment: one process per container)
 flowhooks migrate                 create the database if needed, apply every migration
+flowhooks broker-setup            the broker's vhost, one user per service, their
+                                  permissions and the topology (docs/operations.md)
 flowhooks token create --workspace NAME --scope SCOPE [--scope ...]
                                   the first personal access token of a workspace
+flowhooks flows rotate-all-tokens a new webhook token for every flow, from the current
+                                  key of FLOWHOOKS_RUNNER_TOKEN_KEYS (docs/operations.md)
 """
 
 import argparse
@@ -13,15 +17,12 @@ import asyncio
 import importlib
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
 from shared.db import ensure_database, migrate
-from shared.settings import ServiceSettings
+from shared.settings import DatabaseSettings
 
 SERVICES = ("auth", "runner", "debugger", "ingress")
 # Services that own a database schema, in the order they are migrated.
@@ -30,7 +31,7 @@ DEV_TOKEN_KEY_FILE = Path(".flowhooks/dev-runner-token-key")
 
 
 def _serve(name: str) -> int:
-    importlib.import_module(f"services.{name}.__main__").main()
+    importlib.import_module(f"services.{name}.app").SERVICE.main()
     return 0
 
 
@@ -43,7 +44,7 @@ async def _migrate_all(database_url: str) -> None:
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
-    asyncio.run(_migrate_all(ServiceSettings().database_url))
+    asyncio.run(_migrate_all(DatabaseSettings().database_url))
     return 0
 
 
@@ -54,7 +55,7 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     try:
         token, secret = asyncio.run(
             create_token(
-                ServiceSettings().database_url, args.workspace, args.scope, args.name, expires_at
+                DatabaseSettings().database_url, args.workspace, args.scope, args.name, expires_at
             )
         )
     except ValueError as exc:
@@ -79,26 +80,21 @@ def _dev_token_key() -> str:
 
 
 def _cmd_run(_: argparse.Namespace) -> int:
-    """Start every service as a child process; stop all of them on Ctrl-C, SIGTERM, or
-    when any one exits."""
-    settings = ServiceSettings()
+    """Start every service as a child process, each with only its own variables; start a
+    crashed one again with backoff; stop all of them on Ctrl-C or SIGTERM."""
+    from services.supervisor import Supervisor, service_env, settings_class
+
+    settings = DatabaseSettings()
     asyncio.run(_migrate_all(settings.database_url))
     env = dict(os.environ)
-    if "FLOWHOOKS_RUNNER_TOKEN_KEY" not in env:
-        env["FLOWHOOKS_RUNNER_TOKEN_KEY"] = _dev_token_key()
+    if not env.get("FLOWHOOKS_RUNNER_TOKEN_KEYS") and not env.get("FLOWHOOKS_RUNNER_TOKEN_KEY"):
+        env["FLOWHOOKS_RUNNER_TOKEN_KEYS"] = _dev_token_key()
         print(f"using the development token key in {DEV_TOKEN_KEY_FILE}")
-    children = {
-        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env)  # noqa: S603
-        for name in SERVICES
-    }
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    supervisor = Supervisor(
+        {name: service_env(env, settings_class(name)) for name in SERVICES},
+        settings.shutdown_timeout_s,
+    )
+    supervisor.handle_signals()
     host = settings.host
     ports = {
         name: os.environ.get(f"FLOWHOOKS_{name.upper()}_PORT", default)
@@ -116,26 +112,60 @@ def _cmd_run(_: argparse.Namespace) -> int:
         "Create the first token:"
         "  .venv/bin/flowhooks token create --workspace acme --scope automation"
     )
-    print("Stop with Ctrl-C.")
-    exit_code = 0
-    while not stopping:
-        for name, child in children.items():
-            if child.poll() is not None:
-                print(
-                    f"{name} exited with {child.returncode}; stopping everything", file=sys.stderr
-                )
-                exit_code, stopping = 1, True
-        time.sleep(0.2)
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + settings.shutdown_timeout_s + 5
-    for child in children.values():
+    print("Stop with Ctrl-C.", flush=True)
+    return supervisor.run()
+
+
+def _cmd_flows_rotate_all_tokens(_: argparse.Namespace) -> int:
+    from services.runner.access import RingMismatch
+    from services.runner.settings import RunnerSettings
+    from services.runner.token_rotation import rotate_all_tokens
+    from shared.errors import Unavailable
+
+    try:
+        rotated = asyncio.run(rotate_all_tokens(RunnerSettings()))
+    except (RingMismatch, Unavailable, ValueError) as exc:  # ValueError: bad settings
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"every flow has a new webhook token ({rotated} flow(s)); the old ones are refused")
+    return 0
+
+
+def _cmd_broker_setup(args: argparse.Namespace) -> int:
+    from shared.messaging import broker_setup as setup
+
+    if args.template:
+        print(setup.template(), end="")
+        return 0
+    users = setup.user_names(args.user_prefix)
+    given = setup.passwords_from_env()
+    if args.definitions_out:
+        document, generated = setup.render(args.vhost, users, given)
+        fd = os.open(args.definitions_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(document)
+        print(f"wrote {args.definitions_out} (password hashes: keep it secret)", file=sys.stderr)
+    else:
+        admin: setup.BrokerAdmin
         try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-    return exit_code
+            if args.via == "management":
+                admin = setup.ManagementApi(args.management_url)
+            elif args.via == "rabbitmqctl":
+                admin = setup.Rabbitmqctl(args.rabbitmqctl)
+            else:
+                admin = asyncio.run(setup.find_admin(args.management_url, args.rabbitmqctl))
+            generated = asyncio.run(setup.apply(admin, args.vhost, users, given))
+        except setup.SetupFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"vhost {args.vhost!r} and users set up through {admin.name}:", file=sys.stderr)
+        for service, user in users.items():
+            print(f"  {service:9} {user}", file=sys.stderr)
+    if generated:
+        print("Generated passwords, shown only this once:", file=sys.stderr)
+        for service, password in generated.items():
+            print(f"{setup.password_env(service)}={password}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -165,6 +195,50 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--name", default="created on the command line")
     create.add_argument("--expires-at", help="ISO 8601 time with zone, e.g. 2030-01-01T00:00Z")
     create.set_defaults(func=_cmd_token_create)
+    flows = sub.add_parser("flows", help="flows (as the runner)").add_subparsers(
+        dest="flows_command", required=True
+    )
+    flows.add_parser(
+        "rotate-all-tokens",
+        help="a new webhook token for every flow; every token shown before is refused",
+        description="Runs with the runner's settings (FLOWHOOKS_DATABASE_URL,"
+        " FLOWHOOKS_AMQP_URL, FLOWHOOKS_RUNNER_TOKEN_KEYS: the runners' ring).",
+    ).set_defaults(func=_cmd_flows_rotate_all_tokens)
+    broker = sub.add_parser(
+        "broker-setup",
+        help="create or update the broker's vhost, users, permissions and topology",
+        description="Passwords: FLOWHOOKS_BROKER_PASSWORD_<SERVICE>; a new user without one"
+        " gets a generated password, printed once; an existing one keeps its own.",
+    )
+    broker.add_argument("--vhost", default="flowhooks")
+    broker.add_argument("--user-prefix", default="flowhooks-", help="users are PREFIX<service>")
+    broker.add_argument(
+        "--via",
+        choices=("auto", "management", "rabbitmqctl"),
+        default="auto",
+        help="auto: the management API if it answers, else rabbitmqctl",
+    )
+    broker.add_argument(
+        "--management-url",
+        default=os.environ.get(
+            "FLOWHOOKS_BROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"
+        ),
+        help="with an administrator's credentials (env FLOWHOOKS_BROKER_MANAGEMENT_URL)",
+    )
+    broker.add_argument(
+        "--rabbitmqctl",
+        default=os.environ.get("FLOWHOOKS_BROKER_RABBITMQCTL", "rabbitmqctl"),
+        help="the command, e.g. 'docker exec rabbitmq rabbitmqctl'",
+    )
+    broker.add_argument(
+        "--definitions-out",
+        metavar="FILE",
+        help="write definitions with password hashes (for load_definitions) instead",
+    )
+    broker.add_argument(
+        "--template", action="store_true", help="print deploy/rabbitmq/definitions.json"
+    )
+    broker.set_defaults(func=_cmd_broker_setup)
     args = parser.parse_args(argv)
     sys.exit(args.func(args))
 

@@ -1,16 +1,22 @@
 """Settings shared by every service. Each service subclasses `ServiceSettings` once
 (`services/<name>/settings.py`); every field comes from an environment variable
-`FLOWHOOKS_<FIELD>` (e.g. `FLOWHOOKS_AMQP_URL`)."""
+`FLOWHOOKS_<FIELD>` (e.g. `FLOWHOOKS_AMQP_URL`). Services that own a database schema
+subclass `DatabaseSettings` instead: the ingress never gets the database's credentials
+(`flowhooks run` passes each service only the variables of its own fields)."""
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from yarl import URL
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/flowhooks"
+    # The runners' broker login: a `flow.changed` from any other user is dropped as forged
+    # (by auth and the debugger). Unset: this service's own login, right when every
+    # service shares one (development); with `flowhooks broker-setup`: flowhooks-runner.
+    trusted_runner_user: str | None = None
     host: str = "127.0.0.1"
     log_level: str = "info"
     # Outgoing publishes wait at most this long for the broker's confirm.
@@ -19,8 +25,28 @@ class ServiceSettings(BaseSettings):
     rpc_timeout_s: float = Field(default=5.0, gt=0)
     # Graceful shutdown: how long in-flight work may take after SIGTERM.
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
-    database_pool_max: int = Field(default=10, ge=1)
     # A client must send each request's headers within this time (slow senders).
     http_header_timeout_s: float = Field(default=10.0, gt=0)
     # Longest request line / single header line accepted (431/400 beyond).
     http_max_header_bytes: int = Field(default=8190, ge=1024)
+    # The whole body of a request to a management API (flows, tokens) must arrive within
+    # this time (slow senders get 408). The ingress has its own, FLOWHOOKS_INGRESS_BODY_TIMEOUT_S.
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def runner_user(self) -> str:
+        return self.trusted_runner_user or URL(self.amqp_url).user or "guest"
+
+    @property
+    def ops_port(self) -> int | None:
+        """The port of `/metrics` (and the probes) beside the service's own: each
+        service's settings name theirs, `FLOWHOOKS_<SERVICE>_OPS_PORT`. None: none."""
+        return None
+
+
+class DatabaseSettings(ServiceSettings):
+    """Settings of a service that owns a PostgreSQL schema (auth, runner, debugger) and of
+    the commands that write to one (`flowhooks migrate`, `flowhooks token create`)."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/flowhooks"
+    database_pool_max: int = Field(default=10, ge=1)

@@ -39,8 +39,13 @@ class AccessChecker:
         except ValueError:
             flow_id = None
         flow = await self.store.flow_access(flow_id) if flow_id else None
-        if flow is not None and same_hash(flow.token_hash, request.bearer_hash):
-            return WebhookAccess(decision="allowed", flow=flow.settings)
+        if flow is not None:
+            for token_hash, not_after in flow.accepted_hashes(datetime.now(UTC)):
+                if same_hash(token_hash, request.bearer_hash):
+                    # A previous key's end time bounds how long the ingress may cache this.
+                    return WebhookAccess(
+                        decision="allowed", flow=flow.settings, expires_at=not_after
+                    )
         token = await self.usable_token(request.bearer_hash)
         if token is None:
             return WebhookAccess(decision="unauthorized")

@@ -7,20 +7,24 @@ nothing is missed while auth is down), and at start auth pages through the runne
 `runner.list_flow_access` once to heal any gap (a new deployment, a restored database).
 Versions make both paths safe to interleave: an older state never overwrites a newer.
 After applying a change auth tells every ingress replica to drop its cached answers.
+
+The flow-token key ring: each change carries the hash of the flow's token under every
+key of the runner's ring (by key id) and the ring itself (key ids, end times, a
+generation). A runner that starts with another ring republishes every flow; auth adds
+the new keys' hashes and, for a higher generation, replaces its ring and tells every
+ingress to drop all its cached answers, so a dropped key's tokens stop everywhere at once.
 """
 
 import asyncio
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
 
 from services.auth.store import AuthStore
 from shared.errors import ApiError
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import FLOW_ACCESS_CHANGED, LIST_FLOW_ACCESS
 from shared.messaging.rpc import RpcClient
-from shared.schemas.access import FlowAccessChanged, FlowChanged, ListFlowAccess
+from shared.schemas.access import FlowAccessChanged, FlowChanged, ListFlowAccess, TokenRingState
 
 log = structlog.get_logger(__name__)
 
@@ -33,30 +37,27 @@ class FlowAccessSync:
         self.resynced = asyncio.Event()
 
     async def apply(self, change: FlowChanged) -> None:
+        # The flow's hashes first, then the ring: a ring that adds a key then finds the
+        # key's hash in place for this flow.
         if await self.store.apply_flow_change(change):
-            # No ingress may be running: an unroutable notice is fine (mandatory=False).
-            await self.broker.publish_event(
-                FLOW_ACCESS_CHANGED,
-                FlowAccessChanged(flow_id=change.flow_id),
-                mandatory=False,
-            )
+            await self._notify(change.flow_id)
+        if change.ring is not None:
+            await self.apply_ring(change.ring)
 
-    async def on_flow_changed(self, message: AbstractIncomingMessage) -> None:
-        try:
-            change = FlowChanged.model_validate_json(message.body)
-        except ValidationError:
-            log.error("bad_flow_changed_event", body=message.body[:200])
-            await message.reject(requeue=False)
-            return
-        try:
-            await self.apply(change)
-        except Exception:
-            # The database or broker is briefly away: let the broker deliver it again.
-            log.exception("flow_change_not_applied", flow_id=change.flow_id)
-            await asyncio.sleep(1)
-            await message.nack(requeue=True)
-            return
-        await message.ack()
+    async def apply_ring(self, ring: TokenRingState) -> None:
+        if await self.store.apply_token_ring(ring):
+            log.info(
+                "token_ring_changed",
+                generation=ring.generation,
+                key_ids=[key.key_id for key in ring.keys],
+            )
+            await self._notify(None)
+
+    async def _notify(self, flow_id: str | None) -> None:
+        # No ingress may be running: an unroutable notice is fine (mandatory=False).
+        await self.broker.publish_event(
+            FLOW_ACCESS_CHANGED, FlowAccessChanged(flow_id=flow_id), mandatory=False
+        )
 
     async def resync_forever(self) -> None:
         """Page through the runner's flows until one full pass succeeded."""
@@ -76,6 +77,8 @@ class FlowAccessSync:
             page = await self.rpc.call(LIST_FLOW_ACCESS, ListFlowAccess(after_flow_id=after))
             for change in page.items:
                 await self.apply(change)
+            if page.ring is not None:
+                await self.apply_ring(page.ring)
             count += len(page.items)
             if page.next_after_flow_id is None:
                 log.info("flow_resync_done", flows=count)

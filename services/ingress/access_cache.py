@@ -17,11 +17,10 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 import structlog
-from aio_pika.abc import AbstractIncomingMessage
 
 from shared.errors import Timeout, Unavailable
 from shared.messaging.contracts import ACCESS_TOKEN_REVOKED, AUTHORIZE_WEBHOOK, FLOW_ACCESS_CHANGED
-from shared.messaging.dispatch import EventHandlers, UnknownEvent
+from shared.messaging.dispatch import EventHandlers
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import (
     AccessTokenRevoked,
@@ -86,16 +85,12 @@ class AccessCache:
         self._generation += 1
         self._entries.clear()
 
-    async def on_change(self, message: AbstractIncomingMessage) -> None:
-        """Consumer of this replica's access-change queue (auto-ack)."""
-        try:
-            await self.changes.dispatch(message)
-        except (UnknownEvent, ValueError):  # pydantic's ValidationError is a ValueError
-            # Unknown or unreadable: be safe rather than fast.
-            self.clear()
-
     async def _flow_access_changed(self, change: FlowAccessChanged) -> None:
-        self.forget(flow_id=change.flow_id)
+        if change.flow_id is None:
+            # The key ring changed: any cached answer may rest on a dropped key.
+            self.clear()
+        else:
+            self.forget(flow_id=change.flow_id)
 
     async def _token_revoked(self, revoked: AccessTokenRevoked) -> None:
         self.forget(bearer_hash=revoked.token_hash)

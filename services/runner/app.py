@@ -1,12 +1,11 @@
-"""runner: wires settings, the database, the broker, the flows API, the run consumers
-(sync RPC and async queue) and the flow-access RPC."""
+"""runner: the flows API, the run consumers (sync and async queues, flows run in the
+worker pool) and the flow-access RPC, declared on the service kernel
+(`shared/service.py`)."""
 
-import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 
 from services.runner.access import FlowAccess
@@ -18,23 +17,21 @@ from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import WorkerConfig
-from shared.db import open_pool
-from shared.messaging import topology
 from shared.messaging.batching import BatchPublisher
-from shared.messaging.connection import Broker
-from shared.messaging.contracts import LIST_FLOW_ACCESS, RUN_FINISHED, RUN_STARTED
-from shared.messaging.rpc import GroupedReplies, RpcClient, RpcServer
+from shared.messaging.contracts import (
+    ASYNC_RUNS,
+    LIST_FLOW_ACCESS,
+    RUN_FINISHED,
+    RUN_STARTED,
+    SYNC_RUNS,
+)
+from shared.messaging.rpc import GroupedReplies
 from shared.schemas.runs import RunFinished
-from shared.web import base_app, route_to, watch_readiness
+from shared.service import Database, Kernel, Route, ServiceSpec
+from shared.web import Handler
 
-SCHEMA = "runner"
-MIGRATIONS = Path(__file__).parent / "migrations"
-
-SETTINGS = web.AppKey("settings", RunnerSettings)
-POOL = web.AppKey("pool", asyncpg.Pool)
-BROKER = web.AppKey("broker", Broker)
 FLOWS_API = web.AppKey("flows_api", FlowsApi)
-WORKERS = web.AppKey("workers", WorkerPool)
+DATABASE = Database("runner", Path(__file__).parent / "migrations")
 
 
 def worker_config(settings: RunnerSettings) -> WorkerConfig:
@@ -55,29 +52,25 @@ def worker_config(settings: RunnerSettings) -> WorkerConfig:
     )
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    pool = await open_pool(settings.database_url, settings.database_pool_max, SCHEMA, MIGRATIONS)
-    broker = Broker(settings.amqp_url, "runner", settings.publish_timeout_s)
-    await broker.connect()
-    app[POOL], app[BROKER] = pool, broker
-
-    store = FlowStore(pool)
+async def wire(kernel: Kernel[RunnerSettings]) -> None:
+    settings = kernel.settings
+    store = FlowStore(kernel.pool)
     templates = TemplateEngine(
         settings.runner_template_cache_size,
         settings.runner_render_timeout_s,
         settings.runner_max_output_chars,
     )
-    access = FlowAccess(store, broker, settings.runner_token_key.get_secret_value())
-    rpc = RpcClient(broker, settings.rpc_timeout_s)
-    await rpc.start()
-    app[FLOWS_API] = FlowsApi(
-        store,
-        access,
-        rpc,
-        templates,
-        settings.runner_max_timeout_s,
-        settings.runner_webhook_base_url,
+    access = await FlowAccess.open(store, kernel.broker, settings.token_ring())
+    kernel.provide(
+        FLOWS_API,
+        FlowsApi(
+            store,
+            access,
+            kernel.rpc,
+            templates,
+            settings.runner_max_timeout_s,
+            settings.runner_webhook_base_url,
+        ),
     )
 
     workers = WorkerPool(
@@ -89,61 +82,55 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         log_level=settings.log_level,
     )
     await workers.start()
-    app[WORKERS] = workers
+    kernel.on_shutdown(lambda: workers.close(settings.shutdown_timeout_s))
     finished: BatchPublisher[RunFinished] = BatchPublisher(
-        broker,
-        RUN_FINISHED,
-        max_items=settings.runner_event_batch,
+        kernel.broker, RUN_FINISHED, max_items=settings.runner_event_batch
     )
-    replies = GroupedReplies(broker)
-    finished_runs = FinishedRuns(pool, settings.runner_finished_keep_s)
+    replies = GroupedReplies(kernel.broker)
+    finished_runs = FinishedRuns(kernel.pool, settings.runner_finished_keep_s)
+    # Hooks run last registered first: replies and events go out before workers stop.
+    kernel.on_shutdown(finished_runs.drain)
+    kernel.on_shutdown(replies.drain)
+    kernel.on_shutdown(finished.drain)
     runs = RunService(
-        broker,
+        kernel.broker,
         FlowCache(store),
         workers,
         finished,
-        BatchPublisher(broker, RUN_STARTED) if settings.runner_record_started else None,
+        BatchPublisher(kernel.broker, RUN_STARTED) if settings.runner_record_started else None,
         replies,
         finished_runs,
     )
-    pruning = asyncio.create_task(finished_runs.prune_forever(60.0))
-    control = RpcServer(broker, topology.RUNNER_RPC, prefetch=8)
-    control.register(LIST_FLOW_ACCESS, access.list_flow_access)
-    await control.start()
-    await broker.consume(
-        topology.SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch
-    )
-    await broker.consume(
-        topology.ASYNC_RUNS, runs.on_async_runs, prefetch=settings.runner_async_prefetch
-    )
+    kernel.background(finished_runs.prune_forever(60.0))
+    kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
+    kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)
+    kernel.on_command(ASYNC_RUNS, runs.on_async_runs, prefetch=settings.runner_async_prefetch)
 
-    watch_readiness(app, broker, pool)
-    yield
-    await broker.stop_consuming()
-    await runs.wait_idle(settings.shutdown_timeout_s)
-    await control.wait_idle(settings.shutdown_timeout_s)
-    await finished.drain()
-    await replies.drain()
-    await finished_runs.drain()
-    pruning.cancel()
-    await workers.close(settings.shutdown_timeout_s)
-    await broker.close()
-    await pool.close()
+
+def _flow_route(method: str, path: str, pick: Callable[[FlowsApi], Handler]) -> Route[FlowsApi]:
+    return Route(method, path, FLOWS_API, pick)
+
+
+SERVICE = ServiceSpec(
+    name="runner",
+    settings=RunnerSettings,
+    port=lambda settings: settings.runner_port,
+    wire=wire,
+    database=DATABASE,
+    routes=(
+        _flow_route("POST", "/v1/flows", lambda api: api.create),
+        _flow_route("GET", "/v1/flows", lambda api: api.list),
+        _flow_route("GET", "/v1/flows/{flow_id}", lambda api: api.get),
+        _flow_route("PUT", "/v1/flows/{flow_id}", lambda api: api.replace),
+        _flow_route("PATCH", "/v1/flows/{flow_id}", lambda api: api.patch),
+        _flow_route("DELETE", "/v1/flows/{flow_id}", lambda api: api.delete),
+        _flow_route("GET", "/v1/flows/{flow_id}/webhook", lambda api: api.webhook),
+        _flow_route(
+            "POST", "/v1/flows/{flow_id}/webhook/rotate-token", lambda api: api.rotate_token
+        ),
+    ),
+)
 
 
 def create_app(settings: RunnerSettings) -> web.Application:
-    app = base_app("runner")
-    app[SETTINGS] = settings
-    app.cleanup_ctx.append(_resources)
-    api = FLOWS_API
-    app.router.add_post("/v1/flows", route_to(api, lambda a: a.create))
-    app.router.add_get("/v1/flows", route_to(api, lambda a: a.list))
-    app.router.add_get("/v1/flows/{flow_id}", route_to(api, lambda a: a.get))
-    app.router.add_put("/v1/flows/{flow_id}", route_to(api, lambda a: a.replace))
-    app.router.add_patch("/v1/flows/{flow_id}", route_to(api, lambda a: a.patch))
-    app.router.add_delete("/v1/flows/{flow_id}", route_to(api, lambda a: a.delete))
-    app.router.add_get("/v1/flows/{flow_id}/webhook", route_to(api, lambda a: a.webhook))
-    app.router.add_post(
-        "/v1/flows/{flow_id}/webhook/rotate-token", route_to(api, lambda a: a.rotate_token)
-    )
-    return app
+    return SERVICE.create_app(settings)

@@ -169,9 +169,10 @@ class WorkerPool:
     async def _start_worker(self) -> _Worker:
         ours, theirs = socket.socketpair()
         marker = SliceMarker.create()
-        # No secret of the runner's (token key, database URL) where user code runs; few
-        # malloc arenas: the address-space bound is about memory, not reservations.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")}
+        # No secret of the runner's (token keys, database URL or libpq's PG* variables)
+        # where user code runs; few malloc arenas: the address-space bound is about
+        # memory, not reservations.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWHOOKS_", "PG"))}
         env.update(MALLOC_ARENA_MAX="2", FLOWHOOKS_LOG_LEVEL=self.log_level)
         try:
             process = await asyncio.create_subprocess_exec(

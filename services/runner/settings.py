@@ -1,13 +1,31 @@
-from pydantic import Field, SecretStr
+from typing import Self
 
-from shared.settings import ServiceSettings
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
+from shared.settings import DatabaseSettings
 
 
-class RunnerSettings(ServiceSettings):
+class RunnerSettings(DatabaseSettings):
+    # A refused ring must not print (part of) its keys in the error.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     runner_port: int = 8082
-    # Secret from which every flow's webhook token is derived (HMAC); required, and the
-    # same on every runner replica. Changing it changes every flow's token.
-    runner_token_key: SecretStr
+    # /metrics and the probes, kept off the public network (shared/web.py).
+    runner_ops_port: int = Field(default=9082, ge=1, le=65535)
+
+    @property
+    def ops_port(self) -> int:
+        return self.runner_ops_port
+
+    # The key ring from which every flow's webhook token is derived (HMAC): keys separated
+    # by commas, the current one first, then previous ones (each optionally `@<ISO time>`,
+    # after which its tokens are refused); see token_keys.py and docs/operations.md.
+    # Required, and the same on every runner replica (and for `flows rotate-all-tokens`).
+    runner_token_keys: SecretStr | None = None
+    # The former single key, still read as a ring of one key; set one of the two only.
+    runner_token_key: SecretStr | None = None
     # The ingress's public base URL, shown in `GET /v1/flows/{id}/webhook`.
     runner_webhook_base_url: str = "http://127.0.0.1:8080"
     # Upper bound for a flow's `webhook.timeout_s`.
@@ -62,3 +80,23 @@ class RunnerSettings(ServiceSettings):
     runner_record_started: bool = True
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _check_token_ring(self) -> Self:
+        self.token_ring()  # a bad ring stops the runner at start, not at the first token
+        return self
+
+    def token_ring(self) -> TokenKeyRing:
+        ring = self.runner_token_keys.get_secret_value() if self.runner_token_keys else ""
+        single = self.runner_token_key.get_secret_value() if self.runner_token_key else ""
+        if ring.strip() and single.strip():
+            # Two sources of truth for a secret is how rotations go wrong: refuse.
+            raise ValueError(
+                "set FLOWHOOKS_RUNNER_TOKEN_KEYS or FLOWHOOKS_RUNNER_TOKEN_KEY, not both"
+            )
+        if ring.strip():
+            return parse_ring(ring)
+        if single.strip():
+            # Taken whole: the old variable never had a ring's ',' and '@' syntax.
+            return TokenKeyRing((TokenKey.of(single.strip()),))
+        raise ValueError("FLOWHOOKS_RUNNER_TOKEN_KEYS is required (the flow-token key ring)")

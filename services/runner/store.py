@@ -18,6 +18,8 @@ class FlowRow:
     definition: dict[str, Any]  # webhook and steps, as saved
     version: int
     token_nonce: str
+    # The ring key that was current when the nonce was picked (None: before the ring).
+    token_key_id: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -37,7 +39,7 @@ class FlowRow:
 
 _COLUMNS = (
     "id::text, workspace_id::text, name, status, definition::text AS definition, version,"
-    " token_nonce, created_at, updated_at"
+    " token_nonce, token_key_id, created_at, updated_at"
 )
 
 
@@ -100,16 +102,19 @@ class FlowStore:
         status: str,
         definition: dict[str, Any],
         nonce: str,
+        token_key_id: str,
     ) -> FlowRow:
         record = await conn.fetchrow(
-            "INSERT INTO runner.flows (id, workspace_id, name, status, definition, token_nonce)"
-            f" VALUES ($1, $2, $3, $4, $5::jsonb, $6) RETURNING {_COLUMNS}",
+            "INSERT INTO runner.flows"
+            " (id, workspace_id, name, status, definition, token_nonce, token_key_id)"
+            f" VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) RETURNING {_COLUMNS}",
             uuid.uuid4(),
             uuid.UUID(workspace_id),
             name,
             status,
             orjson.dumps(definition).decode(),
             nonce,
+            token_key_id,
         )
         assert record is not None
         return _row(record)
@@ -122,11 +127,12 @@ class FlowStore:
         status: str,
         definition: dict[str, Any],
         nonce: str,
+        token_key_id: str | None,
     ) -> FlowRow | None:
         """A new version, only if nobody changed the flow meanwhile (None otherwise)."""
         record = await conn.fetchrow(
             "UPDATE runner.flows SET name = $3, status = $4, definition = $5::jsonb,"
-            " token_nonce = $6, version = version + 1, updated_at = now()"
+            " token_nonce = $6, token_key_id = $7, version = version + 1, updated_at = now()"
             f" WHERE id = $1 AND version = $2 RETURNING {_COLUMNS}",
             uuid.UUID(flow.id),
             flow.version,
@@ -134,6 +140,7 @@ class FlowStore:
             status,
             orjson.dumps(definition).decode(),
             nonce,
+            token_key_id,
         )
         return _row(record) if record else None
 
@@ -145,3 +152,47 @@ class FlowStore:
             flow.version,
         )
         return deleted is not None
+
+    @staticmethod
+    async def rotate_nonce(
+        conn: asyncpg.Connection, flow: FlowRow, nonce: str, token_key_id: str
+    ) -> FlowRow | None:
+        """A new version with only a new nonce, if nobody changed the flow meanwhile."""
+        record = await conn.fetchrow(
+            "UPDATE runner.flows SET token_nonce = $3, token_key_id = $4,"
+            " version = version + 1, updated_at = now()"
+            f" WHERE id = $1 AND version = $2 RETURNING {_COLUMNS}",
+            uuid.UUID(flow.id),
+            flow.version,
+            nonce,
+            token_key_id,
+        )
+        return _row(record) if record else None
+
+    async def claim_token_ring(self, fingerprint: str) -> tuple[int, bool]:
+        """The generation of this ring, a new one if the last ring announced differs;
+        and whether every flow has been announced under it already."""
+        record = await self.pool.fetchrow(
+            "INSERT INTO runner.token_ring (singleton, fingerprint, generation)"
+            " VALUES (true, $1, 1)"
+            " ON CONFLICT (singleton) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,"
+            " generation = runner.token_ring.generation + 1, announced = false,"
+            " updated_at = now()"
+            " WHERE runner.token_ring.fingerprint <> EXCLUDED.fingerprint"
+            " RETURNING generation, announced",
+            fingerprint,
+        )
+        if record is None:  # the same ring as last time: nothing changed
+            record = await self.pool.fetchrow("SELECT generation, announced FROM runner.token_ring")
+            assert record is not None
+        return int(record["generation"]), bool(record["announced"])
+
+    async def token_ring(self) -> tuple[str, int] | None:
+        """The fingerprint and generation of the ring announced last (None: none yet)."""
+        record = await self.pool.fetchrow("SELECT fingerprint, generation FROM runner.token_ring")
+        return (record["fingerprint"], int(record["generation"])) if record else None
+
+    async def mark_ring_announced(self, generation: int) -> None:
+        await self.pool.execute(
+            "UPDATE runner.token_ring SET announced = true WHERE generation = $1", generation
+        )

@@ -19,16 +19,39 @@ class FlowWebhookSettings(BaseModel):
     timeout_s: float = 30.0
 
 
+class TokenKeyState(BaseModel):
+    """One key of the runner's flow-token key ring, known outside the runner by its id."""
+
+    key_id: str
+    # Tokens of this key are refused from this time on (a previous key's grace period).
+    not_after: datetime | None = None
+
+
+class TokenRingState(BaseModel):
+    """Which keys' flow tokens are accepted. `generation` grows each time a runner
+    starts with a ring that differs from the last one; auth keeps the highest."""
+
+    generation: int
+    keys: list[TokenKeyState]
+
+
 class FlowChanged(BaseModel):
     """runner -> auth (`flow.changed`): a flow's access state after every change.
-    Carries the webhook token's hash, never the token."""
+    Carries the webhook token's hashes, never a token."""
 
     flow_id: str
     workspace_id: str
     version: int
+    # The token the API shows (derived from the ring's current key).
     token_hash: str
     settings: FlowWebhookSettings
     deleted: bool = False
+    # Key id -> hash of the token that key derives for this version's nonce, for every
+    # key of the ring whose token may have been shown (the current one included).
+    # Empty (an older runner): only `token_hash`, under no key id.
+    token_hashes: dict[str, str] = {}
+    # The runner's key ring when it published this; None from an older runner.
+    ring: TokenRingState | None = None
 
 
 class ListFlowAccess(BaseModel):
@@ -41,12 +64,15 @@ class ListFlowAccess(BaseModel):
 class FlowAccessPage(BaseModel):
     items: list[FlowChanged]
     next_after_flow_id: str | None
+    # The answering runner's key ring (a restored auth database learns it here).
+    ring: TokenRingState | None = None
 
 
 class FlowAccessChanged(BaseModel):
     """auth -> every ingress (`flow_access.changed`), after auth applied the change."""
 
-    flow_id: str
+    # None: every flow (the key ring changed: a dropped key's tokens must go everywhere).
+    flow_id: str | None
 
 
 class AccessTokenRevoked(BaseModel):

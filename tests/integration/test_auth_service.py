@@ -2,6 +2,7 @@
 access copy fed by `flow.changed`, and the decision order of `authorize_webhook`."""
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,8 @@ from shared.schemas.access import (
     FlowWebhookSettings,
     IdentifyToken,
     TokenIdentity,
+    TokenKeyState,
+    TokenRingState,
     WebhookAccess,
 )
 
@@ -250,3 +253,64 @@ async def test_token_without_webhook_scope_is_forbidden(
     finally:
         await conn.close()
     assert (await peer.authorize(str(uuid.uuid4()), token)).decision == "forbidden"
+
+
+async def test_key_ring_rules(auth: TestClient, peer: Peer, database_url: str) -> None:
+    """Hashes per key id, merged for the same version and replaced by a newer one; the
+    ring of the highest generation decides which key ids count, and until when."""
+    _, personal = await create_token(database_url, "acme", ["automation"], "a", None)
+    workspace_id = await _workspace_id(database_url, "acme")
+    flow_id = str(uuid.uuid4())
+    soon = datetime.now(UTC) + timedelta(hours=1)
+
+    async def publish(version: int, tokens: dict[str, str], ring: TokenRingState) -> None:
+        settings = FlowWebhookSettings(
+            flow_id=flow_id, workspace_id=workspace_id, version=version, status="live"
+        )
+        change = FlowChanged(
+            flow_id=flow_id,
+            workspace_id=workspace_id,
+            version=version,
+            token_hash=hash_token(next(iter(tokens.values()))),
+            token_hashes={key: hash_token(token) for key, token in tokens.items()},
+            ring=ring,
+            settings=settings,
+        )
+        await peer.broker.publish_event(FLOW_CHANGED, change)
+
+    async def settles(expected: dict[str, WebhookAccess]) -> None:
+        deadline = time.monotonic() + 5
+        while True:
+            seen = {token: await peer.authorize(flow_id, token) for token in expected}
+            if all(
+                (seen[t].decision, seen[t].expires_at) == (e.decision, e.expires_at)
+                for t, e in expected.items()
+            ):
+                return
+            assert time.monotonic() < deadline, seen
+            await asyncio.sleep(0.05)
+
+    def ring(generation: int, *keys: tuple[str, datetime | None]) -> TokenRingState:
+        return TokenRingState(
+            generation=generation,
+            keys=[TokenKeyState(key_id=key, not_after=until) for key, until in keys],
+        )
+
+    allowed = WebhookAccess(decision="allowed")
+    refused = WebhookAccess(decision="unauthorized")
+    until_soon = WebhookAccess(decision="allowed", expires_at=soon)
+
+    await publish(1, {"k1": "fhw_a1"}, ring(1, ("k1", None)))
+    await settles({"fhw_a1": allowed, "fhw_b1": refused})
+    # A runner with a new current key republishes the same version: both keys count,
+    # the previous one until its end time (which bounds the ingress's cache too).
+    await publish(1, {"k2": "fhw_b1", "k1": "fhw_a1"}, ring(2, ("k2", None), ("k1", soon)))
+    await settles({"fhw_a1": until_soon, "fhw_b1": allowed})
+    # An older ring (a runner not yet restarted) changes nothing.
+    await publish(1, {"k1": "fhw_a1"}, ring(1, ("k1", None)))
+    # Key k1 dropped: its token is refused although its hash is still stored.
+    await publish(1, {"k2": "fhw_b1"}, ring(3, ("k2", None)))
+    await settles({"fhw_a1": refused, "fhw_b1": allowed})
+    # A new version (rotation) replaces the hashes.
+    await publish(2, {"k2": "fhw_b2"}, ring(3, ("k2", None)))
+    await settles({"fhw_b1": refused, "fhw_b2": allowed, personal: allowed})

@@ -207,8 +207,9 @@ async def test_fair_share_leaves_room_for_other_workspaces(pool: WorkerPool) -> 
 async def test_workers_hold_none_of_the_runners_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     """User code runs in the workers: the runner's token key and database URL are not
     in their environment."""
-    monkeypatch.setenv("FLOWHOOKS_RUNNER_TOKEN_KEY", "secret-key")
+    monkeypatch.setenv("FLOWHOOKS_RUNNER_TOKEN_KEYS", "secret-key,older-key")
     monkeypatch.setenv("FLOWHOOKS_DATABASE_URL", "postgresql://user:pw@db/flowhooks")
+    monkeypatch.setenv("PGPASSWORD", "pg-secret")
     pool = await start_pool()
     try:
         for pid in pool.worker_pids:
@@ -218,5 +219,6 @@ async def test_workers_hold_none_of_the_runners_secrets(monkeypatch: pytest.Monk
                 b"FLOWHOOKS_LOG_LEVEL"
             }
             assert b"secret-key" not in environ and b"user:pw" not in environ
+            assert b"older-key" not in environ and b"pg-secret" not in environ
     finally:
         await pool.close()

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.ingress.access_cache import AccessCache
-from shared.schemas.access import FlowWebhookSettings, WebhookAccess
+from shared.schemas.access import FlowAccessChanged, FlowWebhookSettings, WebhookAccess
 
 
 class CountingAuth:
@@ -40,6 +40,22 @@ async def test_allowed_answers_are_cached_until_evicted() -> None:
     cache.forget(flow_id="other", bearer_hash="other")
     await cache.authorize("f1", "h1")
     assert auth.calls == 3
+
+
+async def test_a_change_of_every_flow_drops_every_answer() -> None:
+    """auth's notice after the key ring changed (flow_id None): a dropped key's tokens
+    may be cached for any flow."""
+    auth = CountingAuth(allowed())
+    cache = AccessCache(auth, max_entries=10, ttl_s=60)  # type: ignore[arg-type]
+    for flow_id, bearer in (("f1", "h1"), ("f2", "h2")):
+        await cache.authorize(flow_id, bearer)
+    await cache._flow_access_changed(FlowAccessChanged(flow_id="f1"))
+    await cache.authorize("f2", "h2")
+    assert auth.calls == 2  # one flow's change keeps the other's answers
+    await cache._flow_access_changed(FlowAccessChanged(flow_id=None))
+    for flow_id, bearer in (("f1", "h1"), ("f2", "h2")):
+        await cache.authorize(flow_id, bearer)
+    assert auth.calls == 4
 
 
 async def test_refusals_are_cached_until_the_flow_changes() -> None:
