@@ -7,11 +7,15 @@ COPY services ./services
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /app flowhooks
+RUN groupadd --system --gid 10001 flowhooks \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app flowhooks
 COPY --from=build /install /usr/local
 WORKDIR /app
-USER flowhooks
-ENV FLOWHOOKS_HOST=0.0.0.0 PYTHONUNBUFFERED=1
-EXPOSE 8080 8081 8082 8083
+# Numeric, so that Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+USER 10001:10001
+# The root filesystem is read-only in the deployments: no .pyc files written at run time.
+ENV FLOWHOOKS_HOST=0.0.0.0 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# The services' ports, then their ops ports (/metrics; not for the public network).
+EXPOSE 8080 8081 8082 8083 9080 9081 9082 9083
 ENTRYPOINT ["flowhooks"]
 CMD ["ingress"]

@@ -1,6 +1,12 @@
 """The aiohttp pieces every service shares: typed app keys, the one middleware that
 gives every answer an `X-Request-Id` and maps every error to the contract's envelope,
-`/healthz`, `/readyz`, `/metrics`, and `run_service` (uvloop, graceful SIGTERM)."""
+`/healthz`, `/readyz`, `/metrics`, bounded body reading, and `run_service` (uvloop,
+graceful SIGTERM).
+
+Two listeners per process: the service's own port (its API; also `/healthz` and
+`/readyz`, which load balancers ask there) and the ops port (`/metrics`, `/healthz`,
+`/readyz`), which deployments keep off the public network: metrics name flows, routes
+and error rates that are nobody's business outside the cluster."""
 
 import asyncio
 import signal
@@ -25,6 +31,7 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from shared.messaging.connection import Broker
@@ -64,6 +71,10 @@ class Ops:
 
 OPS = web.AppKey("ops", Ops)
 REQUEST_ID = web.RequestKey("request_id", str)
+# Set by `ServiceSpec.create_app` from `http_body_timeout_s`; a bare app (tests) uses
+# the default below.
+BODY_TIMEOUT_S = web.AppKey("body_timeout_s", float)
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 def watch_readiness(app: web.Application, broker: Broker, pool: asyncpg.Pool | None = None) -> None:
@@ -161,6 +172,36 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def read_body(request: web.Request, *, max_bytes: int, timeout_s: float) -> bytes:
+    """The whole body, or `PayloadTooLarge` past `max_bytes` (before reading it when the
+    length is announced) and `RequestTimeout` (408) when it does not arrive within
+    `timeout_s`: aiohttp itself waits for a slow sender forever."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
+    return b"".join(chunks)
+
+
+async def read_api_body(request: web.Request) -> bytes:
+    """An API request's body, bounded by the app's `client_max_size` and the service's
+    `FLOWHOOKS_HTTP_BODY_TIMEOUT_S`."""
+    return await read_body(
+        request,
+        max_bytes=request.client_max_size,
+        timeout_s=request.app.get(BODY_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S),
+    )
+
+
 def route_to(key: web.AppKey[T], pick: Callable[[T], Handler]) -> Handler:
     """A handler that calls a method of an object created later, in a cleanup context:
     routes must be added before the app starts, its resources only exist after."""
@@ -172,13 +213,23 @@ def route_to(key: web.AppKey[T], pick: Callable[[T], Handler]) -> Handler:
 
 
 def base_app(service: str, client_max_size: int = 1024**2) -> web.Application:
-    """An app with the envelope middleware and the three ops routes."""
+    """An app with the envelope middleware and the probes; `/metrics` is on the ops app."""
     app = web.Application(middlewares=[envelope_middleware], client_max_size=client_max_size)
     app[OPS] = Ops(service)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
     return app
+
+
+def ops_app(app: web.Application) -> web.Application:
+    """What the ops port serves for `app`: its metrics and the same probes (one `Ops`,
+    so the readiness checks the service registers later count here too)."""
+    ops = web.Application(middlewares=[envelope_middleware], client_max_size=1024)
+    ops[OPS] = app[OPS]
+    ops.router.add_get("/healthz", healthz)
+    ops.router.add_get("/readyz", readyz)
+    ops.router.add_get("/metrics", metrics)
+    return ops
 
 
 async def serve(
@@ -190,33 +241,60 @@ async def serve(
     header_timeout_s: float,
     max_header_bytes: int,
     stop: asyncio.Event,
+    ops_port: int | None = None,
 ) -> None:
+    """Serve `app` on `port` and, when `ops_port` is given, its `ops_app` there."""
+
+    def runner_for(served: web.Application, shutdown_s: float) -> web.AppRunner:
+        return web.AppRunner(
+            served,
+            access_log=None,
+            shutdown_timeout=shutdown_s,
+            # Request line and each header are bounded; so is the number of headers.
+            max_line_size=max_header_bytes,
+            max_field_size=max_header_bytes,
+            max_headers=100,
+        )
+
+    async def listen(runner: web.AppRunner, at: int, guards: Guards) -> None:
+        site = GuardedSite(runner, host, at, header_timeout_s=header_timeout_s, guards=guards)
+        await site.start()
+
     guards = Guards()
     app.on_response_prepare.append(guards.on_response_prepare)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=shutdown_timeout_s,
-        # Request line and each header are bounded; so is the number of headers.
-        max_line_size=max_header_bytes,
-        max_field_size=max_header_bytes,
-        max_headers=100,
-    )
+    runner = runner_for(app, shutdown_timeout_s)
+    ops_runner: web.AppRunner | None = None
     await runner.setup()  # runs the cleanup contexts' start: connections, consumers
-    site = GuardedSite(runner, host, port, header_timeout_s=header_timeout_s, guards=guards)
-    await site.start()
-    log.info("listening", host=host, port=port)
     try:
+        if ops_port is not None:
+            # Started after the service's setup: its readiness checks exist by then.
+            ops = ops_app(app)
+            ops_guards = Guards()
+            ops.on_response_prepare.append(ops_guards.on_response_prepare)
+            ops_runner = runner_for(ops, 1.0)
+            await ops_runner.setup()
+            await listen(ops_runner, ops_port, ops_guards)
+        await listen(runner, port, guards)
+        log.info("listening", host=host, port=port, ops_port=ops_port)
         await stop.wait()
     finally:
         log.info("stopping")
         # Stops accepting, lets in-flight requests finish, then the cleanup contexts
-        # close consumers and connections in reverse order.
+        # close consumers and connections in reverse order. The ops port goes last, so
+        # metrics stay readable while the service drains.
         await runner.cleanup()
+        if ops_runner is not None:
+            await ops_runner.cleanup()
 
 
-def run_service(app: web.Application, settings: ServiceSettings, port: int) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down gracefully (see `serve`)."""
+def run_service(
+    app: web.Application, settings: ServiceSettings, port: int, ops_port: int | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully (see `serve`). The ops port
+    is `ops_port` if given, else the service's own setting (`settings.ops_port`)."""
+    ops_port = settings.ops_port if ops_port is None else ops_port
+    if ops_port == port:
+        raise ValueError(f"the ops port and the service port are both {port}")
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -231,6 +309,7 @@ def run_service(app: web.Application, settings: ServiceSettings, port: int) -> N
             header_timeout_s=settings.http_header_timeout_s,
             max_header_bytes=settings.http_max_header_bytes,
             stop=stop,
+            ops_port=ops_port,
         )
 
     uvloop.run(main())

@@ -14,7 +14,7 @@ from shared.errors import BadRequest, Forbidden, NotFound
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import ACCESS_TOKEN_REVOKED
 from shared.schemas.access import AccessTokenRevoked, IdentifyToken, TokenIdentity
-from shared.web import json_response
+from shared.web import json_response, read_api_body
 
 DISPLAY_PREFIX_LENGTH = 10
 
@@ -69,7 +69,7 @@ class TokensApi:
 
     async def create(self, request: web.Request) -> web.Response:
         caller = await self._caller(request)
-        new = _parse(NewToken, await request.read())
+        new = _parse(NewToken, await read_api_body(request))
         # Nobody hands out more than they hold.
         for wanted in new.scopes:
             if not any(scope_covers(held, wanted) for held in caller.scopes):

@@ -1,10 +1,17 @@
 from pydantic import Field
 
-from shared.settings import ServiceSettings
+from shared.settings import DatabaseSettings
 
 
-class DebuggerSettings(ServiceSettings):
+class DebuggerSettings(DatabaseSettings):
     debugger_port: int = 8083
+    # /metrics and the probes, kept off the public network (shared/web.py).
+    debugger_ops_port: int = Field(default=9083, ge=1, le=65535)
+
+    @property
+    def ops_port(self) -> int:
+        return self.debugger_ops_port
+
     # Rows written per transaction (a batch also takes whatever arrived while the
     # previous one was being written), and the longest wait to fill a batch.
     debugger_batch_size: int = Field(default=1000, ge=1)

@@ -2,6 +2,7 @@
 content type, the query, and the headers (names lower-cased; `authorization` never
 passes on)."""
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,10 @@ from shared.schemas.runs import WebhookRequest
 
 # Never handed to flows, the runner or the debugger.
 DROPPED_HEADERS = frozenset({"authorization"})
+# Integers kept exact. orjson reads any other integer as the nearest float without a
+# word (18446744073709551616 becomes 1.8446744073709552e19), and could not encode it as an
+# integer again: a body holding one is refused (400) rather than silently changed.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,10 @@ def is_xml(media: str) -> bool:
     return media in ("application/xml", "text/xml") or media.endswith("+xml")
 
 
-def json_depth(value: Any) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def json_shape(value: Any) -> tuple[int, bool]:
+    """Nesting depth of parsed JSON, and whether it holds a float that may be an integer
+    out of range (a whole number beyond 2^63: orjson's reading of one); no recursion."""
+    deepest, suspect, stack = 0, False, [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict):
@@ -65,7 +71,36 @@ def json_depth(value: Any) -> int:
         elif isinstance(node, list):
             deepest = max(deepest, depth)
             stack.extend((child, depth + 1) for child in node)
-    return deepest
+        elif isinstance(node, float) and abs(node) >= 2**63 and node.is_integer():
+            suspect = True
+    return deepest, suspect
+
+
+def json_depth(value: Any) -> int:
+    return json_shape(value)[0]
+
+
+def _exact_integer(literal: str) -> int:
+    # No JSON integer has leading zeros: more than 20 digits is out of range, and int()
+    # of a very long literal would cost seconds.
+    if len(literal.lstrip("-")) <= 20 and INT_MIN <= (value := int(literal)) <= INT_MAX:
+        return value
+    shown = literal if len(literal) <= 40 else f"{literal[:40]}..."
+    raise BadRequest(
+        f"the JSON body holds the integer {shown}, outside the range of exact integers"
+        f" ({INT_MIN} to {INT_MAX}); send larger numbers as strings"
+    )
+
+
+def refuse_inexact_integers(body: bytes) -> None:
+    """`BadRequest` if the body holds an integer literal out of range. Only called when
+    the parsed body has a suspect float: it may also be a float literal (1e19), which
+    is fine; only the text tells them apart (the standard library hands every integer
+    literal to `parse_int`)."""
+    try:
+        json.loads(body, parse_int=_exact_integer, object_pairs_hook=lambda _: None)
+    except ValueError:
+        return  # orjson read it; the standard library's quirks are not the sender's fault
 
 
 def parse_json(body: bytes, max_depth: int = 64) -> Any:
@@ -79,8 +114,11 @@ def parse_json(body: bytes, max_depth: int = 64) -> Any:
         raise BadRequest(
             f"the body is not valid JSON: {exc}", data={"line": exc.lineno, "column": exc.colno}
         ) from None
-    if json_depth(value) > max_depth:
+    depth, suspect = json_shape(value)
+    if depth > max_depth:
         raise BadRequest(f"the JSON body is nested deeper than {max_depth} levels")
+    if suspect:
+        refuse_inexact_integers(body)
     return value
 
 

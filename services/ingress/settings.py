@@ -5,6 +5,13 @@ from shared.settings import ServiceSettings
 
 class IngressSettings(ServiceSettings):
     ingress_port: int = 8080
+    # /metrics and the probes, kept off the public network (shared/web.py).
+    ingress_ops_port: int = Field(default=9080, ge=1, le=65535)
+
+    @property
+    def ops_port(self) -> int:
+        return self.ingress_ops_port
+
     # Bodies larger than this get 413 before they are read in full.
     ingress_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     # The whole body must arrive within this time (slow senders get 408).

@@ -21,8 +21,6 @@ from shared.errors import (
     BadRequest,
     Forbidden,
     NotFound,
-    PayloadTooLarge,
-    RequestTimeout,
     Unauthorized,
     Unavailable,
 )
@@ -39,7 +37,7 @@ from shared.schemas.runs import (
     StartRun,
     WebhookRequest,
 )
-from shared.web import REQUEST_ID, json_response
+from shared.web import REQUEST_ID, json_response, read_body
 
 log = structlog.get_logger(__name__)
 
@@ -204,21 +202,6 @@ class WebhookHandler:
         return access.flow
 
     async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self.max_body_bytes:
-            raise PayloadTooLarge(f"the body is larger than {self.max_body_bytes} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async with asyncio.timeout(self.body_timeout_s):
-                async for chunk in request.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > self.max_body_bytes:
-                        raise PayloadTooLarge(
-                            f"the body is larger than {self.max_body_bytes} bytes"
-                        )
-                    chunks.append(chunk)
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the body did not arrive within {self.body_timeout_s:g} s"
-            ) from None
-        return b"".join(chunks)
+        return await read_body(
+            request, max_bytes=self.max_body_bytes, timeout_s=self.body_timeout_s
+        )

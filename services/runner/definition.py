@@ -13,6 +13,10 @@ from shared.errors import BadRequest
 from shared.schemas.access import FlowStatus
 
 RESERVED_REF_IDS = frozenset({"request", "loop"})
+# Step lists inside each other (`condition` and `loop` steps), the top level being 1.
+# Fixed, not a setting: a stored flow must stay valid for every runner, and far deeper
+# definitions cannot even be encoded (orjson stops at 255 levels of JSON: 500 on save).
+MAX_STEP_DEPTH = 32
 
 
 class ResponseConfig(BaseModel):
@@ -62,9 +66,11 @@ def _refuse(field: str, message: str) -> BadRequest:
     return BadRequest(f"{field}: {message}", data={"field": field})
 
 
-def _parse_steps(raw_steps: Any, prefix: str) -> list[StepModel]:
+def _parse_steps(raw_steps: Any, prefix: str, depth: int = 1) -> list[StepModel]:
     if not isinstance(raw_steps, list):
         raise _refuse(prefix, "must be a list of steps")
+    if depth > MAX_STEP_DEPTH:
+        raise _refuse(prefix, f"steps are nested deeper than {MAX_STEP_DEPTH} levels")
     steps: list[StepModel] = []
     for index, raw in enumerate(raw_steps):
         path = f"{prefix}[{index}]"
@@ -82,7 +88,8 @@ def _parse_steps(raw_steps: Any, prefix: str) -> list[StepModel]:
             error = exc.errors()[0]
             raise _refuse(_path(tuple(error["loc"]), path), error["msg"]) from None
         for name, attribute in step.NESTED.items():
-            setattr(step, attribute, _parse_steps(getattr(step, attribute), f"{path}.{name}"))
+            nested = _parse_steps(getattr(step, attribute), f"{path}.{name}", depth + 1)
+            setattr(step, attribute, nested)
         steps.append(step)
     return steps
 

@@ -15,7 +15,7 @@ from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import TokenIdentity
-from shared.web import json_response
+from shared.web import json_response, read_api_body
 
 MAX_PAGE = 200
 
@@ -49,7 +49,7 @@ class FlowsApi:
     @staticmethod
     async def _json(request: web.Request) -> Any:
         try:
-            return orjson.loads(await request.read())
+            return orjson.loads(await read_api_body(request))
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
@@ -61,14 +61,25 @@ class FlowsApi:
         public = definition.public()
         stored = {"webhook": public["webhook"], "steps": public["steps"]}
         async with self.store.pool.acquire() as conn, conn.transaction():
+            current_key = self.access.ring.current.key_id
             if flow is None:
                 saved = await self.store.insert(
-                    conn, workspace_id, definition.name, definition.status, stored, new_nonce()
+                    conn,
+                    workspace_id,
+                    definition.name,
+                    definition.status,
+                    stored,
+                    new_nonce(),
+                    current_key,
                 )
             else:
-                nonce = new_nonce() if rotate else flow.token_nonce
+                # A new nonce is picked under the current key: previous keys' tokens for
+                # it were never shown, so they are not published (access.py).
+                nonce, key_id = (
+                    (new_nonce(), current_key) if rotate else (flow.token_nonce, flow.token_key_id)
+                )
                 updated = await self.store.update(
-                    conn, flow, definition.name, definition.status, stored, nonce
+                    conn, flow, definition.name, definition.status, stored, nonce, key_id
                 )
                 if updated is None:
                     raise BadRequest("the flow was changed meanwhile; read it and try again")

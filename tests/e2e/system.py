@@ -23,9 +23,19 @@ SERVICES = ("auth", "runner", "debugger", "ingress")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (held open together while they are picked)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -34,10 +44,16 @@ class ServiceProcess:
     port: int
     process: subprocess.Popen[bytes]
     log: IO[bytes]
+    # /metrics and the probes (FLOWHOOKS_<NAME>_OPS_PORT), apart from the service's port.
+    ops_port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self.ops_port}"
 
     def output(self) -> str:
         self.log.flush()
@@ -68,9 +84,10 @@ class System:
         return env
 
     def start(self, name: str, **env: str) -> ServiceProcess:
-        port = free_port()
+        port, ops_port = free_ports(2)
         full_env = self.env()
         full_env[f"FLOWHOOKS_{name.upper()}_PORT"] = str(port)
+        full_env[f"FLOWHOOKS_{name.upper()}_OPS_PORT"] = str(ops_port)
         if name == "runner" and "ingress" in self.processes:
             full_env["FLOWHOOKS_RUNNER_WEBHOOK_BASE_URL"] = self.url("ingress")
         full_env.update(env)
@@ -82,7 +99,7 @@ class System:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        service = ServiceProcess(name, port, process, log)
+        service = ServiceProcess(name, port, process, log, ops_port)
         self.processes.setdefault(name, []).append(service)
         self.wait_ready(service)
         return service

@@ -14,7 +14,9 @@ from tests.e2e.system import System, running_system
 pytestmark = pytest.mark.e2e
 
 # Some 200 ms of CPU in the runner.
-SLOW = "{% for i in range(10000) %}{% for j in range(400) %}{% endfor %}{% endfor %}done"
+# Well past the 0.1 s timeout below even on an idle machine (about 0.3 s; a run that ends
+# past its timeout is a timeout, whether the render finished or its budget cut it).
+SLOW = "{% for i in range(10000) %}{% for j in range(1500) %}{% endfor %}{% endfor %}done"
 
 
 @pytest.fixture(scope="module")

@@ -132,3 +132,36 @@ def test_json_sent_as_form_data_is_json() -> None:
     form = "application/x-www-form-urlencoded"
     assert parse_body(form, b'{"kind": "x"}', LIMITS) == {"kind": "x"}
     assert parse_body(form, b"kind=x", LIMITS) == {"kind": "x"}
+
+
+BIG = "18446744073709551616"
+OUT_OF_RANGE = (
+    "the JSON body holds the integer {}, outside the range of exact integers"
+    " (-9223372036854775808 to 18446744073709551615); send larger numbers as strings"
+)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "", "text/plain"])
+def test_integers_exact_within_64_bits(content_type: str) -> None:
+    body = b'{"a": [18446744073709551615, -9223372036854775808], "f": 1e19, "s": "' + BIG.encode()
+    body += b'"}'
+    value = parse_body(content_type, body, LIMITS)
+    assert value == {"a": [2**64 - 1, -(2**63)], "f": 1e19, "s": BIG}
+    assert isinstance(value["a"][0], int) and isinstance(value["f"], float)
+
+
+@pytest.mark.parametrize(
+    ("literal", "shown"),
+    [
+        (BIG, BIG),
+        ("-9223372036854775809", "-9223372036854775809"),
+        ("1" * 100, "1" * 40 + "..."),
+    ],
+)
+@pytest.mark.parametrize("content_type", ["application/json", ""])
+def test_integers_beyond_64_bits_are_refused(content_type: str, literal: str, shown: str) -> None:
+    body = b'{"nested": {"list": [1, 2.5, ' + literal.encode() + b"]}}"
+    with pytest.raises(BadRequest) as caught:
+        parse_body(content_type, body, LIMITS)
+    assert caught.value.message == OUT_OF_RANGE.format(shown)
+    assert caught.value.data is None

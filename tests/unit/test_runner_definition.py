@@ -1,8 +1,9 @@
 from typing import Any
 
+import orjson
 import pytest
 
-from services.runner.definition import parse_definition
+from services.runner.definition import MAX_STEP_DEPTH, parse_definition
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
 
@@ -125,3 +126,24 @@ def test_request_and_earlier_steps_may_be_referenced() -> None:
             ],
         }
     )
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """Step lists `depth` deep (the top level counted), conditions and loops alternating."""
+    step: dict[str, Any] = {"ref_id": "leaf", "type": "template", "template": "x"}
+    for level in range(depth - 1):
+        if level % 2:
+            step = {"ref_id": f"l{level}", "type": "loop", "over": "[1]", "steps": [step]}
+        else:
+            step = {"ref_id": f"c{level}", "type": "condition", "if": "{{ true }}", "then": [step]}
+    return {"name": "deep", "steps": [step]}
+
+
+def test_step_nesting_bound() -> None:
+    deepest = parse(nested(MAX_STEP_DEPTH))
+    # What the store writes can be encoded (orjson stops at 255 levels).
+    orjson.dumps(deepest.public())
+    for depth in (MAX_STEP_DEPTH + 1, 150, 1000):
+        message, data = refusal(nested(depth))
+        assert message == f"{data['field']}: steps are nested deeper than {MAX_STEP_DEPTH} levels"
+        assert data["field"].count("[0].") == MAX_STEP_DEPTH  # steps[0] and 31 nested
