@@ -1,5 +1,5 @@
 """Debugger figures: `python -m bench.debugger [--rows 1000000] [--events 20000]
-[--items 1,10,50] [--ingest-only]`.
+[--items 1,10,50] [--ingest-only | --listing-only]`.
 
 1. Ingest rate: with the debugger stopped, `--events` RunFinished records are queued,
    `--items` of them to a message (1: one message per record, the worst case and what
@@ -15,6 +15,11 @@
 2. Listing latency at scale: `--rows` requests are COPYed into the table (one hot flow
    with a fifth of them, the rest spread over 500 flows), then the listing query the
    API runs is timed: the first page, and a page deep in the hot flow via the cursor.
+3. Search at the same scale (`?match=`, jsonb containment on the input, GIN index
+   `jsonb_path_ops`): each row's input holds a customer id, 100 distinct ones spread
+   evenly, so `{"customer": {"id": k}}` matches 1 % of the hot flow's rows (and 1 % of
+   the table); the first page of 50 is timed for k = 0..99 in turn (`search_1pct`),
+   and a match that only one row of the table holds (`search_one_row`).
 """
 
 import argparse
@@ -193,7 +198,9 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
                         "application/json",
                         f'{{"n": {i}}}',
                         False,
-                        f'{{"n": {i}}}',
+                        # Consecutive rows of the hot flow (every fifth row) cycle
+                        # through 100 customer ids: each id is 1 % of the flow.
+                        f'{{"n": {i}, "customer": {{"id": {(i // 5) % 100}}}}}',
                         "sync",
                         "succeeded",
                         200,
@@ -217,13 +224,20 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
     fill_s = time.monotonic() - began
     store = RequestStore(pool)
 
-    async def timed(**kwargs: object) -> list[float]:
+    async def timed(before: tuple[datetime, str] | None) -> list[float]:
         samples = []
         for _ in range(50):
             t0 = time.perf_counter()
             await store.list_for_flow(
-                hot, WORKSPACE, limit=50, outcome=None, mode=None, since=None, until=None, **kwargs
-            )  # type: ignore[arg-type]
+                hot,
+                WORKSPACE,
+                limit=50,
+                outcome=None,
+                mode=None,
+                since=None,
+                until=None,
+                before=before,
+            )
             samples.append((time.perf_counter() - t0) * 1000)
         samples.sort()
         return samples
@@ -256,6 +270,43 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
         )
         filtered.append((time.perf_counter() - t0) * 1000)
     filtered.sort()
+    search = []
+    for k in range(200):
+        match = json.dumps({"customer": {"id": k % 100}})
+        t0 = time.perf_counter()
+        found = await store.list_for_flow(
+            hot,
+            WORKSPACE,
+            limit=50,
+            before=None,
+            outcome=None,
+            mode=None,
+            since=None,
+            until=None,
+            input_match=match,
+        )
+        search.append((time.perf_counter() - t0) * 1000)
+        assert len(found) == 50, len(found)
+    search.sort()
+    one_row = []
+    for k in range(50):
+        # Rows of the hot flow are those with n % 5 == 0, spread over the whole range.
+        match = json.dumps({"n": (k * rows // 50) // 5 * 5})
+        t0 = time.perf_counter()
+        found = await store.list_for_flow(
+            hot,
+            WORKSPACE,
+            limit=50,
+            before=None,
+            outcome=None,
+            mode=None,
+            since=None,
+            until=None,
+            input_match=match,
+        )
+        one_row.append((time.perf_counter() - t0) * 1000)
+        assert len(found) == 1, len(found)
+    one_row.sort()
     await pool.close()
 
     def summary(samples: list[float]) -> dict[str, float]:
@@ -270,6 +321,8 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
         "first_page": summary(first),
         "deep_page": summary(deep),
         "outcome_filter_no_match": summary(filtered),
+        "search_1pct": summary(search),
+        "search_one_row": summary(one_row),
     }
 
 
@@ -283,10 +336,14 @@ def main() -> None:
         help="records per message, one ingest run for each (comma-separated)",
     )
     parser.add_argument("--ingest-only", action="store_true", help="skip the listing figures")
+    parser.add_argument(
+        "--listing-only", action="store_true", help="skip the ingest rate (listing and search)"
+    )
     args = parser.parse_args()
-    ingest = [ingest_rate(args.events, int(items)) for items in args.items.split(",")]
-    results: dict[str, object] = {"ingest": ingest}
-    print(json.dumps(results), flush=True)
+    results: dict[str, object] = {}
+    if not args.listing_only:
+        results["ingest"] = [ingest_rate(args.events, int(i)) for i in args.items.split(",")]
+        print(json.dumps(results), flush=True)
     if not args.ingest_only:
         with fresh_database() as database_url:
             results["listing"] = asyncio.run(fill_and_list(database_url, args.rows))

@@ -12,12 +12,27 @@ from shared.schemas.access import IdentifyToken, TokenIdentity
 
 MANAGE_SCOPES = frozenset({"automation", "automation.manage"})
 WEBHOOK_SCOPES = frozenset({"automation", "automation.manage", "automation.webhook_run"})
-KNOWN_SCOPES = WEBHOOK_SCOPES
+# Ops tokens that must not manage flows or send webhooks: `debugger.read` sees requests
+# (list, detail, stream, stats); `debugger.replay` replays them, and sees what it replays.
+DEBUGGER_READ_SCOPES = MANAGE_SCOPES | {"debugger.read", "debugger.replay"}
+DEBUGGER_REPLAY_SCOPES = MANAGE_SCOPES | {"debugger.replay"}
+KNOWN_SCOPES = WEBHOOK_SCOPES | DEBUGGER_READ_SCOPES
+
+
+# Who may grant a debugger scope: whoever already opens every endpoint it opens (the
+# manage scopes open both; `debugger.replay` opens what `debugger.read` does).
+_DEBUGGER_GRANTORS = {
+    "debugger.read": DEBUGGER_READ_SCOPES,
+    "debugger.replay": DEBUGGER_REPLAY_SCOPES,
+}
 
 
 def scope_covers(held: str, wanted: str) -> bool:
-    """`automation` covers every `automation.*` scope; any scope covers itself."""
-    return held == wanted or wanted.startswith(held + ".")
+    """`automation` covers every `automation.*` scope; any scope covers itself; a debugger
+    scope is covered by every scope that opens at least what it opens."""
+    if held == wanted or wanted.startswith(held + "."):
+        return True
+    return held in _DEBUGGER_GRANTORS.get(wanted, frozenset())
 
 
 async def identify(rpc: RpcClient, request: web.Request) -> TokenIdentity:

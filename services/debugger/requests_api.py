@@ -1,23 +1,26 @@
-"""The ops API: a flow's requests (newest first, filters, keyset cursor) and one
-request in full. Personal tokens with `automation` or `automation.manage`; only the
-caller's workspace is ever read."""
+"""The ops API: a flow's requests (newest first, filters, search, keyset cursor) and one
+request in full. Personal tokens with `debugger.read` (or a scope that includes it:
+`DEBUGGER_READ_SCOPES`); only the caller's workspace is ever read."""
 
 import asyncio
 import base64
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from services.debugger.store import RequestStore
+from services.debugger.replay_jobs import replays_of
+from services.debugger.search import parse_headers, parse_match
+from services.debugger.store import FlowRow, RequestStore
 from services.debugger.tail import LiveTail, sse
-from shared.api_auth import require_scope
-from shared.errors import BadRequest, NotFound
+from shared.api_auth import DEBUGGER_READ_SCOPES, require_scope
+from shared.errors import BadRequest, NotFound, Timeout, Unavailable
+from shared.messaging.contracts import GET_FLOW_OWNER
 from shared.messaging.rpc import RpcClient
-from shared.messaging.runner_client import RunnerClient
-from shared.schemas.runs import CURRENT_VERSION, RECORDED_OUTCOMES, StartRun, WebhookRequest
+from shared.schemas.access import FlowOwnerQuery
+from shared.schemas.runs import RECORDED_OUTCOMES
 from shared.web import json_response
 
 MAX_LIMIT = 500
@@ -61,16 +64,12 @@ class RequestsApi:
         self,
         store: RequestStore,
         rpc: RpcClient,
-        runner: RunnerClient,
         tail: LiveTail,
-        replay_timeout_s: float,
         heartbeat_s: float = 15.0,
     ) -> None:
         self.store = store
         self.rpc = rpc
-        self.runner = runner
         self.tail = tail
-        self.replay_timeout_s = replay_timeout_s
         self.heartbeat_s = heartbeat_s
 
     async def _visible_flow(self, request: web.Request, workspace_id: str) -> uuid.UUID:
@@ -78,12 +77,32 @@ class RequestsApi:
             flow_id = uuid.UUID(request.match_info["flow_id"])
         except ValueError:
             raise NotFound("no such flow") from None
-        if not await self.store.flow_visible(flow_id, workspace_id):
+        owner = await self.store.flow_owner(flow_id)
+        if owner is None:
+            owner = await self._ask_runner(flow_id)
+        if owner is None or owner[1] or owner[0] != workspace_id:
             raise NotFound("no such flow")
         return flow_id
 
+    async def _ask_runner(self, flow_id: uuid.UUID) -> tuple[str, bool] | None:
+        """Read-through for a flow whose `flow.changed` the debugger has not consumed
+        yet (it arrives asynchronously, after the flows API has answered): the runner
+        says who owns it, and the answer joins `debugger.flows` under the version rule
+        (a later event, a deletion included, still wins). None: unknown or deleted."""
+        try:
+            owner = await self.rpc.call(GET_FLOW_OWNER, FlowOwnerQuery(flow_id=str(flow_id)))
+        except Timeout:
+            raise Unavailable("the runner did not answer") from None
+        if not owner.found or owner.workspace_id is None or owner.version is None:
+            return None
+        await self.store.remember_flow(
+            FlowRow(flow_id, uuid.UUID(owner.workspace_id), owner.version, False)
+        )
+        # Read back: a deletion stored meanwhile with a higher version is the answer.
+        return await self.store.flow_owner(flow_id)
+
     async def list(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request)
+        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
         flow_id = await self._visible_flow(request, caller.workspace_id)
         query = request.query
         try:
@@ -100,6 +119,8 @@ class RequestsApi:
         if mode is not None and mode not in ("sync", "async"):
             raise BadRequest("mode must be sync or async", data={"field": "mode"})
         cursor = query.get("cursor")
+        input_match = parse_match(query.get("match"))
+        headers_match = parse_headers(query.getall("header", []))
         rows = await self.store.list_for_flow(
             flow_id,
             caller.workspace_id,
@@ -109,6 +130,8 @@ class RequestsApi:
             mode=mode,
             since=_time(query, "since"),
             until=_time(query, "until"),
+            input_match=input_match,
+            headers_match=headers_match,
         )
         items = [
             {
@@ -129,7 +152,7 @@ class RequestsApi:
         return json_response({"items": items, "next_cursor": next_cursor})
 
     async def get(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request)
+        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
         row = await self.store.get(request.match_info["request_id"], caller.workspace_id)
         if row is None:
             raise NotFound("no such request")
@@ -138,11 +161,12 @@ class RequestsApi:
             "content_type": row.pop("response_content_type"),
             "body": row.pop("response_body"),
         }
+        row["replays"] = await replays_of(self.store.pool, row["id"], caller.workspace_id)
         return json_response({**row, "response": response})
 
     async def stats(self, request: web.Request) -> web.Response:
         """Counts by outcome and latency percentiles over `?window_s=` (default 3600)."""
-        caller = await require_scope(self.rpc, request)
+        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
         flow_id = await self._visible_flow(request, caller.workspace_id)
         try:
             window_s = float(request.query.get("window_s", "3600"))
@@ -153,69 +177,9 @@ class RequestsApi:
         stats = await self.store.stats(flow_id, caller.workspace_id, window_s)
         return json_response({"flow_id": str(flow_id), "window_s": window_s, **stats})
 
-    async def replay(self, request: web.Request) -> web.Response:
-        """The stored input through the normal run path again, as a new request that
-        points at the original (`replay_of`)."""
-        caller = await require_scope(self.rpc, request)
-        row = await self.store.get(request.match_info["request_id"], caller.workspace_id)
-        if row is None:
-            raise NotFound("no such request")
-        if row["outcome"] == "rejected":
-            raise BadRequest("a request whose body could not be parsed cannot be replayed")
-        truncated = row.get("truncated") or {}
-        if truncated.get("reduced"):
-            raise BadRequest(
-                "the request was not stored in full (not storable): it cannot be replayed"
-            )
-        if "input" in truncated:
-            raise BadRequest(
-                f"the request's input ({truncated['input']} bytes) was stored truncated,"
-                " beyond FLOWHOOKS_DEBUGGER_MAX_INPUT_BYTES: it cannot be replayed"
-            )
-        now = datetime.now(UTC)
-        replayed = WebhookRequest(
-            request_id=uuid.uuid4().hex,
-            flow_id=row["flow_id"],
-            workspace_id=row["workspace_id"],
-            received_at=now,
-            method=row["method"],
-            path=row["path"],
-            query=row["query"],
-            headers=row["headers"],
-            content_type=row["content_type"],
-            raw_body=row["raw_body"],
-            input=row["input"],
-            mode=row["mode"],
-            replay_of=row["id"],
-        )
-        if row["mode"] == "async":
-            await self.runner.schedule(StartRun(request=replayed, flow_version=CURRENT_VERSION))
-            return json_response(
-                {"request_id": replayed.request_id, "replay_of": row["id"], "outcome": "queued"},
-                status=202,
-            )
-        start = StartRun(
-            request=replayed,
-            flow_version=CURRENT_VERSION,
-            deadline=now + timedelta(seconds=self.replay_timeout_s),
-        )
-        result = await self.runner.run(start, self.replay_timeout_s)
-        return json_response(
-            {
-                "request_id": replayed.request_id,
-                "replay_of": row["id"],
-                "outcome": result.outcome,
-                "response": {
-                    "status_code": result.status_code,
-                    "content_type": result.content_type,
-                    "body": result.body,
-                },
-            }
-        )
-
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: one `request` event per new request of the flow."""
-        caller = await require_scope(self.rpc, request)
+        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
         flow_id = str(await self._visible_flow(request, caller.workspace_id))
         queue = await self.tail.subscribe(flow_id, caller.workspace_id)
         response = web.StreamResponse(

@@ -39,6 +39,9 @@ class RequestRow(NamedTuple):
     # Fields stored cut or replaced by a marker: {field: original size in bytes}; and
     # `"reduced": true` for a row PostgreSQL refused, stored without its contents.
     truncated: str | None
+    # `raw_body` is the body's UTF-8 text, or its bytes in base64 (not UTF-8, or holding
+    # NUL, which a text column cannot): byte for byte either way.
+    raw_body_encoding: str = "utf-8"
 
 
 class FlowRow(NamedTuple):
@@ -98,7 +101,7 @@ _SELECT = (
     "SELECT id, flow_id::text, workspace_id::text, received_at, method, path, query::text,"
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
-    " finished_at, replay_of, truncated::text FROM debugger.requests"
+    " finished_at, replay_of, truncated::text, raw_body_encoding FROM debugger.requests"
 )
 
 
@@ -132,13 +135,16 @@ class RequestStore:
                     INSERT_FLOW_OWNERS, [flow for flow, _ in owners], [ws for _, ws in owners]
                 )
 
-    async def flow_visible(self, flow_id: uuid.UUID, workspace_id: str) -> bool:
-        """The flow exists (as far as the debugger heard) and belongs to the workspace."""
-        owner = await self.pool.fetchval(
-            "SELECT workspace_id::text FROM debugger.flows WHERE flow_id = $1 AND NOT deleted",
-            flow_id,
+    async def flow_owner(self, flow_id: uuid.UUID) -> tuple[str, bool] | None:
+        """(workspace id, deleted) as the debugger heard it; None: never heard of it."""
+        record = await self.pool.fetchrow(
+            "SELECT workspace_id::text, deleted FROM debugger.flows WHERE flow_id = $1", flow_id
         )
-        return bool(owner == workspace_id)
+        return (record["workspace_id"], record["deleted"]) if record else None
+
+    async def remember_flow(self, flow: FlowRow) -> None:
+        """What the runner answered, under the same version rule as `flow.changed`."""
+        await self.pool.execute(UPSERT_FLOW, *flow)
 
     async def get(self, request_id: str, workspace_id: str) -> dict[str, Any] | None:
         record = await self.pool.fetchrow(
@@ -157,25 +163,46 @@ class RequestStore:
         mode: str | None,
         since: datetime | None,
         until: datetime | None,
+        input_match: str | None = None,
+        headers_match: str | None = None,
     ) -> list[asyncpg.Record]:
+        """A page of the flow's requests, newest first. `input_match`/`headers_match`:
+        JSON text the stored input/headers must contain (jsonb `@>`)."""
+        # Only the filters given are in the statement: with `($n IS NULL OR ...)` a
+        # generic plan (asyncpg prepares statements, PostgreSQL switches to a generic
+        # plan after five runs) could use neither the GIN index on input nor the
+        # outcome index. Each combination is a statement of its own, prepared once.
+        args: list[Any] = [flow_id, uuid.UUID(workspace_id)]
+        where = ["flow_id = $1", "workspace_id = $2"]
+
+        def condition(sql: str, *values: Any) -> None:
+            numbers = []
+            for value in values:
+                args.append(value)
+                numbers.append(f"${len(args)}")
+            where.append(sql.format(*numbers))
+
+        if outcome is not None:
+            condition("outcome = {}", outcome)
+        if mode is not None:
+            condition("mode = {}", mode)
+        if since is not None:
+            condition("received_at >= {}", since)
+        if until is not None:
+            condition("received_at < {}", until)
+        if before is not None:
+            condition("(received_at, id) < ({}, {})", before[0], before[1])
+        if input_match is not None:
+            condition("input @> {}::jsonb", input_match)
+        if headers_match is not None:
+            condition("headers @> {}::jsonb", headers_match)
+        args.append(limit)
         rows: list[asyncpg.Record] = await self.pool.fetch(
             "SELECT id, flow_id::text, received_at, method, mode, outcome, status_code,"
             " started_at, finished_at FROM debugger.requests"
-            " WHERE flow_id = $1 AND workspace_id = $2"
-            " AND ($3::text IS NULL OR outcome = $3) AND ($4::text IS NULL OR mode = $4)"
-            " AND ($5::timestamptz IS NULL OR received_at >= $5)"
-            " AND ($6::timestamptz IS NULL OR received_at < $6)"
-            " AND ($7::timestamptz IS NULL OR (received_at, id) < ($7, $8::text))"
-            " ORDER BY received_at DESC, id DESC LIMIT $9",
-            flow_id,
-            uuid.UUID(workspace_id),
-            outcome,
-            mode,
-            since,
-            until,
-            before[0] if before else None,
-            before[1] if before else None,
-            limit,
+            f" WHERE {' AND '.join(where)}"
+            f" ORDER BY received_at DESC, id DESC LIMIT ${len(args)}",
+            *args,
         )
         return rows
 

@@ -36,6 +36,7 @@ RUN_DEAD_LETTERED = "run.dead_lettered"  # an async run that failed its delivery
 AUTHORIZE_WEBHOOK = "auth.authorize_webhook"
 IDENTIFY_TOKEN = "auth.identify_token"
 LIST_FLOW_ACCESS = "runner.list_flow_access"
+GET_FLOW_OWNER = "runner.get_flow_owner"
 START_RUN = "runner.start_run"
 
 

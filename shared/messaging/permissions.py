@@ -127,9 +127,11 @@ ACCESS: dict[str, ServiceAccess] = {
             # The live tail binds (a subset of) what the durable intake receives.
             ProcessQueue(naming.tail_queue_name, topology.DEBUGGER_EVENTS.bindings),
         ),
-        # Identifying API tokens; replays (sync as a call of its own, async as a command).
+        # Identifying API tokens; asking the runner who owns a flow it has not heard of
+        # yet; replays (sync as a call of its own, async as a command).
         sends_to=(
             contracts.IDENTIFY_TOKEN.queue,
+            contracts.GET_FLOW_OWNER.queue,
             contracts.START_RUN.queue,
             contracts.ASYNC_RUNS.queue,
         ),
