@@ -7,6 +7,7 @@
      ├── Forbidden             403 forbidden
      ├── NotFound              404 not_found
      ├── MethodNotAllowed      405 method_not_allowed
+     ├── Conflict              409 conflict (the resource's state forbids it: a paused flow)
      ├── RequestTimeout        408 request_timeout (the body arrived too slowly)
      ├── PayloadTooLarge       413 payload_too_large
      ├── UnsupportedMediaType  415 unsupported_media_type
@@ -69,6 +70,10 @@ class MethodNotAllowed(ApiError):
     status, kind = 405, "method_not_allowed"
 
 
+class Conflict(ApiError):
+    status, kind = 409, "conflict"
+
+
 class RequestTimeout(ApiError):
     status, kind = 408, "request_timeout"
 
@@ -117,6 +122,7 @@ _BY_KIND: dict[str, type[ApiError]] = {
         Forbidden,
         NotFound,
         MethodNotAllowed,
+        Conflict,
         RequestTimeout,
         PayloadTooLarge,
         UnsupportedMediaType,
