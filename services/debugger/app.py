@@ -5,8 +5,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore
+from services.debugger.alerts_api import AlertsApi
 from services.debugger.ingest import BatchIngest
 from services.debugger.records import Redaction
+from services.debugger.replay_edit import Replayer
+from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
+from services.debugger.replays import ReplayApi
 from services.debugger.requests_api import RequestsApi
 from services.debugger.retention import Retention
 from services.debugger.settings import DebuggerSettings
@@ -14,9 +19,12 @@ from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from shared.messaging import topology
 from shared.messaging.runner_client import RunnerClient
+from shared.outbound import AddressPolicy, OutboundHttp
 from shared.service import Database, Kernel, Route, ServiceSpec
 
 REQUESTS_API = web.AppKey("requests_api", RequestsApi)
+REPLAY_API = web.AppKey("replay_api", ReplayApi)
+ALERTS_API = web.AppKey("alerts_api", AlertsApi)
 DATABASE = Database("debugger", Path(__file__).parent / "migrations")
 
 
@@ -42,11 +50,64 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         RequestsApi(
             store,
             kernel.rpc,
-            RunnerClient(kernel.broker, kernel.rpc),
             LiveTail(kernel.broker, redact),
-            settings.debugger_replay_timeout_s,
         ),
     )
+    # Replays (replays.py): one request, edited or not, and bulk jobs (replay_jobs.py),
+    # worked by whichever replica holds a job's lease.
+    replayer = Replayer(RunnerClient(kernel.broker, kernel.rpc), settings.debugger_replay_timeout_s)
+    replay_jobs = ReplayJobs(kernel.pool, settings.debugger_replay_max_requests)
+    replay_worker = ReplayWorker(
+        replay_jobs,
+        store,
+        replayer,
+        in_flight=settings.debugger_replay_in_flight,
+        rate=settings.debugger_replay_rate,
+        chunk=settings.debugger_replay_chunk,
+        lease_s=settings.debugger_replay_lease_s,
+        poll_s=settings.debugger_replay_poll_s,
+        max_jobs=settings.debugger_replay_max_jobs,
+    )
+    kernel.provide(
+        REPLAY_API,
+        ReplayApi(
+            store, kernel.rpc, kernel.app[REQUESTS_API], replayer, replay_jobs, replay_worker
+        ),
+    )
+    kernel.background(replay_worker.run_forever())
+    # Alerts (alerts.py): evaluated off the ingest path, delivered from an outbox.
+    alert_policy = AddressPolicy(settings.debugger_alert_allow_networks)
+    alert_store = AlertStore(kernel.pool)
+    alert_http = OutboundHttp(alert_policy)
+    alert_sender = AlertSender(
+        alert_store,
+        alert_http,
+        timeout_s=settings.debugger_alert_timeout_s,
+        max_attempts=settings.debugger_alert_max_attempts,
+        retry_delay_s=settings.debugger_alert_retry_delay_s,
+        max_retry_delay_s=settings.debugger_alert_max_retry_delay_s,
+        poll_interval_s=settings.debugger_alert_poll_interval_s,
+    )
+    alert_evaluator = AlertEvaluator(
+        alert_store,
+        eval_interval_s=settings.debugger_alert_eval_interval_s,
+        sweep_interval_s=settings.debugger_alert_sweep_interval_s,
+        queue_size=settings.debugger_alert_queue_size,
+        on_fired=alert_sender.wake,
+    )
+    kernel.provide(
+        ALERTS_API,
+        AlertsApi(
+            alert_store,
+            kernel.rpc,
+            # The same ownership check (and read-through) as the requests API.
+            kernel.app[REQUESTS_API]._visible_flow,
+            alert_policy,
+        ),
+    )
+    kernel.background(alert_evaluator.run_forever())
+    kernel.background(alert_sender.run_forever())
+    kernel.on_shutdown(alert_http.close)
     ingest = BatchIngest(
         store,
         redact,
@@ -56,6 +117,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         max_retry_delay_s=settings.debugger_write_max_retry_delay_s,
         unknown_retries=settings.debugger_write_unknown_retries,
         runner_user=settings.runner_user,
+        after_write=alert_evaluator.note_written,
     )
     # The ingest settles its messages itself, one ack per written batch.
     kernel.consume(
@@ -85,9 +147,15 @@ SERVICE = ServiceSpec(
     routes=(
         Route("GET", "/v1/flows/{flow_id}/requests", REQUESTS_API, lambda api: api.list),
         Route("GET", "/v1/requests/{request_id}", REQUESTS_API, lambda api: api.get),
-        Route("POST", "/v1/requests/{request_id}/replay", REQUESTS_API, lambda api: api.replay),
+        Route("POST", "/v1/requests/{request_id}/replay", REPLAY_API, lambda api: api.replay),
+        Route("POST", "/v1/flows/{flow_id}/replays", REPLAY_API, lambda api: api.start_job),
+        Route("GET", "/v1/replays/{job_id}", REPLAY_API, lambda api: api.get_job),
+        Route("DELETE", "/v1/replays/{job_id}", REPLAY_API, lambda api: api.cancel_job),
         Route("GET", "/v1/flows/{flow_id}/requests/stream", REQUESTS_API, lambda api: api.stream),
         Route("GET", "/v1/flows/{flow_id}/stats", REQUESTS_API, lambda api: api.stats),
+        Route("PUT", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.put),
+        Route("GET", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.get),
+        Route("DELETE", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.delete),
     ),
 )
 

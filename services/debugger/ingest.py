@@ -29,7 +29,7 @@ intake of everyone):
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import structlog
@@ -109,8 +109,11 @@ class BatchIngest:
         max_retry_delay_s: float = MAX_RETRY_DELAY_S,
         unknown_retries: int = UNKNOWN_RETRIES,
         runner_user: str | None = None,
+        after_write: Callable[[Sequence[RequestRow]], None] | None = None,
     ) -> None:
         self.store = store
+        # Told the rows of each committed write (alerts.py); must neither block nor raise.
+        self.after_write = after_write
         # The only broker user whose `flow.changed` is believed (shared/messaging/trust.py);
         # None: not checked (tests that feed messages without a broker).
         self.runner_user = runner_user
@@ -290,8 +293,14 @@ class BatchIngest:
         delay = self.retry_delay_s
         while True:
             try:
-                await self.store.write(list(rows.values()), list(flows.values()))
+                written = list(rows.values())
+                await self.store.write(written, list(flows.values()))
                 self.stored += len(rows)
+                if self.after_write is not None and written:
+                    try:
+                        self.after_write(written)
+                    except Exception:  # an alert bug must never stop the intake
+                        log.exception("after_write_failed")
                 return
             except Exception as exc:
                 kind = classify(exc)

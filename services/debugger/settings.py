@@ -44,8 +44,41 @@ class DebuggerSettings(DatabaseSettings):
     debugger_retention_batch: int = Field(default=1000, ge=1)
     # How long a replay of a sync request may run.
     debugger_replay_timeout_s: float = Field(default=30.0, gt=0)
+    # Bulk replay jobs. Replays go one by one through the sync run path, so these bound
+    # what a job can take from live webhooks: replays awaiting their outcome at once
+    # (per debugger process, all jobs together), and replays started a second per job.
+    debugger_replay_in_flight: int = Field(default=4, ge=1)
+    debugger_replay_rate: float = Field(default=50.0, gt=0)
+    # Items settled per transaction (the job's progress moves by this many at most).
+    debugger_replay_chunk: int = Field(default=100, ge=1)
+    # Requests a job may select at most (a larger filter is refused: narrow it).
+    debugger_replay_max_requests: int = Field(default=100_000, ge=1)
+    # A job's lease: renewed by its worker every third of it; a job whose lease lapsed
+    # (its debugger died) is taken over by any replica, which looks for running jobs
+    # every `poll_s`, and at once after a job is created on it.
+    debugger_replay_lease_s: float = Field(default=30.0, gt=0)
+    debugger_replay_poll_s: float = Field(default=5.0, gt=0)
+    # Jobs one debugger process works at once.
+    debugger_replay_max_jobs: int = Field(default=4, ge=1)
     # Secret headers and query parameters are stored as "[redacted]": the list of
     # shared/redaction.py (the one the runner's http step uses too) plus these names.
     # Authorization never reaches the debugger.
     debugger_redact_headers: list[str] = Field(default_factory=list)
     debugger_redact_query: list[str] = Field(default_factory=list)
+    # Alerts (alerts.py). Networks alert URLs may reach although they are private,
+    # loopback or link-local (JSON list of CIDRs). Empty: only public addresses.
+    debugger_alert_allow_networks: list[str] = Field(default_factory=list)
+    # Flows seen in written batches are evaluated at most once per interval; every
+    # alert is evaluated again each sweep interval (a backstop for triggers lost to a
+    # restart or a full queue), by one replica at a time.
+    debugger_alert_eval_interval_s: float = Field(default=1.0, gt=0)
+    debugger_alert_sweep_interval_s: float = Field(default=60.0, gt=0)
+    # Distinct flows waiting for evaluation; beyond it, the sweep catches up.
+    debugger_alert_queue_size: int = Field(default=10_000, ge=1)
+    # Delivery: each attempt's timeout; attempts in all; the delay before the second
+    # attempt, doubling up to the longest. How often the outbox is looked at.
+    debugger_alert_timeout_s: float = Field(default=10.0, gt=0)
+    debugger_alert_max_attempts: int = Field(default=10, ge=1)
+    debugger_alert_retry_delay_s: float = Field(default=5.0, gt=0)
+    debugger_alert_max_retry_delay_s: float = Field(default=3600.0, gt=0)
+    debugger_alert_poll_interval_s: float = Field(default=1.0, gt=0)

@@ -24,7 +24,6 @@ from pydantic import ValidationError
 
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow, error_result
-from services.runner.outbound import AddressPolicy, OutboundHttp
 from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
 from services.runner.steps.base import RunState, StepLimits
 from services.runner.templates import TemplateEngine
@@ -39,6 +38,7 @@ from services.runner.worker_protocol import (
 )
 from shared.errors import FlowError, Timeout
 from shared.logging import configure_logging
+from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunResult
 
 log = structlog.get_logger(__name__)

@@ -5,7 +5,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from services.runner.outbound import (
+from shared.outbound import (
     AddressPolicy,
     GuardedResolver,
     OutboundHttp,

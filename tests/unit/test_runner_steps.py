@@ -8,10 +8,10 @@ import pytest
 
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
-from services.runner.outbound import AddressPolicy, OutboundHttp
 from services.runner.steps.base import StepLimits
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
+from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunResult
 from tests.factories import webhook_request
 

@@ -10,7 +10,7 @@ from services.runner.templates import TemplateEngine
 
 if TYPE_CHECKING:
     from services.runner.engine import Engine
-    from services.runner.outbound import OutboundHttp
+    from shared.outbound import OutboundHttp
 
 
 @dataclass(frozen=True)

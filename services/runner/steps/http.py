@@ -2,7 +2,7 @@
 (a body that renders to a JSON object or list is sent as JSON, anything else as text);
 `timeout_s`; `retries` on connection errors, 5xx and 429 with exponential backoff.
 Output `{"status", "headers", "body"}` (the body parsed when it is JSON). Private and
-metadata addresses are refused (outbound.py).
+metadata addresses are refused (shared/outbound.py).
 
 Secrets (shared/redaction.py, the list the debugger uses too): secret header values and
 secret query parameters of the URL are redacted in the step trace and in the output's
@@ -18,9 +18,9 @@ import orjson
 import structlog
 from pydantic import Field
 
-from services.runner.outbound import OutboundRefused, is_retryable
 from services.runner.steps.base import RunContext, StepModel, StepType
 from services.runner.templates import TemplateFailure, parse_if_json
+from shared.outbound import OutboundRefused, is_retryable
 from shared.redaction import (
     REDACTED,
     SECRET_HEADERS,

@@ -1,8 +1,10 @@
-"""Outgoing HTTP for `http` steps, with the private-address guard.
+"""Outgoing HTTP to URLs that users choose, with the private-address guard: the
+runner's `http` steps and the debugger's alert notices.
 
 Requests to loopback, private, link-local (cloud metadata: 169.254.169.254), CGNAT,
 multicast, reserved or unspecified addresses are refused unless the operator allows
-their network (`FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS`). The check runs on the addresses
+their network (each service has its own setting: `FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS`,
+`FLOWHOOKS_DEBUGGER_ALERT_ALLOW_NETWORKS`). The check runs on the addresses
 a name resolves to, inside the resolver the connection then uses, so a name cannot
 resolve to a public address for the check and a private one for the connection (DNS
 rebinding). aiohttp never asks the resolver about IP literals
@@ -139,6 +141,24 @@ def parse_url(url: str) -> URL:
     return target
 
 
+async def check_destination(policy: AddressPolicy, url: str) -> URL:
+    """Where a URL saved for later (an alert's) would go, checked now so that the user
+    hears at once: `url` parsed, its host resolved and every address checked. Raises
+    OutboundRefused. The check is made again at each request (the name may change)."""
+    target = parse_url(url)
+    policy.check_literal(target)
+    try:
+        ipaddress.ip_address((target.host or "").strip("[]"))
+        return target
+    except ValueError:
+        pass  # a name: resolve it
+    try:
+        await GuardedResolver(policy).resolve(target.host or "", target.port or 0, socket.AF_UNSPEC)
+    except OSError as exc:
+        raise OutboundRefused(str(exc)) from None
+    return target
+
+
 def same_origin(before: URL, after: URL) -> bool:
     """Whether a redirect from `before` to `after` may keep the secret headers: the
     same host, scheme and port, or the same host upgraded from http to https."""
@@ -154,7 +174,7 @@ def without_secrets(headers: dict[str, str]) -> dict[str, str]:
 
 
 class OutboundHttp:
-    """One aiohttp session per runner process, behind the address policy."""
+    """One aiohttp session per process, behind the address policy."""
 
     MAX_REDIRECTS = 5
 
@@ -178,7 +198,10 @@ class OutboundHttp:
         data: bytes | None,
         timeout_s: float,
         max_response_bytes: int,
+        follow_redirects: bool = True,
     ) -> tuple[int, dict[str, str], bytes]:
+        """`follow_redirects=False`: a 3xx is the answer (Standard Webhooks counts it as
+        a failed delivery: the sender should fix the URL, not follow it)."""
         target = parse_url(url)
         for _ in range(self.MAX_REDIRECTS + 1):
             self.policy.check_literal(target)
@@ -190,7 +213,11 @@ class OutboundHttp:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as response:
-                if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                if (
+                    follow_redirects
+                    and response.status in (301, 302, 303, 307, 308)
+                    and "Location" in response.headers
+                ):
                     _refuse_bad_characters(response.headers["Location"])
                     try:
                         location = target.join(URL(response.headers["Location"]))
