@@ -28,6 +28,7 @@ SERVICES = ("auth", "runner", "debugger", "ingress")
 # Services that own a database schema, in the order they are migrated.
 SCHEMAS = ("auth", "runner", "debugger")
 DEV_TOKEN_KEY_FILE = Path(".flowhooks/dev-runner-token-key")
+DEV_SECRETS_KEY_FILE = Path(".flowhooks/dev-webhook-secrets-key")
 
 
 def _serve(name: str) -> int:
@@ -70,13 +71,18 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_key(path: Path) -> str:
+    """`flowhooks run` only: a stable development key kept in ./.flowhooks."""
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def _dev_token_key() -> str:
-    """`flowhooks run` only: a stable key for flow webhook tokens kept in ./.flowhooks."""
-    if not DEV_TOKEN_KEY_FILE.exists():
-        DEV_TOKEN_KEY_FILE.parent.mkdir(exist_ok=True)
-        DEV_TOKEN_KEY_FILE.write_text(secrets.token_urlsafe(48))
-        DEV_TOKEN_KEY_FILE.chmod(0o600)
-    return DEV_TOKEN_KEY_FILE.read_text().strip()
+    """The key for flow webhook tokens."""
+    return _dev_key(DEV_TOKEN_KEY_FILE)
 
 
 def _cmd_run(_: argparse.Namespace) -> int:
@@ -90,6 +96,10 @@ def _cmd_run(_: argparse.Namespace) -> int:
     if not env.get("FLOWHOOKS_RUNNER_TOKEN_KEYS") and not env.get("FLOWHOOKS_RUNNER_TOKEN_KEY"):
         env["FLOWHOOKS_RUNNER_TOKEN_KEYS"] = _dev_token_key()
         print(f"using the development token key in {DEV_TOKEN_KEY_FILE}")
+    if not env.get("FLOWHOOKS_WEBHOOK_SECRETS_KEY"):
+        # Runner and ingress share it: signing flows work in development too.
+        env["FLOWHOOKS_WEBHOOK_SECRETS_KEY"] = _dev_key(DEV_SECRETS_KEY_FILE)
+        print(f"using the development webhook secrets key in {DEV_SECRETS_KEY_FILE}")
     supervisor = Supervisor(
         {name: service_env(env, settings_class(name)) for name in SERVICES},
         settings.shutdown_timeout_s,

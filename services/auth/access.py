@@ -39,6 +39,12 @@ class AccessChecker:
         except ValueError:
             flow_id = None
         flow = await self.store.flow_access(flow_id) if flow_id else None
+        if request.bearer_hash is None:
+            # No bearer: only a signing flow may be called so; the ingress checks the
+            # signature. Anything else is 401, so nothing about the flow shows.
+            if flow is not None and flow.settings.signing is not None:
+                return WebhookAccess(decision="signature", flow=flow.settings)
+            return WebhookAccess(decision="unauthorized")
         if flow is not None:
             for token_hash, not_after in flow.accepted_hashes(datetime.now(UTC)):
                 if same_hash(token_hash, request.bearer_hash):

@@ -11,6 +11,7 @@ A row is only ever replaced by an event of the same or a higher rank, so the fin
 record is right whatever order the events arrive in.
 """
 
+import base64
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -112,9 +113,11 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> Reques
 
 def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> RequestRow:
     truncated: dict[str, int] = {}
-    raw_body, raw_cut = cut_body(request.raw_body, redaction.max_raw_body_bytes)
+    raw_body, raw_cut, raw_encoding, raw_size = stored_raw_body(
+        request, redaction.max_raw_body_bytes
+    )
     if raw_cut:
-        truncated["raw_body"] = len(request.raw_body.encode())
+        truncated["raw_body"] = raw_size
     query = redact_query(request.query, redaction.query)
     parsed = request.input
     if request.method == "GET" and parsed == request.query:
@@ -151,6 +154,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> R
         content_type=clean_text(request.content_type) if request.content_type else None,
         raw_body=raw_body,
         raw_body_truncated=raw_cut,
+        raw_body_encoding=raw_encoding,
         input=input_text,
         mode=request.mode,
         outcome=run.outcome,
@@ -165,6 +169,17 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> R
         replay_of=request.replay_of,
         truncated=orjson.dumps(truncated).decode() if truncated else None,
     )
+
+
+def stored_raw_body(request: WebhookRequest, max_bytes: int) -> tuple[str, bool, str, int]:
+    """The body as stored, byte for byte up to `max_bytes`: UTF-8 text, or base64 of its
+    bytes when it is not UTF-8 or holds NUL (a text column cannot). Returns the stored
+    text, whether it was cut, its encoding and the body's size in bytes."""
+    if request.raw_body_encoding == "utf-8" and "\x00" not in request.raw_body:
+        text, cut = cut_body(request.raw_body, max_bytes)
+        return text, cut, "utf-8", len(request.raw_body.encode()) if cut else 0
+    raw = request.raw_body_bytes()
+    return base64.b64encode(raw[:max_bytes]).decode(), len(raw) > max_bytes, "base64", len(raw)
 
 
 def _capped_steps(steps: list[Any], redaction: Redaction) -> tuple[str, int | None]:
@@ -259,6 +274,7 @@ def reduced_row(row: RequestRow, reason: str) -> RequestRow:
         content_type=None,
         raw_body="",
         raw_body_truncated=True,
+        raw_body_encoding="utf-8",
         input=None,
         status_code=status if isinstance(status, int) and 100 <= status <= 599 else None,
         response_content_type=None,

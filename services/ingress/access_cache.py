@@ -46,8 +46,10 @@ class AccessCache:
         self.changes.on(FLOW_ACCESS_CHANGED, self._flow_access_changed)
         self.changes.on(ACCESS_TOKEN_REVOKED, self._token_revoked)
 
-    async def authorize(self, flow_id: str, bearer_hash: str) -> WebhookAccess:
-        key = (flow_id, bearer_hash)
+    async def authorize(self, flow_id: str, bearer_hash: str | None) -> WebhookAccess:
+        """`bearer_hash` None: a caller without a bearer (cached under "", which no
+        token hashes to)."""
+        key = (flow_id, bearer_hash or "")
         cached = self._entries.get(key)
         if cached is not None:
             access, stored_at = cached

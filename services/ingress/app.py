@@ -5,9 +5,11 @@ from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
 from services.ingress.settings import IngressSettings
+from services.ingress.signing import SignatureChecks
 from services.ingress.webhook import WebhookHandler
 from shared.messaging import naming
 from shared.messaging.runner_client import RunnerClient
+from shared.secret_box import SecretBox
 from shared.service import Kernel, Route, ServiceSpec
 
 WEBHOOK = web.AppKey("webhook", WebhookHandler)
@@ -28,7 +30,14 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         on_unreadable=cache.clear,
     )
     runner = RunnerClient(kernel.broker, kernel.rpc, max_items=settings.ingress_run_batch)
-    webhook = kernel.provide(WEBHOOK, WebhookHandler(cache, runner, kernel.broker, settings))
+    key = settings.webhook_secrets_key
+    signatures = SignatureChecks(
+        SecretBox(key.get_secret_value()) if key is not None else None,
+        settings.ingress_access_cache_size,
+    )
+    webhook = kernel.provide(
+        WEBHOOK, WebhookHandler(cache, runner, kernel.broker, settings, signatures)
+    )
 
     async def close() -> None:
         await runner.drain()

@@ -2,6 +2,7 @@
 content type, the query, and the headers (names lower-cased; `authorization` never
 passes on)."""
 
+import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -199,7 +200,16 @@ def webhook_request(
         query=query,
         headers=clean_headers(headers),
         content_type=content_type,
-        raw_body=body.decode("utf-8", errors="replace"),
+        **raw_body_fields(body),
         input=parsed_input,
         mode="async" if mode == "async" else "sync",
     )
+
+
+def raw_body_fields(body: bytes) -> dict[str, str]:
+    """The body byte for byte: its text when it is UTF-8, else base64 (so that a
+    signature can be checked again from the debugger's record)."""
+    try:
+        return {"raw_body": body.decode("utf-8"), "raw_body_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {"raw_body": base64.b64encode(body).decode(), "raw_body_encoding": "base64"}

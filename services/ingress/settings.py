@@ -1,9 +1,14 @@
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
+from shared.secret_box import SecretBox
 from shared.settings import ServiceSettings
 
 
 class IngressSettings(ServiceSettings):
+    # A refused secrets key must not print (part of) itself in the error.
+    model_config = SettingsConfigDict(hide_input_in_errors=True)
+
     ingress_port: int = 8080
     # /metrics and the probes, kept off the public network (shared/web.py).
     ingress_ops_port: int = Field(default=9080, ge=1, le=65535)
@@ -20,7 +25,7 @@ class IngressSettings(ServiceSettings):
     ingress_flow_rate_limit_per_s: float = Field(default=1000.0, ge=0)
     ingress_flow_rate_burst: int = Field(default=2000, ge=1)
     # Tell the debugger about async requests as soon as they are queued (outcome
-    # `queued`). Costs about a third of async throughput (docs/performance.md).
+    # `queued`): batched with other requests' and never awaited, but one more event each.
     ingress_record_queued: bool = True
     # Nesting bounds for JSON and XML bodies (400 beyond them).
     ingress_max_json_depth: int = Field(default=64, ge=1, le=1000)
@@ -46,3 +51,14 @@ class IngressSettings(ServiceSettings):
     ingress_access_cache_size: int = Field(default=10_000, ge=0)
     # Backstop only: correctness comes from the change events, not from this TTL.
     ingress_access_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # Opens flows' signing secrets (the runner seals them with it): `current,previous`,
+    # each 32 characters at least; the same as the runners'. Unset: signing flows get 503.
+    webhook_secrets_key: SecretStr | None = None
+
+    @field_validator("webhook_secrets_key")
+    @classmethod
+    def _secrets_key_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty (a deployment's unfilled secret): signing modes are off
+        SecretBox(value.get_secret_value())  # its error names the rule, not the key
+        return value

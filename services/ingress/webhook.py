@@ -15,6 +15,7 @@ from services.ingress.form_body import multi_dict
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
 from services.ingress.rate_limit import FlowRateLimiter
 from services.ingress.settings import IngressSettings
+from services.ingress.signing import SignatureChecks
 from services.ingress.text import replace_undecodable
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
@@ -67,8 +68,10 @@ class WebhookHandler:
         runner: RunnerClient,
         broker: Broker,
         settings: IngressSettings,
+        signatures: SignatureChecks | None = None,
     ) -> None:
         self.access = access
+        self.signatures = signatures or SignatureChecks(None, 1)
         self.rate_limiter = FlowRateLimiter(
             settings.ingress_flow_rate_limit_per_s, settings.ingress_flow_rate_burst
         )
@@ -90,11 +93,22 @@ class WebhookHandler:
     async def handle(self, request: web.Request) -> web.Response:
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
-        if flow.status == "paused":
-            # Neither run nor stored (contract).
-            return web.Response(body=PAUSED_BODY, content_type="application/json")
-        self.rate_limiter.check(flow.flow_id)
-        body = await self._read_body(request)
+        if flow.signing is not None and "Authorization" not in request.headers:
+            # A signature covers the body: read it first, judge it before anything about
+            # the flow (paused, rate limited) shows, and before it is parsed or published.
+            body = await self._read_body(request)
+            await self.signatures.verify(
+                flow, request.headers, body, self.parser, self.parse_inline_max_bytes
+            )
+            if flow.status == "paused":
+                return web.Response(body=PAUSED_BODY, content_type="application/json")
+            self.rate_limiter.check(flow.flow_id)
+        else:
+            if flow.status == "paused":
+                # Neither run nor stored (contract).
+                return web.Response(body=PAUSED_BODY, content_type="application/json")
+            self.rate_limiter.check(flow.flow_id)
+            body = await self._read_body(request)
         content_type = request.headers.get("Content-Type")
         if content_type is not None:
             content_type = replace_undecodable(content_type)
@@ -161,11 +175,10 @@ class WebhookHandler:
 
     async def _run_sync(self, start: StartRun, timeout_s: float) -> web.Response:
         result = await self.runner.run(start, timeout_s)
-        return web.Response(
-            body=result.body.encode(),
-            status=result.status_code,
-            headers={"Content-Type": result.content_type},
-        )
+        # The flow's own headers were checked on save: none the ingress owns
+        # (X-Request-Id, Content-Length, hop-by-hop) can be among them.
+        headers = {**result.headers, "Content-Type": result.content_type}
+        return web.Response(body=result.body.encode(), status=result.status_code, headers=headers)
 
     async def _record_rejected(self, normalised: WebhookRequest, error: BadRequest) -> None:
         """A body that cannot be parsed is still stored, so the sender's mistake shows."""
@@ -189,8 +202,17 @@ class WebhookHandler:
             log.warning("rejected_request_not_recorded", request_id=normalised.request_id)
 
     async def _authorize(self, request: web.Request, flow_id: str) -> FlowWebhookSettings:
-        bearer_hash = hash_token(bearer_from_header(request.headers.get("Authorization")))
-        access = await self.access.authorize(flow_id, bearer_hash)
+        header = request.headers.get("Authorization")
+        if header is None:
+            # No bearer: a signing flow's sender. auth answers with the flow's signing
+            # settings (cached like any answer), or 401 for every other flow.
+            access = await self.access.authorize(flow_id, None)
+            if access.decision != "signature" or access.flow is None:
+                raise Unauthorized(
+                    "missing Authorization header; send 'Authorization: Bearer <token>'"
+                )
+            return access.flow
+        access = await self.access.authorize(flow_id, hash_token(bearer_from_header(header)))
         if access.decision == "unauthorized":
             raise Unauthorized("unknown, expired or revoked token")
         if access.decision == "forbidden":

@@ -10,6 +10,7 @@ the one announced last republishes every flow before it serves (`FlowAccess.open
 auth learns the new keys' hashes and forgets the dropped keys at once."""
 
 import asyncio
+from typing import Any
 
 import structlog
 
@@ -22,8 +23,11 @@ from shared.messaging.contracts import FLOW_CHANGED
 from shared.schemas.access import (
     FlowAccessPage,
     FlowChanged,
+    FlowOwner,
+    FlowOwnerQuery,
     FlowWebhookSettings,
     ListFlowAccess,
+    SigningSettings,
     TokenKeyState,
     TokenRingState,
 )
@@ -33,6 +37,19 @@ log = structlog.get_logger(__name__)
 # Flows republished at once when the ring changed (each waits for its confirm).
 ANNOUNCE_CONCURRENCY = 50
 ANNOUNCE_PAGE = 500
+
+
+def signing_settings(webhook: dict[str, Any]) -> SigningSettings | None:
+    """A signing flow's check for the ingress: its secrets sealed, as stored."""
+    auth = webhook.get("auth")
+    if not isinstance(auth, dict) or auth.get("mode", "bearer") == "bearer":
+        return None
+    return SigningSettings.model_validate(
+        {
+            **{key: value for key, value in auth.items() if value is not None},
+            "secrets": [secret["sealed"] for secret in auth.get("secrets", [])],
+        }
+    )
 
 
 class RingMismatch(Exception):
@@ -110,6 +127,7 @@ class FlowAccess:
                 status=flow.status,
                 is_async=bool(webhook.get("async", False)),
                 timeout_s=float(webhook.get("timeout_s", 30.0)),
+                signing=signing_settings(webhook),
             ),
         )
 
@@ -138,4 +156,14 @@ class FlowAccess:
             items=[self.changed(flow) for flow in flows],
             next_after_flow_id=flows[-1].id if len(flows) == limit else None,
             ring=self.ring_state,
+        )
+
+    async def flow_owner(self, query: FlowOwnerQuery) -> FlowOwner:
+        """`runner.get_flow_owner`: the debugger's read-through for a flow it has not
+        heard of yet. Deleted flows are gone from the store, so they are not found."""
+        flow = await self.store.get(query.flow_id)
+        if flow is None:
+            return FlowOwner(flow_id=query.flow_id, found=False)
+        return FlowOwner(
+            flow_id=flow.id, found=True, workspace_id=flow.workspace_id, version=flow.version
         )

@@ -20,6 +20,7 @@ from services.runner.worker_protocol import WorkerConfig
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
+    GET_FLOW_OWNER,
     LIST_FLOW_ACCESS,
     RUN_FINISHED,
     RUN_STARTED,
@@ -27,6 +28,7 @@ from shared.messaging.contracts import (
 )
 from shared.messaging.rpc import GroupedReplies
 from shared.schemas.runs import RunFinished
+from shared.secret_box import SecretBox
 from shared.service import Database, Kernel, Route, ServiceSpec
 from shared.web import Handler
 
@@ -61,6 +63,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         settings.runner_max_output_chars,
     )
     access = await FlowAccess.open(store, kernel.broker, settings.token_ring())
+    key = settings.webhook_secrets_key
+    secret_box = SecretBox(key.get_secret_value()) if key is not None else None
     kernel.provide(
         FLOWS_API,
         FlowsApi(
@@ -70,6 +74,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
             templates,
             settings.runner_max_timeout_s,
             settings.runner_webhook_base_url,
+            secret_box,
         ),
     )
 
@@ -103,6 +108,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
     kernel.background(finished_runs.prune_forever(60.0))
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
+    kernel.serve(GET_FLOW_OWNER, access.flow_owner)
     kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)
     kernel.on_command(ASYNC_RUNS, runs.on_async_runs, prefetch=settings.runner_async_prefetch)
 

@@ -1,7 +1,10 @@
 """A flow's definition: parsing and validation on save. Every refusal is a 400
 `bad_request` whose message and `data.field` point at the place (`steps[0].template`)."""
 
-from typing import Any
+import base64
+import binascii
+import re
+from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,12 +22,71 @@ RESERVED_REF_IDS = frozenset({"request", "loop"})
 MAX_STEP_DEPTH = 32
 
 
+# An HTTP header name (RFC 9110 token).
+HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+# Response headers a flow may not set: hop-by-hop ones (they describe one connection,
+# not the answer), cookies (every flow shares the ingress's origin), and those the
+# ingress owns (the body's length and type, the request id, the dedup marker).
+REFUSED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "set-cookie",
+        "content-length",
+        "content-type",
+        "x-request-id",
+        "idempotent-replayed",
+    }
+)
+MAX_RESPONSE_HEADERS = 20
+MAX_RESPONSE_HEADER_TEMPLATE_CHARS = 4096
+SIGNING_MODES = ("stripe", "github", "shopify", "slack", "standard-webhooks", "hmac")
+# Two at most: the one in use and the next, while the sender rotates (contract).
+MAX_SECRETS = 2
+MIN_SECRET_CHARS, MAX_SECRET_CHARS = 8, 512
+# A reference to a secret the flow already holds, as GET shows it ("…last4").
+HINT_MARK = "\u2026"
+
+
+class SealedSecret(BaseModel):
+    """A signing secret as stored: sealed (shared/secret_box.py) and its hint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sealed: str
+    hint: str
+
+
+class WebhookAuth(BaseModel):
+    """`webhook.auth`. On save `secrets` are the secrets themselves (or the hints of
+    ones the flow holds); as stored they are `SealedSecret`s (flows_api.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["bearer", "stripe", "github", "shopify", "slack", "standard-webhooks", "hmac"]
+    secrets: list[str | SealedSecret] = Field(default_factory=list, max_length=MAX_SECRETS)
+    tolerance_s: int = Field(default=300, ge=1, le=86_400)
+    # The generic `hmac` mode's own fields.
+    header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN, max_length=100)
+    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = Field(default="", max_length=64)
+    timestamp_header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN, max_length=100)
+    content: str | None = Field(default=None, max_length=200)
+
+
 class ResponseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status_code: int = Field(default=200, ge=100, le=599)
     body: str = ""
     content_type: str | None = Field(default=None, max_length=200)
+    # Name -> template (rendered like the body, always to text).
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class WebhookTrigger(BaseModel):
@@ -34,6 +96,8 @@ class WebhookTrigger(BaseModel):
     is_async: bool = Field(default=False, alias="async")
     timeout_s: float = Field(default=30.0, gt=0)
     response: ResponseConfig | None = None
+    # None: the bearer mode.
+    auth: WebhookAuth | None = None
 
 
 class FlowDefinition(BaseModel):
@@ -47,10 +111,16 @@ class FlowDefinition(BaseModel):
     steps: list[Any] = Field(default_factory=list, max_length=200)
 
     def public(self) -> dict[str, Any]:
+        webhook = self.webhook.model_dump(by_alias=True)
+        # Left out while unused, so flows saved before they existed read the same.
+        if webhook["auth"] is None:
+            del webhook["auth"]
+        if webhook["response"] is not None and not webhook["response"]["headers"]:
+            del webhook["response"]["headers"]
         return {
             "name": self.name,
             "status": self.status,
-            "webhook": self.webhook.model_dump(by_alias=True),
+            "webhook": webhook,
             "steps": [step.model_dump(by_alias=True) for step in self.steps],
         }
 
@@ -105,8 +175,85 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
     definition.steps = _parse_steps(raw.get("steps", []), "steps")
     if definition.webhook.timeout_s > max_timeout_s:
         raise _refuse("webhook.timeout_s", f"must be at most {max_timeout_s:g} seconds")
+    if definition.webhook.auth is not None:
+        _check_auth(definition.webhook.auth)
+    if definition.webhook.response is not None:
+        _check_response_headers(definition.webhook.response)
     _check_references(definition, engine)
     return definition
+
+
+def _check_auth(auth: WebhookAuth) -> None:
+    field = "webhook.auth"
+    hmac_only = {
+        "header": auth.header,
+        "timestamp_header": auth.timestamp_header,
+        "content": auth.content,
+        "prefix": auth.prefix or None,
+    }
+    if auth.mode != "hmac":
+        for name, value in hmac_only.items():
+            if value is not None:
+                raise _refuse(f"{field}.{name}", "only the hmac mode takes it")
+    if auth.mode == "bearer":
+        if auth.secrets:
+            raise _refuse(f"{field}.secrets", "the bearer mode takes no secrets")
+        return
+    if not auth.secrets:
+        raise _refuse(f"{field}.secrets", f"the {auth.mode} mode needs one or two secrets")
+    for index, secret in enumerate(auth.secrets):
+        if isinstance(secret, str) and not secret.startswith(HINT_MARK):
+            _check_secret(f"{field}.secrets[{index}]", auth.mode, secret)
+    if auth.mode == "hmac":
+        if auth.header is None:
+            raise _refuse(f"{field}.header", "the hmac mode needs the signature's header name")
+        content = auth.content or ("{timestamp}.{body}" if auth.timestamp_header else "{body}")
+        if content.count("{body}") != 1:
+            raise _refuse(f"{field}.content", "must hold {body} exactly once")
+        if ("{timestamp}" in content) != (auth.timestamp_header is not None):
+            # A timestamp that is not signed protects nothing; one signed but not sent
+            # cannot be checked.
+            raise _refuse(
+                f"{field}.content",
+                "{timestamp} goes with timestamp_header: give both or neither",
+            )
+        auth.content = content
+
+
+def _check_secret(field: str, mode: str, secret: str) -> None:
+    if not MIN_SECRET_CHARS <= len(secret) <= MAX_SECRET_CHARS:
+        raise _refuse(field, f"a secret has {MIN_SECRET_CHARS} to {MAX_SECRET_CHARS} characters")
+    if not secret.isprintable() or not secret.isascii():
+        raise _refuse(field, "a secret is printable ASCII")
+    if mode == "standard-webhooks":
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if not secret.startswith("whsec_") or not key:
+            raise _refuse(field, "a Standard Webhooks secret is whsec_<base64>")
+
+
+def _check_response_headers(response: ResponseConfig) -> None:
+    if len(response.headers) > MAX_RESPONSE_HEADERS:
+        raise _refuse("webhook.response.headers", f"at most {MAX_RESPONSE_HEADERS} headers")
+    for name, template in response.headers.items():
+        field = f"webhook.response.headers.{name}"
+        lowered = name.lower()
+        if not re.match(HEADER_NAME_PATTERN, name) or len(name) > 100:
+            raise _refuse(field, "not a valid header name")
+        if lowered in REFUSED_RESPONSE_HEADERS or lowered.startswith("proxy-"):
+            why = (
+                "use webhook.response.content_type"
+                if lowered == "content-type"
+                else "hop-by-hop, a cookie, or set by the ingress itself"
+            )
+            raise _refuse(field, f"the header {name} cannot be set by a flow ({why})")
+        if len(template) > MAX_RESPONSE_HEADER_TEMPLATE_CHARS:
+            raise _refuse(
+                field,
+                f"a header template has {MAX_RESPONSE_HEADER_TEMPLATE_CHARS} characters at most",
+            )
 
 
 def _check_references(definition: FlowDefinition, engine: TemplateEngine) -> None:
@@ -155,3 +302,5 @@ def _check_references(definition: FlowDefinition, engine: TemplateEngine) -> Non
     known = walk(definition.steps, "steps", {webhook_ref})
     if definition.webhook.response is not None:
         check_template("webhook.response.body", definition.webhook.response.body, known)
+        for name, template in definition.webhook.response.headers.items():
+            check_template(f"webhook.response.headers.{name}", template, known)

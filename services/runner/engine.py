@@ -12,17 +12,20 @@ import orjson
 
 from services.runner.bounds import BoundExceeded, bound_trace, json_value
 from services.runner.definition import FlowDefinition
-from services.runner.outbound import OutboundHttp
 from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import RunContext, RunState, StepLimits
 from services.runner.steps.fail import StepFailed
 from services.runner.templates import TemplateEngine, TemplateFailure
 from shared.errors import ApiError, FlowError
+from shared.outbound import OutboundHttp
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest
 
 _OUT_OF_MEMORY = "the run went over its worker's memory bound (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
+# A rendered response header value, at most (a header line must stay well within what
+# proxies and clients accept, 8 KiB being common).
+MAX_HEADER_VALUE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class Engine:
                 "path": request.path,
                 "headers": request.headers,
                 "query": request.query,
-                "raw_body": request.raw_body,
+                "raw_body": request.raw_body_text(),
                 "received_at": request.received_at.isoformat(),
             },
         }
@@ -144,6 +147,7 @@ class Engine:
         try:
             last = await self.run_steps(flow.definition.steps, values, "steps", state)
             status_code, content_type, body = self._response(flow, values, last)
+            headers = self._headers(flow, values)
         except StepFailed as exc:
             error = FlowError(f"step {exc.ref_id!r} failed: {exc.message}", status=exc.status)
             return error_result(request.request_id, error, "failed", started_at, self.trace(state))
@@ -156,6 +160,7 @@ class Engine:
             status_code=status_code,
             content_type=content_type,
             body=body,
+            headers=headers,
             steps=self.trace(state),
             started_at=started_at,
             finished_at=datetime.now(UTC),
@@ -165,6 +170,25 @@ class Engine:
         return bound_trace(
             state.trace, self.max_trace_bytes, state.dropped_steps, state.output_sizes
         )
+
+    def _headers(self, flow: Flow, values: dict[str, Any]) -> dict[str, str]:
+        """The flow's response headers, rendered. A value with a line break or another
+        control character would split or corrupt the answer: the run fails instead."""
+        response = flow.definition.webhook.response
+        if response is None or not response.headers:
+            return {}
+        headers = {}
+        for name, template in response.headers.items():
+            field = f"webhook.response.headers.{name}"
+            value = self.templates.render_text(template, values, field)
+            if len(value) > MAX_HEADER_VALUE_CHARS:
+                raise BoundExceeded(
+                    f"{field} rendered to {len(value)} characters, over {MAX_HEADER_VALUE_CHARS}"
+                )
+            if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in value):
+                raise BoundExceeded(f"{field} rendered to a line break or control character")
+            headers[name] = value
+        return headers
 
     def _response(self, flow: Flow, values: dict[str, Any], last: Any) -> tuple[int, str, str]:
         """The sender's status code, content type and body; raises `BoundExceeded` for a

@@ -11,10 +11,12 @@ from services.runner.definition import parse_definition
 from services.runner.flow_tokens import new_nonce
 from services.runner.store import FlowRow, FlowStore
 from services.runner.templates import TemplateEngine
+from services.runner.webhook_secrets import held_secrets, seal_secrets
 from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import TokenIdentity
+from shared.secret_box import SecretBox
 from shared.web import json_response, read_api_body
 
 MAX_PAGE = 200
@@ -29,7 +31,9 @@ class FlowsApi:
         templates: TemplateEngine,
         max_timeout_s: float,
         webhook_base_url: str,
+        secret_box: SecretBox | None = None,
     ) -> None:
+        self.secret_box = secret_box
         self.store = store
         self.access = access
         self.rpc = rpc
@@ -58,6 +62,8 @@ class FlowsApi:
     ) -> FlowRow:
         """Validate, write and publish `flow.changed` in one transaction."""
         definition = parse_definition(raw, self.templates, self.max_timeout_s)
+        held = held_secrets(flow.definition["webhook"] if flow is not None else None)
+        seal_secrets(definition, held, self.secret_box, workspace_id)
         public = definition.public()
         stored = {"webhook": public["webhook"], "steps": public["steps"]}
         async with self.store.pool.acquire() as conn, conn.transaction():

@@ -8,6 +8,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -17,7 +18,7 @@ from services.runner.finished import FinishedRuns
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
 from services.runner.worker_protocol import FlowSnapshot
-from shared.errors import FlowError, NotFound, Timeout, Unavailable
+from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
 from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
@@ -67,7 +68,7 @@ class FlowCache:
             id=row.id,
             workspace_id=row.workspace_id,
             version=row.version,
-            definition={"name": row.name, "status": row.status, **row.definition},
+            definition={"name": row.name, "status": row.status, **without_auth(row.definition)},
         )
         trigger = WebhookTrigger.model_validate(row.definition.get("webhook", {}))
         flow = CachedFlow(snapshot, trigger.timeout_s)
@@ -75,6 +76,15 @@ class FlowCache:
         if len(self._flows) > self.size:
             self._flows.popitem(last=False)
         return flow
+
+
+def without_auth(definition: dict[str, Any]) -> dict[str, Any]:
+    """The definition a worker gets: no `webhook.auth`. Its secrets are sealed, but the
+    workers run flow authors' templates and need none of it."""
+    webhook = definition.get("webhook")
+    if not isinstance(webhook, dict) or "auth" not in webhook:
+        return definition
+    return {**definition, "webhook": {k: v for k, v in webhook.items() if k != "auth"}}
 
 
 class RunService:
@@ -137,6 +147,13 @@ class RunService:
             self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
         try:
             result = await self._execute(start)
+        except Conflict as refused:
+            # An unforced replay of a paused flow: the debugger's caller gets 409; nothing
+            # ran, so nothing is recorded (like a paused flow's webhook at the ingress).
+            log.info("replay_refused_paused", flow_id=start.request.flow_id)
+            if reply_to is not None:
+                self.replies.send(reply_to, request_id, ERROR, error_body(refused))
+            return
         except Exception:
             log.exception("run_not_started")
             if reply_to is not None:
@@ -184,6 +201,13 @@ class RunService:
         flow = await self.flows.get(request.flow_id, start.flow_version)
         if flow is None:
             return error_result(request.request_id, NotFound("no such flow"), "failed", started_at)
+        # Checked on the copy just read (a replay reads the flow afresh), so a flow paused
+        # a moment ago is seen: no window between a check and the run.
+        if start.unless_paused and flow.snapshot.definition.get("status") == "paused":
+            raise Conflict(
+                "the flow is paused: unpause it, or replay with force",
+                data={"flow_id": request.flow_id},
+            )
         timeout_s = flow.timeout_s
         if start.deadline is not None:
             timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())

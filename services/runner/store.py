@@ -8,6 +8,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from services.runner.webhook_secrets import public_webhook
+
 
 @dataclass(frozen=True)
 class FlowRow:
@@ -29,7 +31,8 @@ class FlowRow:
             "workspace_id": self.workspace_id,
             "name": self.name,
             "status": self.status,
-            "webhook": self.definition["webhook"],
+            # Signing secrets as hints only, never sealed or plain.
+            "webhook": public_webhook(self.definition["webhook"]),
             "steps": self.definition["steps"],
             "version": self.version,
             "created_at": self.created_at,

@@ -25,6 +25,8 @@ from shared.schemas.access import (
     FlowAccessChanged,
     FlowAccessPage,
     FlowChanged,
+    FlowOwner,
+    FlowOwnerQuery,
     IdentifyToken,
     ListFlowAccess,
     TokenIdentity,
@@ -75,6 +77,10 @@ IDENTIFY_TOKEN: Rpc[IdentifyToken, TokenIdentity] = Rpc(
 )
 LIST_FLOW_ACCESS: Rpc[ListFlowAccess, FlowAccessPage] = Rpc(
     naming.LIST_FLOW_ACCESS, topology.RUNNER_RPC, ListFlowAccess, FlowAccessPage
+)
+# The debugger's read-through when its copy of flow ownership has not heard of a flow.
+GET_FLOW_OWNER: Rpc[FlowOwnerQuery, FlowOwner] = Rpc(
+    naming.GET_FLOW_OWNER, topology.RUNNER_RPC, FlowOwnerQuery, FlowOwner
 )
 # One sync run as a call of its own (the debugger's replay); the ingress batches them
 # (`SYNC_RUNS`). The runner answers both the same way.

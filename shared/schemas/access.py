@@ -8,6 +8,25 @@ from pydantic import BaseModel
 FlowStatus = Literal["draft", "live", "paused"]
 
 
+SigningMode = Literal["stripe", "github", "shopify", "slack", "standard-webhooks", "hmac"]
+
+
+class SigningSettings(BaseModel):
+    """A flow's signature check (`webhook.auth`, any mode but `bearer`), as the ingress
+    needs it. `secrets` are sealed (shared/secret_box.py): only the ingress opens them.
+    The `hmac` fields are the generic mode's; the provider modes fix their own."""
+
+    mode: SigningMode
+    secrets: list[str]
+    tolerance_s: int = 300
+    header: str | None = None
+    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
+    encoding: Literal["hex", "base64"] = "hex"
+    prefix: str = ""
+    timestamp_header: str | None = None
+    content: str = "{body}"
+
+
 class FlowWebhookSettings(BaseModel):
     """What the ingress needs to know about a flow to take one of its webhooks."""
 
@@ -17,6 +36,9 @@ class FlowWebhookSettings(BaseModel):
     status: FlowStatus
     is_async: bool = False
     timeout_s: float = 30.0
+    # None: bearer only (the default mode). Callers that send a bearer are judged by
+    # the bearer rules whatever the mode.
+    signing: SigningSettings | None = None
 
 
 class TokenKeyState(BaseModel):
@@ -75,6 +97,23 @@ class FlowAccessChanged(BaseModel):
     flow_id: str | None
 
 
+class FlowOwnerQuery(BaseModel):
+    """debugger -> runner: who owns this flow? Asked when the debugger's copy
+    (`debugger.flows`, fed by `flow.changed`) does not know the flow yet."""
+
+    flow_id: str
+
+
+class FlowOwner(BaseModel):
+    """The flow's workspace and version as the runner has it; `found` false for an
+    unknown or deleted flow (the runner keeps no tombstones)."""
+
+    flow_id: str
+    found: bool
+    workspace_id: str | None = None
+    version: int | None = None
+
+
 class AccessTokenRevoked(BaseModel):
     """auth -> every ingress (`access_token.revoked`)."""
 
@@ -83,14 +122,17 @@ class AccessTokenRevoked(BaseModel):
 
 
 class AuthorizeWebhook(BaseModel):
-    """ingress -> auth: may this bearer (sent as its SHA-256 hash) run this flow?"""
+    """ingress -> auth: may this bearer (sent as its SHA-256 hash) run this flow?
+    `bearer_hash` None: the caller sent no Authorization header; auth answers
+    `signature` with the flow's settings when the flow has a signing mode (the ingress
+    checks the signature itself), else `unauthorized`."""
 
     flow_id: str
-    bearer_hash: str
+    bearer_hash: str | None
 
 
 class WebhookAccess(BaseModel):
-    decision: Literal["allowed", "unauthorized", "forbidden", "not_found"]
+    decision: Literal["allowed", "signature", "unauthorized", "forbidden", "not_found"]
     flow: FlowWebhookSettings | None = None
     # The personal token's expiry, so that a cached answer is not used past it.
     expires_at: datetime | None = None

@@ -1,6 +1,7 @@
 """A webhook request and its run: ingress -> runner (`StartRun`), runner -> ingress
 (`RunResult`, the RPC reply), runner -> debugger (`RunFinished`)."""
 
+import base64
 from datetime import datetime
 from typing import Any, Literal, get_args
 
@@ -29,11 +30,25 @@ class WebhookRequest(BaseModel):
     query: dict[str, str | list[str]]
     headers: dict[str, str]
     content_type: str | None
+    # The body byte for byte: UTF-8 text, or base64 when it is not valid UTF-8.
     raw_body: str
     input: Any
     mode: Literal["sync", "async"] = "sync"
     # Set when the debugger replays a stored request: the original's id.
     replay_of: str | None = None
+    raw_body_encoding: Literal["utf-8", "base64"] = "utf-8"
+
+    def raw_body_bytes(self) -> bytes:
+        if self.raw_body_encoding == "base64":
+            return base64.b64decode(self.raw_body)
+        return self.raw_body.encode()
+
+    def raw_body_text(self) -> str:
+        """What flows read as `request.raw_body`: the text, undecodable bytes replaced
+        (as it always was), whichever way it travels."""
+        if self.raw_body_encoding == "base64":
+            return self.raw_body_bytes().decode("utf-8", errors="replace")
+        return self.raw_body
 
 
 # `StartRun.flow_version` of a replay: whatever version the flow has now, read afresh.
@@ -50,6 +65,9 @@ class StartRun(BaseModel):
     request: WebhookRequest
     flow_version: int
     deadline: datetime | None = None
+    # A replay that was not forced: if the flow is paused when the run would start, the
+    # runner answers `conflict` instead (sync path only) and neither runs nor records it.
+    unless_paused: bool = False
 
 
 class StartRuns(BaseModel):
@@ -94,6 +112,9 @@ class RunResult(BaseModel):
     content_type: str
     body: str
     error: str | None = None
+    # The flow's response headers (`webhook.response.headers`, rendered), besides
+    # Content-Type; set only on a run that succeeded.
+    headers: dict[str, str] = {}
     steps: list[StepTrace] = []
     started_at: datetime
     finished_at: datetime

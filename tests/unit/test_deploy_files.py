@@ -21,19 +21,22 @@ SETTINGS = {
     for name in cls.model_fields
 }
 SERVICES = ("ingress", "auth", "runner", "debugger")
-AMQP, DATABASE, TOKEN_KEYS = (
+AMQP, DATABASE, TOKEN_KEYS, SECRETS_KEY = (
     "FLOWHOOKS_AMQP_URL",
     "FLOWHOOKS_DATABASE_URL",
     "FLOWHOOKS_RUNNER_TOKEN_KEYS",
+    "FLOWHOOKS_WEBHOOK_SECRETS_KEY",
 )
-# What each service must get, and nothing more of the secrets.
+# What each service must get, and nothing more of the secrets. The webhook secrets key
+# seals signing secrets (runner) and opens them (ingress): auth and the debugger only
+# ever hold them sealed.
 SECRETS_NEEDED = {
-    "ingress": {AMQP},
+    "ingress": {AMQP, SECRETS_KEY},
     "auth": {AMQP, DATABASE},
-    "runner": {AMQP, DATABASE, TOKEN_KEYS},
+    "runner": {AMQP, DATABASE, TOKEN_KEYS, SECRETS_KEY},
     "debugger": {AMQP, DATABASE},
 }
-SECRET_NAMES = {AMQP, DATABASE, TOKEN_KEYS, "FLOWHOOKS_RUNNER_TOKEN_KEY"}
+SECRET_NAMES = {AMQP, DATABASE, TOKEN_KEYS, "FLOWHOOKS_RUNNER_TOKEN_KEY", SECRETS_KEY}
 # user:password@ in a URL, the password written out rather than interpolated.
 LITERAL_CREDENTIALS = re.compile(r"://[^:/@\s]+:(?!\$\{)[^@\s]+@")
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")

@@ -1,0 +1,230 @@
+"""Webhook signature checks, one pure function per mode (contract: "Webhook
+verification modes"). Each takes the flow's secrets (already opened: bytes, one or
+two during a rotation), the request headers, the raw body bytes and the time now,
+and returns None when one secret matches, or the reason it refuses (the ingress
+answers 401 with it). Every comparison is constant time (`hmac.compare_digest`).
+
+Only what the sender signs is read: nothing here parses the body."""
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+Algorithm = Literal["sha1", "sha256", "sha512"]
+Encoding = Literal["hex", "base64"]
+# A signature header longer than this is no provider's: refused before any parsing.
+MAX_SIGNATURE_HEADER_CHARS = 4096
+# Signatures checked in one header at most (Stripe and Standard Webhooks list several).
+MAX_SIGNATURES = 8
+
+STANDARD_SECRET_PREFIX = "whsec_"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One flow's check, as `verify` needs it (`SigningSettings` with opened secrets)."""
+
+    mode: str
+    secrets: tuple[bytes, ...]
+    tolerance_s: int = 300
+    header: str | None = None
+    algorithm: Algorithm = "sha256"
+    encoding: Encoding = "hex"
+    prefix: str = ""
+    timestamp_header: str | None = None
+    content: str = "{body}"
+
+
+def secret_key(mode: str, secret: str) -> bytes:
+    """The HMAC key of a secret as the flow holds it. Standard Webhooks' `whsec_<base64>`
+    keys are the decoded bytes; every other provider signs with the secret's text
+    (Stripe's `whsec_…` included)."""
+    if mode == "standard-webhooks":
+        return base64.b64decode(secret.removeprefix(STANDARD_SECRET_PREFIX), validate=True)
+    return secret.encode()
+
+
+def _digest(key: bytes, message: bytes, algorithm: Algorithm = "sha256") -> bytes:
+    return hmac.new(key, message, getattr(hashlib, algorithm)).digest()
+
+
+def _matches(
+    secrets: tuple[bytes, ...],
+    message: bytes,
+    given: list[bytes],
+    algorithm: Algorithm = "sha256",
+) -> bool:
+    """Whether any given signature is the HMAC of `message` under any secret. Every
+    pair is compared (no early exit on a near miss); compare_digest is constant time."""
+    found = False
+    for key in secrets:
+        expected = _digest(key, message, algorithm)
+        for signature in given:
+            found |= hmac.compare_digest(expected, signature)
+    return found
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None or len(value) > MAX_SIGNATURE_HEADER_CHARS:
+        return None
+    return value.strip()
+
+
+def _fresh(timestamp: str | None, now: float, tolerance_s: int) -> str | None:
+    """None when `timestamp` (unix seconds) is within the tolerance of now, else why not."""
+    if timestamp is None or not timestamp.isdigit() or len(timestamp) > 12:
+        return "a missing or malformed signature timestamp"
+    if abs(now - int(timestamp)) > tolerance_s:
+        return f"a signature timestamp more than {tolerance_s} s away from now"
+    return None
+
+
+def _unhex(values: list[str]) -> list[bytes]:
+    decoded = []
+    for value in values[:MAX_SIGNATURES]:
+        try:
+            decoded.append(bytes.fromhex(value))
+        except ValueError:
+            continue
+    return decoded
+
+
+def _unbase64(values: list[str]) -> list[bytes]:
+    decoded = []
+    for value in values[:MAX_SIGNATURES]:
+        try:
+            decoded.append(base64.b64decode(value, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return decoded
+
+
+def verify_stripe(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """`Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`, HMAC-SHA256 of `<t>.<body>`."""
+    value = _header(headers, "Stripe-Signature")
+    if value is None:
+        return "no Stripe-Signature header"
+    timestamp, signatures = None, []
+    for item in value.split(","):
+        key, _, val = item.strip().partition("=")
+        if key == "t":
+            timestamp = val
+        elif key == "v1":
+            signatures.append(val)
+    stale = _fresh(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    message = f"{timestamp}.".encode() + body
+    if not _matches(check.secrets, message, _unhex(signatures)):
+        return "the Stripe-Signature does not match"
+    return None
+
+
+def verify_github(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` (no timestamp)."""
+    value = _header(headers, "X-Hub-Signature-256")
+    if value is None or not value.startswith("sha256="):
+        return "no X-Hub-Signature-256 header of the form sha256=<hex>"
+    if not _matches(check.secrets, body, _unhex([value.removeprefix("sha256=")])):
+        return "the X-Hub-Signature-256 does not match"
+    return None
+
+
+def verify_shopify(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """`X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256 of the body>` (no timestamp)."""
+    value = _header(headers, "X-Shopify-Hmac-Sha256")
+    if value is None:
+        return "no X-Shopify-Hmac-Sha256 header"
+    if not _matches(check.secrets, body, _unbase64([value])):
+        return "the X-Shopify-Hmac-Sha256 does not match"
+    return None
+
+
+def verify_slack(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """`X-Slack-Signature: v0=<hex HMAC-SHA256 of v0:<X-Slack-Request-Timestamp>:<body>>`."""
+    timestamp = _header(headers, "X-Slack-Request-Timestamp")
+    stale = _fresh(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    value = _header(headers, "X-Slack-Signature")
+    if value is None or not value.startswith("v0="):
+        return "no X-Slack-Signature header of the form v0=<hex>"
+    message = f"v0:{timestamp}:".encode() + body
+    if not _matches(check.secrets, message, _unhex([value.removeprefix("v0=")])):
+        return "the X-Slack-Signature does not match"
+    return None
+
+
+def verify_standard(
+    check: Check, headers: Mapping[str, str], body: bytes, now: float
+) -> str | None:
+    """Standard Webhooks: `webhook-signature: v1,<base64> [v1,<base64>...]`, HMAC-SHA256
+    of `<webhook-id>.<webhook-timestamp>.<body>` (other versions, such as `v1a`
+    asymmetric signatures, are skipped)."""
+    message_id = _header(headers, "webhook-id")
+    if not message_id:
+        return "no webhook-id header"
+    timestamp = _header(headers, "webhook-timestamp")
+    stale = _fresh(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    value = _header(headers, "webhook-signature")
+    if value is None:
+        return "no webhook-signature header"
+    signatures = [
+        signature
+        for version, _, signature in (item.partition(",") for item in value.split())
+        if version == "v1"
+    ]
+    message = f"{message_id}.{timestamp}.".encode() + body
+    if not _matches(check.secrets, message, _unbase64(signatures)):
+        return "the webhook-signature does not match"
+    return None
+
+
+def verify_hmac(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """The generic mode: `<header>: <prefix><hex|base64 HMAC of content>`, content being
+    the flow's template with `{timestamp}` (the timestamp header's value) and `{body}`."""
+    assert check.header is not None  # validated on save
+    value = _header(headers, check.header)
+    if value is None or not value.startswith(check.prefix):
+        expected = f"{check.prefix}<{check.encoding}>"
+        return f"no {check.header} header of the form {expected}"
+    timestamp = ""
+    if check.timestamp_header is not None:
+        found = _header(headers, check.timestamp_header)
+        stale = _fresh(found, now, check.tolerance_s)
+        if stale is not None:
+            return stale
+        timestamp = found or ""
+    before, _, after = check.content.partition("{body}")
+    message = (
+        before.replace("{timestamp}", timestamp).encode()
+        + body
+        + after.replace("{timestamp}", timestamp).encode()
+    )
+    signature = value[len(check.prefix) :]
+    given = _unhex([signature]) if check.encoding == "hex" else _unbase64([signature])
+    if not _matches(check.secrets, message, given, check.algorithm):
+        return f"the {check.header} signature does not match"
+    return None
+
+
+VERIFIERS: dict[str, Callable[[Check, Mapping[str, str], bytes, float], str | None]] = {
+    "stripe": verify_stripe,
+    "github": verify_github,
+    "shopify": verify_shopify,
+    "slack": verify_slack,
+    "standard-webhooks": verify_standard,
+    "hmac": verify_hmac,
+}
+
+
+def verify(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+    """None if the request is signed by one of the flow's secrets, else the reason."""
+    return VERIFIERS[check.mode](check, headers, body, now)

@@ -1,0 +1,78 @@
+"""Signing secrets of a flow (`webhook.auth.secrets`) on their way in and out of the
+flows API: sealed before they are stored (shared/secret_box.py), shown only as hints.
+
+What a save may send in `secrets`:
+- a new secret: sealed with the ring's current key;
+- the hint of a secret the flow holds (`"…abcd"`, what GET shows): that secret is kept,
+  so a definition read with GET can be saved back unchanged, and rotating is
+  `["…abcd", "<new secret>"]` then `["<new secret>"]`;
+- the stored form of a secret the flow holds (what a PATCH merges in): kept as is.
+"""
+
+from typing import Any
+
+from services.runner.definition import HINT_MARK, FlowDefinition, SealedSecret
+from shared.errors import BadRequest
+from shared.secret_box import SecretBox
+
+
+def hint(secret: str) -> str:
+    return HINT_MARK + secret[-4:]
+
+
+def held_secrets(stored_webhook: dict[str, Any] | None) -> list[SealedSecret]:
+    auth = (stored_webhook or {}).get("auth") or {}
+    return [
+        SealedSecret.model_validate(item)
+        for item in auth.get("secrets", [])
+        if isinstance(item, dict)
+    ]
+
+
+def seal_secrets(
+    definition: FlowDefinition,
+    held: list[SealedSecret],
+    box: SecretBox | None,
+    workspace_id: str,
+) -> None:
+    """Replace the definition's secrets by their stored form, in place."""
+    auth = definition.webhook.auth
+    if auth is None or not auth.secrets:
+        return
+    if box is None:
+        raise BadRequest(
+            "webhook.auth: signing modes are not available: the runner has no"
+            " FLOWHOOKS_WEBHOOK_SECRETS_KEY",
+            data={"field": "webhook.auth"},
+        )
+    sealed: list[str | SealedSecret] = []
+    for index, secret in enumerate(auth.secrets):
+        field = f"webhook.auth.secrets[{index}]"
+        if isinstance(secret, SealedSecret):
+            if secret not in held:
+                raise BadRequest(f"{field}: not a secret of this flow", data={"field": field})
+            sealed.append(secret)
+        elif secret.startswith(HINT_MARK):
+            matches = [item for item in held if item.hint == secret]
+            if len(matches) != 1:
+                raise BadRequest(
+                    f"{field}: {secret!r} names no secret this flow holds (or two of"
+                    " them); send the secret itself",
+                    data={"field": field},
+                )
+            sealed.append(matches[0])
+        else:
+            sealed.append(SealedSecret(sealed=box.seal(secret, workspace_id), hint=hint(secret)))
+    auth.secrets = sealed
+
+
+def public_webhook(stored_webhook: dict[str, Any]) -> dict[str, Any]:
+    """The webhook settings as the API shows them: secrets as hints only."""
+    auth = stored_webhook.get("auth")
+    if not isinstance(auth, dict) or not auth.get("secrets"):
+        return stored_webhook
+    hints = [
+        item.get("hint", HINT_MARK) if isinstance(item, dict) else HINT_MARK
+        for item in auth["secrets"]
+    ]
+    return {**stored_webhook, "auth": {**auth, "secrets": hints}}

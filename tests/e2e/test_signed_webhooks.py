@@ -1,0 +1,401 @@
+"""Signed webhooks end to end (issue 12): every verification mode against the four
+services, the raw body byte for byte in the debugger, secrets shown as hints only,
+and templated response headers."""
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.e2e.client import Api, eventually
+from tests.e2e.system import System, running_system
+
+pytestmark = pytest.mark.e2e
+
+SECRETS_KEY = "e2e-webhook-secrets-key-0123456789abcdef"
+STANDARD_OLD = "whsec_" + base64.b64encode(b"old-standard-key-0123456789abcd").decode()
+STANDARD_NEW = "whsec_" + base64.b64encode(b"new-standard-key-0123456789abcd").decode()
+OLD, NEW = {}, {}
+for mode in ("stripe", "github", "shopify", "slack", "hmac"):
+    OLD[mode], NEW[mode] = f"{mode}-old-secret-a1b2", f"{mode}-new-secret-c3d4"
+OLD["standard-webhooks"], NEW["standard-webhooks"] = STANDARD_OLD, STANDARD_NEW
+TIMESTAMPED = {"stripe", "slack", "standard-webhooks", "hmac"}
+HMAC_FIELDS = {
+    "header": "X-Acme-Signature",
+    "algorithm": "sha512",
+    "encoding": "base64",
+    "prefix": "v9=",
+    "timestamp_header": "X-Acme-Time",
+    "content": "{timestamp}|{body}",
+}
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="flowhooks"'}
+
+
+@pytest.fixture(scope="module")
+def system() -> Iterator[System]:
+    with running_system(FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY) as running:
+        yield running
+
+
+def _hmac(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
+    return hmac.new(key, message, getattr(hashlib, algorithm)).digest()
+
+
+def sign(mode: str, secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The headers each provider sends, computed with its documented algorithm."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    key = secret.encode()
+    if mode == "stripe":
+        return {"Stripe-Signature": f"t={ts},v1={_hmac(key, f'{ts}.'.encode() + body).hex()}"}
+    if mode == "github":
+        return {"X-Hub-Signature-256": "sha256=" + _hmac(key, body).hex()}
+    if mode == "shopify":
+        return {"X-Shopify-Hmac-Sha256": base64.b64encode(_hmac(key, body)).decode()}
+    if mode == "slack":
+        signature = _hmac(key, f"v0:{ts}:".encode() + body).hex()
+        return {"X-Slack-Request-Timestamp": ts, "X-Slack-Signature": f"v0={signature}"}
+    if mode == "standard-webhooks":
+        raw_key = base64.b64decode(secret.removeprefix("whsec_"))
+        signature = base64.b64encode(_hmac(raw_key, f"msg_1.{ts}.".encode() + body)).decode()
+        return {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": ts,
+            "webhook-signature": f"v1,{signature}",
+        }
+    assert mode == "hmac"
+    signature = base64.b64encode(_hmac(key, f"{ts}|".encode() + body, "sha512")).decode()
+    return {"X-Acme-Signature": f"v9={signature}", "X-Acme-Time": ts}
+
+
+def signed_flow(mode: str, *secrets: str, **webhook: Any) -> dict[str, Any]:
+    auth: dict[str, Any] = {"mode": mode, "secrets": list(secrets)}
+    if mode == "hmac":
+        auth.update(HMAC_FIELDS)
+    return {
+        "name": f"signed {mode}",
+        "status": "live",
+        "webhook": {
+            "auth": auth,
+            "response": {"status_code": 200, "body": '{"n": {{ web1.n }}}'},
+            **webhook,
+        },
+        "steps": [],
+    }
+
+
+def envelope(status: int, error: str, message: str, data: Any = None) -> dict[str, Any]:
+    return {"status": status, "error": error, "message": message, "data": data}
+
+
+async def send_signed(
+    api: Api, flow_id: str, body: bytes, headers: dict[str, str]
+) -> tuple[int, Any, bytes]:
+    return await api.send(
+        flow_id, None, data=body, headers={"Content-Type": "application/json", **headers}
+    )
+
+
+MISMATCH = {
+    "stripe": "the Stripe-Signature does not match",
+    "github": "the X-Hub-Signature-256 does not match",
+    "shopify": "the X-Shopify-Hmac-Sha256 does not match",
+    "slack": "the X-Slack-Signature does not match",
+    "standard-webhooks": "the webhook-signature does not match",
+    "hmac": "the X-Acme-Signature signature does not match",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MISMATCH))
+async def test_signing_mode(api: Api, mode: str) -> None:
+    flow = await api.create_flow(signed_flow(mode, OLD[mode]))
+    flow_id = flow["id"]
+    body = b'{"n": 7}'
+
+    # Good signature: the flow runs.
+    status, headers, answer = await send_signed(api, flow_id, body, sign(mode, OLD[mode], body))
+    assert (status, answer) == (200, b'{"n": 7}'), answer
+    assert headers["Content-Type"] == "application/json"
+
+    def refused(reason: str) -> dict[str, Any]:
+        return envelope(401, "unauthorized", f"invalid {mode} signature: {reason}")
+
+    # Wrong secret.
+    status, headers, answer = await send_signed(api, flow_id, body, sign(mode, NEW[mode], body))
+    assert (status, orjson.loads(answer)) == (401, refused(MISMATCH[mode]))
+    assert headers["WWW-Authenticate"] == UNAUTHORIZED_HEADERS["WWW-Authenticate"]
+    # Tampered body (signed, then changed on the way).
+    status, _, answer = await send_signed(api, flow_id, b'{"n": 8}', sign(mode, OLD[mode], body))
+    assert (status, orjson.loads(answer)) == (401, refused(MISMATCH[mode]))
+    # Stale timestamp (default tolerance 300 s).
+    if mode in TIMESTAMPED:
+        stale = sign(mode, OLD[mode], body, int(time.time()) - 301)
+        status, _, answer = await send_signed(api, flow_id, body, stale)
+        assert (status, orjson.loads(answer)) == (
+            401,
+            refused("a signature timestamp more than 300 s away from now"),
+        )
+    # No signature, no bearer.
+    status, _, answer = await send_signed(api, flow_id, body, {})
+    assert status == 401 and orjson.loads(answer)["error"] == "unauthorized"
+
+    # Rotation: the held secret by its hint, and a second one.
+    hint = flow["webhook"]["auth"]["secrets"]
+    assert hint == ["\u2026" + OLD[mode][-4:]]
+    rotated = await api.patch_flow(
+        flow_id, {"webhook": {"auth": {**flow["webhook"]["auth"], "secrets": [*hint, NEW[mode]]}}}
+    )
+    assert rotated["webhook"]["auth"]["secrets"] == [*hint, "\u2026" + NEW[mode][-4:]]
+
+    async def new_secret_accepted() -> bool | None:
+        status, _, _ = await send_signed(api, flow_id, body, sign(mode, NEW[mode], body))
+        return True if status == 200 else None
+
+    await eventually(new_secret_accepted)
+    status, _, answer = await send_signed(api, flow_id, body, sign(mode, OLD[mode], body))
+    assert (status, answer) == (200, b'{"n": 7}')
+
+    # The flow's bearer token is still accepted (bearer rules for callers that send one).
+    token = (await api.webhook_info(flow_id))["token"]
+    status, _, answer = await api.send(flow_id, token, json={"n": 9})
+    assert (status, answer) == (200, b'{"n": 9}')
+
+
+async def test_get_shows_hints_only(api: Api) -> None:
+    secret = "github-secret-that-never-shows-XYZW"
+    flow = await api.create_flow(signed_flow("github", secret))
+    assert flow["webhook"]["auth"] == {
+        "mode": "github",
+        "secrets": ["\u2026XYZW"],
+        "tolerance_s": 300,
+        "header": None,
+        "algorithm": "sha256",
+        "encoding": "hex",
+        "prefix": "",
+        "timestamp_header": None,
+        "content": None,
+    }
+    for path in (f"/v1/flows/{flow['id']}", "/v1/flows", f"/v1/flows/{flow['id']}/webhook"):
+        async with api.session.get(
+            f"{api.system.url('runner')}{path}", headers={"Authorization": f"Bearer {api.token}"}
+        ) as answer:
+            text = await answer.text()
+            assert answer.status == 200
+            assert secret not in text and "fhs1." not in text and "sealed" not in text
+    # A hint the flow does not hold is refused, naming the field.
+    async with api.session.put(
+        f"{api.system.url('runner')}/v1/flows/{flow['id']}",
+        json=signed_flow("github", "\u2026NOPE"),
+        headers={"Authorization": f"Bearer {api.token}"},
+    ) as answer:
+        assert answer.status == 400
+        assert await answer.json() == envelope(
+            400,
+            "bad_request",
+            "webhook.auth.secrets[0]: '\u2026NOPE' names no secret this flow holds (or two of"
+            " them); send the secret itself",
+            {"field": "webhook.auth.secrets[0]"},
+        )
+
+
+async def test_unknown_flow_and_paused_flow_without_bearer(api: Api) -> None:
+    body = b"{}"
+    status, _, answer = await send_signed(
+        api, "00000000-0000-0000-0000-000000000000", body, sign("github", OLD["github"], body)
+    )
+    assert (status, orjson.loads(answer)) == (
+        401,
+        envelope(
+            401,
+            "unauthorized",
+            "missing Authorization header; send 'Authorization: Bearer <token>'",
+        ),
+    )
+    flow = await api.create_flow(signed_flow("github", OLD["github"]))
+    await api.patch_flow(flow["id"], {"status": "paused"})
+    # The signature is judged before the flow's status shows.
+    status, _, _ = await send_signed(api, flow["id"], body, sign("github", NEW["github"], body))
+    assert status == 401
+    status, _, answer = await send_signed(
+        api, flow["id"], body, sign("github", OLD["github"], body)
+    )
+    assert (status, orjson.loads(answer)["error"]) == (200, "biz_logic")
+
+
+async def test_non_utf8_body_verified_and_stored_byte_for_byte(api: Api) -> None:
+    flow = await api.create_flow(
+        {
+            "name": "binary upload",
+            "status": "live",
+            "webhook": {
+                "auth": {"mode": "standard-webhooks", "secrets": [STANDARD_OLD]},
+                "response": {"status_code": 200, "body": "{{ web1.file.data_base64 }}"},
+            },
+            "steps": [],
+        }
+    )
+    payload = b"\xff\xfe\x00\x01 not UTF-8 \x80"
+    body = (
+        b"--b0undary\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + payload + b"\r\n--b0undary--\r\n"
+    )
+    headers = {
+        "Content-Type": "multipart/form-data; boundary=b0undary",
+        **sign("standard-webhooks", STANDARD_OLD, body),
+    }
+    status, answer_headers, answer = await api.send(flow["id"], None, data=body, headers=headers)
+    assert (status, answer) == (200, base64.b64encode(payload))
+    request_id = answer_headers["X-Request-Id"]
+
+    async def stored() -> dict[str, Any] | None:
+        status, record = await api.debugger(f"/v1/requests/{request_id}")
+        return record if status == 200 else None
+
+    record = await eventually(stored)
+    assert record["raw_body_encoding"] == "base64"
+    assert base64.b64decode(record["raw_body"]) == body
+    # The signature headers are kept (an audit can check the signature again).
+    assert record["headers"]["webhook-signature"] == headers["webhook-signature"]
+    assert record["replay_of"] is None
+
+    # A replay goes to the runner without the ingress: nothing is verified again, the
+    # same bytes run, and it is marked as a replay.
+    async with api.session.post(
+        f"{api.system.url('debugger')}/v1/requests/{request_id}/replay",
+        headers={"Authorization": f"Bearer {api.token}"},
+    ) as replied:
+        replay = await replied.json()
+        assert replied.status == 200, replay
+    assert (replay["replay_of"], replay["outcome"]) == (request_id, "succeeded")
+    assert replay["response"]["body"] == base64.b64encode(payload).decode()
+
+    async def replay_stored() -> dict[str, Any] | None:
+        status, found = await api.debugger(f"/v1/requests/{replay['request_id']}")
+        return found if status == 200 else None
+
+    replayed = await eventually(replay_stored)
+    assert replayed["replay_of"] == request_id
+    assert replayed["raw_body_encoding"] == "base64"
+    assert base64.b64decode(replayed["raw_body"]) == body
+
+
+async def test_utf8_raw_body_reaches_the_flow_unchanged(api: Api) -> None:
+    flow = await api.create_flow(
+        signed_flow(
+            "shopify",
+            OLD["shopify"],
+            response={
+                "status_code": 200,
+                "body": "{{ request.raw_body }}",
+                "content_type": "text/plain",
+            },
+        )
+    )
+    body = '{"name": "Zoë", "emoji": "✓"}'.encode()
+    status, _, answer = await send_signed(
+        api, flow["id"], body, sign("shopify", OLD["shopify"], body)
+    )
+    assert (status, answer) == (200, body)
+
+
+def headers_flow(**response: Any) -> dict[str, Any]:
+    return {
+        "name": "response headers",
+        "status": "live",
+        "webhook": {"response": {"status_code": 200, "body": "ok", **response}},
+        "steps": [],
+    }
+
+
+async def test_templated_response_headers_and_redirect(api: Api) -> None:
+    flow = await api.create_flow(
+        headers_flow(headers={"X-Order-Id": "order-{{ web1.id }}", "Cache-Control": "no-store"})
+    )
+    token = (await api.webhook_info(flow["id"]))["token"]
+    status, headers, answer = await api.send(flow["id"], token, json={"id": 42})
+    assert (status, answer) == (200, b"ok")
+    assert headers["X-Order-Id"] == "order-42"
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Content-Type"].startswith("text/plain")
+    assert len(headers["X-Request-Id"]) > 0
+
+    redirect = await api.create_flow(
+        headers_flow(
+            status_code=303,
+            body="",
+            headers={"Location": "https://example.com/thanks/{{ web1.id }}"},
+        )
+    )
+    token = (await api.webhook_info(redirect["id"]))["token"]
+    status, headers, _ = await api.send(
+        redirect["id"], token, json={"id": 7}, allow_redirects=False
+    )
+    assert (status, headers["Location"]) == (303, "https://example.com/thanks/7")
+
+    # A rendered line break would split the answer: the run fails instead.
+    broken = await api.create_flow(headers_flow(headers={"X-Echo": "{{ web1.text }}"}))
+    token = (await api.webhook_info(broken["id"]))["token"]
+    status, _, answer = await api.send(broken["id"], token, json={"text": "a\r\nSet-Cookie: x=1"})
+    assert (status, orjson.loads(answer)) == (
+        500,
+        envelope(
+            500,
+            "flow_error",
+            "the webhook response failed: webhook.response.headers.X-Echo rendered to a line"
+            " break or control character",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Set-Cookie",
+        "Connection",
+        "Transfer-Encoding",
+        "Keep-Alive",
+        "Upgrade",
+        "TE",
+        "Trailer",
+        "Proxy-Authenticate",
+        "Content-Length",
+        "X-Request-Id",
+    ],
+)
+async def test_refused_response_headers(api: Api, name: str) -> None:
+    async with api.session.post(
+        f"{api.system.url('runner')}/v1/flows",
+        json=headers_flow(headers={name: "x"}),
+        headers={"Authorization": f"Bearer {api.token}"},
+    ) as answer:
+        assert answer.status == 400
+        field = f"webhook.response.headers.{name}"
+        assert await answer.json() == envelope(
+            400,
+            "bad_request",
+            f"{field}: the header {name} cannot be set by a flow (hop-by-hop, a cookie, or set"
+            " by the ingress itself)",
+            {"field": field},
+        )
+
+
+async def test_large_signed_body_checked_off_the_event_loop(api: Api) -> None:
+    # Over FLOWHOOKS_INGRESS_PARSE_INLINE_MAX_BYTES (64 KiB): hashed on a worker thread.
+    flow = await api.create_flow(signed_flow("github", OLD["github"], NEW["github"]))
+    body = b'{"n": 5, "pad": "' + b"x" * 300_000 + b'"}'
+    status, _, answer = await send_signed(
+        api, flow["id"], body, sign("github", NEW["github"], body)
+    )
+    assert (status, answer) == (200, b'{"n": 5}')
+    status, _, answer = await send_signed(
+        api, flow["id"], body + b" ", sign("github", NEW["github"], body)
+    )
+    assert (status, orjson.loads(answer)["message"]) == (
+        401,
+        "invalid github signature: the X-Hub-Signature-256 does not match",
+    )
