@@ -4,9 +4,11 @@
 subclass `DatabaseSettings` instead: the ingress never gets the database's credentials
 (`flowhooks run` passes each service only the variables of its own fields)."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from yarl import URL
+
+from shared.secret_box import SecretBox
 
 
 class ServiceSettings(BaseSettings):
@@ -50,3 +52,21 @@ class DatabaseSettings(ServiceSettings):
 
     database_url: str = "postgresql://postgres@127.0.0.1:5432/flowhooks"
     database_pool_max: int = Field(default=10, ge=1)
+
+
+class WebhookSecretsSettings(ServiceSettings):
+    """The key ring of flows' signing secrets (shared/secret_box.py): the runner seals
+    with it, the ingress opens with it; no other service holds it."""
+
+    # `current,previous`, each 32 characters at least; the same in runners and ingresses.
+    # Unset: the runner refuses signing flows on save (400), the ingress answers them 503.
+    webhook_secrets_key: SecretStr | None = None
+
+    @field_validator("webhook_secrets_key")
+    @classmethod
+    def _secrets_key_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # empty (a deployment's unfilled secret): signing modes are off
+        SecretBox(value.get_secret_value())  # its error names the rule, not the key
+        return value
+

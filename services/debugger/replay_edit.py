@@ -26,18 +26,25 @@ class Edit:
     force: bool = False
 
 
-def parse_edit(document: Any) -> Edit:
+def replay_options(document: Any, fields: frozenset[str]) -> tuple[dict[str, Any], bool]:
+    """A replay call's JSON body (absent: no options) as an object of `fields` only, and
+    its `force` flag."""
     if document is None:
-        return Edit()
+        document = {}
     if not isinstance(document, dict):
         raise BadRequest("the body must be a JSON object")
-    unknown = set(document) - {"body", "headers", "force"}
+    unknown = set(document) - fields - {"force"}
     if unknown:
         field = sorted(unknown)[0]
         raise BadRequest(f"unknown field {field!r}", data={"field": field})
     force = document.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("force must be true or false", data={"field": "force"})
+    return document, force
+
+
+def parse_edit(document: Any) -> Edit:
+    document, force = replay_options(document, frozenset({"body", "headers"}))
     headers = document.get("headers")
     if headers is not None:
         if not isinstance(headers, dict) or not all(

@@ -25,7 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from services.debugger.replay_edit import Replayer, parse_edit, read_json, replay_request
+from services.debugger.replay_edit import (
+    Replayer,
+    parse_edit,
+    read_json,
+    replay_options,
+    replay_request,
+)
 from services.debugger.replay_jobs import JobFilter, ReplayJobs, ReplayWorker, job_view
 from services.debugger.requests_api import RequestsApi
 from services.debugger.store import RequestStore
@@ -82,18 +88,7 @@ class ReplayApi:
         """202 with the new job; 409 while the flow has a running job."""
         caller = await require_scope(self.rpc, request, DEBUGGER_REPLAY_SCOPES)
         flow_id = await self.requests_api._visible_flow(request, caller.workspace_id)
-        document = await read_json(request)
-        if document is None:
-            document = {}
-        if not isinstance(document, dict):
-            raise BadRequest("the body must be a JSON object")
-        unknown = set(document) - {"filter", "force"}
-        if unknown:
-            field = sorted(unknown)[0]
-            raise BadRequest(f"unknown field {field!r}", data={"field": field})
-        force = document.get("force", False)
-        if not isinstance(force, bool):
-            raise BadRequest("force must be true or false", data={"field": "force"})
+        document, force = replay_options(await read_json(request), frozenset({"filter"}))
         job = await self.jobs.create(
             flow_id, caller.workspace_id, parse_filter(document.get("filter")), force
         )

@@ -1,11 +1,10 @@
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from shared.secret_box import SecretBox
-from shared.settings import ServiceSettings
+from shared.settings import WebhookSecretsSettings
 
 
-class IngressSettings(ServiceSettings):
+class IngressSettings(WebhookSecretsSettings):
     # A refused secrets key must not print (part of) itself in the error.
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
@@ -51,14 +50,3 @@ class IngressSettings(ServiceSettings):
     ingress_access_cache_size: int = Field(default=10_000, ge=0)
     # Backstop only: correctness comes from the change events, not from this TTL.
     ingress_access_cache_ttl_s: float = Field(default=60.0, gt=0)
-    # Opens flows' signing secrets (the runner seals them with it): `current,previous`,
-    # each 32 characters at least; the same as the runners'. Unset: signing flows get 503.
-    webhook_secrets_key: SecretStr | None = None
-
-    @field_validator("webhook_secrets_key")
-    @classmethod
-    def _secrets_key_usable(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
-            return None  # empty (a deployment's unfilled secret): signing modes are off
-        SecretBox(value.get_secret_value())  # its error names the rule, not the key
-        return value

@@ -1,14 +1,13 @@
 from typing import Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
-from shared.secret_box import SecretBox
-from shared.settings import DatabaseSettings
+from shared.settings import DatabaseSettings, WebhookSecretsSettings
 
 
-class RunnerSettings(DatabaseSettings):
+class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     # A refused ring must not print (part of) its keys in the error.
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
@@ -27,18 +26,6 @@ class RunnerSettings(DatabaseSettings):
     runner_token_keys: SecretStr | None = None
     # The former single key, still read as a ring of one key; set one of the two only.
     runner_token_key: SecretStr | None = None
-    # Seals flows' signing secrets (webhook.auth) before they are stored or published;
-    # the ingress opens them with the same ring (`current,previous`, each 32 characters
-    # at least). Unset: flows with a signing mode are refused on save (400).
-    webhook_secrets_key: SecretStr | None = None
-
-    @field_validator("webhook_secrets_key")
-    @classmethod
-    def _secrets_key_usable(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value():
-            return None  # empty (a deployment's unfilled secret): signing modes are off
-        SecretBox(value.get_secret_value())  # its error names the rule, not the key
-        return value
 
     # The ingress's public base URL, shown in `GET /v1/flows/{id}/webhook`.
     runner_webhook_base_url: str = "http://127.0.0.1:8080"
