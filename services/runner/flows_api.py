@@ -11,10 +11,16 @@ from services.runner.definition import parse_definition
 from services.runner.flow_tokens import new_nonce
 from services.runner.store import FlowRow, FlowStore
 from services.runner.templates import TemplateEngine
-from services.runner.webhook_secrets import held_secrets, seal_secrets
+from services.runner.webhook_secrets import (
+    held_callback_secret,
+    held_secrets,
+    seal_callback_secret,
+    seal_secrets,
+)
 from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
 from shared.messaging.rpc import RpcClient
+from shared.outbound import AddressPolicy, OutboundRefused, check_destination
 from shared.schemas.access import TokenIdentity
 from shared.secret_box import SecretBox
 from shared.web import json_response, read_api_body
@@ -32,8 +38,11 @@ class FlowsApi:
         max_timeout_s: float,
         webhook_base_url: str,
         secret_box: SecretBox | None = None,
+        callback_policy: AddressPolicy | None = None,
     ) -> None:
         self.secret_box = secret_box
+        # Where `webhook.callback.url` may lead (FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS).
+        self.callback_policy = callback_policy or AddressPolicy([])
         self.store = store
         self.access = access
         self.rpc = rpc
@@ -64,6 +73,17 @@ class FlowsApi:
         definition = parse_definition(raw, self.templates, self.max_timeout_s)
         held = held_secrets(flow.definition["webhook"] if flow is not None else None)
         seal_secrets(definition, held, self.secret_box, workspace_id)
+        if definition.webhook.callback is not None:
+            try:
+                # Said at once on save; checked again at each attempt (names change).
+                await check_destination(self.callback_policy, definition.webhook.callback.url)
+            except OutboundRefused as exc:
+                field = "webhook.callback.url"
+                raise BadRequest(f"{field}: {exc}", data={"field": field}) from None
+            held_callback = held_callback_secret(
+                flow.definition["webhook"] if flow is not None else None
+            )
+            seal_callback_secret(definition, held_callback, self.secret_box, workspace_id)
         public = definition.public()
         stored = {"webhook": public["webhook"], "steps": public["steps"]}
         async with self.store.pool.acquire() as conn, conn.transaction():

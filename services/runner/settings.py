@@ -1,8 +1,9 @@
 from typing import Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.runner.callbacks import DEFAULT_RETRY_DELAYS_S
 from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
 from shared.settings import DatabaseSettings, WebhookSecretsSettings
 
@@ -81,6 +82,28 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     runner_record_started: bool = True
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)
+    # Completion callbacks (`webhook.callback`, services/runner/callbacks.py). Networks a
+    # callback URL may reach although private, loopback or link-local (JSON list of
+    # CIDRs); checked on save and at each attempt. Empty: only public addresses.
+    runner_callback_allow_networks: list[str] = Field(default_factory=list)
+    # Caps of the jittered wait after the 1st, 2nd, ... failed attempt (each wait is
+    # uniform in [0, cap)); past the list, the last cap repeats.
+    runner_callback_retry_delays_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_DELAYS_S), min_length=1
+    )
+    # No attempt starts later than this after the run finished: the callback is `failed`.
+    runner_callback_give_up_s: float = Field(default=86_400.0, gt=0)
+    # One attempt's whole request, answer included.
+    runner_callback_timeout_s: float = Field(default=10.0, gt=0)
+    # Callback messages handled at once per runner process (attempts in flight).
+    runner_callback_prefetch: int = Field(default=32, ge=1)
+
+    @field_validator("runner_callback_retry_delays_s")
+    @classmethod
+    def _positive_delays(cls, delays: list[float]) -> list[float]:
+        if any(delay <= 0 for delay in delays):
+            raise ValueError("each retry delay must be more than 0 seconds")
+        return delays
 
     @model_validator(mode="after")
     def _check_token_ring(self) -> Self:

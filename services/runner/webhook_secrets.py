@@ -7,6 +7,10 @@ What a save may send in `secrets`:
   so a definition read with GET can be saved back unchanged, and rotating is
   `["…abcd", "<new secret>"]` then `["<new secret>"]`;
 - the stored form of a secret the flow holds (what a PATCH merges in): kept as is.
+
+The completion callback's secret (`webhook.callback.secret`) is handled the same way,
+one secret instead of a list: the runner signs callbacks with it, so it must be
+recoverable too, and it is never shown again (GET: its hint).
 """
 
 from typing import Any
@@ -66,8 +70,50 @@ def seal_secrets(
     auth.secrets = sealed
 
 
+def held_callback_secret(stored_webhook: dict[str, Any] | None) -> SealedSecret | None:
+    callback = (stored_webhook or {}).get("callback") or {}
+    secret = callback.get("secret") if isinstance(callback, dict) else None
+    return SealedSecret.model_validate(secret) if isinstance(secret, dict) else None
+
+
+def seal_callback_secret(
+    definition: FlowDefinition,
+    held: SealedSecret | None,
+    box: SecretBox | None,
+    workspace_id: str,
+) -> None:
+    """Replace the callback's secret by its stored form, in place."""
+    callback = definition.webhook.callback
+    if callback is None:
+        return
+    field = "webhook.callback.secret"
+    if box is None:
+        raise BadRequest(
+            "webhook.callback: callbacks are not available: the runner has no"
+            " FLOWHOOKS_WEBHOOK_SECRETS_KEY",
+            data={"field": "webhook.callback"},
+        )
+    secret = callback.secret
+    if isinstance(secret, SealedSecret):
+        if secret != held:
+            raise BadRequest(f"{field}: not the secret of this flow", data={"field": field})
+    elif secret.startswith(HINT_MARK):
+        if held is None or held.hint != secret:
+            raise BadRequest(
+                f"{field}: {secret!r} names no secret this flow holds; send the secret itself",
+                data={"field": field},
+            )
+        callback.secret = held
+    else:
+        callback.secret = SealedSecret(sealed=box.seal(secret, workspace_id), hint=hint(secret))
+
+
 def public_webhook(stored_webhook: dict[str, Any]) -> dict[str, Any]:
     """The webhook settings as the API shows them: secrets as hints only."""
+    callback = stored_webhook.get("callback")
+    if isinstance(callback, dict) and isinstance(callback.get("secret"), dict):
+        shown = callback["secret"].get("hint", HINT_MARK)
+        stored_webhook = {**stored_webhook, "callback": {**callback, "secret": shown}}
     auth = stored_webhook.get("auth")
     if not isinstance(auth, dict) or not auth.get("secrets"):
         return stored_webhook

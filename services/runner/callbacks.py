@@ -1,0 +1,303 @@
+"""Completion callbacks of async runs (`webhook.callback`): the run's result POSTed to the
+flow's URL, signed the Standard Webhooks way, retried through the broker for up to a day.
+
+Who sends: the runner's supervisor (platform code, never a worker). It holds
+FLOWHOOKS_WEBHOOK_SECRETS_KEY, which opens the flow's sealed callback secret.
+
+The path of one callback:
+1. `RunService` enqueues a `CallbackRequested` (confirmed) on `flowhooks.runner.callbacks`
+   once the run's `run.finished` is confirmed and before the run is marked finished and
+   its StartRuns acked; a runner dying in between runs the request again and enqueues
+   it again under the same `webhook-id` (`msg_<request id>`), which the receiver
+   deduplicates on. Nothing is lost, a repeat is possible (at least once).
+2. `on_callback` (a `kernel.on_command` consumer) attempts it: opens the secret, signs
+   with a fresh timestamp, POSTs through `OutboundHttp` (the address policy is checked
+   again at each attempt; redirects are not followed). A 2xx ends it (`delivered`), 410
+   Gone stops it (`failed`); anything else (another status, a refused address, a
+   network error) is retried after a wait drawn with full jitter: uniform in
+   [0, cap), the cap growing per attempt (`FLOWHOOKS_RUNNER_CALLBACK_RETRY_DELAYS_S`,
+   the last repeated). A retry that would start more than
+   `FLOWHOOKS_RUNNER_CALLBACK_GIVE_UP_S` (24 h) after the enqueue is not made: `failed`.
+3. Each attempt is published as `callback.attempted` (confirmed) for the debugger,
+   before the next attempt is parked: a failure between the two repeats the attempt
+   (one more record), never forks a second chain of retries.
+
+The ladder, or how a wait happens without sleeping in memory: a retry is the same
+message, with `attempt` + 1 and `due_at`, parked in a wait queue of the ladder
+(topology.CALLBACK_WAITS: 1 s, 5 s, 30 s, 2 min, 10 min, 1 h, each queue one fixed TTL,
+dead-lettering back into the callbacks queue). The consumer parks it in the longest
+step that does not overshoot what is left of the wait; when it comes back early it is
+parked again, so a jittered wait of 437 s takes 2 min + 2 min + 2 min + 30 s + 5 s + 1 s
++ 1 s, and is honoured within a second (less than the shortest step left: attempted at
+once). Why a ladder of fixed-TTL queues, not per-message `expiration` on one wait
+queue: RabbitMQ expires messages only at a queue's head, so a 1 h wait queued first
+would hold back every shorter wait behind it; in one queue of fixed TTL the order of
+arrival is the order of expiry. And why several hops rather than one step per attempt
+(the step just below the jittered delay): that would round full jitter down to six
+possible waits, and retries of many callbacks that failed together would again arrive
+together. A hop costs one publish and one delivery; a wait of an hour takes at most
+about twenty.
+"""
+
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import orjson
+import structlog
+
+from services.runner.definition import SealedSecret, WebhookCallback
+from shared import standard_webhooks
+from shared.errors import Unavailable
+from shared.messaging import naming, topology
+from shared.messaging.connection import Broker
+from shared.messaging.contracts import CALLBACK_ATTEMPTED, CALLBACKS
+from shared.outbound import OutboundHttp, OutboundRefused
+from shared.redaction import safe_url, scrub_urls
+from shared.schemas.callbacks import CallbackAttempted, CallbackRequested, CallbackState
+from shared.schemas.runs import RunResult, WebhookRequest
+from shared.secret_box import SealError, SecretBox
+from shared.service import Delivery, Retry
+
+log = structlog.get_logger(__name__)
+
+PAYLOAD_TYPE = "run.finished"
+USER_AGENT = "flowhooks-callbacks"
+# The receiver's answer is not used; a larger one is still read (and dropped) up to this.
+MAX_RESPONSE_BYTES = 1_048_576
+# The default caps of the jittered waits after the 1st, 2nd, ... failed attempt
+# (exponential: doubling from 5 s, at most an hour; the last one repeats).
+DEFAULT_RETRY_DELAYS_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, 3600.0)
+DAY_S = 86_400.0
+
+
+def webhook_id(request_id: str) -> str:
+    """The `webhook-id` of a request's callback: derived, not drawn, so that a callback
+    enqueued twice (a runner crash) is one message to the receiver."""
+    return "msg_" + request_id.replace(".", "_")  # the signed content is '.'-separated
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def callback_payload(request: WebhookRequest, result: RunResult) -> str:
+    """The JSON POSTed, in the Standard Webhooks shape (type, timestamp, data); the
+    same bytes at every attempt (README, "Completion callbacks")."""
+    return orjson.dumps(
+        {
+            "type": PAYLOAD_TYPE,
+            "timestamp": _iso(result.finished_at),
+            "data": {
+                "request_id": request.request_id,
+                "flow_id": request.flow_id,
+                "outcome": result.outcome,
+                "status_code": result.status_code,
+                "content_type": result.content_type,
+                "headers": result.headers,
+                "body": result.body,
+                "error": result.error,
+                "received_at": _iso(request.received_at),
+                "started_at": _iso(result.started_at),
+                "finished_at": _iso(result.finished_at),
+            },
+        }
+    ).decode()
+
+
+def backoff_cap_s(failed_attempts: int, delays_s: Sequence[float]) -> float:
+    """The cap of the wait after the `failed_attempts`-th failed attempt."""
+    return float(delays_s[min(max(failed_attempts, 1), len(delays_s)) - 1])
+
+
+def jittered_delay_s(
+    failed_attempts: int, delays_s: Sequence[float], rng: Callable[[], float] = random.random
+) -> float:
+    """Full jitter: uniform in [0, cap). Spreads the retries of callbacks that failed
+    together (a receiver down for everyone) instead of sending them back together."""
+    return rng() * backoff_cap_s(failed_attempts, delays_s)
+
+
+def ladder_step(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDER_S) -> int | None:
+    """The longest step of the ladder that does not overshoot `wait_s`; None when less
+    than the shortest step is left (attempt now)."""
+    fitting = [step for step in ladder_s if step <= wait_s]
+    return max(fitting) if fitting else None
+
+
+def ladder_hops(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDER_S) -> list[int]:
+    """The steps a wait of `wait_s` takes, in order (what repeated `ladder_step` does)."""
+    hops: list[int] = []
+    while (step := ladder_step(wait_s, ladder_s)) is not None:
+        hops.append(step)
+        wait_s -= step
+    return hops
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: CallbackState
+    error: str | None
+    next_attempt_at: datetime | None
+
+
+def judge(
+    status: int | None,
+    error: str | None,
+    message: CallbackRequested,
+    now: datetime,
+    *,
+    delays_s: Sequence[float],
+    give_up_s: float,
+    rng: Callable[[], float] = random.random,
+) -> Verdict:
+    """What follows an attempt that got `status` (None: no answer, `error` says why)."""
+    if status is not None and 200 <= status < 300:
+        return Verdict("delivered", None, None)
+    if status == 410:
+        return Verdict("failed", "the receiver answered 410 Gone: delivery stopped", None)
+    reason = error or f"the receiver answered {status}"
+    next_at = now + timedelta(seconds=jittered_delay_s(message.attempt, delays_s, rng))
+    if next_at > message.first_at + timedelta(seconds=give_up_s):
+        return Verdict("failed", f"{reason}; gave up: no attempt after {give_up_s:g} s", None)
+    return Verdict("delivering", reason, next_at)
+
+
+class CallbackSender:
+    def __init__(
+        self,
+        broker: Broker,
+        http: OutboundHttp,
+        box: SecretBox | None,
+        *,
+        delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
+        give_up_s: float = DAY_S,
+        timeout_s: float = 10.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.broker = broker
+        self.http = http
+        self.box = box
+        self.delays_s = tuple(delays_s)
+        self.give_up_s = give_up_s
+        self.timeout_s = timeout_s
+        self.rng = rng
+
+    async def enqueue(
+        self, request: WebhookRequest, result: RunResult, callback: WebhookCallback
+    ) -> None:
+        """Raises `Unavailable` unless the broker confirmed it."""
+        if not isinstance(callback.secret, SealedSecret):  # stored flows hold it sealed
+            log.error("callback_secret_not_sealed", flow_id=request.flow_id)
+            return
+        now = datetime.now(UTC)
+        message = CallbackRequested(
+            webhook_id=webhook_id(request.request_id),
+            request_id=request.request_id,
+            flow_id=request.flow_id,
+            workspace_id=request.workspace_id,
+            url=callback.url,
+            sealed_secret=callback.secret.sealed,
+            payload=callback_payload(request, result),
+            first_at=now,
+            due_at=now,
+        )
+        await self._publish(message, CALLBACKS.queue.name)
+
+    async def _publish(self, message: CallbackRequested, queue: str) -> None:
+        await self.broker.publish(
+            message.model_dump_json().encode(),
+            routing_key=queue,
+            message_type=CallbackRequested.__name__,
+        )
+
+    async def _park(self, message: CallbackRequested, now: datetime) -> None:
+        """Into the longest ladder step that fits what is left of its wait, or back into
+        the work queue when less than the shortest step is left."""
+        step = ladder_step((message.due_at - now).total_seconds())
+        queue = CALLBACKS.queue.name if step is None else naming.callback_wait_queue_name(step)
+        await self._publish(message, queue)
+
+    async def on_callback(self, message: CallbackRequested, delivery: Delivery) -> None:
+        structlog.contextvars.bind_contextvars(request_id=message.request_id)
+        now = datetime.now(UTC)
+        try:
+            if ladder_step((message.due_at - now).total_seconds()) is not None:
+                await self._park(message, now)  # back early from a step: not due yet
+                return
+            status, error = await self._attempt(message)
+            verdict = judge(
+                status,
+                error,
+                message,
+                datetime.now(UTC),
+                delays_s=self.delays_s,
+                give_up_s=self.give_up_s,
+                rng=self.rng,
+            )
+            await self.broker.publish_event(
+                CALLBACK_ATTEMPTED,
+                CallbackAttempted(
+                    id=uuid.uuid4().hex,
+                    webhook_id=message.webhook_id,
+                    request_id=message.request_id,
+                    flow_id=message.flow_id,
+                    workspace_id=message.workspace_id,
+                    attempt=message.attempt,
+                    at=now,
+                    status_code=status,
+                    error=verdict.error,
+                    next_attempt_at=verdict.next_attempt_at,
+                    state=verdict.state,
+                ),
+            )
+            if verdict.next_attempt_at is not None:
+                following = message.model_copy(
+                    update={"attempt": message.attempt + 1, "due_at": verdict.next_attempt_at}
+                )
+                await self._park(following, datetime.now(UTC))
+        except Unavailable as exc:
+            raise Retry(f"callback not recorded or not parked: {exc}") from exc
+        log.info(
+            "callback_attempted",
+            url=safe_url(message.url),
+            attempt=message.attempt,
+            status_code=status,
+            state=verdict.state,
+            error=verdict.error,
+        )
+
+    async def _attempt(self, message: CallbackRequested) -> tuple[int | None, str | None]:
+        """The receiver's status (None: no answer) and what went wrong, if anything."""
+        try:
+            if self.box is None:
+                raise SealError("no key")
+            secret = self.box.open(message.sealed_secret, message.workspace_id)
+        except SealError:
+            # An operator's mistake (key ring changed or missing): retried, so that the
+            # callback still goes out once the key is back.
+            return None, "the callback secret cannot be opened (FLOWHOOKS_WEBHOOK_SECRETS_KEY)"
+        body = message.payload.encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            # A fresh timestamp (and so signature) per attempt, the same webhook-id.
+            **standard_webhooks.signed_headers(secret, message.webhook_id, body),
+        }
+        try:
+            status, _, _ = await self.http.request(
+                "POST",
+                message.url,
+                headers=headers,
+                data=body,
+                timeout_s=self.timeout_s,
+                max_response_bytes=MAX_RESPONSE_BYTES,
+                follow_redirects=False,  # Standard Webhooks: a 3xx is a failed attempt
+            )
+        except (OutboundRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            text = scrub_urls(str(exc)[:2000])[:300]
+            return None, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return status, None if 200 <= status < 300 else f"the receiver answered {status}"
