@@ -14,6 +14,7 @@
      ├── RateLimited           429 rate_limited (with Retry-After)
      ├── FlowError             500 flow_error (a step failed)
      ├── InternalError         500 internal_error (a bug; details only in the logs)
+     ├── ResultTooLarge        502 result_too_large (a run's stored answer was cut)
      ├── Unavailable           503 unavailable (with Retry-After; broker or peer down)
      └── Timeout               504 timeout
 
@@ -105,6 +106,12 @@ class InternalError(ApiError):
     status, kind = 500, "internal_error"
 
 
+class ResultTooLarge(ApiError):
+    """The status URL of a run whose response body the debugger kept only in part."""
+
+    status, kind = 502, "result_too_large"
+
+
 class Unavailable(_RetryLater):
     status, kind = 503, "unavailable"
     retry_after_s = 5
@@ -129,6 +136,7 @@ _BY_KIND: dict[str, type[ApiError]] = {
         RateLimited,
         FlowError,
         InternalError,
+        ResultTooLarge,
         Unavailable,
         Timeout,
     )

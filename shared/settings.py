@@ -69,4 +69,3 @@ class WebhookSecretsSettings(ServiceSettings):
             return None  # empty (a deployment's unfilled secret): signing modes are off
         SecretBox(value.get_secret_value())  # its error names the rule, not the key
         return value
-

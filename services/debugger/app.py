@@ -7,6 +7,7 @@ from aiohttp import web
 
 from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore
 from services.debugger.alerts_api import AlertsApi
+from services.debugger.callbacks import CallbackAttempts, prune_forever
 from services.debugger.ingest import BatchIngest
 from services.debugger.records import Redaction
 from services.debugger.replay_edit import Replayer
@@ -14,10 +15,13 @@ from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
 from services.debugger.replays import ReplayApi
 from services.debugger.requests_api import RequestsApi
 from services.debugger.retention import Retention
+from services.debugger.run_status import RunStatuses
 from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from shared.messaging import topology
+from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
+from shared.messaging.dispatch import EventHandlers
 from shared.messaging.runner_client import RunnerClient
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.service import Database, Kernel, Route, ServiceSpec
@@ -136,6 +140,24 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         interval_s=settings.debugger_retention_interval_s,
     )
     kernel.background(retention.run_forever())
+    # Completion callback attempts (callbacks.py): their own queue, one row each,
+    # believed only from the runners' broker user (a forged one is dropped).
+    callback_attempts = CallbackAttempts(kernel.pool)
+    callback_events = EventHandlers()
+    callback_events.on(
+        CALLBACK_ATTEMPTED, callback_attempts.record, published_by=settings.runner_user
+    )
+    kernel.on_events(topology.DEBUGGER_CALLBACKS, callback_events, prefetch=32)
+    kernel.background(
+        prune_forever(
+            lambda: callback_attempts.prune(
+                settings.debugger_retention_max_age_s, settings.debugger_retention_batch
+            ),
+            settings.debugger_retention_interval_s,
+        )
+    )
+    # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
+    kernel.serve(GET_RUN_STATUS, RunStatuses(kernel.pool).get, prefetch=32)
 
 
 SERVICE = ServiceSpec(

@@ -5,8 +5,8 @@
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
   original `StartRun`, or a `StartRuns` (many runs in one message, dead-lettered
   whole): each request never got an outcome of its own (rank 2); one row per item.
-- `run.finished` and `request.rejected` carry `RunsFinished` (requests and their
-  outcomes): rank 3.
+- `run.finished`, `request.rejected` and `request.deduplicated` carry `RunsFinished`
+  (requests and their outcomes): rank 3.
 A row is only ever replaced by an event of the same or a higher rank, so the final
 record is right whatever order the events arrive in.
 """
@@ -79,6 +79,7 @@ class RunState:
     status_code: int | None = None
     response_content_type: str | None = None
     response_body: str | None = None
+    response_headers: dict[str, str] | None = None
     error: str | None = None
     steps: list[Any] = field(default_factory=list)
     started_at: datetime | None = None
@@ -107,6 +108,7 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> Reques
             finished_at=run.finished_at,
             source_rank=run.rank,
             replay_of=request.replay_of,
+            duplicate_of=request.duplicate_of,
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -168,6 +170,10 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> R
         source_rank=run.rank,
         replay_of=request.replay_of,
         truncated=orjson.dumps(truncated).decode() if truncated else None,
+        duplicate_of=request.duplicate_of,
+        response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
+        if run.response_headers
+        else None,
     )
 
 
@@ -279,6 +285,7 @@ def reduced_row(row: RequestRow, reason: str) -> RequestRow:
         status_code=status if isinstance(status, int) and 100 <= status <= 599 else None,
         response_content_type=None,
         response_body=None,
+        response_headers=None,
         error=cut_text(error, 4000)[0],
         steps="[]",
         replay_of=clean_text(str(values["replay_of"]))[:200] if values["replay_of"] else None,
@@ -478,6 +485,7 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
         status_code=result.status_code,
         response_content_type=result.content_type,
         response_body=result.body,
+        response_headers=result.headers or None,
         error=result.error,
         steps=[step.model_dump(mode="json") for step in result.steps],
         started_at=result.started_at,
@@ -493,6 +501,7 @@ ROWS_BY_EVENT: dict[str, RowBuilder] = {
     contracts.RUN_STARTED.routing_key: _running_rows,
     contracts.RUN_FINISHED.routing_key: _finished_rows,
     contracts.REQUEST_REJECTED.routing_key: _finished_rows,
+    contracts.REQUEST_DEDUPLICATED.routing_key: _finished_rows,
     contracts.RUN_EXPIRED.routing_key: _dead_letter_rows,
     contracts.RUN_DEAD_LETTERED.routing_key: _dead_letter_rows,
 }

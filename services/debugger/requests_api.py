@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from services.debugger.callbacks import CallbackAttempts
 from services.debugger.replay_jobs import replays_of
 from services.debugger.search import parse_headers, parse_match
 from services.debugger.store import FlowRow, RequestStore
@@ -161,7 +162,15 @@ class RequestsApi:
             "content_type": row.pop("response_content_type"),
             "body": row.pop("response_body"),
         }
+        headers = row.pop("response_headers")
+        if headers:  # left out while none, so records read as before
+            response["headers"] = headers
         row["replays"] = await replays_of(self.store.pool, row["id"], caller.workspace_id)
+        callback = await CallbackAttempts(self.store.pool).of_request(
+            row["id"], caller.workspace_id
+        )
+        if callback is not None:  # left out for requests without a completion callback
+            row["callback"] = callback
         return json_response({**row, "response": response})
 
     async def stats(self, request: web.Request) -> web.Response:

@@ -42,6 +42,10 @@ class RequestRow(NamedTuple):
     # `raw_body` is the body's UTF-8 text, or its bytes in base64 (not UTF-8, or holding
     # NUL, which a text column cannot): byte for byte either way.
     raw_body_encoding: str = "utf-8"
+    # The first request's id, for a `duplicate` (`webhook.dedup`).
+    duplicate_of: str | None = None
+    # The run's own response headers (JSON text), besides Content-Type.
+    response_headers: str | None = None
 
 
 class FlowRow(NamedTuple):
@@ -54,7 +58,7 @@ class FlowRow(NamedTuple):
 
 
 COLUMNS = RequestRow._fields
-_JSONB = {"query", "headers", "input", "steps", "truncated"}
+_JSONB = {"query", "headers", "input", "steps", "truncated", "response_headers"}
 # A batch goes in by COPY (binary) to a session's temporary table, then in one statement
 # to its place: the client's CPU per row is about half of `executemany`'s and PostgreSQL
 # does one statement per batch, not one per row. jsonb columns travel as text and are
@@ -101,13 +105,14 @@ _SELECT = (
     "SELECT id, flow_id::text, workspace_id::text, received_at, method, path, query::text,"
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
-    " finished_at, replay_of, truncated::text, raw_body_encoding FROM debugger.requests"
+    " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
+    " response_headers::text FROM debugger.requests"
 )
 
 
 def _decode(record: asyncpg.Record) -> dict[str, Any]:
     row = dict(record)
-    for name in ("query", "headers", "input", "steps", "truncated"):
+    for name in ("query", "headers", "input", "steps", "truncated", "response_headers"):
         row[name] = orjson.loads(row[name]) if row[name] is not None else None
     return row
 

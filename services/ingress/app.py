@@ -4,6 +4,7 @@ runner client, declared on the service kernel (`shared/service.py`). No database
 from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
+from services.ingress.dedup import Deduplicator
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
 from services.ingress.webhook import WebhookHandler
@@ -35,12 +36,14 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         SecretBox(key.get_secret_value()) if key is not None else None,
         settings.ingress_access_cache_size,
     )
+    dedup = Deduplicator(kernel.rpc, kernel.broker)
     webhook = kernel.provide(
-        WEBHOOK, WebhookHandler(cache, runner, kernel.broker, settings, signatures)
+        WEBHOOK, WebhookHandler(cache, runner, kernel.broker, settings, signatures, dedup)
     )
 
     async def close() -> None:
         await runner.drain()
+        await dedup.drain()
         webhook.close()
 
     kernel.on_shutdown(close)
@@ -55,7 +58,16 @@ SERVICE = ServiceSpec(
     settings=IngressSettings,
     port=lambda settings: settings.ingress_port,
     wire=wire,
-    routes=tuple(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),
+    routes=(
+        *(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),
+        # A run's status (on_timeout "accept", async runs).
+        Route(
+            "GET",
+            "/v1/flow-webhook/{flow_id}/runs/{request_id}",
+            WEBHOOK,
+            lambda webhook: webhook.status,
+        ),
+    ),
     # The webhook reads its body itself, bounded by ingress_max_body_bytes.
     client_max_size=lambda settings: settings.ingress_max_body_bytes,
 )

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
+from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
 from services.ingress.form_body import multi_dict
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
 from services.ingress.rate_limit import FlowRateLimiter
@@ -22,14 +23,17 @@ from shared.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    ResultTooLarge,
+    Timeout,
     Unauthorized,
     Unavailable,
 )
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
-from shared.messaging.contracts import REQUEST_QUEUED, REQUEST_REJECTED
+from shared.messaging.contracts import GET_RUN_STATUS, REQUEST_QUEUED, REQUEST_REJECTED
 from shared.messaging.runner_client import RunnerClient
 from shared.schemas.access import FlowWebhookSettings
+from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
     RunFinished,
     RunProgress,
@@ -68,15 +72,17 @@ class WebhookHandler:
         runner: RunnerClient,
         broker: Broker,
         settings: IngressSettings,
-        signatures: SignatureChecks | None = None,
+        signatures: SignatureChecks,
+        dedup: Deduplicator,
     ) -> None:
         self.access = access
-        self.signatures = signatures or SignatureChecks(None, 1)
+        self.signatures = signatures
         self.rate_limiter = FlowRateLimiter(
             settings.ingress_flow_rate_limit_per_s, settings.ingress_flow_rate_burst
         )
         self.runner = runner
         self.broker = broker
+        self.dedup = dedup
         self.record_queued = settings.ingress_record_queued
         self.queued: BatchPublisher[RunProgress] = BatchPublisher(broker, REQUEST_QUEUED)
         self.max_body_bytes = settings.ingress_max_body_bytes
@@ -135,15 +141,65 @@ class WebhookHandler:
         except BadRequest as error:
             await self._record_rejected(normalised, error)
             raise
+        key = request_key(flow, normalised)
+        if key is not None:
+            claim = await self.dedup.claim(flow, normalised.request_id, key)
+            if claim.state != "first":
+                return await self.dedup.answer(flow, normalised, key, claim, received_at)
         if flow.is_async:
             # An async run's time budget starts when a runner takes it, not now.
-            return await self._schedule(StartRun(request=normalised, flow_version=flow.version))
+            return await self._schedule(
+                StartRun(request=normalised, flow_version=flow.version, dedup_key=key)
+            )
+        if flow.on_timeout == "accept":
+            # No deadline: its caller may be answered 202 and poll, so the run goes on
+            # (with the runner's own budget) whenever it starts.
+            start = StartRun(
+                request=normalised,
+                flow_version=flow.version,
+                dedup_key=key,
+                accept_on_timeout=True,
+            )
+            return await self._run_or_accept(start, flow.timeout_s)
         start = StartRun(
             request=normalised,
             flow_version=flow.version,
             deadline=received_at + timedelta(seconds=flow.timeout_s),
+            dedup_key=key,
         )
         return await self._run_sync(start, flow.timeout_s)
+
+    async def status(self, request: web.Request) -> web.Response:
+        """`GET /v1/flow-webhook/{flow_id}/runs/{request_id}`: authorised like a bearer
+        webhook call (a signature cannot sign a GET without a body, so a bearer only);
+        202 while queued or running, then the run's own answer, from the debugger's
+        record (`debugger.get_run_status`)."""
+        flow_id = request.match_info["flow_id"]
+        if "Authorization" not in request.headers:
+            raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <token>'")
+        flow = await self._authorize(request, flow_id)
+        request_id = request.match_info["request_id"]
+        status = await self.runner.rpc.call(
+            GET_RUN_STATUS, GetRunStatus(flow_id=flow.flow_id, request_id=request_id)
+        )
+        if status.state == "unknown":
+            raise NotFound(
+                f"no request {request_id} of this flow (a request accepted a moment ago"
+                " may not be recorded yet)"
+            )
+        if status.state == "pending" or status.result is None:
+            body = accepted_body(flow.flow_id, request_id)
+            body["message"] = status.outcome or "queued"
+            return json_response(body, status=202)
+        if status.body_truncated:
+            raise ResultTooLarge(
+                f"the run's response body ({status.body_size} bytes) is larger than the"
+                " debugger keeps (FLOWHOOKS_DEBUGGER_MAX_RESPONSE_BODY_BYTES)",
+                data={"request_id": request_id, "status_code": status.result.status_code},
+            )
+        result = status.result
+        headers = {**result.headers, "Content-Type": result.content_type}
+        return web.Response(body=result.body.encode(), status=result.status_code, headers=headers)
 
     async def _parse(
         self, method: str, query: dict[str, Any], content_type: str | None, body: bytes
@@ -164,17 +220,24 @@ class WebhookHandler:
         if self.record_queued:
             # Best effort, batched, not awaited: the debugger shows it `queued` meanwhile.
             self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
-        return json_response(
-            {
-                "status": 200,
-                "error": None,
-                "message": "scheduled",
-                "data": {"request_id": start.request.request_id},
-            }
-        )
+        return json_response(scheduled_body(start.request.request_id))
 
-    async def _run_sync(self, start: StartRun, timeout_s: float) -> web.Response:
-        result = await self.runner.run(start, timeout_s)
+    async def _run_or_accept(self, start: StartRun, timeout_s: float) -> web.Response:
+        """`on_timeout: "accept"`: the run's answer if it comes within the flow's
+        timeout, else 202 with the status URL; the run goes on."""
+        try:
+            return await self._run_sync(start, timeout_s, keep_queued=True)
+        except Timeout:
+            if self.record_queued:
+                # Best effort: the debugger may know it only once the run starts.
+                self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
+            request = start.request
+            return json_response(accepted_body(request.flow_id, request.request_id), status=202)
+
+    async def _run_sync(
+        self, start: StartRun, timeout_s: float, *, keep_queued: bool = False
+    ) -> web.Response:
+        result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)
         # The flow's own headers were checked on save: none the ingress owns
         # (X-Request-Id, Content-Length, hop-by-hop) can be among them.
         headers = {**result.headers, "Content-Type": result.content_type}

@@ -21,6 +21,7 @@ from shared.bearer import hash_token
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import FLOW_CHANGED
 from shared.schemas.access import (
+    DedupSettings,
     FlowAccessPage,
     FlowChanged,
     FlowOwner,
@@ -128,6 +129,10 @@ class FlowAccess:
                 is_async=bool(webhook.get("async", False)),
                 timeout_s=float(webhook.get("timeout_s", 30.0)),
                 signing=signing_settings(webhook),
+                dedup=DedupSettings.model_validate(webhook["dedup"])
+                if webhook.get("dedup")
+                else None,
+                on_timeout=webhook.get("on_timeout", "error"),
             ),
         )
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from aiohttp import web
 
 from services.runner.access import FlowAccess
+from services.runner.callbacks import CallbackSender
+from services.runner.dedup import DedupKeys
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import FlowsApi
 from services.runner.pool import WorkerPool
@@ -20,6 +22,8 @@ from services.runner.worker_protocol import WorkerConfig
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
+    CALLBACKS,
+    CLAIM_DEDUP_KEY,
     GET_FLOW_OWNER,
     LIST_FLOW_ACCESS,
     RUN_FINISHED,
@@ -27,6 +31,7 @@ from shared.messaging.contracts import (
     SYNC_RUNS,
 )
 from shared.messaging.rpc import GroupedReplies
+from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunFinished
 from shared.secret_box import SecretBox
 from shared.service import Database, Kernel, Route, ServiceSpec
@@ -65,6 +70,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     access = await FlowAccess.open(store, kernel.broker, settings.token_ring())
     key = settings.webhook_secrets_key
     secret_box = SecretBox(key.get_secret_value()) if key is not None else None
+    callback_policy = AddressPolicy(settings.runner_callback_allow_networks)
     kernel.provide(
         FLOWS_API,
         FlowsApi(
@@ -75,6 +81,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
             settings.runner_max_timeout_s,
             settings.runner_webhook_base_url,
             secret_box,
+            callback_policy,
         ),
     )
 
@@ -93,6 +100,18 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
     replies = GroupedReplies(kernel.broker)
     finished_runs = FinishedRuns(kernel.pool, settings.runner_finished_keep_s)
+    dedup_keys = DedupKeys(kernel.pool)
+    # Completion callbacks of async runs: sent here, in the supervisor (callbacks.py).
+    callback_http = OutboundHttp(callback_policy)
+    kernel.on_shutdown(callback_http.close)
+    callbacks = CallbackSender(
+        kernel.broker,
+        callback_http,
+        secret_box,
+        delays_s=settings.runner_callback_retry_delays_s,
+        give_up_s=settings.runner_callback_give_up_s,
+        timeout_s=settings.runner_callback_timeout_s,
+    )
     # Hooks run last registered first: replies and events go out before workers stop.
     kernel.on_shutdown(finished_runs.drain)
     kernel.on_shutdown(replies.drain)
@@ -105,12 +124,18 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         BatchPublisher(kernel.broker, RUN_STARTED) if settings.runner_record_started else None,
         replies,
         finished_runs,
+        dedup_keys,
+        accept_run_timeout_s=settings.runner_max_timeout_s,
+        callbacks=callbacks,
     )
     kernel.background(finished_runs.prune_forever(60.0))
+    kernel.background(dedup_keys.prune_forever(60.0))
+    kernel.serve(CLAIM_DEDUP_KEY, dedup_keys.claim)
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
     kernel.serve(GET_FLOW_OWNER, access.flow_owner)
     kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)
     kernel.on_command(ASYNC_RUNS, runs.on_async_runs, prefetch=settings.runner_async_prefetch)
+    kernel.on_command(CALLBACKS, callbacks.on_callback, prefetch=settings.runner_callback_prefetch)
 
 
 def _flow_route(method: str, path: str, pick: Callable[[FlowsApi], Handler]) -> Route[FlowsApi]:

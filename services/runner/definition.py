@@ -7,12 +7,15 @@ import re
 from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import REF_ID_PATTERN
 from services.runner.templates import TemplateEngine
+from shared import standard_webhooks
+from shared.dedup_keys import parse_key_spec
 from shared.errors import BadRequest
+from shared.outbound import OutboundRefused, parse_url
 from shared.schemas.access import FlowStatus
 
 RESERVED_REF_IDS = frozenset({"request", "loop"})
@@ -50,6 +53,7 @@ MAX_SECRETS = 2
 MIN_SECRET_CHARS, MAX_SECRET_CHARS = 8, 512
 # A reference to a secret the flow already holds, as GET shows it ("…last4").
 HINT_MARK = "\u2026"
+MAX_CALLBACK_URL_CHARS = 2048
 
 
 class SealedSecret(BaseModel):
@@ -89,6 +93,33 @@ class ResponseConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
+class DedupConfig(BaseModel):
+    """`webhook.dedup` (shared/dedup_keys.py says how the key is read)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    # Up to 30 days: keys are kept that long in `runner.dedup_keys`.
+    window_s: int = Field(default=86_400, ge=1, le=30 * 86_400)
+
+    @field_validator("key")
+    @classmethod
+    def _valid_key(cls, key: str) -> str:
+        parse_key_spec(key)  # its ValueError is the field's error
+        return key
+
+
+class WebhookCallback(BaseModel):
+    """`webhook.callback`: where an async run's result is POSTed (services/runner/
+    callbacks.py). On save `secret` is the secret itself (`whsec_...`) or the hint of the
+    one the flow holds; as stored it is a `SealedSecret` (webhook_secrets.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=MAX_CALLBACK_URL_CHARS)
+    secret: str | SealedSecret
+
+
 class WebhookTrigger(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -98,6 +129,13 @@ class WebhookTrigger(BaseModel):
     response: ResponseConfig | None = None
     # None: the bearer mode.
     auth: WebhookAuth | None = None
+    # None: every request runs.
+    dedup: DedupConfig | None = None
+    # "accept": a sync run still going at `timeout_s` is answered 202 (status URL) and
+    # goes on, up to FLOWHOOKS_RUNNER_MAX_TIMEOUT_S.
+    on_timeout: Literal["error", "accept"] = "error"
+    # None: no completion callback (async flows only).
+    callback: WebhookCallback | None = None
 
 
 class FlowDefinition(BaseModel):
@@ -113,8 +151,11 @@ class FlowDefinition(BaseModel):
     def public(self) -> dict[str, Any]:
         webhook = self.webhook.model_dump(by_alias=True)
         # Left out while unused, so flows saved before they existed read the same.
-        if webhook["auth"] is None:
-            del webhook["auth"]
+        for name in ("auth", "dedup", "callback"):
+            if webhook[name] is None:
+                del webhook[name]
+        if webhook["on_timeout"] == "error":
+            del webhook["on_timeout"]
         if webhook["response"] is not None and not webhook["response"]["headers"]:
             del webhook["response"]["headers"]
         return {
@@ -179,6 +220,8 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
         _check_auth(definition.webhook.auth)
     if definition.webhook.response is not None:
         _check_response_headers(definition.webhook.response)
+    if definition.webhook.callback is not None:
+        _check_callback(definition.webhook)
     _check_references(definition, engine)
     return definition
 
@@ -232,6 +275,28 @@ def _check_secret(field: str, mode: str, secret: str) -> None:
             key = b""
         if not secret.startswith("whsec_") or not key:
             raise _refuse(field, "a Standard Webhooks secret is whsec_<base64>")
+
+
+def _check_callback(webhook: WebhookTrigger) -> None:
+    """The URL's form and the secret's; where the URL leads is checked by the flows API
+    (it resolves the name: outbound.check_destination) and again at each attempt."""
+    callback = webhook.callback
+    assert callback is not None
+    if not webhook.is_async:
+        # A sync sender already gets the result in its answer.
+        raise _refuse("webhook.callback", "callbacks are sent for async flows only")
+    try:
+        parse_url(callback.url)
+    except OutboundRefused as exc:
+        raise _refuse("webhook.callback.url", str(exc)) from None
+    secret = callback.secret
+    if isinstance(secret, str) and not secret.startswith(HINT_MARK):
+        try:
+            standard_webhooks.secret_key(secret)
+            if not secret.startswith(standard_webhooks.PREFIX):
+                raise ValueError("the secret must be whsec_ followed by base64")
+        except ValueError as exc:
+            raise _refuse("webhook.callback.secret", str(exc)) from None
 
 
 def _check_response_headers(response: ResponseConfig) -> None:

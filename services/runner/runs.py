@@ -12,7 +12,9 @@ from typing import Any
 
 import structlog
 
-from services.runner.definition import WebhookTrigger
+from services.runner.callbacks import CallbackSender
+from services.runner.dedup import DedupKeys
+from services.runner.definition import WebhookCallback, WebhookTrigger
 from services.runner.engine import error_result
 from services.runner.finished import FinishedRuns
 from services.runner.pool import WorkerPool
@@ -39,6 +41,8 @@ log = structlog.get_logger(__name__)
 class CachedFlow:
     snapshot: FlowSnapshot
     timeout_s: float
+    # `webhook.callback` as stored (secret sealed); None: no completion callback.
+    callback: WebhookCallback | None = None
 
 
 class FlowCache:
@@ -71,7 +75,7 @@ class FlowCache:
             definition={"name": row.name, "status": row.status, **without_auth(row.definition)},
         )
         trigger = WebhookTrigger.model_validate(row.definition.get("webhook", {}))
-        flow = CachedFlow(snapshot, trigger.timeout_s)
+        flow = CachedFlow(snapshot, trigger.timeout_s, trigger.callback)
         self._flows[flow_id] = flow
         if len(self._flows) > self.size:
             self._flows.popitem(last=False)
@@ -79,12 +83,13 @@ class FlowCache:
 
 
 def without_auth(definition: dict[str, Any]) -> dict[str, Any]:
-    """The definition a worker gets: no `webhook.auth`. Its secrets are sealed, but the
-    workers run flow authors' templates and need none of it."""
+    """The definition a worker gets: no `webhook.auth` nor `webhook.callback`. Their
+    secrets are sealed, but the workers run flow authors' templates and need none of it."""
     webhook = definition.get("webhook")
-    if not isinstance(webhook, dict) or "auth" not in webhook:
+    if not isinstance(webhook, dict) or not {"auth", "callback"} & webhook.keys():
         return definition
-    return {**definition, "webhook": {k: v for k, v in webhook.items() if k != "auth"}}
+    kept = {k: v for k, v in webhook.items() if k not in ("auth", "callback")}
+    return {**definition, "webhook": kept}
 
 
 class RunService:
@@ -102,6 +107,9 @@ class RunService:
         started: BatchPublisher[RunProgress] | None,
         replies: GroupedReplies,
         finished_runs: FinishedRuns,
+        dedup_keys: DedupKeys | None = None,
+        accept_run_timeout_s: float = 300.0,
+        callbacks: CallbackSender | None = None,
     ) -> None:
         self.broker = broker
         self.flows = flows
@@ -112,6 +120,12 @@ class RunService:
         self.started = started
         self.replies = replies
         self.finished_runs = finished_runs
+        self.dedup_keys = dedup_keys
+        # The run's own budget for `on_timeout: "accept"` flows: the caller was answered
+        # 202 at the flow's timeout; the run goes on up to this (the flows API's maximum).
+        self.accept_run_timeout_s = accept_run_timeout_s
+        # Completion callbacks of async runs (callbacks.py); None: none are sent.
+        self.callbacks = callbacks
 
     async def on_sync_runs(self, runs: StartRuns, delivery: Delivery) -> None:
         await self._take(runs.items, delivery, reply_to=delivery.reply_to)
@@ -142,7 +156,7 @@ class RunService:
         failures (the broker or the database away)."""
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        if reply_to is None and self.started is not None:
+        if (reply_to is None or start.accept_on_timeout) and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
             self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
         try:
@@ -167,9 +181,25 @@ class RunService:
                 raise
             # The sender still gets its answer; the debugger misses this one run.
             log.error("run_not_recorded", outcome=result.outcome)
+        if start.dedup_key is not None and self.dedup_keys is not None:
+            # Before the answer: a duplicate sent after the first's answer finds it.
+            await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result)
         if reply_to is not None:
             self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
+        if reply_to is None:
+            await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
+
+    async def _enqueue_callback(self, start: StartRun, result: RunResult) -> None:
+        """After `run.finished` is confirmed and before the run is marked finished: a
+        runner dying in between runs it again and enqueues again (same webhook-id), so a
+        callback is never lost. Raises `Unavailable` (the batch is delivered again)."""
+        if self.callbacks is None:
+            return
+        # The cached copy the run used (a replay's was just read); None: deleted since.
+        flow = await self.flows.get(start.request.flow_id, max(start.flow_version, 1))
+        if flow is not None and flow.callback is not None:
+            await self.callbacks.enqueue(start.request, result, flow.callback)
 
     async def _split(self, delivery: Delivery, starts: list[StartRun]) -> None:
         """Publish each run as a message of its own (confirmed); the batch is acked
@@ -208,7 +238,7 @@ class RunService:
                 "the flow is paused: unpause it, or replay with force",
                 data={"flow_id": request.flow_id},
             )
-        timeout_s = flow.timeout_s
+        timeout_s = self.accept_run_timeout_s if start.accept_on_timeout else flow.timeout_s
         if start.deadline is not None:
             timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())
         return await self.pool.run(request, flow.snapshot, timeout_s)

@@ -32,6 +32,8 @@ from shared.schemas.access import (
     TokenIdentity,
     WebhookAccess,
 )
+from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
+from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
 from shared.schemas.runs import RunResult, RunsFinished, RunsProgressed, StartRun, StartRuns
 
 Request = TypeVar("Request", bound=BaseModel)
@@ -85,10 +87,20 @@ GET_FLOW_OWNER: Rpc[FlowOwnerQuery, FlowOwner] = Rpc(
 # One sync run as a call of its own (the debugger's replay); the ingress batches them
 # (`SYNC_RUNS`). The runner answers both the same way.
 START_RUN: Rpc[StartRun, RunResult] = Rpc(naming.START_RUN, topology.SYNC_RUNS, StartRun, RunResult)
+# The ingress, for flows with `webhook.dedup` only: is this request the first of its key?
+CLAIM_DEDUP_KEY: Rpc[ClaimDedupKey, DedupClaim] = Rpc(
+    naming.CLAIM_DEDUP_KEY, topology.RUNNER_RPC, ClaimDedupKey, DedupClaim
+)
+# The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
+GET_RUN_STATUS: Rpc[GetRunStatus, RunStatus] = Rpc(
+    naming.GET_RUN_STATUS, topology.DEBUGGER_RPC, GetRunStatus, RunStatus
+)
 
 # Commands: webhook requests for the runners, many to a message.
 SYNC_RUNS: Command[StartRuns] = Command(topology.SYNC_RUNS, StartRuns, StartRuns.read)
 ASYNC_RUNS: Command[StartRuns] = Command(topology.ASYNC_RUNS, StartRuns, StartRuns.read)
+# Completion callbacks of async runs, for the runner's sender (services/runner/callbacks.py).
+CALLBACKS: Command[CallbackRequested] = Command(topology.CALLBACKS, CallbackRequested)
 
 # Events.
 FLOW_CHANGED: Event[FlowChanged] = Event(naming.FLOW_CHANGED, FlowChanged)
@@ -98,8 +110,10 @@ ACCESS_TOKEN_REVOKED: Event[AccessTokenRevoked] = Event(
 )
 RUN_FINISHED: Event[RunsFinished] = Event(naming.RUN_FINISHED, RunsFinished)
 REQUEST_REJECTED: Event[RunsFinished] = Event(naming.REQUEST_REJECTED, RunsFinished)
+REQUEST_DEDUPLICATED: Event[RunsFinished] = Event(naming.REQUEST_DEDUPLICATED, RunsFinished)
 REQUEST_QUEUED: Event[RunsProgressed] = Event(naming.REQUEST_QUEUED, RunsProgressed)
 RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)
 # Dead-lettered by the broker: the StartRuns (or a single StartRun) it gave up on.
 RUN_EXPIRED: Event[StartRuns] = Event(naming.RUN_EXPIRED, StartRuns)
 RUN_DEAD_LETTERED: Event[StartRuns] = Event(naming.RUN_DEAD_LETTERED, StartRuns)
+CALLBACK_ATTEMPTED: Event[CallbackAttempted] = Event(naming.CALLBACK_ATTEMPTED, CallbackAttempted)

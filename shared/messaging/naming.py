@@ -11,14 +11,21 @@ EVENTS_EXCHANGE = f"{PREFIX}.events"
 # RPC request queues (one per serving role; any number of replicas consume each).
 AUTH_RPC_QUEUE = f"{PREFIX}.rpc.auth"
 RUNNER_RPC_QUEUE = f"{PREFIX}.rpc.runner"
+DEBUGGER_RPC_QUEUE = f"{PREFIX}.rpc.debugger"
 # Sync webhook runs: a queue of their own so that control RPCs are never stuck behind runs.
 SYNC_RUNS_QUEUE = f"{PREFIX}.runner.sync-runs"
 # Async webhook runs: durable work, apart from sync runs so a flood cannot starve them.
 ASYNC_RUNS_QUEUE = f"{PREFIX}.runner.async-runs"
 
+# Completion callbacks of async runs (services/runner/callbacks.py): the runner's work
+# queue, and the wait ladder (fixed TTLs, dead-lettered back into it) between attempts.
+CALLBACKS_QUEUE = f"{PREFIX}.runner.callbacks"
+
 # Durable event queues, one per consuming service (replicas compete on it).
 DEBUGGER_EVENTS_QUEUE = f"{PREFIX}.debugger.events"
 AUTH_FLOW_CHANGES_QUEUE = f"{PREFIX}.auth.flow-changes"
+# Callback attempts, apart from the request events (another table, another writer).
+DEBUGGER_CALLBACKS_QUEUE = f"{PREFIX}.debugger.callbacks"
 
 # Routing keys.
 FLOW_CHANGED = "flow.changed"  # runner -> auth: a flow's access state (token hash, status)
@@ -26,11 +33,14 @@ FLOW_ACCESS_CHANGED = "flow_access.changed"  # auth -> every ingress: drop cache
 ACCESS_TOKEN_REVOKED = "access_token.revoked"  # auth -> every ingress: drop cached answers
 RUN_FINISHED = "run.finished"  # runner -> debugger: a request and its run's outcome
 REQUEST_REJECTED = "request.rejected"  # ingress -> debugger: a body that could not be parsed
+# ingress -> debugger: a request not run because its dedup key was seen (`duplicate`)
+REQUEST_DEDUPLICATED = "request.deduplicated"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
 RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
 # Dead-lettered by the broker itself (body: the StartRun), for the debugger:
 RUN_EXPIRED = "run.expired"  # a sync run nobody picked up before its caller gave up
 RUN_DEAD_LETTERED = "run.dead_lettered"  # an async run that failed its delivery limit
+CALLBACK_ATTEMPTED = "callback.attempted"  # runner -> debugger: one callback attempt
 
 # RPC methods.
 AUTHORIZE_WEBHOOK = "auth.authorize_webhook"
@@ -38,6 +48,8 @@ IDENTIFY_TOKEN = "auth.identify_token"
 LIST_FLOW_ACCESS = "runner.list_flow_access"
 GET_FLOW_OWNER = "runner.get_flow_owner"
 START_RUN = "runner.start_run"
+CLAIM_DEDUP_KEY = "runner.claim_dedup_key"
+GET_RUN_STATUS = "debugger.get_run_status"
 
 
 def reply_queue_name(service: str, instance: str) -> str:
@@ -53,3 +65,13 @@ def cache_invalidation_queue_name(instance: str) -> str:
 def tail_queue_name(instance: str) -> str:
     """Each debugger replica's own queue for its live tail (only once a tail is open)."""
     return f"{PREFIX}.debugger.tail.{instance}"
+
+
+def callback_wait_queue_name(step_s: int) -> str:
+    """The wait queue whose messages come back to the callbacks queue after `step_s`."""
+    label = (
+        f"{step_s // 3600}h"
+        if step_s % 3600 == 0
+        else (f"{step_s // 60}m" if step_s % 60 == 0 else f"{step_s}s")
+    )
+    return f"{CALLBACKS_QUEUE}.wait-{label}"

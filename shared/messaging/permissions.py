@@ -98,11 +98,15 @@ ACCESS: dict[str, ServiceAccess] = {
                 _keys(contracts.FLOW_ACCESS_CHANGED, contracts.ACCESS_TOKEN_REVOKED),
             ),
         ),
-        publishes=_keys(contracts.REQUEST_REJECTED, contracts.REQUEST_QUEUED),
+        publishes=_keys(
+            contracts.REQUEST_REJECTED, contracts.REQUEST_DEDUPLICATED, contracts.REQUEST_QUEUED
+        ),
         sends_to=(
             contracts.AUTHORIZE_WEBHOOK.queue,
             contracts.SYNC_RUNS.queue,
             contracts.ASYNC_RUNS.queue,
+            contracts.CLAIM_DEDUP_KEY.queue,
+            contracts.GET_RUN_STATUS.queue,
         ),
     ),
     "auth": ServiceAccess(
@@ -113,15 +117,32 @@ ACCESS: dict[str, ServiceAccess] = {
         replies=True,
     ),
     "runner": ServiceAccess(
-        consumes=(topology.RUNNER_RPC, topology.SYNC_RUNS, topology.ASYNC_RUNS),
+        consumes=(
+            topology.RUNNER_RPC,
+            topology.SYNC_RUNS,
+            topology.ASYNC_RUNS,
+            contracts.CALLBACKS.queue,
+        ),
         own_queues=(_reply_queue("runner"),),
-        publishes=_keys(contracts.FLOW_CHANGED, contracts.RUN_FINISHED, contracts.RUN_STARTED),
-        # Identifying API tokens; a batch it cannot run whole is split back onto its queue.
-        sends_to=(contracts.IDENTIFY_TOKEN.queue, topology.SYNC_RUNS, topology.ASYNC_RUNS),
+        publishes=_keys(
+            contracts.FLOW_CHANGED,
+            contracts.RUN_FINISHED,
+            contracts.RUN_STARTED,
+            contracts.CALLBACK_ATTEMPTED,
+        ),
+        # Identifying API tokens; a batch it cannot run whole is split back onto its
+        # queue; callbacks enqueued, and parked in the wait ladder between attempts.
+        sends_to=(
+            contracts.IDENTIFY_TOKEN.queue,
+            topology.SYNC_RUNS,
+            topology.ASYNC_RUNS,
+            contracts.CALLBACKS.queue,
+            *topology.CALLBACK_WAITS,
+        ),
         replies=True,
     ),
     "debugger": ServiceAccess(
-        consumes=(topology.DEBUGGER_EVENTS,),
+        consumes=(topology.DEBUGGER_EVENTS, topology.DEBUGGER_RPC, topology.DEBUGGER_CALLBACKS),
         own_queues=(
             _reply_queue("debugger"),
             # The live tail binds (a subset of) what the durable intake receives.
@@ -135,6 +156,7 @@ ACCESS: dict[str, ServiceAccess] = {
             contracts.START_RUN.queue,
             contracts.ASYNC_RUNS.queue,
         ),
+        replies=True,
     ),
 }
 

@@ -33,14 +33,19 @@ class RunnerClient:
     async def schedule(self, start: StartRun) -> None:
         await self._async_runs.publish(start)
 
-    async def run(self, start: StartRun, timeout_s: float) -> RunResult:
+    async def run(
+        self, start: StartRun, timeout_s: float, *, keep_queued: bool = False
+    ) -> RunResult:
         """The run's result; `Timeout` if it did not come within `timeout_s`,
-        `Unavailable` if the broker did not take the request."""
+        `Unavailable` if the broker did not take the request. `keep_queued`: the message
+        does not expire with the caller's wait (`on_timeout: "accept"`: it must run)."""
         correlation_id = start.request.request_id
         reply = self.rpc.expect(correlation_id)
         try:
             async with asyncio.timeout(timeout_s):
-                await self._sync_runs.publish(start, expires_in_s=timeout_s)
+                await self._sync_runs.publish(
+                    start, expires_in_s=None if keep_queued else timeout_s
+                )
                 result = await reply
         except TimeoutError:
             raise Timeout(

@@ -35,6 +35,7 @@ DEBUGGER_EVENTS = QueueSpec(
     (
         naming.RUN_FINISHED,
         naming.REQUEST_REJECTED,
+        naming.REQUEST_DEDUPLICATED,
         naming.REQUEST_QUEUED,
         naming.RUN_STARTED,
         naming.RUN_EXPIRED,
@@ -49,6 +50,7 @@ AUTH_FLOW_CHANGES = QueueSpec(naming.AUTH_FLOW_CHANGES_QUEUE, QUORUM, (naming.FL
 # caller's timeout, so a call nobody picked up in time is dropped rather than run late.
 AUTH_RPC = QueueSpec(naming.AUTH_RPC_QUEUE)
 RUNNER_RPC = QueueSpec(naming.RUNNER_RPC_QUEUE)
+DEBUGGER_RPC = QueueSpec(naming.DEBUGGER_RPC_QUEUE)
 # An expired sync run is dead-lettered to the debugger, which records it as `expired`.
 SYNC_RUNS = QueueSpec(
     naming.SYNC_RUNS_QUEUE,
@@ -72,13 +74,46 @@ ASYNC_RUNS = QueueSpec(
     },
 )
 
+# Completion callbacks (services/runner/callbacks.py). The work queue: quorum, like the
+# async runs whose outcome they carry; a callback whose handling keeps crashing its
+# runner is dropped after the delivery limit (the kernel logs each failure).
+CALLBACKS = QueueSpec(naming.CALLBACKS_QUEUE, {"x-queue-type": "quorum", "x-delivery-limit": 10})
+# The wait ladder between attempts: one queue per step, each with one fixed TTL, so that
+# its messages expire in the order they arrived (RabbitMQ expires only at a queue's head:
+# per-message TTLs in one queue would hold a short wait behind a long one). An expired
+# message is dead-lettered (at least once) straight back into the work queue; nobody
+# consumes these queues. A wait longer than a step takes several (callbacks.py).
+CALLBACK_LADDER_S = (1, 5, 30, 120, 600, 3600)
+CALLBACK_WAITS = tuple(
+    QueueSpec(
+        naming.callback_wait_queue_name(step_s),
+        {
+            "x-queue-type": "quorum",
+            "x-message-ttl": step_s * 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": naming.CALLBACKS_QUEUE,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    for step_s in CALLBACK_LADDER_S
+)
+# The debugger's record of callback attempts (its own table, its own consumer).
+DEBUGGER_CALLBACKS = QueueSpec(
+    naming.DEBUGGER_CALLBACKS_QUEUE, QUORUM, (naming.CALLBACK_ATTEMPTED,)
+)
+
 DURABLE_QUEUES = (
     DEBUGGER_EVENTS,
     AUTH_FLOW_CHANGES,
     AUTH_RPC,
     RUNNER_RPC,
+    DEBUGGER_RPC,
     SYNC_RUNS,
     ASYNC_RUNS,
+    CALLBACKS,
+    *CALLBACK_WAITS,
+    DEBUGGER_CALLBACKS,
 )
 
 

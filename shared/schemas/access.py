@@ -27,6 +27,14 @@ class SigningSettings(BaseModel):
     content: str = "{body}"
 
 
+class DedupSettings(BaseModel):
+    """`webhook.dedup`: where a request's key is (`header:<name>` or `json:<pointer>`)
+    and how long a key counts as seen."""
+
+    key: str
+    window_s: int = 86_400
+
+
 class FlowWebhookSettings(BaseModel):
     """What the ingress needs to know about a flow to take one of its webhooks."""
 
@@ -39,6 +47,11 @@ class FlowWebhookSettings(BaseModel):
     # None: bearer only (the default mode). Callers that send a bearer are judged by
     # the bearer rules whatever the mode.
     signing: SigningSettings | None = None
+    # None: every request runs.
+    dedup: DedupSettings | None = None
+    # "accept": a sync run still going at `timeout_s` is answered 202 and goes on (up
+    # to the runner's FLOWHOOKS_RUNNER_MAX_TIMEOUT_S).
+    on_timeout: Literal["error", "accept"] = "error"
 
 
 class TokenKeyState(BaseModel):

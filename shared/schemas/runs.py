@@ -13,7 +13,8 @@ log = structlog.get_logger(__name__)
 
 # A run's outcome; and what the debugger shows of a request: one of those, or where it
 # is on its way there.
-Outcome = Literal["succeeded", "failed", "timeout", "expired", "rejected"]
+# `duplicate`: not run, answered with the first request's result (`webhook.dedup`).
+Outcome = Literal["succeeded", "failed", "timeout", "expired", "rejected", "duplicate"]
 Progress = Literal["queued", "running"]
 RECORDED_OUTCOMES: frozenset[str] = frozenset(get_args(Outcome) + get_args(Progress))
 
@@ -36,6 +37,9 @@ class WebhookRequest(BaseModel):
     mode: Literal["sync", "async"] = "sync"
     # Set when the debugger replays a stored request: the original's id.
     replay_of: str | None = None
+    # Set on a request that was not run because its dedup key was seen (`webhook.dedup`):
+    # the first request's id.
+    duplicate_of: str | None = None
     raw_body_encoding: Literal["utf-8", "base64"] = "utf-8"
 
     def raw_body_bytes(self) -> bytes:
@@ -68,6 +72,12 @@ class StartRun(BaseModel):
     # A replay that was not forced: if the flow is paused when the run would start, the
     # runner answers `conflict` instead (sync path only) and neither runs nor records it.
     unless_paused: bool = False
+    # The first request of a dedup key (`runner.dedup_keys`): the runner stores the
+    # result under it for the duplicates, before it answers.
+    dedup_key: str | None = None
+    # A sync run of an `on_timeout: "accept"` flow: its caller may stop waiting and be
+    # told to poll, so the runner reports it `running` (`run.started`) like an async run.
+    accept_on_timeout: bool = False
 
 
 class StartRuns(BaseModel):

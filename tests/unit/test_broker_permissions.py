@@ -47,6 +47,12 @@ def who_topic(kind: str, key: str) -> set[str]:
         (naming.SYNC_RUNS_QUEUE, {"runner"}, {"runner"}),
         (naming.ASYNC_RUNS_QUEUE, {"runner"}, {"runner"}),
         (naming.DEBUGGER_EVENTS_QUEUE, {"debugger"}, {"debugger"}),
+        (naming.CALLBACKS_QUEUE, {"runner"}, {"runner"}),
+        (naming.DEBUGGER_CALLBACKS_QUEUE, {"debugger"}, {"debugger"}),
+        # The callback wait ladder: nobody consumes it (the broker dead-letters it back).
+        (naming.callback_wait_queue_name(30), set(), set()),
+        (naming.CALLBACKS_QUEUE + ".wait-1h", set(), set()),
+        (naming.DEBUGGER_RPC_QUEUE, {"debugger"}, {"debugger"}),
         # Per-process queues, whatever the process id.
         (naming.reply_queue_name("ingress", INSTANCE), {"ingress"}, {"ingress"}),
         (naming.reply_queue_name("auth", INSTANCE), {"auth"}, {"auth"}),
@@ -99,9 +105,11 @@ def test_write(name: str, write: set[str]) -> None:
         (naming.FLOW_CHANGED, {"runner"}),
         (naming.RUN_FINISHED, {"runner"}),
         (naming.RUN_STARTED, {"runner"}),
+        (naming.CALLBACK_ATTEMPTED, {"runner"}),
         (naming.FLOW_ACCESS_CHANGED, {"auth"}),
         (naming.ACCESS_TOKEN_REVOKED, {"auth"}),
         (naming.REQUEST_REJECTED, {"ingress"}),
+        (naming.REQUEST_DEDUPLICATED, {"ingress"}),
         (naming.REQUEST_QUEUED, {"ingress"}),
         # Only the broker dead-letters these (no permission check then).
         (naming.RUN_EXPIRED, set()),
@@ -128,21 +136,25 @@ def test_exact_regexes() -> None:
     """The full text for one service, so that a change to the derivation shows here."""
     assert permissions("runner") == Permissions(
         configure=r"^(flowhooks\.reply\.runner\.[A-Za-z0-9_-]+|flowhooks\.rpc\.runner"
-        r"|flowhooks\.runner\.async-runs|flowhooks\.runner\.sync-runs)$",
+        r"|flowhooks\.runner\.async-runs|flowhooks\.runner\.callbacks"
+        r"|flowhooks\.runner\.sync-runs)$",
         write=r"^(amq\.default|flowhooks\.events)$",
         read=r"^(flowhooks\.reply\.runner\.[A-Za-z0-9_-]+|flowhooks\.rpc\.runner"
-        r"|flowhooks\.runner\.async-runs|flowhooks\.runner\.sync-runs)$",
+        r"|flowhooks\.runner\.async-runs|flowhooks\.runner\.callbacks"
+        r"|flowhooks\.runner\.sync-runs)$",
     )
     assert topic_permissions("runner") == TopicPermissions(
         exchange="flowhooks.events",
-        write=r"^(flow\.changed|run\.finished|run\.started)$",
+        write=r"^(callback\.attempted|flow\.changed|run\.finished|run\.started)$",
         read="^$",
     )
 
 
 def test_every_durable_queue_has_exactly_one_consuming_service() -> None:
     for spec in topology.DURABLE_QUEUES:
-        assert len(who("read", spec.name)) == 1, spec.name
+        # The callback wait queues excepted: read by nobody, the broker expires them.
+        consumers = 0 if spec in topology.CALLBACK_WAITS else 1
+        assert len(who("read", spec.name)) == consumers, spec.name
 
 
 def test_committed_definitions_match_the_generator() -> None:

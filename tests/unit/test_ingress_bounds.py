@@ -21,6 +21,7 @@ from services.ingress.normalise import (
     webhook_request,
 )
 from services.ingress.settings import IngressSettings
+from services.ingress.signing import SignatureChecks
 from services.ingress.text import replace_undecodable
 from services.ingress.webhook import WebhookHandler, body_limits
 from services.ingress.xml_body import FEED_BYTES, XmlLimits, xml_to_json
@@ -449,7 +450,10 @@ def test_0xff_in_a_header_is_kept_with_replacement() -> None:
 
 async def test_large_bodies_are_parsed_on_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWHOOKS_INGRESS_PARSE_INLINE_MAX_BYTES", "10")
-    handler = WebhookHandler(cast(Any, None), cast(Any, None), cast(Any, None), IngressSettings())
+    nothing = cast(Any, None)
+    handler = WebhookHandler(
+        nothing, nothing, nothing, IngressSettings(), SignatureChecks(None, 1), nothing
+    )
     seen: list[str] = []
     real = parse_input
 

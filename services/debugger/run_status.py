@@ -1,0 +1,54 @@
+"""`debugger.get_run_status`: a request's state and stored answer, for the ingress's
+status URL (`GET /v1/flow-webhook/{flow_id}/runs/{request_id}`). The debugger is the
+source because it is the one place that records every request, sync and async, from
+`queued` to its outcome; the ingress has authorised the caller for the flow, so only
+the flow is checked here."""
+
+import asyncpg
+import orjson
+
+from shared.errors import FlowError
+from shared.schemas.dedup import GetRunStatus, RunStatus, StoredResult
+
+PENDING = frozenset({"queued", "running"})
+
+
+class RunStatuses:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def get(self, query: GetRunStatus) -> RunStatus:
+        row = await self.pool.fetchrow(
+            "SELECT flow_id::text, outcome, status_code, response_content_type,"
+            " response_body, response_headers::text, error, truncated::text"
+            " FROM debugger.requests WHERE id = $1",
+            query.request_id,
+        )
+        if row is None or row["flow_id"] != query.flow_id:
+            # Another flow's request is as unknown as no request at all.
+            return RunStatus(state="unknown")
+        outcome = row["outcome"]
+        if outcome in PENDING:
+            return RunStatus(state="pending", outcome=outcome)
+        truncated = orjson.loads(row["truncated"]) if row["truncated"] else {}
+        status_code, body = row["status_code"], row["response_body"]
+        if status_code is None or body is None:
+            # A run with no answer of its own (dead-lettered): its error, as the
+            # contract's envelope.
+            error = FlowError(row["error"] or "the run has no outcome")
+            status_code, body = error.status_code, orjson.dumps(error.envelope()).decode()
+            content_type = "application/json"
+        else:
+            content_type = row["response_content_type"] or "application/json"
+        return RunStatus(
+            state="done",
+            outcome=outcome,
+            result=StoredResult(
+                status_code=status_code,
+                content_type=content_type,
+                body=body,
+                headers=orjson.loads(row["response_headers"]) if row["response_headers"] else {},
+            ),
+            body_truncated="response_body" in truncated,
+            body_size=truncated.get("response_body"),
+        )

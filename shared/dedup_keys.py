@@ -1,0 +1,87 @@
+"""`webhook.dedup.key`: where a request's deduplication key is.
+
+- `header:<name>`: the header's value (names are case-insensitive);
+- `json:<JSON pointer>` (RFC 6901, e.g. `json:/event/id`): a string, number or boolean
+  in the parsed input (JSON, form data or XML converted to JSON).
+A request without the key (no such header, an empty value, nothing at the pointer, or
+null, an object or a list there) has no key: it runs like any other.
+"""
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
+MAX_SPEC_CHARS = 300
+# Longer keys are stored as their SHA-256, so the table's index stays small.
+MAX_KEY_CHARS = 200
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    source: Literal["header", "json"]
+    # The lower-cased header name, or the pointer's reference tokens (unescaped).
+    name: str
+    tokens: tuple[str, ...] = ()
+
+
+def parse_key_spec(spec: str) -> KeySpec:
+    """Raises ValueError saying what is wrong."""
+    if len(spec) > MAX_SPEC_CHARS:
+        raise ValueError(f"at most {MAX_SPEC_CHARS} characters")
+    source, _, rest = spec.partition(":")
+    if source == "header":
+        if not HEADER_NAME.match(rest):
+            raise ValueError("header:<name> needs a valid header name")
+        return KeySpec("header", rest.lower())
+    if source == "json":
+        if not rest.startswith("/"):
+            raise ValueError("json:<pointer> needs a JSON pointer such as /event/id")
+        if re.search(r"~[^01]|~$", rest):
+            raise ValueError("in a JSON pointer ~ is written ~0 and / inside a name ~1")
+        tokens = tuple(token.replace("~1", "/").replace("~0", "~") for token in rest[1:].split("/"))
+        return KeySpec("json", rest, tokens)
+    raise ValueError("the key is header:<name> or json:<JSON pointer>")
+
+
+def resolve_pointer(document: Any, tokens: tuple[str, ...]) -> Any:
+    """The value at the pointer, or None where there is none."""
+    value = document
+    for token in tokens:
+        if isinstance(value, dict):
+            if token not in value:
+                return None
+            value = value[token]
+        elif isinstance(value, list):
+            if not token.isdigit() or (token != "0" and token.startswith("0")):
+                return None
+            index = int(token)
+            if index >= len(value):
+                return None
+            value = value[index]
+        else:
+            return None
+    return value
+
+
+def extract_key(spec: KeySpec, headers: Mapping[str, str], document: Any) -> str | None:
+    """The request's key; None: it has none (it runs normally). `headers` may be any
+    case-insensitive mapping (aiohttp's) or one with lower-cased names."""
+    if spec.source == "header":
+        raw = headers.get(spec.name)
+        key = raw.strip() if raw is not None else ""
+    else:
+        value = resolve_pointer(document, spec.tokens)
+        if isinstance(value, bool):
+            key = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            key = str(value)
+        else:
+            key = ""
+    if not key:
+        return None
+    if len(key) > MAX_KEY_CHARS:
+        return "sha256:" + hashlib.sha256(key.encode(errors="replace")).hexdigest()
+    return key
