@@ -21,3 +21,18 @@ async def api(system: System) -> AsyncIterator[Api]:
     token = system.create_token("acme", "automation")
     async with aiohttp.ClientSession() as session:
         yield Api(system, session, token)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed e2e test shows the tail of every service's log: a timing failure in CI
+    cannot be run again to see what the services were doing."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call" or not report.failed:
+        return
+    for value in getattr(item, "funcargs", {}).values():
+        system = value.system if isinstance(value, Api) else value
+        if isinstance(system, System):
+            report.sections.append(("service logs", system.logs()))
+            return
