@@ -75,3 +75,18 @@ async def migrate(dsn: str, schema: str, directory: Path) -> list[str]:
         return await apply_migrations(conn, schema, directory)
     finally:
         await conn.close()
+
+
+async def delete_in_batches(
+    db: asyncpg.Pool | asyncpg.Connection, statement: str, *args: object, batch: int
+) -> int:
+    """Runs `statement`, a DELETE whose last parameter is the batch size (`LIMIT`), until
+    a pass deletes fewer than `batch` rows: a large purge never holds one long lock.
+    Returns how many rows it deleted."""
+    total = 0
+    while True:
+        status = await db.execute(statement, *args, batch)
+        count = int(status.split()[-1])
+        total += count
+        if count < batch:
+            return total

@@ -10,7 +10,8 @@ own objects and declares its entrypoints on the `Kernel` it is given:
 - `kernel.on_events(queue, handlers)`: events dispatched by routing key (`EventHandlers`);
 - `kernel.consume(queue, handler)`: raw messages that the handler settles itself
   (a batching consumer such as the debugger's ingest acks once per batch);
-- `kernel.background(coroutine)` and `kernel.on_shutdown(hook)`.
+- `kernel.background(coroutine)`, `kernel.periodic(name, interval_s, job)` and
+  `kernel.on_shutdown(hook)`.
 
 The kernel owns the rest: connecting (database with its migrations, broker, RPC client),
 decoding, ack / requeue / dead-letter, in-flight tracking, readiness, and the shutdown
@@ -213,6 +214,20 @@ class Kernel(Generic[S]):
     def background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """A task that lives as long as the service; cancelled at shutdown."""
         self._background.append(asyncio.create_task(coroutine))
+
+    def periodic(self, name: str, interval_s: float, job: Callable[[], Awaitable[object]]) -> None:
+        """`job` every `interval_s` for the service's life (the first after one interval);
+        a failure is logged and the next run comes all the same."""
+
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await job()
+                except Exception as exc:
+                    log.warning("periodic_job_failed", job=name, error=repr(exc))
+
+        self.background(loop())
 
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Runs after every handler in flight has finished, before the connections

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore
 from services.debugger.alerts_api import AlertsApi
-from services.debugger.callbacks import CallbackAttempts, prune_forever
+from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
 from services.debugger.records import Redaction
 from services.debugger.replay_edit import Replayer
@@ -137,9 +137,8 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         max_age_s=settings.debugger_retention_max_age_s,
         max_per_flow=settings.debugger_retention_max_per_flow,
         batch=settings.debugger_retention_batch,
-        interval_s=settings.debugger_retention_interval_s,
     )
-    kernel.background(retention.run_forever())
+    kernel.periodic("retention", settings.debugger_retention_interval_s, retention.sweep)
     # Completion callback attempts (callbacks.py): their own queue, one row each,
     # believed only from the runners' broker user (a forged one is dropped).
     callback_attempts = CallbackAttempts(kernel.pool)
@@ -148,13 +147,12 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         CALLBACK_ATTEMPTED, callback_attempts.record, published_by=settings.runner_user
     )
     kernel.on_events(topology.DEBUGGER_CALLBACKS, callback_events, prefetch=32)
-    kernel.background(
-        prune_forever(
-            lambda: callback_attempts.prune(
-                settings.debugger_retention_max_age_s, settings.debugger_retention_batch
-            ),
-            settings.debugger_retention_interval_s,
-        )
+    kernel.periodic(
+        "callback_attempts_prune",
+        settings.debugger_retention_interval_s,
+        lambda: callback_attempts.prune(
+            settings.debugger_retention_max_age_s, settings.debugger_retention_batch
+        ),
     )
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
     kernel.serve(GET_RUN_STATUS, RunStatuses(kernel.pool).get, prefetch=32)

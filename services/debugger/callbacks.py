@@ -6,14 +6,13 @@ They have their own durable queue (`flowhooks.debugger.callbacks`) and consumer 
 than joining the batched request intake (ingest.py): another table, a few rows per
 callback at most, and a failure of one path must not hold up the other."""
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import structlog
 
+from shared.db import delete_in_batches
 from shared.schemas.callbacks import CallbackAttempted
 
 _INSERT = (
@@ -77,26 +76,11 @@ class CallbackAttempts:
 
     async def prune(self, max_age_s: float, batch: int) -> int:
         """Deletes attempts older than the requests' retention, in bounded batches."""
-        deleted = 0
-        while True:
-            status = await self.pool.execute(
-                "DELETE FROM debugger.callback_attempts WHERE id IN (SELECT id FROM"
-                " debugger.callback_attempts WHERE at < now() - make_interval(secs => $1)"
-                " LIMIT $2)",
-                float(max_age_s),
-                batch,
-            )
-            count = int(status.split()[-1])
-            deleted += count
-            if count < batch:
-                return deleted
-
-
-async def prune_forever(prune: Callable[[], Awaitable[int]], interval_s: float) -> None:
-    """Attempts are kept as long as requests (FLOWHOOKS_DEBUGGER_RETENTION_MAX_AGE_S)."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await prune()
-        except (OSError, asyncpg.PostgresError) as exc:
-            log.warning("callback_attempts_prune_failed", error=repr(exc))
+        return await delete_in_batches(
+            self.pool,
+            "DELETE FROM debugger.callback_attempts WHERE id IN (SELECT id FROM"
+            " debugger.callback_attempts WHERE at < now() - make_interval(secs => $1)"
+            " LIMIT $2)",
+            float(max_age_s),
+            batch=batch,
+        )

@@ -2,11 +2,12 @@
 beyond the newest N. Deletes go in bounded batches (short transactions, no long locks);
 one debugger replica at a time runs it (an advisory lock)."""
 
-import asyncio
 import uuid
 
 import asyncpg
 import structlog
+
+from shared.db import delete_in_batches
 
 log = structlog.get_logger(__name__)
 
@@ -21,21 +22,11 @@ class Retention:
         max_age_s: float,
         max_per_flow: int,
         batch: int,
-        interval_s: float,
     ) -> None:
         self.pool = pool
         self.max_age_s = max_age_s
         self.max_per_flow = max_per_flow
         self.batch = batch
-        self.interval_s = interval_s
-
-    async def run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.sweep()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("retention_failed", error=repr(exc))
 
     async def sweep(self) -> int:
         """One pass; returns how many requests were deleted (0 if another replica runs it)."""
@@ -51,13 +42,7 @@ class Retention:
         return deleted
 
     async def _delete_batches(self, conn: asyncpg.Connection, sql: str, *args: object) -> int:
-        total = 0
-        while True:
-            status = await conn.execute(sql, *args, self.batch)
-            count = int(status.split()[-1])
-            total += count
-            if count < self.batch:
-                return total
+        return await delete_in_batches(conn, sql, *args, batch=self.batch)
 
     async def _by_age(self, conn: asyncpg.Connection) -> int:
         return await self._delete_batches(

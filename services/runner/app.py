@@ -128,8 +128,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         accept_run_timeout_s=settings.runner_max_timeout_s,
         callbacks=callbacks,
     )
-    kernel.background(finished_runs.prune_forever(60.0))
-    kernel.background(dedup_keys.prune_forever(60.0))
+    kernel.periodic("finished_runs_prune", 60.0, finished_runs.prune)
+    kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
     kernel.serve(CLAIM_DEDUP_KEY, dedup_keys.claim)
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
     kernel.serve(GET_FLOW_OWNER, access.flow_owner)

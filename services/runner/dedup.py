@@ -7,13 +7,13 @@ or a pending first's lease has (its run was lost). The first's result is written
 its run finishes (`RunService._one`, before the sender's answer), so a duplicate that
 arrives after the first's answer always finds it."""
 
-import asyncio
 from datetime import timedelta
 
 import asyncpg
 import orjson
 import structlog
 
+from shared.db import delete_in_batches
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, StoredResult
 from shared.schemas.runs import RunResult
 
@@ -95,22 +95,9 @@ class DedupKeys:
 
     async def prune(self) -> int:
         """Deletes keys past their window, in bounded batches."""
-        deleted = 0
-        while True:
-            status = await self.pool.execute(
-                "DELETE FROM runner.dedup_keys WHERE (flow_id, key) IN (SELECT flow_id, key"
-                " FROM runner.dedup_keys WHERE expires_at <= now() LIMIT $1)",
-                self.prune_batch,
-            )
-            count = int(status.split()[-1])
-            deleted += count
-            if count < self.prune_batch:
-                return deleted
-
-    async def prune_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.prune()
-            except Exception as exc:  # the job must outlive any one failure
-                log.warning("dedup_prune_failed", error=repr(exc))
+        return await delete_in_batches(
+            self.pool,
+            "DELETE FROM runner.dedup_keys WHERE (flow_id, key) IN (SELECT flow_id, key"
+            " FROM runner.dedup_keys WHERE expires_at <= now() LIMIT $1)",
+            batch=self.prune_batch,
+        )

@@ -9,6 +9,7 @@ import asyncio
 import asyncpg
 import structlog
 
+from shared.db import delete_in_batches
 from shared.group_commit import GroupCommit
 
 log = structlog.get_logger(__name__)
@@ -52,27 +53,14 @@ class FinishedRuns:
 
     async def prune(self) -> int:
         """Deletes marks older than `keep_s`, in bounded batches."""
-        deleted = 0
-        while True:
-            status = await self.pool.execute(
-                "DELETE FROM runner.finished_runs WHERE request_id IN (SELECT request_id"
-                " FROM runner.finished_runs WHERE finished_at < now() - make_interval(secs => $1)"
-                " LIMIT $2)",
-                self.keep_s,
-                self.prune_batch,
-            )
-            count = int(status.split()[-1])
-            deleted += count
-            if count < self.prune_batch:
-                return deleted
-
-    async def prune_forever(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.prune()
-            except Exception as exc:  # the job must outlive any one failure
-                log.warning("finished_prune_failed", error=repr(exc))
+        return await delete_in_batches(
+            self.pool,
+            "DELETE FROM runner.finished_runs WHERE request_id IN (SELECT request_id"
+            " FROM runner.finished_runs WHERE finished_at < now() - make_interval(secs => $1)"
+            " LIMIT $2)",
+            self.keep_s,
+            batch=self.prune_batch,
+        )
 
     async def drain(self) -> None:
         await self._marks.drain()

@@ -169,3 +169,24 @@ async def test_shutdown_waits_for_handlers_then_runs_hooks_last_first(amqp_url: 
         assert not kernel.broker.is_connected
     finally:
         await connection.close()
+
+
+async def test_a_periodic_job_outlives_its_failures_and_stops_with_the_service(
+    amqp_url: str,
+) -> None:
+    kernel = await _kernel(amqp_url)
+    runs: list[int] = []
+
+    async def job() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise OSError("the database is away")
+
+    kernel.periodic("test_job", 0.05, job)
+    await kernel.start_consuming()
+    await _until(lambda: len(runs) >= 3)
+    await kernel.stop()
+    stopped_at = len(runs)
+    await asyncio.sleep(0.2)
+    assert runs[:3] == [0, 1, 2]
+    assert len(runs) == stopped_at
