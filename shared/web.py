@@ -135,6 +135,13 @@ async def envelope_middleware(
         if exc.status_code < 400:
             raise
         response = error_response(_from_http_exception(exc))
+    except (
+        asyncpg.exceptions.CharacterNotInRepertoireError,
+        asyncpg.exceptions.UntranslatableCharacterError,
+    ):
+        # U+0000 in a text the caller sent (a name, a path, a JSON string): PostgreSQL
+        # cannot store it. The caller's input, so a 400 rather than a 500.
+        response = error_response(BadRequest("the request holds U+0000, which cannot be stored"))
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(InternalError("internal error"))

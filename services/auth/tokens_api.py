@@ -39,6 +39,11 @@ class NewToken(BaseModel):
             return None
         if value.tzinfo is None:
             raise ValueError("expires_at needs a time zone, e.g. 2030-01-01T00:00:00Z")
+        try:
+            # Stored in UTC: past the year 9999 there, asyncpg cannot encode it.
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is out of range") from None
         if value <= datetime.now(UTC):
             raise ValueError("expires_at must be in the future")
         return value

@@ -150,4 +150,9 @@ def _time(document: dict[str, Any], name: str) -> datetime | None:
         raise BadRequest(f"filter.{name} must be an ISO 8601 time", data=field)
     if parsed.tzinfo is None:
         raise BadRequest(f"filter.{name} needs a time zone, e.g. Z", data=field)
+    try:
+        # Sent in UTC: before year 1 or past 9999 there, asyncpg cannot encode it.
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"filter.{name} is out of range", data=field) from None
     return parsed

@@ -18,6 +18,9 @@ class RunStatuses:
         self.pool = pool
 
     async def get(self, query: GetRunStatus) -> RunStatus:
+        if "\x00" in query.request_id:
+            # Taken from the URL as is; PostgreSQL refuses U+0000 (no request has one).
+            return RunStatus(state="unknown")
         row = await self.pool.fetchrow(
             "SELECT flow_id::text, outcome, status_code, response_content_type,"
             " response_body, response_headers::text, error, truncated::text"
