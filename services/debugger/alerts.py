@@ -426,6 +426,8 @@ class AlertSender:
         # Longer than an attempt can take, so a live sender never loses its claim.
         self.lease_s = 2 * timeout_s + 5
         self._wake = asyncio.Event()
+        # Exported as a metric (services/debugger/metrics.py).
+        self.attempts_failed = 0
 
     def wake(self) -> None:
         self._wake.set()
@@ -476,6 +478,7 @@ class AlertSender:
                 log.info("alert_delivered", notice=notice["id"], attempts=notice["attempts"])
                 return
             error = f"the receiver answered {status}"
+        self.attempts_failed += 1
         attempts = int(notice["attempts"])
         retry_in: float | None = None
         if attempts < self.max_attempts and status != 410:  # 410 Gone: stop sending

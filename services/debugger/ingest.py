@@ -35,6 +35,7 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from services.debugger.metrics import DebuggerMetrics, dead_letter_reason
 from services.debugger.records import Redaction, flow_from_event, reduced_row, rows_from_event
 from services.debugger.store import FlowRow, RequestRow, RequestStore
 from shared.messaging import naming
@@ -45,6 +46,8 @@ log = structlog.get_logger(__name__)
 RETRY_DELAY_S = 1.0
 MAX_RETRY_DELAY_S = 30.0
 UNKNOWN_RETRIES = 3
+# Runs the broker dead-lettered (counted on arrival: a redelivered message counts again).
+_DEAD_LETTERED = frozenset((naming.RUN_EXPIRED, naming.RUN_DEAD_LETTERED))
 
 # The values themselves: retrying cannot help.
 REFUSED_DATA: tuple[type[BaseException], ...] = (
@@ -110,8 +113,10 @@ class BatchIngest:
         unknown_retries: int = UNKNOWN_RETRIES,
         runner_user: str | None = None,
         after_write: Callable[[Sequence[RequestRow]], None] | None = None,
+        metrics: DebuggerMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else DebuggerMetrics()
         # Told the rows of each committed write (alerts.py); must neither block nor raise.
         self.after_write = after_write
         # The only broker user whose `flow.changed` is believed (shared/messaging/trust.py);
@@ -163,6 +168,8 @@ class BatchIngest:
             )
             self._unreadable.append(message)
         else:
+            if message.routing_key in _DEAD_LETTERED:
+                self.metrics.dead_letters.labels(dead_letter_reason(message.headers)).inc(len(rows))
             self._pending.append((message, is_flow, rows))
             self._pending_rows += len(rows)
             if self._pending_rows >= self.batch_size:
@@ -296,6 +303,7 @@ class BatchIngest:
                 written = list(rows.values())
                 await self.store.write(written, list(flows.values()))
                 self.stored += len(rows)
+                self.metrics.committed(written)
                 if self.after_write is not None and written:
                     try:
                         self.after_write(written)

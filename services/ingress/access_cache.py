@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from services.ingress.metrics import IngressMetrics
 from shared.errors import Timeout, Unavailable
 from shared.messaging.contracts import ACCESS_TOKEN_REVOKED, AUTHORIZE_WEBHOOK, FLOW_ACCESS_CHANGED
 from shared.messaging.dispatch import EventHandlers
@@ -35,8 +36,15 @@ CacheKey = tuple[str, str]
 
 
 class AccessCache:
-    def __init__(self, rpc: RpcClient, max_entries: int, ttl_s: float) -> None:
+    def __init__(
+        self,
+        rpc: RpcClient,
+        max_entries: int,
+        ttl_s: float,
+        metrics: IngressMetrics | None = None,
+    ) -> None:
         self.rpc = rpc
+        self.metrics = metrics if metrics is not None else IngressMetrics()
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self._entries: OrderedDict[CacheKey, tuple[WebhookAccess, float]] = OrderedDict()
@@ -57,8 +65,10 @@ class AccessCache:
             unexpired = access.expires_at is None or access.expires_at > datetime.now(UTC)
             if fresh and unexpired:
                 self._entries.move_to_end(key)
+                self.metrics.cache_hit.inc()
                 return access
             del self._entries[key]
+        self.metrics.cache_miss.inc()
         generation = self._generation
         try:
             access = await self.rpc.call(

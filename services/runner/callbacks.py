@@ -185,6 +185,10 @@ class CallbackSender:
         self.give_up_s = give_up_s
         self.timeout_s = timeout_s
         self.rng = rng
+        # Exported as metrics (services/runner/metrics.py): failed attempts, and
+        # callbacks given up on (state `failed`).
+        self.attempts_failed = 0
+        self.given_up = 0
 
     async def enqueue(
         self, request: WebhookRequest, result: RunResult, callback: WebhookCallback
@@ -261,6 +265,10 @@ class CallbackSender:
                 await self._park(following, datetime.now(UTC))
         except Unavailable as exc:
             raise Retry(f"callback not recorded or not parked: {exc}") from exc
+        if verdict.state != "delivered":
+            self.attempts_failed += 1
+            if verdict.state == "failed":
+                self.given_up += 1
         log.info(
             "callback_attempted",
             url=safe_url(message.url),

@@ -11,7 +11,7 @@ robust channel, which re-declares the queue and re-consumes after a reconnect; t
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -77,6 +77,10 @@ class Broker:
         self._fast_events: AbstractExchange | None = None  # on the channel without confirms
         self._consumers: list[Consumer] = []
         self.reconnected: list[Callable[[], None]] = []
+        # Publishes the broker did not confirm (exported as a metric, shared/metrics.py).
+        self.publish_failures = 0
+        # For `queue_depths`: a passive declare of a missing queue closes its channel.
+        self._depth_channel: AbstractRobustChannel | None = None
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(
@@ -171,6 +175,7 @@ class Broker:
                     self.publish_timeout_s,
                 )
         except _PUBLISH_FAILURES as exc:
+            self.publish_failures += 1
             log.warning("publish_failed", routing_key=routing_key, error=repr(exc))
             raise Unavailable("the message broker did not accept the request") from exc
 
@@ -215,6 +220,20 @@ class Broker:
         consumer = Consumer(channel, queue, tag)
         self._consumers.append(consumer)
         return consumer
+
+    async def queue_depths(self, names: Iterable[str]) -> dict[str, int]:
+        """The messages ready in each queue, by passive declares on a channel of their
+        own (a missing queue closes that channel; it is opened again next time)."""
+        if self._connection is None:
+            raise Unavailable("not connected to the message broker")
+        if self._depth_channel is None or self._depth_channel.is_closed:
+            self._depth_channel = await self._connection.channel(publisher_confirms=False)
+        depths: dict[str, int] = {}
+        for name in names:
+            # Not robust: nothing to declare again after a reconnect.
+            queue = await self._depth_channel.declare_queue(name, passive=True, robust=False)
+            depths[name] = queue.declaration_result.message_count or 0
+        return depths
 
     async def stop_consuming(self) -> None:
         """First step of a graceful shutdown: no new deliveries; in-flight ones finish."""

@@ -15,6 +15,7 @@ second, and the queue outlives a single channel (docs/architecture.md).
 """
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 
 from shared.errors import ApiError, BadRequest, InternalError, Timeout, Unavailable, error_from_kind
@@ -60,9 +62,13 @@ def reply_item(correlation_id: str, reply_type: str, body: bytes) -> bytes:
 
 
 class RpcClient:
-    def __init__(self, broker: Broker, default_timeout_s: float) -> None:
+    def __init__(
+        self, broker: Broker, default_timeout_s: float, duration: Histogram | None = None
+    ) -> None:
         self.broker = broker
         self.default_timeout_s = default_timeout_s
+        # `flowhooks_rpc_duration_seconds{method}` (shared/metrics.py); None: not measured.
+        self.duration = duration
         self.reply_queue = naming.reply_queue_name(broker.service, broker.instance)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
 
@@ -113,6 +119,7 @@ class RpcClient:
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
         correlation_id = correlation_id or uuid.uuid4().hex
         future = self.expect(correlation_id)
+        started = time.perf_counter()
         try:
             await self.broker.publish(
                 request.model_dump_json().encode(),
@@ -128,6 +135,8 @@ class RpcClient:
                 raise Timeout(f"{rpc.method} did not answer within {timeout:g} s") from None
         finally:
             self.forget(correlation_id)
+            if self.duration is not None:  # errors and timeouts too: they are the slow ones
+                self.duration.labels(rpc.method).observe(time.perf_counter() - started)
         return self.unpack(reply, rpc.response)
 
 

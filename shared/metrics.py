@@ -1,0 +1,90 @@
+"""Metrics every service exports, on its own app's registry (`shared/web.py` `Ops`):
+the process and Python collectors, RPC latency, queue depth and the broker's health.
+
+Counters a component already keeps as plain integers (the broker's publish failures,
+the runner pool's worker kills, the debugger's ingest counters) are exported by
+`Counters`, read at scrape time: the hot path stays a bare `+= 1`.
+
+Every label value comes from a closed set (declared RPC methods, durable queue names,
+fixed outcome words): never a flow, workspace or request id."""
+
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+# Seconds; RPCs are milliseconds when well, up to the RPC timeout (5 s) when not.
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Counters(Collector):
+    """Counters (and gauges) read from callables at scrape time."""
+
+    def __init__(
+        self,
+        counters: Sequence[tuple[str, str, Callable[[], float]]] = (),
+        gauges: Sequence[tuple[str, str, Callable[[], float]]] = (),
+    ) -> None:
+        self.counters = counters
+        self.gauges = gauges
+
+    def collect(self) -> Iterable[Metric]:
+        for name, documentation, read in self.counters:
+            yield CounterMetricFamily(name, documentation, value=read())
+        for name, documentation, read in self.gauges:
+            yield GaugeMetricFamily(name, documentation, value=read())
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, so the registry refuses a duplicate at registration.
+        for name, documentation, _ in self.counters:
+            yield CounterMetricFamily(name, documentation)
+        for name, documentation, _ in self.gauges:
+            yield GaugeMetricFamily(name, documentation)
+
+
+class KernelMetrics:
+    """Created by the service kernel for every service."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # process_* (CPU, memory, file descriptors), python_info, python_gc_*.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self.rpc_duration = Histogram(
+            "flowhooks_rpc_duration_seconds",
+            "RPC calls made by this service, from publish to reply (or timeout)",
+            ["method"],
+            registry=registry,
+            buckets=RPC_BUCKETS,
+        )
+        self.queue_messages = Gauge(
+            "flowhooks_queue_messages",
+            "Messages ready in a durable queue this service consumes (passive declare)",
+            ["queue"],
+            registry=registry,
+        )
+
+    def watch_broker(
+        self, publish_failures: Callable[[], float], connected: Callable[[], bool]
+    ) -> None:
+        self.registry.register(
+            Counters(
+                counters=[
+                    (
+                        "flowhooks_broker_publish_failures",
+                        "Publishes the broker did not confirm (answered 503 or retried)",
+                        publish_failures,
+                    )
+                ],
+                gauges=[
+                    (
+                        "flowhooks_broker_connected",
+                        "1 while the broker connection is up",
+                        lambda: float(connected()),
+                    )
+                ],
+            )
+        )

@@ -1,0 +1,175 @@
+"""The dashboard and the alert rules in deploy/ name only metrics the services export,
+and the labels and outcome words they match on exist. The exported names come from
+registries built by the same code the services' `wire` runs (the kernel's metrics and
+each service's own), so renaming a metric without the deploy files fails here."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.registry import CollectorRegistry
+
+from services.debugger.metrics import DebuggerMetrics, dead_letter_reason
+from services.ingress.metrics import MODES, OUTCOMES, IngressMetrics, error_outcome
+from services.runner.metrics import RunnerMetrics
+from shared.service import Kernel
+from shared.settings import ServiceSettings
+from shared.web import OPS, base_app
+
+REPO = Path(__file__).resolve().parents[2]
+RULES = REPO / "deploy" / "prometheus" / "flowhooks-rules.yaml"
+DASHBOARD = REPO / "deploy" / "grafana" / "flowhooks.json"
+# What each kind of metric family exposes as series (the text format's suffixes).
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+    "info": ("_info",),
+    "unknown": ("",),
+}
+METRIC = re.compile(r"\b((?:flowhooks|process|python)_[a-z0-9_]+)\b")
+PROMQL_WORDS = {"by", "without", "on", "ignoring"}
+
+
+def service_registry(service: str) -> CollectorRegistry:
+    """A service's registry as `ServiceSpec.create_app` and its `wire` fill it (the
+    components whose counters are read at scrape time are stand-ins)."""
+    app = base_app(service)
+    kernel: Kernel[ServiceSettings] = Kernel(service, ServiceSettings(), app)
+    registry = app[OPS].registry
+    assert kernel.metrics.registry is registry
+    zeros: Any = SimpleNamespace(
+        workers_killed=0,
+        workers_lost=0,
+        runs_retried=0,
+        attempts_failed=0,
+        given_up=0,
+        stored=0,
+        dropped=0,
+        rejected=0,
+        write_failures=0,
+        pending=0,
+    )
+    if service == "ingress":
+        IngressMetrics(registry)
+    elif service == "runner":
+        RunnerMetrics(registry).watch(zeros, zeros)
+    elif service == "debugger":
+        DebuggerMetrics(registry).watch(zeros, zeros)
+    return registry
+
+
+def exported() -> dict[str, set[str]]:
+    """Every series name any service exports, with the label names it carries."""
+    names: dict[str, set[str]] = {}
+    for service in ("ingress", "auth", "runner", "debugger"):
+        registry = service_registry(service)
+        # A labelled metric with no child yet has no samples: take its declared labels.
+        declared = {
+            name: set(getattr(collector, "_labelnames", ()))
+            for name, collector in registry._names_to_collectors.items()
+        }
+        for family in registry.collect():
+            labels = declared.get(family.name, set())
+            for sample in family.samples:
+                labels |= set(sample.labels)
+            for suffix in SUFFIXES[family.type]:
+                known = names.setdefault(family.name + suffix, set())
+                known |= labels | ({"le"} if suffix == "_bucket" else set())
+    return names
+
+
+EXPORTED = exported()
+
+
+def rule_expressions() -> list[str]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule["expr"] for group in document["groups"] for rule in group["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    document = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in document["panels"] for target in panel["targets"]]
+
+
+def test_the_services_export_the_contracts_metrics() -> None:
+    for name in (
+        "flowhooks_webhook_requests_total",
+        "flowhooks_run_duration_seconds_bucket",
+        "flowhooks_queue_messages",
+        "flowhooks_rpc_duration_seconds_bucket",
+        "flowhooks_access_cache_total",
+        "flowhooks_debugger_ingest_lag_seconds_bucket",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "python_info",
+        "python_gc_collections_total",
+    ):
+        assert name in EXPORTED, name
+
+
+@pytest.mark.parametrize(
+    "expressions", [rule_expressions, dashboard_expressions], ids=["rules", "dashboard"]
+)
+def test_every_expression_names_exported_metrics_and_labels(expressions: Any) -> None:
+    found = expressions()
+    assert found
+    for expr in found:
+        names = METRIC.findall(expr)
+        assert names, expr
+        for name in names:
+            assert name in EXPORTED, f"{name} (in {expr!r}) is exported by no service"
+        # Labels in matchers and groupings: exported by at least one named metric.
+        labels = set(re.findall(r"([a-z_]+)\s*(?:=~|!=|!~|=)\s*\"", expr))
+        for grouping in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            labels |= {label.strip() for label in grouping.split(",") if label.strip()}
+        # `instance` and `job` are added by Prometheus at scrape time.
+        carried = set().union(*(EXPORTED[name] for name in names)) | {"instance", "job"}
+        unknown = labels - PROMQL_WORDS - carried
+        assert not unknown, f"{expr!r} uses labels {sorted(unknown)} its metrics do not carry"
+
+
+def test_outcome_words_in_the_rules_are_the_ingress_words() -> None:
+    for expr in rule_expressions() + dashboard_expressions():
+        for words in re.findall(r'outcome\s*=~?\s*"([^"]*)"', expr):
+            assert set(words.split("|")) <= set(OUTCOMES), expr
+
+
+def test_promtool_accepts_the_rules() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: the `prometheus` package)")
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_error_outcomes_are_a_closed_set() -> None:
+    assert [error_outcome(s) for s in (400, 401, 403, 404, 408, 413, 429, 500, 503, 504)] == [
+        "rejected",
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "rejected",
+        "rejected",
+        "rate_limited",
+        "error",
+        "unavailable",
+        "timeout",
+    ]
+    assert set(MODES) == {"sync", "async", "unknown"}
+
+
+def test_dead_letter_reasons_are_a_closed_set() -> None:
+    assert dead_letter_reason({"x-death": [{"reason": "delivery_limit"}]}) == "delivery_limit"
+    assert dead_letter_reason({"x-death": [{"reason": b"expired"}]}) == "expired"
+    assert dead_letter_reason({"x-death": [{"reason": "anything-new"}]}) == "other"
+    assert dead_letter_reason(None) == "other"
