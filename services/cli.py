@@ -10,17 +10,26 @@ flowhooks token create --workspace NAME --scope SCOPE [--scope ...]
                                   the first personal access token of a workspace
 flowhooks flows rotate-all-tokens a new webhook token for every flow, from the current
                                   key of FLOWHOOKS_RUNNER_TOKEN_KEYS (docs/operations.md)
+
+Through the HTTP APIs, with a personal access token (FLOWHOOKS_TOKEN or --token) and the
+URLs FLOWHOOKS_RUNNER_URL, FLOWHOOKS_AUTH_URL, FLOWHOOKS_DEBUGGER_URL; --json for scripts:
+flowhooks flows list|show ID|apply -f FILE|pause ID|resume ID|rotate-token ID
+flowhooks requests list FLOW_ID [--outcome O --mode M --match JSON --limit N --cursor C]
+flowhooks requests show ID|tail FLOW_ID|replay ID [--body-file F] [--force]
+flowhooks tokens list|create --scope S [--name N]|revoke ID
 """
 
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import os
 import secrets
 import sys
 from datetime import datetime
 from pathlib import Path
 
+from services.cli_commands import register as register_api_commands
 from shared.db import ensure_database, migrate
 from shared.settings import DatabaseSettings
 
@@ -178,10 +187,18 @@ def _cmd_broker_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("flowhooks")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="flowhooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"flowhooks {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="all services, supervised (development)").set_defaults(func=_cmd_run)
     for name in SERVICES:
@@ -205,9 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--name", default="created on the command line")
     create.add_argument("--expires-at", help="ISO 8601 time with zone, e.g. 2030-01-01T00:00Z")
     create.set_defaults(func=_cmd_token_create)
-    flows = sub.add_parser("flows", help="flows (as the runner)").add_subparsers(
+    flows = sub.add_parser("flows", help="flows").add_subparsers(
         dest="flows_command", required=True
     )
+    # flows list|show|apply|..., requests ..., tokens ...: through the HTTP APIs.
+    register_api_commands(sub, flows)
     flows.add_parser(
         "rotate-all-tokens",
         help="a new webhook token for every flow; every token shown before is refused",

@@ -38,6 +38,7 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from shared.db import open_pool
 from shared.logging import configure_logging
@@ -46,8 +47,18 @@ from shared.messaging.contracts import Body, Command, Request, Response, Rpc
 from shared.messaging.dispatch import EventHandlers, UnknownEvent
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.messaging.topology import QueueSpec
+from shared.metrics import KernelMetrics
+from shared.openapi import Operation, add_docs_routes
 from shared.settings import DatabaseSettings, ServiceSettings
-from shared.web import BODY_TIMEOUT_S, Handler, base_app, route_to, run_service, watch_readiness
+from shared.web import (
+    BODY_TIMEOUT_S,
+    OPS,
+    Handler,
+    base_app,
+    route_to,
+    run_service,
+    watch_readiness,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +109,8 @@ class Route(Generic[T]):
     path: str
     key: web.AppKey[T]
     pick: Callable[[T], Handler]
+    # Its OpenAPI operation (shared/openapi.py); tests/unit/test_openapi.py refuses none.
+    doc: Operation | None = None
 
 
 @dataclass
@@ -117,7 +130,12 @@ class Kernel(Generic[S]):
         self.settings = settings
         self.app = app
         self.broker = Broker(settings.amqp_url, name, settings.publish_timeout_s)
-        self.rpc = RpcClient(self.broker, settings.rpc_timeout_s)
+        # On the app's own registry (`/metrics` of its ops port); `wire` adds the
+        # service's own metrics to `self.metrics.registry`. A bare app (tests): unexported.
+        ops = app.get(OPS)
+        self.metrics = KernelMetrics(ops.registry if ops is not None else CollectorRegistry())
+        self.metrics.watch_broker(lambda: self.broker.publish_failures, self._broker_connected)
+        self.rpc = RpcClient(self.broker, settings.rpc_timeout_s, self.metrics.rpc_duration)
         self._pool: asyncpg.Pool | None = None
         self._entrypoints: list[_Entrypoint] = []
         self._rpc_servers: dict[str, RpcServer] = {}
@@ -259,6 +277,30 @@ class Kernel(Generic[S]):
                 no_ack=entry.no_ack,
                 bindings=entry.bindings,
             )
+        # Queue depth: each service reads the durable queues it consumes (every replica
+        # does; dashboards take the max per queue). Read once now, then periodically.
+        durable = sorted(
+            {e.queue.name for e in self._entrypoints if isinstance(e.queue, QueueSpec)}
+        )
+        if durable:
+            self.background(self._read_queue_depths(durable))
+            self.periodic(
+                "queue_depths",
+                self.settings.queue_depth_interval_s,
+                lambda: self._read_queue_depths(durable),
+            )
+
+    async def _read_queue_depths(self, queues: list[str]) -> None:
+        try:
+            depths = await self.broker.queue_depths(queues)
+        except Exception as exc:  # the broker is away: the gauges keep their last value
+            log.warning("queue_depths_failed", error=repr(exc))
+            return
+        for queue, depth in depths.items():
+            self.metrics.queue_messages.labels(queue).set(depth)
+
+    def _broker_connected(self) -> bool:
+        return self.broker.is_connected
 
     def _tracked(self, handler: MessageHandler) -> MessageHandler:
         async def tracked(message: AbstractIncomingMessage) -> None:
@@ -353,6 +395,7 @@ class ServiceSpec(Generic[S]):
         app.cleanup_ctx.append(lifecycle)
         for route in self.routes:
             app.router.add_route(route.method, route.path, route_to(route.key, route.pick))
+        add_docs_routes(app, f"flowhooks {self.name}", self.routes)
         return app
 
     def main(self) -> None:

@@ -34,6 +34,9 @@ class ServiceSettings(BaseSettings):
     # The whole body of a request to a management API (flows, tokens) must arrive within
     # this time (slow senders get 408). The ingress has its own, FLOWHOOKS_INGRESS_BODY_TIMEOUT_S.
     http_body_timeout_s: float = Field(default=30.0, gt=0)
+    # How often each service reads the depth of the durable queues it consumes
+    # (`flowhooks_queue_messages`): one passive declare per queue each time.
+    queue_depth_interval_s: float = Field(default=15.0, gt=0)
 
     @property
     def runner_user(self) -> str:

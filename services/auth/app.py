@@ -5,6 +5,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.auth import api_docs as docs
 from services.auth.access import AccessChecker
 from services.auth.flow_sync import FlowAccessSync
 from services.auth.settings import AuthSettings
@@ -41,9 +42,15 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     routes=(
-        Route("POST", "/v1/access-tokens", TOKENS_API, lambda api: api.create),
-        Route("GET", "/v1/access-tokens", TOKENS_API, lambda api: api.list),
-        Route("DELETE", "/v1/access-tokens/{token_id}", TOKENS_API, lambda api: api.revoke),
+        Route("POST", "/v1/access-tokens", TOKENS_API, lambda api: api.create, docs.CREATE),
+        Route("GET", "/v1/access-tokens", TOKENS_API, lambda api: api.list, docs.LIST),
+        Route(
+            "DELETE",
+            "/v1/access-tokens/{token_id}",
+            TOKENS_API,
+            lambda api: api.revoke,
+            docs.REVOKE,
+        ),
     ),
 )
 

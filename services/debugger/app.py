@@ -5,10 +5,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.debugger import api_docs as docs
 from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore
 from services.debugger.alerts_api import AlertsApi
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
+from services.debugger.metrics import DebuggerMetrics
 from services.debugger.records import Redaction
 from services.debugger.replay_edit import Replayer
 from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
@@ -19,6 +21,7 @@ from services.debugger.run_status import RunStatuses
 from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
+from services.debugger.ui import LIST_FLOWS_DOC, PAGE_DOC, DebuggerUi
 from shared.messaging import topology
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
 from shared.messaging.dispatch import EventHandlers
@@ -29,6 +32,7 @@ from shared.service import Database, Kernel, Route, ServiceSpec
 REQUESTS_API = web.AppKey("requests_api", RequestsApi)
 REPLAY_API = web.AppKey("replay_api", ReplayApi)
 ALERTS_API = web.AppKey("alerts_api", AlertsApi)
+UI = web.AppKey("ui", DebuggerUi)
 DATABASE = Database("debugger", Path(__file__).parent / "migrations")
 
 
@@ -47,6 +51,7 @@ def redaction(settings: DebuggerSettings) -> Redaction:
 
 async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     settings = kernel.settings
+    metrics = DebuggerMetrics(kernel.metrics.registry)
     store = RequestStore(kernel.pool)
     redact = redaction(settings)
     kernel.provide(
@@ -122,7 +127,9 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         unknown_retries=settings.debugger_write_unknown_retries,
         runner_user=settings.runner_user,
         after_write=alert_evaluator.note_written,
+        metrics=metrics,
     )
+    metrics.watch(ingest, alert_sender)
     # The ingest settles its messages itself, one ack per written batch.
     kernel.consume(
         topology.DEBUGGER_EVENTS,
@@ -156,6 +163,8 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     )
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
     kernel.serve(GET_RUN_STATUS, RunStatuses(kernel.pool).get, prefetch=32)
+    # The web page (ui.py): a static shell that calls the JSON API above.
+    kernel.provide(UI, DebuggerUi(kernel.pool, kernel.rpc))
 
 
 SERVICE = ServiceSpec(
@@ -165,17 +174,59 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     routes=(
-        Route("GET", "/v1/flows/{flow_id}/requests", REQUESTS_API, lambda api: api.list),
-        Route("GET", "/v1/requests/{request_id}", REQUESTS_API, lambda api: api.get),
-        Route("POST", "/v1/requests/{request_id}/replay", REPLAY_API, lambda api: api.replay),
-        Route("POST", "/v1/flows/{flow_id}/replays", REPLAY_API, lambda api: api.start_job),
-        Route("GET", "/v1/replays/{job_id}", REPLAY_API, lambda api: api.get_job),
-        Route("DELETE", "/v1/replays/{job_id}", REPLAY_API, lambda api: api.cancel_job),
-        Route("GET", "/v1/flows/{flow_id}/requests/stream", REQUESTS_API, lambda api: api.stream),
-        Route("GET", "/v1/flows/{flow_id}/stats", REQUESTS_API, lambda api: api.stats),
-        Route("PUT", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.put),
-        Route("GET", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.get),
-        Route("DELETE", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.delete),
+        Route(
+            "GET",
+            "/v1/flows/{flow_id}/requests",
+            REQUESTS_API,
+            lambda api: api.list,
+            docs.LIST_REQUESTS,
+        ),
+        Route(
+            "GET", "/v1/requests/{request_id}", REQUESTS_API, lambda api: api.get, docs.GET_REQUEST
+        ),
+        Route(
+            "POST",
+            "/v1/requests/{request_id}/replay",
+            REPLAY_API,
+            lambda api: api.replay,
+            docs.REPLAY,
+        ),
+        Route(
+            "POST",
+            "/v1/flows/{flow_id}/replays",
+            REPLAY_API,
+            lambda api: api.start_job,
+            docs.START_JOB,
+        ),
+        Route("GET", "/v1/replays/{job_id}", REPLAY_API, lambda api: api.get_job, docs.GET_JOB),
+        Route(
+            "DELETE",
+            "/v1/replays/{job_id}",
+            REPLAY_API,
+            lambda api: api.cancel_job,
+            docs.CANCEL_JOB,
+        ),
+        Route(
+            "GET",
+            "/v1/flows/{flow_id}/requests/stream",
+            REQUESTS_API,
+            lambda api: api.stream,
+            docs.STREAM,
+        ),
+        Route("GET", "/v1/flows/{flow_id}/stats", REQUESTS_API, lambda api: api.stats, docs.STATS),
+        Route("PUT", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.put, docs.PUT_ALERT),
+        Route("GET", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.get, docs.GET_ALERT),
+        Route(
+            "DELETE",
+            "/v1/flows/{flow_id}/alert",
+            ALERTS_API,
+            lambda api: api.delete,
+            docs.DELETE_ALERT,
+        ),
+        Route("GET", "/v1/flows", UI, lambda ui: ui.flows, LIST_FLOWS_DOC),
+        Route("GET", "/ui", UI, lambda ui: ui.redirect, PAGE_DOC),
+        Route("GET", "/ui/", UI, lambda ui: ui.index, PAGE_DOC),
+        Route("GET", "/ui/static/{name}", UI, lambda ui: ui.asset, PAGE_DOC),
     ),
 )
 

@@ -5,7 +5,7 @@ request in full. Personal tokens with `debugger.read` (or a scope that includes 
 import asyncio
 import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -51,6 +51,11 @@ def _time(query: Any, name: str) -> datetime | None:
         raise BadRequest(f"{name} must be an ISO 8601 time", data={"field": name}) from None
     if parsed.tzinfo is None:
         raise BadRequest(f"{name} needs a time zone, e.g. Z", data={"field": name})
+    try:
+        # Sent in UTC: before year 1 or past 9999 there, asyncpg cannot encode it.
+        parsed.astimezone(UTC)
+    except OverflowError:
+        raise BadRequest(f"{name} is out of range", data={"field": name}) from None
     return parsed
 
 

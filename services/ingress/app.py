@@ -3,8 +3,10 @@ runner client, declared on the service kernel (`shared/service.py`). No database
 
 from aiohttp import web
 
+from services.ingress import api_docs as docs
 from services.ingress.access_cache import AccessCache
 from services.ingress.dedup import Deduplicator
+from services.ingress.metrics import IngressMetrics
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
 from services.ingress.webhook import WebhookHandler
@@ -18,8 +20,12 @@ WEBHOOK = web.AppKey("webhook", WebhookHandler)
 
 async def wire(kernel: Kernel[IngressSettings]) -> None:
     settings = kernel.settings
+    metrics = IngressMetrics(kernel.metrics.registry)
     cache = AccessCache(
-        kernel.rpc, settings.ingress_access_cache_size, settings.ingress_access_cache_ttl_s
+        kernel.rpc,
+        settings.ingress_access_cache_size,
+        settings.ingress_access_cache_ttl_s,
+        metrics,
     )
     # Events may have been missed while the connection was down.
     kernel.broker.reconnected.append(cache.clear)
@@ -38,7 +44,8 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
     )
     dedup = Deduplicator(kernel.rpc, kernel.broker)
     webhook = kernel.provide(
-        WEBHOOK, WebhookHandler(cache, runner, kernel.broker, settings, signatures, dedup)
+        WEBHOOK,
+        WebhookHandler(cache, runner, kernel.broker, settings, signatures, dedup, metrics),
     )
 
     async def close() -> None:
@@ -50,7 +57,13 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
 
 
 def _webhook_route(method: str) -> Route[WebhookHandler]:
-    return Route(method, "/v1/flow-webhook/{flow_id}", WEBHOOK, lambda webhook: webhook.handle)
+    return Route(
+        method,
+        "/v1/flow-webhook/{flow_id}",
+        WEBHOOK,
+        lambda webhook: webhook.handle,
+        docs.call(method),
+    )
 
 
 SERVICE = ServiceSpec(
@@ -66,6 +79,7 @@ SERVICE = ServiceSpec(
             "/v1/flow-webhook/{flow_id}/runs/{request_id}",
             WEBHOOK,
             lambda webhook: webhook.status,
+            docs.STATUS,
         ),
     ),
     # The webhook reads its body itself, bounded by ingress_max_body_bytes.

@@ -13,6 +13,7 @@ from aiohttp import web
 from services.ingress.access_cache import AccessCache
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
 from services.ingress.form_body import multi_dict
+from services.ingress.metrics import IngressMetrics, error_outcome
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
 from services.ingress.rate_limit import FlowRateLimiter
 from services.ingress.settings import IngressSettings
@@ -20,6 +21,7 @@ from services.ingress.signing import SignatureChecks
 from services.ingress.text import replace_undecodable
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
+    ApiError,
     BadRequest,
     Forbidden,
     NotFound,
@@ -65,6 +67,16 @@ def body_limits(settings: IngressSettings) -> BodyLimits:
     )
 
 
+class _Answer:
+    """What one webhook answer is counted as (`IngressMetrics.webhook`)."""
+
+    __slots__ = ("mode", "outcome")
+
+    def __init__(self) -> None:
+        self.mode = "unknown"  # until the flow is known
+        self.outcome = "error"
+
+
 class WebhookHandler:
     def __init__(
         self,
@@ -74,8 +86,10 @@ class WebhookHandler:
         settings: IngressSettings,
         signatures: SignatureChecks,
         dedup: Deduplicator,
+        metrics: IngressMetrics | None = None,
     ) -> None:
         self.access = access
+        self.metrics = metrics if metrics is not None else IngressMetrics()
         self.signatures = signatures
         self.rate_limiter = FlowRateLimiter(
             settings.ingress_flow_rate_limit_per_s, settings.ingress_flow_rate_burst
@@ -97,8 +111,23 @@ class WebhookHandler:
         self.parser.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: web.Request) -> web.Response:
+        """Every answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
+        answer = _Answer()
+        try:
+            response = await self._handle(request, answer)
+        except ApiError as error:
+            self.metrics.webhook(error_outcome(error.status_code), answer.mode)
+            raise
+        except Exception:
+            self.metrics.webhook("error", answer.mode)
+            raise
+        self.metrics.webhook(answer.outcome, answer.mode)
+        return response
+
+    async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
+        answer.mode = "async" if flow.is_async else "sync"
         if flow.signing is not None and "Authorization" not in request.headers:
             # A signature covers the body: read it first, judge it before anything about
             # the flow (paused, rate limited) shows, and before it is parsed or published.
@@ -107,11 +136,13 @@ class WebhookHandler:
                 flow, request.headers, body, self.parser, self.parse_inline_max_bytes
             )
             if flow.status == "paused":
+                answer.outcome = "paused"
                 return web.Response(body=PAUSED_BODY, content_type="application/json")
             self.rate_limiter.check(flow.flow_id)
         else:
             if flow.status == "paused":
                 # Neither run nor stored (contract).
+                answer.outcome = "paused"
                 return web.Response(body=PAUSED_BODY, content_type="application/json")
             self.rate_limiter.check(flow.flow_id)
             body = await self._read_body(request)
@@ -145,9 +176,11 @@ class WebhookHandler:
         if key is not None:
             claim = await self.dedup.claim(flow, normalised.request_id, key)
             if claim.state != "first":
+                answer.outcome = "duplicate"
                 return await self.dedup.answer(flow, normalised, key, claim, received_at)
         if flow.is_async:
             # An async run's time budget starts when a runner takes it, not now.
+            answer.outcome = "queued"
             return await self._schedule(
                 StartRun(request=normalised, flow_version=flow.version, dedup_key=key)
             )
@@ -160,14 +193,14 @@ class WebhookHandler:
                 dedup_key=key,
                 accept_on_timeout=True,
             )
-            return await self._run_or_accept(start, flow.timeout_s)
+            return await self._run_or_accept(start, flow.timeout_s, answer)
         start = StartRun(
             request=normalised,
             flow_version=flow.version,
             deadline=received_at + timedelta(seconds=flow.timeout_s),
             dedup_key=key,
         )
-        return await self._run_sync(start, flow.timeout_s)
+        return await self._run_sync(start, flow.timeout_s, answer)
 
     async def status(self, request: web.Request) -> web.Response:
         """`GET /v1/flow-webhook/{flow_id}/runs/{request_id}`: authorised like a bearer
@@ -222,12 +255,15 @@ class WebhookHandler:
             self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
         return json_response(scheduled_body(start.request.request_id))
 
-    async def _run_or_accept(self, start: StartRun, timeout_s: float) -> web.Response:
+    async def _run_or_accept(
+        self, start: StartRun, timeout_s: float, answer: _Answer
+    ) -> web.Response:
         """`on_timeout: "accept"`: the run's answer if it comes within the flow's
         timeout, else 202 with the status URL; the run goes on."""
         try:
-            return await self._run_sync(start, timeout_s, keep_queued=True)
+            return await self._run_sync(start, timeout_s, answer, keep_queued=True)
         except Timeout:
+            answer.outcome = "accepted"
             if self.record_queued:
                 # Best effort: the debugger may know it only once the run starts.
                 self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
@@ -235,9 +271,10 @@ class WebhookHandler:
             return json_response(accepted_body(request.flow_id, request.request_id), status=202)
 
     async def _run_sync(
-        self, start: StartRun, timeout_s: float, *, keep_queued: bool = False
+        self, start: StartRun, timeout_s: float, answer: _Answer, *, keep_queued: bool = False
     ) -> web.Response:
         result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)
+        answer.outcome = result.outcome
         # The flow's own headers were checked on save: none the ingress owns
         # (X-Request-Id, Content-Length, hop-by-hop) can be among them.
         headers = {**result.headers, "Content-Type": result.content_type}

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.runner import api_docs as docs
 from services.runner.access import FlowAccess
 from services.runner.callbacks import CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import FlowsApi
+from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService
 from services.runner.settings import RunnerSettings
@@ -31,6 +33,7 @@ from shared.messaging.contracts import (
     SYNC_RUNS,
 )
 from shared.messaging.rpc import GroupedReplies
+from shared.openapi import Operation
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunFinished
 from shared.secret_box import SecretBox
@@ -113,6 +116,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         timeout_s=settings.runner_callback_timeout_s,
     )
     # Hooks run last registered first: replies and events go out before workers stop.
+    metrics = RunnerMetrics(kernel.metrics.registry)
+    metrics.watch(workers, callbacks)
     kernel.on_shutdown(finished_runs.drain)
     kernel.on_shutdown(replies.drain)
     kernel.on_shutdown(finished.drain)
@@ -127,6 +132,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         dedup_keys,
         accept_run_timeout_s=settings.runner_max_timeout_s,
         callbacks=callbacks,
+        metrics=metrics,
     )
     kernel.periodic("finished_runs_prune", 60.0, finished_runs.prune)
     kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
@@ -138,8 +144,10 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.on_command(CALLBACKS, callbacks.on_callback, prefetch=settings.runner_callback_prefetch)
 
 
-def _flow_route(method: str, path: str, pick: Callable[[FlowsApi], Handler]) -> Route[FlowsApi]:
-    return Route(method, path, FLOWS_API, pick)
+def _flow_route(
+    method: str, path: str, pick: Callable[[FlowsApi], Handler], doc: Operation
+) -> Route[FlowsApi]:
+    return Route(method, path, FLOWS_API, pick, doc)
 
 
 SERVICE = ServiceSpec(
@@ -149,15 +157,18 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     routes=(
-        _flow_route("POST", "/v1/flows", lambda api: api.create),
-        _flow_route("GET", "/v1/flows", lambda api: api.list),
-        _flow_route("GET", "/v1/flows/{flow_id}", lambda api: api.get),
-        _flow_route("PUT", "/v1/flows/{flow_id}", lambda api: api.replace),
-        _flow_route("PATCH", "/v1/flows/{flow_id}", lambda api: api.patch),
-        _flow_route("DELETE", "/v1/flows/{flow_id}", lambda api: api.delete),
-        _flow_route("GET", "/v1/flows/{flow_id}/webhook", lambda api: api.webhook),
+        _flow_route("POST", "/v1/flows", lambda api: api.create, docs.CREATE),
+        _flow_route("GET", "/v1/flows", lambda api: api.list, docs.LIST),
+        _flow_route("GET", "/v1/flows/{flow_id}", lambda api: api.get, docs.GET),
+        _flow_route("PUT", "/v1/flows/{flow_id}", lambda api: api.replace, docs.REPLACE),
+        _flow_route("PATCH", "/v1/flows/{flow_id}", lambda api: api.patch, docs.PATCH),
+        _flow_route("DELETE", "/v1/flows/{flow_id}", lambda api: api.delete, docs.DELETE),
+        _flow_route("GET", "/v1/flows/{flow_id}/webhook", lambda api: api.webhook, docs.WEBHOOK),
         _flow_route(
-            "POST", "/v1/flows/{flow_id}/webhook/rotate-token", lambda api: api.rotate_token
+            "POST",
+            "/v1/flows/{flow_id}/webhook/rotate-token",
+            lambda api: api.rotate_token,
+            docs.ROTATE_TOKEN,
         ),
     ),
 )

@@ -17,6 +17,7 @@ from services.runner.dedup import DedupKeys
 from services.runner.definition import WebhookCallback, WebhookTrigger
 from services.runner.engine import error_result
 from services.runner.finished import FinishedRuns
+from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
 from services.runner.worker_protocol import FlowSnapshot
@@ -110,8 +111,10 @@ class RunService:
         dedup_keys: DedupKeys | None = None,
         accept_run_timeout_s: float = 300.0,
         callbacks: CallbackSender | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self.broker = broker
+        self.metrics = metrics if metrics is not None else RunnerMetrics()
         self.flows = flows
         self.pool = pool
         # run.finished events, many runs to a message; `publish` returns once confirmed.
@@ -174,6 +177,9 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
+        self.metrics.run_duration.labels(result.outcome).observe(
+            (result.finished_at - result.started_at).total_seconds()
+        )
         try:
             await self._record(start, result)
         except Unavailable:

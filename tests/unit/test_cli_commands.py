@@ -1,0 +1,133 @@
+"""The command line's pure parts: tables, apply's comparison, definition files, SSE
+parsing and error envelopes."""
+
+import pytest
+
+from services.api_client import ClientSettings, error_from_answer, parse_sse
+from services.cli_commands import (
+    UsageError,
+    covers,
+    flows_table,
+    load_definition,
+    request_line,
+    short_time,
+    table,
+)
+
+
+def test_table_pads_columns_and_shows_missing_values_as_dashes() -> None:
+    text = table(("ID", "NAME"), [("1", "short"), ("22", None), ("3", ["a", "b"])])
+    assert text.splitlines() == ["ID  NAME", "1   short", "22  -", "3   a,b"]
+
+
+def test_flows_table() -> None:
+    flow = {
+        "id": "f1",
+        "name": "Sync",
+        "status": "live",
+        "version": 3,
+        "updated_at": "2026-11-29T13:49:46.123456+00:00",
+    }
+    assert flows_table([flow]).splitlines() == [
+        "ID  NAME  STATUS  VERSION  UPDATED",
+        "f1  Sync  live    3        2026-11-29 13:49:46",
+    ]
+
+
+def test_short_time() -> None:
+    assert short_time("2026-11-29T13:49:46.5+00:00") == "2026-11-29 13:49:46"
+    assert short_time(None) == "-"
+
+
+def test_request_line() -> None:
+    item = {
+        "id": "r1",
+        "received_at": "2026-11-29T13:49:46+00:00",
+        "method": "POST",
+        "mode": "sync",
+        "outcome": "succeeded",
+        "status_code": 200,
+        "duration_ms": 12.5,
+    }
+    assert request_line(item) == "r1  2026-11-29 13:49:46  POST  sync  succeeded  200  12.5"
+
+
+STORED = {
+    "id": "f1",
+    "name": "n",
+    "status": "live",
+    "webhook": {"ref_id": "web1", "async": False, "timeout_s": 30.0, "response": {"x": 1}},
+    "steps": [{"ref_id": "a", "type": "template", "template": "{{ 1 }}"}],
+    "version": 2,
+}
+
+
+def test_covers_ignores_what_the_file_leaves_to_defaults() -> None:
+    wanted = {
+        "name": "n",
+        "status": "live",
+        "webhook": {"ref_id": "web1", "timeout_s": 30},
+        "steps": [{"ref_id": "a", "type": "template", "template": "{{ 1 }}"}],
+    }
+    assert covers(STORED, wanted)
+
+
+@pytest.mark.parametrize(
+    "wanted",
+    [
+        {"status": "paused"},
+        {"webhook": {"async": True}},
+        {"webhook": {"async": 0}},
+        {"steps": []},
+        {"steps": [{"ref_id": "a", "template": "{{ 2 }}"}]},
+        {"webhook": {"auth": {"mode": "github"}}},
+    ],
+)
+def test_covers_sees_a_difference(wanted: dict[str, object]) -> None:
+    assert not covers(STORED, wanted)
+
+
+def test_load_definition_yaml_and_json() -> None:
+    assert load_definition("f.yaml", "name: a\nsteps: []\n") == {"name": "a", "steps": []}
+    assert load_definition("f.json", '{"name": "a"}') == {"name": "a"}
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "said"),
+    [
+        ("f.yaml", "name: [", "not valid YAML"),
+        ("f.json", "{", "not valid JSON"),
+        ("f.yaml", "- a\n", "must be a mapping"),
+        ("f.yaml", "status: live\n", "needs a `name`"),
+    ],
+)
+def test_load_definition_refuses(path: str, text: str, said: str) -> None:
+    with pytest.raises(UsageError, match=said):
+        load_definition(path, text)
+
+
+def test_parse_sse() -> None:
+    assert parse_sse(["event: request", 'data: {"a": 1}']) == ("request", '{"a": 1}')
+    assert parse_sse([": ping"]) is None
+    assert parse_sse(["data: x", "data: y"]) == ("message", "x\ny")
+
+
+def test_error_from_answer() -> None:
+    envelope = b'{"status": 404, "error": "not_found", "message": "no such flow", "data": null}'
+    error = error_from_answer(404, envelope)
+    assert (error.status, error.kind, error.message) == (404, "not_found", "no such flow")
+    other = error_from_answer(502, b"<html>Bad Gateway</html>")
+    assert (other.kind, other.message) == ("http_502", "<html>Bad Gateway</html>")
+
+
+def test_client_settings_defaults_match_the_default_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("RUNNER_URL", "AUTH_URL", "DEBUGGER_URL", "TOKEN"):
+        monkeypatch.delenv(f"FLOWHOOKS_{name}", raising=False)
+    settings = ClientSettings()
+    assert settings.url("auth") == "http://127.0.0.1:8081"
+    assert settings.url("runner") == "http://127.0.0.1:8082"
+    assert settings.url("debugger") == "http://127.0.0.1:8083"
+    monkeypatch.setenv("FLOWHOOKS_RUNNER_URL", "http://runner.example:9000/")
+    assert ClientSettings().url("runner") == "http://runner.example:9000"
