@@ -78,3 +78,25 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         await asyncio.sleep(0.05)
+
+
+async def ok_or_failing_flow(api: Api, name: str, *, mode_async: bool = False) -> tuple[str, str]:
+    """A live flow (its id and webhook token) that fails when the input says
+    `"ok": false` and answers "fine" otherwise."""
+    flow = await api.create_flow(
+        {
+            "name": name,
+            "status": "live",
+            "webhook": {"ref_id": "web1", "async": mode_async},
+            "steps": [
+                {
+                    "ref_id": "check",
+                    "type": "condition",
+                    "if": "{{ web1.ok }}",
+                    "then": [{"ref_id": "fine", "type": "template", "template": "fine"}],
+                    "else": [{"ref_id": "boom", "type": "fail", "message": "not ok"}],
+                }
+            ],
+        }
+    )
+    return flow["id"], (await api.webhook_info(flow["id"]))["token"]

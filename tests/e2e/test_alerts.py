@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from shared import standard_webhooks
-from tests.e2e.client import Api, eventually
+from tests.e2e.client import Api, eventually, ok_or_failing_flow
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -68,27 +68,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
-async def failing_flow(api: Api, *, mode_async: bool = False) -> tuple[str, str]:
-    """A flow that fails when the input says `"ok": false`."""
-    flow = await api.create_flow(
-        {
-            "name": "alerting",
-            "status": "live",
-            "webhook": {"ref_id": "web1", "async": mode_async},
-            "steps": [
-                {
-                    "ref_id": "check",
-                    "type": "condition",
-                    "if": "{{ web1.ok }}",
-                    "then": [{"ref_id": "fine", "type": "template", "template": "fine"}],
-                    "else": [{"ref_id": "boom", "type": "fail", "message": "not ok"}],
-                }
-            ],
-        }
-    )
-    return flow["id"], (await api.webhook_info(flow["id"]))["token"]
-
-
 async def alert_call(
     api: Api, method: str, flow_id: str, body: Any = None, token: str | None = None
 ) -> tuple[int, Any]:
@@ -119,7 +98,7 @@ def verified(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any
 async def test_failure_rate_alert_fires_once_per_window_signed(
     api: Api, receiver: Receiver
 ) -> None:
-    flow_id, token = await failing_flow(api)
+    flow_id, token = await ok_or_failing_flow(api, "alerting")
     config = {
         "url": f"{receiver.base}/ok/rate",
         "failure_rate": 0.5,
@@ -194,7 +173,7 @@ async def test_failure_rate_alert_fires_once_per_window_signed(
 
 
 async def test_notice_is_retried_after_two_500s_under_one_id(api: Api, receiver: Receiver) -> None:
-    flow_id, token = await failing_flow(api)
+    flow_id, token = await ok_or_failing_flow(api, "alerting")
     config = {
         "url": f"{receiver.base}/flaky/retry",
         "failure_rate": 1.0,
@@ -229,7 +208,7 @@ async def test_notice_is_retried_after_two_500s_under_one_id(api: Api, receiver:
 
 
 async def test_private_addresses_are_refused_on_save(api: Api, receiver: Receiver) -> None:
-    flow_id, _ = await failing_flow(api)
+    flow_id, _ = await ok_or_failing_flow(api, "alerting")
     config = {"failure_rate": 0.2, "window_s": 300, "min_requests": 20}
     refused = "a private, loopback, link-local or reserved address; the operator has not allowed it"
     for url, address in [
@@ -265,7 +244,7 @@ async def test_private_addresses_are_refused_on_save(api: Api, receiver: Receive
 
 
 async def test_validation_update_rotation_and_delete(api: Api, receiver: Receiver) -> None:
-    flow_id, _ = await failing_flow(api)
+    flow_id, _ = await ok_or_failing_flow(api, "alerting")
     config = {
         "url": receiver.base + "/ok/v",
         "failure_rate": 0.2,
@@ -325,7 +304,7 @@ async def test_validation_update_rotation_and_delete(api: Api, receiver: Receive
 
 
 async def test_scopes_and_workspaces(api: Api, receiver: Receiver) -> None:
-    flow_id, _ = await failing_flow(api)
+    flow_id, _ = await ok_or_failing_flow(api, "alerting")
     config = {
         "url": receiver.base + "/ok/s",
         "failure_rate": 0.2,
@@ -367,7 +346,7 @@ async def test_dead_lettered_runs_trigger_a_notice(api: Api, receiver: Receiver)
     crashing on it would) is dead-lettered by the broker after the queue's delivery
     limit; the debugger records it and tells the alert URL."""
     system = api.system
-    flow_id, token = await failing_flow(api, mode_async=True)
+    flow_id, token = await ok_or_failing_flow(api, "alerting", mode_async=True)
     # The rate alone never crosses here (min_requests): only the dead letter notifies.
     config = {
         "url": receiver.base + "/ok/dead",

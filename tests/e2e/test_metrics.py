@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.messaging import topology
 from shared.messaging.contracts import AUTHORIZE_WEBHOOK
-from tests.e2e.client import Api, eventually
+from tests.e2e.client import Api, eventually, ok_or_failing_flow
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -49,31 +49,10 @@ def with_name(series: Series, name: str) -> dict[frozenset[tuple[str, str]], flo
     return {labels: v for (n, labels), v in series.items() if n == name}
 
 
-async def flow(api: Api, *, mode_async: bool = False) -> tuple[str, str]:
-    """A flow that fails when the input says `"ok": false`."""
-    created = await api.create_flow(
-        {
-            "name": "metered",
-            "status": "live",
-            "webhook": {"ref_id": "web1", "async": mode_async},
-            "steps": [
-                {
-                    "ref_id": "check",
-                    "type": "condition",
-                    "if": "{{ web1.ok }}",
-                    "then": [{"ref_id": "fine", "type": "template", "template": "fine"}],
-                    "else": [{"ref_id": "boom", "type": "fail", "message": "not ok"}],
-                }
-            ],
-        }
-    )
-    return created["id"], (await api.webhook_info(created["id"]))["token"]
-
-
 async def test_metrics_after_known_traffic(api: Api) -> None:
     system, session = api.system, api.session
-    sync_id, sync_token = await flow(api)
-    async_id, async_token = await flow(api, mode_async=True)
+    sync_id, sync_token = await ok_or_failing_flow(api, "metered")
+    async_id, async_token = await ok_or_failing_flow(api, "metered", mode_async=True)
     # Let the flows' access events settle: one arriving between two requests would
     # evict the cached answer and turn an expected hit into a miss.
     await asyncio.sleep(1.0)
