@@ -5,18 +5,16 @@ API behind the manage scopes and the workspace. The receiver is this test's own 
 server on 127.0.0.3, the one network the debugger is allowed to reach here."""
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
 import orjson
 import pytest
-from aiohttp import web
 
 from shared import standard_webhooks
 from tests.e2e.client import Api, eventually, ok_or_failing_flow
+from tests.e2e.receiver import Receiver, webhook_receiver
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -35,37 +33,10 @@ def system() -> Iterator[System]:
         yield running
 
 
-@dataclass
-class Receiver:
-    base: str
-    # path -> every delivery attempt: (headers, body, the status answered)
-    calls: dict[str, list[tuple[dict[str, str], bytes, int]]] = field(default_factory=dict)
-
-    def delivered(self, path: str) -> list[tuple[dict[str, str], bytes]]:
-        return [(h, b) for h, b, status in self.calls.get(path, []) if status == 200]
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    """/ok/<name> answers 200; /flaky/<name> answers 500 twice, then 200."""
-    app = web.Application()
-    with socket.socket() as sock:
-        sock.bind((RECEIVER_HOST, 0))
-        port = sock.getsockname()[1]
-    state = Receiver(f"http://{RECEIVER_HOST}:{port}")
-
-    async def record(request: web.Request) -> web.Response:
-        calls = state.calls.setdefault(request.path, [])
-        status = 500 if request.path.startswith("/flaky/") and len(calls) < 2 else 200
-        calls.append((dict(request.headers), await request.read(), status))
-        return web.Response(status=status)
-
-    app.router.add_post("/{kind}/{name}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, RECEIVER_HOST, port).start()
-    yield state
-    await runner.cleanup()
+    async with webhook_receiver(RECEIVER_HOST) as running:
+        yield running
 
 
 async def alert_call(

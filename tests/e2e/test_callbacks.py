@@ -11,18 +11,16 @@ ladder's 1 s step or none) and the deadline is 8 s, so that giving up is seen.""
 import asyncio
 import base64
 import itertools
-import socket
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
 from shared import standard_webhooks
 from tests.e2e.client import Api, eventually
+from tests.e2e.receiver import Call, Receiver, webhook_receiver
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -45,42 +43,10 @@ def system() -> Iterator[System]:
         yield running
 
 
-@dataclass
-class Call:
-    headers: dict[str, str]
-    body: bytes
-    status: int
-
-
-@dataclass
-class Receiver:
-    base: str
-    calls: dict[str, list[Call]] = field(default_factory=dict)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
-    """/ok/<name>: 200; /flaky/<name>: 500 twice, then 200; /gone/<name>: 410;
-    /down/<name>: always 500."""
-    app = web.Application()
-    with socket.socket() as sock:
-        sock.bind((RECEIVER_HOST, 0))
-        port = sock.getsockname()[1]
-    state = Receiver(f"http://{RECEIVER_HOST}:{port}")
-
-    async def record(request: web.Request) -> web.Response:
-        calls = state.calls.setdefault(request.path, [])
-        kind = request.match_info["kind"]
-        status = {"ok": 200, "gone": 410, "down": 500}.get(kind, 500 if len(calls) < 2 else 200)
-        calls.append(Call(dict(request.headers), await request.read(), status))
-        return web.Response(status=status)
-
-    app.router.add_post("/{kind}/{name}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, RECEIVER_HOST, port).start()
-    yield state
-    await runner.cleanup()
+    async with webhook_receiver(RECEIVER_HOST) as running:
+        yield running
 
 
 async def callback_flow(api: Api, url: str) -> tuple[str, str]:
