@@ -32,6 +32,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -224,25 +225,22 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
     fill_s = time.monotonic() - began
     store = RequestStore(pool)
 
-    async def timed(before: tuple[datetime, str] | None) -> list[float]:
+    async def timed(queries: list[dict[str, Any]], found: int | None = None) -> list[float]:
+        """Milliseconds of each listing of `hot` with the given filters (and, where
+        `found` is given, the check that it found that many rows)."""
         samples = []
-        for _ in range(50):
+        for query in queries:
+            filters: dict[str, Any] = {"before": None, "outcome": None, "mode": None}
             t0 = time.perf_counter()
-            await store.list_for_flow(
-                hot,
-                WORKSPACE,
-                limit=50,
-                outcome=None,
-                mode=None,
-                since=None,
-                until=None,
-                before=before,
+            page = await store.list_for_flow(
+                hot, WORKSPACE, limit=50, since=None, until=None, **{**filters, **query}
             )
             samples.append((time.perf_counter() - t0) * 1000)
+            assert found is None or len(page) == found, len(page)
         samples.sort()
         return samples
 
-    first = await timed(before=None)
+    first = await timed([{}] * 50)
     deep_rows = await store.list_for_flow(
         hot,
         WORKSPACE,
@@ -254,59 +252,15 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
         until=base + timedelta(days=1, seconds=1),
     )
     cursor = (deep_rows[0]["received_at"], deep_rows[0]["id"]) if deep_rows else None
-    deep = await timed(before=cursor)
-    filtered = []
-    for _ in range(50):
-        t0 = time.perf_counter()
-        await store.list_for_flow(
-            hot,
-            WORKSPACE,
-            limit=50,
-            before=None,
-            outcome="failed",
-            mode=None,
-            since=None,
-            until=None,
-        )
-        filtered.append((time.perf_counter() - t0) * 1000)
-    filtered.sort()
-    search = []
-    for k in range(200):
-        match = json.dumps({"customer": {"id": k % 100}})
-        t0 = time.perf_counter()
-        found = await store.list_for_flow(
-            hot,
-            WORKSPACE,
-            limit=50,
-            before=None,
-            outcome=None,
-            mode=None,
-            since=None,
-            until=None,
-            input_match=match,
-        )
-        search.append((time.perf_counter() - t0) * 1000)
-        assert len(found) == 50, len(found)
-    search.sort()
-    one_row = []
-    for k in range(50):
-        # Rows of the hot flow are those with n % 5 == 0, spread over the whole range.
-        match = json.dumps({"n": (k * rows // 50) // 5 * 5})
-        t0 = time.perf_counter()
-        found = await store.list_for_flow(
-            hot,
-            WORKSPACE,
-            limit=50,
-            before=None,
-            outcome=None,
-            mode=None,
-            since=None,
-            until=None,
-            input_match=match,
-        )
-        one_row.append((time.perf_counter() - t0) * 1000)
-        assert len(found) == 1, len(found)
-    one_row.sort()
+    deep = await timed([{"before": cursor}] * 50)
+    filtered = await timed([{"outcome": "failed"}] * 50)
+    search = await timed(
+        [{"input_match": json.dumps({"customer": {"id": k % 100}})} for k in range(200)], 50
+    )
+    # Rows of the hot flow are those with n % 5 == 0, spread over the whole range.
+    one_row = await timed(
+        [{"input_match": json.dumps({"n": (k * rows // 50) // 5 * 5})} for k in range(50)], 1
+    )
     await pool.close()
 
     def summary(samples: list[float]) -> dict[str, float]:
