@@ -159,7 +159,7 @@ def _cmd_broker_setup(args: argparse.Namespace) -> int:
     users = setup.user_names(args.user_prefix)
     given = setup.passwords_from_env()
     if args.definitions_out:
-        document, generated = setup.render(args.vhost, users, given)
+        document, generated = setup.render(args.vhost, users, given, args.replicas)
         fd = os.open(args.definitions_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(document)
@@ -173,7 +173,7 @@ def _cmd_broker_setup(args: argparse.Namespace) -> int:
                 admin = setup.Rabbitmqctl(args.rabbitmqctl)
             else:
                 admin = asyncio.run(setup.find_admin(args.management_url, args.rabbitmqctl))
-            generated = asyncio.run(setup.apply(admin, args.vhost, users, given))
+            generated = asyncio.run(setup.apply(admin, args.vhost, users, given, args.replicas))
         except setup.SetupFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -258,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
         "--rabbitmqctl",
         default=os.environ.get("FLOWHOOKS_BROKER_RABBITMQCTL", "rabbitmqctl"),
         help="the command, e.g. 'docker exec rabbitmq rabbitmqctl'",
+    )
+    broker.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("FLOWHOOKS_BROKER_REPLICAS", "1")),
+        help="quorum members of each durable queue, as the services' FLOWHOOKS_BROKER_REPLICAS",
     )
     broker.add_argument(
         "--definitions-out",

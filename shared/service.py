@@ -129,7 +129,9 @@ class Kernel(Generic[S]):
         self.name = name
         self.settings = settings
         self.app = app
-        self.broker = Broker(settings.amqp_url, name, settings.publish_timeout_s)
+        self.broker = Broker(
+            settings.broker_urls, name, settings.publish_timeout_s, settings.broker_replicas
+        )
         # On the app's own registry (`/metrics` of its ops port); `wire` adds the
         # service's own metrics to `self.metrics.registry`. A bare app (tests): unexported.
         ops = app.get(OPS)

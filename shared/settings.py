@@ -4,8 +4,10 @@
 subclass `DatabaseSettings` instead: the ingress never gets the database's credentials
 (`flowhooks run` passes each service only the variables of its own fields)."""
 
+from typing import Annotated
+
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
 from shared.secret_box import SecretBox
@@ -15,6 +17,13 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # The nodes of a RabbitMQ cluster, comma separated (same login on each): a service
+    # connects to one and, when it is lost, moves to the next. Unset: FLOWHOOKS_AMQP_URL.
+    amqp_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    # Quorum members of every durable queue; the same in every service. 1 (one node):
+    # the RPC and sync-run queues are classic. On a cluster of 3 or more nodes, 3: every
+    # durable queue is a quorum queue of 3 members, so losing a node loses no queue.
+    broker_replicas: int = Field(default=1, ge=1)
     # The runners' broker login: a `flow.changed` from any other user is dropped as forged
     # (by auth and the debugger). Unset: this service's own login, right when every
     # service shares one (development); with `flowhooks broker-setup`: flowhooks-runner.
@@ -38,9 +47,20 @@ class ServiceSettings(BaseSettings):
     # (`flowhooks_queue_messages`): one passive declare per queue each time.
     queue_depth_interval_s: float = Field(default=15.0, gt=0)
 
+    @field_validator("amqp_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(url.strip() for url in value.split(",") if url.strip())
+        return value
+
+    @property
+    def broker_urls(self) -> tuple[str, ...]:
+        return self.amqp_urls or (self.amqp_url,)
+
     @property
     def runner_user(self) -> str:
-        return self.trusted_runner_user or URL(self.amqp_url).user or "guest"
+        return self.trusted_runner_user or URL(self.broker_urls[0]).user or "guest"
 
     @property
     def ops_port(self) -> int | None:

@@ -45,7 +45,9 @@ async def rotate_all_tokens(settings: RunnerSettings, out: TextIO = sys.stdout) 
     `Unavailable` when the broker does not confirm (the flow in hand keeps its token;
     running the command again finishes the job)."""
     pool = await open_pool(settings.database_url, 4, DATABASE.schema, DATABASE.migrations)
-    broker = Broker(settings.amqp_url, "runner", settings.publish_timeout_s)
+    broker = Broker(
+        settings.broker_urls, "runner", settings.publish_timeout_s, settings.broker_replicas
+    )
     try:
         await broker.connect()
         store = FlowStore(pool)

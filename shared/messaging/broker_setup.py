@@ -57,11 +57,15 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
 
 
 def definitions(
-    vhost: str, users: Mapping[str, str], password_hashes: Mapping[str, str] | None = None
+    vhost: str,
+    users: Mapping[str, str],
+    password_hashes: Mapping[str, str] | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
     """RabbitMQ definitions for `vhost` with `users` (service -> user name).
     `password_hashes` (service -> hash): only those users are listed (the others must
-    exist already); None: all of them, with `HASH_PLACEHOLDER` (the template)."""
+    exist already); None: all of them, with `HASH_PLACEHOLDER` (the template).
+    `replicas`: the services' `FLOWHOOKS_BROKER_REPLICAS` (`topology.replicated`)."""
     listed = {
         service: (password_hashes[service] if password_hashes is not None else HASH_PLACEHOLDER)
         for service in users
@@ -106,7 +110,7 @@ def definitions(
                 "auto_delete": False,
                 "arguments": spec.arguments,
             }
-            for spec in topology.DURABLE_QUEUES
+            for spec in topology.durable_queues(replicas)
         ],
         "bindings": [
             {
@@ -251,21 +255,25 @@ def choose_passwords(
 
 
 async def apply(
-    admin: BrokerAdmin, vhost: str, users: Mapping[str, str], given: Mapping[str, str]
+    admin: BrokerAdmin,
+    vhost: str,
+    users: Mapping[str, str],
+    given: Mapping[str, str],
+    replicas: int = 1,
 ) -> dict[str, str]:
     """Creates or updates the vhost, the users, their permissions and the topology;
     returns the passwords it generated (service -> password)."""
     chosen, generated = choose_passwords(users, given, await admin.existing_users())
     hashes = {service: password_hash(password) for service, password in chosen.items()}
-    await admin.import_definitions(definitions(vhost, users, hashes))
+    await admin.import_definitions(definitions(vhost, users, hashes, replicas))
     return generated
 
 
 def render(
-    vhost: str, users: Mapping[str, str], given: Mapping[str, str]
+    vhost: str, users: Mapping[str, str], given: Mapping[str, str], replicas: int = 1
 ) -> tuple[str, dict[str, str]]:
     """Definitions for a broker to load at boot, every user with a password hash; missing
     passwords are generated. Returns (document, generated passwords)."""
     chosen, generated = choose_passwords(users, given, existing=set())
     hashes = {service: password_hash(password) for service, password in chosen.items()}
-    return dumps(definitions(vhost, users, hashes)), generated
+    return dumps(definitions(vhost, users, hashes, replicas)), generated

@@ -1,6 +1,11 @@
 """`Broker`: the process's one robust AMQP connection, its publishing channels and the
 consumers it started.
 
+Several broker addresses (a cluster, `FLOWHOOKS_AMQP_URLS`): the connection is to one
+node at a time; when it is lost, each reconnect attempt goes to the next address
+(`FailoverConnection`), and the robust channels declare again and consume again there.
+Until then every confirmed publish fails (503), never a false success.
+
 Publishing rules (aio-pika's defaults are unsafe for us): messages are persistent,
 `mandatory` is set and a return raises, every confirmed publish has a timeout, and any
 failure to get the broker's confirm becomes `Unavailable` (503) for the caller.
@@ -10,8 +15,9 @@ robust channel, which re-declares the queue and re-consumes after a reconnect; t
 """
 
 import asyncio
+import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -24,8 +30,8 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
-    AbstractRobustConnection,
 )
+from yarl import URL
 
 from shared.errors import Unavailable
 from shared.messaging import naming
@@ -34,6 +40,7 @@ from shared.messaging.topology import (
     QueueSpec,
     declare_topology,
     may_declare_topology,
+    replicated,
     verify_topology,
 )
 from shared.messaging.trust import url_user
@@ -60,17 +67,48 @@ class Consumer:
     tag: str
 
 
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection over several broker nodes: every attempt after the first goes
+    to the next address, so a dead node is left within one reconnect interval.
+
+    aio-pika's `RobustConnection` reconnects to its one `url`, from a private method run
+    before each attempt; overriding that method (by its mangled name; aio-pika is
+    pinned, and tests/integration/test_broker_failover.py kills real cluster nodes) is
+    the one place every attempt passes through."""
+
+    def __init__(self, urls: Sequence[URL], first: int, **kwargs: Any) -> None:
+        super().__init__(urls[first], **kwargs)
+        self._urls = list(urls)
+        self._attempt = first
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        self.url = self._urls[self._attempt % len(self._urls)]
+        self._attempt += 1
+        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+
+
 class Broker:
-    def __init__(self, url: str, service: str, publish_timeout_s: float = 5.0) -> None:
-        self.url = url
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        service: str,
+        publish_timeout_s: float = 5.0,
+        replicas: int = 1,
+    ) -> None:
+        self.urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self.urls:
+            raise ValueError("no broker address")
         self.service = service
         # The login, sent as every message's `user_id`: RabbitMQ refuses any other, so
-        # consumers can tell which service published a message (`trust.py`).
-        self.user = url_user(url)
+        # consumers can tell which service published a message (`trust.py`). Every node
+        # of a cluster has the same users.
+        self.user = url_user(self.urls[0])
         # Identifies this process in queue names (reply and per-replica queues).
         self.instance = uuid.uuid4().hex[:12]
         self.publish_timeout_s = publish_timeout_s
-        self._connection: AbstractRobustConnection | None = None
+        # Quorum members of every durable queue (`topology.replicated`).
+        self.replicas = replicas
+        self._connection: FailoverConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
         self._fast_channel: AbstractRobustChannel | None = None
         self._events: AbstractExchange | None = None  # on the confirm channel
@@ -83,11 +121,7 @@ class Broker:
         self._depth_channel: AbstractRobustChannel | None = None
 
     async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(
-            self.url,
-            client_properties={"connection_name": f"flowhooks-{self.service}-{self.instance}"},
-            reconnect_interval=1,
-        )
+        self._connection = await self._first_connection()
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._confirm_channel = await self._channel(confirms=True)
         # Replies go on a channel without confirms: the caller waits for the reply itself.
@@ -96,11 +130,43 @@ class Broker:
         raw = self._connection.transport.connection
         if await may_declare_topology(raw):
             # On the robust channel, which declares it again after a reconnect.
-            await declare_topology(self._confirm_channel)
+            await declare_topology(self._confirm_channel, self.replicas)
         else:
             await verify_topology(raw)
         self._events = await self._confirm_channel.get_exchange(naming.EVENTS_EXCHANGE)
         self._fast_events = await self._fast_channel.get_exchange(naming.EVENTS_EXCHANGE)
+
+    async def _first_connection(self) -> FailoverConnection:
+        """Connected to the first node that answers, starting at a random one so that
+        replicas spread over the cluster; fails (the process exits, to be restarted) only
+        when none does."""
+        addresses = [URL(url) for url in self.urls]
+        first = random.randrange(len(addresses))
+        failure: Exception | None = None
+        for offset in range(len(addresses)):
+            connection = FailoverConnection(
+                addresses,
+                (first + offset) % len(addresses),
+                client_properties={"connection_name": f"flowhooks-{self.service}-{self.instance}"},
+                reconnect_interval=1,
+            )
+            try:
+                await connection.connect()
+                return connection
+            except (ConnectionError, aiormq.exceptions.AMQPError, OSError) as exc:
+                failure = exc
+                log.warning("broker_node_unreachable", node=_node(connection.url), error=repr(exc))
+                await connection.close()
+        assert failure is not None
+        raise failure
+
+    @property
+    def connected_url(self) -> str | None:
+        """The node this process is connected to now (None while reconnecting)."""
+        if not self.is_connected:
+            return None
+        assert self._connection is not None
+        return str(self._connection.url)
 
     async def _channel(self, confirms: bool) -> AbstractRobustChannel:
         assert self._connection is not None
@@ -110,7 +176,8 @@ class Broker:
         return channel
 
     def _on_reconnect(self, *_: Any) -> None:
-        log.info("broker_reconnected")
+        assert self._connection is not None
+        log.info("broker_reconnected", node=_node(self._connection.url))
         for callback in self.reconnected:
             callback()
 
@@ -209,6 +276,7 @@ class Broker:
         channel = await self._channel(confirms=False)
         await channel.set_qos(prefetch_count=prefetch)
         if isinstance(spec, QueueSpec):
+            spec = replicated(spec, self.replicas)
             queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
         else:
             queue = await channel.declare_queue(spec, exclusive=True, auto_delete=True)
@@ -246,3 +314,8 @@ class Broker:
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+
+def _node(url: URL) -> str:
+    """A node's address for logs, without the login."""
+    return f"{url.host}:{url.port}"

@@ -8,7 +8,7 @@ least-privilege user (`flowhooks broker-setup`, `permissions.py`) may not: the o
 declared the topology with the users, and the service only checks that it is there.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aio_pika
@@ -117,11 +117,32 @@ DURABLE_QUEUES = (
 )
 
 
-async def declare_topology(channel: AbstractChannel) -> None:
+def replicated(spec: QueueSpec, replicas: int) -> QueueSpec:
+    """`spec` as declared on a cluster (`FLOWHOOKS_BROKER_REPLICAS` > 1): a quorum queue with
+    that many members. A classic queue lives on one node, so the RPC and sync-run queues
+    would stop every webhook while that node is down; as quorum queues they move to a
+    surviving member. Quorum queues take per-message expiry (the RPC and sync-run
+    deadlines) and dead-letter it, as classic ones do. Every process must use the same
+    value: RabbitMQ refuses a declaration whose group size differs."""
+    if replicas <= 1:
+        return spec
+    arguments = {
+        **spec.arguments,
+        "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": replicas,
+    }
+    return replace(spec, arguments=arguments)
+
+
+def durable_queues(replicas: int = 1) -> tuple[QueueSpec, ...]:
+    return tuple(replicated(spec, replicas) for spec in DURABLE_QUEUES)
+
+
+async def declare_topology(channel: AbstractChannel, replicas: int = 1) -> None:
     exchange = await channel.declare_exchange(
         naming.EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    for spec in DURABLE_QUEUES:
+    for spec in durable_queues(replicas):
         queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
         for key in spec.bindings:
             await queue.bind(exchange, key)
