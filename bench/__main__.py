@@ -124,19 +124,61 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def broker_pid() -> int | None:
+    """The local RabbitMQ node's Erlang VM (the broker every scenario here uses)."""
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "eval", "os:getpid()."],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return int(done.stdout.strip().strip('"'))
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+async def postgresql_pid(database_url: str) -> int | None:
+    """The postmaster of the database's server; its children are every backend."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        directory = await conn.fetchval("SHOW data_directory")
+    except asyncpg.InsufficientPrivilegeError:
+        return None
+    finally:
+        await conn.close()
+    try:
+        return int((Path(directory) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Bench:
-    def __init__(self, system: System, seconds: float, concurrency: int) -> None:
+    def __init__(
+        self,
+        system: System,
+        seconds: float,
+        concurrency: int,
+        infrastructure: dict[str, int] | None = None,
+    ) -> None:
         self.system = system
         self.seconds = seconds
         self.concurrency = concurrency
+        # RabbitMQ's and PostgreSQL's processes, measured like a service (on this machine
+        # they serve nothing else while the bench runs).
+        self.infrastructure = infrastructure or {}
         self.results: dict[str, Any] = {}
 
-    def pids(self) -> dict[str, int]:
+    def service_pids(self) -> dict[str, int]:
         return {
             f"{s.name}:{s.port}": s.process.pid
             for services in self.system.processes.values()
             for s in services
         }
+
+    def pids(self) -> dict[str, int]:
+        infrastructure = {f"{name}:0": pid for name, pid in self.infrastructure.items()}
+        return {**self.service_pids(), **infrastructure}
 
     def measure(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
         before = {k: cpu_seconds(p) for k, p in self.pids().items()}
@@ -151,7 +193,9 @@ class Bench:
         result["cpu_ms_per_request"] = {
             service: round(seconds * 1000 / count, 3) for service, seconds in per_service.items()
         }
-        result["rss_mib_under_load"] = {k.split(":")[0]: rss_mib(p) for k, p in self.pids().items()}
+        result["rss_mib_under_load"] = {
+            k.split(":")[0]: rss_mib(p) for k, p in self.service_pids().items()
+        }
         ids = result.pop("ids", [])
         self.results[name] = result
         print(
@@ -243,7 +287,15 @@ def main() -> None:
                 "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": f'["{SLOW_HOST}/32"]',
             },
         )
-        bench = Bench(system, args.seconds, args.concurrency)
+        infrastructure = {
+            name: pid
+            for name, pid in (
+                ("rabbitmq", broker_pid()),
+                ("postgresql", asyncio.run(postgresql_pid(database_url))),
+            )
+            if pid is not None
+        }
+        bench = Bench(system, args.seconds, args.concurrency, infrastructure)
         try:
             bench.measure(
                 "ceiling",
@@ -251,7 +303,7 @@ def main() -> None:
             )
             ceiling.terminate()
             system.start_all()
-            rest = {k: rss_mib(p) for k, p in bench.pids().items()}
+            rest = {k: rss_mib(p) for k, p in bench.service_pids().items()}
             token = system.create_token("bench", "automation")
             flows = asyncio.run(api_setup(system, token, slow_port))
             ingress = system.url("ingress")
@@ -321,14 +373,16 @@ def main() -> None:
     (RESULTS / f"{stamp}.json").write_text(json.dumps(bench.results, indent=2))
     lines = [
         "| scenario | req/s | ratio to ceiling | p50 ms | p99 ms | statuses "
-        "| CPU ms per request (ingress / runner with workers / debugger) |",
+        "| CPU ms per request (ingress / runner with workers / debugger "
+        "/ RabbitMQ / PostgreSQL) |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in bench.results.items():
         if isinstance(result, dict) and "rps" in result:
             cpu = result.get("cpu_ms_per_request", {})
             per_service = " / ".join(
-                str(cpu.get(service, "-")) for service in ("ingress", "runner", "debugger")
+                str(cpu.get(service, "-"))
+                for service in (*("ingress", "runner", "debugger"), "rabbitmq", "postgresql")
             )
             lines.append(
                 f"| {name} | {result['rps']} | {result['ratio_to_ceiling']} | "
