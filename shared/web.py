@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
+from shared import db
 from shared.errors import (
     ApiError,
     BadRequest,
@@ -32,6 +33,7 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    Unavailable,
     UnsupportedMediaType,
 )
 from shared.messaging.connection import Broker
@@ -142,6 +144,11 @@ async def envelope_middleware(
         # U+0000 in a text the caller sent (a name, a path, a JSON string): PostgreSQL
         # cannot store it. The caller's input, so a 400 rather than a 500.
         response = error_response(BadRequest("the request holds U+0000, which cannot be stored"))
+    except db.UNAVAILABLE as exc:
+        # No writable database right now (down, or a failover in progress): the caller
+        # may retry; a write that failed this way was not acknowledged to anyone.
+        log.warning("database_unavailable", path=request.path, error=repr(exc))
+        response = error_response(Unavailable("the database is unavailable; try again"))
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(InternalError("internal error"))

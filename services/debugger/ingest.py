@@ -9,7 +9,8 @@ intake of everyone):
   time. In a batched message, an
   unreadable item is left out and the others are stored (records.py).
 - PostgreSQL away (connection refused or lost, starting up, shutting down, read-only
-  after a failover, out of connections or disk, schema not migrated): the write is
+  or no writable host yet during a failover, out of connections or disk, schema not
+  migrated): the write is
   retried in place, with backoff, the batch still unacked, for as long as it takes:
   nothing is lost. Not nack-and-requeue: the quorum queue counts every requeue
   against its delivery limit and drops the message past it.
@@ -69,6 +70,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after a failover
+    # Mid-failover: every host of a multi-host URL up but none writable
+    # (TargetServerAttributeNotMatched), or a pooled connection whose server died while
+    # it was idle ("cannot switch to state ...", once). Not "unknown": that ends in the
+    # rows dropped and their messages acked.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.DiskFullError,
     asyncpg.exceptions.SyntaxOrAccessError,  # class 42: not migrated, no permission
