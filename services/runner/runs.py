@@ -7,7 +7,7 @@ and the step trace to the debugger."""
 import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -36,6 +36,10 @@ from shared.schemas.runs import (
 from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
+
+# How long a sync run without a deadline (a replay) tries to get its record confirmed
+# before its caller is answered 503.
+SYNC_RECORD_GRACE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -180,13 +184,16 @@ class RunService:
         self.metrics.run_duration.labels(result.outcome).observe(
             (result.finished_at - result.started_at).total_seconds()
         )
-        try:
+        if reply_to is None:
             await self._record(start, result)
-        except Unavailable:
-            if reply_to is None:
-                raise
-            # The sender still gets its answer; the debugger misses this one run.
+        elif not await self._record_while_awaited(start, result):
+            # A 200 for a run the debugger never gets would be a loss: the caller is told
+            # to try again instead (the run's effects happened; a dedup key makes the
+            # retry safe). Not marked finished: a redelivered batch would run it again.
             log.error("run_not_recorded", outcome=result.outcome)
+            error = Unavailable("the run finished but could not be recorded; try again")
+            self.replies.send(reply_to, request_id, ERROR, error_body(error))
+            return
         if start.dedup_key is not None and self.dedup_keys is not None:
             # Before the answer: a duplicate sent after the first's answer finds it.
             await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result)
@@ -195,6 +202,24 @@ class RunService:
         if reply_to is None:
             await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
+
+    async def _record_while_awaited(self, start: StartRun, result: RunResult) -> bool:
+        """A sync run's `run.finished`, tried again while the broker fails over (a node
+        lost: a second or a few), for as long as its caller waits; False if never
+        confirmed by then."""
+        waits_until = start.deadline or datetime.now(UTC) + SYNC_RECORD_GRACE
+        delay_s = 0.1
+        while True:
+            try:
+                await self._record(start, result)
+                return True
+            except Unavailable:
+                left_s = (waits_until - datetime.now(UTC)).total_seconds()
+                if left_s <= 0:
+                    return False
+                log.warning("run_record_retried", in_s=min(delay_s, left_s))
+                await asyncio.sleep(min(delay_s, left_s))
+                delay_s = min(delay_s * 2, 1.0)
 
     async def _enqueue_callback(self, start: StartRun, result: RunResult) -> None:
         """After `run.finished` is confirmed and before the run is marked finished: a
