@@ -110,6 +110,8 @@ class Broker:
         self.replicas = replicas
         self._connection: FailoverConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
+        self._topology_channel: AbstractRobustChannel | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self._fast_channel: AbstractRobustChannel | None = None
         self._events: AbstractExchange | None = None  # on the confirm channel
         self._fast_events: AbstractExchange | None = None  # on the channel without confirms
@@ -123,16 +125,18 @@ class Broker:
     async def connect(self) -> None:
         self._connection = await self._first_connection()
         self._connection.reconnect_callbacks.add(self._on_reconnect)
-        self._confirm_channel = await self._channel(confirms=True)
-        # Replies go on a channel without confirms: the caller waits for the reply itself.
-        self._fast_channel = await self._channel(confirms=False)
         assert self._connection.transport is not None
         raw = self._connection.transport.connection
         if await may_declare_topology(raw):
-            # On the robust channel, which declares it again after a reconnect.
-            await declare_topology(self._confirm_channel, self.replicas)
+            # On a robust channel of its own, which declares it again after a reconnect
+            # (not on the publishing channel, which `_renew_confirm_channel` replaces).
+            self._topology_channel = await self._channel(confirms=False)
+            await declare_topology(self._topology_channel, self.replicas)
         else:
             await verify_topology(raw)
+        self._confirm_channel = await self._channel(confirms=True)
+        # Replies go on a channel without confirms: the caller waits for the reply itself.
+        self._fast_channel = await self._channel(confirms=False)
         self._events = await self._confirm_channel.get_exchange(naming.EVENTS_EXCHANGE)
         self._fast_events = await self._fast_channel.get_exchange(naming.EVENTS_EXCHANGE)
 
@@ -225,12 +229,12 @@ class Broker:
         channel = self._confirm_channel if confirm else self._fast_channel
         if channel is None:
             raise Unavailable("not connected to the message broker")
+        exchange = channel.default_exchange
+        if to_events:
+            events = self._events if confirm else self._fast_events
+            assert events is not None
+            exchange = events
         try:
-            if to_events:
-                exchange = self._events if confirm else self._fast_events
-                assert exchange is not None
-            else:
-                exchange = channel.default_exchange
             if confirm:
                 await asyncio.wait_for(
                     exchange.publish(message, routing_key, mandatory=mandatory),
@@ -244,7 +248,26 @@ class Broker:
         except _PUBLISH_FAILURES as exc:
             self.publish_failures += 1
             log.warning("publish_failed", routing_key=routing_key, error=repr(exc))
+            if _is_nack(exc) and channel is self._confirm_channel and self._renewing is None:
+                self._renewing = asyncio.create_task(self._renew_confirm_channel(channel))
             raise Unavailable("the message broker did not accept the request") from exc
+
+    async def _renew_confirm_channel(self, nacked: AbstractRobustChannel) -> None:
+        """Publish on a new channel from now on. On RabbitMQ 3.10, once the node that
+        led a quorum queue dies, a channel that published to it has every later publish
+        nacked, even after a new leader is elected, until the old node is back (seen
+        for over 15 s); a new channel's publishes are confirmed at once. A nack for any
+        other reason costs one channel, which is cheap."""
+        try:
+            channel = await self._channel(confirms=True)
+            self._events = await channel.get_exchange(naming.EVENTS_EXCHANGE, ensure=False)
+            self._confirm_channel = channel
+            log.info("publish_channel_renewed")
+            await nacked.close()
+        except Exception as exc:  # the connection is away: the robust channels come back
+            log.warning("publish_channel_not_renewed", error=repr(exc))
+        finally:
+            self._renewing = None
 
     async def publish_event(
         self, event: Event[Body], body: Body, mandatory: bool = True, confirm: bool = True
@@ -314,6 +337,14 @@ class Broker:
     async def close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
+
+
+def _is_nack(exc: BaseException) -> bool:
+    """The broker refused a message (`Basic.Nack`), as opposed to returning it unroutable
+    (`PublishError`) or the channel or connection failing."""
+    return isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
+        exc, aiormq.exceptions.PublishError
+    )
 
 
 def _node(url: URL) -> str:
