@@ -51,6 +51,8 @@ import uvloop
 
 from tests.e2e.system import System
 from tests.infra import fresh_database
+from tests.pg_replica import PostgresPair, postgres_pair
+from tests.rabbit_cluster import RabbitCluster, ctl, rabbit_cluster
 
 T = TypeVar("T")
 
@@ -478,8 +480,8 @@ async def in_thread(fn: Callable[..., T], *args: Any) -> T:
 class Chaos:
     ledger: Ledger
     profile: Profile
-    cluster: Any  # tests.rabbit_cluster.RabbitCluster
-    pair: Any | None  # tests.pg_replica.PostgresPair, None: broker phases only
+    cluster: RabbitCluster
+    pair: PostgresPair | None  # None: broker phases only
     system: System
     database_url: str
     flow_ids: list[str] = field(default_factory=list)
@@ -687,40 +689,20 @@ class Chaos:
             await asyncio.sleep(2)
 
 
-def connections_by_service(cluster: Any) -> dict[str, list[int]]:
-    """{service: sorted node indexes} of the `flowhooks-<service>-<instance>` connections,
-    from one `rabbitmqctl list_connections` on a running node."""
-    from tests.rabbit_cluster import _connection_name, ctl
-
-    running = [i for i in range(len(cluster.nodes)) if i not in cluster._killed]
-    if not running:
-        return {}
-    out = ctl(
-        cluster.nodes[running[0]].name,
-        "list_connections",
-        "client_properties",
-        "port",
-        "--formatter",
-        "json",
-        timeout_s=30,
-    )
-    by_port = {node.amqp_port: i for i, node in enumerate(cluster.nodes)}
+def connections_by_service(cluster: RabbitCluster) -> dict[str, list[int]]:
+    """{service: sorted node indexes} of the `flowhooks-<service>-<instance>` connections."""
     found: dict[str, set[int]] = {}
-    for row in json.loads(out or "[]"):
-        name = _connection_name(row.get("client_properties")) or ""
+    for name, index in cluster.connections():
         parts = name.split("-")
-        index = by_port.get(int(row.get("port", 0)))
-        if len(parts) >= 2 and parts[0] == "flowhooks" and index is not None:
+        if len(parts) >= 2 and parts[0] == "flowhooks":
             found.setdefault(parts[1], set()).add(index)
     return {service: sorted(nodes) for service, nodes in sorted(found.items())}
 
 
-def queue_state(cluster: Any) -> str:
+def queue_state(cluster: RabbitCluster) -> str:
     """`name type leader online-members` of every flowhooks queue, from one running node
     (node names shortened to their index)."""
-    from tests.rabbit_cluster import ctl
-
-    running = [i for i in range(len(cluster.nodes)) if i not in cluster._killed]
+    running = cluster.running()
     if not running:
         return "no node running"
     out = ctl(
@@ -880,9 +862,6 @@ def start_watchdog(ledger: Ledger, profile: Profile, closers: list[Callable[[], 
 
 
 def run(profile: Profile, ledger: Ledger) -> None:
-    from tests.pg_replica import postgres_pair
-    from tests.rabbit_cluster import rabbit_cluster
-
     closers: list[Callable[[], None]] = []
     start_watchdog(ledger, profile, closers)
     with ExitStack() as stack:

@@ -349,12 +349,17 @@ class RabbitCluster:
 
     # -- inspection ------------------------------------------------------------------
 
-    def node_of_connection(self, name_prefix: str) -> int | None:
-        """Index of the node serving the client connection whose `connection_name` starts
-        with `name_prefix` (by the server-side port); None if there is none."""
-        running = [i for i in range(len(self.nodes)) if i not in self._killed]
+    def running(self) -> list[int]:
+        """Indexes of the nodes not killed."""
+        return [i for i in range(len(self.nodes)) if i not in self._killed]
+
+    def connections(self) -> list[tuple[str, int]]:
+        """(connection_name, node index) of every client connection that names itself,
+        from one `list_connections` on a running node (the server-side port tells the
+        node); empty while every node is down."""
+        running = self.running()
         if not running:
-            return None
+            return []
         out = ctl(
             self.nodes[running[0]].name,
             "list_connections",
@@ -364,11 +369,18 @@ class RabbitCluster:
             "json",
         )
         by_port = {node.amqp_port: i for i, node in enumerate(self.nodes)}
+        found = []
         for row in json.loads(out or "[]"):
             name = _connection_name(row.get("client_properties"))
-            if name is not None and name.startswith(name_prefix):
-                return by_port.get(int(row.get("port", 0)))
-        return None
+            index = by_port.get(int(row.get("port", 0)))
+            if name is not None and index is not None:
+                found.append((name, index))
+        return found
+
+    def node_of_connection(self, name_prefix: str) -> int | None:
+        """Index of the node serving the client connection whose `connection_name` starts
+        with `name_prefix`; None if there is none."""
+        return next((i for name, i in self.connections() if name.startswith(name_prefix)), None)
 
     # -- teardown --------------------------------------------------------------------
 
