@@ -18,6 +18,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -263,11 +264,16 @@ class Broker:
             self._events = await channel.get_exchange(naming.EVENTS_EXCHANGE, ensure=False)
             self._confirm_channel = channel
             log.info("publish_channel_renewed")
-            await nacked.close()
         except Exception as exc:  # the connection is away: the robust channels come back
             log.warning("publish_channel_not_renewed", error=repr(exc))
+            return
         finally:
             self._renewing = None
+        # Publishes still awaiting their confirm on the old channel get it (or time out)
+        # before it closes: closing at once would fail ones the broker may have taken.
+        await asyncio.sleep(self.publish_timeout_s)
+        with suppress(Exception):  # gone already with its connection
+            await nacked.close()
 
     async def publish_event(
         self, event: Event[Body], body: Body, mandatory: bool = True, confirm: bool = True
