@@ -52,7 +52,7 @@ import uvloop
 from tests.e2e.system import System
 from tests.infra import fresh_database
 from tests.pg_replica import PostgresPair, postgres_pair
-from tests.rabbit_cluster import RabbitCluster, ctl, rabbit_cluster
+from tests.rabbit_cluster import RabbitCluster, rabbit_cluster
 
 T = TypeVar("T")
 
@@ -702,23 +702,11 @@ def connections_by_service(cluster: RabbitCluster) -> dict[str, list[int]]:
 def queue_state(cluster: RabbitCluster) -> str:
     """`name type leader online-members` of every flowhooks queue, from one running node
     (node names shortened to their index)."""
-    running = cluster.running()
-    if not running:
+    if not cluster.running():
         return "no node running"
-    out = ctl(
-        cluster.nodes[running[0]].name,
-        "list_queues",
-        "name",
-        "type",
-        "leader",
-        "online",
-        "--formatter",
-        "json",
-        timeout_s=30,
-    )
     index = {node.name: str(i) for i, node in enumerate(cluster.nodes)}
     parts = []
-    for row in json.loads(out or "[]"):
+    for row in cluster.query("list_queues", "name", "type", "leader", "online"):
         name = str(row.get("name", ""))
         if not name.startswith("flowhooks.") or row.get("type") != "quorum":
             if name.startswith("flowhooks.") and row.get("type") != "quorum":

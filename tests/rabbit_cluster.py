@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tests.e2e.system import free_ports
 
@@ -353,24 +353,22 @@ class RabbitCluster:
         """Indexes of the nodes not killed."""
         return [i for i in range(len(self.nodes)) if i not in self._killed]
 
-    def connections(self) -> list[tuple[str, int]]:
-        """(connection_name, node index) of every client connection that names itself,
-        from one `list_connections` on a running node (the server-side port tells the
-        node); empty while every node is down."""
+    def query(self, *args: str) -> list[dict[str, Any]]:
+        """The rows of a `rabbitmqctl list_*` command, asked of a running node; empty
+        while every node is down."""
         running = self.running()
         if not running:
             return []
-        out = ctl(
-            self.nodes[running[0]].name,
-            "list_connections",
-            "client_properties",
-            "port",
-            "--formatter",
-            "json",
-        )
+        out = ctl(self.nodes[running[0]].name, *args, "--formatter", "json", timeout_s=30)
+        rows: list[dict[str, Any]] = json.loads(out or "[]")
+        return rows
+
+    def connections(self) -> list[tuple[str, int]]:
+        """(connection_name, node index) of every client connection that names itself
+        (the server-side port tells the node)."""
         by_port = {node.amqp_port: i for i, node in enumerate(self.nodes)}
         found = []
-        for row in json.loads(out or "[]"):
+        for row in self.query("list_connections", "client_properties", "port"):
             name = _connection_name(row.get("client_properties"))
             index = by_port.get(int(row.get("port", 0)))
             if name is not None and index is not None:
