@@ -1,6 +1,8 @@
-"""A local HTTP endpoint that records every POST it gets, for the tests of outgoing
-webhooks (alerts, completion callbacks). What it answers depends on the path:
-/ok/<name> 200; /flaky/<name> 500 twice, then 200; /gone/<name> 410; /down/<name> 500."""
+"""Local HTTP endpoints for the tests of what the services call out to: `serving` puts
+any aiohttp app on a free port of a loopback address; `webhook_receiver` records every
+POST it gets, for the tests of outgoing webhooks (alerts, completion callbacks). What it
+answers depends on the path: /ok/<name> 200; /flaky/<name> 500 twice, then 200;
+/gone/<name> 410; /down/<name> 500."""
 
 import socket
 from collections.abc import AsyncIterator
@@ -29,11 +31,24 @@ class Receiver:
 
 
 @asynccontextmanager
-async def webhook_receiver(host: str) -> AsyncIterator[Receiver]:
+async def serving(app: web.Application, host: str) -> AsyncIterator[str]:
+    """`app` served on a free port of `host` (a loopback address the runner's outgoing
+    policy allows); yields its base URL."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    state = Receiver(f"http://{host}:{port}")
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def webhook_receiver(host: str) -> AsyncIterator[Receiver]:
+    state = Receiver("")
 
     async def record(request: web.Request) -> web.Response:
         calls = state.calls.setdefault(request.path, [])
@@ -44,10 +59,6 @@ async def webhook_receiver(host: str) -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/{kind}/{name}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    try:
+    async with serving(app, host) as base:
+        state.base = base
         yield state
-    finally:
-        await runner.cleanup()

@@ -6,7 +6,6 @@ known content), so that the test knows which requests share it."""
 
 import asyncio
 import signal
-import socket
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ from aiohttp import web
 from shared.messaging import naming
 from shared.schemas.runs import StartRun, StartRuns, WebhookRequest
 from tests.e2e.client import Api, eventually
+from tests.e2e.receiver import serving
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -50,14 +50,8 @@ async def endpoint() -> AsyncIterator[tuple[str, Counter[str]]]:
     app = web.Application()
     app.router.add_post("/effect/{request_id}", effect)
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    with socket.socket() as sock:
-        sock.bind((ENDPOINT_HOST, 0))
-        port = sock.getsockname()[1]
-    await web.TCPSite(runner, ENDPOINT_HOST, port).start()
-    yield f"http://{ENDPOINT_HOST}:{port}", effects
-    await runner.cleanup()
+    async with serving(app, ENDPOINT_HOST) as base:
+        yield base, effects
 
 
 def start_run(flow: dict[str, Any], body: dict[str, Any]) -> StartRun:

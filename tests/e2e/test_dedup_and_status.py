@@ -3,7 +3,6 @@
 against the real services, with two ingress replicas."""
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.client import Api, eventually
+from tests.e2e.receiver import serving
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -45,15 +45,9 @@ async def endpoint() -> AsyncIterator[Endpoint]:
 
     app = web.Application()
     app.router.add_get("/work", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    with socket.socket() as sock:
-        sock.bind((ENDPOINT_HOST, 0))
-        port = sock.getsockname()[1]
-    await web.TCPSite(runner, ENDPOINT_HOST, port).start()
-    state.url = f"http://{ENDPOINT_HOST}:{port}/work"
-    yield state
-    await runner.cleanup()
+    async with serving(app, ENDPOINT_HOST) as base:
+        state.url = f"{base}/work"
+        yield state
 
 
 async def make_flow(api: Api, endpoint: Endpoint, sleep_s: float = 0, **webhook: Any) -> str:

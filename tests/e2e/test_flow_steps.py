@@ -2,7 +2,6 @@
 allowed by the operator's allow list) and fail on purpose; outgoing requests to
 private and metadata addresses refused; hostile templates fail the run, not the runner."""
 
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.client import Api, eventually
+from tests.e2e.receiver import serving
 from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
@@ -52,15 +52,8 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app.router.add_post("/contacts", contacts)
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/redirect", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    with socket.socket() as sock:
-        sock.bind((ENDPOINT_HOST, 0))
-        port = sock.getsockname()[1]
-    site = web.TCPSite(runner, ENDPOINT_HOST, port)
-    await site.start()
-    yield f"http://{ENDPOINT_HOST}:{port}", received
-    await runner.cleanup()
+    async with serving(app, ENDPOINT_HOST) as base:
+        yield base, received
 
 
 async def send(api: Api, definition: dict[str, Any], body: Any) -> tuple[int, Any]:
