@@ -17,6 +17,9 @@ HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$")
 MAX_SPEC_CHARS = 300
 # Longer keys are stored as their SHA-256, so the table's index stays small.
 MAX_KEY_CHARS = 200
+# What a stored hashed key starts with. A key that itself starts with it is hashed too,
+# so a literal `sha256:<hex>` can never equal the hash of another (long) key.
+HASHED_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,10 @@ def resolve_pointer(document: Any, tokens: tuple[str, ...]) -> Any:
                 return None
             value = value[token]
         elif isinstance(value, list):
-            if not token.isdigit() or (token != "0" and token.startswith("0")):
+            # ASCII digits only: str.isdigit accepts "¹", which int() refuses.
+            if not (token.isascii() and token.isdigit()) or (
+                token != "0" and token.startswith("0")
+            ):
                 return None
             index = int(token)
             if index >= len(value):
@@ -82,6 +88,18 @@ def extract_key(spec: KeySpec, headers: Mapping[str, str], document: Any) -> str
             key = ""
     if not key:
         return None
-    if len(key) > MAX_KEY_CHARS:
-        return "sha256:" + hashlib.sha256(key.encode(errors="replace")).hexdigest()
+    if len(key) > MAX_KEY_CHARS or key.startswith(HASHED_PREFIX) or not _storable(key):
+        encoded = key.encode(errors="surrogatepass")  # distinct keys, distinct bytes
+        return HASHED_PREFIX + hashlib.sha256(encoded).hexdigest()
     return key
+
+
+def _storable(key: str) -> bool:
+    """Whether PostgreSQL's text can hold the key as it is (no NUL, valid UTF-8)."""
+    if "\x00" in key:
+        return False
+    try:
+        key.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True

@@ -2,7 +2,15 @@
 
 import pytest
 
-from shared.dedup_keys import MAX_KEY_CHARS, extract_key, parse_key_spec, resolve_pointer
+import hashlib
+
+from shared.dedup_keys import (
+    HASHED_PREFIX,
+    MAX_KEY_CHARS,
+    extract_key,
+    parse_key_spec,
+    resolve_pointer,
+)
 
 
 def test_header_key_is_case_insensitive() -> None:
@@ -40,8 +48,41 @@ def test_a_request_without_its_key_has_none(
 
 
 def test_long_keys_are_hashed() -> None:
-    key = extract_key(parse_key_spec("json:/id"), {}, {"id": "k" * (MAX_KEY_CHARS + 1)})
-    assert key is not None and key.startswith("sha256:") and len(key) == 7 + 64
+    long = "k" * (MAX_KEY_CHARS + 1)
+    key = extract_key(parse_key_spec("json:/id"), {}, {"id": long})
+    # Unchanged from before: keys stored under it keep working.
+    assert key == "sha256:" + hashlib.sha256(long.encode()).hexdigest()
+
+
+def test_a_literal_hashed_looking_key_cannot_collide_with_a_long_one() -> None:
+    spec = parse_key_spec("header:Idempotency-Key")
+    long = "k" * (MAX_KEY_CHARS + 1)
+    hashed = extract_key(spec, {"idempotency-key": long}, {})
+    assert hashed is not None and hashed.startswith(HASHED_PREFIX)
+    # Sent literally, the long key's stored form is hashed again: another key.
+    literal = extract_key(spec, {"idempotency-key": hashed}, {})
+    assert literal == HASHED_PREFIX + hashlib.sha256(hashed.encode()).hexdigest()
+    assert literal != hashed
+    # Other short keys are stored as they are.
+    assert extract_key(spec, {"idempotency-key": "sha1:abc"}, {}) == "sha1:abc"
+
+
+def test_keys_postgresql_cannot_store_are_hashed_apart() -> None:
+    spec = parse_key_spec("json:/id")
+    nul = extract_key(spec, {}, {"id": "a\x00b"})
+    surrogate = extract_key(spec, {}, {"id": "a\ud800"})
+    other_surrogate = extract_key(spec, {}, {"id": "a\ud801"})
+    keys = {nul, surrogate, other_surrogate}
+    assert len(keys) == 3
+    assert all(key is not None and key.startswith(HASHED_PREFIX) for key in keys)
+
+
+def test_list_indexes_are_ascii_digits() -> None:
+    document = {"list": ["a", "b"]}
+    assert extract_key(parse_key_spec("json:/list/1"), {}, document) == "b"
+    # Superscript and other non-ASCII digits are no index (int() would refuse them).
+    assert extract_key(parse_key_spec("json:/list/\u00b9"), {}, document) is None
+    assert extract_key(parse_key_spec("json:/list/\u0661"), {}, document) is None
 
 
 @pytest.mark.parametrize(
