@@ -2,15 +2,18 @@
 
 Inside a worker, runs share one event loop and take turns: a run computes in slices
 between two awaits. `MeteredRun` wraps a run's coroutine and charges every slice to
-that run; past its CPU budget the run is stopped at its next turn. A slice is timed
-by the clock (`perf_counter`, a vDSO call), not by the thread's CPU clock (a system
-call, costly in a VM, on every slice): the worker runs one thread of Python at a time,
-so the two differ only when the machine is overloaded, and then in the run's
-disfavour. A slice that never
-ends (one huge big-integer operation, a C call that holds the GIL) cannot be stopped
-from inside, so the worker also writes, into memory it shares with the supervisor,
-which run is computing and since when (`SliceMarker`). The supervisor reads it and
-kills the worker when a slice outlasts its bound: it knows which run to blame.
+that run; past its CPU budget the run is stopped at its next turn. A slice is charged
+the CPU time of the worker's thread (`time.thread_time_ns`, about 0.6 µs a read, two
+per slice), not the wall time: when other processes (another workspace's runs on the
+other workers, the other services) take the cores, the wall time of a slice grows and
+its CPU time does not, so load from others cannot make a run that is within its budget
+look over it. A slice that never ends (one huge big-integer operation, a C call that
+holds the GIL) cannot be stopped from inside, so the worker also writes, into memory
+it shares with the supervisor, which run is computing and since when, in wall time and
+in the thread's CPU time (`SliceMarker`). The supervisor reads it; once a slice has
+lasted past its bound in wall time (cheap to see), it reads the thread's CPU time from
+/proc and kills the worker only if the slice's CPU time is past the bound too: it
+knows which run to blame.
 """
 
 import mmap
@@ -20,11 +23,12 @@ import time
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-# Two 8-byte fields: the key of the run computing now (0: none), at offset 0, and the
-# monotonic ns when its slice began, at offset 8. Each is written by one aligned store.
+# Three 8-byte fields, each written by one aligned store: the key of the run computing
+# now (0: none), at offset 0; the monotonic ns when its slice began, at offset 8; the
+# worker's main thread's CPU time (CLOCK_THREAD_CPUTIME_ID, ns) when it began, at 16.
 _FIELD = struct.Struct("=q")
-_KEY, _SINCE = 0, 8
-_SIZE = 16
+_KEY, _SINCE, _CPU_SINCE = 0, 8, 16
+_SIZE = 24
 # A slice gives one turn to the others for each TURN_PER_CPU_S of CPU it used.
 TURN_PER_CPU_S = 0.002
 MAX_YIELDED_TURNS = 64
@@ -36,11 +40,13 @@ class CpuBudgetExceeded(BaseException):
 
 
 class SliceMarker:
-    """Two numbers in shared memory: which run is computing and since when."""
+    """Three numbers in shared memory: which run is computing, since when, and the
+    worker thread's CPU time when its slice began."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self._map = mmap.mmap(fd, _SIZE)
+        self._schedstat: str | None = None  # the supervisor's: where to read CPU time
 
     @classmethod
     def create(cls) -> "SliceMarker":
@@ -48,28 +54,68 @@ class SliceMarker:
         os.ftruncate(fd, _SIZE)
         return cls(fd)
 
-    # The worker writes without a lock and can be preempted between two stores, so the
-    # order of the stores is what keeps a reader from ever seeing a run paired with a
-    # stale time: the time first, then the key; and leaving clears the key only.
+    def watch(self, pid: int) -> None:
+        """The supervisor's side: `pid` is the worker writing this marker. Its runs
+        compute in its main thread (whose id is the pid), and the first field of that
+        thread's schedstat is the thread's CPU time in ns, the clock the worker stores."""
+        self._schedstat = f"/proc/{pid}/task/{pid}/schedstat"
 
-    def enter(self, key: int) -> None:
+    # The worker writes without a lock and can be preempted between two stores, so the
+    # order of the stores is what keeps a reader from ever pairing a run with another
+    # slice's times: the CPU time first, then the wall time, then the key; and leaving
+    # clears the key only.
+
+    def enter(self, key: int, cpu_ns: int) -> None:
+        """Run `key` computes from now; `cpu_ns` is the thread's CPU time now (the
+        caller has read it for its own meter)."""
+        _FIELD.pack_into(self._map, _CPU_SINCE, cpu_ns)
         _FIELD.pack_into(self._map, _SINCE, time.monotonic_ns())
         _FIELD.pack_into(self._map, _KEY, key)
 
     def leave(self) -> None:
         _FIELD.pack_into(self._map, _KEY, 0)
 
+    def _field(self, offset: int) -> int:
+        value: int = _FIELD.unpack_from(self._map, offset)[0]
+        return value
+
     def read(self) -> tuple[int, float]:
-        """(run key, seconds its slice has lasted); (0, 0.0) when no run computes. The
-        key is read before the time: a key seen set was set after its time was."""
+        """(run key, wall seconds its slice has lasted); (0, 0.0) when no run computes.
+        The key is read before the time: a key seen set was set after its time was."""
         while True:
-            key = _FIELD.unpack_from(self._map, _KEY)[0]
-            since_ns = _FIELD.unpack_from(self._map, _SINCE)[0]
-            if _FIELD.unpack_from(self._map, _KEY)[0] == key:
+            key = self._field(_KEY)
+            since_ns = self._field(_SINCE)
+            if self._field(_KEY) == key:
                 break  # no other slice began in between
         if key == 0:
             return 0, 0.0
         return key, (time.monotonic_ns() - since_ns) / 1e9
+
+    def cpu_s(self, key: int) -> float:
+        """CPU seconds the slice of run `key` that is computing now has used; 0.0 when
+        no slice of `key` computes (any more). A system call and a /proc read: the
+        supervisor asks only once `read` shows a slice past its bound in wall time.
+        Without /proc (or before `watch`), the wall time stands in, as it did before.
+        The schedstat figure lags the thread's clock by at most a scheduler tick (a few
+        ms), in the slice's favour."""
+        first_key, since_ns = self._field(_KEY), self._field(_SINCE)
+        cpu_since_ns = self._field(_CPU_SINCE)
+        if first_key != key or key == 0:
+            return 0.0
+        if self._schedstat is None:
+            return (time.monotonic_ns() - since_ns) / 1e9
+        try:
+            with open(self._schedstat, "rb") as stat:
+                cpu_now_ns = int(stat.read().split()[0])
+        except FileNotFoundError:
+            return 0.0  # the worker is gone: the pool's loss handling blames the run
+        except (OSError, ValueError, IndexError):
+            return (time.monotonic_ns() - since_ns) / 1e9
+        # The same slice still, and the CPU time paired with it (see `enter`'s order):
+        # its wall time unchanged and its key still set.
+        if self._field(_SINCE) != since_ns or self._field(_KEY) != key:
+            return 0.0
+        return max(0, cpu_now_ns - cpu_since_ns) / 1e9
 
     def close(self) -> None:
         self._map.close()
@@ -99,8 +145,8 @@ class MeteredRun:
         to_throw: BaseException | None = None
         stopped = False
         while True:
-            self.marker.enter(self.key)
-            started = time.perf_counter()
+            started_ns = time.thread_time_ns()
+            self.marker.enter(self.key, started_ns)
             try:
                 if to_throw is not None:
                     yielded = coroutine.throw(to_throw)
@@ -109,7 +155,7 @@ class MeteredRun:
             except StopIteration as stop:
                 return stop.value
             finally:
-                spent = time.perf_counter() - started
+                spent = (time.thread_time_ns() - started_ns) / 1e9
                 self.cpu_used_s += spent
                 self.marker.leave()
             to_send, to_throw = None, None

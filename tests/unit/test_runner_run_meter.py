@@ -1,7 +1,10 @@
-"""MeteredRun and SliceMarker: a run's slices are charged to it and marked while they
-compute; a run past its CPU budget is ended at its next await."""
+"""MeteredRun and SliceMarker: a run's slices are charged to it (their CPU time, not
+their wall time) and marked while they compute; a run past its CPU budget is ended at
+its next await."""
 
 import asyncio
+import os
+import threading
 import time
 
 import pytest
@@ -81,7 +84,7 @@ async def test_exceptions_and_cancellation_reach_the_run(marker: SliceMarker) ->
 
 def test_a_slice_that_lasts_is_seen_from_outside(marker: SliceMarker) -> None:
     other = SliceMarker(marker.fd)  # as the supervisor maps it
-    marker.enter(9)
+    marker.enter(9, time.thread_time_ns())
     time.sleep(0.05)
     key, lasted = other.read()
     assert key == 9 and lasted >= 0.05
@@ -117,7 +120,7 @@ def test_a_slice_half_begun_reads_as_idle(marker: SliceMarker) -> None:
     """The worker can be preempted between the two stores of `enter`: the time is
     stored first, so a reader then sees no run rather than a run paired with a stale
     time (which would read as a slice lasting since boot, and get its worker killed)."""
-    marker.enter(3)
+    marker.enter(3, time.thread_time_ns())
     marker.leave()
     # The first store of the next `enter`, and nothing more yet.
     run_meter._FIELD.pack_into(marker._map, run_meter._SINCE, time.monotonic_ns())
@@ -125,3 +128,76 @@ def test_a_slice_half_begun_reads_as_idle(marker: SliceMarker) -> None:
     run_meter._FIELD.pack_into(marker._map, run_meter._KEY, 4)  # the second store
     key, lasted = marker.read()
     assert key == 4 and 0 <= lasted < 1
+
+
+def burn_cpu(seconds: float) -> None:
+    """Computes until this thread has used `seconds` of CPU time (whatever the load)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+async def test_a_slice_that_waits_is_not_charged_and_one_that_computes_is(
+    marker: SliceMarker,
+) -> None:
+    """A slice blocked in a system call (a sleep, as a thread waiting on I/O or taken off
+    the CPU is) costs its run no CPU; a slice that computes is charged what it used."""
+
+    async def blocked() -> None:
+        time.sleep(0.3)  # in the slice: no await
+
+    waiting = MeteredRun(blocked(), 1, marker, cpu_budget_s=0.1)
+    await waiting
+    assert waiting.cpu_used_s < 0.05
+
+    async def computing() -> None:
+        for _ in range(3):
+            burn_cpu(0.15)
+            await asyncio.sleep(0)
+
+    busy = MeteredRun(computing(), 2, marker, cpu_budget_s=0.2)
+    with pytest.raises(CpuBudgetExceeded):
+        await busy
+    assert busy.cpu_used_s >= 0.3  # stopped at the await after its second slice
+
+
+def test_the_supervisor_reads_a_slice_in_cpu_time(marker: SliceMarker) -> None:
+    """`cpu_s` reads the worker's main thread's CPU time from /proc (here the worker is
+    this process, whose main thread runs the test): a slice that lasted 0.3 s in wall
+    time while it waited used almost no CPU; one that computed used what it computed."""
+    assert threading.current_thread() is threading.main_thread()
+    supervisor = SliceMarker(marker.fd)
+    supervisor.watch(os.getpid())
+    marker.enter(5, time.thread_time_ns())
+    time.sleep(0.3)
+    assert supervisor.read()[1] >= 0.3
+    assert supervisor.cpu_s(5) < 0.05
+    burn_cpu(0.2)
+    assert 0.19 <= supervisor.cpu_s(5) <= supervisor.read()[1]
+    assert supervisor.cpu_s(6) == 0.0  # not the run computing now
+    marker.leave()
+    assert supervisor.cpu_s(5) == 0.0  # the slice is over
+
+
+def test_a_slice_paired_with_another_slices_cpu_time_reads_as_over(
+    marker: SliceMarker,
+) -> None:
+    """The worker stores the CPU time, then the wall time, then the key: a reader that
+    sees a new slice's wall time with an old key (the stores in between) gets 0.0, not
+    a CPU time from one slice measured against another."""
+    supervisor = SliceMarker(marker.fd)
+    supervisor.watch(os.getpid())
+    marker.enter(7, 0)  # a CPU time long past: this slice would read as seconds of CPU
+    assert supervisor.cpu_s(7) > 0.05
+    marker.leave()
+    run_meter._FIELD.pack_into(marker._map, run_meter._CPU_SINCE, time.thread_time_ns())
+    assert supervisor.cpu_s(7) == 0.0  # left, the next one half begun
+
+
+def test_without_proc_the_wall_time_stands_in(marker: SliceMarker) -> None:
+    supervisor = SliceMarker(marker.fd)  # not told the worker's pid
+    marker.enter(8, time.thread_time_ns())
+    time.sleep(0.05)
+    assert supervisor.cpu_s(8) >= 0.05
+    supervisor.watch(2**22 + 1)  # no such process: it is gone, its loss is handled
+    assert supervisor.cpu_s(8) == 0.0
