@@ -21,6 +21,7 @@ host, a bad port) is refused before any connection.
 """
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 
@@ -199,20 +200,42 @@ class OutboundHttp:
         timeout_s: float,
         max_response_bytes: int,
         follow_redirects: bool = True,
+        connect_timeout_s: float | None = None,
+        first_byte_timeout_s: float | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """`follow_redirects=False`: a 3xx is the answer (Standard Webhooks counts it as
-        a failed delivery: the sender should fix the URL, not follow it)."""
+        a failed delivery: the sender should fix the URL, not follow it).
+
+        `timeout_s` bounds the whole request, answer included; `connect_timeout_s` the
+        TCP (and TLS) connection; `first_byte_timeout_s` the wait for the answer's
+        status and headers after the request started (connection included). The
+        platform's senders (callbacks, alert notices) set the short two so that a
+        destination that accepts and then stalls (a tarpit) is given up on early and
+        counted by the circuit breaker (shared/delivery_guard.py); None: only the total."""
         target = parse_url(url)
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         for _ in range(self.MAX_REDIRECTS + 1):
             self.policy.check_literal(target)
-            async with self.session.request(
-                method,
-                target,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as response:
+            async with contextlib.AsyncExitStack() as stack:
+                headers_due = asyncio.timeout(first_byte_timeout_s)
+                try:
+                    async with headers_due:
+                        response = await stack.enter_async_context(
+                            self.session.request(
+                                method,
+                                target,
+                                headers=headers,
+                                data=data,
+                                allow_redirects=False,
+                                timeout=timeout,
+                            )
+                        )
+                except TimeoutError:
+                    if headers_due.expired():
+                        raise TimeoutError(
+                            f"no answer within {first_byte_timeout_s:g} s (first byte)"
+                        ) from None
+                    raise
                 if (
                     follow_redirects
                     and response.status in (301, 302, 303, 307, 308)

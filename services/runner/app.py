@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.runner import api_docs as docs
 from services.runner.access import FlowAccess
-from services.runner.callbacks import CallbackSender
+from services.runner.callbacks import BUSY_DEFER_S, CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import FlowsApi
@@ -21,6 +21,7 @@ from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import WorkerConfig
+from shared.delivery_guard import DeliveryGuard
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
@@ -114,6 +115,16 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         delays_s=settings.runner_callback_retry_delays_s,
         give_up_s=settings.runner_callback_give_up_s,
         timeout_s=settings.runner_callback_timeout_s,
+        connect_timeout_s=settings.runner_callback_connect_timeout_s,
+        first_byte_timeout_s=settings.runner_callback_first_byte_timeout_s,
+        # Per destination and per workspace, so a tarpit delays only its owner.
+        guard=DeliveryGuard(
+            per_destination=settings.runner_callback_per_destination,
+            slots=settings.runner_callback_slots,
+            failures_to_open=settings.runner_callback_breaker_failures,
+            cool_down_s=settings.runner_callback_breaker_cool_down_s,
+            busy_retry_s=BUSY_DEFER_S,
+        ),
     )
     # Hooks run last registered first: replies and events go out before workers stop.
     metrics = RunnerMetrics(kernel.metrics.registry)

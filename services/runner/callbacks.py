@@ -37,6 +37,23 @@ arrival is the order of expiry. And why several hops rather than one step per at
 possible waits, and retries of many callbacks that failed together would again arrive
 together. A hop costs one publish and one delivery; a wait of an hour takes at most
 about twenty.
+
+Fairness (contract, "Isolation": a slow or dead destination delays only its owner):
+the consumer's prefetch window is shared by every workspace, and an attempt holds its
+message until the receiver answers. So before an attempt the `DeliveryGuard`
+(shared/delivery_guard.py) is asked, without waiting: at most `per_destination`
+attempts to one scheme+host+port at once, none while that destination's circuit is
+open (consecutive failures or timeouts), and each workspace within its fair share of
+`slots` attempts (fewer than the window, so that another workspace's callback always
+finds room in it). A callback refused is **deferred**: parked again in the ladder for
+the time the guard names (a busy destination: one 5 s hop; an open circuit: the rest
+of its cool-down, spread), its `attempt` unchanged and nothing recorded (no
+`callback.attempted`: no attempt was made; the `deferred` counter and a debug log
+show it). Its message is republished (confirmed) before it is acked, like any park, so
+"never lost" and the one `webhook-id` hold as above. A callback whose deferral would
+end past its give-up time is recorded `failed` ("gave up") without an attempt. Each
+attempt also has short connect and first-byte timeouts (settings) besides the total,
+so a tarpit holds a slot for seconds and opens its circuit after a few attempts.
 """
 
 import random
@@ -51,6 +68,7 @@ import structlog
 
 from services.runner.definition import SealedSecret, WebhookCallback
 from shared import standard_webhooks
+from shared.delivery_guard import Deferred, DeliveryGuard, Health, health_of
 from shared.errors import Unavailable
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
@@ -72,6 +90,10 @@ MAX_RESPONSE_BYTES = 1_048_576
 # (exponential: doubling from 5 s, at most an hour; the last one repeats).
 DEFAULT_RETRY_DELAYS_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, 3600.0)
 DAY_S = 86_400.0
+# A callback deferred because its destination or workspace is busy waits this long plus
+# up to a second of jitter: one hop of the ladder's 5 s step (a shorter wait would hop
+# through the 1 s step every second, a publish each time).
+BUSY_DEFER_S = 5.0
 
 
 def webhook_id(request_id: str) -> str:
@@ -176,6 +198,9 @@ class CallbackSender:
         delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
         give_up_s: float = DAY_S,
         timeout_s: float = 10.0,
+        connect_timeout_s: float | None = None,
+        first_byte_timeout_s: float | None = None,
+        guard: DeliveryGuard | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.broker = broker
@@ -184,11 +209,18 @@ class CallbackSender:
         self.delays_s = tuple(delays_s)
         self.give_up_s = give_up_s
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.first_byte_timeout_s = first_byte_timeout_s
+        # None (tests of the attempt alone): every callback is attempted when due.
+        self.guard = guard
         self.rng = rng
         # Exported as metrics (services/runner/metrics.py): failed attempts, and
         # callbacks given up on (state `failed`).
         self.attempts_failed = 0
         self.given_up = 0
+        # Callbacks parked again without an attempt (destination busy or open, or the
+        # workspace over its share).
+        self.deferred = 0
 
     async def enqueue(
         self, request: WebhookRequest, result: RunResult, callback: WebhookCallback
@@ -232,7 +264,20 @@ class CallbackSender:
             if ladder_step((message.due_at - now).total_seconds()) is not None:
                 await self._park(message, now)  # back early from a step: not due yet
                 return
-            status, error = await self._attempt(message)
+            permit = (
+                self.guard.admit(message.url, message.workspace_id)
+                if self.guard is not None
+                else None
+            )
+            if isinstance(permit, Deferred):
+                await self._defer(message, permit, now)
+                return
+            health: Health = "unknown"
+            try:
+                status, error, health = await self._attempt(message)
+            finally:
+                if permit is not None:
+                    permit.done(health)  # the slot is free before the record is published
             verdict = judge(
                 status,
                 error,
@@ -278,16 +323,56 @@ class CallbackSender:
             error=verdict.error,
         )
 
-    async def _attempt(self, message: CallbackRequested) -> tuple[int | None, str | None]:
-        """The receiver's status (None: no answer) and what went wrong, if anything."""
+    async def _defer(self, message: CallbackRequested, deferred: Deferred, now: datetime) -> None:
+        """Parked again for what the guard said (spread, so that callbacks deferred
+        together do not come back together), without an attempt or a record."""
+        if deferred.why == "circuit_open":
+            wait_s = deferred.retry_in_s * (1 + 0.5 * self.rng()) + self.rng()
+        else:
+            wait_s = max(deferred.retry_in_s, BUSY_DEFER_S) + self.rng()
+        due = now + timedelta(seconds=wait_s)
+        if due > message.first_at + timedelta(seconds=self.give_up_s):
+            # It would never be attempted again: the end is recorded, as for a last attempt.
+            error = (
+                f"not attempted: {deferred.why.replace('_', ' ')} (shared/delivery_guard.py);"
+                f" gave up: no attempt after {self.give_up_s:g} s"
+            )
+            await self.broker.publish_event(
+                CALLBACK_ATTEMPTED,
+                CallbackAttempted(
+                    id=uuid.uuid4().hex,
+                    webhook_id=message.webhook_id,
+                    request_id=message.request_id,
+                    flow_id=message.flow_id,
+                    workspace_id=message.workspace_id,
+                    attempt=message.attempt,
+                    at=now,
+                    error=error,
+                    state="failed",
+                ),
+            )
+            self.given_up += 1
+            log.info("callback_given_up_deferred", url=safe_url(message.url), why=deferred.why)
+            return
+        await self._park(message.model_copy(update={"due_at": due}), now)
+        self.deferred += 1
+        log.debug("callback_deferred", url=safe_url(message.url), why=deferred.why, wait_s=wait_s)
+
+    async def _attempt(self, message: CallbackRequested) -> tuple[int | None, str | None, Health]:
+        """The receiver's status (None: no answer), what went wrong, if anything, and
+        what the attempt showed of the destination's health (for its breaker)."""
         try:
             if self.box is None:
                 raise SealError("no key")
             secret = self.box.open(message.sealed_secret, message.workspace_id)
         except SealError:
             # An operator's mistake (key ring changed or missing): retried, so that the
-            # callback still goes out once the key is back.
-            return None, "the callback secret cannot be opened (FLOWHOOKS_WEBHOOK_SECRETS_KEY)"
+            # callback still goes out once the key is back. Nothing was sent.
+            return (
+                None,
+                "the callback secret cannot be opened (FLOWHOOKS_WEBHOOK_SECRETS_KEY)",
+                "unknown",
+            )
         body = message.payload.encode()
         headers = {
             "Content-Type": "application/json",
@@ -302,10 +387,15 @@ class CallbackSender:
                 headers=headers,
                 data=body,
                 timeout_s=self.timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
+                first_byte_timeout_s=self.first_byte_timeout_s,
                 max_response_bytes=MAX_RESPONSE_BYTES,
                 follow_redirects=False,  # Standard Webhooks: a 3xx is a failed attempt
             )
         except (OutboundRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             text = scrub_urls(str(exc)[:2000])[:300]
-            return None, f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return status, None if 200 <= status < 300 else f"the receiver answered {status}"
+            error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            # A refused address or URL says nothing of the destination's health.
+            return None, error, "unknown" if isinstance(exc, OutboundRefused) else "failing"
+        error = None if 200 <= status < 300 else f"the receiver answered {status}"
+        return status, error, health_of(status)

@@ -97,6 +97,23 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     runner_callback_timeout_s: float = Field(default=10.0, gt=0)
     # Callback messages handled at once per runner process (attempts in flight).
     runner_callback_prefetch: int = Field(default=32, ge=1)
+    # Fairness of the callback sender (shared/delivery_guard.py): a tarpit or a dead
+    # receiver delays only its own workspace's callbacks. Short connect and first-byte
+    # (status and headers) timeouts, so a receiver that accepts and stalls holds a slot
+    # for seconds, not the whole timeout (receivers should answer at once and work after).
+    runner_callback_connect_timeout_s: float = Field(default=3.0, gt=0)
+    runner_callback_first_byte_timeout_s: float = Field(default=5.0, gt=0)
+    # Attempts in flight to one destination (scheme+host+port) per runner process;
+    # callbacks beyond it are deferred (parked 5 s, no attempt counted).
+    runner_callback_per_destination: int = Field(default=4, ge=1)
+    # Attempts in flight per process that the workspaces share fairly (each active
+    # workspace at most slots / active workspaces). Keep it under the prefetch: the rest
+    # of the window is where another workspace's callback is taken at once.
+    runner_callback_slots: int = Field(default=16, ge=1)
+    # Circuit breaker per destination: this many failed attempts in a row (no answer,
+    # a timeout, 5xx or 429) open it; after the cool-down one probe is let through.
+    runner_callback_breaker_failures: int = Field(default=5, ge=1)
+    runner_callback_breaker_cool_down_s: float = Field(default=30.0, gt=0)
 
     @field_validator("runner_callback_retry_delays_s")
     @classmethod

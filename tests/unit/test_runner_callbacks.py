@@ -30,6 +30,7 @@ from services.runner.webhook_secrets import (
     seal_callback_secret,
 )
 from shared import standard_webhooks
+from shared.delivery_guard import DeliveryGuard, Permit
 from shared.errors import BadRequest, Unavailable
 from shared.messaging import naming
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
@@ -421,3 +422,85 @@ def test_without_a_secrets_key_callbacks_are_refused() -> None:
 def test_workers_never_see_the_callback() -> None:
     definition = {"webhook": {"async": True, "callback": {"url": "u", "secret": {}}}, "steps": []}
     assert without_auth(definition) == {"webhook": {"async": True}, "steps": []}
+
+
+# Fairness: the delivery guard (shared/delivery_guard.py) in front of each attempt.
+
+
+def guarded(broker: FakeBroker, http: FakeHttp, give_up_s: float = 86_400) -> CallbackSender:
+    return CallbackSender(
+        broker,  # type: ignore[arg-type]
+        http,  # type: ignore[arg-type]
+        BOX,
+        delays_s=[20.0],
+        give_up_s=give_up_s,
+        rng=lambda: 0.5,
+        guard=DeliveryGuard(
+            per_destination=1, slots=8, failures_to_open=2, cool_down_s=40.0, busy_retry_s=5.0
+        ),
+    )
+
+
+async def test_a_busy_destination_defers_the_callback_without_an_attempt() -> None:
+    broker, http = FakeBroker(), FakeHttp()
+    callbacks = guarded(broker, http)
+    assert callbacks.guard is not None
+    held = callbacks.guard.admit("https://example.com/other", "another workspace")
+    assert isinstance(held, Permit)  # an attempt in flight to the same destination
+    now = datetime.now(UTC)
+    await callbacks.on_callback(message(attempt=2, first_at=now, due_at=now), DELIVERY)
+    assert http.calls == [] and broker.events == []  # nothing sent, nothing recorded
+    [(queue, parked)] = broker.published
+    assert queue == naming.callback_wait_queue_name(5)  # one hop of the ladder
+    assert parked.attempt == 2  # no attempt counted
+    assert 5.0 <= (parked.due_at - now).total_seconds() < 6.0
+    assert callbacks.deferred == 1
+    # Back from its hop, the destination free again: attempted as attempt 2.
+    held.done("healthy")
+    http.statuses.append(200)
+    await callbacks.on_callback(parked.model_copy(update={"due_at": now}), DELIVERY)
+    [event] = broker.events
+    assert (event.attempt, event.state) == (2, "delivered")
+
+
+async def test_an_open_circuit_defers_for_its_cool_down_and_other_destinations_go() -> None:
+    broker, http = FakeBroker(), FakeHttp(500, 503, 200)
+    callbacks = guarded(broker, http)
+    now = datetime.now(UTC)
+    for n in (1, 2):  # two failures in a row open the circuit
+        await callbacks.on_callback(message(request_id=f"r{n}", first_at=now, due_at=now), DELIVERY)
+    assert callbacks.guard is not None and callbacks.guard.state(message().url) == "open"
+    broker.published.clear()
+    await callbacks.on_callback(message(request_id="r3", first_at=now, due_at=now), DELIVERY)
+    assert len(http.calls) == 2 and len(broker.events) == 2  # r3: no attempt, no record
+    [(queue, parked)] = broker.published
+    assert queue == naming.callback_wait_queue_name(30) and parked.attempt == 1
+    # The rest of the 40 s cool-down, spread by half of it at most, plus up to a second.
+    assert 40 <= (parked.due_at - now).total_seconds() < 61
+    # Another destination (another workspace's receiver) is attempted at once.
+    other = message(request_id="b1", workspace_id=WORKSPACE, url="https://b.example.org/cb")
+    await callbacks.on_callback(other.model_copy(update={"first_at": now, "due_at": now}), DELIVERY)
+    assert http.calls[-1][0] == "https://b.example.org/cb"
+    assert broker.events[-1].state == "delivered"
+
+
+async def test_a_deferral_past_the_give_up_time_is_recorded_failed_without_an_attempt() -> None:
+    broker, http = FakeBroker(), FakeHttp(500, 500)
+    callbacks = guarded(broker, http, give_up_s=30)
+    now = datetime.now(UTC)
+    for n in (1, 2):
+        await callbacks.on_callback(message(request_id=f"r{n}", first_at=now, due_at=now), DELIVERY)
+    broker.published.clear()
+    await callbacks.on_callback(message(attempt=4, first_at=now, due_at=now), DELIVERY)
+    assert len(http.calls) == 2 and broker.published == []
+    event = broker.events[-1]
+    assert (event.attempt, event.status_code, event.state, event.next_attempt_at) == (
+        4,
+        None,
+        "failed",
+        None,
+    )
+    assert event.error == (
+        "not attempted: circuit open (shared/delivery_guard.py); gave up: no attempt after 30 s"
+    )
+    assert callbacks.given_up == 1
