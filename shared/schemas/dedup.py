@@ -18,6 +18,11 @@ class ClaimDedupKey(BaseModel):
     # it over (its run was lost: a sync message that expired unread). None: never (async
     # runs are never lost).
     lease_s: float | None
+    # `claim`: take the key if it is free. `wait`: a sync duplicate waiting for the first
+    # asks again; read only, it never takes the key. `release`: the first was refused
+    # before it reached a runner (503, 429): it lets go of the key (contract: a first
+    # that failed does not hold its key). A runner that predates `mode` claims.
+    mode: Literal["claim", "wait", "release"] = "claim"
 
 
 class StoredResult(BaseModel):
@@ -31,9 +36,10 @@ class StoredResult(BaseModel):
 
 class DedupClaim(BaseModel):
     """`first`: run it. `pending`: a duplicate of `first_request_id`, whose run has not
-    finished. `done`: a duplicate, with the first's `result`."""
+    finished. `done`: a duplicate, with the first's `result`. `released` (to `wait` and
+    `release`): nobody holds the key: its first failed, and a failure is never replayed."""
 
-    state: Literal["first", "pending", "done"]
+    state: Literal["first", "pending", "done", "released"]
     first_request_id: str
     result: StoredResult | None = None
 
