@@ -28,9 +28,23 @@ another sender tries again. So the guarantee is: at most one notice of each kind
 flow per window is created, and each is delivered at least once (a retry, or a sender
 dying after the receiver answered, can repeat it) under the same `webhook-id`, which is
 the receiver's idempotency key. The URL is checked against the address policy when it
-is saved and again at each attempt (shared/outbound.py)."""
+is saved and again at each attempt (shared/outbound.py).
+
+Fairness (contract, "Isolation": a slow or dead destination delays only its owner):
+notices are claimed round robin across workspaces (the first due notice of each
+workspace, then the second of each, ...), never the oldest N of one, and delivered
+concurrently, each on its own task, up to `concurrency` at once: a slow attempt holds
+its own task, not a batch. Before each attempt the `DeliveryGuard`
+(shared/delivery_guard.py) is asked, without waiting: at most `per_destination` attempts
+to one scheme+host+port, none while its circuit is open, each workspace within its fair
+share of `slots` (fewer than `concurrency`: the rest is room for another workspace's
+notice at once). A notice refused is put back: its claim released, its attempt given
+back, due again when the guard says (a busy destination: 2 s; an open circuit: the
+rest of the cool-down, spread). Short connect and first-byte timeouts bound what a
+tarpit can hold."""
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +60,7 @@ import structlog
 from services.debugger.records import RANK_DEAD_LETTER
 from services.debugger.store import RequestRow
 from shared import standard_webhooks
+from shared.delivery_guard import Deferred, DeliveryGuard, Health, health_of
 from shared.outbound import OutboundHttp, OutboundRefused
 from shared.redaction import safe_url, scrub_urls
 
@@ -62,6 +77,9 @@ DEAD_LETTERED = "flow.dead_lettered"
 MAX_QUOTED_IDS = 20
 SWEEP_LOCK = "flowhooks:debugger:alerts-sweep"
 MAX_RESPONSE_BYTES = 65_536
+# A notice put back because its destination or workspace is busy is due again this
+# long after (plus up to a second of jitter): about two polls of the outbox.
+BUSY_RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -288,19 +306,44 @@ class AlertStore:
     # Delivery.
 
     async def claim(self, limit: int, lease_s: float) -> list[asyncpg.Record]:
+        """Up to `limit` due notices, round robin across workspaces: each workspace's
+        first due notice (by due time), then each one's second, and so on; so one
+        workspace with many due notices never fills a claim (the due notices are few:
+        at most one of each kind per flow per window, and the partial index
+        `alert_notices_due` holds only the undelivered)."""
         rows: list[asyncpg.Record] = await self.pool.fetch(
-            "UPDATE debugger.alert_notices AS n"
+            "WITH due AS (SELECT n.id, n.next_attempt_at, row_number() OVER"
+            " (PARTITION BY a.workspace_id ORDER BY n.next_attempt_at, n.id) AS turn"
+            " FROM debugger.alert_notices AS n JOIN debugger.alerts AS a USING (flow_id)"
+            " WHERE n.delivered_at IS NULL AND n.given_up_at IS NULL"
+            " AND n.next_attempt_at <= now()"
+            " AND (n.claimed_until IS NULL OR n.claimed_until < now())),"
+            # Checked again on the row locked (another replica may have claimed it).
+            " picked AS (SELECT n.id FROM debugger.alert_notices AS n JOIN due USING (id)"
+            " WHERE n.delivered_at IS NULL AND n.given_up_at IS NULL"
+            " AND (n.claimed_until IS NULL OR n.claimed_until < now())"
+            " ORDER BY due.turn, due.next_attempt_at, n.id LIMIT $1"
+            " FOR UPDATE OF n SKIP LOCKED)"
+            " UPDATE debugger.alert_notices AS n"
             " SET claimed_until = now() + make_interval(secs => $2), attempts = n.attempts + 1"
-            " FROM debugger.alerts AS a WHERE a.flow_id = n.flow_id AND n.id IN ("
-            " SELECT id FROM debugger.alert_notices"
-            " WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= now()"
-            " AND (claimed_until IS NULL OR claimed_until < now())"
-            " ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
-            " RETURNING n.id, n.flow_id, n.body, n.attempts, a.url, a.secret",
+            " FROM debugger.alerts AS a, picked WHERE n.id = picked.id AND a.flow_id = n.flow_id"
+            " RETURNING n.id, n.flow_id, n.body, n.attempts, a.url, a.secret,"
+            " a.workspace_id::text AS workspace_id",
             limit,
             lease_s,
         )
         return rows
+
+    async def put_back(self, notice_id: str, retry_in_s: float) -> None:
+        """Not attempted (its destination busy or open-circuited): the claim released and
+        its attempt given back, due again in `retry_in_s`."""
+        await self.pool.execute(
+            "UPDATE debugger.alert_notices SET claimed_until = NULL,"
+            " attempts = GREATEST(attempts - 1, 0),"
+            " next_attempt_at = now() + make_interval(secs => $2::float8) WHERE id = $1",
+            notice_id,
+            retry_in_s,
+        )
 
     async def delivered(self, notice_id: str, status: int) -> None:
         await self.pool.execute(
@@ -403,8 +446,6 @@ class AlertEvaluator:
 
 
 class AlertSender:
-    BATCH = 20
-
     def __init__(
         self,
         store: AlertStore,
@@ -415,6 +456,11 @@ class AlertSender:
         retry_delay_s: float,
         max_retry_delay_s: float,
         poll_interval_s: float,
+        concurrency: int = 32,
+        connect_timeout_s: float | None = None,
+        first_byte_timeout_s: float | None = None,
+        guard: DeliveryGuard | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.http = http
@@ -423,35 +469,81 @@ class AlertSender:
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max_retry_delay_s
         self.poll_interval_s = poll_interval_s
+        # Notices claimed and in flight at once in this process.
+        self.concurrency = concurrency
+        self.connect_timeout_s = connect_timeout_s
+        self.first_byte_timeout_s = first_byte_timeout_s
+        # None: every claimed notice is attempted (no per-destination limit or breaker).
+        self.guard = guard
+        self.rng = rng
         # Longer than an attempt can take, so a live sender never loses its claim.
         self.lease_s = 2 * timeout_s + 5
         self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         # Exported as a metric (services/debugger/metrics.py).
         self.attempts_failed = 0
+        # Notices put back without an attempt (destination busy or open, workspace busy).
+        self.deferred = 0
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                sent = await self.deliver_due()
-            except Exception as exc:
-                log.warning("alert_delivery_failed", error=repr(exc)[:500])
-                sent = 0
-            if sent < self.BATCH:  # a full batch: more may be due at once
+        """Claims as many due notices as there are free places, each attempted on its
+        own task; looks again when a notice fires here, an attempt ends, or every poll
+        interval. Cancelled (shutdown): the attempts in flight are cancelled with it,
+        their claims lapse and another sender (or this one, restarted) sends them."""
+        try:
+            while True:
                 self._wake.clear()
+                free = self.concurrency - len(self._tasks)
+                if free > 0:
+                    try:
+                        self._start(await self.store.claim(free, self.lease_s))
+                    except Exception as exc:
+                        log.warning("alert_delivery_failed", error=repr(exc)[:500])
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
                 except TimeoutError:
                     pass
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _start(self, claimed: Sequence[asyncpg.Record]) -> None:
+        for notice in claimed:
+            task = asyncio.create_task(self._attempt(notice))
+            self._tasks.add(task)
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The database away while recording: the claim lapses, the notice is sent again.
+            log.warning("alert_attempt_not_recorded", error=repr(task.exception())[:500])
+        self._wake.set()  # a place is free: claim again
 
     async def deliver_due(self) -> int:
-        claimed = await self.store.claim(self.BATCH, self.lease_s)
+        """One claim of what is due, attempted concurrently and awaited (tests, tools)."""
+        claimed = await self.store.claim(self.concurrency, self.lease_s)
         await asyncio.gather(*(self._attempt(notice) for notice in claimed))
         return len(claimed)
 
     async def _attempt(self, notice: asyncpg.Record) -> None:
+        permit = (
+            self.guard.admit(notice["url"], notice["workspace_id"])
+            if self.guard is not None
+            else None
+        )
+        if isinstance(permit, Deferred):
+            if permit.why == "circuit_open":
+                retry_in = permit.retry_in_s * (1 + 0.5 * self.rng()) + self.rng()
+            else:
+                retry_in = max(permit.retry_in_s, BUSY_RETRY_S) + self.rng()
+            await self.store.put_back(notice["id"], retry_in)
+            self.deferred += 1
+            log.debug("alert_deferred", notice=notice["id"], why=permit.why, retry_in_s=retry_in)
+            return
         body = notice["body"].encode()
         headers = {
             "Content-Type": "application/json",
@@ -459,6 +551,7 @@ class AlertSender:
             **standard_webhooks.signed_headers(notice["secret"], notice["id"], body),
         }
         status: int | None = None
+        health: Health = "unknown"
         try:
             status, _, _ = await self.http.request(
                 "POST",
@@ -466,18 +559,29 @@ class AlertSender:
                 headers=headers,
                 data=body,
                 timeout_s=self.timeout_s,
+                connect_timeout_s=self.connect_timeout_s,
+                first_byte_timeout_s=self.first_byte_timeout_s,
                 max_response_bytes=MAX_RESPONSE_BYTES,
                 follow_redirects=False,
             )
         except (OutboundRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             text = scrub_urls(str(exc)[:2000])[:300]
             error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            # A refused address or URL says nothing of the destination's health.
+            health = "unknown" if isinstance(exc, OutboundRefused) else "failing"
         else:
+            health = health_of(status)
             if 200 <= status < 300:
-                await self.store.delivered(notice["id"], status)
-                log.info("alert_delivered", notice=notice["id"], attempts=notice["attempts"])
-                return
-            error = f"the receiver answered {status}"
+                error = ""
+            else:
+                error = f"the receiver answered {status}"
+        finally:
+            if permit is not None:
+                permit.done(health)  # the place is free before the answer is recorded
+        if status is not None and 200 <= status < 300:
+            await self.store.delivered(notice["id"], status)
+            log.info("alert_delivered", notice=notice["id"], attempts=notice["attempts"])
+            return
         self.attempts_failed += 1
         attempts = int(notice["attempts"])
         retry_in: float | None = None

@@ -6,7 +6,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.debugger import api_docs as docs
-from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore
+from services.debugger.alerts import BUSY_RETRY_S, AlertEvaluator, AlertSender, AlertStore
 from services.debugger.alerts_api import AlertsApi
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
@@ -22,6 +22,7 @@ from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from services.debugger.ui import LIST_FLOWS_DOC, PAGE_DOC, DebuggerUi
+from shared.delivery_guard import DeliveryGuard
 from shared.messaging import topology
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
 from shared.messaging.dispatch import EventHandlers
@@ -96,6 +97,17 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         retry_delay_s=settings.debugger_alert_retry_delay_s,
         max_retry_delay_s=settings.debugger_alert_max_retry_delay_s,
         poll_interval_s=settings.debugger_alert_poll_interval_s,
+        concurrency=settings.debugger_alert_concurrency,
+        connect_timeout_s=settings.debugger_alert_connect_timeout_s,
+        first_byte_timeout_s=settings.debugger_alert_first_byte_timeout_s,
+        # Per destination and per workspace, so a tarpit delays only its owner.
+        guard=DeliveryGuard(
+            per_destination=settings.debugger_alert_per_destination,
+            slots=settings.debugger_alert_slots,
+            failures_to_open=settings.debugger_alert_breaker_failures,
+            cool_down_s=settings.debugger_alert_breaker_cool_down_s,
+            busy_retry_s=BUSY_RETRY_S,
+        ),
     )
     alert_evaluator = AlertEvaluator(
         alert_store,

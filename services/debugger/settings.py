@@ -82,3 +82,21 @@ class DebuggerSettings(DatabaseSettings):
     debugger_alert_retry_delay_s: float = Field(default=5.0, gt=0)
     debugger_alert_max_retry_delay_s: float = Field(default=3600.0, gt=0)
     debugger_alert_poll_interval_s: float = Field(default=1.0, gt=0)
+    # Fairness of the notice sender (alerts.py, shared/delivery_guard.py): a tarpit or a
+    # dead receiver delays only its own workspace's notices. Notices claimed and in flight
+    # at once per process (claimed round robin across workspaces); the attempts the
+    # workspaces share fairly (each active one at most slots / active ones; keep it under
+    # the concurrency: the rest is room for another workspace's notice at once).
+    debugger_alert_concurrency: int = Field(default=32, ge=1)
+    debugger_alert_slots: int = Field(default=16, ge=1)
+    # Attempts in flight to one destination (scheme+host+port) per process; notices
+    # beyond it are put back for 2 s, their attempt not counted.
+    debugger_alert_per_destination: int = Field(default=4, ge=1)
+    # Short connect and first-byte (status and headers) timeouts, so a receiver that
+    # accepts and stalls holds a place for seconds, not the whole attempt timeout.
+    debugger_alert_connect_timeout_s: float = Field(default=3.0, gt=0)
+    debugger_alert_first_byte_timeout_s: float = Field(default=5.0, gt=0)
+    # Circuit breaker per destination: this many failed attempts in a row (no answer,
+    # a timeout, 5xx or 429) open it; after the cool-down one probe is let through.
+    debugger_alert_breaker_failures: int = Field(default=5, ge=1)
+    debugger_alert_breaker_cool_down_s: float = Field(default=30.0, gt=0)
