@@ -1,6 +1,12 @@
 """Runs a flow for one webhook request: the steps in order, each output reachable by
 its ref-id in later templates, then the webhook response. Produces the `RunResult`
-(the exact HTTP answer for the sender) and the step trace."""
+(the exact HTTP answer for the sender) and the step trace.
+
+The response's templates (its body and each header) render as one unit: one render
+budget (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S of CPU time) for all of them together, and a
+pause (a pass through the event loop) before each, so that no slice of the run holds
+its worker past the slice bound however many templates the response has: past the
+budget the run fails with `flow_error`, and no worker is killed."""
 
 import asyncio
 import time
@@ -12,6 +18,7 @@ import orjson
 
 from services.runner.bounds import BoundExceeded, bound_trace, json_value
 from services.runner.definition import FlowDefinition
+from services.runner.render_budget import RenderBudget
 from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import RunContext, RunState, StepLimits
 from services.runner.steps.fail import StepFailed
@@ -92,10 +99,13 @@ class Engine:
         values: dict[str, Any],
         prefix: str,
         state: RunState,
+        iterations: tuple[int, ...] = (),
     ) -> Any:
         """Run `steps` in order; returns the last one's output (None without steps).
         Every step starts with a pass through the event loop, so that runs sharing a
-        worker take turns and the worker's CPU meter sees each step."""
+        worker take turns and the worker's CPU meter sees each step. `iterations`: the
+        loop indexes the steps run in (outermost first), which tell an `http` step's
+        requests in one iteration from those in another."""
         output: Any = None
         for index, step in enumerate(steps):
             await asyncio.sleep(0)
@@ -111,7 +121,14 @@ class Engine:
             state.record(entry)
             try:
                 context = RunContext(
-                    self.templates, values, path, self, state, self.limits, self.http
+                    self.templates,
+                    values,
+                    path,
+                    self,
+                    state,
+                    self.limits,
+                    self.http,
+                    iterations,
                 )
                 output, state.output_sizes[id(entry)] = json_value(
                     await STEP_TYPES[step.type].run(step, context), self.limits.max_value_bytes
@@ -142,12 +159,14 @@ class Engine:
         """The run's result. `state` (the caller's, so that it can read the trace of a
         run it had to stop) collects the trace."""
         state = state if state is not None else RunState(self.limits)
+        state.request_id = request.request_id
         started_at = datetime.now(UTC)
         values = self.context(flow, request)
         try:
             last = await self.run_steps(flow.definition.steps, values, "steps", state)
-            status_code, content_type, body = self._response(flow, values, last)
-            headers = self._headers(flow, values)
+            budget = self.templates.budget("the response's body and headers")
+            status_code, content_type, body = await self._response(flow, values, last, budget)
+            headers = await self._headers(flow, values, budget)
         except StepFailed as exc:
             error = FlowError(f"step {exc.ref_id!r} failed: {exc.message}", status=exc.status)
             return error_result(request.request_id, error, "failed", started_at, self.trace(state))
@@ -171,16 +190,20 @@ class Engine:
             state.trace, self.max_trace_bytes, state.dropped_steps, state.output_sizes
         )
 
-    def _headers(self, flow: Flow, values: dict[str, Any]) -> dict[str, str]:
-        """The flow's response headers, rendered. A value with a line break or another
-        control character would split or corrupt the answer: the run fails instead."""
+    async def _headers(
+        self, flow: Flow, values: dict[str, Any], budget: RenderBudget
+    ) -> dict[str, str]:
+        """The flow's response headers, rendered, each after a pause, within what is left
+        of the response's render budget. A value with a line break or another control
+        character would split or corrupt the answer: the run fails instead."""
         response = flow.definition.webhook.response
         if response is None or not response.headers:
             return {}
         headers = {}
         for name, template in response.headers.items():
             field = f"webhook.response.headers.{name}"
-            value = self.templates.render_text(template, values, field)
+            await asyncio.sleep(0)
+            value = self.templates.render_text(template, values, field, budget)
             if len(value) > MAX_HEADER_VALUE_CHARS:
                 raise BoundExceeded(
                     f"{field} rendered to {len(value)} characters, over {MAX_HEADER_VALUE_CHARS}"
@@ -190,15 +213,22 @@ class Engine:
             headers[name] = value
         return headers
 
-    def _response(self, flow: Flow, values: dict[str, Any], last: Any) -> tuple[int, str, str]:
-        """The sender's status code, content type and body; raises `BoundExceeded` for a
-        body past `FLOWHOOKS_RUNNER_MAX_RESPONSE_BYTES` or one that is not valid text."""
+    async def _response(
+        self, flow: Flow, values: dict[str, Any], last: Any, budget: RenderBudget
+    ) -> tuple[int, str, str]:
+        """The sender's status code, content type and body (rendered after a pause, the
+        last step's slice being over, within the response's render budget); raises
+        `BoundExceeded` for a body past `FLOWHOOKS_RUNNER_MAX_RESPONSE_BYTES` or one that
+        is not valid text."""
         response = flow.definition.webhook.response
         if response is None:
             envelope = {"status": 200, "error": None, "message": "ok", "data": last}
             status_code, content_type, body = 200, JSON, orjson.dumps(envelope).decode()
         else:
-            text = self.templates.render_text(response.body, values, "webhook.response.body")
+            await asyncio.sleep(0)
+            text = self.templates.render_text(
+                response.body, values, "webhook.response.body", budget
+            )
             content_type = response.content_type or (JSON if is_json(text) else TEXT)
             status_code, body = response.status_code, text
         try:

@@ -1,15 +1,23 @@
-"""A time budget for template rendering.
+"""A CPU-time budget for template rendering.
 
 The Jinja2 sandbox stops attribute tricks but not CPU: two nested loops over
 `range(100000)` run for minutes, and rendering runs in the event loop's thread, where
 `asyncio.wait_for` cannot interrupt it. `RenderWatchdog` is one daemon thread per
 runner process: while a render is armed with `limit(seconds)`, the watchdog raises
-`RenderTimeout` inside the rendering thread once the budget is spent
-(`PyThreadState_SetAsyncExc`, CPython's way to interrupt pure-Python code in another
-thread; Jinja templates compile to Python bytecode, so the exception lands at the next
-instruction). The longest any render can hold the event loop is therefore the budget
-plus the watchdog's tick. All state changes happen under one lock, so the exception can
-only ever be raised while its render is armed, and a pending one is cleared on disarm.
+`RenderTimeout` inside the rendering thread once the render has used its budget of
+that thread's CPU time (`PyThreadState_SetAsyncExc`, CPython's way to interrupt
+pure-Python code in another thread; Jinja templates compile to Python bytecode, so the
+exception lands at the next instruction). The budget is CPU time, read from the
+rendering thread's own CPU clock (`pthread_getcpuclockid`), not wall time: a render
+whose thread waits for a core while other processes compute is not charged the wait,
+so load from others cannot fail a render that is within its budget. The longest any
+render can compute in the event loop is therefore the budget plus the watchdog's tick.
+All state changes happen under one lock, so the exception can only ever be raised while
+its render is armed, and a pending one is cleared on disarm.
+
+Several renders can share one budget (`RenderBudget`: the webhook response's body and
+headers, an `http` step's fields): each is armed with what is left of it and charged
+what it used.
 """
 
 import ctypes
@@ -17,20 +25,37 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 
 
 class RenderTimeout(Exception):
-    """Raised inside a render that outlived its budget."""
+    """Raised inside a render that used up its budget."""
+
+
+@dataclass
+class RenderBudget:
+    """CPU time that several renders share, and what they have used of it."""
+
+    seconds: float
+    what: str  # for the error: "the response's body and headers"
+    used_s: float = 0.0
+
+    @property
+    def left_s(self) -> float:
+        return self.seconds - self.used_s
 
 
 class RenderWatchdog:
     def __init__(self, tick_s: float = 0.005) -> None:
         self.tick_s = tick_s
         self._lock = threading.Lock()
-        self._deadline: float | None = None
+        self._armed = False
+        self._budget_ns = 0  # CPU ns the armed render may use
+        self._clock = 0  # the rendering thread's CPU clock
+        self._started_ns = 0  # that clock when the render was armed
         self._target = 0
         self._fired = False
         self._thread: threading.Thread | None = None
@@ -42,12 +67,25 @@ class RenderWatchdog:
             self._thread.start()
 
     @contextmanager
-    def limit(self, seconds: float) -> Iterator[None]:
+    def limit(self, seconds: float, budget: RenderBudget | None = None) -> Iterator[None]:
+        """Arms the watchdog for a render in the calling thread: at most `seconds` of
+        its CPU time, or what is left of `budget` (which is then charged what the render
+        used; a budget already spent fails the render before it starts)."""
+        if budget is not None:
+            seconds = budget.left_s
+            if seconds <= 0:
+                raise RenderTimeout
         self._ensure_started()
+        target = threading.get_ident()
+        clock = time.pthread_getcpuclockid(target)
         with self._lock:
-            self._deadline = time.monotonic() + seconds
-            self._target = threading.get_ident()
+            self._clock = clock
+            self._started_ns = time.clock_gettime_ns(clock)
+            self._budget_ns = int(seconds * 1e9)
+            self._target = target
             self._fired = False
+            self._armed = True
+            started_ns = self._started_ns
         try:
             yield
         finally:
@@ -56,17 +94,21 @@ class RenderWatchdog:
                     # Fired but perhaps not raised yet: withdraw it.
                     _set_async_exc(self._target, ctypes.py_object())
                     self._fired = False
-                self._deadline = None
+                self._armed = False
+            if budget is not None:
+                budget.used_s += (time.clock_gettime_ns(clock) - started_ns) / 1e9
 
     def _watch(self) -> None:
         while True:
             time.sleep(self.tick_s)
             with self._lock:
-                if (
-                    self._deadline is not None
-                    and not self._fired
-                    and time.monotonic() > self._deadline
-                ):
+                if not self._armed or self._fired:
+                    continue
+                try:
+                    used_ns = time.clock_gettime_ns(self._clock) - self._started_ns
+                except OSError:  # the thread is gone (it cannot be while armed)
+                    continue
+                if used_ns > self._budget_ns:
                     _set_async_exc(self._target, ctypes.py_object(RenderTimeout))
                     self._fired = True
                     self.fired_count += 1

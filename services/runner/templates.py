@@ -8,9 +8,10 @@ compiled once and cached, and the contract's rule for templated fields:
 Undefined names are errors that name the field and the missing name.
 
 Bounds (the sandbox alone does not limit CPU or memory): every render runs under the
-process's `RenderWatchdog` time budget; `*`, `**` and `%` refuse results beyond the
-size limit (`'a' * 50000000`); rendered output beyond the size limit fails the render;
-`range` is capped by the sandbox (100,000 items).
+process's `RenderWatchdog` CPU-time budget, its own or one it shares with other renders
+(`RenderBudget`: the webhook response's templates, an `http` step's fields); `*`, `**`
+and `%` refuse results beyond the size limit (`'a' * 50000000`); rendered output beyond
+the size limit fails the render; `range` is capped by the sandbox (100,000 items).
 """
 
 import functools
@@ -26,7 +27,7 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, no
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from services.runner.render_budget import RenderTimeout, RenderWatchdog
+from services.runner.render_budget import RenderBudget, RenderTimeout, RenderWatchdog
 
 _SINGLE_EXPRESSION = re.compile(
     r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}|\{%|%\}|\{#).)*)\}\}\s*$", re.DOTALL
@@ -164,10 +165,12 @@ class TemplateEngine:
             self._cache.popitem(last=False)
         return compiled
 
-    def _generate(self, compiled: CompiledTemplate, context: dict[str, Any]) -> str:
+    def _generate(
+        self, compiled: CompiledTemplate, context: dict[str, Any], budget: RenderBudget | None
+    ) -> str:
         chunks: list[str] = []
         size = 0
-        with self.watchdog.limit(self.render_timeout_s):
+        with self.watchdog.limit(self.render_timeout_s, budget):
             for chunk in compiled.text.generate(context):
                 size += len(chunk)
                 if size > self.max_output_chars:
@@ -179,14 +182,19 @@ class TemplateEngine:
         return "".join(chunks)
 
     @contextmanager
-    def _failures(self, field: str) -> Iterator[None]:
+    def _failures(self, field: str, budget: RenderBudget | None = None) -> Iterator[None]:
         """Every way a render can fail, as one `TemplateFailure` naming the field."""
         try:
             yield
         except RenderTimeout:
+            if budget is not None:
+                raise TemplateFailure(
+                    f"{field}: rendering {budget.what} took longer than {budget.seconds:g} s"
+                    " of CPU time in all (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)"
+                ) from None
             raise TemplateFailure(
-                f"{field}: rendering took longer than {self.render_timeout_s:g} s"
-                " (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)"
+                f"{field}: rendering took longer than {self.render_timeout_s:g} s of CPU"
+                " time (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)"
             ) from None
         except TemplateFailure as exc:
             raise TemplateFailure(f"{field}: {exc}") from None
@@ -197,16 +205,34 @@ class TemplateEngine:
         except (ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
             raise TemplateFailure(f"{field}: {type(exc).__name__}: {str(exc)[:500]}") from None
 
-    def render_text(self, source: str, context: dict[str, Any], field: str) -> str:
-        with self._failures(field):
-            return self._generate(self.compile(source), context)
+    def budget(self, what: str) -> RenderBudget:
+        """One render budget (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S) for several templates
+        rendered as one unit; `what` names them in the error."""
+        return RenderBudget(self.render_timeout_s, what)
 
-    def render_value(self, source: str, context: dict[str, Any], field: str) -> Any:
+    def render_text(
+        self,
+        source: str,
+        context: dict[str, Any],
+        field: str,
+        budget: RenderBudget | None = None,
+    ) -> str:
+        """`source` rendered to text, within its own render budget or `budget`."""
+        with self._failures(field, budget):
+            return self._generate(self.compile(source), context, budget)
+
+    def render_value(
+        self,
+        source: str,
+        context: dict[str, Any],
+        field: str,
+        budget: RenderBudget | None = None,
+    ) -> Any:
         """The contract's templated-field rule (see the module docstring)."""
-        with self._failures(field):
+        with self._failures(field, budget):
             compiled = self.compile(source)
             if compiled.expression is not None:
-                with self.watchdog.limit(self.render_timeout_s):
+                with self.watchdog.limit(self.render_timeout_s, budget):
                     value = compiled.expression(**context)
                 if isinstance(value, StrictUndefined):
                     str(value)  # raises the UndefinedError that names the missing name
@@ -217,7 +243,7 @@ class TemplateEngine:
                         " (FLOWHOOKS_RUNNER_MAX_OUTPUT_CHARS)"
                     )
                 return value
-        return parse_if_json(self.render_text(source, context, field))
+        return parse_if_json(self.render_text(source, context, field, budget))
 
 
 def parse_if_json(text: str) -> Any:

@@ -1,3 +1,6 @@
+import asyncio
+import itertools
+import re
 from typing import Any
 
 import orjson
@@ -5,8 +8,10 @@ import pytest
 
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
+from services.runner.render_budget import RenderBudget
 from services.runner.templates import TemplateEngine
 from shared.schemas.runs import RunResult, StartRun, StartRuns, WebhookRequest
+from tests.cpu_templates import burning
 from tests.factories import webhook_request
 
 TEMPLATES = TemplateEngine()
@@ -118,3 +123,97 @@ def test_a_message_holds_one_start_run_or_many() -> None:
         StartRuns.read(b'{"items": [{"nope": 1}]}')
     with pytest.raises(ValueError):
         StartRuns.read(b"not json")
+
+
+# --- the response: one render budget, a pause before each template (issue 20) --------
+
+
+async def test_the_response_renders_as_one_budgeted_unit_with_pauses() -> None:
+    """The body and every header template render each after a pass through the event
+    loop (other runs take turns between them: no slice holds the worker for all), and
+    all are charged to one budget, the render budget."""
+    turns = 0
+    renders: list[tuple[str, int, RenderBudget | None]] = []
+
+    class Recording(TemplateEngine):
+        def render_text(
+            self,
+            source: str,
+            context: dict[str, Any],
+            field: str,
+            budget: RenderBudget | None = None,
+        ) -> str:
+            renders.append((field, turns, budget))
+            return super().render_text(source, context, field, budget)
+
+    async def other_run() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    raw = {
+        "webhook": {
+            "response": {
+                "body": "{{ last.value }}",
+                "headers": {"X-A": "a{{ web1.n }}", "X-B": "b", "X-C": "c"},
+            }
+        },
+        "steps": [{"ref_id": "last", "type": "template", "template": "done {{ web1.n }}"}],
+    }
+    other = asyncio.create_task(other_run())
+    try:
+        result = await Engine(Recording(render_timeout_s=0.2)).run(flow(raw), request({"n": 1}))
+    finally:
+        other.cancel()
+    assert (result.outcome, result.body, result.headers) == (
+        "succeeded",
+        "done 1",
+        {"X-A": "a1", "X-B": "b", "X-C": "c"},
+    )
+    assert [field for field, _, _ in renders] == [
+        "steps[0].template",
+        "webhook.response.body",
+        "webhook.response.headers.X-A",
+        "webhook.response.headers.X-B",
+        "webhook.response.headers.X-C",
+    ]
+    seen_turns = [seen for _, seen, _ in renders]
+    assert all(a < b for a, b in itertools.pairwise(seen_turns)), seen_turns
+    budgets = [budget for field, _, budget in renders if field.startswith("webhook.")]
+    assert budgets[0] is not None and all(budget is budgets[0] for budget in budgets)
+    assert budgets[0].seconds == 0.2 and 0 < budgets[0].used_s < 0.2
+
+
+async def test_response_templates_past_their_one_budget_fail_the_run() -> None:
+    """A body and four headers, each within the render budget alone (60 % of it), are
+    past it together: the run fails with `flow_error`, naming the bound."""
+    templates = TemplateEngine(render_timeout_s=0.2)
+    each = burning(0.12)
+    alone = {"webhook": {"response": {"body": each + "ok"}}}
+    assert (await Engine(templates).run(flow(alone), request({}))).body == "ok"
+
+    raw = {
+        "webhook": {
+            "response": {
+                "body": each + "ok",
+                "headers": {f"X-{name}": each + name for name in "ABCD"},
+            }
+        }
+    }
+    result = await Engine(templates).run(flow(raw), request({}))
+    assert (result.outcome, result.status_code, result.content_type) == (
+        "failed",
+        500,
+        "application/json",
+    )
+    envelope = orjson.loads(result.body)
+    assert (envelope["status"], envelope["error"], envelope["data"]) == (500, "flow_error", None)
+    # Which template the budget ran out in depends on the machine by a few ms.
+    assert re.fullmatch(
+        r"the webhook response failed: webhook\.response\.headers\.X-[ABCD]: rendering the"
+        r" response's body and headers took longer than 0\.2 s of CPU time in all"
+        r" \(FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S\)",
+        envelope["message"],
+    ), envelope["message"]
+    assert result.error == envelope["message"]

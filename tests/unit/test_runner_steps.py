@@ -1,5 +1,6 @@
 """condition, loop and fail, through the engine (no services)."""
 
+import re
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunResult
+from tests.cpu_templates import burning
 from tests.factories import webhook_request
 
 TEMPLATES = TemplateEngine()
@@ -321,3 +323,125 @@ async def test_http_step_output_and_trace_redact_secret_headers() -> None:
     assert_no_secret(result)
     # What was sent is the real thing: redaction is only for what is shown and stored.
     assert http.calls[0][2]["X-Shopify-Access-Token"] == "S3CRET"
+
+
+# --- http step: Idempotency-Key (issue 20) ----------------------------------------------
+
+
+class FlakyHttp(FakeHttp):
+    """Answers 503 `failures` times, then 200."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def request(
+        self, method: str, url: str, **kwargs: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        await super().request(method, url, **kwargs)
+        if self.failures:
+            self.failures -= 1
+            return 503, {}, b"busy"
+        return 200, {}, b"ok"
+
+
+def keys(http: FakeHttp) -> list[str | None]:
+    return [headers.get("Idempotency-Key") for _, _, headers in http.calls]
+
+
+async def run_steps_http(
+    http: Any, steps: list[dict[str, Any]], request_id: str = "r1"
+) -> RunResult:
+    flow = Flow("f1", "w1", 1, parse_definition({"name": "t", "steps": steps}, TEMPLATES, 300))
+    request = webhook_request({"items": [1, 2]}, request_id=request_id, flow_id="f1")
+    return await Engine(TEMPLATES, None, http).run(flow, request)
+
+
+def call(ref_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "ref_id": ref_id,
+        "type": "http",
+        "url": "https://api.example.com/",
+        "retry_backoff_s": 0,
+        **fields,
+    }
+
+
+async def test_every_attempt_of_a_request_carries_the_same_idempotency_key() -> None:
+    """The key is the request id and the step's ref-id: the same on every retry, and on
+    a run of the same request repeated (after its worker or runner died)."""
+    http = FlakyHttp(failures=2)
+    result = await run_steps_http(http, [call("charge", retries=2)])
+    assert result.outcome == "succeeded", result.body
+    assert keys(http) == ["r1:charge"] * 3
+    again = FlakyHttp()
+    await run_steps_http(again, [call("charge", retries=2)])
+    assert keys(again) == ["r1:charge"]
+    other = FlakyHttp()
+    await run_steps_http(other, [call("charge")], request_id="r2")
+    assert keys(other) == ["r2:charge"]
+
+
+async def test_each_step_and_loop_iteration_has_its_own_idempotency_key() -> None:
+    http = FakeHttp()
+    inner_loop = {
+        "ref_id": "rows",
+        "type": "loop",
+        "over": "{{ [7, 8] }}",
+        "steps": [call("row")],
+    }
+    steps = [
+        call("first"),
+        {
+            "ref_id": "each",
+            "type": "loop",
+            "over": "{{ web1.items }}",
+            "steps": [
+                {
+                    "ref_id": "check",
+                    "type": "condition",
+                    "if": "{{ true }}",
+                    "then": [call("item"), inner_loop],
+                }
+            ],
+        },
+        call("last"),
+    ]
+    result = await run_steps_http(http, steps)
+    assert result.outcome == "succeeded", result.body
+    assert keys(http) == [
+        "r1:first",
+        "r1:item:0",
+        "r1:row:0.0",
+        "r1:row:0.1",
+        "r1:item:1",
+        "r1:row:1.0",
+        "r1:row:1.1",
+        "r1:last",
+    ]
+
+
+async def test_a_flow_that_sets_the_idempotency_key_keeps_its_own() -> None:
+    http = FakeHttp()
+    own = call("charge", headers={"idempotency-key": "order-{{ web1.items[0] }}"})
+    await run_steps_http(http, [own])
+    assert [headers for _, _, headers in http.calls] == [{"idempotency-key": "order-1"}]
+
+
+async def test_the_http_steps_fields_share_one_render_budget() -> None:
+    """Like the response's: the method, url, headers and body of a step render within
+    one render budget (60 % of it each: past it together), and nothing is sent."""
+    templates = TemplateEngine(render_timeout_s=0.2)
+    each = burning(0.12)
+    step = call("many", headers={f"X-{name}": each + name for name in "ABC"})
+    flow = Flow("f1", "w1", 1, parse_definition({"name": "t", "steps": [step]}, TEMPLATES, 300))
+    http = FakeHttp()
+    result = await Engine(templates, None, http).run(flow, webhook_request({}, request_id="r1"))
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert re.fullmatch(
+        r"step 'many' failed: steps\[0\]\.headers\.X-[BC]: rendering the step's method, url,"
+        r" headers and body took longer than 0\.2 s of CPU time in all"
+        r" \(FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S\)",
+        orjson.loads(result.body)["message"],
+    ), result.body
+    assert http.calls == []

@@ -55,6 +55,7 @@ class RunState:
     """What one run has used so far, against its limits."""
 
     limits: StepLimits
+    request_id: str = ""  # the webhook request's: the same on every attempt of the run
     trace: list[Any] = field(default_factory=list)
     loop_iterations: int = 0
     dropped_steps: int = 0  # steps past `max_trace_steps`, not in the trace
@@ -85,6 +86,7 @@ class RunContext:
     state: RunState  # the run's trace and what it has used, which nested steps add to
     limits: StepLimits
     http: "OutboundHttp | None" = None
+    iterations: tuple[int, ...] = ()  # the indexes of the loops this step runs in
 
 
 @dataclass(frozen=True)

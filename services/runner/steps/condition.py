@@ -26,7 +26,11 @@ async def run(step: ConditionStep, ctx: RunContext) -> Any:
     chosen = bool(value)
     branch = "then" if chosen else "else"
     await ctx.engine.run_steps(
-        step.then if chosen else step.else_, ctx.values, f"{ctx.path}.{branch}", ctx.state
+        step.then if chosen else step.else_,
+        ctx.values,
+        f"{ctx.path}.{branch}",
+        ctx.state,
+        ctx.iterations,
     )
     return {"value": chosen}
 

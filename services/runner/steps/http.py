@@ -4,6 +4,14 @@
 Output `{"status", "headers", "body"}` (the body parsed when it is JSON). Private and
 metadata addresses are refused (shared/outbound.py).
 
+Every request carries `Idempotency-Key: <request id>:<ref_id>` (`:<i>.<j>...`, the loop
+indexes, for a step inside loops), unless the flow sets that header itself: the same on
+every attempt and retry of the step and on every run of the same request (a run repeated
+after its worker or runner died), different for each step and loop iteration, so the
+receiving API can drop a repeat. The step's fields render as one unit: one render budget
+for all of them, with a pause before each, so that many header templates cannot make
+one slice that holds the worker past its bound.
+
 Secrets (shared/redaction.py, the list the debugger uses too): secret header values and
 secret query parameters of the URL are redacted in the step trace and in the output's
 response headers; an error message names the URL by scheme, host, port and path only
@@ -31,9 +39,11 @@ from shared.redaction import (
     scrub_urls,
 )
 
-__all__ = ["HTTP", "REDACTED", "SECRET_HEADERS", "HttpStep", "redact"]
+__all__ = ["HTTP", "IDEMPOTENCY_KEY", "REDACTED", "SECRET_HEADERS", "HttpStep", "redact"]
 
 log = structlog.get_logger(__name__)
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 class HttpStep(StepModel):
@@ -66,6 +76,17 @@ def redact(headers: dict[str, str]) -> dict[str, str]:
     return redact_headers(headers)
 
 
+def idempotency_key(request_id: str, ref_id: str, iterations: tuple[int, ...]) -> str:
+    """The key of a step's request within a run: nothing that changes between attempts
+    or runs of the same request. Ref-ids are unique in a flow and request ids are the
+    ingress's UUIDs; at most 32 + 1 + 64 + 1 + 154 characters (31 nested loops under
+    the 10,000 iterations bound), within the 255 that APIs such as Stripe accept."""
+    key = f"{request_id}:{ref_id}"
+    if iterations:
+        key += ":" + ".".join(str(index) for index in iterations)
+    return key
+
+
 def _problem(exc: BaseException) -> str:
     """An exception as an error message may show it: URLs in it cut to scheme, host and
     path, secret query parameters redacted, bounded."""
@@ -76,16 +97,23 @@ def _problem(exc: BaseException) -> str:
 async def run(step: HttpStep, ctx: RunContext) -> Any:
     if ctx.http is None:
         raise TemplateFailure(f"{ctx.path}: outgoing HTTP is not available in this runner")
+    budget = ctx.templates.budget("the step's method, url, headers and body")
     render = ctx.templates.render_text
-    method = render(step.method, ctx.values, f"{ctx.path}.method").strip().upper()
-    url = render(step.url, ctx.values, f"{ctx.path}.url").strip()
-    headers = {
-        name: render(value, ctx.values, f"{ctx.path}.headers.{name}")
-        for name, value in step.headers.items()
-    }
+    method = render(step.method, ctx.values, f"{ctx.path}.method", budget).strip().upper()
+    await asyncio.sleep(0)  # a pause between two templates: see the module docstring
+    url = render(step.url, ctx.values, f"{ctx.path}.url", budget).strip()
+    headers = {}
+    for name, value in step.headers.items():
+        await asyncio.sleep(0)
+        headers[name] = render(value, ctx.values, f"{ctx.path}.headers.{name}", budget)
+    if not any(name.lower() == IDEMPOTENCY_KEY.lower() for name in headers):
+        headers[IDEMPOTENCY_KEY] = idempotency_key(
+            ctx.state.request_id, step.ref_id, ctx.iterations
+        )
     data: bytes | None = None
     if step.body is not None:
-        body = ctx.templates.render_value(step.body, ctx.values, f"{ctx.path}.body")
+        await asyncio.sleep(0)
+        body = ctx.templates.render_value(step.body, ctx.values, f"{ctx.path}.body", budget)
         if isinstance(body, (dict, list)):
             data = orjson.dumps(body)
             headers.setdefault("Content-Type", "application/json")

@@ -41,7 +41,9 @@ async def run(step: LoopStep, ctx: RunContext) -> Any:
     for index, item in enumerate(items):
         values = {**ctx.values, "loop": {"item": item, "index": index}}
         outputs.append(
-            await ctx.engine.run_steps(step.steps, values, f"{ctx.path}.steps", ctx.state)
+            await ctx.engine.run_steps(
+                step.steps, values, f"{ctx.path}.steps", ctx.state, (*ctx.iterations, index)
+            )
         )
     return {"value": outputs}
 
