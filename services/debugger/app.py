@@ -77,6 +77,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         lease_s=settings.debugger_replay_lease_s,
         poll_s=settings.debugger_replay_poll_s,
         max_jobs=settings.debugger_replay_max_jobs,
+        slice_s=settings.debugger_replay_slice_s,
     )
     kernel.provide(
         REPLAY_API,

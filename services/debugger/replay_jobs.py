@@ -18,12 +18,25 @@
   together) and `rate` started a second per job, through the sync run path: a job
   never puts more than that in the runners' queue ahead of live webhooks, and a
   cancelled or crashed job leaves nothing queued (sync runs expire with their deadline).
+- Fair per workspace (contract, "Isolation": replay jobs are shared fairly): a replica
+  works at most `max_jobs` jobs at once and **one job per workspace**, so one
+  workspace's many jobs cannot take every place. The claim takes the job of the
+  workspace served least recently (its jobs' latest `lease_until`; never served
+  first), so a workspace waiting is next. The `in_flight` replays are shared fairly
+  between the jobs worked (`FairSlots`: each at most its share, a freed slot to the job
+  holding fewest), so a job whose replays are slow (a flow that waits on an `http`
+  step) cannot keep another's at zero. When the replica is full and another
+  workspace's job waits, a job worked longer than `slice_s` hands its place over at
+  once (no new replay started, those in flight settled, the lease released) and goes
+  to the back: round robin. A lease released that way, with every replay sent settled,
+  is taken over without the wait above (`lease_owner` cleared).
 """
 
 import asyncio
 import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -191,13 +204,29 @@ class ReplayJobs:
             reason,
         )
 
-    async def claim(self, owner: str, lease_s: float, replay_timeout_s: float) -> ClaimedJob | None:
-        """The oldest running job nobody holds (never held, or its lease lapsed)."""
+    async def claim(
+        self,
+        owner: str,
+        lease_s: float,
+        replay_timeout_s: float,
+        busy_workspaces: Sequence[str] = (),
+    ) -> ClaimedJob | None:
+        """A running job nobody holds (never held, or its lease lapsed or released), of
+        a workspace not in `busy_workspaces` (those this replica works already): the
+        workspace served least recently first (the latest `lease_until` of its running
+        jobs; never served, first), then its job never held, or released longest ago,
+        then the oldest. Running jobs are few (one per flow), so ranking them is cheap."""
         record = await self.pool.fetchrow(
-            "WITH picked AS (SELECT id, lease_owner AS previous_owner,"
-            " lease_until AS previous_until FROM debugger.replay_jobs"
-            " WHERE status = 'running' AND (lease_until IS NULL OR lease_until < now())"
-            " ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            "WITH served AS (SELECT workspace_id, max(lease_until) AS last"
+            " FROM debugger.replay_jobs WHERE status = 'running' GROUP BY workspace_id),"
+            " picked AS (SELECT job.id, job.lease_owner AS previous_owner,"
+            " job.lease_until AS previous_until FROM debugger.replay_jobs AS job"
+            " JOIN served USING (workspace_id)"
+            " WHERE job.status = 'running'"
+            " AND (job.lease_until IS NULL OR job.lease_until < now())"
+            " AND job.workspace_id <> ALL($4::uuid[])"
+            " ORDER BY served.last NULLS FIRST, job.lease_until NULLS FIRST, job.created_at"
+            " LIMIT 1 FOR UPDATE OF job SKIP LOCKED)"
             " UPDATE debugger.replay_jobs AS job SET lease_owner = $1,"
             " lease_until = now() + make_interval(secs => $2) FROM picked"
             " WHERE job.id = picked.id RETURNING job.id, job.workspace_id::text, job.force,"
@@ -207,6 +236,7 @@ class ReplayJobs:
             owner,
             lease_s,
             replay_timeout_s,
+            [uuid.UUID(workspace) for workspace in busy_workspaces],
         )
         if record is None:
             return None
@@ -229,13 +259,30 @@ class ReplayJobs:
         )
         return bool(status.split()[-1] != "0")
 
-    async def release(self, job_id: uuid.UUID, owner: str) -> None:
-        """At shutdown: another replica may take the job over at once."""
+    async def release(self, job_id: uuid.UUID, owner: str, *, settled: bool = False) -> None:
+        """Another replica may take the job now. `settled`: every replay this replica
+        sent has its outcome recorded (a turn handed over), so the next holder need not
+        wait for any (the owner is cleared); otherwise (shutdown) it waits as after a
+        lapsed lease."""
         await self.pool.execute(
-            "UPDATE debugger.replay_jobs SET lease_until = now()"
+            "UPDATE debugger.replay_jobs SET lease_until = now(),"
+            " lease_owner = CASE WHEN $3 THEN NULL ELSE lease_owner END"
             " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
             job_id,
             owner,
+            settled,
+        )
+
+    async def others_waiting(self, busy_workspaces: Sequence[str]) -> bool:
+        """Whether a running job nobody holds belongs to a workspace not in
+        `busy_workspaces` (one this replica could take if it had a free place)."""
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM debugger.replay_jobs WHERE status = 'running'"
+                " AND (lease_until IS NULL OR lease_until < now())"
+                " AND workspace_id <> ALL($1::uuid[]))",
+                [uuid.UUID(workspace) for workspace in busy_workspaces],
+            )
         )
 
     async def pending(self, job_id: uuid.UUID, after: int, limit: int) -> list[tuple[int, str]]:
@@ -297,14 +344,81 @@ class ReplayJobs:
             return status
 
 
+class FairSlots:
+    """At most `total` held at once, shared between holders (jobs): one may take a slot
+    while it holds fewer than its share (`total` / holders holding or waiting, at least
+    one) and no other waiting holder holds fewer. So a job whose replays are slow keeps
+    at most its share once another job waits, and the next freed slot goes to the job
+    that holds fewest."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._held: dict[Hashable, int] = {}
+        self._waiting: dict[Hashable, int] = {}
+        self._changed = asyncio.Condition()
+
+    def held(self, key: Hashable) -> int:
+        return self._held.get(key, 0)
+
+    def _may_take(self, key: Hashable) -> bool:
+        if sum(self._held.values()) >= self.total:
+            return False
+        mine = self._held.get(key, 0)
+        active = len(self._held.keys() | self._waiting.keys())
+        if mine >= max(1, self.total // active):
+            return False
+        return all(self._held.get(other, 0) >= mine for other in self._waiting)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        async with self._changed:
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+            try:
+                await self._changed.wait_for(lambda: self._may_take(key))
+                self._held[key] = self._held.get(key, 0) + 1
+            finally:
+                self._waiting[key] -= 1
+                if not self._waiting[key]:
+                    del self._waiting[key]
+                self._changed.notify_all()  # another waiter may take what is left
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._held[key] -= 1
+                if not self._held[key]:
+                    del self._held[key]
+                self._changed.notify_all()
+
+
 @dataclass
 class _Held:
-    """A job this process works: stop when set; send nothing past `valid_until`
+    """A job this process works: stop when `stop` is set (cancelled, or the lease
+    lost); hand the place over when `turn_over` is set; send nothing past `valid_until`
     (monotonic), the lease's end as far as this process can be sure."""
 
     job: ClaimedJob
     valid_until: float
+    since: float = field(default_factory=time.monotonic)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    turn_over: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set with either of the two: what pauses wait on.
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
+    # A replay was sent whose outcome is not known (the broker away): a handover must
+    # let the next holder wait for it, as after a crash.
+    unsure: bool = False
+
+    def halt(self) -> None:
+        self.stop.set()
+        self.interrupted.set()
+
+    def hand_over(self) -> None:
+        self.turn_over.set()
+        self.interrupted.set()
+
+    @property
+    def ending(self) -> bool:
+        return self.interrupted.is_set()
 
 
 class ReplayWorker:
@@ -320,6 +434,7 @@ class ReplayWorker:
         lease_s: float,
         poll_s: float,
         max_jobs: int,
+        slice_s: float = 30.0,
     ) -> None:
         self.jobs = jobs
         self.store = store
@@ -329,14 +444,18 @@ class ReplayWorker:
         self.lease_s = lease_s
         self.poll_s = poll_s
         self.max_jobs = max_jobs
+        self.slice_s = slice_s
         self.owner = uuid.uuid4().hex
-        self._slots = asyncio.Semaphore(in_flight)
+        self._slots = FairSlots(in_flight)
         self._wake = asyncio.Event()
-        self._working: set[uuid.UUID] = set()
+        self._working: dict[uuid.UUID, _Held] = {}
 
     def wake(self) -> None:
         """Look for jobs now (one was just created here)."""
         self._wake.set()
+
+    def _busy_workspaces(self) -> list[str]:
+        return sorted({held.job.workspace_id for held in self._working.values()})
 
     async def run_forever(self) -> None:
         # A task group: cancelling this (shutdown) cancels the jobs' tasks with it.
@@ -347,17 +466,34 @@ class ReplayWorker:
                     while len(self._working) < self.max_jobs:
                         started = time.monotonic()
                         job = await self.jobs.claim(
-                            self.owner, self.lease_s, self.replayer.timeout_s
+                            self.owner,
+                            self.lease_s,
+                            self.replayer.timeout_s,
+                            self._busy_workspaces(),
                         )
                         if job is None:
                             break
-                        self._working.add(job.id)
                         held = _Held(job, started + self.lease_s)
+                        self._working[job.id] = held
                         group.create_task(self._work(held))
+                    if len(self._working) >= self.max_jobs:
+                        await self._maybe_turn_over()
                 except (OSError, asyncpg.PostgresError) as exc:
                     log.warning("replay_jobs_not_claimed", error=repr(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    async def _maybe_turn_over(self) -> None:
+        """Full, and another workspace's job waits: the job worked longest, if past its
+        slice, hands its place over (one at a time; the claim then takes the waiting)."""
+        if any(held.turn_over.is_set() for held in self._working.values()):
+            return
+        longest = min(self._working.values(), key=lambda held: held.since)
+        if time.monotonic() - longest.since < self.slice_s:
+            return
+        if await self.jobs.others_waiting(self._busy_workspaces()):
+            log.info("replay_job_turn_over", job_id=str(longest.job.id))
+            longest.hand_over()
 
     async def _work(self, held: _Held) -> None:
         job = held.job
@@ -365,6 +501,12 @@ class ReplayWorker:
         heartbeat = asyncio.create_task(self._heartbeat(held))
         try:
             await self._process(held)
+            if held.turn_over.is_set() and not held.stop.is_set():
+                # No renewal may land after the release (it would hold the job again).
+                heartbeat.cancel()
+                await asyncio.wait([heartbeat])  # (raises only if this task is cancelled)
+                await self.jobs.release(job.id, self.owner, settled=not held.unsure)
+                log.info("replay_job_handed_over", job_id=str(job.id), settled=not held.unsure)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.jobs.release(job.id, self.owner)
@@ -374,7 +516,7 @@ class ReplayWorker:
             log.exception("replay_job_failed", job_id=str(job.id))
         finally:
             heartbeat.cancel()
-            self._working.discard(job.id)
+            self._working.pop(job.id, None)
             self._wake.set()
 
     async def _heartbeat(self, held: _Held) -> None:
@@ -383,7 +525,7 @@ class ReplayWorker:
             started = time.monotonic()
             try:
                 if not await self.jobs.renew(held.job.id, self.owner, self.lease_s):
-                    held.stop.set()  # cancelled, or no longer ours
+                    held.halt()  # cancelled, or no longer ours
                     return
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("replay_job_lease_not_renewed", error=repr(exc))
@@ -392,7 +534,7 @@ class ReplayWorker:
 
     async def _pause(self, held: _Held, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(held.stop.wait(), seconds)
+            await asyncio.wait_for(held.interrupted.wait(), seconds)
 
     async def _process(self, held: _Held) -> None:
         job = held.job
@@ -402,7 +544,7 @@ class ReplayWorker:
             await self._pause(held, job.wait_s + 1.0)
         cursor = job.cursor
         next_start = time.monotonic()
-        while not held.stop.is_set():
+        while not held.ending:
             items = await self.jobs.pending(job.id, cursor, self.chunk)
             if not items:
                 return  # every item is settled: the last settle finished the job
@@ -419,7 +561,7 @@ class ReplayWorker:
                 delay = next_start - time.monotonic()
                 if delay > 0:
                     await self._pause(held, delay)
-                if held.stop.is_set() or paused.is_set():
+                if held.ending or paused.is_set():
                     break
                 next_start = max(next_start, time.monotonic()) + 1 / self.rate
                 tasks.append(
@@ -440,7 +582,7 @@ class ReplayWorker:
                 return
             if whole:
                 cursor = items[-1][0]
-            else:
+            elif not held.ending:
                 await self._pause(held, 1.0)  # the broker or a runner was away: try again
 
     async def _send(
@@ -451,15 +593,19 @@ class ReplayWorker:
         outcomes: dict[int, str | None],
         paused: asyncio.Event,
     ) -> None:
-        async with self._slots:
-            if held.stop.is_set() or paused.is_set():
-                return
+        async with self._slots.hold(held.job.id):
+            if held.ending or paused.is_set():
+                return  # not sent: stays pending for this job's next turn
             if time.monotonic() >= held.valid_until:
                 return  # the lease may have lapsed: another replica may hold the job
             try:
-                outcomes[seq] = await self._replay(held.job, request_id)
+                outcome = await self._replay(held.job, request_id)
             except Conflict:
                 paused.set()
+                return
+            outcomes[seq] = outcome
+            if outcome is None:
+                held.unsure = True
 
     async def _replay(self, job: ClaimedJob, request_id: str) -> str | None:
         """The replay's outcome, `skipped`, or None (not sent or not known: retried)."""

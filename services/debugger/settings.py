@@ -58,8 +58,12 @@ class DebuggerSettings(DatabaseSettings):
     # every `poll_s`, and at once after a job is created on it.
     debugger_replay_lease_s: float = Field(default=30.0, gt=0)
     debugger_replay_poll_s: float = Field(default=5.0, gt=0)
-    # Jobs one debugger process works at once.
+    # Jobs one debugger process works at once, one per workspace (replay_jobs.py).
     debugger_replay_max_jobs: int = Field(default=4, ge=1)
+    # Round robin when more workspaces have jobs than a process has places: while
+    # another workspace's job waits, a job worked this long hands its place over at
+    # once (its replays in flight settled) and goes to the back.
+    debugger_replay_slice_s: float = Field(default=30.0, gt=0)
     # Secret headers and query parameters are stored as "[redacted]": the list of
     # shared/redaction.py (the one the runner's http step uses too) plus these names.
     # Authorization never reaches the debugger.
