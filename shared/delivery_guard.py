@@ -67,6 +67,14 @@ class Deferred:
     why: Why
     retry_in_s: float
 
+    def spread_s(self, rng: Callable[[], float], at_least_s: float = 0.0) -> float:
+        """The wait a sender gives it, spread so that deliveries deferred together do
+        not come back together: an open circuit's rest of cool-down plus up to half of it
+        more, a busy one at least `at_least_s`; plus up to a second (`rng` in [0, 1))."""
+        if self.why == "circuit_open":
+            return self.retry_in_s * (1 + 0.5 * rng()) + rng()
+        return max(self.retry_in_s, at_least_s) + rng()
+
 
 @dataclass
 class _Destination:

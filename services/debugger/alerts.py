@@ -536,13 +536,10 @@ class AlertSender:
             else None
         )
         if isinstance(permit, Deferred):
-            if permit.why == "circuit_open":
-                retry_in = permit.retry_in_s * (1 + 0.5 * self.rng()) + self.rng()
-            else:
-                retry_in = max(permit.retry_in_s, BUSY_RETRY_S) + self.rng()
-            await self.store.put_back(notice["id"], retry_in)
+            back_in = permit.spread_s(self.rng, BUSY_RETRY_S)
+            await self.store.put_back(notice["id"], back_in)
             self.deferred += 1
-            log.debug("alert_deferred", notice=notice["id"], why=permit.why, retry_in_s=retry_in)
+            log.debug("alert_deferred", notice=notice["id"], why=permit.why, retry_in_s=back_in)
             return
         body = notice["body"].encode()
         headers = {

@@ -326,10 +326,7 @@ class CallbackSender:
     async def _defer(self, message: CallbackRequested, deferred: Deferred, now: datetime) -> None:
         """Parked again for what the guard said (spread, so that callbacks deferred
         together do not come back together), without an attempt or a record."""
-        if deferred.why == "circuit_open":
-            wait_s = deferred.retry_in_s * (1 + 0.5 * self.rng()) + self.rng()
-        else:
-            wait_s = max(deferred.retry_in_s, BUSY_DEFER_S) + self.rng()
+        wait_s = deferred.spread_s(self.rng, BUSY_DEFER_S)
         due = now + timedelta(seconds=wait_s)
         if due > message.first_at + timedelta(seconds=self.give_up_s):
             # It would never be attempted again: the end is recorded, as for a last attempt.
@@ -394,8 +391,8 @@ class CallbackSender:
             )
         except (OutboundRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             text = scrub_urls(str(exc)[:2000])[:300]
-            error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+            what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
             # A refused address or URL says nothing of the destination's health.
-            return None, error, "unknown" if isinstance(exc, OutboundRefused) else "failing"
+            return None, what, "unknown" if isinstance(exc, OutboundRefused) else "failing"
         error = None if 200 <= status < 300 else f"the receiver answered {status}"
         return status, error, health_of(status)

@@ -39,6 +39,10 @@ def system() -> Iterator[System]:
         FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS=f'["{RECEIVER_HOST}/32"]',
         FLOWHOOKS_RUNNER_CALLBACK_RETRY_DELAYS_S="[1.5]",
         FLOWHOOKS_RUNNER_CALLBACK_GIVE_UP_S=str(GIVE_UP_S),
+        # These tests follow one callback's attempts through the ladder; the breaker
+        # (which defers them once a receiver keeps failing) has its own tests
+        # (test_isolation_outbound.py, tests/unit/test_delivery_guard.py).
+        FLOWHOOKS_RUNNER_CALLBACK_BREAKER_FAILURES="1000",
     ) as running:
         yield running
 
