@@ -11,6 +11,7 @@ from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
 from services.ingress.webhook import WebhookHandler
 from shared.messaging import naming
+from shared.messaging.contracts import RUNS_DRAINED, Event
 from shared.messaging.runner_client import RunnerClient
 from shared.secret_box import SecretBox
 from shared.service import Kernel, Route, ServiceSpec
@@ -29,23 +30,31 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
     )
     # Events may have been missed while the connection was down.
     kernel.broker.reconnected.append(cache.clear)
-    kernel.on_events(
-        naming.cache_invalidation_queue_name(kernel.broker.instance),
-        cache.changes,
-        prefetch=100,
-        # Unknown or unreadable: be safe rather than fast.
-        on_unreadable=cache.clear,
-    )
     runner = RunnerClient(kernel.broker, kernel.rpc, max_items=settings.ingress_run_batch)
     key = settings.webhook_secrets_key
     signatures = SignatureChecks(
         SecretBox(key.get_secret_value()) if key is not None else None,
         settings.ingress_access_cache_size,
     )
-    dedup = Deduplicator(kernel.rpc, kernel.broker)
+    dedup = Deduplicator(kernel.rpc, kernel.broker, settings.ingress_dedup_max_waiting)
     webhook = kernel.provide(
         WEBHOOK,
         WebhookHandler(cache, runner, kernel.broker, settings, signatures, dedup, metrics),
+    )
+    # The same per-process queue also receives the runners' reports of this replica's
+    # async runs that finished (routed to it alone), for its per-workspace queued bounds.
+    cache.changes.on(
+        Event(naming.runs_drained_key(kernel.broker.instance), RUNS_DRAINED.body),
+        webhook.backlog.drained,
+        published_by=settings.runner_user,
+    )
+    kernel.broker.reconnected.append(webhook.backlog.clear)  # reports may have been missed
+    kernel.on_events(
+        naming.cache_invalidation_queue_name(kernel.broker.instance),
+        cache.changes,
+        prefetch=100,
+        # Unknown or unreadable: be safe rather than fast.
+        on_unreadable=cache.clear,
     )
 
     async def close() -> None:

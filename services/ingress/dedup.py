@@ -4,19 +4,26 @@ nothing), and answer a duplicate with the first's answer, waiting for it if need
 
 The state lives in the runner's `runner.dedup_keys` (docs/architecture.md, "Deduplication"):
 the ingress keeps no database, and one primary key decides the first across every
-replica of both services."""
+replica of both services.
+
+Sync duplicates that wait for the same first are coalesced: one poller per (flow, key)
+in this process asks the runner, every waiter awaits its answer, and a request that
+finds a poller for its key joins it without asking the runner at all. Waiters per flow
+are bounded (`FLOWHOOKS_INGRESS_DEDUP_MAX_WAITING`; past it 429 with `Retry-After`)."""
 
 import asyncio
 import itertools
-import time
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 import orjson
 import structlog
 from aiohttp import web
 
 from shared.dedup_keys import extract_key, parse_key_spec
-from shared.errors import Timeout, Unavailable
+from shared.errors import ApiError, RateLimited, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import CLAIM_DEDUP_KEY, REQUEST_DEDUPLICATED
@@ -73,12 +80,48 @@ def request_key(flow: FlowWebhookSettings, request: WebhookRequest) -> str | Non
     return extract_key(spec, request.headers, request.input)
 
 
+@dataclass
+class _Poller:
+    """The one poller of a (flow, key) in this process, and how many wait for it."""
+
+    first_request_id: str
+    task: "asyncio.Task[DedupClaim]"
+    waiters: int = field(default=0)
+
+
 class Deduplicator:
-    def __init__(self, rpc: RpcClient, broker: Broker) -> None:
+    def __init__(self, rpc: RpcClient, broker: Broker, max_waiting_per_flow: int = 1000) -> None:
         self.rpc = rpc
         self.recorded: BatchPublisher[RunFinished] = BatchPublisher(broker, REQUEST_DEDUPLICATED)
+        self.max_waiting_per_flow = max_waiting_per_flow
+        self._pollers: dict[tuple[str, str], _Poller] = {}
+        # Sync duplicates waiting, per flow (the bound).
+        self._waiting: Counter[str] = Counter()
 
     async def claim(self, flow: FlowWebhookSettings, request_id: str, key: str) -> DedupClaim:
+        poller = self._pollers.get((flow.flow_id, key))
+        if poller is not None:
+            # Requests here already wait for this key's first: a duplicate of it, known
+            # without asking the runner.
+            return DedupClaim(state="pending", first_request_id=poller.first_request_id)
+        return await self._ask(flow, request_id, key, "claim")
+
+    async def release(self, flow: FlowWebhookSettings, request_id: str, key: str) -> None:
+        """A first refused before it reached a runner (503, 429, ...) lets go of its key,
+        so the sender's retry runs. Best effort: if the runner does not hear it, a sync
+        key's lease still lapses; an async one stays held for its window (logged)."""
+        try:
+            await self._ask(flow, request_id, key, "release")
+        except ApiError as exc:
+            log.warning("dedup_key_not_released", flow_id=flow.flow_id, error=exc.message)
+
+    async def _ask(
+        self,
+        flow: FlowWebhookSettings,
+        request_id: str,
+        key: str,
+        mode: Literal["claim", "wait", "release"],
+    ) -> DedupClaim:
         assert flow.dedup is not None
         # A sync first that errs at its timeout may lose its run (the message expires
         # unread): its key is taken over after the lease. Async and "accept" runs are
@@ -94,6 +137,7 @@ class Deduplicator:
             request_id=request_id,
             window_s=flow.dedup.window_s,
             lease_s=lease_s,
+            mode=mode,
         )
         try:
             return await self.rpc.call(CLAIM_DEDUP_KEY, claim)
@@ -110,37 +154,80 @@ class Deduplicator:
         received_at: datetime,
     ) -> web.Response:
         """A duplicate's answer: async, the first's id at once; sync, the first's answer
-        (waiting for it up to the flow's timeout). Recorded as `duplicate`."""
+        (waiting for it up to the flow's timeout), or 503 if the first failed: a failure
+        is never replayed. Recorded as `duplicate`."""
         first = claim.first_request_id
+        replayed = True
         if flow.is_async:
             result = _json_result(200, scheduled_body(first))
         else:
-            waited = claim.result or await self._wait(flow, request.request_id, key, received_at)
-            result = waited or self._gave_up(flow, request.request_id, first)
+            final = claim if claim.state == "done" else await self._wait(flow, request, key, first)
+            if final is not None and final.state == "done" and final.result is not None:
+                result = final.result
+            elif final is not None and final.state == "released":
+                result, replayed = _released(request.request_id, first), False
+            else:
+                result = self._gave_up(flow, request.request_id, first)
         request.duplicate_of = first
         await self._record(request, result, received_at)
-        headers = {**result.headers, "Content-Type": result.content_type, REPLAYED_HEADER: "true"}
+        headers = {**result.headers, "Content-Type": result.content_type}
+        if replayed:
+            headers[REPLAYED_HEADER] = "true"
         return web.Response(body=result.body.encode(), status=result.status_code, headers=headers)
 
     async def _wait(
-        self, flow: FlowWebhookSettings, request_id: str, key: str, received_at: datetime
-    ) -> StoredResult | None:
-        """The first's result once it has one; None at the flow's timeout."""
-        waited_s = (datetime.now(UTC) - received_at).total_seconds()
-        deadline = time.monotonic() + flow.timeout_s - waited_s
+        self, flow: FlowWebhookSettings, request: WebhookRequest, key: str, first: str
+    ) -> DedupClaim | None:
+        """The key's final state (`done`, `released`) from this process's one poller of
+        it; None at the flow's timeout. 429 past the flow's bound of waiters."""
+        waited_s = (datetime.now(UTC) - request.received_at).total_seconds()
+        left_s = flow.timeout_s - waited_s
+        if left_s <= 0:
+            return None
+        if self._waiting[flow.flow_id] >= self.max_waiting_per_flow:
+            error = RateLimited(
+                f"{self.max_waiting_per_flow} requests of this flow already wait for the"
+                " first request with their dedup key (FLOWHOOKS_INGRESS_DEDUP_MAX_WAITING)"
+            )
+            error.retry_after_s = 1
+            raise error
+        slot = (flow.flow_id, key)
+        poller = self._pollers.get(slot)
+        if poller is None:
+            task = asyncio.create_task(self._poll(flow, request.request_id, key))
+            poller = self._pollers[slot] = _Poller(first, task)
+            task.add_done_callback(lambda _: self._forget(slot, poller))
+        poller.waiters += 1
+        self._waiting[flow.flow_id] += 1
+        try:
+            # Shielded: one waiter's caller going away does not stop the others' poller.
+            return await asyncio.wait_for(asyncio.shield(poller.task), left_s)
+        except TimeoutError:
+            return None
+        finally:
+            poller.waiters -= 1
+            self._waiting[flow.flow_id] -= 1
+            if not self._waiting[flow.flow_id]:
+                del self._waiting[flow.flow_id]
+            if not poller.waiters:
+                poller.task.cancel()
+
+    async def _poll(self, flow: FlowWebhookSettings, request_id: str, key: str) -> DedupClaim:
+        """Asks the runner (read only) until the first is done or has let go of the key;
+        a pending first may be another request that took the key over since."""
         for attempt in itertools.count():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            await asyncio.sleep(min(left, POLL_PAUSES_S[min(attempt, len(POLL_PAUSES_S) - 1)]))
-            claim = await self.claim(flow, request_id, key)
-            if claim.state == "done":
-                return claim.result
-            if claim.state == "first":
-                # The first lost its run and this request took the key over: it cannot
-                # run now (its caller is out of time), so it answers like a timeout.
-                return None
+            await asyncio.sleep(POLL_PAUSES_S[min(attempt, len(POLL_PAUSES_S) - 1)])
+            claim = await self._ask(flow, request_id, key, "wait")
+            if claim.state != "pending":
+                # `first` only from a runner that predates `wait` (it took the key over):
+                # answered like a timeout, as before.
+                return claim
         raise AssertionError("unreachable")
+
+    def _forget(self, slot: tuple[str, str], poller: _Poller) -> None:
+        """A finished poller takes no new waiters: a request from now on asks the runner."""
+        if self._pollers.get(slot) is poller:
+            del self._pollers[slot]
 
     def _gave_up(self, flow: FlowWebhookSettings, request_id: str, first: str) -> StoredResult:
         if flow.on_timeout == "accept":
@@ -172,7 +259,22 @@ class Deduplicator:
             log.warning("duplicate_not_recorded", request_id=request.request_id)
 
     async def drain(self) -> None:
+        for poller in list(self._pollers.values()):
+            poller.task.cancel()
         await self.recorded.drain()
+
+
+def _released(request_id: str, first: str) -> StoredResult:
+    """A duplicate of a first that failed: told to send it again (its key is free now)."""
+    error = Unavailable(
+        f"the first request with this key ({first}) failed, and a failure is not replayed:"
+        " send this request again",
+        data={"request_id": request_id, "duplicate_of": first},
+    )
+    error.retry_after_s = 1
+    stored = _json_result(error.status_code, error.envelope())
+    stored.headers = error.headers()
+    return stored
 
 
 def _json_result(status: int, body: dict[str, object]) -> StoredResult:

@@ -1,7 +1,8 @@
-"""Per-flow request rate limit: a token bucket per flow, in each ingress replica.
+"""Per-flow token buckets, in each ingress replica: the request rate limit, and the
+budget of failed signature checks.
 
-The limit is per replica (N replicas admit up to N times the rate); that keeps the
-webhook path free of a shared store. A request over the limit gets 429 with
+The limits are per replica (N replicas admit up to N times the rate); that keeps the
+webhook path free of a shared store. A request over a limit gets 429 with
 `Retry-After` (seconds until a token is back)."""
 
 import math
@@ -18,17 +19,17 @@ class _Bucket:
     updated: float
 
 
-class FlowRateLimiter:
-    def __init__(self, rate_per_s: float, burst: int, max_flows: int = 100_000) -> None:
+class _Buckets:
+    """A full bucket per flow on first sight, refilled at `rate_per_s` up to `burst`;
+    the least recently seen flows are forgotten past `max_flows`."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_flows: int) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst
         self.max_flows = max_flows
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
-    def check(self, flow_id: str, now: float | None = None) -> None:
-        """Take one token for `flow_id` or raise `RateLimited`."""
-        if self.rate_per_s <= 0:
-            return
+    def _bucket(self, flow_id: str, now: float | None) -> _Bucket:
         now = time.monotonic() if now is None else now
         bucket = self._buckets.get(flow_id)
         if bucket is None:
@@ -41,8 +42,55 @@ class FlowRateLimiter:
                 self.burst, bucket.tokens + (now - bucket.updated) * self.rate_per_s
             )
             bucket.updated = now
+        return bucket
+
+    def _refusal(self, bucket: _Bucket, message: str) -> RateLimited:
+        error = RateLimited(message)
+        error.retry_after_s = max(1, math.ceil((1 - bucket.tokens) / self.rate_per_s))
+        return error
+
+
+class FlowRateLimiter(_Buckets):
+    def __init__(self, rate_per_s: float, burst: int, max_flows: int = 100_000) -> None:
+        super().__init__(rate_per_s, burst, max_flows)
+
+    def check(self, flow_id: str, now: float | None = None) -> None:
+        """Take one token for `flow_id` or raise `RateLimited`."""
+        if self.rate_per_s <= 0:
+            return
+        bucket = self._bucket(flow_id, now)
         if bucket.tokens < 1:
-            error = RateLimited(f"more than {self.rate_per_s:g} requests a second for this flow")
-            error.retry_after_s = max(1, math.ceil((1 - bucket.tokens) / self.rate_per_s))
-            raise error
+            raise self._refusal(
+                bucket, f"more than {self.rate_per_s:g} requests a second for this flow"
+            )
         bucket.tokens -= 1
+
+
+class BadSignatureBudget(_Buckets):
+    """Failed signature checks of large bodies a flow may have: `burst` at once, then
+    `rate_per_s`. While it is spent, an unauthenticated large body is refused before it
+    is read (`check`), so a flood of forged 10 MB bodies costs one read a second, not
+    one each. Only failures charge it (`spend`); small bodies are never refused by it
+    (cheap to check), so a flood cannot lock the real sender's usual deliveries out."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_flows: int = 100_000) -> None:
+        super().__init__(rate_per_s, burst, max_flows)
+
+    def check(self, flow_id: str, now: float | None = None) -> None:
+        """`RateLimited` while the flow's budget is spent; takes nothing."""
+        if self.rate_per_s <= 0:
+            return
+        bucket = self._bucket(flow_id, now)
+        if bucket.tokens < 1:
+            raise self._refusal(
+                bucket,
+                "too many requests to this flow failed signature verification recently;"
+                " large bodies are refused until the budget refills",
+            )
+
+    def spend(self, flow_id: str, now: float | None = None) -> None:
+        """One failed check of a large body."""
+        if self.rate_per_s <= 0:
+            return
+        bucket = self._bucket(flow_id, now)
+        bucket.tokens = max(0.0, bucket.tokens - 1)

@@ -23,6 +23,18 @@ class IngressSettings(WebhookSecretsSettings):
     # Per-flow rate limit in each replica (requests a second; 0 turns it off) and burst.
     ingress_flow_rate_limit_per_s: float = Field(default=1000.0, ge=0)
     ingress_flow_rate_burst: int = Field(default=2000, ge=1)
+    # Failed signature checks of large bodies a flow may have in each replica: a second
+    # (0 turns the budget off) and at once. While it is spent, an unauthenticated body
+    # larger than `ingress_bad_signature_small_body_bytes` (or of unknown length) gets
+    # 429 before it is read: a flood of forged bodies costs a read a second, not each.
+    ingress_bad_signature_rate_per_s: float = Field(default=1.0, ge=0)
+    ingress_bad_signature_burst: int = Field(default=10, ge=1)
+    # Bodies up to this size are always read and checked (cheap), so a flood cannot lock
+    # the real sender's usual deliveries out, and their failures do not spend the budget.
+    ingress_bad_signature_small_body_bytes: int = Field(default=64 * 1024, ge=0)
+    # Sync duplicates of one flow that may wait at once for their first request (one
+    # poller per key asks the runner for all of them); past it 429 with Retry-After.
+    ingress_dedup_max_waiting: int = Field(default=1000, ge=1)
     # Tell the debugger about async requests as soon as they are queued (outcome
     # `queued`): batched with other requests' and never awaited, but one more event each.
     ingress_record_queued: bool = True
@@ -50,3 +62,14 @@ class IngressSettings(WebhookSecretsSettings):
     ingress_access_cache_size: int = Field(default=10_000, ge=0)
     # Backstop only: correctness comes from the change events, not from this TTL.
     ingress_access_cache_ttl_s: float = Field(default=60.0, gt=0)
+    # What one workspace may have queued through this replica (async runs not finished
+    # yet: their number, and the bytes of their bodies); past either, 429 with
+    # Retry-After before anything is published (services/ingress/backlog.py). 0: off.
+    ingress_workspace_queued_runs: int = Field(default=10_000, ge=0)
+    ingress_workspace_queued_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # A queued run whose end no runner reported is no longer counted after this: a lost
+    # report (a runner's crash, a broker reconnect) must not hold a workspace's budget.
+    ingress_workspace_queued_max_age_s: float = Field(default=600.0, gt=0)
+    # Sync requests of one workspace waiting for their answer at once in this replica;
+    # past it 429 with Retry-After. 0: off.
+    ingress_workspace_sync_requests: int = Field(default=500, ge=0)

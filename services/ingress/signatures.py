@@ -1,8 +1,10 @@
-"""Webhook signature checks, one pure function per mode (contract: "Webhook
-verification modes"). Each takes the flow's secrets (already opened: bytes, one or
-two during a rotation), the request headers, the raw body bytes and the time now,
-and returns None when one secret matches, or the reason it refuses (the ingress
-answers 401 with it). Every comparison is constant time (`hmac.compare_digest`).
+"""Webhook signature checks (contract: "Webhook verification modes"). One pure reader
+per mode takes the flow's check, the request headers and the time now, and returns
+what the headers claim is signed (`Signed`) or the reason it refuses (the ingress
+answers 401 with it). `precheck` refuses from the headers alone, before the body is
+read; `verify` then compares the body's HMAC under the flow's secrets (already opened:
+bytes, one or two during a rotation). Every comparison is constant time
+(`hmac.compare_digest`).
 
 Only what the sender signs is read: nothing here parses the body."""
 
@@ -76,8 +78,14 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def _fresh(timestamp: str | None, now: float, tolerance_s: int) -> str | None:
-    """None when `timestamp` (unix seconds) is within the tolerance of now, else why not."""
-    if timestamp is None or not timestamp.isdigit() or len(timestamp) > 12:
+    """None when `timestamp` (unix seconds) is within the tolerance of now, else why not.
+    ASCII digits only: str.isdigit also accepts "¹²³", which int() refuses."""
+    if (
+        timestamp is None
+        or not timestamp.isascii()
+        or not timestamp.isdigit()
+        or len(timestamp) > 12
+    ):
         return "a missing or malformed signature timestamp"
     if abs(now - int(timestamp)) > tolerance_s:
         return f"a signature timestamp more than {tolerance_s} s away from now"
@@ -104,7 +112,20 @@ def _unbase64(values: list[str]) -> list[bytes]:
     return decoded
 
 
-def verify_stripe(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+@dataclass(frozen=True)
+class Signed:
+    """What a request's headers claim: the signed message is `before` + body + `after`,
+    and `given` the signatures to compare (decoded; undecodable ones left out)."""
+
+    before: bytes
+    after: bytes
+    given: list[bytes]
+    # The refusal when no given signature matches.
+    mismatch: str
+    algorithm: Algorithm = "sha256"
+
+
+def read_stripe(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """`Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`, HMAC-SHA256 of `<t>.<body>`."""
     value = _header(headers, "Stripe-Signature")
     if value is None:
@@ -119,33 +140,29 @@ def verify_stripe(check: Check, headers: Mapping[str, str], body: bytes, now: fl
     stale = _fresh(timestamp, now, check.tolerance_s)
     if stale is not None:
         return stale
-    message = f"{timestamp}.".encode() + body
-    if not _matches(check.secrets, message, _unhex(signatures)):
-        return "the Stripe-Signature does not match"
-    return None
+    return Signed(
+        f"{timestamp}.".encode(), b"", _unhex(signatures), "the Stripe-Signature does not match"
+    )
 
 
-def verify_github(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+def read_github(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """`X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>` (no timestamp)."""
     value = _header(headers, "X-Hub-Signature-256")
     if value is None or not value.startswith("sha256="):
         return "no X-Hub-Signature-256 header of the form sha256=<hex>"
-    if not _matches(check.secrets, body, _unhex([value.removeprefix("sha256=")])):
-        return "the X-Hub-Signature-256 does not match"
-    return None
+    given = _unhex([value.removeprefix("sha256=")])
+    return Signed(b"", b"", given, "the X-Hub-Signature-256 does not match")
 
 
-def verify_shopify(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+def read_shopify(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """`X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256 of the body>` (no timestamp)."""
     value = _header(headers, "X-Shopify-Hmac-Sha256")
     if value is None:
         return "no X-Shopify-Hmac-Sha256 header"
-    if not _matches(check.secrets, body, _unbase64([value])):
-        return "the X-Shopify-Hmac-Sha256 does not match"
-    return None
+    return Signed(b"", b"", _unbase64([value]), "the X-Shopify-Hmac-Sha256 does not match")
 
 
-def verify_slack(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+def read_slack(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """`X-Slack-Signature: v0=<hex HMAC-SHA256 of v0:<X-Slack-Request-Timestamp>:<body>>`."""
     timestamp = _header(headers, "X-Slack-Request-Timestamp")
     stale = _fresh(timestamp, now, check.tolerance_s)
@@ -154,15 +171,11 @@ def verify_slack(check: Check, headers: Mapping[str, str], body: bytes, now: flo
     value = _header(headers, "X-Slack-Signature")
     if value is None or not value.startswith("v0="):
         return "no X-Slack-Signature header of the form v0=<hex>"
-    message = f"v0:{timestamp}:".encode() + body
-    if not _matches(check.secrets, message, _unhex([value.removeprefix("v0=")])):
-        return "the X-Slack-Signature does not match"
-    return None
+    given = _unhex([value.removeprefix("v0=")])
+    return Signed(f"v0:{timestamp}:".encode(), b"", given, "the X-Slack-Signature does not match")
 
 
-def verify_standard(
-    check: Check, headers: Mapping[str, str], body: bytes, now: float
-) -> str | None:
+def read_standard(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """Standard Webhooks: `webhook-signature: v1,<base64> [v1,<base64>...]`, HMAC-SHA256
     of `<webhook-id>.<webhook-timestamp>.<body>` (other versions, such as `v1a`
     asymmetric signatures, are skipped)."""
@@ -181,13 +194,15 @@ def verify_standard(
         for version, _, signature in (item.partition(",") for item in value.split())
         if version == "v1"
     ]
-    message = f"{message_id}.{timestamp}.".encode() + body
-    if not _matches(check.secrets, message, _unbase64(signatures)):
-        return "the webhook-signature does not match"
-    return None
+    return Signed(
+        f"{message_id}.{timestamp}.".encode(),
+        b"",
+        _unbase64(signatures),
+        "the webhook-signature does not match",
+    )
 
 
-def verify_hmac(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+def read_hmac(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """The generic mode: `<header>: <prefix><hex|base64 HMAC of content>`, content being
     the flow's template with `{timestamp}` (the timestamp header's value) and `{body}`."""
     assert check.header is not None  # validated on save
@@ -203,28 +218,45 @@ def verify_hmac(check: Check, headers: Mapping[str, str], body: bytes, now: floa
             return stale
         timestamp = found or ""
     before, _, after = check.content.partition("{body}")
-    message = (
-        before.replace("{timestamp}", timestamp).encode()
-        + body
-        + after.replace("{timestamp}", timestamp).encode()
-    )
     signature = value[len(check.prefix) :]
     given = _unhex([signature]) if check.encoding == "hex" else _unbase64([signature])
-    if not _matches(check.secrets, message, given, check.algorithm):
-        return f"the {check.header} signature does not match"
-    return None
+    return Signed(
+        before.replace("{timestamp}", timestamp).encode(),
+        after.replace("{timestamp}", timestamp).encode(),
+        given,
+        f"the {check.header} signature does not match",
+        check.algorithm,
+    )
 
 
-VERIFIERS: dict[str, Callable[[Check, Mapping[str, str], bytes, float], str | None]] = {
-    "stripe": verify_stripe,
-    "github": verify_github,
-    "shopify": verify_shopify,
-    "slack": verify_slack,
-    "standard-webhooks": verify_standard,
-    "hmac": verify_hmac,
+READERS: dict[str, Callable[[Check, Mapping[str, str], float], Signed | str]] = {
+    "stripe": read_stripe,
+    "github": read_github,
+    "shopify": read_shopify,
+    "slack": read_slack,
+    "standard-webhooks": read_standard,
+    "hmac": read_hmac,
 }
+
+
+def precheck(check: Check, headers: Mapping[str, str], now: float) -> str | None:
+    """What can be refused before the body is read: a missing or malformed signature
+    header, a stale or malformed timestamp, no decodable signature. None: only the body
+    can tell."""
+    signed = READERS[check.mode](check, headers, now)
+    if isinstance(signed, str):
+        return signed
+    if not signed.given:
+        return signed.mismatch
+    return None
 
 
 def verify(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
     """None if the request is signed by one of the flow's secrets, else the reason."""
-    return VERIFIERS[check.mode](check, headers, body, now)
+    signed = READERS[check.mode](check, headers, now)
+    if isinstance(signed, str):
+        return signed
+    message = signed.before + body + signed.after
+    if not _matches(check.secrets, message, signed.given, signed.algorithm):
+        return signed.mismatch
+    return None

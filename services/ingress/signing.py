@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 
 import structlog
 
-from services.ingress.signatures import Check, secret_key, verify
+from services.ingress.signatures import Check, precheck, secret_key, verify
 from shared.errors import Unauthorized, Unavailable
 from shared.schemas.access import FlowWebhookSettings, SigningSettings
 from shared.secret_box import SealError, SecretBox
@@ -61,6 +61,14 @@ class SignatureChecks:
         while len(self._checks) > self.max_entries:
             self._checks.popitem(last=False)
         return check
+
+    def precheck(self, flow: FlowWebhookSettings, headers: Mapping[str, str]) -> None:
+        """401 for what the headers alone show is wrong (no signature header, a stale or
+        malformed timestamp, no decodable signature), before the body is read."""
+        assert flow.signing is not None
+        refusal = precheck(self.check_for(flow, flow.signing), headers, time.time())
+        if refusal is not None:
+            raise Unauthorized(f"invalid {flow.signing.mode} signature: {refusal}")
 
     async def verify(
         self,

@@ -11,11 +11,12 @@ import structlog
 from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
+from services.ingress.backlog import WorkspaceBacklog
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
 from services.ingress.form_body import multi_dict
 from services.ingress.metrics import IngressMetrics, error_outcome
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
-from services.ingress.rate_limit import FlowRateLimiter
+from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
 from services.ingress.text import replace_undecodable
@@ -94,9 +95,22 @@ class WebhookHandler:
         self.rate_limiter = FlowRateLimiter(
             settings.ingress_flow_rate_limit_per_s, settings.ingress_flow_rate_burst
         )
+        self.bad_signatures = BadSignatureBudget(
+            settings.ingress_bad_signature_rate_per_s, settings.ingress_bad_signature_burst
+        )
+        self.small_body_bytes = settings.ingress_bad_signature_small_body_bytes
         self.runner = runner
         self.broker = broker
         self.dedup = dedup
+        # Per-workspace bounds on what this replica has queued (429 past them); runners'
+        # `runs.drained` reports reach it through app.py's wiring.
+        self.backlog = WorkspaceBacklog(
+            max_runs=settings.ingress_workspace_queued_runs,
+            max_bytes=settings.ingress_workspace_queued_bytes,
+            max_age_s=settings.ingress_workspace_queued_max_age_s,
+            max_sync=settings.ingress_workspace_sync_requests,
+            instance=broker.instance,
+        )
         self.record_queued = settings.ingress_record_queued
         self.queued: BatchPublisher[RunProgress] = BatchPublisher(broker, REQUEST_QUEUED)
         self.max_body_bytes = settings.ingress_max_body_bytes
@@ -129,16 +143,12 @@ class WebhookHandler:
         flow = await self._authorize(request, request.match_info["flow_id"])
         answer.mode = "async" if flow.is_async else "sync"
         if flow.signing is not None and "Authorization" not in request.headers:
-            # A signature covers the body: read it first, judge it before anything about
-            # the flow (paused, rate limited) shows, and before it is parsed or published.
-            body = await self._read_body(request)
-            await self.signatures.verify(
-                flow, request.headers, body, self.parser, self.parse_inline_max_bytes
-            )
+            body = await self._read_signed_body(request, flow)
+            # Judged before anything else about the flow (paused) shows, and before the
+            # body is parsed or published.
             if flow.status == "paused":
                 answer.outcome = "paused"
                 return web.Response(body=PAUSED_BODY, content_type="application/json")
-            self.rate_limiter.check(flow.flow_id)
         else:
             if flow.status == "paused":
                 # Neither run nor stored (contract).
@@ -173,11 +183,31 @@ class WebhookHandler:
             await self._record_rejected(normalised, error)
             raise
         key = request_key(flow, normalised)
-        if key is not None:
-            claim = await self.dedup.claim(flow, normalised.request_id, key)
-            if claim.state != "first":
-                answer.outcome = "duplicate"
-                return await self.dedup.answer(flow, normalised, key, claim, received_at)
+        if key is None:
+            return await self._start(flow, normalised, None, answer)
+        claim = await self.dedup.claim(flow, normalised.request_id, key)
+        if claim.state != "first":
+            answer.outcome = "duplicate"
+            return await self.dedup.answer(flow, normalised, key, claim, received_at)
+        try:
+            return await self._start(flow, normalised, key, answer)
+        except Timeout:
+            raise  # the run may still finish: the runner records it, or lets go of the key
+        except Exception:
+            # Refused before a runner had it (503, 429, ...): a first that failed does not
+            # hold its key (contract), so the sender's retry runs.
+            await self.dedup.release(flow, normalised.request_id, key)
+            raise
+
+    async def _start(
+        self,
+        flow: FlowWebhookSettings,
+        normalised: WebhookRequest,
+        key: str | None,
+        answer: _Answer,
+    ) -> web.Response:
+        """Queue (async) or run (sync) the request; `key`: its dedup key, as its first."""
+        received_at = normalised.received_at
         if flow.is_async:
             # An async run's time budget starts when a runner takes it, not now.
             answer.outcome = "queued"
@@ -249,7 +279,8 @@ class WebhookHandler:
     async def _schedule(self, start: StartRun) -> web.Response:
         """200 only once the broker has confirmed the persistent message on the durable
         queue; any failure is a 503 from `Broker.publish`, never a false 200."""
-        await self.runner.schedule(start)
+        async with self.backlog.scheduling(start):  # 429 past the workspace's bounds
+            await self.runner.schedule(start)
         if self.record_queued:
             # Best effort, batched, not awaited: the debugger shows it `queued` meanwhile.
             self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
@@ -273,7 +304,8 @@ class WebhookHandler:
     async def _run_sync(
         self, start: StartRun, timeout_s: float, answer: _Answer, *, keep_queued: bool = False
     ) -> web.Response:
-        result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)
+        with self.backlog.sync_request(start.request.workspace_id):  # 429 past its bound
+            result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)
         answer.outcome = result.outcome
         # The flow's own headers were checked on save: none the ingress owns
         # (X-Request-Id, Content-Length, hop-by-hop) can be among them.
@@ -322,6 +354,28 @@ class WebhookHandler:
         if access.decision == "not_found" or access.flow is None:
             raise NotFound("no such flow")
         return access.flow
+
+    async def _read_signed_body(self, request: web.Request, flow: FlowWebhookSettings) -> bytes:
+        """The body of an unauthenticated request to a signing flow, once its signature
+        holds. Everything that can refuse it without the body does so first, so a flood
+        of forged bodies costs no reads: the headers (401), the flow's budget of failed
+        checks for a large body (429), its rate limit (429)."""
+        self.signatures.precheck(flow, request.headers)
+        length = request.content_length
+        # Chunked bodies (no length) count as large: their size shows only once read.
+        if request.body_exists and (length is None or length > self.small_body_bytes):
+            self.bad_signatures.check(flow.flow_id)
+        self.rate_limiter.check(flow.flow_id)
+        body = await self._read_body(request)
+        try:
+            await self.signatures.verify(
+                flow, request.headers, body, self.parser, self.parse_inline_max_bytes
+            )
+        except Unauthorized:
+            if len(body) > self.small_body_bytes:
+                self.bad_signatures.spend(flow.flow_id)
+            raise
+        return body
 
     async def _read_body(self, request: web.Request) -> bytes:
         return await read_body(

@@ -1,6 +1,6 @@
 import pytest
 
-from services.ingress.rate_limit import FlowRateLimiter
+from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
 from shared.errors import RateLimited
 
 
@@ -30,3 +30,28 @@ def test_zero_rate_means_no_limit() -> None:
     limiter = FlowRateLimiter(rate_per_s=0, burst=1)
     for _ in range(100):
         limiter.check("f1", now=0.0)
+
+
+def test_bad_signature_budget_refuses_once_spent_and_refills() -> None:
+    budget = BadSignatureBudget(rate_per_s=1, burst=2)
+    budget.check("f1", now=0.0)  # a fresh flow has its whole budget; checking is free
+    budget.check("f1", now=0.0)
+    budget.spend("f1", now=0.0)
+    budget.check("f1", now=0.0)
+    budget.spend("f1", now=0.0)
+    with pytest.raises(RateLimited) as refused:
+        budget.check("f1", now=0.0)
+    assert refused.value.headers() == {"Retry-After": "1"}
+    assert "failed signature verification" in refused.value.message
+    budget.check("f2", now=0.0)  # flows are independent
+    budget.spend("f1", now=0.2)  # spending an empty budget keeps it at empty
+    with pytest.raises(RateLimited):
+        budget.check("f1", now=1.1)
+    budget.check("f1", now=1.3)  # one failure a second comes back
+
+
+def test_bad_signature_budget_off_at_zero() -> None:
+    budget = BadSignatureBudget(rate_per_s=0, burst=1)
+    for _ in range(5):
+        budget.spend("f1")
+        budget.check("f1")

@@ -9,7 +9,7 @@ import hmac
 import pytest
 from multidict import CIMultiDict
 
-from services.ingress.signatures import Check, secret_key, verify
+from services.ingress.signatures import Check, precheck, secret_key, verify
 from shared.secret_box import SealError, SecretBox
 
 NOW = 1_700_000_000.0
@@ -234,3 +234,75 @@ def test_secret_box_round_trip_and_binding() -> None:
         SecretBox("z" * 32).open(sealed, "workspace-1")
     with pytest.raises(ValueError, match="32 characters"):
         SecretBox("short")
+
+
+# Timestamps and what is refused before the body is read -------------------------------
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "\u00b9\u00b2\u00b3",
+        "\u0661\u0662\u0663",
+        "\uff11\uff12\uff13",
+        "17\u00b9",
+        " ",
+        "-1",
+        "1e9",
+    ],
+)
+def test_timestamps_are_ascii_digits_only(timestamp: str) -> None:
+    """`str.isdigit` accepts superscripts and other scripts' digits, which `int()` then
+    refused with a traceback (500): each is a malformed timestamp (401) instead."""
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    malformed = "a missing or malformed signature timestamp"
+    stripe = check("stripe", "sk_test_secret")
+    signed = headers(Stripe_Signature=f"t={timestamp},v1=00")
+    assert verify(stripe, signed, b"{}", NOW) == malformed
+    slack = check("slack", "slack-secret")
+    slack_headers = headers(X_Slack_Request_Timestamp=timestamp, X_Slack_Signature="v0=00")
+    assert verify(slack, slack_headers, b"{}", NOW) == malformed
+    standard = check("standard-webhooks", secret)
+    standard_headers = headers(
+        webhook_id="msg_1", webhook_timestamp=timestamp, webhook_signature="v1,AA=="
+    )
+    assert verify(standard, standard_headers, b"{}", NOW) == malformed
+    generic = check(
+        "hmac",
+        "hmac-secret",
+        header="X-Sig",
+        timestamp_header="X-Ts",
+        content="{timestamp}.{body}",
+    )
+    assert verify(generic, headers(X_Sig="00", X_Ts=timestamp), b"{}", NOW) == malformed
+    for mode_check, mode_headers in (
+        (stripe, signed),
+        (slack, slack_headers),
+        (standard, standard_headers),
+    ):
+        assert precheck(mode_check, mode_headers, NOW) == malformed
+
+
+def test_precheck_refuses_from_the_headers_alone() -> None:
+    secret = "github-secret"
+    github = check("github", secret)
+    body = b'{"big": "body"}'
+    good = headers(X_Hub_Signature_256="sha256=" + hex_hmac(secret.encode(), body))
+    # A well-formed signature needs the body: only verify can tell.
+    assert precheck(github, good, NOW) is None
+    forged = headers(X_Hub_Signature_256="sha256=" + "00" * 32)
+    assert precheck(github, forged, NOW) is None
+    assert verify(github, forged, body, NOW) == "the X-Hub-Signature-256 does not match"
+    # No header, the wrong form, nothing decodable: refused before any body.
+    assert precheck(github, headers(), NOW) == (
+        "no X-Hub-Signature-256 header of the form sha256=<hex>"
+    )
+    assert precheck(github, headers(X_Hub_Signature_256="sha256=zz"), NOW) == (
+        "the X-Hub-Signature-256 does not match"
+    )
+    stripe = check("stripe", "sk_test_secret")
+    stale = headers(Stripe_Signature=f"t={int(NOW) - 301},v1={'00' * 32}")
+    assert precheck(stripe, stale, NOW) == "a signature timestamp more than 300 s away from now"
+    assert precheck(stripe, headers(Stripe_Signature=f"t={int(NOW)}"), NOW) == (
+        "the Stripe-Signature does not match"
+    )
