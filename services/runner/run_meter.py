@@ -3,14 +3,17 @@
 Inside a worker, runs share one event loop and take turns: a run computes in slices
 between two awaits. `MeteredRun` wraps a run's coroutine and charges every slice to
 that run; past its CPU budget the run is stopped at its next turn. A slice is charged
-the CPU time of the worker's thread (`time.thread_time_ns`, about 0.6 µs a read, two
-per slice), not the wall time: when other processes (another workspace's runs on the
-other workers, the other services) take the cores, the wall time of a slice grows and
-its CPU time does not, so load from others cannot make a run that is within its budget
-look over it. A slice that never ends (one huge big-integer operation, a C call that
-holds the GIL) cannot be stopped from inside, so the worker also writes, into memory
-it shares with the supervisor, which run is computing and since when, in wall time and
-in the thread's CPU time (`SliceMarker`). The supervisor reads it; once a slice has
+the CPU time of the worker's thread (`time.thread_time_ns`, a system call of 0.6 to
+1 µs), not the wall time: when other processes (another workspace's runs on the other
+workers, the other services) take the cores, the wall time of a slice grows and its CPU
+time does not, so load from others cannot make a run that is within its budget look
+over it. (A slice shorter than `SHORT_SLICE_NS` in wall time is charged that instead,
+which is no less than its CPU time, to spare the second system call.)
+
+A slice that never ends (one huge big-integer operation, a C call that holds the GIL)
+cannot be stopped from inside, so the worker also writes, into memory it shares with
+the supervisor, which run is computing and since when, in wall time and in the thread's
+CPU time (`SliceMarker`). The supervisor reads it; once a slice has
 lasted past its bound in wall time (cheap to see), it reads the thread's CPU time from
 /proc and kills the worker only if the slice's CPU time is past the bound too: it
 knows which run to blame.
@@ -29,6 +32,10 @@ from typing import Any
 _FIELD = struct.Struct("=q")
 _KEY, _SINCE, _CPU_SINCE = 0, 8, 16
 _SIZE = 24
+# A slice this short in wall time is charged its wall time (its CPU time is no more, and
+# the second system call would cost a short slice a tenth of its time); a longer one,
+# which others' load may have stretched, is charged its CPU time.
+SHORT_SLICE_NS = 100_000
 # A slice gives one turn to the others for each TURN_PER_CPU_S of CPU it used.
 TURN_PER_CPU_S = 0.002
 MAX_YIELDED_TURNS = 64
@@ -147,6 +154,7 @@ class MeteredRun:
         while True:
             started_ns = time.thread_time_ns()
             self.marker.enter(self.key, started_ns)
+            wall_started_ns = time.perf_counter_ns()
             try:
                 if to_throw is not None:
                     yielded = coroutine.throw(to_throw)
@@ -155,7 +163,10 @@ class MeteredRun:
             except StopIteration as stop:
                 return stop.value
             finally:
-                spent = (time.thread_time_ns() - started_ns) / 1e9
+                spent_ns = time.perf_counter_ns() - wall_started_ns
+                if spent_ns > SHORT_SLICE_NS:
+                    spent_ns = time.thread_time_ns() - started_ns
+                spent = spent_ns / 1e9
                 self.cpu_used_s += spent
                 self.marker.leave()
             to_send, to_throw = None, None
