@@ -31,7 +31,7 @@ from pathlib import Path
 
 from services.cli_commands import register as register_api_commands
 from shared.db import ensure_database, migrate
-from shared.settings import DatabaseSettings
+from shared.settings import DatabaseSettings, QueueBoundsSettings
 
 SERVICES = ("auth", "runner", "debugger", "ingress")
 # Services that own a database schema, in the order they are migrated.
@@ -94,6 +94,28 @@ def _dev_token_key() -> str:
     return _dev_key(DEV_TOKEN_KEY_FILE)
 
 
+def _dev_queue_bounds(amqp_url: str) -> None:
+    """The durable queues' backstops (a broker policy), as broker-setup applies them in
+    production; best effort: without an admin interface the services run without them."""
+    from shared.messaging import broker_setup as setup
+
+    try:
+        via = asyncio.run(
+            setup.bound_dev_queues(
+                amqp_url,
+                os.environ.get(
+                    "FLOWHOOKS_BROKER_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"
+                ),
+                os.environ.get("FLOWHOOKS_BROKER_RABBITMQCTL", "rabbitmqctl"),
+                QueueBoundsSettings().bounds(),
+            )
+        )
+    except setup.SetupFailed as exc:
+        print(f"warning: the queues' length and byte bounds are not applied: {exc}")
+        return
+    print(f"queue length and byte bounds applied through {via}")
+
+
 def _cmd_run(_: argparse.Namespace) -> int:
     """Start every service as a child process, each with only its own variables; start a
     crashed one again with backoff; stop all of them on Ctrl-C or SIGTERM."""
@@ -101,6 +123,7 @@ def _cmd_run(_: argparse.Namespace) -> int:
 
     settings = DatabaseSettings()
     asyncio.run(_migrate_all(settings.database_url))
+    _dev_queue_bounds(settings.broker_urls[0])
     env = dict(os.environ)
     if not env.get("FLOWHOOKS_RUNNER_TOKEN_KEYS") and not env.get("FLOWHOOKS_RUNNER_TOKEN_KEY"):
         env["FLOWHOOKS_RUNNER_TOKEN_KEYS"] = _dev_token_key()
@@ -159,7 +182,9 @@ def _cmd_broker_setup(args: argparse.Namespace) -> int:
     users = setup.user_names(args.user_prefix)
     given = setup.passwords_from_env()
     if args.definitions_out:
-        document, generated = setup.render(args.vhost, users, given, args.replicas)
+        document, generated = setup.render(
+            args.vhost, users, given, args.replicas, QueueBoundsSettings().bounds()
+        )
         fd = os.open(args.definitions_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(document)
@@ -173,7 +198,11 @@ def _cmd_broker_setup(args: argparse.Namespace) -> int:
                 admin = setup.Rabbitmqctl(args.rabbitmqctl)
             else:
                 admin = asyncio.run(setup.find_admin(args.management_url, args.rabbitmqctl))
-            generated = asyncio.run(setup.apply(admin, args.vhost, users, given, args.replicas))
+            generated = asyncio.run(
+                setup.apply(
+                    admin, args.vhost, users, given, args.replicas, QueueBoundsSettings().bounds()
+                )
+            )
         except setup.SetupFailed as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

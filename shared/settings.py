@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
+from shared.messaging.topology import DEFAULT_QUEUE_BOUNDS, QueueBounds
 from shared.secret_box import SecretBox
 
 
@@ -67,6 +68,26 @@ class ServiceSettings(BaseSettings):
         """The port of `/metrics` (and the probes) beside the service's own: each
         service's settings name theirs, `FLOWHOOKS_<SERVICE>_OPS_PORT`. None: none."""
         return None
+
+
+class QueueBoundsSettings(BaseSettings):
+    """The backstops on every durable queue: a RabbitMQ policy (`topology.queue_bounds_policy`)
+    that `flowhooks broker-setup` and `flowhooks run` apply, one value for every queue.
+    Past either bound the broker refuses publishes to that queue, which every publisher
+    answers 503 with Retry-After (the ingress's per-workspace bounds refuse one tenant
+    long before). Size them so that the queues that can fill together (the async runs,
+    their wait queue, the debugger's events) stay below the broker's memory high
+    watermark; a change applies to the running queues when it is applied again."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
+
+    # Messages ready in one durable queue.
+    queue_max_length: int = Field(default=DEFAULT_QUEUE_BOUNDS.max_length, ge=1)
+    # Bytes of the message bodies ready in one durable queue.
+    queue_max_bytes: int = Field(default=DEFAULT_QUEUE_BOUNDS.max_bytes, ge=1)
+
+    def bounds(self) -> QueueBounds:
+        return QueueBounds(self.queue_max_length, self.queue_max_bytes)
 
 
 class DatabaseSettings(ServiceSettings):

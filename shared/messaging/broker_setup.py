@@ -61,11 +61,13 @@ def definitions(
     users: Mapping[str, str],
     password_hashes: Mapping[str, str] | None = None,
     replicas: int = 1,
+    bounds: topology.QueueBounds = topology.DEFAULT_QUEUE_BOUNDS,
 ) -> dict[str, Any]:
     """RabbitMQ definitions for `vhost` with `users` (service -> user name).
     `password_hashes` (service -> hash): only those users are listed (the others must
     exist already); None: all of them, with `HASH_PLACEHOLDER` (the template).
-    `replicas`: the services' `FLOWHOOKS_BROKER_REPLICAS` (`topology.replicated`)."""
+    `replicas`: the services' `FLOWHOOKS_BROKER_REPLICAS` (`topology.replicated`).
+    `bounds`: the durable queues' backstops (`topology.queue_bounds_policy`)."""
     listed = {
         service: (password_hashes[service] if password_hashes is not None else HASH_PLACEHOLDER)
         for service in users
@@ -124,6 +126,7 @@ def definitions(
             for spec in topology.DURABLE_QUEUES
             for key in spec.bindings
         ],
+        "policies": [topology.queue_bounds_policy(vhost, bounds)],
     }
 
 
@@ -260,20 +263,45 @@ async def apply(
     users: Mapping[str, str],
     given: Mapping[str, str],
     replicas: int = 1,
+    bounds: topology.QueueBounds = topology.DEFAULT_QUEUE_BOUNDS,
 ) -> dict[str, str]:
-    """Creates or updates the vhost, the users, their permissions and the topology;
-    returns the passwords it generated (service -> password)."""
+    """Creates or updates the vhost, the users, their permissions, the topology and the
+    queues' backstops; returns the passwords it generated (service -> password)."""
     chosen, generated = choose_passwords(users, given, await admin.existing_users())
     hashes = {service: password_hash(password) for service, password in chosen.items()}
-    await admin.import_definitions(definitions(vhost, users, hashes, replicas))
+    await admin.import_definitions(definitions(vhost, users, hashes, replicas, bounds))
     return generated
 
 
+async def apply_queue_bounds(admin: BrokerAdmin, vhost: str, bounds: topology.QueueBounds) -> None:
+    """Only the durable queues' backstops (a policy: existing queues take it at once)."""
+    await admin.import_definitions({"policies": [topology.queue_bounds_policy(vhost, bounds)]})
+
+
+def vhost_of(amqp_url: str) -> str:
+    """The vhost an AMQP URL names, as aio-pika reads it (none: `/`)."""
+    return URL(amqp_url).path[1:] or "/"
+
+
+async def bound_dev_queues(
+    amqp_url: str, management_url: str, rabbitmqctl: str, bounds: topology.QueueBounds
+) -> str:
+    """`flowhooks run`: the backstops on the development vhost, through whichever admin
+    interface is here (its name); `SetupFailed` if none is."""
+    admin = await find_admin(management_url, rabbitmqctl)
+    await apply_queue_bounds(admin, vhost_of(amqp_url), bounds)
+    return admin.name
+
+
 def render(
-    vhost: str, users: Mapping[str, str], given: Mapping[str, str], replicas: int = 1
+    vhost: str,
+    users: Mapping[str, str],
+    given: Mapping[str, str],
+    replicas: int = 1,
+    bounds: topology.QueueBounds = topology.DEFAULT_QUEUE_BOUNDS,
 ) -> tuple[str, dict[str, str]]:
     """Definitions for a broker to load at boot, every user with a password hash; missing
     passwords are generated. Returns (document, generated passwords)."""
     chosen, generated = choose_passwords(users, given, existing=set())
     hashes = {service: password_hash(password) for service, password in chosen.items()}
-    return dumps(definitions(vhost, users, hashes, replicas)), generated
+    return dumps(definitions(vhost, users, hashes, replicas, bounds)), generated

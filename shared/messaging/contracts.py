@@ -32,6 +32,7 @@ from shared.schemas.access import (
     TokenIdentity,
     WebhookAccess,
 )
+from shared.schemas.backlog import RunsDrained
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
 from shared.schemas.runs import RunResult, RunsFinished, RunsProgressed, StartRun, StartRuns
@@ -99,6 +100,9 @@ GET_RUN_STATUS: Rpc[GetRunStatus, RunStatus] = Rpc(
 # Commands: webhook requests for the runners, many to a message.
 SYNC_RUNS: Command[StartRuns] = Command(topology.SYNC_RUNS, StartRuns, StartRuns.read)
 ASYNC_RUNS: Command[StartRuns] = Command(topology.ASYNC_RUNS, StartRuns, StartRuns.read)
+# Async runs a runner parked while their workspace was at its share (services/runner/runs.py);
+# the broker sends them back to ASYNC_RUNS after the wait queue's TTL. Nobody consumes it.
+PARKED_RUNS: Command[StartRuns] = Command(topology.ASYNC_RUNS_WAIT, StartRuns, StartRuns.read)
 # Completion callbacks of async runs, for the runner's sender (services/runner/callbacks.py).
 CALLBACKS: Command[CallbackRequested] = Command(topology.CALLBACKS, CallbackRequested)
 
@@ -117,3 +121,7 @@ RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)
 RUN_EXPIRED: Event[StartRuns] = Event(naming.RUN_EXPIRED, StartRuns)
 RUN_DEAD_LETTERED: Event[StartRuns] = Event(naming.RUN_DEAD_LETTERED, StartRuns)
 CALLBACK_ATTEMPTED: Event[CallbackAttempted] = Event(naming.CALLBACK_ATTEMPTED, CallbackAttempted)
+# runner -> the ingress that queued the runs: which finished (its per-workspace queued
+# bounds, services/ingress/backlog.py). Published as `runs_drained_key(<ingress
+# instance>)`, which only that ingress's own queue binds; best effort.
+RUNS_DRAINED: Event[RunsDrained] = Event(naming.RUNS_DRAINED, RunsDrained)

@@ -16,6 +16,9 @@ DEBUGGER_RPC_QUEUE = f"{PREFIX}.rpc.debugger"
 SYNC_RUNS_QUEUE = f"{PREFIX}.runner.sync-runs"
 # Async webhook runs: durable work, apart from sync runs so a flood cannot starve them.
 ASYNC_RUNS_QUEUE = f"{PREFIX}.runner.async-runs"
+# Async runs parked while their workspace is at its share of the runner: a fixed TTL,
+# then dead-lettered back into the async-runs queue (services/runner/runs.py).
+ASYNC_RUNS_WAIT_QUEUE = f"{ASYNC_RUNS_QUEUE}.wait"
 
 # Completion callbacks of async runs (services/runner/callbacks.py): the runner's work
 # queue, and the wait ladder (fixed TTLs, dead-lettered back into it) between attempts.
@@ -41,6 +44,9 @@ RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best
 RUN_EXPIRED = "run.expired"  # a sync run nobody picked up before its caller gave up
 RUN_DEAD_LETTERED = "run.dead_lettered"  # an async run that failed its delivery limit
 CALLBACK_ATTEMPTED = "callback.attempted"  # runner -> debugger: one callback attempt
+# runner -> one ingress (`runs.drained.<instance>`, `runs_drained_key`): its async runs
+# that finished, so it stops counting them against their workspace's queued bound.
+RUNS_DRAINED = "runs.drained"
 
 # RPC methods.
 AUTHORIZE_WEBHOOK = "auth.authorize_webhook"
@@ -60,6 +66,12 @@ def reply_queue_name(service: str, instance: str) -> str:
 def cache_invalidation_queue_name(instance: str) -> str:
     """Each ingress replica's own queue of access changes."""
     return f"{PREFIX}.ingress.access-changes.{instance}"
+
+
+def runs_drained_key(instance: str) -> str:
+    """The routing key of `runs.drained` addressed to one ingress process (its own queue
+    binds it)."""
+    return f"{RUNS_DRAINED}.{instance}"
 
 
 def tail_queue_name(instance: str) -> str:

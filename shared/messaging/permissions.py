@@ -36,18 +36,29 @@ NOTHING = "^$"  # what RabbitMQ also makes of an empty permission
 _INSTANCE = "\x00"  # stands for the instance while a name is escaped
 
 
+def _per_instance(name_of: Callable[[str], str]) -> str:
+    """A regex body for every process's version of a name made from its instance."""
+    return escape(name_of(_INSTANCE)).replace(_INSTANCE, INSTANCE_PATTERN)
+
+
 @dataclass(frozen=True)
 class ProcessQueue:
     """A queue each process of a service declares for itself (exclusive, auto-delete),
-    named by `name_of(instance)` and bound to `bindings` on the events exchange."""
+    named by `name_of(instance)` and bound to `bindings` on the events exchange, and to
+    the keys `addressed` makes of its instance (events sent to that process alone)."""
 
     name_of: Callable[[str], str]
     bindings: tuple[str, ...] = ()
+    addressed: tuple[Callable[[str], str], ...] = ()
 
     @property
     def pattern(self) -> str:
         """A regex body for every process's name of this queue."""
-        return escape(self.name_of(_INSTANCE)).replace(_INSTANCE, INSTANCE_PATTERN)
+        return _per_instance(self.name_of)
+
+    @property
+    def bound(self) -> bool:
+        return bool(self.bindings or self.addressed)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class ServiceAccess:
     consumes: tuple[topology.QueueSpec, ...] = ()
     own_queues: tuple[ProcessQueue, ...] = ()
     publishes: tuple[str, ...] = ()  # routing keys on the events exchange
+    # Routing keys made of another service's process instance (`runs.drained.<ingress>`).
+    publishes_to_processes: tuple[Callable[[str], str], ...] = ()
     # Queues written through the default exchange (RPC calls, commands); `replies`: an
     # RPC server answering on its callers' reply queues, also through the default exchange.
     sends_to: tuple[topology.QueueSpec, ...] = ()
@@ -96,6 +109,8 @@ ACCESS: dict[str, ServiceAccess] = {
             ProcessQueue(
                 naming.cache_invalidation_queue_name,
                 _keys(contracts.FLOW_ACCESS_CHANGED, contracts.ACCESS_TOKEN_REVOKED),
+                # Its own async runs that finished (its per-workspace queued bounds).
+                addressed=(naming.runs_drained_key,),
             ),
         ),
         publishes=_keys(
@@ -130,12 +145,16 @@ ACCESS: dict[str, ServiceAccess] = {
             contracts.RUN_STARTED,
             contracts.CALLBACK_ATTEMPTED,
         ),
+        # To the ingress process that queued them: its async runs that finished.
+        publishes_to_processes=(naming.runs_drained_key,),
         # Identifying API tokens; a batch it cannot run whole is split back onto its
-        # queue; callbacks enqueued, and parked in the wait ladder between attempts.
+        # queue; async runs parked while their workspace is at its share; callbacks
+        # enqueued, and parked in the wait ladder between attempts.
         sends_to=(
             contracts.IDENTIFY_TOKEN.queue,
             topology.SYNC_RUNS,
             topology.ASYNC_RUNS,
+            contracts.PARKED_RUNS.queue,
             contracts.CALLBACKS.queue,
             *topology.CALLBACK_WAITS,
         ),
@@ -177,11 +196,11 @@ def permissions(service: str) -> Permissions:
     access = ACCESS[service]
     consumed = _exact(spec.name for spec in access.consumes)
     own = [queue.pattern for queue in access.own_queues]
-    bound = [queue.pattern for queue in access.own_queues if queue.bindings]
+    bound = [queue.pattern for queue in access.own_queues if queue.bound]
     write = list(bound)  # queue.bind needs write on the bound queue
     if access.sends_to or access.replies:
         write += _exact([DEFAULT_EXCHANGE])
-    if access.publishes:
+    if access.publishes or access.publishes_to_processes:
         write += _exact([naming.EVENTS_EXCHANGE])
     read = consumed + own
     if bound:
@@ -196,9 +215,11 @@ def topic_permissions(service: str) -> TopicPermissions:
     keys its own queues bind. A user with no topic permission on an exchange may use any
     key there, so every service gets one, even if it is `^$`."""
     access = ACCESS[service]
-    bound = {key for queue in access.own_queues for key in queue.bindings}
+    bound = _exact({key for queue in access.own_queues for key in queue.bindings})
+    bound += [_per_instance(key) for queue in access.own_queues for key in queue.addressed]
+    addressed = [_per_instance(key) for key in access.publishes_to_processes]
     return TopicPermissions(
         exchange=naming.EVENTS_EXCHANGE,
-        write=any_of(_exact(access.publishes)),
-        read=any_of(_exact(bound)),
+        write=any_of(_exact(access.publishes) + addressed),
+        read=any_of(bound),
     )

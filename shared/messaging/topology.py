@@ -8,6 +8,7 @@ least-privilege user (`flowhooks broker-setup`, `permissions.py`) may not: the o
 declared the topology with the users, and the service only checks that it is there.
 """
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -74,6 +75,27 @@ ASYNC_RUNS = QueueSpec(
     },
 )
 
+# Async runs parked by a runner because their workspace is at its share of the slots
+# (services/runner/runs.py): so that one workspace's waiting runs do not hold the
+# runner's prefetch window that other workspaces' runs are queued behind. One fixed TTL
+# (arrival order is expiry order), then dead-lettered (at least once: a full async-runs
+# queue leaves them here, retried) straight back into the async-runs queue. The parked
+# copy is a new message (the delivery limit counts only real deliveries); nobody
+# consumes this queue. The TTL bounds both what a parked run may lose once a slot
+# frees and the churn: each parked message comes back once per TTL.
+PARK_TTL_S = 1
+ASYNC_RUNS_WAIT = QueueSpec(
+    naming.ASYNC_RUNS_WAIT_QUEUE,
+    {
+        "x-queue-type": "quorum",
+        "x-message-ttl": PARK_TTL_S * 1000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": naming.ASYNC_RUNS_QUEUE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    },
+)
+
 # Completion callbacks (services/runner/callbacks.py). The work queue: quorum, like the
 # async runs whose outcome they carry; a callback whose handling keeps crashing its
 # runner is dropped after the delivery limit (the kernel logs each failure).
@@ -111,10 +133,51 @@ DURABLE_QUEUES = (
     DEBUGGER_RPC,
     SYNC_RUNS,
     ASYNC_RUNS,
+    ASYNC_RUNS_WAIT,
     CALLBACKS,
     *CALLBACK_WAITS,
     DEBUGGER_CALLBACKS,
 )
+
+
+# Backstops on every durable queue: a length and a byte bound past which the broker
+# refuses publishes (`reject-publish`: a nack, which every publisher already turns into
+# 503 with Retry-After), so that no flood, whoever sends it, grows a queue until the
+# broker's memory alarm blocks every publisher. Set as a RabbitMQ policy, not as queue
+# arguments: RabbitMQ refuses to declare an existing queue again with other arguments,
+# so arguments could reach an existing deployment (or another bound) only by deleting
+# its queues; a policy applies to existing queues at once and can be changed while they
+# run. Applied by `flowhooks broker-setup` (in its definitions) and by `flowhooks run`.
+QUEUE_BOUNDS_POLICY = "flowhooks-queue-bounds"
+
+
+@dataclass(frozen=True)
+class QueueBounds:
+    max_length: int  # messages ready in one queue
+    max_bytes: int  # bytes of their bodies
+
+
+# The defaults of FLOWHOOKS_QUEUE_MAX_LENGTH and FLOWHOOKS_QUEUE_MAX_BYTES (shared/settings.py).
+DEFAULT_QUEUE_BOUNDS = QueueBounds(max_length=1_000_000, max_bytes=512 * 1024 * 1024)
+
+
+def queue_bounds_policy(vhost: str, bounds: QueueBounds) -> dict[str, Any]:
+    """The policy (as RabbitMQ definitions write it) that bounds every durable queue."""
+    # Exactly the durable queues: per-process queues (RPC replies, an ingress's changes,
+    # a debugger's tail) are consumed without acks and never fill.
+    names = sorted(re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", spec.name) for spec in DURABLE_QUEUES)
+    return {
+        "vhost": vhost,
+        "name": QUEUE_BOUNDS_POLICY,
+        "pattern": "^(" + "|".join(names) + ")$",
+        "apply-to": "queues",
+        "definition": {
+            "max-length": bounds.max_length,
+            "max-length-bytes": bounds.max_bytes,
+            "overflow": "reject-publish",
+        },
+        "priority": 0,
+    }
 
 
 def replicated(spec: QueueSpec, replicas: int) -> QueueSpec:

@@ -78,6 +78,15 @@ class StartRun(BaseModel):
     # A sync run of an `on_timeout: "accept"` flow: its caller may stop waiting and be
     # told to poll, so the runner reports it `running` (`run.started`) like an async run.
     accept_on_timeout: bool = False
+    # The ingress process that queued this async run (its `Broker.instance`): the runner
+    # reports the run to it when it finished (`runs.drained`), for its queued bounds.
+    origin: str | None = None
+    # Times this async run was parked because its workspace was at its share of the
+    # runner (services/runner/runs.py): not attempts, it never started.
+    parked: int = 0
+    # Set when the run may have run before (its runner stopped while it ran): carried
+    # into `RunResult.repeated`.
+    repeated: str | None = None
 
 
 class StartRuns(BaseModel):

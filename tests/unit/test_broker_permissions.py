@@ -52,6 +52,8 @@ def who_topic(kind: str, key: str) -> set[str]:
         # The callback wait ladder: nobody consumes it (the broker dead-letters it back).
         (naming.callback_wait_queue_name(30), set(), set()),
         (naming.CALLBACKS_QUEUE + ".wait-1h", set(), set()),
+        # Parked async runs: the same (the runner sends them through the default exchange).
+        (naming.ASYNC_RUNS_WAIT_QUEUE, set(), set()),
         (naming.DEBUGGER_RPC_QUEUE, {"debugger"}, {"debugger"}),
         # Per-process queues, whatever the process id.
         (naming.reply_queue_name("ingress", INSTANCE), {"ingress"}, {"ingress"}),
@@ -111,6 +113,11 @@ def test_write(name: str, write: set[str]) -> None:
         (naming.REQUEST_REJECTED, {"ingress"}),
         (naming.REQUEST_DEDUPLICATED, {"ingress"}),
         (naming.REQUEST_QUEUED, {"ingress"}),
+        # Addressed to one ingress process, whichever it is.
+        (naming.runs_drained_key(INSTANCE), {"runner"}),
+        (naming.runs_drained_key("pod-7_x"), {"runner"}),
+        (naming.RUNS_DRAINED, set()),
+        (naming.runs_drained_key("a.b"), set()),
         # Only the broker dead-letters these (no permission check then).
         (naming.RUN_EXPIRED, set()),
         (naming.RUN_DEAD_LETTERED, set()),
@@ -126,6 +133,9 @@ def test_topic_write_only_the_producer(key: str, publishers: set[str]) -> None:
 def test_topic_read_is_what_the_per_process_queues_bind() -> None:
     assert who_topic("read", naming.FLOW_ACCESS_CHANGED) == {"ingress"}
     assert who_topic("read", naming.ACCESS_TOKEN_REVOKED) == {"ingress"}
+    # Each ingress binds its own `runs.drained.<instance>` (the pattern allows any one).
+    assert who_topic("read", naming.runs_drained_key(INSTANCE)) == {"ingress"}
+    assert who_topic("read", naming.RUNS_DRAINED) == set()
     for key in TAILED:  # the debugger's live tail
         assert who_topic("read", key) == {"debugger"}
     assert who_topic("read", "#") == set()
@@ -145,15 +155,17 @@ def test_exact_regexes() -> None:
     )
     assert topic_permissions("runner") == TopicPermissions(
         exchange="flowhooks.events",
-        write=r"^(callback\.attempted|flow\.changed|run\.finished|run\.started)$",
+        write=r"^(callback\.attempted|flow\.changed|run\.finished|run\.started"
+        r"|runs\.drained\.[A-Za-z0-9_-]+)$",
         read="^$",
     )
 
 
 def test_every_durable_queue_has_exactly_one_consuming_service() -> None:
     for spec in topology.DURABLE_QUEUES:
-        # The callback wait queues excepted: read by nobody, the broker expires them.
-        consumers = 0 if spec in topology.CALLBACK_WAITS else 1
+        # The wait queues excepted: read by nobody, the broker expires them.
+        waits = (*topology.CALLBACK_WAITS, topology.ASYNC_RUNS_WAIT)
+        consumers = 0 if spec in waits else 1
         assert len(who("read", spec.name)) == consumers, spec.name
 
 
@@ -188,3 +200,27 @@ def test_existing_users_without_a_given_password_are_left_out() -> None:
     assert [u["name"] for u in document["users"]] == ["flowhooks-auth"]
     # Permissions are set for every user, listed or not.
     assert len(document["permissions"]) == len(document["topic_permissions"]) == 4
+
+
+def test_the_queue_bounds_policy_covers_exactly_the_durable_queues() -> None:
+    policy = topology.queue_bounds_policy("flowhooks", topology.QueueBounds(7, 4096))
+    assert policy["definition"] == {
+        "max-length": 7,
+        "max-length-bytes": 4096,
+        "overflow": "reject-publish",
+    }
+    assert policy["apply-to"] == "queues"
+    for spec in topology.DURABLE_QUEUES:
+        assert allowed(policy["pattern"], spec.name), spec.name
+    for name in (
+        naming.reply_queue_name("ingress", INSTANCE),
+        naming.cache_invalidation_queue_name(INSTANCE),
+        naming.tail_queue_name(INSTANCE),
+        naming.ASYNC_RUNS_QUEUE + ".x",
+        "x" + naming.ASYNC_RUNS_QUEUE,
+    ):
+        assert not allowed(policy["pattern"], name), name
+    # In the definitions broker-setup imports, for the vhost it sets up.
+    document = broker_setup.definitions("v", broker_setup.user_names(), {})
+    assert [p["name"] for p in document["policies"]] == [topology.QUEUE_BOUNDS_POLICY]
+    assert document["policies"][0]["vhost"] == "v"
