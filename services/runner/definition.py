@@ -46,6 +46,9 @@ REFUSED_RESPONSE_HEADERS = frozenset(
     }
 )
 MAX_RESPONSE_HEADERS = 20
+# A flow's answer is final: a 1xx status is informational (the caller goes on waiting for
+# the real answer and hangs).
+MIN_FINAL_STATUS = 200
 MAX_RESPONSE_HEADER_TEMPLATE_CHARS = 4096
 SIGNING_MODES = ("stripe", "github", "shopify", "slack", "standard-webhooks", "hmac")
 # Two at most: the one in use and the next, while the sender rotates (contract).
@@ -198,6 +201,9 @@ def _parse_steps(raw_steps: Any, prefix: str, depth: int = 1) -> list[StepModel]
         except ValidationError as exc:
             error = exc.errors()[0]
             raise _refuse(_path(tuple(error["loc"]), path), error["msg"]) from None
+        status_code = getattr(step, "status_code", None)
+        if isinstance(status_code, int):  # a `fail` step's answer
+            _check_final_status(f"{path}.status_code", status_code)
         for name, attribute in step.NESTED.items():
             nested = _parse_steps(getattr(step, attribute), f"{path}.{name}", depth + 1)
             setattr(step, attribute, nested)
@@ -219,6 +225,7 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
     if definition.webhook.auth is not None:
         _check_auth(definition.webhook.auth)
     if definition.webhook.response is not None:
+        _check_response(definition.webhook.response)
         _check_response_headers(definition.webhook.response)
     if definition.webhook.callback is not None:
         _check_callback(definition.webhook)
@@ -299,6 +306,29 @@ def _check_callback(webhook: WebhookTrigger) -> None:
             raise _refuse("webhook.callback.secret", str(exc)) from None
 
 
+def _check_final_status(field: str, status_code: int) -> None:
+    if status_code < MIN_FINAL_STATUS:
+        raise _refuse(
+            field,
+            f"must be a final status, {MIN_FINAL_STATUS} to 599: a 1xx answer is"
+            " informational, so the caller would wait for another",
+        )
+
+
+def _control_characters(value: str) -> bool:
+    """A line break or another control character (a tab is allowed in a header value)."""
+    return any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in value)
+
+
+def _check_response(response: ResponseConfig) -> None:
+    _check_final_status("webhook.response.status_code", response.status_code)
+    if response.content_type is not None and _control_characters(response.content_type):
+        raise _refuse(
+            "webhook.response.content_type",
+            "no line breaks or other control characters (they would split the answer's headers)",
+        )
+
+
 def _check_response_headers(response: ResponseConfig) -> None:
     if len(response.headers) > MAX_RESPONSE_HEADERS:
         raise _refuse("webhook.response.headers", f"at most {MAX_RESPONSE_HEADERS} headers")
@@ -319,6 +349,10 @@ def _check_response_headers(response: ResponseConfig) -> None:
                 field,
                 f"a header template has {MAX_RESPONSE_HEADER_TEMPLATE_CHARS} characters at most",
             )
+        if _control_characters(template):
+            # Such a value would split or corrupt the answer (a run that renders one
+            # fails); written into the template, it is refused on save already.
+            raise _refuse(field, "no line breaks or other control characters in a header value")
 
 
 def _check_references(definition: FlowDefinition, engine: TemplateEngine) -> None:

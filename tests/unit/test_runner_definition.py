@@ -147,3 +147,53 @@ def test_step_nesting_bound() -> None:
         message, data = refusal(nested(depth))
         assert message == f"{data['field']}: steps are nested deeper than {MAX_STEP_DEPTH} levels"
         assert data["field"].count("[0].") == MAX_STEP_DEPTH  # steps[0] and 31 nested
+
+
+@pytest.mark.parametrize("status_code", [100, 101, 103, 199])
+def test_an_informational_status_is_no_final_answer(status_code: int) -> None:
+    """A 1xx answer leaves its caller waiting for the real one (it hung): refused."""
+    text, data = refusal({"name": "x", "webhook": {"response": {"status_code": status_code}}})
+    assert data == {"field": "webhook.response.status_code"}
+    assert text == (
+        "webhook.response.status_code: must be a final status, 200 to 599: a 1xx answer is"
+        " informational, so the caller would wait for another"
+    )
+    fail = {"ref_id": "f", "type": "fail", "status_code": status_code}
+    text, data = refusal({"name": "x", "steps": [fail]})
+    assert data == {"field": "steps[0].status_code"}
+    assert "must be a final status, 200 to 599" in text
+    nested = {"ref_id": "c", "type": "condition", "if": "{{ true }}", "then": [fail]}
+    assert refusal({"name": "x", "steps": [nested]})[1] == {"field": "steps[0].then[0].status_code"}
+
+
+@pytest.mark.parametrize("status_code", [200, 204, 302, 404, 599])
+def test_final_statuses_are_kept(status_code: int) -> None:
+    definition = parse({"name": "x", "webhook": {"response": {"status_code": status_code}}})
+    assert definition.webhook.response.status_code == status_code
+    parse({"name": "x", "steps": [{"ref_id": "f", "type": "fail", "status_code": status_code}]})
+
+
+@pytest.mark.parametrize("bad", ["\r\n", "\n", "\r", "\x00", "\x1b", "\x7f", "\x0b"])
+def test_header_values_and_content_type_have_no_control_characters(bad: str) -> None:
+    text, data = refusal(
+        {"name": "x", "webhook": {"response": {"content_type": f"text/plain{bad}X-Evil: 1"}}}
+    )
+    assert data == {"field": "webhook.response.content_type"}
+    assert "no line breaks or other control characters" in text
+    text, data = refusal(
+        {"name": "x", "webhook": {"response": {"headers": {"X-Order": f"a{bad}b"}}}}
+    )
+    assert data == {"field": "webhook.response.headers.X-Order"}
+    assert text == (
+        "webhook.response.headers.X-Order: no line breaks or other control characters in a"
+        " header value"
+    )
+
+
+def test_a_tab_and_non_ascii_text_are_fine_in_header_values() -> None:
+    response = {
+        "content_type": "text/plain; charset=utf-8",
+        "headers": {"X-Order": "a\tb {{ web1.id }}", "X-Name": "Zoë"},
+    }
+    definition = parse({"name": "x", "webhook": {"response": response}})
+    assert definition.webhook.response.headers["X-Order"] == "a\tb {{ web1.id }}"
