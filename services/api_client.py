@@ -3,6 +3,7 @@ on the debugger) for the command line. It only speaks HTTP: the same calls a use
 with curl, with a personal access token."""
 
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -16,7 +17,8 @@ Service = Literal["runner", "auth", "debugger"]
 
 class ClientSettings(BaseSettings):
     """Where the APIs are and who calls them: FLOWHOOKS_RUNNER_URL, FLOWHOOKS_AUTH_URL,
-    FLOWHOOKS_DEBUGGER_URL (the default ports of `flowhooks run`), FLOWHOOKS_TOKEN."""
+    FLOWHOOKS_DEBUGGER_URL (the default ports of `flowhooks run`), FLOWHOOKS_TOKEN or
+    FLOWHOOKS_TOKEN_FILE."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
 
@@ -24,6 +26,9 @@ class ClientSettings(BaseSettings):
     auth_url: str = "http://127.0.0.1:8081"
     debugger_url: str = "http://127.0.0.1:8083"
     token: SecretStr | None = None
+    # A file holding the token (first line): neither the process list nor the shell's
+    # history shows it. One of the two, not both.
+    token_file: Path | None = None
     # A sync replay waits for the run (a flow's timeout_s is at most a few minutes).
     http_timeout_s: float = Field(default=120.0, gt=0)
 

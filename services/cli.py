@@ -11,8 +11,9 @@ flowhooks token create --workspace NAME --scope SCOPE [--scope ...]
 flowhooks flows rotate-all-tokens a new webhook token for every flow, from the current
                                   key of FLOWHOOKS_RUNNER_TOKEN_KEYS (docs/operations.md)
 
-Through the HTTP APIs, with a personal access token (FLOWHOOKS_TOKEN or --token) and the
-URLs FLOWHOOKS_RUNNER_URL, FLOWHOOKS_AUTH_URL, FLOWHOOKS_DEBUGGER_URL; --json for scripts:
+Through the HTTP APIs, with a personal access token (--token-file PATH, FLOWHOOKS_TOKEN_FILE
+or FLOWHOOKS_TOKEN) and the URLs FLOWHOOKS_RUNNER_URL, FLOWHOOKS_AUTH_URL,
+FLOWHOOKS_DEBUGGER_URL; --json for scripts:
 flowhooks flows list|show ID|apply -f FILE|pause ID|resume ID|rotate-token ID
 flowhooks requests list FLOW_ID [--outcome O --mode M --match JSON --limit N --cursor C]
 flowhooks requests show ID|tail FLOW_ID|replay ID [--body-file F] [--force]

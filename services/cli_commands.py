@@ -1,6 +1,7 @@
 """The API commands of `flowhooks` (flows, requests, tokens): each one calls the HTTP
-APIs through `services.api_client` with a personal access token (FLOWHOOKS_TOKEN or
---token). Human-readable tables by default; `--json` prints the API's JSON as it is.
+APIs through `services.api_client` with a personal access token (`--token-file`,
+FLOWHOOKS_TOKEN_FILE, FLOWHOOKS_TOKEN, or `--token`, which warns: it shows in `ps`).
+Human-readable tables by default; `--json` prints the API's JSON as it is.
 
 Exit codes: 0 done, 1 the API (or the network) said no, 2 a usage error."""
 
@@ -387,11 +388,56 @@ def _more(page: dict[str, Any]) -> None:
 # --- running -----------------------------------------------------------------------------
 
 
-async def _run(command: Command, args: argparse.Namespace, settings: ClientSettings) -> None:
-    token = args.token or (settings.token.get_secret_value() if settings.token else None)
+NO_TOKEN = "no token: give --token-file PATH, or set FLOWHOOKS_TOKEN_FILE or FLOWHOOKS_TOKEN"
+TOKEN_ON_COMMAND_LINE = (
+    "warning: a token given with --token shows in the process list (ps) and the shell's"
+    " history; use --token-file PATH, FLOWHOOKS_TOKEN_FILE or FLOWHOOKS_TOKEN instead"
+)
+
+
+def read_token_file(path: Path, err: TextIO | None = None) -> str:
+    """The token in the file's first line. A file that others may read is warned about."""
+    try:
+        text = path.read_text()
+        mode = path.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc}") from None
+    token = text.strip().split("\n", 1)[0].strip()
     if not token:
-        raise UsageError("no token: set FLOWHOOKS_TOKEN or give --token")
-    async with ApiClient(settings, token) as client:
+        raise UsageError(f"the token file {path} is empty")
+    if mode & 0o077:
+        print(
+            f"warning: the token file {path} may be read by other users (chmod 600 it)",
+            file=err or sys.stderr,
+        )
+    return token
+
+
+def resolve_token(
+    args: argparse.Namespace, settings: ClientSettings, err: TextIO | None = None
+) -> str:
+    """The command line's choice first, then the environment's; one source on each."""
+    given = getattr(args, "token", None)
+    given_file = getattr(args, "token_file", None)
+    if given and given_file:
+        raise UsageError("give --token or --token-file, not both")
+    if given:
+        print(TOKEN_ON_COMMAND_LINE, file=err or sys.stderr)
+        return str(given)
+    if given_file:
+        return read_token_file(Path(given_file), err)
+    token = settings.token.get_secret_value() if settings.token is not None else ""
+    if token and settings.token_file is not None:
+        raise UsageError("set FLOWHOOKS_TOKEN or FLOWHOOKS_TOKEN_FILE, not both")
+    if settings.token_file is not None:
+        return read_token_file(settings.token_file, err)
+    if not token:
+        raise UsageError(NO_TOKEN)
+    return token
+
+
+async def _run(command: Command, args: argparse.Namespace, settings: ClientSettings) -> None:
+    async with ApiClient(settings, resolve_token(args, settings)) as client:
         await command(client, args)
 
 
@@ -412,7 +458,13 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
 
 def _with_common(parser: argparse.ArgumentParser, command: Command) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="the API's JSON, for scripts")
-    parser.add_argument("--token", help="a personal access token (default: FLOWHOOKS_TOKEN)")
+    parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file holding the personal access token (default: FLOWHOOKS_TOKEN_FILE,"
+        " else FLOWHOOKS_TOKEN)",
+    )
+    parser.add_argument("--token", help="a personal access token; shows in ps: prefer --token-file")
     parser.set_defaults(func=lambda args: run_command(command, args))
     return parser
 

@@ -41,12 +41,15 @@ def flow_yaml(name: str, field: str) -> str:
     return FLOW_YAML.replace("NAME", name).replace("FIELD", field)
 
 
-def cli(system: System, token: str | None, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    system: System, token: str | None, *args: str, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")}
     env.update(
         FLOWHOOKS_RUNNER_URL=system.url("runner"),
         FLOWHOOKS_AUTH_URL=system.url("auth"),
         FLOWHOOKS_DEBUGGER_URL=system.url("debugger"),
+        **extra_env,
     )
     if token is not None:
         env["FLOWHOOKS_TOKEN"] = token
@@ -324,7 +327,28 @@ def test_errors(api: Api, tmp_path: Path) -> None:
     no_token = cli(api.system, None, "flows", "list")
     assert (no_token.returncode, no_token.stderr) == (
         2,
-        "error: no token: set FLOWHOOKS_TOKEN or give --token\n",
+        "error: no token: give --token-file PATH, or set FLOWHOOKS_TOKEN_FILE or FLOWHOOKS_TOKEN\n",
     )
     assert cli(api.system, api.token, "flows", "frobnicate").returncode == 2
     assert cli(api.system, api.token, "flows", "apply", "-f", str(tmp_path / "no")).returncode == 2
+
+
+async def test_token_file_keeps_the_token_out_of_ps(api: Api, tmp_path: Path) -> None:
+    """`--token-file` and FLOWHOOKS_TOKEN_FILE authenticate without the token on the
+    command line; `--token` still works, with a warning that it shows in `ps`."""
+    path = tmp_path / "token"
+    path.write_text(api.token + "\n")
+    path.chmod(0o600)
+    by_option = cli(api.system, None, "tokens", "list", "--json", "--token-file", str(path))
+    assert isinstance(as_json(by_option)["items"], list)
+    assert by_option.stderr == ""
+    by_env = cli(api.system, None, "tokens", "list", "--json", FLOWHOOKS_TOKEN_FILE=str(path))
+    assert as_json(by_env) == as_json(by_option)
+    visible = cli(api.system, None, "tokens", "list", "--json", "--token", api.token)
+    assert as_json(visible) == as_json(by_option)
+    assert visible.stderr.startswith("warning: a token given with --token shows in the process")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("fh_not_a_real_token")
+    wrong.chmod(0o600)
+    denied = cli(api.system, None, "tokens", "list", "--token-file", str(wrong))
+    assert denied.returncode == 1 and denied.stderr.startswith("error: unauthorized: ")

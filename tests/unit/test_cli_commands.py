@@ -1,15 +1,22 @@
 """The command line's pure parts: tables, apply's comparison, definition files, SSE
 parsing and error envelopes."""
 
+import argparse
+import io
+from pathlib import Path
+
 import pytest
 
 from services.api_client import ClientSettings, error_from_answer, parse_sse
 from services.cli_commands import (
+    NO_TOKEN,
+    TOKEN_ON_COMMAND_LINE,
     UsageError,
     covers,
     flows_table,
     load_definition,
     request_line,
+    resolve_token,
     short_time,
     table,
 )
@@ -131,3 +138,79 @@ def test_client_settings_defaults_match_the_default_ports(
     assert settings.url("debugger") == "http://127.0.0.1:8083"
     monkeypatch.setenv("FLOWHOOKS_RUNNER_URL", "http://runner.example:9000/")
     assert ClientSettings().url("runner") == "http://runner.example:9000"
+
+
+def token_args(token: str | None = None, token_file: Path | None = None) -> argparse.Namespace:
+    return argparse.Namespace(token=token, token_file=str(token_file) if token_file else None)
+
+
+@pytest.fixture
+def no_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWHOOKS_TOKEN", raising=False)
+    monkeypatch.delenv("FLOWHOOKS_TOKEN_FILE", raising=False)
+
+
+@pytest.mark.usefixtures("no_token_env")
+def test_token_file_option_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "token"
+    path.write_text("fhp_from_file\n")
+    path.chmod(0o600)
+    err = io.StringIO()
+    assert resolve_token(token_args(token_file=path), ClientSettings(), err) == "fhp_from_file"
+    monkeypatch.setenv("FLOWHOOKS_TOKEN_FILE", str(path))
+    assert resolve_token(token_args(), ClientSettings(), err) == "fhp_from_file"
+    assert err.getvalue() == ""  # a private file, not on the command line: nothing to say
+    # The command line beats the environment.
+    other = tmp_path / "other"
+    other.write_text("  fhp_other  \nsecond line ignored\n")
+    other.chmod(0o600)
+    assert resolve_token(token_args(token_file=other), ClientSettings(), err) == "fhp_other"
+
+
+@pytest.mark.usefixtures("no_token_env")
+def test_token_on_the_command_line_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    err = io.StringIO()
+    assert resolve_token(token_args(token="fhp_visible"), ClientSettings(), err) == "fhp_visible"
+    assert err.getvalue() == TOKEN_ON_COMMAND_LINE + "\n"
+    assert "ps" in TOKEN_ON_COMMAND_LINE and "--token-file" in TOKEN_ON_COMMAND_LINE
+    # From the environment: no warning.
+    monkeypatch.setenv("FLOWHOOKS_TOKEN", "fhp_env")
+    quiet = io.StringIO()
+    assert resolve_token(token_args(), ClientSettings(), quiet) == "fhp_env"
+    assert quiet.getvalue() == ""
+
+
+@pytest.mark.usefixtures("no_token_env")
+def test_token_sources_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(args: argparse.Namespace) -> str:
+        with pytest.raises(UsageError) as caught:
+            resolve_token(args, ClientSettings(), io.StringIO())
+        return str(caught.value)
+
+    path = tmp_path / "token"
+    path.write_text("fhp_x")
+    assert refused(token_args()) == NO_TOKEN
+    assert refused(token_args(token="a", token_file=path)) == (
+        "give --token or --token-file, not both"
+    )
+    assert refused(token_args(token_file=tmp_path / "missing")).startswith(
+        f"cannot read the token file {tmp_path / 'missing'}: "
+    )
+    empty = tmp_path / "empty"
+    empty.write_text("\n  \n")
+    assert refused(token_args(token_file=empty)) == f"the token file {empty} is empty"
+    monkeypatch.setenv("FLOWHOOKS_TOKEN", "fhp_env")
+    monkeypatch.setenv("FLOWHOOKS_TOKEN_FILE", str(path))
+    assert refused(token_args()) == "set FLOWHOOKS_TOKEN or FLOWHOOKS_TOKEN_FILE, not both"
+
+
+@pytest.mark.usefixtures("no_token_env")
+def test_a_token_file_others_may_read_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("fhp_x")
+    path.chmod(0o644)
+    err = io.StringIO()
+    assert resolve_token(token_args(token_file=path), ClientSettings(), err) == "fhp_x"
+    assert err.getvalue() == (
+        f"warning: the token file {path} may be read by other users (chmod 600 it)\n"
+    )
