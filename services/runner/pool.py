@@ -2,16 +2,29 @@
 loop (which consumes, replies and publishes), only in worker processes
 (`services/runner/worker.py`).
 
-- Runs go to the least busy worker, many to a frame; each worker runs many at once.
+- A worker process hosts the runs of one workspace at a time: a run goes to a worker
+  its workspace holds that has a free slot (the least busy), else the workspace is
+  given an idle worker (`fair_share.py` says whether it may hold one more, and who is
+  served first); a worker whose last run ended returns to the pool. So a worker killed
+  for one run's CPU or memory only ever stops runs of that run's workspace.
+- `spare` idle workers are kept started (up to `max_workers` processes in all), so a
+  workspace that needs a worker gets one without waiting for a process to start
+  (~0.3-0.5 s of CPU); idle ones beyond the spares and `min_workers` are stopped after
+  `idle_s`. Starting processes is done at most `spawn_concurrency` at a time, spares
+  first.
+- A workspace holds at most its share of the processes, and the spares are a reserve
+  only a workspace holding none may take (see `fair_share.py`).
 - A worker has an address-space bound; a run has a CPU budget that the worker enforces
   between slices, and a slice bound and a wall-clock deadline that the supervisor
   enforces from outside: it kills the worker and records the run it blames (the one
   the worker marked as computing, or the one past its deadline) as `failed` or
-  `timeout`, naming the bound. The other runs that were on the killed worker are
-  innocent: they run again on another worker (at most `max_attempts` times in all).
-- A worker that dies on its own (its memory bound, a crash) is handled the same way:
-  the run it was computing is blamed, the others run again.
-- No workspace holds more than its share of the slots (`fair_share.py`).
+  `timeout`, naming the bound. A worker that dies on its own (its memory bound, a
+  crash) blames the run it was computing.
+- The other runs that were on a killed worker (of the same workspace) run again, at
+  most `max_attempts` times in all, each marked `repeated` with why; a kill caused by
+  another workspace's run (not possible while workers are exclusive) would not count
+  as an attempt. The workspace holds the dead worker's place until a new process has
+  replaced it and takes no other meanwhile: its runs wait for its own kills.
 """
 
 import asyncio
@@ -21,6 +34,7 @@ import os
 import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,11 +64,13 @@ log = structlog.get_logger(__name__)
 class _Run:
     key: int
     request_id: str
+    workspace: str
     timeout_s: float
     encoded: bytes  # the WorkItem, encoded once
     result: "asyncio.Future[RunResult]"
     deadline: float = 0.0  # monotonic; set when placed on a worker
-    attempts: int = 0
+    attempts: int = 0  # times a worker stopped while running it, counted against it
+    repeated: str | None = None  # why it was run again (the last time)
 
 
 @dataclass
@@ -76,6 +92,19 @@ class _Worker:
     has_outbox: asyncio.Event = field(default_factory=asyncio.Event)
     blame: _Blame | None = None  # set when the supervisor kills it
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
+    workspace: str | None = None  # the workspace it hosts; None: idle, in the pool
+    last_workspace: str | None = None  # whom it hosted last (it has their flows parsed)
+    idle_since: float = 0.0  # monotonic
+    draining: bool = False  # takes no new run: returns to the pool for another workspace
+    retiring: bool = False  # an idle extra being stopped
+
+
+@dataclass
+class _Tenant:
+    """A workspace's side of the pool: the workers it holds, its runs waiting for a slot."""
+
+    workers: list[_Worker] = field(default_factory=list)
+    queue: deque[_Run] = field(default_factory=deque)
 
 
 class WorkerPool:
@@ -87,6 +116,10 @@ class WorkerPool:
         slots_per_worker: int,
         workspace_share: float,
         slice_s: float,
+        max_workers: int = 0,
+        spare_workers: int = 2,
+        idle_s: float = 60.0,
+        spawn_concurrency: int = 2,
         deadline_grace_s: float = 2.0,
         max_attempts: int = 3,
         tick_s: float = 0.02,
@@ -94,33 +127,75 @@ class WorkerPool:
         log_level: str = "info",
     ) -> None:
         self.config = config
-        self.size = workers
-        self.fair_share = FairShare(workers * slots_per_worker, workspace_share)
+        # Started with the pool and never stopped for being idle.
+        self.min_workers = max(1, workers)
+        # 0: four per started worker, at least 8 (idle processes cost memory, not CPU).
+        self.max_workers = max(max_workers or max(8, 4 * workers), self.min_workers)
+        self.spare = max(0, min(spare_workers, self.max_workers - 1))
+        self.slots = slots_per_worker
+        self.fair_share = FairShare(
+            self.max_workers,
+            per_workspace=int(self.max_workers * workspace_share),
+            reserve=self.spare,
+        )
+        self.idle_s = idle_s
+        self.spawn_concurrency = max(1, spawn_concurrency)
         self.slice_s = slice_s
         self.deadline_grace_s = deadline_grace_s
         self.max_attempts = max_attempts
         self.tick_s = tick_s
         self.spawn_timeout_s = spawn_timeout_s
         self.log_level = log_level
-        self._workers: list[_Worker] = []
-        self._unplaced: list[_Run] = []
+        self._workers: list[_Worker] = []  # every live process (assigned, idle, retiring)
+        self._idle: list[_Worker] = []  # in the pool, ready, most recently idle last
+        self._tenants: dict[str, _Tenant] = {}
+        # Kills waiting for their replacement process to be started (workspace each).
+        self._kills: deque[str] = deque()
+        # Processes being started: the workspace whose kill each replaces, or None.
+        self._spawning: dict[asyncio.Task[None], str | None] = {}
         self._keys = itertools.count(1)
         self._numbers = itertools.count(1)
         self._closing = False
         self._watcher: asyncio.Task[None] | None = None
-        self._spawning: set[asyncio.Task[None]] = set()
+        self._last_retire_check = 0.0
         # For metrics and tests.
         self.workers_killed = 0
         self.workers_lost = 0
+        self.workers_started = 0
         self.runs_retried = 0
 
     async def start(self) -> None:
-        await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        started = await asyncio.gather(*(self._start_worker() for _ in range(self.min_workers)))
+        for worker in started:
+            self._add(worker)
         self._watcher = asyncio.create_task(self._watch())
+        self._dispatch()  # more spares than started workers: start them
 
     @property
     def worker_pids(self) -> list[int]:
         return [worker.process.pid for worker in self._workers]
+
+    def workers_of(self, workspace: str) -> list[int]:
+        """The pids of the workers the workspace holds now."""
+        tenant = self._tenants.get(workspace)
+        return [worker.process.pid for worker in tenant.workers] if tenant else []
+
+    @property
+    def idle_workers(self) -> int:
+        return len(self._idle)
+
+    def must_wait(self, workspace_id: str) -> bool:
+        """Cheap, non-blocking: True when a new run of the workspace could not start now
+        (its runs already wait, or its workers' slots are full and it may not hold one
+        more worker: at its share, only the reserve left, or a kill of its own not yet
+        replaced). False also while the worker it may take is still being started."""
+        tenant = self._tenants.get(workspace_id)
+        if tenant is not None:
+            if tenant.queue:
+                return True
+            if any(self._has_room(worker) for worker in tenant.workers):
+                return False
+        return self.fair_share.must_wait(workspace_id)
 
     async def run(self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float) -> RunResult:
         """The run's result; never raises for anything the run does."""
@@ -129,42 +204,192 @@ class WorkerPool:
         run = _Run(
             key,
             request.request_id,
+            flow.workspace_id,
             timeout_s,
             item.model_dump_json().encode(),
             asyncio.get_running_loop().create_future(),
         )
-        async with self.fair_share.slot(flow.workspace_id):
-            self._place(run)
+        tenant = self._tenant(run.workspace)
+        tenant.queue.append(run)
+        self._fill(run.workspace, tenant)
+        if tenant.queue:
+            self._dispatch()
+        try:
             return await run.result
+        except asyncio.CancelledError:
+            if run in tenant.queue:  # never started: its place goes to the next
+                tenant.queue.remove(run)
+                self._fill(run.workspace, tenant)
+                self._dispatch()
+            raise
 
-    def _place(self, run: _Run) -> None:
-        candidates = [worker for worker in self._workers if worker.blame is None]
-        if not candidates:
-            self._unplaced.append(run)  # placed when a worker is ready again
-            return
-        worker = min(candidates, key=lambda w: len(w.runs))
+    # --- placement ------------------------------------------------------------------
+
+    def _tenant(self, workspace: str) -> _Tenant:
+        tenant = self._tenants.get(workspace)
+        if tenant is None:
+            tenant = self._tenants[workspace] = _Tenant()
+        return tenant
+
+    def _has_room(self, worker: _Worker) -> bool:
+        return (
+            len(worker.runs) < self.slots
+            and worker.blame is None
+            and not worker.draining
+            and not worker.retiring
+        )
+
+    def _fill(self, workspace: str, tenant: _Tenant) -> None:
+        """The workspace's waiting runs into free slots of its own workers, the least
+        busy first; whether it still waits for a worker goes to the fair share."""
+        while tenant.queue:
+            workers = [worker for worker in tenant.workers if self._has_room(worker)]
+            if not workers:
+                break
+            self._place(tenant.queue.popleft(), min(workers, key=lambda w: len(w.runs)))
+        if tenant.queue:
+            self.fair_share.wait(workspace)
+        else:
+            self.fair_share.stop_waiting(workspace)
+            if not tenant.workers:
+                del self._tenants[workspace]
+
+    def _place(self, run: _Run, worker: _Worker) -> None:
         run.deadline = time.monotonic() + run.timeout_s + self.deadline_grace_s
         worker.runs[run.key] = run
         worker.outbox.append(run.encoded)
         worker.has_outbox.set()
 
-    async def _spawn(self) -> None:
-        while not self._closing:
-            try:
-                worker = await self._start_worker()
-            except Exception as exc:
-                log.error("worker_start_failed", error=repr(exc))
-                await asyncio.sleep(1)
-                continue
-            self._workers.append(worker)
-            worker.tasks = [
-                asyncio.create_task(self._send(worker)),
-                asyncio.create_task(self._receive(worker)),
-            ]
-            unplaced, self._unplaced = self._unplaced, []
-            for run in unplaced:
-                self._place(run)
+    def _dispatch(self) -> None:
+        """After anything changed: idle workers to the waiting workspaces (fewest held
+        first), a worker drained where nothing is free for a waiting workspace, and
+        processes started for the spares and for kills to replace."""
+        if self._closing:
             return
+        while self._idle:
+            workspace = self.fair_share.next_turn()
+            if workspace is None:
+                break
+            self._assign(self._pick_idle(workspace), workspace)
+            self._fill(workspace, self._tenants[workspace])
+        if not self._idle:
+            self._drain_one()
+        self._grow()
+
+    def _pick_idle(self, workspace: str) -> _Worker:
+        """The idle worker that hosted the workspace last (its flows are parsed there),
+        else the most recently idle one (the longest idle are the ones to stop)."""
+        for worker in reversed(self._idle):
+            if worker.last_workspace == workspace:
+                return worker
+        return self._idle[-1]
+
+    def _assign(self, worker: _Worker, workspace: str) -> None:
+        self._idle.remove(worker)
+        worker.workspace = worker.last_workspace = workspace
+        self._tenant(workspace).workers.append(worker)
+        self.fair_share.take(workspace)
+
+    def _release(self, worker: _Worker) -> None:
+        """A worker whose last run ended goes back to the pool."""
+        workspace = worker.workspace
+        if workspace is None or worker.runs or worker.blame is not None:
+            return
+        tenant = self._tenants[workspace]
+        tenant.workers.remove(worker)
+        self.fair_share.give_back(workspace)
+        if not tenant.workers and not tenant.queue:
+            del self._tenants[workspace]
+        worker.workspace = None
+        worker.draining = False
+        worker.idle_since = time.monotonic()
+        self._idle.append(worker)
+
+    def _drain_one(self) -> None:
+        """Nothing is free for a workspace that waits within its share: one worker of a
+        workspace holding more stops taking runs, and returns to the pool once its runs
+        end (the one whose runs end soonest)."""
+        draining = sum(1 for worker in self._workers if worker.draining)
+        victim = self.fair_share.to_drain(draining)
+        if victim is None or victim not in self._tenants:
+            return
+        candidates = [
+            w
+            for w in self._tenants[victim].workers
+            if not w.draining and not w.retiring and w.blame is None
+        ]
+        if not candidates:
+            return
+        worker = min(
+            candidates, key=lambda w: max((run.deadline for run in w.runs.values()), default=0)
+        )
+        worker.draining = True
+        log.info("worker_draining", worker=worker.number, workspace=victim, runs=len(worker.runs))
+        if not worker.runs:
+            self._release(worker)
+
+    # --- processes ------------------------------------------------------------------
+
+    def _grow(self) -> None:
+        """Start processes, at most `spawn_concurrency` at once: first for the spares
+        (and for waiting workspaces that may take a worker), then the replacements of
+        killed workers, in the order they were killed."""
+        while not self._closing and len(self._spawning) < self.spawn_concurrency:
+            room = self.max_workers - len(self._workers) - len(self._spawning) - len(self._kills)
+            spares = sum(1 for tag in self._spawning.values() if tag is None)
+            wanted = self.spare + self.fair_share.eligible_waiting()
+            if room > 0 and len(self._idle) + spares < wanted:
+                self._launch(None)
+            elif self._kills:
+                self._launch(self._kills.popleft())
+            else:
+                return
+
+    def _launch(self, replaces: str | None) -> None:
+        task = asyncio.create_task(self._spawn(replaces))
+        self._spawning[task] = replaces
+
+    async def _spawn(self, replaces: str | None) -> None:
+        try:
+            while not self._closing:
+                try:
+                    worker = await self._start_worker()
+                except Exception as exc:
+                    log.error("worker_start_failed", error=repr(exc))
+                    await asyncio.sleep(1)
+                    continue
+                self._add(worker)
+                if replaces is not None:
+                    self.fair_share.replaced(replaces)
+                return
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._spawning.pop(task, None)
+            self._dispatch()
+
+    def _add(self, worker: _Worker) -> None:
+        self.workers_started += 1
+        self._workers.append(worker)
+        worker.tasks = [
+            asyncio.create_task(self._send(worker)),
+            asyncio.create_task(self._receive(worker)),
+        ]
+        worker.idle_since = time.monotonic()
+        self._idle.append(worker)
+
+    def _retire_idle(self) -> None:
+        """Stop idle workers beyond the spares (and the `min_workers`) that were idle
+        for `idle_s`, the longest idle first."""
+        now = time.monotonic()
+        extra = min(len(self._idle) - self.spare, len(self._workers) - self.min_workers)
+        for worker in sorted(self._idle, key=lambda w: w.idle_since)[: max(0, extra)]:
+            if now - worker.idle_since < self.idle_s:
+                return
+            self._idle.remove(worker)
+            worker.retiring = True
+            worker.writer.close()  # the worker exits on it
+            log.info("worker_retired", worker=worker.number, idle_s=round(now - worker.idle_since))
 
     async def _start_worker(self) -> _Worker:
         ours, theirs = socket.socketpair()
@@ -225,6 +450,14 @@ class WorkerPool:
                 message = await read_frame(worker.reader)
                 for done in message.get("done", ()):
                     self._finished(worker, done)
+                # Freed slots to the workspace's waiting runs; an emptied worker to the
+                # pool, for whoever waits.
+                tenant = self._tenants.get(worker.workspace or "")
+                if tenant is not None:
+                    self._fill(str(worker.workspace), tenant)
+                if not worker.runs:
+                    self._release(worker)
+                self._dispatch()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except (FrameTooLarge, orjson.JSONDecodeError, AttributeError, TypeError) as exc:
@@ -240,6 +473,11 @@ class WorkerPool:
         except ValidationError:
             error = FlowError("the run's result could not be read")
             result = error_result(run.request_id, error, "failed", _now())
+        self._settle(run, result)
+
+    def _settle(self, run: _Run, result: RunResult) -> None:
+        if run.repeated is not None:
+            result.repeated = run.repeated
         run.result.set_result(result)
 
     def _kill(self, worker: _Worker, blame: _Blame) -> None:
@@ -254,27 +492,33 @@ class WorkerPool:
             worker.process.kill()
 
     async def _lost(self, worker: _Worker) -> None:
-        """The worker ended (killed, crashed or over its memory bound): blame the run it
-        was computing, run the others again elsewhere, start a new worker."""
-        if worker.process.returncode is None:
+        """The worker ended (killed, crashed, over its memory bound, or retired): blame
+        the run it was computing, run the others again, have it replaced."""
+        if worker.process.returncode is None and not worker.retiring:
             with contextlib.suppress(ProcessLookupError):
                 worker.process.kill()
-        returncode = await worker.process.wait()
+        try:
+            returncode = await asyncio.wait_for(worker.process.wait(), 10)
+        except TimeoutError:  # a retiring worker that does not exit on its own
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.kill()
+            returncode = await worker.process.wait()
         if worker in self._workers:
             self._workers.remove(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
         worker.tasks[0].cancel()
         worker.writer.close()
         blame = worker.blame
-        if blame is None and not self._closing:
+        how = f"another run on it was stopped: {blame.error.message}" if blame else ""
+        if blame is None and not self._closing and not worker.retiring:
             self.workers_lost += 1
             computing, _ = worker.marker.read()
             log.error("worker_died", worker=worker.number, returncode=returncode, run=computing)
+            how = (
+                f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+            )
             if computing:
-                how = (
-                    f"killed by signal {-returncode}"
-                    if returncode < 0
-                    else f"exit status {returncode}"
-                )
                 blame = _Blame(
                     computing,
                     FlowError(
@@ -287,35 +531,57 @@ class WorkerPool:
         worker.marker.close()
         if self._closing:
             return  # what is left is delivered again after the runner's restart
-        self._start_replacement()
+        workspace = worker.workspace
+        if workspace is not None:
+            tenant = self._tenants[workspace]
+            tenant.workers.remove(worker)
+            self.fair_share.give_back(workspace)
+            if not worker.retiring:
+                # Its own cost: it holds the place until a new process took it.
+                self.fair_share.charge_kill(workspace)
+                self._kills.append(workspace)
+        blamed = worker.runs.get(blame.key) if blame is not None else None
+        cause = blamed.workspace if blamed is not None else workspace
+        again: list[_Run] = []
         for run in worker.runs.values():
             if run.result.done():
                 continue
-            if blame is not None and run.key == blame.key:
-                run.result.set_result(
-                    error_result(run.request_id, blame.error, blame.outcome, _now())
-                )
+            if blamed is not None and run is blamed:
+                assert blame is not None
+                result = error_result(run.request_id, blame.error, blame.outcome, _now())
+                self._settle(run, result)
                 continue
-            run.attempts += 1
-            if run.attempts >= self.max_attempts:
-                error = FlowError(
-                    f"the run's worker process stopped {run.attempts} times while it ran"
-                )
-                run.result.set_result(error_result(run.request_id, error, "failed", _now()))
-                continue
-            self.runs_retried += 1
-            self._place(run)
-
-    def _start_replacement(self) -> None:
-        task = asyncio.create_task(self._spawn())
-        self._spawning.add(task)
-        task.add_done_callback(self._spawning.discard)
+            if cause is None or cause == run.workspace:
+                run.attempts += 1
+                if run.attempts >= self.max_attempts:
+                    error = FlowError(
+                        f"the run's worker process stopped {run.attempts} times while it ran"
+                    )
+                    self._settle(run, error_result(run.request_id, error, "failed", _now()))
+                    continue
+                attempt = f"attempt {run.attempts + 1} of {self.max_attempts}"
+            else:
+                attempt = "not counted as an attempt: another workspace's run caused it"
+            run.repeated = f"its worker process stopped ({how}) while it ran; run again ({attempt})"
+            again.append(run)
+        for run in reversed(again):  # ahead of the workspace's later runs, in order
+            self._tenant(run.workspace).queue.appendleft(run)
+        self.runs_retried += len(again)
+        for workspace_id in {run.workspace for run in again}:
+            self._fill(workspace_id, self._tenants[workspace_id])
+        if workspace is not None and workspace in self._tenants:
+            self._fill(workspace, self._tenants[workspace])
+        self._dispatch()
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
             try:
                 self._check_workers()
+                now = time.monotonic()
+                if now - self._last_retire_check >= 1.0:
+                    self._last_retire_check = now
+                    self._retire_idle()
             except Exception:  # the watch must outlive any one failure
                 log.exception("worker_watch_failed")
 

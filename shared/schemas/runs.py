@@ -137,6 +137,10 @@ class RunResult(BaseModel):
     steps: list[StepTrace] = []
     started_at: datetime
     finished_at: datetime
+    # Why the run was run again (its worker process, or its runner, stopped while it
+    # ran; its side effects may have happened twice), e.g. "its worker process stopped
+    # (killed by signal 9) while it ran; run again (attempt 2 of 3)". None: it ran once.
+    repeated: str | None = None
 
 
 class RunFinished(BaseModel):

@@ -1,22 +1,30 @@
 """The runner's worker pool with real worker processes: hostile runs are stopped and
-blamed, the runs beside them are not harmed."""
+blamed, a worker hosts one workspace at a time so a kill stops only runs of the
+workspace that caused it (those run again, marked), and other workspaces keep a worker
+however many runs hang elsewhere. (The placement rules alone, with fake processes:
+tests/unit/test_runner_pool_placement.py.)"""
 
 import asyncio
 import os
 import signal
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
 
 from services.runner.pool import WorkerPool
 from services.runner.worker_protocol import FlowSnapshot, WorkerConfig
 from shared.schemas.runs import RunResult, WebhookRequest
+from tests.e2e.receiver import serving
 from tests.factories import webhook_request
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
+SLICE_S = 0.3
 
 CONFIG = WorkerConfig(
     render_timeout_s=0.5,
@@ -88,13 +96,26 @@ MEMORY = flow(
 )
 
 
+# An allocation past a 128 MiB address space that orjson cannot survive: the worker
+# dies (SIGSEGV) instead of raising MemoryError, as a kernel OOM kill would look.
+MEMORY_KILL = flow([{"ref_id": "m", "type": "template", "template": "[{{ '{},' * 330000 }}{}]"}])
+
+
 def request(body: Any) -> WebhookRequest:
     return webhook_request(body)
 
 
 async def start_pool(**overrides: Any) -> WorkerPool:
     config = CONFIG.model_copy(update=overrides)
-    pool = WorkerPool(config, workers=2, slots_per_worker=16, workspace_share=0.5, slice_s=1.0)
+    pool = WorkerPool(
+        config,
+        workers=2,
+        slots_per_worker=16,
+        workspace_share=0.5,
+        slice_s=SLICE_S,
+        max_workers=6,
+        spare_workers=2,
+    )
     await pool.start()
     return pool
 
@@ -111,31 +132,93 @@ async def echoes(pool: WorkerPool, count: int) -> list[RunResult]:
 
 
 def assert_echoed(results: list[RunResult]) -> None:
-    assert [(r.outcome, r.status_code, r.body) for r in results] == [
-        ("succeeded", 201, f'{{"n": {n}}}') for n in range(len(results))
+    assert [(r.outcome, r.status_code, r.body, r.repeated) for r in results] == [
+        ("succeeded", 201, f'{{"n": {n}}}', None) for n in range(len(results))
     ]
 
 
+async def watching(pool: WorkerPool, work: Awaitable[T]) -> tuple[T, dict[str, set[int]]]:
+    """`work`'s result, and every worker pid each workspace held while it ran."""
+    seen: dict[str, set[int]] = {}
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        for workspace in ("evil", "acme"):
+            seen.setdefault(workspace, set()).update(pool.workers_of(workspace))
+        await asyncio.sleep(0.005)
+    return await task, seen
+
+
+async def replaced(pool: WorkerPool, gone: int) -> None:
+    """The killed worker's place was taken by a new process."""
+    async with asyncio.timeout(30):
+        while gone in pool.worker_pids or pool.fair_share.kills:
+            await asyncio.sleep(0.02)
+
+
 async def test_a_run_that_never_pauses_is_killed_and_blamed_alone(pool: WorkerPool) -> None:
-    pids = set(pool.worker_pids)
     bomb = asyncio.create_task(pool.run(request({}), BIG_INT, 30))
-    await asyncio.sleep(0.1)  # the bomb is computing on one worker
-    victims = await echoes(pool, 30)
-    result = await bomb
+    await asyncio.sleep(0.1)  # the bomb is computing on a worker of its own workspace
+    (victims, result), seen = await watching(pool, asyncio.gather(echoes(pool, 30), bomb))
     assert_echoed(victims)
-    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert (result.outcome, result.status_code, result.repeated) == ("failed", 500, None)
     assert result.error == (
-        "the run computed for more than 1 s without a pause and was stopped"
+        f"the run computed for more than {SLICE_S:g} s without a pause and was stopped"
         " (FLOWHOOKS_RUNNER_RUN_SLICE_S)"
     )
-    assert pool.workers_killed == 1
-    # A new worker took the killed one's place, and serves.
-    for _ in range(100):
-        if len(pool.worker_pids) == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert len(set(pool.worker_pids) - pids) == 1
+    assert pool.workers_killed == 1 and pool.runs_retried == 0
+    (killed,) = seen["evil"]
+    assert killed not in seen["acme"]  # never shared with the other workspace
+    await replaced(pool, killed)
     assert_echoed(await echoes(pool, 40))
+
+
+async def test_a_kill_stops_only_runs_of_the_workspace_that_caused_it(pool: WorkerPool) -> None:
+    # Runs of the bomb's workspace beside it on its worker (it holds the worker's loop,
+    # so they are all still running when the worker is killed).
+    siblings = [asyncio.create_task(pool.run(request({}), LIGHT, 30)) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    bomb = asyncio.create_task(pool.run(request({}), BIG_INT, 30))
+    (victims, hostile), seen = await watching(
+        pool, asyncio.gather(echoes(pool, 30), asyncio.gather(bomb, *siblings))
+    )
+    assert_echoed(victims)
+    assert seen["evil"].isdisjoint(seen["acme"])
+    bombed, *others = hostile
+    assert bombed.outcome == "failed" and "FLOWHOOKS_RUNNER_RUN_SLICE_S" in str(bombed.error)
+    expected = (
+        "its worker process stopped (another run on it was stopped: the run computed for"
+        f" more than {SLICE_S:g} s without a pause and was stopped"
+        " (FLOWHOOKS_RUNNER_RUN_SLICE_S)) while it ran; run again (attempt 2 of 3)"
+    )
+    assert [(r.outcome, r.repeated) for r in others] == [("succeeded", expected)] * 4
+    assert pool.workers_killed == 1 and pool.runs_retried == 4
+
+
+async def test_a_worker_that_dies_of_its_memory_bound_stops_only_its_workspace() -> None:
+    pool = await start_pool(render_timeout_s=20, memory_mb=128)
+    try:
+        siblings = [asyncio.create_task(pool.run(request({}), LIGHT, 30)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        hog = asyncio.create_task(pool.run(request({}), MEMORY_KILL, 30))
+        (victims, hostile), seen = await watching(
+            pool, asyncio.gather(echoes(pool, 30), asyncio.gather(hog, *siblings))
+        )
+        assert_echoed(victims)
+        assert seen["evil"].isdisjoint(seen["acme"])
+        died, *others = hostile
+        assert died.outcome == "failed" and died.repeated is None
+        assert died.error == (
+            "the run's worker process died while running it (killed by signal 11); a run may"
+            " use at most 128 MiB (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
+        )
+        expected = (
+            "its worker process stopped (killed by signal 11) while it ran; run again"
+            " (attempt 2 of 3)"
+        )
+        assert [(r.outcome, r.repeated) for r in others] == [("succeeded", expected)] * 3
+        assert pool.workers_lost == 1
+    finally:
+        await pool.close()
 
 
 async def test_a_run_over_the_memory_bound_fails_alone() -> None:
@@ -155,20 +238,24 @@ async def test_a_run_over_the_memory_bound_fails_alone() -> None:
         await pool.close()
 
 
-async def test_runs_on_a_worker_that_dies_run_again_elsewhere(pool: WorkerPool) -> None:
-    # Long enough (about a second for all) that the kill lands while they run.
-    runs = [asyncio.create_task(pool.run(request({}), busy(8_000), 30)) for _ in range(8)]
+async def test_runs_on_a_worker_that_dies_run_again_marked(pool: WorkerPool) -> None:
+    runs = [asyncio.create_task(pool.run(request({}), LIGHT, 30)) for _ in range(8)]
     await asyncio.sleep(0.1)
-    os.kill(pool.worker_pids[0], signal.SIGKILL)
+    (pid,) = pool.workers_of("evil")  # all eight on one worker (16 slots)
+    os.kill(pid, signal.SIGKILL)
     results = await asyncio.gather(*runs)
     # The run it was computing (if any: the kernel's OOM killer looks the same) is
-    # blamed; every other run finishes on another worker.
+    # blamed; every other run finishes on another worker, marked as run again.
     failed = [r for r in results if r.outcome != "succeeded"]
     assert len(failed) <= 1
     for result in failed:
         assert result.error is not None
         assert result.error.startswith("the run's worker process died while running it")
-    assert pool.workers_lost == 1 and pool.runs_retried >= 1
+    again = (
+        "its worker process stopped (killed by signal 9) while it ran; run again (attempt 2 of 3)"
+    )
+    assert {r.repeated for r in results if r.outcome == "succeeded"} == {again}
+    assert pool.workers_lost == 1 and pool.runs_retried == 8 - len(failed)
 
 
 async def test_the_cpu_budget_ends_the_run_inside_the_worker() -> None:
@@ -195,13 +282,66 @@ async def test_the_timeout_ends_the_run_inside_the_worker(pool: WorkerPool) -> N
     assert_echoed(await echoes(pool, 10))
 
 
-async def test_fair_share_leaves_room_for_other_workspaces(pool: WorkerPool) -> None:
-    slow = [asyncio.create_task(pool.run(request({}), LIGHT, 30)) for _ in range(40)]
-    await asyncio.sleep(0.05)
-    # 16 of the 32 slots at most are the busy workspace's: the echoes start at once.
-    assert pool.fair_share.running.get("evil") == 16
-    assert_echoed(await echoes(pool, 16))
-    assert [r.outcome for r in await asyncio.gather(*slow)] == ["succeeded"] * 40
+@pytest.fixture
+async def slow_url() -> AsyncIterator[str]:
+    """An endpoint that answers after `?s=` seconds: a run waiting on it holds its slot."""
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query["s"]))
+        return web.json_response({"slow": True})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    async with serving(app, "127.0.0.1") as base:
+        yield f"{base}/slow"
+
+
+async def test_two_workspaces_with_hanging_runs_leave_a_worker_for_a_third(
+    slow_url: str,
+) -> None:
+    config = CONFIG.model_copy(update={"http_allow_networks": ["127.0.0.1/32"]})
+    # Six processes, four slots each; a workspace holds at most three, the last two
+    # free ones (the spares) go only to a workspace holding none, and the two hostile
+    # ones are served fewest-held first: two each, their other runs wait.
+    pool = WorkerPool(
+        config,
+        workers=2,
+        slots_per_worker=4,
+        workspace_share=0.5,
+        slice_s=SLICE_S,
+        max_workers=6,
+        spare_workers=2,
+    )
+    await pool.start()
+    try:
+
+        def hanging(workspace: str) -> FlowSnapshot:
+            step = {"ref_id": "wait", "type": "http", "url": f"{slow_url}?s=3", "retries": 0}
+            return flow([step], workspace=workspace)
+
+        hostile = [
+            asyncio.create_task(pool.run(request({}), hanging(workspace), 30))
+            for workspace in ("evil", "evil2")
+            for _ in range(16)
+        ]
+
+        def settled() -> bool:
+            held = {w: len(pool.workers_of(w)) for w in ("evil", "evil2")}
+            return held == {"evil": 2, "evil2": 2} and pool.idle_workers == 2
+
+        async with asyncio.timeout(20):  # processes start, slowly on a busy machine
+            while not settled():
+                await asyncio.sleep(0.02)
+        assert pool.must_wait("evil") and pool.must_wait("evil2") and not pool.must_wait("acme")
+        started = time.monotonic()
+        victims = await echoes(pool, 20)
+        # At once, on a spare worker; not after a hanging run.
+        assert time.monotonic() - started < 2.0
+        assert_echoed(victims)
+        for run in hostile:
+            run.cancel()
+    finally:
+        await pool.close()
 
 
 async def test_workers_hold_none_of_the_runners_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
