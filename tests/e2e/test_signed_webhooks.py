@@ -2,6 +2,7 @@
 services, the raw body byte for byte in the debugger, secrets shown as hints only,
 and templated response headers."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -36,9 +37,17 @@ HMAC_FIELDS = {
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="flowhooks"'}
 
 
+# Failed checks of large bodies a flow may have: 10 at once, then one each 5 s (slow, so
+# that the budget cannot refill between two steps of a test on a busy machine).
+BAD_SIGNATURE_BURST, BAD_SIGNATURE_RATE_PER_S = 10, 0.2
+
+
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
-    with running_system(FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY) as running:
+    with running_system(
+        FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY,
+        FLOWHOOKS_INGRESS_BAD_SIGNATURE_RATE_PER_S=str(BAD_SIGNATURE_RATE_PER_S),
+    ) as running:
         yield running
 
 
@@ -399,3 +408,89 @@ async def test_large_signed_body_checked_off_the_event_loop(api: Api) -> None:
         401,
         "invalid github signature: the X-Hub-Signature-256 does not match",
     )
+
+
+@pytest.mark.parametrize("timestamp", ["\u00b9\u00b2\u00b3", "\u0661\u0662\u0663"])
+async def test_non_ascii_digit_timestamps_are_refused_with_401(api: Api, timestamp: str) -> None:
+    """Superscript or Arabic-Indic digits passed `str.isdigit` and made `int()` raise: an
+    unauthenticated 500 with a traceback. Now a malformed timestamp like any other."""
+    body = b'{"n": 1}'
+    refused = "a missing or malformed signature timestamp"
+    for mode, headers in (
+        ("stripe", {"Stripe-Signature": f"t={timestamp},v1={'00' * 32}"}),
+        ("slack", {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": "v0=00"}),
+    ):
+        flow = await api.create_flow(signed_flow(mode, OLD[mode]))
+        status, answer_headers, answer = await send_signed(api, flow["id"], body, headers)
+        assert (status, orjson.loads(answer)) == (
+            401,
+            envelope(401, "unauthorized", f"invalid {mode} signature: {refused}"),
+        )
+        assert answer_headers["WWW-Authenticate"] == UNAUTHORIZED_HEADERS["WWW-Authenticate"]
+
+
+async def headers_only(
+    api: Api, flow_id: str, headers: dict[str, str], length: int = 10 * 1024 * 1024
+) -> tuple[str, dict[str, str]]:
+    """Announces a body of `length` bytes, sends none of it, and reads the answer: one
+    that comes was given without reading the body (the ingress waits up to 30 s for a
+    body it reads)."""
+    host, port = api.system.url("ingress").removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    lines = [
+        f"POST /v1/flow-webhook/{flow_id} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Content-Type: application/json",
+        f"Content-Length: {length}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    try:
+        status = (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+        answer_headers = {}
+        while (line := (await asyncio.wait_for(reader.readline(), 10)).decode().strip()) != "":
+            name, _, value = line.partition(":")
+            answer_headers[name.strip().lower()] = value.strip()
+    finally:
+        writer.close()
+    return status, answer_headers
+
+
+async def test_bad_signature_flood_is_refused_before_the_body_is_read(api: Api) -> None:
+    """Forged large bodies spend the flow's budget of failed checks; past it a large body
+    gets 429 with Retry-After before a byte of it is read. The real sender's small
+    deliveries still go through (and small forgeries are still checked: 401)."""
+    flow = await api.create_flow(signed_flow("github", OLD["github"]))
+    flow_id = flow["id"]
+    large = b'{"n": 3, "pad": "' + b"x" * 200_000 + b'"}'  # over 64 KiB
+    forged = {"X-Hub-Signature-256": "sha256=" + "00" * 32}
+    started, read = time.monotonic(), 0
+    for _ in range(40):
+        status, headers, answer = await send_signed(api, flow_id, large, forged)
+        if status != 401:
+            break
+        read += 1
+    assert (status, orjson.loads(answer)["error"]) == (429, "rate_limited")
+    assert "failed signature verification" in orjson.loads(answer)["message"]
+    assert int(headers["Retry-After"]) >= 1
+    refills = int((time.monotonic() - started) * BAD_SIGNATURE_RATE_PER_S) + 1
+    assert BAD_SIGNATURE_BURST <= read <= BAD_SIGNATURE_BURST + refills
+    # Spent: a 10 MB forged body is answered without being read.
+    status_line, answer_headers = await headers_only(api, flow_id, forged)
+    assert status_line == "HTTP/1.1 429 Too Many Requests"
+    assert int(answer_headers["retry-after"]) >= 1
+    # So is one whose headers alone show it is not signed (any time, budget or not).
+    status_line, _ = await headers_only(api, flow_id, {})
+    assert status_line == "HTTP/1.1 401 Unauthorized"
+    # Small bodies are still read and checked.
+    small = b'{"n": 4}'
+    status, _, answer = await send_signed(api, flow_id, small, sign("github", OLD["github"], small))
+    assert (status, answer) == (200, b'{"n": 4}')
+    status, _, answer = await send_signed(api, flow_id, small, forged)
+    assert (status, orjson.loads(answer)["error"]) == (401, "unauthorized")
+    # Another flow's budget is its own.
+    other = await api.create_flow(signed_flow("github", OLD["github"]))
+    signature = sign("github", OLD["github"], large)
+    status, _, answer = await send_signed(api, other["id"], large, signature)
+    assert (status, answer) == (200, b'{"n": 3}')
