@@ -12,11 +12,12 @@ from services.runner import api_docs as docs
 from services.runner.access import FlowAccess
 from services.runner.callbacks import BUSY_DEFER_S, CallbackSender
 from services.runner.dedup import DedupKeys
+from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import FlowsApi
 from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
-from services.runner.runs import FlowCache, RunService
+from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
@@ -132,6 +133,12 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.on_shutdown(finished_runs.drain)
     kernel.on_shutdown(replies.drain)
     kernel.on_shutdown(finished.drain)
+    drain_reports = DrainReports(kernel.broker)
+    async_prefetch = settings.runner_async_prefetch or async_window(
+        workers.max_workers * workers.slots
+    )
+    kernel.periodic("drain_reports", settings.runner_drain_report_interval_s, drain_reports.flush)
+    kernel.on_shutdown(drain_reports.flush)
     runs = RunService(
         kernel.broker,
         FlowCache(store),
@@ -144,6 +151,10 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         accept_run_timeout_s=settings.runner_max_timeout_s,
         callbacks=callbacks,
         metrics=metrics,
+        drain_reports=drain_reports,
+        waiting_messages_per_workspace=settings.runner_async_waiting_messages,
+        # At least three quarters of the window stay for runs that start at once.
+        waiting_messages_max=max(1, async_prefetch // 4),
     )
     kernel.periodic("finished_runs_prune", 60.0, finished_runs.prune)
     kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
@@ -151,7 +162,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
     kernel.serve(GET_FLOW_OWNER, access.flow_owner)
     kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)
-    kernel.on_command(ASYNC_RUNS, runs.on_async_runs, prefetch=settings.runner_async_prefetch)
+    kernel.on_command(ASYNC_RUNS, runs.on_async_runs, prefetch=async_prefetch)
     kernel.on_command(CALLBACKS, callbacks.on_callback, prefetch=settings.runner_callback_prefetch)
 
 

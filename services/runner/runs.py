@@ -2,11 +2,35 @@
 runs are answered on the caller's reply queue (the sender's answer), async runs are
 acked only after their outcomes were published. The flows themselves run in the worker
 pool (`pool.py`), never here. Either way `run.finished` carries the request, the result
-and the step trace to the debugger."""
+and the step trace to the debugger.
+
+Async runs and the prefetch window. A message stays unacked while any run in it waits
+or runs, and the runner takes at most `FLOWHOOKS_RUNNER_ASYNC_PREFETCH` messages at
+once: if runs waiting for their workspace's share kept their message, one workspace's
+backlog would fill the window and every other workspace's runs would stay queued behind
+it. So each async run is admitted the moment it would go to the pool:
+- it starts (or waits for a slot in its turn) when its workspace is below its share;
+- else it may wait in memory if its message already holds that workspace's waiting runs,
+  or the workspace holds fewer than `FLOWHOOKS_RUNNER_ASYNC_WAITING_MESSAGES` such
+  messages (and all workspaces together fewer than a quarter of the window): a busy
+  workspace keeps a backlog next to its slots, at the cost of a message or two;
+- else it is **parked**: published again (confirmed, with `parked` + 1) to
+  `flowhooks.runner.async-runs.wait`, whose TTL (`topology.PARK_TTL_S`) dead-letters it
+  back to the async-runs queue, and it counts as settled in its message. It never
+  started, so it is no attempt: the copy is a new message for the delivery limit.
+The parked runs of a message go together, as soon as every run of it is started, held
+or parked (not when the others finish). A message whose other runs still run when its
+runs are parked has them marked (`<request id>#parked<n>` in `finished_runs`), so that
+if its runner dies before the ack, its redelivery skips them: their parked copy runs
+them, not both. Order within a workspace stays roughly FIFO: parked runs come back in
+the order they left, within a TTL of newer ones. Churn: a parked message costs one
+delivery, one confirmed publish and one ack per TTL (and one mark when its message was
+mixed), whatever number of runs it carries; the ingress's per-workspace queued bounds
+bound how many there can be."""
 
 import asyncio
-from collections import OrderedDict
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +39,7 @@ import structlog
 from services.runner.callbacks import CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import WebhookCallback, WebhookTrigger
+from services.runner.drain_reports import DrainReports
 from services.runner.engine import error_result
 from services.runner.finished import FinishedRuns
 from services.runner.metrics import RunnerMetrics
@@ -24,6 +49,7 @@ from services.runner.worker_protocol import FlowSnapshot
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
+from shared.messaging.contracts import PARKED_RUNS
 from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
 from shared.schemas.runs import (
     CURRENT_VERSION,
@@ -40,6 +66,58 @@ log = structlog.get_logger(__name__)
 # How long a sync run without a deadline (a replay) tries to get its record confirmed
 # before its caller is answered 503.
 SYNC_RECORD_GRACE = timedelta(seconds=10)
+# `RunResult.repeated` of a run from a message delivered again: it may have run before.
+REPEATED_AFTER_CRASH = "its runner stopped while it ran; delivered again"
+
+
+def async_window(capacity: int) -> int:
+    """The async prefetch window for a pool that runs `capacity` runs at once: a message
+    stays unacked while its runs run, so the window must hold every running run's
+    message (each may be alone in one) and room besides, for the messages that wait
+    their workspace's turn (at most a quarter of the window) and for new arrivals."""
+    return max(64, capacity + capacity // 2)
+
+
+def park_mark(request_id: str, generation: int) -> str:
+    """The `finished_runs` key saying that the run's copy parked for the `generation`th
+    time was published (its original message must not run it again)."""
+    return f"{request_id}#parked{generation}"
+
+
+class _Parked(Exception):
+    """The run was not started: its workspace is at its share and holds its part of the
+    prefetch window already."""
+
+
+@dataclass
+class _Batch:
+    """One async message's runs while they are admitted."""
+
+    undecided: int  # runs not yet started, held or parked (or ended before that)
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    parked: list[StartRun] = field(default_factory=list)
+    # Workspace -> its runs of this message held in memory for its share, not yet
+    # finished: while there are any, the message is one of its waiting messages.
+    held: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.undecided <= 0:
+            self.decided.set()
+
+
+@dataclass
+class _Ticket:
+    """One run of a `_Batch`: its admission is counted once, whichever way it ends."""
+
+    batch: _Batch
+    counted: bool = False
+
+    def decide(self) -> None:
+        if not self.counted:
+            self.counted = True
+            self.batch.undecided -= 1
+            if self.batch.undecided <= 0:
+                self.batch.decided.set()
 
 
 @dataclass(frozen=True)
@@ -116,6 +194,9 @@ class RunService:
         accept_run_timeout_s: float = 300.0,
         callbacks: CallbackSender | None = None,
         metrics: RunnerMetrics | None = None,
+        drain_reports: DrainReports | None = None,
+        waiting_messages_per_workspace: int = 1,
+        waiting_messages_max: int = 16,
     ) -> None:
         self.broker = broker
         self.metrics = metrics if metrics is not None else RunnerMetrics()
@@ -133,6 +214,14 @@ class RunService:
         self.accept_run_timeout_s = accept_run_timeout_s
         # Completion callbacks of async runs (callbacks.py); None: none are sent.
         self.callbacks = callbacks
+        # Tells each ingress which of its async runs finished (None: nobody is told).
+        self.drain_reports = drain_reports
+        # Async messages of the window that may hold runs waiting for their workspace's
+        # share, per workspace and in all; past them such runs are parked.
+        self.waiting_messages_per_workspace = waiting_messages_per_workspace
+        self.waiting_messages_max = waiting_messages_max
+        self._waiting_messages: Counter[str] = Counter()
+        self.runs_parked = 0  # for metrics and tests
 
     async def on_sync_runs(self, runs: StartRuns, delivery: Delivery) -> None:
         await self._take(runs.items, delivery, reply_to=delivery.reply_to)
@@ -142,32 +231,135 @@ class RunService:
 
     async def _take(self, starts: list[StartRun], delivery: Delivery, reply_to: str | None) -> None:
         if delivery.redelivered:
-            # Its runner died mid-batch: run only what had not finished, and each on its
-            # own from now on, so that a request that kills runners fails alone.
-            done = await self.finished_runs.which([s.request.request_id for s in starts])
-            starts = [s for s in starts if s.request.request_id not in done]
+            # Its runner died mid-batch: run only what had not finished (nor was parked
+            # from this message), each marked as repeated, and each on its own from now
+            # on, so that a request that kills runners fails alone.
+            starts = await self._not_done(starts, parkable=reply_to is None)
+            starts = [
+                start
+                if start.repeated
+                else start.model_copy(update={"repeated": REPEATED_AFTER_CRASH})
+                for start in starts
+            ]
             if len(starts) > 1:
                 await self._split(delivery, starts)
                 return
-        outcomes = await asyncio.gather(
-            *(self._one(start, reply_to) for start in starts), return_exceptions=True
+        if reply_to is not None:
+            await asyncio.gather(
+                *(self._one(start, reply_to) for start in starts), return_exceptions=True
+            )
+            return
+        batch = _Batch(len(starts))
+        runs = asyncio.gather(
+            *(self._one_async(start, _Ticket(batch)) for start in starts), return_exceptions=True
         )
+        await batch.decided.wait()
+        parked = True
+        if batch.parked:
+            # At once, not when the message's other runs finish: another workspace's
+            # slow run in the same message must not hold these back.
+            parked = await self._park(batch.parked, marked=len(batch.parked) < len(starts))
+        outcomes = await runs
         failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failed and reply_to is None:
+        if failed or not parked:
             # The broker or the database is away: deliver it again later; the runs that
-            # were recorded are marked and will not run again.
-            raise Retry(f"{len(failed)} async runs not recorded: {failed[0]!r}")
+            # were recorded (or parked, in a mixed message) are marked and will not run
+            # again from it.
+            raise Retry(
+                f"{len(failed)} async runs not recorded: {failed[0]!r}"
+                if failed
+                else f"{len(batch.parked)} async runs not parked"
+            )
 
-    async def _one(self, start: StartRun, reply_to: str | None) -> None:
+    async def _not_done(self, starts: list[StartRun], parkable: bool) -> list[StartRun]:
+        """Those of `starts` not recorded yet, nor parked from this very message."""
+        ids = [start.request.request_id for start in starts]
+        marks = {
+            start.request.request_id: park_mark(start.request.request_id, start.parked + 1)
+            for start in starts
+        }
+        done = await self.finished_runs.which(ids + (list(marks.values()) if parkable else []))
+        return [
+            start
+            for start in starts
+            if start.request.request_id not in done and marks[start.request.request_id] not in done
+        ]
+
+    async def _one_async(self, start: StartRun, ticket: _Ticket) -> None:
+        try:
+            await self._one(start, None, ticket)
+        finally:
+            ticket.decide()  # a run that ended before its admission (an error, no flow)
+
+    async def _park(self, starts: list[StartRun], marked: bool) -> bool:
+        """Publish `starts` (confirmed) to the wait queue, each with `parked` + 1; mark
+        them when their message stays unacked meanwhile (`marked`). False if the broker
+        did not take them."""
+        copies = [start.model_copy(update={"parked": start.parked + 1}) for start in starts]
+        try:
+            await self.broker.publish(
+                StartRuns(items=copies).model_dump_json().encode(),
+                routing_key=PARKED_RUNS.queue.name,
+                message_type=PARKED_RUNS.body.__name__,
+            )
+        except Unavailable:
+            log.warning("runs_not_parked", count=len(copies))
+            return False
+        self.runs_parked += len(copies)
+        if marked:
+            await asyncio.gather(
+                *(
+                    self.finished_runs.mark(park_mark(copy.request.request_id, copy.parked))
+                    for copy in copies
+                )
+            )
+        return True
+
+    def _admit(self, start: StartRun, batch: _Batch) -> bool:
+        """Whether the run goes to the pool holding its message for its workspace's turn
+        (True) or at once (False); raises `_Parked` if it may do neither. No await
+        between this and the pool taking the run: the decision holds."""
+        workspace = start.request.workspace_id
+        if workspace in batch.held:
+            # The message waits for this workspace already: one more run costs no window.
+            batch.held[workspace] += 1
+            return True
+        if not self.pool.must_wait(workspace):
+            return False
+        if (
+            self._waiting_messages[workspace] < self.waiting_messages_per_workspace
+            and self._waiting_messages.total() < self.waiting_messages_max
+        ):
+            self._waiting_messages[workspace] += 1
+            batch.held[workspace] = 1
+            return True
+        raise _Parked
+
+    def _release(self, batch: _Batch, workspace: str) -> None:
+        left = batch.held[workspace] - 1
+        if left:
+            batch.held[workspace] = left
+            return
+        del batch.held[workspace]
+        self._waiting_messages[workspace] -= 1
+        if self._waiting_messages[workspace] <= 0:
+            del self._waiting_messages[workspace]
+
+    async def _one(
+        self, start: StartRun, reply_to: str | None, ticket: _Ticket | None = None
+    ) -> None:
         """Run, record and (sync) answer one request. Raises only for infrastructure
         failures (the broker or the database away)."""
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        if (reply_to is None or start.accept_on_timeout) and self.started is not None:
-            # Best effort, batched, not awaited: lets the debugger show `running`.
-            self.started.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
         try:
-            result = await self._execute(start)
+            result = await self._execute(
+                start, ticket, announce=reply_to is None or start.accept_on_timeout
+            )
+        except _Parked:
+            assert ticket is not None
+            ticket.batch.parked.append(start)
+            return
         except Conflict as refused:
             # An unforced replay of a paused flow: the debugger's caller gets 409; nothing
             # ran, so nothing is recorded (like a paused flow's webhook at the ingress).
@@ -184,6 +376,8 @@ class RunService:
         self.metrics.run_duration.labels(result.outcome).observe(
             (result.finished_at - result.started_at).total_seconds()
         )
+        if start.repeated is not None and result.repeated is None:
+            result = result.model_copy(update={"repeated": start.repeated})
         if reply_to is None:
             await self._record(start, result)
         elif not await self._record_while_awaited(start, result):
@@ -202,6 +396,8 @@ class RunService:
         if reply_to is None:
             await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
+        if reply_to is None and self.drain_reports is not None:
+            self.drain_reports.finished(start.origin, request_id)
 
     async def _record_while_awaited(self, start: StartRun, result: RunResult) -> bool:
         """A sync run's `run.finished`, tried again while the broker fails over (a node
@@ -251,7 +447,11 @@ class RunService:
         except Unavailable as exc:
             raise Retry("the split runs were not all published") from exc
 
-    async def _execute(self, start: StartRun) -> RunResult:
+    async def _execute(
+        self, start: StartRun, ticket: _Ticket | None = None, announce: bool = False
+    ) -> RunResult:
+        """`ticket`: an async run, admitted (`_admit`) just before it goes to the pool.
+        `announce`: publish `run.started` once it does."""
         request = start.request
         started_at = datetime.now(UTC)
         if start.deadline is not None and start.deadline <= started_at:
@@ -272,7 +472,21 @@ class RunService:
         timeout_s = self.accept_run_timeout_s if start.accept_on_timeout else flow.timeout_s
         if start.deadline is not None:
             timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())
-        return await self.pool.run(request, flow.snapshot, timeout_s)
+        held = False
+        if ticket is not None:
+            try:
+                held = self._admit(start, ticket.batch)
+            finally:
+                ticket.decide()
+        if announce and self.started is not None:
+            # Best effort, batched, not awaited: lets the debugger show `running`.
+            self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
+        try:
+            return await self.pool.run(request, flow.snapshot, timeout_s)
+        finally:
+            if held:
+                assert ticket is not None
+                self._release(ticket.batch, request.workspace_id)
 
     async def _record(self, start: StartRun, result: RunResult) -> None:
         try:

@@ -38,7 +38,18 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     # so that a workspace whose runs wait for their share cannot fill it and keep the
     # other workspaces' messages in the queue.
     runner_sync_prefetch: int = Field(default=128, ge=1)
-    runner_async_prefetch: int = Field(default=64, ge=1)
+    # 0: derived from the pool, every run it can run at once (most workers x slots: each
+    # may be a message of its own) and half as much again (services/runner/runs.py,
+    # `async_window`), so that runs that run never fill the window either.
+    runner_async_prefetch: int = Field(default=0, ge=0)
+    # Async messages of that window that may hold one workspace's runs waiting for its
+    # share (a backlog next to its slots); past it, and past a quarter of the window for
+    # all workspaces together, such runs are parked in the broker (services/runner/runs.py)
+    # so that they never hold the window other workspaces' runs are queued behind.
+    runner_async_waiting_messages: int = Field(default=1, ge=0)
+    # How often the runner tells each ingress which of its async runs finished
+    # (`runs.drained`, for the ingress's per-workspace queued bounds).
+    runner_drain_report_interval_s: float = Field(default=0.25, gt=0)
     # How long the runner remembers that a request finished (a batch delivered again
     # after a runner died runs only the requests not finished within this time).
     runner_finished_keep_s: float = Field(default=600.0, gt=0)
