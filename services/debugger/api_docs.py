@@ -61,6 +61,11 @@ class RequestDetail(BaseModel):
     outcome: str
     response: dict[str, Any]
     replays: list[str]
+    repeated: str | None = Field(
+        default=None,
+        description="Why the run was run again (its worker process or its runner stopped"
+        " while it ran, so its side effects may have happened twice); null: it ran once",
+    )
 
 
 class FlowStats(BaseModel):

@@ -84,6 +84,7 @@ class RunState:
     steps: list[Any] = field(default_factory=list)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    repeated: str | None = None  # why the run was run again
 
 
 def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> RequestRow:
@@ -109,6 +110,7 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> Reques
             source_rank=run.rank,
             replay_of=request.replay_of,
             duplicate_of=request.duplicate_of,
+            repeated=run.repeated,
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -171,6 +173,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> R
         replay_of=request.replay_of,
         truncated=orjson.dumps(truncated).decode() if truncated else None,
         duplicate_of=request.duplicate_of,
+        repeated=cut_text(run.repeated, redaction.max_error_bytes)[0] if run.repeated else None,
         response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
         if run.response_headers
         else None,
@@ -490,6 +493,7 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
         steps=[step.model_dump(mode="json") for step in result.steps],
         started_at=result.started_at,
         finished_at=result.finished_at,
+        repeated=result.repeated,
     )
     return _row(finished.request, redaction, run)
 

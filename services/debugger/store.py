@@ -46,6 +46,8 @@ class RequestRow(NamedTuple):
     duplicate_of: str | None = None
     # The run's own response headers (JSON text), besides Content-Type.
     response_headers: str | None = None
+    # Why the run was run again (RunResult.repeated); None: it ran once.
+    repeated: str | None = None
 
 
 class FlowRow(NamedTuple):
@@ -106,7 +108,7 @@ _SELECT = (
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
-    " response_headers::text FROM debugger.requests"
+    " response_headers::text, repeated FROM debugger.requests"
 )
 
 

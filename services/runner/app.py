@@ -96,6 +96,9 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         slots_per_worker=settings.runner_worker_slots,
         workspace_share=settings.runner_workspace_share,
         slice_s=settings.runner_run_slice_s,
+        max_workers=settings.runner_max_workers,
+        spare_workers=settings.runner_spare_workers,
+        idle_s=settings.runner_worker_idle_s,
         log_level=settings.log_level,
     )
     await workers.start()

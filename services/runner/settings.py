@@ -53,10 +53,22 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     # How long the runner remembers that a request finished (a batch delivered again
     # after a runner died runs only the requests not finished within this time).
     runner_finished_keep_s: float = Field(default=600.0, gt=0)
-    # Worker processes that run flows (0: one per core), and runs each runs at once.
+    # Worker processes that run flows, started with the runner and always kept (0: one
+    # per core). A worker hosts one workspace's runs at a time (so a kill stops only
+    # that workspace's runs), up to `runner_worker_slots` at once.
     runner_workers: int = Field(default=0, ge=0)
     runner_worker_slots: int = Field(default=16, ge=1)
-    # Share of a runner's slots (workers x slots) that one workspace may hold.
+    # Most worker processes at once (0: four per started worker, at least 8): how many
+    # workspaces can run at the same moment without waiting for one another. Each may
+    # reach FLOWHOOKS_RUNNER_WORKER_MEMORY_MB: size the runner's memory for this many.
+    runner_max_workers: int = Field(default=0, ge=0)
+    # Idle workers kept started beyond those in use, so that a workspace that needs a
+    # worker never waits for a process to start (~0.3-0.5 s of CPU); they are also the
+    # reserve only a workspace holding no worker may take.
+    runner_spare_workers: int = Field(default=2, ge=1)
+    # An idle worker beyond the spares and `runner_workers` is stopped after this long.
+    runner_worker_idle_s: float = Field(default=60.0, gt=0)
+    # Share of the worker processes (`runner_max_workers`) one workspace may hold.
     runner_workspace_share: float = Field(default=0.5, gt=0, le=1)
     # Address-space bound of one worker process (RLIMIT_AS).
     runner_worker_memory_mb: int = Field(default=512, ge=128)
