@@ -540,8 +540,13 @@ class ReplayWorker:
         job = held.job
         if job.wait_s > 0:
             # Taken over: the previous owner's replays finish or expire first, and are
-            # then counted from their records instead of being sent again.
+            # then counted from their records instead of being sent again. Handed over
+            # before the wait is out, the next holder must wait for them too.
+            held.unsure = True
             await self._pause(held, job.wait_s + 1.0)
+            if held.ending:
+                return
+            held.unsure = False
         cursor = job.cursor
         next_start = time.monotonic()
         while not held.ending:

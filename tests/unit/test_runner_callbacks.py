@@ -477,7 +477,7 @@ async def test_an_open_circuit_defers_for_its_cool_down_and_other_destinations_g
     assert queue == naming.callback_wait_queue_name(30) and parked.attempt == 1
     # The rest of the 40 s cool-down, spread by half of it at most, plus up to a second.
     assert 40 <= (parked.due_at - now).total_seconds() < 61
-    # Another destination (another workspace's receiver) is attempted at once.
+    # Another destination (a healthy receiver) is attempted at once.
     other = message(request_id="b1", workspace_id=WORKSPACE, url="https://b.example.org/cb")
     await callbacks.on_callback(other.model_copy(update={"first_at": now, "due_at": now}), DELIVERY)
     assert http.calls[-1][0] == "https://b.example.org/cb"
