@@ -67,17 +67,19 @@ class FlowRateLimiter(_Buckets):
 
 
 class BadSignatureBudget(_Buckets):
-    """Failed signature checks of large bodies a flow may have: `burst` at once, then
-    `rate_per_s`. While it is spent, an unauthenticated large body is refused before it
-    is read (`check`), so a flood of forged 10 MB bodies costs one read a second, not
-    one each. Only failures charge it (`spend`); small bodies are never refused by it
-    (cheap to check), so a flood cannot lock the real sender's usual deliveries out."""
+    """Unverified large bodies a flow may have read: `burst` at once, then `rate_per_s`.
+    Each one takes a token before it is read (`take`: 429 when none is left) and gives
+    it back once its signature holds (`refund`), so only failed checks spend the budget,
+    and concurrent forgeries cannot all slip in while one is being read: a flood of
+    forged 10 MB bodies costs one read a second, not one each. Small bodies never come
+    here (cheap to check), so a flood cannot lock the real sender's usual deliveries
+    out."""
 
     def __init__(self, rate_per_s: float, burst: int, max_flows: int = 100_000) -> None:
         super().__init__(rate_per_s, burst, max_flows)
 
-    def check(self, flow_id: str, now: float | None = None) -> None:
-        """`RateLimited` while the flow's budget is spent; takes nothing."""
+    def take(self, flow_id: str, now: float | None = None) -> None:
+        """One token for a large body about to be read, or `RateLimited`."""
         if self.rate_per_s <= 0:
             return
         bucket = self._bucket(flow_id, now)
@@ -87,10 +89,11 @@ class BadSignatureBudget(_Buckets):
                 "too many requests to this flow failed signature verification recently;"
                 " large bodies are refused until the budget refills",
             )
+        bucket.tokens -= 1
 
-    def spend(self, flow_id: str, now: float | None = None) -> None:
-        """One failed check of a large body."""
+    def refund(self, flow_id: str, now: float | None = None) -> None:
+        """The body's signature held: its token back."""
         if self.rate_per_s <= 0:
             return
         bucket = self._bucket(flow_id, now)
-        bucket.tokens = max(0.0, bucket.tokens - 1)
+        bucket.tokens = min(float(self.burst), bucket.tokens + 1)

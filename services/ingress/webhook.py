@@ -26,6 +26,7 @@ from shared.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    RateLimited,
     ResultTooLarge,
     Timeout,
     Unauthorized,
@@ -45,7 +46,7 @@ from shared.schemas.runs import (
     StartRun,
     WebhookRequest,
 )
-from shared.web import REQUEST_ID, json_response, read_body
+from shared.web import REQUEST_ID, error_response, json_response, read_body
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +67,29 @@ def body_limits(settings: IngressSettings) -> BodyLimits:
         max_form_fields=settings.ingress_max_form_fields,
         max_form_parts=settings.ingress_max_form_parts,
     )
+
+
+class _RefusedUnread(Exception):
+    """A large body refused before it was read: answered without draining it."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _answer_unread(request: web.Request, error: ApiError) -> web.Response:
+    """The error's envelope, then the connection closed without reading the body the
+    sender is still sending: aiohttp would otherwise read and drop it (for up to 10 s),
+    which costs the ingress about what reading it does, and is what refusing it was
+    meant to save. The sender may see the connection reset once it has the answer."""
+    response = error_response(error)
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
+    response.force_close()  # Connection: close
+    await response.prepare(request)
+    await response.write_eof()
+    if request.protocol is not None:
+        request.protocol.force_close()  # no lingering read of the unread body
+    return response
 
 
 class _Answer:
@@ -129,6 +153,9 @@ class WebhookHandler:
         answer = _Answer()
         try:
             response = await self._handle(request, answer)
+        except _RefusedUnread as refused:
+            self.metrics.webhook(error_outcome(refused.error.status_code), answer.mode)
+            return await _answer_unread(request, refused.error)
         except ApiError as error:
             self.metrics.webhook(error_outcome(error.status_code), answer.mode)
             raise
@@ -359,22 +386,31 @@ class WebhookHandler:
         """The body of an unauthenticated request to a signing flow, once its signature
         holds. Everything that can refuse it without the body does so first, so a flood
         of forged bodies costs no reads: the headers (401), the flow's budget of failed
-        checks for a large body (429), its rate limit (429)."""
-        self.signatures.precheck(flow, request.headers)
+        checks for a large body (429), its rate limit (429). A large body refused so is
+        not drained either (`_RefusedUnread`)."""
         length = request.content_length
         # Chunked bodies (no length) count as large: their size shows only once read.
-        if request.body_exists and (length is None or length > self.small_body_bytes):
-            self.bad_signatures.check(flow.flow_id)
-        self.rate_limiter.check(flow.flow_id)
-        body = await self._read_body(request)
+        large = request.body_exists and (length is None or length > self.small_body_bytes)
         try:
-            await self.signatures.verify(
-                flow, request.headers, body, self.parser, self.parse_inline_max_bytes
-            )
-        except Unauthorized:
-            if len(body) > self.small_body_bytes:
-                self.bad_signatures.spend(flow.flow_id)
+            self.signatures.precheck(flow, request.headers)
+            if large:
+                self.bad_signatures.take(flow.flow_id)
+            try:
+                self.rate_limiter.check(flow.flow_id)
+            except RateLimited:
+                if large:
+                    self.bad_signatures.refund(flow.flow_id)
+                raise
+        except (Unauthorized, RateLimited) as error:
+            if large:
+                raise _RefusedUnread(error) from None
             raise
+        body = await self._read_body(request)
+        await self.signatures.verify(
+            flow, request.headers, body, self.parser, self.parse_inline_max_bytes
+        )
+        if large:
+            self.bad_signatures.refund(flow.flow_id)  # it holds: no failed check
         return body
 
     async def _read_body(self, request: web.Request) -> bytes:

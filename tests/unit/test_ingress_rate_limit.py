@@ -34,24 +34,28 @@ def test_zero_rate_means_no_limit() -> None:
 
 def test_bad_signature_budget_refuses_once_spent_and_refills() -> None:
     budget = BadSignatureBudget(rate_per_s=1, burst=2)
-    budget.check("f1", now=0.0)  # a fresh flow has its whole budget; checking is free
-    budget.check("f1", now=0.0)
-    budget.spend("f1", now=0.0)
-    budget.check("f1", now=0.0)
-    budget.spend("f1", now=0.0)
+    budget.take("f1", now=0.0)
+    budget.refund("f1", now=0.0)  # its signature held: no cost
+    budget.take("f1", now=0.0)
+    budget.take("f1", now=0.0)  # two failed checks (or being read at once)
     with pytest.raises(RateLimited) as refused:
-        budget.check("f1", now=0.0)
+        budget.take("f1", now=0.0)
     assert refused.value.headers() == {"Retry-After": "1"}
     assert "failed signature verification" in refused.value.message
-    budget.check("f2", now=0.0)  # flows are independent
-    budget.spend("f1", now=0.2)  # spending an empty budget keeps it at empty
+    budget.take("f2", now=0.0)  # flows are independent
     with pytest.raises(RateLimited):
-        budget.check("f1", now=1.1)
-    budget.check("f1", now=1.3)  # one failure a second comes back
+        budget.take("f1", now=0.9)
+    budget.take("f1", now=1.0)  # one a second comes back
+    budget.refund("f1", now=1.0)
+    budget.refund("f1", now=1.0)
+    budget.refund("f1", now=1.0)  # never past the burst
+    budget.take("f1", now=1.0)
+    budget.take("f1", now=1.0)
+    with pytest.raises(RateLimited):
+        budget.take("f1", now=1.0)
 
 
 def test_bad_signature_budget_off_at_zero() -> None:
     budget = BadSignatureBudget(rate_per_s=0, burst=1)
     for _ in range(5):
-        budget.spend("f1")
-        budget.check("f1")
+        budget.take("f1")
