@@ -1,8 +1,8 @@
 """`webhook.dedup.key`: parsing the spec and reading the key from a request."""
 
-import pytest
-
 import hashlib
+
+import pytest
 
 from shared.dedup_keys import (
     HASHED_PREFIX,
