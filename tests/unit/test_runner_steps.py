@@ -435,7 +435,7 @@ async def test_the_http_steps_fields_share_one_render_budget() -> None:
     each = burning(0.12)
     step = call("many", headers={f"X-{name}": each + name for name in "ABC"})
     flow = Flow("f1", "w1", 1, parse_definition({"name": "t", "steps": [step]}, TEMPLATES, 300))
-    http = FakeHttp()
+    http: Any = FakeHttp()
     result = await Engine(templates, None, http).run(flow, webhook_request({}, request_id="r1"))
     assert (result.outcome, result.status_code) == ("failed", 500)
     assert re.fullmatch(
