@@ -115,16 +115,22 @@ async def test_each_service_user_can_do_its_own_work(users: Users) -> None:
             for spec in access.consumes:
                 await broker.consume(spec, ignore, prefetch=1)
             for own in access.own_queues:
-                if own.bindings:
+                if own.bound:
+                    # Its events, and those addressed to this process alone.
+                    addressed = tuple(key(broker.instance) for key in own.addressed)
                     await broker.consume(
                         own.name_of(broker.instance),
                         ignore,
                         prefetch=1,
                         no_ack=True,
-                        bindings=own.bindings,
+                        bindings=own.bindings + addressed,
                     )
             for key in access.publishes:
                 await broker.publish(b"{}", routing_key=key, to_events=True, mandatory=False)
+            for key_of in access.publishes_to_processes:  # to some other service's process
+                await broker.publish(
+                    b"{}", routing_key=key_of("0f1e2d3c4b5a"), to_events=True, mandatory=False
+                )
             for spec in access.sends_to:
                 await broker.publish(b"{}", routing_key=spec.name, persistent=False)
         finally:
