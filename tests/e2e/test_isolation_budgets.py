@@ -111,7 +111,7 @@ async def test_others_cpu_load_does_not_fail_or_blame_runs_within_their_bounds(
     """A keeps 6 runs computing at once (each 3 renders at 60 % of the render budget,
     30 % of the slice bound); B's runs, each one render at 40 % of the render budget,
     all succeed though the machine is far busier than its 2 cores. (Measured in wall
-    time, 18 of 24 such B runs failed on the render budget.)"""
+    time, 12 of 12 of these B runs failed on the render budget.)"""
     heavy = {
         "ref_id": "heavy",
         "type": "loop",
