@@ -119,10 +119,11 @@ class FairShare:
             del self.kills[workspace]
         self.give_back(workspace)
 
-    def to_drain(self, draining: int = 0) -> str | None:
-        """The workspace one of whose units should be freed for a workspace that waits
-        and cannot take one (nothing free for it, though it is within its share), or
-        None. `draining`: units already being freed; each serves one such waiter."""
+    def to_drain(self, draining: int = 0) -> list[str]:
+        """The workspaces one of whose units may be freed for a workspace that waits and
+        cannot take one (nothing free for it, though it is within its share), most held
+        first; empty if none. `draining`: units already being freed; each serves one
+        such waiter."""
         starved = [
             workspace
             for workspace in self._waiting
@@ -141,7 +142,5 @@ class FairShare:
                 for workspace, held in self.held.items()
                 if workspace != waiter and held - self.kills.get(workspace, 0) >= need + margin
             ]
-            if victims:
-                return max(victims, key=lambda w: self.held[w] - self.kills.get(w, 0))
-            return None
-        return None
+            return sorted(victims, key=lambda w: self.kills.get(w, 0) - self.held[w])
+        return []

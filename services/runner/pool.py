@@ -5,13 +5,14 @@ loop (which consumes, replies and publishes), only in worker processes
 - A worker process hosts the runs of one workspace at a time: a run goes to a worker
   its workspace holds that has a free slot (the least busy), else the workspace is
   given an idle worker (`fair_share.py` says whether it may hold one more, and who is
-  served first); a worker whose last run ended returns to the pool. So a worker killed
-  for one run's CPU or memory only ever stops runs of that run's workspace.
+  served first); a worker without runs returns to the pool (after `linger_s`, below).
+  So a worker killed for one run's CPU or memory only stops runs of that workspace.
 - `spare` idle workers are kept started (up to `max_workers` processes in all), so a
   workspace that needs a worker gets one without waiting for a process to start
   (~0.3-0.5 s of CPU); idle ones beyond the spares and `min_workers` are stopped after
-  `idle_s`. Starting processes is done at most `spawn_concurrency` at a time, spares
-  first.
+  `idle_s`. A worker whose last run ended stays its workspace's for `linger_s`, so a
+  workspace with steady traffic keeps its worker between runs. Processes are started
+  at most `spawn_concurrency` at a time, spares first.
 - A workspace holds at most its share of the processes, and the spares are a reserve
   only a workspace holding none may take (see `fair_share.py`).
 - A worker has an address-space bound; a run has a CPU budget that the worker enforces
@@ -94,7 +95,7 @@ class _Worker:
     tasks: list["asyncio.Task[None]"] = field(default_factory=list)
     workspace: str | None = None  # the workspace it hosts; None: idle, in the pool
     last_workspace: str | None = None  # whom it hosted last (it has their flows parsed)
-    idle_since: float = 0.0  # monotonic
+    idle_since: float = 0.0  # monotonic: in the pool, or (assigned) without runs, since
     draining: bool = False  # takes no new run: returns to the pool for another workspace
     retiring: bool = False  # an idle extra being stopped
 
@@ -119,6 +120,7 @@ class WorkerPool:
         max_workers: int = 0,
         spare_workers: int = 2,
         idle_s: float = 60.0,
+        linger_s: float = 5.0,
         spawn_concurrency: int = 2,
         deadline_grace_s: float = 2.0,
         max_attempts: int = 3,
@@ -139,6 +141,7 @@ class WorkerPool:
             reserve=self.spare,
         )
         self.idle_s = idle_s
+        self.linger_s = linger_s
         self.spawn_concurrency = max(1, spawn_concurrency)
         self.slice_s = slice_s
         self.deadline_grace_s = deadline_grace_s
@@ -266,14 +269,16 @@ class WorkerPool:
         processes started for the spares and for kills to replace."""
         if self._closing:
             return
-        while self._idle:
-            workspace = self.fair_share.next_turn()
-            if workspace is None:
+        while True:
+            while self._idle:
+                workspace = self.fair_share.next_turn()
+                if workspace is None:
+                    break
+                self._assign(self._pick_idle(workspace), workspace)
+                self._fill(workspace, self._tenants[workspace])
+            # A drained worker without runs is back at once: grant it in turn.
+            if self._idle or not self._drain_one():
                 break
-            self._assign(self._pick_idle(workspace), workspace)
-            self._fill(workspace, self._tenants[workspace])
-        if not self._idle:
-            self._drain_one()
         self._grow()
 
     def _pick_idle(self, workspace: str) -> _Worker:
@@ -290,8 +295,32 @@ class WorkerPool:
         self._tenant(workspace).workers.append(worker)
         self.fair_share.take(workspace)
 
+    def _emptied(self, worker: _Worker) -> None:
+        """A worker whose last run ended stays its workspace's for `linger_s` (its next
+        run starts at once, where its flows are parsed: a workspace with steady traffic
+        does not meet others at the spares between two runs); a draining one goes back
+        to the pool at once."""
+        if worker.workspace is None or worker.runs or worker.blame is not None:
+            return
+        worker.idle_since = time.monotonic()
+        if worker.draining or self.linger_s <= 0:
+            self._release(worker)
+
+    def _return_lingering(self) -> None:
+        now = time.monotonic()
+        done = [
+            worker
+            for tenant in self._tenants.values()
+            for worker in tenant.workers
+            if not worker.runs and worker.blame is None and now - worker.idle_since >= self.linger_s
+        ]
+        for worker in done:
+            self._release(worker)
+        if done:
+            self._dispatch()
+
     def _release(self, worker: _Worker) -> None:
-        """A worker whose last run ended goes back to the pool."""
+        """A worker without runs goes back to the pool."""
         workspace = worker.workspace
         if workspace is None or worker.runs or worker.blame is not None:
             return
@@ -305,28 +334,33 @@ class WorkerPool:
         worker.idle_since = time.monotonic()
         self._idle.append(worker)
 
-    def _drain_one(self) -> None:
+    def _drain_one(self) -> bool:
         """Nothing is free for a workspace that waits within its share: one worker of a
         workspace holding more stops taking runs, and returns to the pool once its runs
-        end (the one whose runs end soonest)."""
+        end (the one whose runs end soonest: one without runs goes at once, and then
+        True)."""
         draining = sum(1 for worker in self._workers if worker.draining)
-        victim = self.fair_share.to_drain(draining)
-        if victim is None or victim not in self._tenants:
-            return
+        victims = self.fair_share.to_drain(draining)  # most held first
         candidates = [
-            w
+            (max((run.deadline for run in w.runs.values()), default=0.0), rank, w)
+            for rank, victim in enumerate(victims)
             for w in self._tenants[victim].workers
             if not w.draining and not w.retiring and w.blame is None
         ]
         if not candidates:
-            return
-        worker = min(
-            candidates, key=lambda w: max((run.deadline for run in w.runs.values()), default=0)
-        )
+            return False
+        _, _, worker = min(candidates, key=lambda c: c[:2])
         worker.draining = True
-        log.info("worker_draining", worker=worker.number, workspace=victim, runs=len(worker.runs))
-        if not worker.runs:
-            self._release(worker)
+        log.info(
+            "worker_draining",
+            worker=worker.number,
+            workspace=worker.workspace,
+            runs=len(worker.runs),
+        )
+        if worker.runs:
+            return False
+        self._release(worker)
+        return True
 
     # --- processes ------------------------------------------------------------------
 
@@ -450,13 +484,12 @@ class WorkerPool:
                 message = await read_frame(worker.reader)
                 for done in message.get("done", ()):
                     self._finished(worker, done)
-                # Freed slots to the workspace's waiting runs; an emptied worker to the
-                # pool, for whoever waits.
+                # Freed slots to the workspace's waiting runs; an emptied worker lingers.
                 tenant = self._tenants.get(worker.workspace or "")
                 if tenant is not None:
                     self._fill(str(worker.workspace), tenant)
                 if not worker.runs:
-                    self._release(worker)
+                    self._emptied(worker)
                 self._dispatch()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -579,8 +612,9 @@ class WorkerPool:
             try:
                 self._check_workers()
                 now = time.monotonic()
-                if now - self._last_retire_check >= 1.0:
+                if now - self._last_retire_check >= min(1.0, self.linger_s / 4):
                     self._last_retire_check = now
+                    self._return_lingering()
                     self._retire_idle()
             except Exception:  # the watch must outlive any one failure
                 log.exception("worker_watch_failed")

@@ -118,6 +118,7 @@ class FakePool(WorkerPool):
             "max_workers": 6,
             "spare_workers": 2,
             "tick_s": 0.01,
+            "linger_s": 0,  # back to the pool at once, unless a test says otherwise
         }
         super().__init__(CONFIG, **{**settings, **options})
         self.hosted: dict[str, FakeWorker] = {}  # request id -> where it runs
@@ -376,6 +377,32 @@ async def test_a_kill_storm_starts_processes_within_bounds() -> None:
         # took (a replacement may have been idle then, and served as the spare).
         await until(lambda: not pool._spawning and not pool._kills)
         assert pool.workers_lost <= pool.workers_started - started <= pool.workers_lost + 1
+
+
+async def test_an_emptied_worker_lingers_for_its_workspace_unless_another_needs_it() -> None:
+    async with fake_pool(max_workers=3, spare_workers=1, linger_s=0.3) as pool:
+        runs = Runs(pool)
+        await runs.start("acme", "a1")
+        acme = pool.worker_of("a1")
+        await runs.finish("a1")
+        await settle()
+        # Still acme's: its next run starts there at once.
+        assert pool.fair_share.held == {"acme": 1} and not pool.must_wait("acme")
+        await runs.start("acme", "a2")
+        assert pool.worker_of("a2") is acme
+        await runs.finish("a2")
+        await until(lambda: pool.fair_share.held == {}, timeout_s=2)  # after linger_s
+        # Lingering, it goes at once to a workspace that finds nothing else free
+        # (sooner than the busy workers of the others, which hold as many).
+        await runs.start("evil", "e1", "e2")
+        await runs.start("evil2", "x1", "x2")
+        await runs.start("acme", "a3")
+        await runs.finish("a3")
+        await settle()
+        assert pool.fair_share.held == {"evil": 1, "evil2": 1, "acme": 1}
+        await runs.start("third", "t1")
+        assert runs.placed("t1") and pool.worker_of("t1") is pool.worker_of("a3")
+        assert pool.fair_share.held == {"evil": 1, "evil2": 1, "third": 1}
 
 
 async def test_idle_extras_are_stopped_after_a_while() -> None:
