@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import sys
 import time
@@ -98,6 +99,7 @@ class _Worker:
     idle_since: float = 0.0  # monotonic: in the pool, or (assigned) without runs, since
     draining: bool = False  # takes no new run: returns to the pool for another workspace
     retiring: bool = False  # an idle extra being stopped
+    pidfd: int | None = None  # to signal the process and never another one
 
 
 @dataclass
@@ -404,6 +406,8 @@ class WorkerPool:
 
     def _add(self, worker: _Worker) -> None:
         self.workers_started += 1
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: `process.kill`
+            worker.pidfd = os.pidfd_open(worker.process.pid)
         self._workers.append(worker)
         worker.tasks = [
             asyncio.create_task(self._send(worker)),
@@ -521,21 +525,21 @@ class WorkerPool:
         log.warning(
             "worker_killed", worker=worker.number, run=blame.key, reason=blame.error.message
         )
-        with contextlib.suppress(ProcessLookupError):  # it may have died meanwhile
-            worker.process.kill()
+        _send_kill(worker)
 
     async def _lost(self, worker: _Worker) -> None:
         """The worker ended (killed, crashed, over its memory bound, or retired): blame
         the run it was computing, run the others again, have it replaced."""
-        if worker.process.returncode is None and not worker.retiring:
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.kill()
+        if not worker.retiring:
+            _send_kill(worker)
         try:
             returncode = await asyncio.wait_for(worker.process.wait(), 10)
         except TimeoutError:  # a retiring worker that does not exit on its own
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.kill()
+            _send_kill(worker)
             returncode = await worker.process.wait()
+        if worker.pidfd is not None:
+            os.close(worker.pidfd)
+            worker.pidfd = None
         if worker in self._workers:
             self._workers.remove(worker)
         if worker in self._idle:
@@ -665,9 +669,22 @@ class WorkerPool:
         if receivers:
             await asyncio.wait(receivers, timeout=timeout_s)
             for worker in workers:
-                if worker.process.returncode is None:
-                    worker.process.kill()
+                _send_kill(worker)
             await asyncio.gather(*receivers, return_exceptions=True)
+
+
+def _send_kill(worker: _Worker) -> None:
+    """SIGKILL, unless it was seen to exit. Not `process.kill()`: that polls first, and a
+    poll that reaps a worker that has just died leaves asyncio's child watcher an
+    unknown child ("exit status 255" instead of the signal that killed it). A pidfd
+    never signals another process that got the pid since."""
+    if worker.process.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):  # it may have died meanwhile
+        if worker.pidfd is not None:
+            signal.pidfd_send_signal(worker.pidfd, signal.SIGKILL)
+        else:
+            worker.process.kill()
 
 
 def _now() -> datetime:

@@ -284,16 +284,19 @@ async def test_the_timeout_ends_the_run_inside_the_worker(pool: WorkerPool) -> N
 
 @pytest.fixture
 async def slow_url() -> AsyncIterator[str]:
-    """An endpoint that answers after `?s=` seconds: a run waiting on it holds its slot."""
+    """An endpoint that answers only once the test is over: a run waiting on it holds
+    its slot meanwhile."""
+    over = asyncio.Event()
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query["s"]))
+        await over.wait()
         return web.json_response({"slow": True})
 
     app = web.Application()
     app.router.add_get("/slow", slow)
     async with serving(app, "127.0.0.1") as base:
         yield f"{base}/slow"
+        over.set()
 
 
 async def test_two_workspaces_with_hanging_runs_leave_a_worker_for_a_third(
@@ -316,7 +319,7 @@ async def test_two_workspaces_with_hanging_runs_leave_a_worker_for_a_third(
     try:
 
         def hanging(workspace: str) -> FlowSnapshot:
-            step = {"ref_id": "wait", "type": "http", "url": f"{slow_url}?s=3", "retries": 0}
+            step = {"ref_id": "wait", "type": "http", "url": slow_url, "retries": 0}
             return flow([step], workspace=workspace)
 
         hostile = [

@@ -36,7 +36,8 @@ CONFIG = WorkerConfig(
     memory_mb=128,
     run_cpu_s=1.0,
 )
-_PIDS = itertools.count(4_000_000)
+# Never a real process's: the pool must not find (or signal) one by these.
+_PIDS = itertools.count(-1000, -1)
 
 
 class FakeProcess:
