@@ -1,6 +1,7 @@
 """The four services as real subprocesses on loopback, each with its own free port,
 against a fresh RabbitMQ vhost and PostgreSQL database. Tests talk HTTP only."""
 
+import asyncio
 import os
 import secrets
 import signal
@@ -10,9 +11,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +23,8 @@ from tests.infra import fresh_database, fresh_vhost
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("auth", "runner", "debugger", "ingress")
+# `flowhooks token create`'s default --name.
+CLI_TOKEN_NAME = "created on the command line"
 
 
 def free_port() -> int:
@@ -69,6 +74,9 @@ class System:
     token_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     # The checkout the services run from (bench/compare.py runs an older one beside).
     repo: Path = REPO
+    # Appended to every workspace name given to create_token: modules sharing one
+    # system each see their own `acme` and `globex` (`with_own_workspaces`).
+    workspace_suffix: str = ""
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")}
@@ -84,7 +92,15 @@ class System:
         return env
 
     def start(self, name: str, **env: str) -> ServiceProcess:
-        port, ops_port = free_ports(2)
+        service = self.launch(name, **env)
+        self.wait_ready(service)
+        return service
+
+    def launch(
+        self, name: str, *, ports: tuple[int, int] | None = None, **env: str
+    ) -> ServiceProcess:
+        """Start `name` without waiting for it to be ready (`wait_ready` does)."""
+        port, ops_port = ports or free_ports(2)
         full_env = self.env()
         full_env[f"FLOWHOOKS_{name.upper()}_PORT"] = str(port)
         full_env[f"FLOWHOOKS_{name.upper()}_OPS_PORT"] = str(ops_port)
@@ -101,27 +117,47 @@ class System:
         )
         service = ServiceProcess(name, port, process, log, ops_port)
         self.processes.setdefault(name, []).append(service)
-        self.wait_ready(service)
         return service
 
     def wait_ready(self, service: ServiceProcess, timeout_s: float = 30) -> None:
+        self.wait_all_ready([service], timeout_s)
+
+    def wait_all_ready(self, services: list[ServiceProcess], timeout_s: float = 30) -> None:
+        """Until every one of `services` answers /readyz 200 (they start side by side)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if service.process.poll() is not None:
-                raise RuntimeError(f"{service.name} exited:\n{service.output()}")
-            try:
-                with urllib.request.urlopen(f"{service.url}/readyz", timeout=1) as answer:  # noqa: S310
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{service.name} not ready after {timeout_s} s:\n{service.output()}")
+        pending = list(services)
+        while pending:
+            for service in list(pending):
+                if service.process.poll() is not None:
+                    raise RuntimeError(f"{service.name} exited:\n{service.output()}")
+                try:
+                    url = f"{service.url}/readyz"
+                    with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310
+                        if answer.status == 200:
+                            pending.remove(service)
+                except OSError:
+                    pass
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(s.name for s in pending)
+                raise RuntimeError(
+                    f"{names} not ready after {timeout_s} s:\n"
+                    + "\n".join(s.output() for s in pending)
+                )
+            time.sleep(0.05)
 
     def start_all(self) -> None:
-        # The ingress first so the runner knows its public URL.
-        for name in ("ingress", "auth", "runner", "debugger"):
-            self.start(name)
+        """The four services at once: on two cores their imports and migrations overlap
+        with each other's waits. The ingress is launched first (its port picked with
+        the others') so the runner is given its public URL."""
+        ports = free_ports(2 * len(SERVICES))
+        launched = [
+            self.launch(name, ports=(ports[2 * i], ports[2 * i + 1]))
+            for i, name in enumerate(("ingress", "auth", "runner", "debugger"))
+        ]
+        # Four imports and migrations at once on two busy cores: more than one's 30 s.
+        self.wait_all_ready(launched, timeout_s=60)
 
     def url(self, name: str) -> str:
         return self.processes[name][0].url
@@ -129,6 +165,10 @@ class System:
     def stop(self, service: ServiceProcess, sig: int = signal.SIGTERM) -> int:
         if service.process.poll() is None:
             service.process.send_signal(sig)
+        return self._reap(service)
+
+    def _reap(self, service: ServiceProcess) -> int:
+        """Its exit code, once it stopped (killed after 20 s)."""
         try:
             return service.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -138,11 +178,13 @@ class System:
             self.processes[service.name].remove(service)
 
     def stop_all(self) -> dict[str, int]:
-        codes = {}
-        for services in list(self.processes.values()):
-            for service in list(services):
-                codes[f"{service.name}:{service.port}"] = self.stop(service)
-        return codes
+        """Every service is told to stop at once, then waited for: their shutdowns
+        (each waits for its work in flight) overlap instead of adding up."""
+        services = [service for group in self.processes.values() for service in group]
+        for service in services:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        return {f"{service.name}:{service.port}": self._reap(service) for service in services}
 
     def logs(self) -> str:
         return "\n".join(
@@ -151,8 +193,38 @@ class System:
             for s in services
         )
 
+    def with_own_workspaces(self) -> "System":
+        """The same running services (same processes, vhost and database), seen by a
+        caller whose workspaces are its own: a test module sharing the session's system
+        is as isolated from the others as on a system of its own, since everything a
+        test reads (flows, requests, tokens, fair shares) belongs to a workspace."""
+        return replace(self, workspace_suffix=f"-{uuid.uuid4().hex[:8]}")
+
     def create_token(self, workspace: str, *scopes: str) -> str:
+        """A personal access token, through the code `flowhooks token create` runs, called
+        in-process: a CLI subprocess costs a second of imports per token on two cores.
+        tests/e2e/test_cli.py checks the command itself (`create_token_with_cli`). A
+        system of another checkout (bench/compare.py) runs that checkout's command."""
+        if self.repo != REPO:
+            return self.create_token_with_cli(workspace, *scopes)
+        from services.auth.cli import create_token
+
+        database_url = self.env()["FLOWHOOKS_DATABASE_URL"]
+        workspace += self.workspace_suffix
+
+        def create() -> str:
+            # A thread of its own: the caller may be a test running its own event loop.
+            _, secret = asyncio.run(
+                create_token(database_url, workspace, list(scopes), CLI_TOKEN_NAME, None)
+            )
+            return secret
+
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            return thread.submit(create).result(timeout=60)
+
+    def create_token_with_cli(self, workspace: str, *scopes: str) -> str:
         """Through the real command line, as an operator would."""
+        workspace += self.workspace_suffix
         args = [sys.executable, "-m", "services.cli", "token", "create", "--workspace", workspace]
         for scope in scopes:
             args += ["--scope", scope]
