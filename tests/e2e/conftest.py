@@ -7,10 +7,24 @@ from tests.e2e.client import Api
 from tests.e2e.system import System, running_system
 
 
+@pytest.fixture(scope="session")
+def shared_system() -> Iterator[System]:
+    """One system for every module marked `shared_system` (one per xdist worker),
+    started when the first of them runs, stopped at the end of the session."""
+    with running_system() as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    """One running system per test module (starting four services takes seconds).
-    A module that needs other settings, or stops services, overrides this fixture."""
+def system(request: pytest.FixtureRequest) -> Iterator[System]:
+    """One running system per test module (starting four services takes seconds), or,
+    in a module marked `shared_system`, the session's shared one with workspaces of the
+    module's own. A module that needs other settings, or stops, kills or restarts
+    services, overrides this fixture (and is not marked)."""
+    if request.node.get_closest_marker("shared_system") is not None:
+        shared: System = request.getfixturevalue("shared_system")
+        yield shared.with_own_workspaces()
+        return
     with running_system() as running:
         yield running
 

@@ -9,15 +9,30 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.e2e.client import Api, eventually
 from tests.e2e.system import REPO, System
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
+
+
+@pytest.fixture(scope="module")
+def cli_token(system: System) -> str:
+    """Through `flowhooks token create` itself (other modules call the same code
+    in-process): the command is part of what this module tests."""
+    return system.create_token_with_cli("acme", "automation")
+
+
+@pytest.fixture
+async def api(system: System, cli_token: str) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(system, session, cli_token)
 
 FLOW_YAML = """\
 name: NAME

@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.e2e.client import Api, eventually
 from tests.e2e.system import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"

@@ -4,7 +4,7 @@ says (status, content type, schema). Bounded to fit CI: a few examples per opera
 no shrinking, a time budget per service."""
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.system import System, running_system
+from tests.e2e.system import System
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system, pytest.mark.timeout(240)]
 
 MAX_EXAMPLES = 50
 BUDGET_S = 20.0  # per service; the operations share it
@@ -59,12 +59,6 @@ CHECKS = [
     response_schema_conformance,
     envelope_on_errors,
 ]
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system() as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from tests.e2e.client import Api, eventually
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
 CONTRACT_RESPONSE = (
     '{"valid": {% if res1.value == "myResult" %}"{{ res1.value }}"{% else %}false{% endif %}}'

@@ -15,7 +15,7 @@ import pytest
 from tests.e2e.client import Api, eventually
 from tests.e2e.system import System
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
 ECHO_FLOW: dict[str, Any] = {
     "name": "echo",
