@@ -14,7 +14,13 @@ import orjson
 import pytest
 
 from services.runner.drain_reports import DrainReports
-from services.runner.runs import REPEATED_AFTER_CRASH, CachedFlow, RunService, park_mark
+from services.runner.runs import (
+    REPEATED_AFTER_CRASH,
+    CachedFlow,
+    RunService,
+    async_window,
+    park_mark,
+)
 from services.runner.worker_protocol import FlowSnapshot
 from shared.errors import Unavailable
 from shared.messaging import naming
@@ -67,11 +73,17 @@ class FakeBroker:
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
         self.refuse = False
+        # A message holding any of these is nacked (the batch publisher splits it).
+        self.refuse_ids: set[str] = set()
+        self.confirm_s = 0.0
         self.instance = "runner-1"
 
     async def publish(self, body: bytes, *, routing_key: str, **_: Any) -> None:
+        await asyncio.sleep(self.confirm_s)
         if self.refuse:
             raise Unavailable("the message broker did not accept the request")
+        if any(request_id.encode() in body for request_id in self.refuse_ids):
+            raise Unavailable("nacked") from RuntimeError("Basic.Nack")
         self.published.append((routing_key, orjson.loads(body)))
 
 
@@ -280,6 +292,44 @@ async def test_runs_the_broker_would_not_park_make_the_message_come_again() -> N
     assert b1.request.request_id in runner.finished_runs.marked
 
 
+async def test_runs_parked_before_the_broker_refused_are_marked_so_the_retry_skips_them() -> None:
+    runner = Runner(waiting_messages=0)
+    runner.pool.full.add(A)
+    first, second, third = start(A), start(A), start(A)
+    runner.broker.refuse_ids = {second.request.request_id}
+    with pytest.raises(Retry, match="not parked"):
+        await asyncio.wait_for(runner.take([first, second, third]), 1)
+    # The refused message was split until the refused run stood alone: the others went.
+    parked = {p["request"]["request_id"] for p in runner.parked()}
+    assert parked == {first.request.request_id, third.request.request_id}
+    assert runner.finished_runs.marked == {
+        park_mark(first.request.request_id, 1),
+        park_mark(third.request.request_id, 1),
+    }
+    runner.broker.refuse_ids = set()
+    runner.broker.published.clear()
+    second_done = runner.take([first, second, third], redelivered=True)
+    await asyncio.wait_for(second_done, 1)
+    # Delivered again: only the run that was not parked is handled (on its own: parked).
+    assert [p["request"]["request_id"] for p in runner.parked()] == [second.request.request_id]
+
+
+async def test_parked_runs_of_messages_handled_together_share_a_message() -> None:
+    runner = Runner(waiting_messages=0)
+    runner.pool.full.add(A)
+    runner.broker.confirm_s = 0.05
+    starts = [start(A) for _ in range(5)]
+    first = runner.take(starts[:1])
+    await asyncio.sleep(0.01)  # its parked run is being published
+    rest = [runner.take([s]) for s in starts[1:]]
+    await asyncio.wait_for(asyncio.gather(first, *rest), 1)
+    sizes = [len(body["items"]) for _, body in runner.broker.published]
+    assert sizes == [1, 4]  # the first alone, the rest while its confirm was awaited
+    assert [p["request"]["request_id"] for p in runner.parked()] == [
+        s.request.request_id for s in starts
+    ]
+
+
 async def test_finished_runs_are_reported_to_their_ingress_and_parked_ones_are_not() -> None:
     runner = Runner(waiting_messages=0)
     runner.pool.full.add(A)
@@ -317,3 +367,8 @@ async def test_sync_runs_are_never_parked() -> None:
     assert runner.pool.started == [sync.request.request_id]
     assert runner.pool.asked == Counter()
     assert runner.parked() == []
+
+
+def test_the_derived_async_window_holds_every_running_run_and_room_besides() -> None:
+    assert async_window(8 * 16) == 192  # 128 running, 48 waiting at most, 16 for arrivals
+    assert async_window(2 * 16) == 64  # never below the former default
