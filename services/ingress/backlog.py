@@ -47,16 +47,13 @@ class WorkspaceBacklog:
         max_bytes: int,
         max_age_s: float,
         max_sync: int,
-        instance: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Bounds of 0 are off. `instance`: this process's broker instance, the origin
-        runners report finished runs to."""
+        """Bounds of 0 are off."""
         self.max_runs = max_runs
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.max_sync = max_sync
-        self.instance = instance
         self.clock = clock
         # By request id, oldest first (the order they were counted in).
         self._queued: OrderedDict[str, _Queued] = OrderedDict()
@@ -70,13 +67,13 @@ class WorkspaceBacklog:
         return self._runs[workspace], self._bytes[workspace]
 
     @asynccontextmanager
-    async def scheduling(self, start: StartRun) -> AsyncIterator[None]:
+    async def scheduling(self, start: StartRun, origin: str) -> AsyncIterator[None]:
         """Around the publish of an async run: raises `RateLimited` if its workspace is
-        at a bound; counts it (and names this ingress as its origin) meanwhile, and
-        afterwards unless the publish failed."""
+        at a bound; counts it meanwhile, and afterwards unless the publish failed.
+        `origin`: this process's broker instance, which runners report its end to."""
         request = start.request
         self.check(request.workspace_id)
-        start.origin = self.instance
+        start.origin = origin
         self.add(request.request_id, request.workspace_id, len(request.raw_body))
         try:
             yield

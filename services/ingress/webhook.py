@@ -133,7 +133,6 @@ class WebhookHandler:
             max_bytes=settings.ingress_workspace_queued_bytes,
             max_age_s=settings.ingress_workspace_queued_max_age_s,
             max_sync=settings.ingress_workspace_sync_requests,
-            instance=broker.instance,
         )
         self.record_queued = settings.ingress_record_queued
         self.queued: BatchPublisher[RunProgress] = BatchPublisher(broker, REQUEST_QUEUED)
@@ -306,7 +305,8 @@ class WebhookHandler:
     async def _schedule(self, start: StartRun) -> web.Response:
         """200 only once the broker has confirmed the persistent message on the durable
         queue; any failure is a 503 from `Broker.publish`, never a false 200."""
-        async with self.backlog.scheduling(start):  # 429 past the workspace's bounds
+        # 429 past the workspace's bounds; the runners report its end to this process.
+        async with self.backlog.scheduling(start, origin=self.broker.instance):
             await self.runner.schedule(start)
         if self.record_queued:
             # Best effort, batched, not awaited: the debugger shows it `queued` meanwhile.

@@ -23,9 +23,7 @@ class Clock:
 
 def backlog(clock: Clock | None = None, **bounds: int) -> WorkspaceBacklog:
     settings = {"max_runs": 3, "max_bytes": 1000, "max_sync": 2, **bounds}
-    return WorkspaceBacklog(
-        **settings, max_age_s=60.0, instance="ingress-7", clock=clock or Clock()
-    )
+    return WorkspaceBacklog(**settings, max_age_s=60.0, clock=clock or Clock())
 
 
 def start(workspace: str, size: int = 10) -> StartRun:
@@ -34,7 +32,7 @@ def start(workspace: str, size: int = 10) -> StartRun:
 
 
 async def schedule(queued: WorkspaceBacklog, run: StartRun) -> None:
-    async with queued.scheduling(run):
+    async with queued.scheduling(run, "ingress-7"):
         pass
 
 
@@ -76,7 +74,7 @@ async def test_a_run_is_named_with_this_ingress_and_uncounted_if_its_publish_fai
     queued = backlog()
     run = start(A)
     with pytest.raises(ConnectionError):
-        async with queued.scheduling(run):
+        async with queued.scheduling(run, "ingress-7"):
             raise ConnectionError("broker away")
     assert run.origin == "ingress-7"
     assert queued.queued(A) == (0, 0)
