@@ -97,6 +97,8 @@ class Deduplicator:
         self._pollers: dict[tuple[str, str], _Poller] = {}
         # Sync duplicates waiting, per flow (the bound).
         self._waiting: Counter[str] = Counter()
+        # Releases sent after a claim whose answer never came (kept until done).
+        self._releases: set[asyncio.Task[None]] = set()
 
     async def claim(self, flow: FlowWebhookSettings, request_id: str, key: str) -> DedupClaim:
         poller = self._pollers.get((flow.flow_id, key))
@@ -104,7 +106,17 @@ class Deduplicator:
             # Requests here already wait for this key's first: a duplicate of it, known
             # without asking the runner.
             return DedupClaim(state="pending", first_request_id=poller.first_request_id)
-        return await self._ask(flow, request_id, key, "claim")
+        try:
+            return await self._ask(flow, request_id, key, "claim")
+        except Unavailable:
+            # The claim may have been made, only its answer lost: the sender is told 503
+            # and retries, so this request must not keep the key (for an async flow it
+            # would for the whole window, and the retry would be answered "scheduled").
+            # Not awaited: the sender's answer does not wait for a runner that is slow.
+            release = asyncio.create_task(self.release(flow, request_id, key))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+            raise
 
     async def release(self, flow: FlowWebhookSettings, request_id: str, key: str) -> None:
         """A first refused before it reached a runner (503, 429, ...) lets go of its key,
@@ -261,6 +273,8 @@ class Deduplicator:
     async def drain(self) -> None:
         for poller in list(self._pollers.values()):
             poller.task.cancel()
+        if self._releases:
+            await asyncio.wait(self._releases)
         await self.recorded.drain()
 
 

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from services.ingress.dedup import Deduplicator
-from shared.errors import RateLimited
+from shared.errors import RateLimited, Timeout, Unavailable
 from shared.schemas.access import FlowWebhookSettings
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, StoredResult
 from shared.schemas.runs import WebhookRequest
@@ -173,3 +173,25 @@ async def test_accept_flows_answer_the_first_status_url_at_their_timeout() -> No
     answer = await duplicate(dedup, flow(timeout_s=0.2, on_timeout="accept"), 0)
     body = orjson.loads(answer.body)
     assert (answer.status, body["data"]["request_id"]) == (202, "first")
+
+
+class LostAnswers(Runner):
+    """Claims that time out (the runner may have made them); releases answered."""
+
+    async def call(self, _rpc: object, request: ClaimDedupKey) -> DedupClaim:
+        self.calls.append(request)
+        if request.mode == "claim":
+            raise Timeout("runner.claim_dedup_key did not answer within 5 s")
+        return DedupClaim(state="released", first_request_id=request.request_id)
+
+
+async def test_a_claim_whose_answer_is_lost_is_released() -> None:
+    runner = LostAnswers(DONE)
+    dedup = deduplicator(runner)
+    with pytest.raises(Unavailable):
+        await dedup.claim(flow(), "first", "k")
+    await dedup.drain()
+    assert [(call.mode, call.request_id) for call in runner.calls] == [
+        ("claim", "first"),
+        ("release", "first"),
+    ]
