@@ -112,7 +112,24 @@ async def ensure_database(dsn: str) -> None:
         await admin.close()
 
 
-async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    max_size: int,
+    *,
+    statement_timeout_ms: int | None = None,
+    application_name: str | None = None,
+) -> asyncpg.Pool:
+    """A pool of at most `max_size` connections. `statement_timeout_ms`: PostgreSQL's
+    `statement_timeout` on each of its connections (0: none, whatever the database's or
+    role's default; None: that default); a statement past it fails with
+    `asyncpg.QueryCanceledError` and its server-side work stops, which a client-side
+    timeout alone would not do. `application_name` shows the pool in
+    `pg_stat_activity`."""
+    server_settings: dict[str, str] = {}
+    if statement_timeout_ms is not None:
+        server_settings["statement_timeout"] = f"{statement_timeout_ms}ms"
+    if application_name is not None:
+        server_settings["application_name"] = application_name
     pool = await asyncpg.create_pool(
         dsn,
         min_size=1,
@@ -120,6 +137,7 @@ async def create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
         command_timeout=30,
         max_inactive_connection_lifetime=MAX_INACTIVE_CONNECTION_LIFETIME_S,
         connect=connect,
+        server_settings=server_settings or None,
     )
     assert pool is not None
     return pool

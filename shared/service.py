@@ -11,7 +11,11 @@ own objects and declares its entrypoints on the `Kernel` it is given:
 - `kernel.consume(queue, handler)`: raw messages that the handler settles itself
   (a batching consumer such as the debugger's ingest acks once per batch);
 - `kernel.background(coroutine)`, `kernel.periodic(name, interval_s, job)` and
-  `kernel.on_shutdown(hook)`.
+  `kernel.on_shutdown(hook)`;
+- `await kernel.named_pool(name, max_size, ...)`: a database pool of its own for one
+  kind of work (its size, its statement timeout), beside `kernel.pool`, so that one
+  kind of load cannot take the connections another needs (the debugger's ingest, API
+  and RPC); a service that asks for none has the one pool.
 
 The kernel owns the rest: connecting (database with its migrations, broker, RPC client),
 decoding, ack / requeue / dead-letter, in-flight tracking, readiness, and the shutdown
@@ -40,7 +44,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from shared.db import open_pool
+from shared.db import create_pool, open_pool
 from shared.logging import configure_logging
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Body, Command, Request, Response, Rpc
@@ -139,6 +143,7 @@ class Kernel(Generic[S]):
         self.metrics.watch_broker(lambda: self.broker.publish_failures, self._broker_connected)
         self.rpc = RpcClient(self.broker, settings.rpc_timeout_s, self.metrics.rpc_duration)
         self._pool: asyncpg.Pool | None = None
+        self._named_pools: dict[str, asyncpg.Pool] = {}
         self._entrypoints: list[_Entrypoint] = []
         self._rpc_servers: dict[str, RpcServer] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -151,6 +156,27 @@ class Kernel(Generic[S]):
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "this service declares no database"
         return self._pool
+
+    async def named_pool(
+        self, name: str, max_size: int, *, statement_timeout_ms: int | None = None
+    ) -> asyncpg.Pool:
+        """A pool of its own, for one kind of work (asked for by `wire`), so that load of
+        another kind cannot take its connections; `statement_timeout_ms` as in
+        `shared.db.create_pool` (0: none at all). Shown in `pg_stat_activity` as
+        `flowhooks-<service>-<name>`; closed with `pool` at shutdown, after the shutdown
+        hooks (which may still write)."""
+        settings = self.settings
+        assert isinstance(settings, DatabaseSettings), f"{self.name} declares no database"
+        assert self._pool is not None, "this service declares no database"
+        assert name not in self._named_pools, f"pool {name} asked for twice"
+        pool = await create_pool(
+            settings.database_url,
+            max_size,
+            statement_timeout_ms=statement_timeout_ms,
+            application_name=f"flowhooks-{self.name}-{name}",
+        )
+        self._named_pools[name] = pool
+        return pool
 
     # Declarations, made by `wire`.
 
@@ -335,6 +361,8 @@ class Kernel(Generic[S]):
             except Exception:
                 log.exception("shutdown_hook_failed", hook=getattr(hook, "__qualname__", hook))
         await self.broker.close()
+        for pool in self._named_pools.values():
+            await pool.close()
         if self._pool is not None:
             await self._pool.close()
 
