@@ -149,6 +149,12 @@ async def envelope_middleware(
         # may retry; a write that failed this way was not acknowledged to anyone.
         log.warning("database_unavailable", path=request.path, error=repr(exc))
         response = error_response(Unavailable("the database is unavailable; try again"))
+    except asyncpg.exceptions.QueryCanceledError as exc:
+        # Past its pool's statement_timeout (or cancelled by an operator): the database
+        # is too busy for it now. A handler that knows the caller chose the cost (a
+        # search) answers 400 itself.
+        log.warning("statement_cancelled", path=request.path, error=repr(exc))
+        response = error_response(Unavailable("the database did not answer in time; try again"))
     except Exception:
         log.exception("unhandled_error", path=request.path)
         response = error_response(InternalError("internal error"))

@@ -1,8 +1,10 @@
 """debugger: the batching intake of every request's events, retention and the ops API,
 declared on the service kernel (`shared/service.py`)."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 from aiohttp import web
 
 from services.debugger import api_docs as docs
@@ -15,13 +17,14 @@ from services.debugger.records import Redaction
 from services.debugger.replay_edit import Replayer
 from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
 from services.debugger.replays import ReplayApi
-from services.debugger.requests_api import RequestsApi
+from services.debugger.requests_api import RequestsApi, seconds_after
 from services.debugger.retention import Retention
 from services.debugger.run_status import RunStatuses
 from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from services.debugger.ui import LIST_FLOWS_DOC, PAGE_DOC, DebuggerUi
+from services.debugger.workspace_limiter import WorkspaceLimiter
 from shared.delivery_guard import DeliveryGuard
 from shared.messaging import topology
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
@@ -35,6 +38,36 @@ REPLAY_API = web.AppKey("replay_api", ReplayApi)
 ALERTS_API = web.AppKey("alerts_api", AlertsApi)
 UI = web.AppKey("ui", DebuggerUi)
 DATABASE = Database("debugger", Path(__file__).parent / "migrations")
+
+
+@dataclass(frozen=True)
+class Pools:
+    ingest: asyncpg.Pool
+    api: asyncpg.Pool
+    rpc: asyncpg.Pool
+
+
+async def database_pools(kernel: Kernel[DebuggerSettings]) -> Pools:
+    settings = kernel.settings
+    if settings.debugger_list_concurrency >= settings.debugger_api_pool_max:
+        # Detail and ownership lookups must always find an API connection.
+        raise ValueError(
+            "FLOWHOOKS_DEBUGGER_LIST_CONCURRENCY must be below FLOWHOOKS_DEBUGGER_API_POOL_MAX"
+        )
+    timeout_ms = settings.debugger_api_statement_timeout_ms
+    return Pools(
+        # No statement timeout (0 overrides any database default): it must never drop
+        # a row.
+        ingest=await kernel.named_pool(
+            "ingest", settings.debugger_ingest_pool_max, statement_timeout_ms=0
+        ),
+        api=await kernel.named_pool(
+            "api", settings.debugger_api_pool_max, statement_timeout_ms=timeout_ms
+        ),
+        rpc=await kernel.named_pool(
+            "rpc", settings.debugger_rpc_pool_max, statement_timeout_ms=timeout_ms
+        ),
+    )
 
 
 def redaction(settings: DebuggerSettings) -> Redaction:
@@ -53,14 +86,27 @@ def redaction(settings: DebuggerSettings) -> Redaction:
 async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     settings = kernel.settings
     metrics = DebuggerMetrics(kernel.metrics.registry)
-    store = RequestStore(kernel.pool)
+    # A pool per kind of work (kernel.pool serves the background jobs): API load cannot
+    # take the intake's or the status RPC's connections.
+    pools = await database_pools(kernel)
+    store = RequestStore(pools.api)
     redact = redaction(settings)
+    timeout_ms = settings.debugger_api_statement_timeout_ms
     kernel.provide(
         REQUESTS_API,
         RequestsApi(
             store,
             kernel.rpc,
             LiveTail(kernel.broker, redact),
+            limiter=WorkspaceLimiter(
+                total=settings.debugger_list_concurrency,
+                per_workspace=settings.debugger_list_per_workspace,
+                max_waiting=settings.debugger_list_queue,
+                wait_s=settings.debugger_list_wait_s,
+                # A slot frees within the statement timeout at the latest.
+                retry_after_s=seconds_after(timeout_ms),
+            ),
+            statement_timeout_ms=timeout_ms,
         ),
     )
     # Replays (replays.py): one request, edited or not, and bulk jobs (replay_jobs.py),
@@ -69,7 +115,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     replay_jobs = ReplayJobs(kernel.pool, settings.debugger_replay_max_requests)
     replay_worker = ReplayWorker(
         replay_jobs,
-        store,
+        RequestStore(kernel.pool),  # the originals, read on the background pool
         replayer,
         in_flight=settings.debugger_replay_in_flight,
         rate=settings.debugger_replay_rate,
@@ -131,7 +177,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     kernel.background(alert_sender.run_forever())
     kernel.on_shutdown(alert_http.close)
     ingest = BatchIngest(
-        store,
+        RequestStore(pools.ingest),
         redact,
         settings.debugger_batch_size,
         settings.debugger_batch_linger_ms / 1000,
@@ -175,9 +221,9 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         ),
     )
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
-    kernel.serve(GET_RUN_STATUS, RunStatuses(kernel.pool).get, prefetch=32)
+    kernel.serve(GET_RUN_STATUS, RunStatuses(pools.rpc).get, prefetch=32)
     # The web page (ui.py): a static shell that calls the JSON API above.
-    kernel.provide(UI, DebuggerUi(kernel.pool, kernel.rpc))
+    kernel.provide(UI, DebuggerUi(pools.api, kernel.rpc))
 
 
 SERVICE = ServiceSpec(

@@ -1,6 +1,16 @@
 """The ops API: a flow's requests (newest first, filters, search, keyset cursor) and one
 request in full. Personal tokens with `debugger.read` (or a scope that includes it:
-`DEBUGGER_READ_SCOPES`); only the caller's workspace is ever read."""
+`DEBUGGER_READ_SCOPES`); only the caller's workspace is ever read.
+
+Fair share of the database: listings, searches and stats take a slot of the caller's
+workspace (`WorkspaceLimiter`: past its share, a short wait, then 429) and run on the
+API's own pool under its `statement_timeout`. A search (`match`, `header`) that runs
+past that bound is answered 400 naming it, and so are stats over a `window_s` too
+long: their cost is what the caller chose (a match that the index cannot narrow, a long
+range), and a 503 would invite the same query again and again, each costing the whole
+bound. Any other statement past it is 503 `unavailable` with Retry-After (shared/web.py):
+a listing is an index range scan whatever the caller asks, so the database itself is
+too busy."""
 
 import asyncio
 import base64
@@ -8,6 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
 
@@ -16,6 +27,7 @@ from services.debugger.replay_jobs import replays_of
 from services.debugger.search import parse_headers, parse_match
 from services.debugger.store import FlowRow, RequestStore
 from services.debugger.tail import LiveTail, sse
+from services.debugger.workspace_limiter import WorkspaceLimiter
 from shared.api_auth import DEBUGGER_READ_SCOPES, require_scope
 from shared.errors import BadRequest, NotFound, Timeout, Unavailable
 from shared.messaging.contracts import GET_FLOW_OWNER
@@ -59,6 +71,11 @@ def _time(query: Any, name: str) -> datetime | None:
     return parsed
 
 
+def seconds_after(milliseconds: int) -> int:
+    """A Retry-After (whole seconds, at least 1) no sooner than `milliseconds`."""
+    return max(1, -(-milliseconds // 1000))
+
+
 def _duration_ms(started: datetime | None, finished: datetime | None) -> float | None:
     if started is None or finished is None:
         return None
@@ -72,11 +89,30 @@ class RequestsApi:
         rpc: RpcClient,
         tail: LiveTail,
         heartbeat_s: float = 15.0,
+        *,
+        limiter: WorkspaceLimiter,
+        statement_timeout_ms: int,
     ) -> None:
         self.store = store
         self.rpc = rpc
         self.tail = tail
         self.heartbeat_s = heartbeat_s
+        self.limiter = limiter
+        self.statement_timeout_ms = statement_timeout_ms
+
+    def _too_long(self, chosen: str | None, narrow: str = "") -> BadRequest | Unavailable:
+        """The answer to a statement cancelled by the API pool's statement_timeout:
+        `chosen` names the parameter whose cost the caller chose (None: none did)."""
+        bound = self.statement_timeout_ms
+        if chosen is not None:
+            return BadRequest(
+                f"the query ran longer than {bound} ms"
+                f" (FLOWHOOKS_DEBUGGER_API_STATEMENT_TIMEOUT_MS) and was stopped; {narrow}",
+                data={"field": chosen, "statement_timeout_ms": bound},
+            )
+        error = Unavailable(f"the database did not answer within {bound} ms; try again")
+        error.retry_after_s = seconds_after(bound)
+        return error
 
     async def _visible_flow(self, request: web.Request, workspace_id: str) -> uuid.UUID:
         try:
@@ -127,18 +163,29 @@ class RequestsApi:
         cursor = query.get("cursor")
         input_match = parse_match(query.get("match"))
         headers_match = parse_headers(query.getall("header", []))
-        rows = await self.store.list_for_flow(
-            flow_id,
-            caller.workspace_id,
-            limit=limit,
-            before=decode_cursor(cursor) if cursor else None,
-            outcome=outcome,
-            mode=mode,
-            since=_time(query, "since"),
-            until=_time(query, "until"),
-            input_match=input_match,
-            headers_match=headers_match,
+        before = decode_cursor(cursor) if cursor else None
+        since, until = _time(query, "since"), _time(query, "until")
+        search_field = (
+            "match" if input_match is not None else "header" if headers_match is not None else None
         )
+        try:
+            async with self.limiter.slot(caller.workspace_id):
+                rows = await self.store.list_for_flow(
+                    flow_id,
+                    caller.workspace_id,
+                    limit=limit,
+                    before=before,
+                    outcome=outcome,
+                    mode=mode,
+                    since=since,
+                    until=until,
+                    input_match=input_match,
+                    headers_match=headers_match,
+                )
+        except asyncpg.QueryCanceledError:
+            raise self._too_long(
+                search_field, "narrow the search with since/until or a more specific match"
+            ) from None
         items = [
             {
                 "id": row["id"],
@@ -188,7 +235,12 @@ class RequestsApi:
             raise BadRequest("window_s must be a number", data={"field": "window_s"}) from None
         if not 0 < window_s <= 90 * 86400:
             raise BadRequest("window_s must be between 0 and 90 days", data={"field": "window_s"})
-        stats = await self.store.stats(flow_id, caller.workspace_id, window_s)
+        try:
+            async with self.limiter.slot(caller.workspace_id):
+                stats = await self.store.stats(flow_id, caller.workspace_id, window_s)
+        except asyncpg.QueryCanceledError:
+            # The window is the caller's choice, as a search is.
+            raise self._too_long("window_s", "ask for a shorter window_s") from None
         return json_response({"flow_id": str(flow_id), "window_s": window_s, **stats})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:

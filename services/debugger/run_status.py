@@ -2,13 +2,21 @@
 status URL (`GET /v1/flow-webhook/{flow_id}/runs/{request_id}`). The debugger is the
 source because it is the one place that records every request, sync and async, from
 `queued` to its outcome; the ingress has authorised the caller for the flow, so only
-the flow is checked here."""
+the flow is checked here.
+
+It reads on a pool of its own under the API's statement_timeout: a status poll never
+waits for the API's connections, and a statement past the bound (or a database that
+is away) is `unavailable`, which the ingress answers 503 with Retry-After."""
 
 import asyncpg
 import orjson
+import structlog
 
-from shared.errors import FlowError
+from shared import db
+from shared.errors import FlowError, Unavailable
 from shared.schemas.dedup import GetRunStatus, RunStatus, StoredResult
+
+log = structlog.get_logger(__name__)
 
 PENDING = frozenset({"queued", "running"})
 
@@ -21,12 +29,16 @@ class RunStatuses:
         if "\x00" in query.request_id:
             # Taken from the URL as is; PostgreSQL refuses U+0000 (no request has one).
             return RunStatus(state="unknown")
-        row = await self.pool.fetchrow(
-            "SELECT flow_id::text, outcome, status_code, response_content_type,"
-            " response_body, response_headers::text, error, truncated::text"
-            " FROM debugger.requests WHERE id = $1",
-            query.request_id,
-        )
+        try:
+            row = await self.pool.fetchrow(
+                "SELECT flow_id::text, outcome, status_code, response_content_type,"
+                " response_body, response_headers::text, error, truncated::text"
+                " FROM debugger.requests WHERE id = $1",
+                query.request_id,
+            )
+        except (asyncpg.QueryCanceledError, *db.UNAVAILABLE) as exc:
+            log.warning("run_status_unavailable", error=repr(exc))
+            raise Unavailable("the debugger's database did not answer; try again") from None
         if row is None or row["flow_id"] != query.flow_id:
             # Another flow's request is as unknown as no request at all.
             return RunStatus(state="unknown")

@@ -19,6 +19,27 @@ class DebuggerSettings(DatabaseSettings):
     # Unacknowledged messages held at once; at least the batch size (twice it lets the
     # next batch fill while one is written). A message can carry many events.
     debugger_prefetch: int = Field(default=2000, ge=1)
+    # Database connections per process, one pool per kind of work, so that a flood of
+    # one kind cannot take the connections of another (FLOWHOOKS_DATABASE_POOL_MAX's
+    # pool serves the rest: replays, retention, alerts, callback attempts). The intake
+    # writes one batch at a time (the second connection covers a reconnect) and has no
+    # statement timeout: it must never drop a row.
+    debugger_ingest_pool_max: int = Field(default=2, ge=1)
+    # The HTTP API, and the status URL's RPC (`debugger.get_run_status`).
+    debugger_api_pool_max: int = Field(default=8, ge=2)
+    debugger_rpc_pool_max: int = Field(default=2, ge=1)
+    # PostgreSQL's statement_timeout for the API's and the RPC's statements: a costly
+    # search is stopped in the database, not just abandoned by the client (400 for a
+    # search, 503 otherwise).
+    debugger_api_statement_timeout_ms: int = Field(default=3000, ge=1)
+    # Listings, searches and stats running at once per process: per workspace, and all
+    # workspaces together (below the API pool, so that detail and ownership lookups
+    # always find a connection). Past its share a request waits up to `wait_s` (at
+    # most `queue` of one workspace waiting), then gets 429 with Retry-After.
+    debugger_list_per_workspace: int = Field(default=2, ge=1)
+    debugger_list_concurrency: int = Field(default=6, ge=1)
+    debugger_list_queue: int = Field(default=64, ge=0)
+    debugger_list_wait_s: float = Field(default=1.0, ge=0)
     # Size caps per stored field (UTF-8 bytes). Beyond them, text is stored cut and JSON
     # as a marker {"truncated": true, "size": N, "preview": "..."}; the row's
     # `truncated` records each cut field's original size.
