@@ -16,6 +16,7 @@ import aio_pika
 import pytest
 from aiohttp import web
 
+from services.runner.runs import REPEATED_AFTER_CRASH
 from shared.messaging import naming
 from shared.schemas.runs import StartRun, StartRuns, WebhookRequest
 from tests.e2e.client import Api, eventually
@@ -139,3 +140,10 @@ async def test_a_batch_delivered_again_runs_only_what_had_not_finished(
         **dict.fromkeys(fast, 1),
         slow: 2,
     }
+    # The repeat is not silent: its record says it ran again, and why; the others ran once.
+    repeated = {}
+    for request_id in [*fast, slow]:
+        status, record = await api.debugger(f"/v1/requests/{request_id}")
+        assert status == 200, record
+        repeated[request_id] = record["repeated"]
+    assert repeated == {**dict.fromkeys(fast, None), slow: REPEATED_AFTER_CRASH}
