@@ -297,13 +297,14 @@ async def assert_victims_unharmed(victim: Victim, calls: list[Call]) -> None:
 
 
 async def assert_runner_serves(api: Api, replaced: set[int] | None = None) -> None:
-    """The runner has all its workers again (a new one in place of at least one of
-    `replaced`, if given) and a fresh victim is served as before."""
+    """The runner has its workers again (at least the ones it starts with, spares
+    beside them; a new one in place of at least one of `replaced`, if given) and a fresh
+    victim is served as before."""
 
     async def full_pool() -> bool | None:
         now = worker_pids(api.system)
         renewed = replaced is None or bool(replaced - now)
-        return True if len(now) == WORKERS and renewed else None
+        return True if len(now) >= WORKERS and renewed else None
 
     await eventually(full_pool, timeout_s=30)
     fresh = await make_victim(api)
@@ -527,7 +528,7 @@ async def test_uninterruptible_operation_kills_only_its_worker(
     sync_id, sync_token = await new_flow(attacker, {"steps": [bomb]})
     async_id, async_token = await async_attacker_flow(attacker, endpoint, [bomb])
     before = worker_pids(api.system)
-    assert len(before) == WORKERS
+    assert len(before) >= WORKERS
 
     async def attack() -> tuple[Answer, Answer, list[float]]:
         # One at a time: each kills one worker, the other one keeps serving.
