@@ -158,8 +158,9 @@ async def test_two_workspaces_with_hanging_runs_cannot_starve_a_third(
     flows = [(a, *await new_flow(a, hanging)) for a in (attacker, other)]
 
     async def attack() -> list[Answer]:
-        # More than the share of the runner each may hold (3 of its 8 workers, 16
-        # slots each, while both want more): the rest of their runs wait their turn.
+        # 80 hanging runs: with slots shared by share (the old 16 of 32 each) they took
+        # every slot. Now each holds 3 of the runner's 8 workers (16 slots each), and
+        # the last 2 free ones are the reserve, for a workspace holding none: B.
         return list(
             await asyncio.gather(
                 *(hit(a, flow_id, token, json={}) for a, flow_id, token in flows for _ in range(40))
