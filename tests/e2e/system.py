@@ -61,8 +61,11 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.ops_port}"
 
     def output(self) -> str:
+        """Read through the open file, at no offset (the service writes through the same
+        open file): still there when someone cleaned /tmp while the test ran."""
         self.log.flush()
-        return Path(self.log.name).read_text(errors="replace")
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
 
 @dataclass
