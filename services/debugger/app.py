@@ -105,6 +105,8 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
                 wait_s=settings.debugger_list_wait_s,
                 # A slot frees within the statement timeout at the latest.
                 retry_after_s=seconds_after(timeout_ms),
+                time_share=settings.debugger_list_time_share,
+                time_burst_s=timeout_ms / 1000,
             ),
             statement_timeout_ms=timeout_ms,
         ),

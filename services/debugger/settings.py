@@ -40,6 +40,10 @@ class DebuggerSettings(DatabaseSettings):
     debugger_list_concurrency: int = Field(default=6, ge=1)
     debugger_list_queue: int = Field(default=64, ge=0)
     debugger_list_wait_s: float = Field(default=1.0, ge=0)
+    # Statement seconds per second one workspace's listings and searches may use on
+    # average (per process), beyond a burst of one statement timeout: back-to-back
+    # searches keep this much of a database core busy, not all `per_workspace` cores.
+    debugger_list_time_share: float = Field(default=1.0, gt=0)
     # Size caps per stored field (UTF-8 bytes). Beyond them, text is stored cut and JSON
     # as a marker {"truncated": true, "size": N, "preview": "..."}; the row's
     # `truncated` records each cut field's original size.

@@ -174,3 +174,62 @@ async def test_a_grant_at_the_end_of_the_wait_is_kept() -> None:
     else:
         assert isinstance(waiter.exception(), RateLimited)
         assert (limits.held("acme"), limits.in_use) == (0, 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_statement_time_owed_drains_at_the_share_and_slots_are_charged() -> None:
+    clock = Clock()
+    limits = WorkspaceLimiter(
+        total=6, per_workspace=2, max_waiting=16, wait_s=1.0, time_share=0.5, clock=clock
+    )
+    async with limits.slot("evil"):
+        clock.now += 2.0  # the statement took 2 s
+    assert limits.owed("evil") == 2.0 and limits.owed("acme") == 0.0
+    clock.now += 1.0
+    assert limits.owed("evil") == 1.5  # half a second paid back per second
+    clock.now += 10.0
+    assert limits.owed("evil") == 0.0
+
+
+async def test_past_its_burst_a_workspace_pauses_and_others_do_not() -> None:
+    limits = WorkspaceLimiter(
+        total=6, per_workspace=2, max_waiting=16, wait_s=1.0, time_share=1.0, time_burst_s=0.5
+    )
+    limits.charge("evil", 0.6)  # 0.1 s over its burst
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(limits.acquire("acme"), 0.05)
+    assert asyncio.get_running_loop().time() - started < 0.05
+    await limits.acquire("evil")
+    assert asyncio.get_running_loop().time() - started >= 0.09
+    assert (limits.held("evil"), limits.in_use) == (1, 2)
+
+
+async def test_owing_more_than_the_wait_is_refused_after_it_with_the_rest_as_retry_after() -> None:
+    limits = WorkspaceLimiter(
+        total=6, per_workspace=2, max_waiting=16, wait_s=0.1, time_share=1.0, time_burst_s=0.5
+    )
+    limits.charge("evil", 5.0)  # 4.5 s over: a pause longer than the wait
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(RateLimited) as refused:
+        await limits.acquire("evil")
+    # After the wait, not at once: a client retrying at once is paced by it.
+    assert asyncio.get_running_loop().time() - started >= 0.09
+    error = refused.value
+    assert (error.status_code, error.kind, error.data) == (429, "rate_limited", {"time_share": 1.0})
+    assert error.headers() == {"Retry-After": "5"}  # 4.4 s left, in whole seconds
+    assert "FLOWHOOKS_DEBUGGER_LIST_TIME_SHARE" in error.message
+    assert (limits.in_use, limits.waiting("evil"), limits.refused) == (0, 0, 1)
+
+
+async def test_without_a_time_share_nothing_is_owed() -> None:
+    limits = limiter()
+    limits.charge("evil", 100.0)
+    assert limits.owed("evil") == 0.0
+    await asyncio.wait_for(limits.acquire("evil"), 0.05)
