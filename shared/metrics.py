@@ -8,7 +8,7 @@ the runner pool's worker kills, the debugger's ingest counters) are exported by
 Every label value comes from a closed set (declared RPC methods, durable queue names,
 fixed outcome words): never a flow, workspace or request id."""
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -19,20 +19,35 @@ from prometheus_client.registry import Collector, CollectorRegistry
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+# A counter with one label: its name, documentation, label name, the label's closed set
+# of values, and what reads the counts by value.
+Labelled = tuple[str, str, str, Sequence[str], Callable[[], Mapping[str, float]]]
+
+
 class Counters(Collector):
-    """Counters (and gauges) read from callables at scrape time."""
+    """Counters (and gauges) read from callables at scrape time. A `labelled` counter
+    exports every value of its closed set, at 0 where the read has none (alert rules
+    see a series from the start)."""
 
     def __init__(
         self,
         counters: Sequence[tuple[str, str, Callable[[], float]]] = (),
         gauges: Sequence[tuple[str, str, Callable[[], float]]] = (),
+        labelled: Sequence[Labelled] = (),
     ) -> None:
         self.counters = counters
         self.gauges = gauges
+        self.labelled = labelled
 
     def collect(self) -> Iterable[Metric]:
         for name, documentation, read in self.counters:
             yield CounterMetricFamily(name, documentation, value=read())
+        for name, documentation, label, values, read_all in self.labelled:
+            family = CounterMetricFamily(name, documentation, labels=[label])
+            counts = read_all()
+            for value in values:
+                family.add_metric([value], counts.get(value, 0))
+            yield family
         for name, documentation, read in self.gauges:
             yield GaugeMetricFamily(name, documentation, value=read())
 
@@ -40,6 +55,8 @@ class Counters(Collector):
         # Names only, so the registry refuses a duplicate at registration.
         for name, documentation, _ in self.counters:
             yield CounterMetricFamily(name, documentation)
+        for name, documentation, label, _, _ in self.labelled:
+            yield CounterMetricFamily(name, documentation, labels=[label])
         for name, documentation, _ in self.gauges:
             yield GaugeMetricFamily(name, documentation)
 

@@ -190,7 +190,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         after_write=alert_evaluator.note_written,
         metrics=metrics,
     )
-    metrics.watch(ingest, alert_sender)
+    metrics.watch(ingest, alert_sender, kernel.app[REQUESTS_API].limiter)
     # The ingest settles its messages itself, one ack per written batch.
     kernel.consume(
         topology.DEBUGGER_EVENTS,

@@ -12,6 +12,7 @@ from shared.metrics import Counters
 if TYPE_CHECKING:  # they import this module
     from services.debugger.alerts import AlertSender
     from services.debugger.ingest import BatchIngest
+    from services.debugger.workspace_limiter import WorkspaceLimiter
 
 # Seconds from a request's end (or arrival) to the commit of its row: the batch linger
 # (tens of ms) when well; minutes when PostgreSQL is away or the intake falls behind.
@@ -53,8 +54,12 @@ class DebuggerMetrics:
         for row in rows:
             self.ingest_lag.observe((now - (row.finished_at or row.received_at)).total_seconds())
 
-    def watch(self, ingest: "BatchIngest", alerts: "AlertSender") -> None:
-        """The counters the ingest (`BatchIngest`) and the alert sender keep."""
+    def watch(
+        self, ingest: "BatchIngest", alerts: "AlertSender", limiter: "WorkspaceLimiter"
+    ) -> None:
+        """The counters the ingest (`BatchIngest`), the alert sender and the API's
+        per-workspace limiter keep."""
+        guard = alerts.guard
         self.registry.register(
             Counters(
                 counters=[
@@ -82,6 +87,23 @@ class DebuggerMetrics:
                         "flowhooks_alert_attempts_failed",
                         "Alert notice deliveries that did not get a 2xx",
                         lambda: alerts.attempts_failed,
+                    ),
+                    (
+                        "flowhooks_alert_notices_deferred",
+                        "Alert notices put back without an attempt (destination busy or its"
+                        " circuit open, workspace over its share)",
+                        lambda: alerts.deferred,
+                    ),
+                    (
+                        "flowhooks_alert_circuits_opened",
+                        "Alert destinations whose circuit breaker opened",
+                        lambda: guard.opened if guard is not None else 0,
+                    ),
+                    (
+                        "flowhooks_debugger_list_requests_refused",
+                        "Listings, searches and stats refused 429 by the per-workspace limiter"
+                        " (concurrency, waiters, statement-time share)",
+                        lambda: limiter.refused,
                     ),
                 ],
                 gauges=[

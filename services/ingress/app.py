@@ -41,6 +41,7 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         WEBHOOK,
         WebhookHandler(cache, runner, kernel.broker, settings, signatures, dedup, metrics),
     )
+    metrics.watch(webhook)
     # The same per-process queue also receives the runners' reports of this replica's
     # async runs that finished (routed to it alone), for its per-workspace queued bounds.
     cache.changes.on(

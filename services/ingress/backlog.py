@@ -60,6 +60,10 @@ class WorkspaceBacklog:
         self._runs: Counter[str] = Counter()
         self._bytes: Counter[str] = Counter()
         self._sync: Counter[str] = Counter()
+        # Requests refused past each bound (services/ingress/metrics.py).
+        self.refused_runs = 0
+        self.refused_bytes = 0
+        self.refused_sync = 0
 
     def queued(self, workspace: str) -> tuple[int, int]:
         """The workspace's counted async runs and their bytes."""
@@ -87,8 +91,10 @@ class WorkspaceBacklog:
         bound is not refused forever)."""
         runs, size = self.queued(workspace)
         if self.max_runs and runs >= self.max_runs:
+            self.refused_runs += 1
             bound = f"{self.max_runs} async runs (FLOWHOOKS_INGRESS_WORKSPACE_QUEUED_RUNS)"
         elif self.max_bytes and size >= self.max_bytes:
+            self.refused_bytes += 1
             bound = (
                 f"{self.max_bytes} bytes of async requests"
                 " (FLOWHOOKS_INGRESS_WORKSPACE_QUEUED_BYTES)"
@@ -131,6 +137,7 @@ class WorkspaceBacklog:
         """Around a sync request's wait for its answer: raises `RateLimited` if the
         workspace has `max_sync` of them waiting at this ingress already."""
         if self.max_sync and self._sync[workspace] >= self.max_sync:
+            self.refused_sync += 1
             raise RateLimited(
                 f"this workspace has {self.max_sync} sync requests waiting for their answer"
                 " at once (FLOWHOOKS_INGRESS_WORKSPACE_SYNC_REQUESTS); retry later"

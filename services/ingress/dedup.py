@@ -95,8 +95,9 @@ class Deduplicator:
         self.recorded: BatchPublisher[RunFinished] = BatchPublisher(broker, REQUEST_DEDUPLICATED)
         self.max_waiting_per_flow = max_waiting_per_flow
         self._pollers: dict[tuple[str, str], _Poller] = {}
-        # Sync duplicates waiting, per flow (the bound).
+        # Sync duplicates waiting, per flow (the bound), and those refused past it.
         self._waiting: Counter[str] = Counter()
+        self.waiters_refused = 0
         # Releases sent after a claim whose answer never came (kept until done).
         self._releases: set[asyncio.Task[None]] = set()
 
@@ -197,6 +198,7 @@ class Deduplicator:
         if left_s <= 0:
             return None
         if self._waiting[flow.flow_id] >= self.max_waiting_per_flow:
+            self.waiters_refused += 1
             error = RateLimited(
                 f"{self.max_waiting_per_flow} requests of this flow already wait for the"
                 " first request with their dedup key (FLOWHOOKS_INGRESS_DEDUP_MAX_WAITING)"

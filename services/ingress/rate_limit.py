@@ -28,6 +28,7 @@ class _Buckets:
         self.burst = burst
         self.max_flows = max_flows
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self.refused = 0  # for metrics (services/ingress/metrics.py) and tests
 
     def _bucket(self, flow_id: str, now: float | None) -> _Bucket:
         now = time.monotonic() if now is None else now
@@ -45,6 +46,7 @@ class _Buckets:
         return bucket
 
     def _refusal(self, bucket: _Bucket, message: str) -> RateLimited:
+        self.refused += 1
         error = RateLimited(message)
         error.retry_after_s = max(1, math.ceil((1 - bucket.tokens) / self.rate_per_s))
         return error

@@ -132,7 +132,6 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
     # Hooks run last registered first: replies and events go out before workers stop.
     metrics = RunnerMetrics(kernel.metrics.registry)
-    metrics.watch(workers, callbacks)
     kernel.on_shutdown(finished_runs.drain)
     kernel.on_shutdown(replies.drain)
     kernel.on_shutdown(finished.drain)
@@ -159,6 +158,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         # At least three quarters of the window stay for runs that start at once.
         waiting_messages_max=max(1, async_prefetch // 4),
     )
+    metrics.watch(workers, callbacks, runs)
     kernel.periodic("finished_runs_prune", 60.0, finished_runs.prune)
     kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
     kernel.serve(CLAIM_DEDUP_KEY, dedup_keys.claim)

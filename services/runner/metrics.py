@@ -1,10 +1,15 @@
 """The runner's metrics, on its app's registry (created in `app.wire`)."""
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Histogram
 
 from services.runner.callbacks import CallbackSender
 from services.runner.pool import WorkerPool
 from shared.metrics import Counters
+
+if TYPE_CHECKING:  # it imports this module
+    from services.runner.runs import RunService
 
 # Seconds: a template flow takes milliseconds; flows with `http` steps or long loops run
 # up to their timeout (the flows API allows minutes).
@@ -23,11 +28,24 @@ class RunnerMetrics:
             buckets=RUN_BUCKETS,
         )
 
-    def watch(self, pool: WorkerPool, callbacks: CallbackSender) -> None:
-        """The counters the pool and the callback sender keep, read at scrape time."""
+    def watch(self, pool: WorkerPool, callbacks: CallbackSender, runs: "RunService") -> None:
+        """The counters the pool, the run service and the callback sender keep, read at
+        scrape time."""
+        guard = callbacks.guard
         self.registry.register(
             Counters(
                 counters=[
+                    (
+                        "flowhooks_runner_workers_started",
+                        "Worker processes started (the first, spares, replacements of killed)",
+                        lambda: pool.workers_started,
+                    ),
+                    (
+                        "flowhooks_runner_workers_drained",
+                        "Workers taken back from a workspace holding more, for one waiting"
+                        " within its share",
+                        lambda: pool.workers_drained,
+                    ),
                     (
                         "flowhooks_runner_workers_killed",
                         "Workers killed by the supervisor (a run past its time or memory)",
@@ -44,6 +62,12 @@ class RunnerMetrics:
                         lambda: pool.runs_retried,
                     ),
                     (
+                        "flowhooks_runner_runs_parked",
+                        "Async runs parked in the wait queue (their workspace at its share,"
+                        " its waiting messages used)",
+                        lambda: runs.runs_parked,
+                    ),
+                    (
                         "flowhooks_callback_attempts_failed",
                         "Completion callback attempts that did not get a 2xx",
                         lambda: callbacks.attempts_failed,
@@ -53,6 +77,29 @@ class RunnerMetrics:
                         "Completion callbacks given up on after their last attempt",
                         lambda: callbacks.given_up,
                     ),
-                ]
+                    (
+                        "flowhooks_callbacks_deferred",
+                        "Completion callbacks parked again without an attempt (destination"
+                        " busy or its circuit open, workspace over its share)",
+                        lambda: callbacks.deferred,
+                    ),
+                    (
+                        "flowhooks_callback_circuits_opened",
+                        "Callback destinations whose circuit breaker opened",
+                        lambda: guard.opened if guard is not None else 0,
+                    ),
+                ],
+                gauges=[
+                    (
+                        "flowhooks_runner_workers_alive",
+                        "Worker processes alive (assigned, idle or retiring)",
+                        lambda: len(pool.worker_pids),
+                    ),
+                    (
+                        "flowhooks_runner_workspaces_holding_workers",
+                        "Workspaces holding at least one worker",
+                        lambda: pool.workspaces_holding,
+                    ),
+                ],
             )
         )

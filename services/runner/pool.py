@@ -167,6 +167,7 @@ class WorkerPool:
         self.workers_killed = 0
         self.workers_lost = 0
         self.workers_started = 0
+        self.workers_drained = 0  # taken back from a workspace for one waiting
         self.runs_retried = 0
 
     async def start(self) -> None:
@@ -188,6 +189,11 @@ class WorkerPool:
     @property
     def idle_workers(self) -> int:
         return len(self._idle)
+
+    @property
+    def workspaces_holding(self) -> int:
+        """Workspaces holding at least one worker now."""
+        return sum(1 for tenant in self._tenants.values() if tenant.workers)
 
     def must_wait(self, workspace_id: str) -> bool:
         """Cheap, non-blocking: True when a new run of the workspace could not start now
@@ -353,6 +359,7 @@ class WorkerPool:
             return False
         _, _, worker = min(candidates, key=lambda c: c[:2])
         worker.draining = True
+        self.workers_drained += 1
         log.info(
             "worker_draining",
             worker=worker.number,

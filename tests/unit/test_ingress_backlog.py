@@ -57,6 +57,7 @@ async def test_past_the_run_bound_only_that_workspace_is_refused_with_the_envelo
     with pytest.raises(RateLimited):
         await schedule(queued, start(A))  # refused before the publish, and not counted
     assert queued.queued(A) == (3, 30)
+    assert (queued.refused_runs, queued.refused_bytes, queued.refused_sync) == (2, 0, 0)
 
 
 async def test_the_byte_bound_takes_the_run_that_crosses_it_then_refuses() -> None:
@@ -65,6 +66,7 @@ async def test_the_byte_bound_takes_the_run_that_crosses_it_then_refuses() -> No
     await schedule(queued, start(A, 600))  # 600 < 1000 before it: taken
     error = refused(queued, A)
     assert "FLOWHOOKS_INGRESS_WORKSPACE_QUEUED_BYTES" in error.message
+    assert (queued.refused_runs, queued.refused_bytes) == (0, 1)
     # A body larger than the bound alone is still taken when nothing is queued.
     await schedule(queued, start(B, 5000))
     assert queued.queued(B) == (1, 5000)
@@ -133,6 +135,7 @@ def test_concurrent_sync_requests_of_a_workspace_are_bounded() -> None:
                 pass
         with queued.sync_request(B):
             pass
+    assert (queued.refused_runs, queued.refused_bytes, queued.refused_sync) == (0, 0, 1)
     # Each one that ended (answered or failed) gave its place back.
     with pytest.raises(ValueError), queued.sync_request(A):
         raise ValueError("the run failed")

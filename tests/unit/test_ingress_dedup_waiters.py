@@ -142,6 +142,7 @@ async def test_waiters_of_a_flow_are_bounded() -> None:
         await duplicate(dedup, settings, 3)
     assert refused.value.headers() == {"Retry-After": "1"}
     assert "FLOWHOOKS_INGRESS_DEDUP_MAX_WAITING" in refused.value.message
+    assert dedup.waiters_refused == 1
     # Another flow's duplicates are not counted against it.
     other = flow(timeout_s=0.3).model_copy(update={"flow_id": "flow-2"})
     other_task = asyncio.create_task(duplicate(dedup, other, 4))

@@ -16,6 +16,7 @@ def test_burst_then_refill() -> None:
     limiter.check("f1", now=100.5)  # one token back after half a second at 2/s
     with pytest.raises(RateLimited):
         limiter.check("f1", now=100.5)
+    assert limiter.refused == 2  # counted for the metrics
 
 
 def test_retry_after_reflects_slow_rates() -> None:
@@ -53,6 +54,7 @@ def test_bad_signature_budget_refuses_once_spent_and_refills() -> None:
     budget.take("f1", now=1.0)
     with pytest.raises(RateLimited):
         budget.take("f1", now=1.0)
+    assert budget.refused == 3  # counted for the metrics
 
 
 def test_bad_signature_budget_off_at_zero() -> None:

@@ -16,7 +16,13 @@ import yaml
 from prometheus_client.registry import CollectorRegistry
 
 from services.debugger.metrics import DebuggerMetrics, dead_letter_reason
-from services.ingress.metrics import MODES, OUTCOMES, IngressMetrics, error_outcome
+from services.ingress.metrics import (
+    MODES,
+    OUTCOMES,
+    RATE_LIMIT_REASONS,
+    IngressMetrics,
+    error_outcome,
+)
 from services.runner.metrics import RunnerMetrics
 from shared.service import Kernel
 from shared.settings import ServiceSettings
@@ -48,21 +54,37 @@ def service_registry(service: str) -> CollectorRegistry:
     zeros: Any = SimpleNamespace(
         workers_killed=0,
         workers_lost=0,
+        workers_started=0,
+        workers_drained=0,
+        worker_pids=[],
+        workspaces_holding=0,
         runs_retried=0,
+        runs_parked=0,
         attempts_failed=0,
         given_up=0,
+        deferred=0,
+        opened=0,
         stored=0,
         dropped=0,
         rejected=0,
         write_failures=0,
         pending=0,
+        refused=0,
+        refused_runs=0,
+        refused_bytes=0,
+        refused_sync=0,
+        waiters_refused=0,
     )
+    # The components one reaches through another (the senders' guards, the webhook's
+    # limiters, backlog and deduplicator).
+    zeros.guard = zeros.rate_limiter = zeros.bad_signatures = zeros
+    zeros.backlog = zeros.dedup = zeros
     if service == "ingress":
-        IngressMetrics(registry)
+        IngressMetrics(registry).watch(zeros)
     elif service == "runner":
-        RunnerMetrics(registry).watch(zeros, zeros)
+        RunnerMetrics(registry).watch(zeros, zeros, zeros)
     elif service == "debugger":
-        DebuggerMetrics(registry).watch(zeros, zeros)
+        DebuggerMetrics(registry).watch(zeros, zeros, zeros)
     return registry
 
 
@@ -113,6 +135,59 @@ def test_the_services_export_the_contracts_metrics() -> None:
         "python_gc_collections_total",
     ):
         assert name in EXPORTED, name
+
+
+def test_the_isolation_counters_are_exported() -> None:
+    """What the fair pool, the parked runs, the delivery guards and the per-workspace
+    bounds count (issue 20), each on its service's /metrics."""
+    for name in (
+        "flowhooks_runner_workers_started_total",
+        "flowhooks_runner_workers_drained_total",
+        "flowhooks_runner_workers_alive",
+        "flowhooks_runner_workspaces_holding_workers",
+        "flowhooks_runner_runs_parked_total",
+        "flowhooks_callbacks_deferred_total",
+        "flowhooks_callback_circuits_opened_total",
+        "flowhooks_alert_notices_deferred_total",
+        "flowhooks_alert_circuits_opened_total",
+        "flowhooks_debugger_list_requests_refused_total",
+    ):
+        assert name in EXPORTED, name
+    assert EXPORTED["flowhooks_webhook_rate_limited_total"] == {"reason"}
+
+
+def test_rate_limited_reasons_are_a_closed_set_exported_at_zero() -> None:
+    registry = service_registry("ingress")
+    reasons = {
+        sample.labels["reason"]
+        for family in registry.collect()
+        if family.name == "flowhooks_webhook_rate_limited"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert reasons == set(RATE_LIMIT_REASONS)  # every one, at 0 from the start
+    # Each reason reads its own component's count.
+    counts: Any = SimpleNamespace(
+        rate_limiter=SimpleNamespace(refused=1),
+        bad_signatures=SimpleNamespace(refused=2),
+        backlog=SimpleNamespace(refused_runs=3, refused_bytes=4, refused_sync=5),
+        dedup=SimpleNamespace(waiters_refused=6),
+    )
+    registry = CollectorRegistry()
+    IngressMetrics(registry).watch(counts)
+    assert {
+        reason: registry.get_sample_value(
+            "flowhooks_webhook_rate_limited_total", {"reason": reason}
+        )
+        for reason in RATE_LIMIT_REASONS
+    } == {
+        "flow_rate": 1,
+        "bad_signatures": 2,
+        "queued_runs": 3,
+        "queued_bytes": 4,
+        "sync_requests": 5,
+        "dedup_waiting": 6,
+    }
 
 
 @pytest.mark.parametrize(

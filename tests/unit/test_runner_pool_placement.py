@@ -240,6 +240,7 @@ async def test_the_spares_are_for_workspaces_holding_none() -> None:
         assert not runs.placed("t1")
         drained = [w for w in pool._tenants["evil"].workers if w.draining]
         assert len(drained) == 1
+        assert pool.workers_drained == 1 and pool.workspaces_holding == 2
         names = [n for n in range(10) if runs.placed(f"e{n}")]
         on_drained = [
             f"e{n}" for n in names if pool.worker_of(f"e{n}").process.pid == drained[0].process.pid
@@ -248,6 +249,7 @@ async def test_the_spares_are_for_workspaces_holding_none() -> None:
         await until(lambda: runs.placed("t1"))
         assert pool.worker_of("t1").process.pid == drained[0].process.pid
         assert pool.fair_share.held == {"evil": 2, "acme": 1, "third": 1}
+        assert pool.workspaces_holding == 3
         # evil's waiting runs went to its remaining workers' slots, not to the drained one.
         placed_evil = [n for n in range(10) if runs.placed(f"e{n}")]
         assert {pool.worker_of(f"e{n}").process.pid for n in placed_evil} - {
