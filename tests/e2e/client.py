@@ -2,10 +2,12 @@
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+import asyncpg
 from multidict import CIMultiDict
 
 from tests.e2e.system import System
@@ -18,17 +20,48 @@ class Api:
         self.system = system
         self.session = session
         self.token = token
+        # Flows created with wait_usable=False: their first `send` waits instead.
+        self._not_yet_usable: dict[str, int] = {}
 
     def _auth(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.token}"}
 
-    async def create_flow(self, definition: dict[str, Any]) -> dict[str, Any]:
+    async def create_flow(
+        self, definition: dict[str, Any], *, wait_usable: bool = True
+    ) -> dict[str, Any]:
+        """The new flow, once its webhook can be called (`usable`); with
+        wait_usable=False at once, and its first `send` waits."""
         async with self.session.post(
             f"{self.system.url('runner')}/v1/flows", json=definition, headers=self._auth()
         ) as answer:
             body = await answer.json()
             assert answer.status == 201, body
-            return dict(body)
+        if wait_usable:
+            await self.usable(body["id"], body["version"])
+        else:
+            self._not_yet_usable[body["id"]] = body["version"]
+        return dict(body)
+
+    async def usable(self, flow_id: str, version: int, timeout_s: float = 15) -> None:
+        """Until auth has applied the flow at `version` (from the runner's flow.changed
+        event): before that the ingress refuses the new flow's webhook (401). It takes
+        milliseconds alone; seconds while two e2e modules share two cores (make test).
+        Read in auth's table, as a test cannot ask that over HTTP."""
+        conn = await asyncpg.connect(self.system.database_url)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while (
+                await conn.fetchval(
+                    "SELECT version FROM auth.flow_access WHERE flow_id = $1", uuid.UUID(flow_id)
+                )
+                or 0
+            ) < version:
+                assert time.monotonic() < deadline, (
+                    f"auth did not learn of flow {flow_id} version {version} in {timeout_s} s"
+                )
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
 
     async def patch_flow(self, flow_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         async with self.session.patch(
@@ -49,6 +82,8 @@ class Api:
     async def send(
         self, flow_id: str, token: str | None, *, method: str = "POST", **kwargs: Any
     ) -> tuple[int, CIMultiDict[str], bytes]:
+        if flow_id in self._not_yet_usable:
+            await self.usable(flow_id, self._not_yet_usable.pop(flow_id))
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"

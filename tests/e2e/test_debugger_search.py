@@ -29,7 +29,8 @@ async def live_flow(api: Api, template: str = "{{ web1.n }}") -> tuple[str, str]
             "name": "search",
             "status": "live",
             "steps": [{"ref_id": "n", "type": "template", "template": template}],
-        }
+        },
+        wait_usable=False,  # nor for auth: that would give the debugger time too
     )
     return flow["id"], (await api.webhook_info(flow["id"]))["token"]
 
