@@ -3,6 +3,7 @@ against a fresh RabbitMQ vhost and PostgreSQL database. Tests talk HTTP only."""
 
 import asyncio
 import os
+import random
 import secrets
 import signal
 import socket
@@ -31,15 +32,35 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ports are picked below the kernel's ephemeral range (Linux: from 32768): a port the
+# kernel gave out (bind to port 0) could be taken by any outgoing connection between
+# the pick and the service's bind, and with two test processes making hundreds of
+# connections, one was ("address already in use"). Each pytest-xdist worker picks in a
+# slice of its own, at random, so two processes rarely try the same port.
+PORT_SLICES = range(20000, 32000, 2000)
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free ports (held open together while they are picked)."""
-    sockets = [socket.socket() for _ in range(count)]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...; "" outside xdist
+    index = int(worker[2:]) + 1 if worker[2:].isdigit() else 0
+    low = PORT_SLICES[index % len(PORT_SLICES)]
+    candidates = random.sample(range(low, low + PORT_SLICES.step), PORT_SLICES.step)
+    held: list[socket.socket] = []
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        for port in candidates:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # taken
+                sock.close()
+                continue
+            held.append(sock)
+            if len(held) == count:
+                return [int(sock.getsockname()[1]) for sock in held]
+        raise RuntimeError(f"fewer than {count} free ports in {low}-{low + PORT_SLICES.step}")
     finally:
-        for sock in sockets:
+        for sock in held:
             sock.close()
 
 
