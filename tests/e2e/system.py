@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +39,9 @@ def free_port() -> int:
 # connections, one was ("address already in use"). Each pytest-xdist worker picks in a
 # slice of its own, at random, so two processes rarely try the same port.
 PORT_SLICES = range(20000, 32000, 2000)
+# The last ports this process handed out, not handed out again while their first owner
+# may still be starting (the bind check cannot see a port nobody bound yet).
+_HANDED_OUT: deque[int] = deque(maxlen=256)
 
 
 def free_ports(count: int) -> list[int]:
@@ -49,6 +53,8 @@ def free_ports(count: int) -> list[int]:
     held: list[socket.socket] = []
     try:
         for port in candidates:
+            if port in _HANDED_OUT:
+                continue
             sock = socket.socket()
             try:
                 sock.bind(("127.0.0.1", port))
@@ -57,7 +63,9 @@ def free_ports(count: int) -> list[int]:
                 continue
             held.append(sock)
             if len(held) == count:
-                return [int(sock.getsockname()[1]) for sock in held]
+                ports = [int(sock.getsockname()[1]) for sock in held]
+                _HANDED_OUT.extend(ports)
+                return ports
         raise RuntimeError(f"fewer than {count} free ports in {low}-{low + PORT_SLICES.step}")
     finally:
         for sock in held:
