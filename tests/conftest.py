@@ -1,5 +1,6 @@
 from collections.abc import Iterator
 from fnmatch import fnmatch
+from pathlib import Path
 
 import pytest
 
@@ -29,12 +30,26 @@ def is_serial(nodeid: str) -> bool:
     )
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-m serial` (make test's second pass) collects only the files SERIAL names:
+    importing all the others costs seconds for tests it would deselect."""
+    if config.getoption("markexpr") != "serial" or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix != ".py":
+        return None
+    path = collection_path.relative_to(config.rootpath).as_posix()
+    return not any(fnmatch(path, pattern.split("::")[0]) for pattern in SERIAL)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Before `-m` selects: `-m serial` and `-m "not serial"` see the marks."""
     for item in items:
         if is_serial(item.nodeid):
             item.add_marker(pytest.mark.serial)
+        elif item.get_closest_marker("serial") is not None:
+            # The serial pass collects only SERIAL's files: this test would run in no pass.
+            raise pytest.UsageError(f"{item.nodeid}: mark it serial in tests/conftest.py SERIAL")
 
 
 @pytest.fixture

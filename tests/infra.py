@@ -139,18 +139,39 @@ class Vhosts:
         return names
 
     def _delete(self, names: list[str]) -> None:
-        """One `rabbitmqctl eval` for all of them; one `delete_vhost` each if the broker's
-        internal function is not there (another RabbitMQ version)."""
-        listed = ", ".join(f'<<"{name}">>' for name in names)
-        acting = self.user.replace('"', "")
-        expression = f'[catch rabbit_vhost:delete(V, <<"{acting}">>) || V <- [{listed}]].'
-        try:
-            _rabbitmqctl("eval", expression)
-        except subprocess.CalledProcessError:
-            for name in names:
-                subprocess.run(
-                    [*RABBITMQCTL, "-q", "delete_vhost", name], capture_output=True, timeout=120
-                )
+        _delete_each(names, "rabbit_vhost:delete", "delete_vhost", self.user)
+
+
+def _delete_each(names: list[str], function: str, command: str, acting_user: str) -> None:
+    """`function(Name, ActingUser)` for every name in one `rabbitmqctl eval`; one
+    `rabbitmqctl <command> name` each if the broker's internal function is not there
+    (another RabbitMQ version). Names are the tests' own: no quotes in them."""
+    listed = ", ".join(f'<<"{name}">>' for name in names)
+    acting = acting_user.replace('"', "")
+    try:
+        _rabbitmqctl("eval", f'[catch {function}(N, <<"{acting}">>) || N <- [{listed}]].')
+    except subprocess.CalledProcessError:
+        for name in names:
+            subprocess.run([*RABBITMQCTL, "-q", command, name], capture_output=True, timeout=120)
+
+
+class BrokerUsers:
+    """Broker users a test made (`flowhooks broker-setup`'s), deleted behind its back."""
+
+    def __init__(self, acting_user: str = URL(AMQP_BASE).user or "guest") -> None:
+        self.acting_user = acting_user
+        self._remover = Remover(self._delete, "broker users")
+
+    def give_back(self, *names: str) -> None:
+        for name in names:
+            self._remover.put(name)
+
+    def close(self) -> None:
+        self._remover.close()
+
+    def _delete(self, names: list[str]) -> None:
+        _delete_each(names, "rabbit_auth_backend_internal:delete_user", "delete_user",
+                     self.acting_user)
 
 
 async def _admin(*statements: str) -> None:
@@ -207,18 +228,21 @@ class Databases:
 
 
 class TestServers:
-    """The vhosts and databases one test process makes. One per process (`SERVERS`):
-    `fresh_vhost()` and `fresh_database()` are called by fixtures, by `running_system()`
-    and by bench scripts, none of which has a pytest fixture to be handed it by."""
+    """The vhosts, databases and broker users one test process makes. One per process
+    (`SERVERS`): `fresh_vhost()` and `fresh_database()` are called by fixtures, by
+    `running_system()` and by bench scripts, none of which has a fixture to be handed
+    it by."""
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(self) -> None:
         self.vhosts = Vhosts()
         self.databases = Databases()
+        self.broker_users = BrokerUsers()
         atexit.register(self.close)
 
     def close(self) -> None:
+        self.broker_users.close()
         self.vhosts.close()
         self.databases.close()
 

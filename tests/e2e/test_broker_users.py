@@ -4,7 +4,6 @@ permissions (shared/messaging/permissions.py) cover what the services really do.
 
 import asyncio
 import secrets
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +12,7 @@ from shared.messaging import broker_setup
 from shared.messaging.permissions import SERVICES
 from tests.e2e.client import Api, eventually
 from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
+from tests.infra import SERVERS, fresh_database, fresh_vhost
 
 pytestmark = pytest.mark.e2e
 
@@ -27,20 +26,23 @@ def system() -> Iterator[System]:
         running = System(guest_url, database_url)
         try:
             asyncio.run(broker_setup.apply(broker_setup.Rabbitmqctl(), vhost, names, passwords))
-            for name in ("ingress", "auth", "runner", "debugger"):
-                running.start(
+            # All four at once, the ingress first (the runner is given its URL).
+            launched = [
+                running.launch(
                     name,
                     FLOWHOOKS_AMQP_URL=(
                         f"amqp://{names[name]}:{passwords[name]}@127.0.0.1:5672/{vhost}"
                     ),
                     FLOWHOOKS_TRUSTED_RUNNER_USER=names["runner"],
                 )
+                for name in ("ingress", "auth", "runner", "debugger")
+            ]
+            running.wait_all_ready(launched, timeout_s=60)
             yield running
         finally:
             logs = running.logs()
             codes = running.stop_all()
-            for user in names.values():
-                subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True)
+            SERVERS.broker_users.give_back(*names.values())  # in the background
             assert "ACCESS_REFUSED" not in logs, logs
             assert "forged_event_dropped" not in logs, logs
             bad = {name: code for name, code in codes.items() if code != 0}

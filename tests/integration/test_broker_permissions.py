@@ -25,6 +25,7 @@ from shared.messaging.permissions import ACCESS, SERVICES
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowChanged, FlowWebhookSettings
 from shared.service import Kernel
+from tests.infra import SERVERS
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +60,9 @@ def users() -> Iterator[Users]:
         _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield Users(vhost, names, passwords, f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
     finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True)
-        for user in names.values():
-            subprocess.run(["rabbitmqctl", "-q", "delete_user", user], capture_output=True)
+        # Deleted in the background, several per rabbitmqctl call (tests/infra.py).
+        SERVERS.vhosts.give_back(vhost)
+        SERVERS.broker_users.give_back(*names.values())
 
 
 @pytest.fixture
