@@ -69,7 +69,10 @@ class Api:
         ) as answer:
             body = await answer.json()
             assert answer.status == 200, body
-            return dict(body)
+        # Like a creation, a change reaches the ingress through auth's copy: until auth
+        # has applied it, the ingress still answers as before (the contract allows 1 s).
+        await self.usable(body["id"], body["version"])
+        return dict(body)
 
     async def webhook_info(self, flow_id: str) -> dict[str, Any]:
         async with self.session.get(
