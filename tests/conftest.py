@@ -41,7 +41,9 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     if collection_path.suffix != ".py":
         return None
     path = collection_path.relative_to(config.rootpath).as_posix()
-    return not any(fnmatch(path, pattern.split("::")[0]) for pattern in SERIAL)
+    if any(fnmatch(path, pattern.split("::")[0]) for pattern in SERIAL):
+        return None  # collected, unless something else (--ignore) says otherwise
+    return True
 
 
 @pytest.hookimpl(tryfirst=True)
