@@ -80,6 +80,8 @@ async def callback_flow(api: Api, url: str) -> tuple[str, str]:
     assert SECRET not in raw.decode() and SECRET[6:] not in raw.decode()
     flow = orjson.loads(raw)
     assert flow["webhook"]["callback"] == {"url": url, "secret": HINT}
+    # The ingress refuses the new flow's token (401) until auth has applied it.
+    await api.usable(flow["id"], flow["version"])
     return flow["id"], (await api.webhook_info(flow["id"]))["token"]
 
 
