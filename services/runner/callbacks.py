@@ -61,6 +61,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 import orjson
@@ -287,21 +288,13 @@ class CallbackSender:
                 give_up_s=self.give_up_s,
                 rng=self.rng,
             )
-            await self.broker.publish_event(
-                CALLBACK_ATTEMPTED,
-                CallbackAttempted(
-                    id=uuid.uuid4().hex,
-                    webhook_id=message.webhook_id,
-                    request_id=message.request_id,
-                    flow_id=message.flow_id,
-                    workspace_id=message.workspace_id,
-                    attempt=message.attempt,
-                    at=now,
-                    status_code=status,
-                    error=verdict.error,
-                    next_attempt_at=verdict.next_attempt_at,
-                    state=verdict.state,
-                ),
+            await self._record(
+                message,
+                now,
+                status_code=status,
+                error=verdict.error,
+                next_attempt_at=verdict.next_attempt_at,
+                state=verdict.state,
             )
             if verdict.next_attempt_at is not None:
                 following = message.model_copy(
@@ -323,6 +316,23 @@ class CallbackSender:
             error=verdict.error,
         )
 
+    async def _record(self, message: CallbackRequested, at: datetime, **outcome: Any) -> None:
+        """One `callback.attempted` (confirmed): the attempt's outcome, or the end of a
+        callback that is given up on without one."""
+        await self.broker.publish_event(
+            CALLBACK_ATTEMPTED,
+            CallbackAttempted(
+                id=uuid.uuid4().hex,
+                webhook_id=message.webhook_id,
+                request_id=message.request_id,
+                flow_id=message.flow_id,
+                workspace_id=message.workspace_id,
+                attempt=message.attempt,
+                at=at,
+                **outcome,
+            ),
+        )
+
     async def _defer(self, message: CallbackRequested, deferred: Deferred, now: datetime) -> None:
         """Parked again for what the guard said (spread, so that callbacks deferred
         together do not come back together), without an attempt or a record."""
@@ -334,20 +344,7 @@ class CallbackSender:
                 f"not attempted: {deferred.why.replace('_', ' ')} (shared/delivery_guard.py);"
                 f" gave up: no attempt after {self.give_up_s:g} s"
             )
-            await self.broker.publish_event(
-                CALLBACK_ATTEMPTED,
-                CallbackAttempted(
-                    id=uuid.uuid4().hex,
-                    webhook_id=message.webhook_id,
-                    request_id=message.request_id,
-                    flow_id=message.flow_id,
-                    workspace_id=message.workspace_id,
-                    attempt=message.attempt,
-                    at=now,
-                    error=error,
-                    state="failed",
-                ),
-            )
+            await self._record(message, now, error=error, state="failed")
             self.given_up += 1
             log.info("callback_given_up_deferred", url=safe_url(message.url), why=deferred.why)
             return
