@@ -19,7 +19,8 @@ How it stays off the ingest path and correct across replicas:
   replicas evaluating the same flow cannot both pass it; a crash either leaves both or
   neither.
 
-Delivery (`AlertSender`): any replica claims due notices for a lease (`claimed_until`,
+Delivery (`AlertSender`, through the delivery engine shared with the runner's callbacks,
+shared/delivery.py): any replica claims due notices for a lease (`claimed_until`,
 `FOR UPDATE SKIP LOCKED`), POSTs them outside any transaction and records the answer:
 2xx delivered; anything else (3xx included: redirects are not followed) is retried after
 `retry_delay_s`, doubling up to `max_retry_delay_s`, at most `max_attempts` in all (a 410
@@ -44,7 +45,6 @@ rest of the cool-down, spread). Short connect and first-byte timeouts bound what
 tarpit can hold."""
 
 import asyncio
-import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -52,17 +52,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 import structlog
 
 from services.debugger.records import RANK_DEAD_LETTER
 from services.debugger.store import RequestRow
-from shared import standard_webhooks
-from shared.delivery_guard import Deferred, DeliveryGuard, Health, health_of
-from shared.outbound import OutboundHttp, OutboundRefused
-from shared.redaction import safe_url, scrub_urls
+from shared.delivery import DeliveryEngine, DeliverySettings, RetryPolicy
+from shared.delivery_guard import Deferred, DeliveryGuard
+from shared.outbound import OutboundHttp
+from shared.redaction import safe_url
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +76,7 @@ DEAD_LETTERED = "flow.dead_lettered"
 MAX_QUOTED_IDS = 20
 SWEEP_LOCK = "flowhooks:debugger:alerts-sweep"
 MAX_RESPONSE_BYTES = 65_536
+USER_AGENT = "flowhooks-alerts"
 # A notice put back because its destination or workspace is busy is due again this
 # long after (plus up to a second of jitter): about two polls of the outbox.
 BUSY_RETRY_S = 2.0
@@ -99,9 +99,25 @@ def read_rate(by_outcome: Mapping[str, int], threshold: float, min_requests: int
     return RateReading(finished, failed, rate, finished >= min_requests and rate >= threshold)
 
 
-def retry_delay_s(attempts: int, first_s: float, longest_s: float) -> float:
-    """The pause after the `attempts`-th failed attempt: first_s, doubling, capped."""
-    return float(min(first_s * 2 ** max(attempts - 1, 0), longest_s))
+def retry_policy(first_s: float, longest_s: float, max_attempts: int) -> RetryPolicy:
+    """The pause after the `n`-th failed attempt: first_s, doubling, at most longest_s
+    (no jitter: a notice is one delivery, not one of a crowd); at most `max_attempts`."""
+    return RetryPolicy.doubling(first_s, longest_s, max_attempts=max_attempts)
+
+
+def alert_engine(
+    http: OutboundHttp, settings: DeliverySettings, retry: RetryPolicy
+) -> DeliveryEngine:
+    """The delivery engine of notices: their timeouts, their guard (per destination and
+    per workspace, so that a tarpit delays only its owner), their retry policy."""
+    return DeliveryEngine.of(
+        http,
+        settings,
+        user_agent=USER_AGENT,
+        retry=retry,
+        max_response_bytes=MAX_RESPONSE_BYTES,
+        busy_retry_s=BUSY_RETRY_S,
+    )
 
 
 def notice_body(kind: str, data: dict[str, Any], at: datetime | None = None) -> bytes:
@@ -449,41 +465,31 @@ class AlertSender:
     def __init__(
         self,
         store: AlertStore,
-        http: OutboundHttp,
+        engine: DeliveryEngine,
         *,
-        timeout_s: float,
-        max_attempts: int,
-        retry_delay_s: float,
-        max_retry_delay_s: float,
         poll_interval_s: float,
         concurrency: int = 32,
-        connect_timeout_s: float | None = None,
-        first_byte_timeout_s: float | None = None,
-        guard: DeliveryGuard | None = None,
-        rng: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
-        self.http = http
-        self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
-        self.retry_delay_s = retry_delay_s
-        self.max_retry_delay_s = max_retry_delay_s
+        # Signs, sends and judges each attempt (shared/delivery.py); its guard (None: no
+        # per-destination limit or breaker) decides whether an attempt is made now.
+        self.engine = engine
         self.poll_interval_s = poll_interval_s
         # Notices claimed and in flight at once in this process.
         self.concurrency = concurrency
-        self.connect_timeout_s = connect_timeout_s
-        self.first_byte_timeout_s = first_byte_timeout_s
-        # None: every claimed notice is attempted (no per-destination limit or breaker).
-        self.guard = guard
-        self.rng = rng
         # Longer than an attempt can take, so a live sender never loses its claim.
-        self.lease_s = 2 * timeout_s + 5
+        self.lease_s = 2 * engine.timeout_s + 5
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         # Exported as a metric (services/debugger/metrics.py).
         self.attempts_failed = 0
         # Notices put back without an attempt (destination busy or open, workspace busy).
         self.deferred = 0
+
+    @property
+    def guard(self) -> DeliveryGuard | None:
+        """The guard in front of the notices' attempts (its counters are metrics)."""
+        return self.engine.guard
 
     def wake(self) -> None:
         self._wake.set()
@@ -530,61 +536,27 @@ class AlertSender:
         return len(claimed)
 
     async def _attempt(self, notice: asyncpg.Record) -> None:
-        permit = (
-            self.guard.admit(notice["url"], notice["workspace_id"])
-            if self.guard is not None
-            else None
-        )
+        permit = self.engine.admit(notice["url"], notice["workspace_id"])
         if isinstance(permit, Deferred):
-            back_in = permit.spread_s(self.rng, BUSY_RETRY_S)
+            back_in = self.engine.deferral_s(permit)
             await self.store.put_back(notice["id"], back_in)
             self.deferred += 1
             log.debug("alert_deferred", notice=notice["id"], why=permit.why, retry_in_s=back_in)
             return
-        body = notice["body"].encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "flowhooks-alerts",
-            **standard_webhooks.signed_headers(notice["secret"], notice["id"], body),
-        }
-        status: int | None = None
-        health: Health = "unknown"
-        try:
-            status, _, _ = await self.http.request(
-                "POST",
-                notice["url"],
-                headers=headers,
-                data=body,
-                timeout_s=self.timeout_s,
-                connect_timeout_s=self.connect_timeout_s,
-                first_byte_timeout_s=self.first_byte_timeout_s,
-                max_response_bytes=MAX_RESPONSE_BYTES,
-                follow_redirects=False,
-            )
-        except (OutboundRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            text = scrub_urls(str(exc)[:2000])[:300]
-            error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            # A refused address or URL says nothing of the destination's health.
-            health = "unknown" if isinstance(exc, OutboundRefused) else "failing"
-        else:
-            health = health_of(status)
-            if 200 <= status < 300:
-                error = ""
-            else:
-                error = f"the receiver answered {status}"
-        finally:
-            if permit is not None:
-                permit.done(health)  # the place is free before the answer is recorded
-        if status is not None and 200 <= status < 300:
-            await self.store.delivered(notice["id"], status)
+        secret: str = notice["secret"]
+        attempted = await self.engine.attempt(
+            permit, notice["url"], notice["id"], notice["body"].encode(), lambda: secret
+        )
+        if attempted.status is not None and attempted.delivered:
+            await self.store.delivered(notice["id"], attempted.status)
             log.info("alert_delivered", notice=notice["id"], attempts=notice["attempts"])
             return
         self.attempts_failed += 1
         attempts = int(notice["attempts"])
-        retry_in: float | None = None
-        if attempts < self.max_attempts and status != 410:  # 410 Gone: stop sending
-            retry_in = retry_delay_s(attempts, self.retry_delay_s, self.max_retry_delay_s)
-        await self.store.attempt_failed(notice["id"], status, error, retry_in)
+        # The attempt's own error is recorded (the row's given_up_at says it ended).
+        retry_in = self.engine.judge(attempted, attempts).retry_in_s
+        error = attempted.error or ""
+        await self.store.attempt_failed(notice["id"], attempted.status, error, retry_in)
         log.warning(
             "alert_attempt_failed",
             notice=notice["id"],

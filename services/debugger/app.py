@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from services.debugger import api_docs as docs
-from services.debugger.alerts import BUSY_RETRY_S, AlertEvaluator, AlertSender, AlertStore
+from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore, alert_engine
 from services.debugger.alerts_api import AlertsApi
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
@@ -25,7 +25,6 @@ from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from services.debugger.ui import LIST_FLOWS_DOC, PAGE_DOC, DebuggerUi
 from services.debugger.workspace_limiter import WorkspaceLimiter
-from shared.delivery_guard import DeliveryGuard
 from shared.messaging import topology
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
 from shared.messaging.dispatch import EventHandlers
@@ -135,28 +134,15 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     )
     kernel.background(replay_worker.run_forever())
     # Alerts (alerts.py): evaluated off the ingest path, delivered from an outbox.
-    alert_policy = AddressPolicy(settings.debugger_alert_allow_networks)
+    alert_delivery = settings.delivery_settings()
+    alert_policy = AddressPolicy(alert_delivery.allow_networks)
     alert_store = AlertStore(kernel.pool)
     alert_http = OutboundHttp(alert_policy)
     alert_sender = AlertSender(
         alert_store,
-        alert_http,
-        timeout_s=settings.debugger_alert_timeout_s,
-        max_attempts=settings.debugger_alert_max_attempts,
-        retry_delay_s=settings.debugger_alert_retry_delay_s,
-        max_retry_delay_s=settings.debugger_alert_max_retry_delay_s,
+        alert_engine(alert_http, alert_delivery, settings.alert_retry()),
         poll_interval_s=settings.debugger_alert_poll_interval_s,
         concurrency=settings.debugger_alert_concurrency,
-        connect_timeout_s=settings.debugger_alert_connect_timeout_s,
-        first_byte_timeout_s=settings.debugger_alert_first_byte_timeout_s,
-        # Per destination and per workspace, so a tarpit delays only its owner.
-        guard=DeliveryGuard(
-            per_destination=settings.debugger_alert_per_destination,
-            slots=settings.debugger_alert_slots,
-            failures_to_open=settings.debugger_alert_breaker_failures,
-            cool_down_s=settings.debugger_alert_breaker_cool_down_s,
-            busy_retry_s=BUSY_RETRY_S,
-        ),
     )
     alert_evaluator = AlertEvaluator(
         alert_store,

@@ -1,9 +1,20 @@
+from typing import TYPE_CHECKING
+
 from pydantic import Field
 
+from services.debugger.alerts import retry_policy
+from shared.delivery import DeliverySettingsFields, RetryPolicy, delivery_settings_fields
 from shared.settings import DatabaseSettings
 
+# FLOWHOOKS_DEBUGGER_ALERT_<field of shared.delivery.DeliverySettings>: the timeouts,
+# address policy, per-destination limit, fair share and breaker of alert notices.
+if TYPE_CHECKING:
+    _AlertDelivery = DeliverySettingsFields
+else:
+    _AlertDelivery = delivery_settings_fields("debugger_alert_")
 
-class DebuggerSettings(DatabaseSettings):
+
+class DebuggerSettings(DatabaseSettings, _AlertDelivery):
     debugger_port: int = 8083
     # /metrics and the probes, kept off the public network (shared/web.py).
     debugger_ops_port: int = Field(default=9083, ge=1, le=65535)
@@ -94,9 +105,11 @@ class DebuggerSettings(DatabaseSettings):
     # Authorization never reaches the debugger.
     debugger_redact_headers: list[str] = Field(default_factory=list)
     debugger_redact_query: list[str] = Field(default_factory=list)
-    # Alerts (alerts.py). Networks alert URLs may reach although they are private,
-    # loopback or link-local (JSON list of CIDRs). Empty: only public addresses.
-    debugger_alert_allow_networks: list[str] = Field(default_factory=list)
+    # Alerts (alerts.py): besides these, the fields of `_AlertDelivery`
+    # (shared/delivery.py, `DeliverySettings`): FLOWHOOKS_DEBUGGER_ALERT_ALLOW_NETWORKS,
+    # _TIMEOUT_S, _CONNECT_TIMEOUT_S, _FIRST_BYTE_TIMEOUT_S, _PER_DESTINATION (notices
+    # beyond it are put back for 2 s, their attempt not counted), _SLOTS (keep it under
+    # the concurrency), _BREAKER_FAILURES and _BREAKER_COOL_DOWN_S.
     # Flows seen in written batches are evaluated at most once per interval; every
     # alert is evaluated again each sweep interval (a backstop for triggers lost to a
     # restart or a full queue), by one replica at a time.
@@ -104,28 +117,19 @@ class DebuggerSettings(DatabaseSettings):
     debugger_alert_sweep_interval_s: float = Field(default=60.0, gt=0)
     # Distinct flows waiting for evaluation; beyond it, the sweep catches up.
     debugger_alert_queue_size: int = Field(default=10_000, ge=1)
-    # Delivery: each attempt's timeout; attempts in all; the delay before the second
-    # attempt, doubling up to the longest. How often the outbox is looked at.
-    debugger_alert_timeout_s: float = Field(default=10.0, gt=0)
+    # Delivery: attempts in all; the delay before the second attempt, doubling up to the
+    # longest. How often the outbox is looked at.
     debugger_alert_max_attempts: int = Field(default=10, ge=1)
     debugger_alert_retry_delay_s: float = Field(default=5.0, gt=0)
     debugger_alert_max_retry_delay_s: float = Field(default=3600.0, gt=0)
     debugger_alert_poll_interval_s: float = Field(default=1.0, gt=0)
-    # Fairness of the notice sender (alerts.py, shared/delivery_guard.py): a tarpit or a
-    # dead receiver delays only its own workspace's notices. Notices claimed and in flight
-    # at once per process (claimed round robin across workspaces); the attempts the
-    # workspaces share fairly (each active one at most slots / active ones; keep it under
-    # the concurrency: the rest is room for another workspace's notice at once).
+    # Notices claimed and in flight at once per process (claimed round robin across
+    # workspaces).
     debugger_alert_concurrency: int = Field(default=32, ge=1)
-    debugger_alert_slots: int = Field(default=16, ge=1)
-    # Attempts in flight to one destination (scheme+host+port) per process; notices
-    # beyond it are put back for 2 s, their attempt not counted.
-    debugger_alert_per_destination: int = Field(default=4, ge=1)
-    # Short connect and first-byte (status and headers) timeouts, so a receiver that
-    # accepts and stalls holds a place for seconds, not the whole attempt timeout.
-    debugger_alert_connect_timeout_s: float = Field(default=3.0, gt=0)
-    debugger_alert_first_byte_timeout_s: float = Field(default=5.0, gt=0)
-    # Circuit breaker per destination: this many failed attempts in a row (no answer,
-    # a timeout, 5xx or 429) open it; after the cool-down one probe is let through.
-    debugger_alert_breaker_failures: int = Field(default=5, ge=1)
-    debugger_alert_breaker_cool_down_s: float = Field(default=30.0, gt=0)
+
+    def alert_retry(self) -> RetryPolicy:
+        return retry_policy(
+            self.debugger_alert_retry_delay_s,
+            self.debugger_alert_max_retry_delay_s,
+            self.debugger_alert_max_attempts,
+        )

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.runner import api_docs as docs
 from services.runner.access import FlowAccess
-from services.runner.callbacks import BUSY_DEFER_S, CallbackSender
+from services.runner.callbacks import CallbackSender, callback_engine
 from services.runner.dedup import DedupKeys
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
@@ -22,7 +22,6 @@ from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import WorkerConfig
-from shared.delivery_guard import DeliveryGuard
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
@@ -75,7 +74,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     access = await FlowAccess.open(store, kernel.broker, settings.token_ring())
     key = settings.webhook_secrets_key
     secret_box = SecretBox(key.get_secret_value()) if key is not None else None
-    callback_policy = AddressPolicy(settings.runner_callback_allow_networks)
+    callback_delivery = settings.delivery_settings()
+    callback_policy = AddressPolicy(callback_delivery.allow_networks)
     kernel.provide(
         FLOWS_API,
         FlowsApi(
@@ -114,21 +114,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.on_shutdown(callback_http.close)
     callbacks = CallbackSender(
         kernel.broker,
-        callback_http,
+        callback_engine(callback_http, callback_delivery, settings.callback_retry()),
         secret_box,
-        delays_s=settings.runner_callback_retry_delays_s,
-        give_up_s=settings.runner_callback_give_up_s,
-        timeout_s=settings.runner_callback_timeout_s,
-        connect_timeout_s=settings.runner_callback_connect_timeout_s,
-        first_byte_timeout_s=settings.runner_callback_first_byte_timeout_s,
-        # Per destination and per workspace, so a tarpit delays only its owner.
-        guard=DeliveryGuard(
-            per_destination=settings.runner_callback_per_destination,
-            slots=settings.runner_callback_slots,
-            failures_to_open=settings.runner_callback_breaker_failures,
-            cool_down_s=settings.runner_callback_breaker_cool_down_s,
-            busy_retry_s=BUSY_DEFER_S,
-        ),
     )
     # Hooks run last registered first: replies and events go out before workers stop.
     metrics = RunnerMetrics(kernel.metrics.registry)

@@ -10,8 +10,9 @@ The path of one callback:
    its StartRuns acked; a runner dying in between runs the request again and enqueues
    it again under the same `webhook-id` (`msg_<request id>`), which the receiver
    deduplicates on. Nothing is lost, a repeat is possible (at least once).
-2. `on_callback` (a `kernel.on_command` consumer) attempts it: opens the secret, signs
-   with a fresh timestamp, POSTs through `OutboundHttp` (the address policy is checked
+2. `on_callback` (a `kernel.on_command` consumer) attempts it through the delivery
+   engine (shared/delivery.py, shared with the debugger's alert notices): opens the
+   secret, signs with a fresh timestamp, POSTs through `OutboundHttp` (the address policy is checked
    again at each attempt; redirects are not followed). A 2xx ends it (`delivered`), 410
    Gone stops it (`failed`); anything else (another status, a refused address, a
    network error) is retried after a wait drawn with full jitter: uniform in
@@ -59,24 +60,30 @@ so a tarpit holds a slot for seconds and opens its circuit after a few attempts.
 import random
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
 
 from services.runner.definition import SealedSecret, WebhookCallback
-from shared import standard_webhooks
-from shared.delivery_guard import Deferred, DeliveryGuard, Health, health_of
+from shared.delivery import (
+    Attempted,
+    DeliveryEngine,
+    DeliverySettings,
+    RetryPolicy,
+    SecretUnavailable,
+    Verdict,
+)
+from shared.delivery import judge as judge_attempt
+from shared.delivery_guard import Deferred, DeliveryGuard
 from shared.errors import Unavailable
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, CALLBACKS
-from shared.outbound import OutboundHttp, OutboundRefused
-from shared.redaction import safe_url, scrub_urls
-from shared.schemas.callbacks import CallbackAttempted, CallbackRequested, CallbackState
+from shared.outbound import OutboundHttp
+from shared.redaction import safe_url
+from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.runs import RunResult, WebhookRequest
 from shared.secret_box import SealError, SecretBox
 from shared.service import Delivery, Retry
@@ -89,7 +96,7 @@ USER_AGENT = "flowhooks-callbacks"
 MAX_RESPONSE_BYTES = 1_048_576
 # The default caps of the jittered waits after the 1st, 2nd, ... failed attempt
 # (exponential: doubling from 5 s, at most an hour; the last one repeats).
-DEFAULT_RETRY_DELAYS_S = (5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1280.0, 2560.0, 3600.0)
+DEFAULT_RETRY_DELAYS_S = RetryPolicy.doubling(5.0, 3600.0).delays_s
 DAY_S = 86_400.0
 # A callback deferred because its destination or workspace is busy waits this long plus
 # up to a second of jitter: one hop of the ladder's 5 s step (a shorter wait would hop
@@ -131,17 +138,10 @@ def callback_payload(request: WebhookRequest, result: RunResult) -> str:
     ).decode()
 
 
-def backoff_cap_s(failed_attempts: int, delays_s: Sequence[float]) -> float:
-    """The cap of the wait after the `failed_attempts`-th failed attempt."""
-    return float(delays_s[min(max(failed_attempts, 1), len(delays_s)) - 1])
-
-
-def jittered_delay_s(
-    failed_attempts: int, delays_s: Sequence[float], rng: Callable[[], float] = random.random
-) -> float:
-    """Full jitter: uniform in [0, cap). Spreads the retries of callbacks that failed
-    together (a receiver down for everyone) instead of sending them back together."""
-    return rng() * backoff_cap_s(failed_attempts, delays_s)
+def retry_policy(delays_s: Sequence[float], give_up_s: float) -> RetryPolicy:
+    """Full jitter: each wait uniform in [0, cap), the caps `delays_s` (the last
+    repeated); no attempt starts more than `give_up_s` after the enqueue."""
+    return RetryPolicy(tuple(delays_s), jitter=True, give_up_s=give_up_s)
 
 
 def ladder_step(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDER_S) -> int | None:
@@ -160,61 +160,40 @@ def ladder_hops(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDE
     return hops
 
 
-@dataclass(frozen=True)
-class Verdict:
-    state: CallbackState
-    error: str | None
-    next_attempt_at: datetime | None
-
-
 def judge(
-    status: int | None,
-    error: str | None,
+    attempted: Attempted,
     message: CallbackRequested,
     now: datetime,
-    *,
-    delays_s: Sequence[float],
-    give_up_s: float,
+    retry: RetryPolicy,
     rng: Callable[[], float] = random.random,
 ) -> Verdict:
-    """What follows an attempt that got `status` (None: no answer, `error` says why)."""
-    if status is not None and 200 <= status < 300:
-        return Verdict("delivered", None, None)
-    if status == 410:
-        return Verdict("failed", "the receiver answered 410 Gone: delivery stopped", None)
-    reason = error or f"the receiver answered {status}"
-    next_at = now + timedelta(seconds=jittered_delay_s(message.attempt, delays_s, rng))
-    if next_at > message.first_at + timedelta(seconds=give_up_s):
-        return Verdict("failed", f"{reason}; gave up: no attempt after {give_up_s:g} s", None)
-    return Verdict("delivering", reason, next_at)
+    """What follows the attempt of `message` that got `attempted`, judged at `now`."""
+    age_s = (now - message.first_at).total_seconds()
+    return judge_attempt(attempted, message.attempt, retry, age_s, rng)
+
+
+def callback_engine(
+    http: OutboundHttp, settings: DeliverySettings, retry: RetryPolicy
+) -> DeliveryEngine:
+    """The delivery engine of callbacks: their timeouts, their guard (per destination
+    and per workspace, so that a tarpit delays only its owner), their retry policy."""
+    return DeliveryEngine.of(
+        http,
+        settings,
+        user_agent=USER_AGENT,
+        retry=retry,
+        max_response_bytes=MAX_RESPONSE_BYTES,
+        busy_retry_s=BUSY_DEFER_S,
+    )
 
 
 class CallbackSender:
-    def __init__(
-        self,
-        broker: Broker,
-        http: OutboundHttp,
-        box: SecretBox | None,
-        *,
-        delays_s: Sequence[float] = DEFAULT_RETRY_DELAYS_S,
-        give_up_s: float = DAY_S,
-        timeout_s: float = 10.0,
-        connect_timeout_s: float | None = None,
-        first_byte_timeout_s: float | None = None,
-        guard: DeliveryGuard | None = None,
-        rng: Callable[[], float] = random.random,
-    ) -> None:
+    def __init__(self, broker: Broker, engine: DeliveryEngine, box: SecretBox | None) -> None:
         self.broker = broker
-        self.http = http
+        # Signs, sends and judges each attempt (shared/delivery.py); its guard (None in
+        # tests of the attempt alone) decides whether an attempt is made now.
+        self.engine = engine
         self.box = box
-        self.delays_s = tuple(delays_s)
-        self.give_up_s = give_up_s
-        self.timeout_s = timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.first_byte_timeout_s = first_byte_timeout_s
-        # None (tests of the attempt alone): every callback is attempted when due.
-        self.guard = guard
-        self.rng = rng
         # Exported as metrics (services/runner/metrics.py): failed attempts, and
         # callbacks given up on (state `failed`).
         self.attempts_failed = 0
@@ -222,6 +201,11 @@ class CallbackSender:
         # Callbacks parked again without an attempt (destination busy or open, or the
         # workspace over its share).
         self.deferred = 0
+
+    @property
+    def guard(self) -> DeliveryGuard | None:
+        """The guard in front of the callbacks' attempts (its counters are metrics)."""
+        return self.engine.guard
 
     async def enqueue(
         self, request: WebhookRequest, result: RunResult, callback: WebhookCallback
@@ -265,40 +249,35 @@ class CallbackSender:
             if ladder_step((message.due_at - now).total_seconds()) is not None:
                 await self._park(message, now)  # back early from a step: not due yet
                 return
-            permit = (
-                self.guard.admit(message.url, message.workspace_id)
-                if self.guard is not None
-                else None
-            )
+            permit = self.engine.admit(message.url, message.workspace_id)
             if isinstance(permit, Deferred):
                 await self._defer(message, permit, now)
                 return
-            health: Health = "unknown"
-            try:
-                status, error, health = await self._attempt(message)
-            finally:
-                if permit is not None:
-                    permit.done(health)  # the slot is free before the record is published
-            verdict = judge(
-                status,
-                error,
-                message,
-                datetime.now(UTC),
-                delays_s=self.delays_s,
-                give_up_s=self.give_up_s,
-                rng=self.rng,
+            attempted = await self.engine.attempt(
+                permit,
+                message.url,
+                message.webhook_id,
+                message.payload.encode(),
+                lambda: self._open_secret(message),
+            )
+            judged_at = datetime.now(UTC)
+            verdict = judge(attempted, message, judged_at, self.engine.retry, self.engine.rng)
+            next_attempt_at = (
+                None
+                if verdict.retry_in_s is None
+                else judged_at + timedelta(seconds=verdict.retry_in_s)
             )
             await self._record(
                 message,
                 now,
-                status_code=status,
+                status_code=attempted.status,
                 error=verdict.error,
-                next_attempt_at=verdict.next_attempt_at,
+                next_attempt_at=next_attempt_at,
                 state=verdict.state,
             )
-            if verdict.next_attempt_at is not None:
+            if next_attempt_at is not None:
                 following = message.model_copy(
-                    update={"attempt": message.attempt + 1, "due_at": verdict.next_attempt_at}
+                    update={"attempt": message.attempt + 1, "due_at": next_attempt_at}
                 )
                 await self._park(following, datetime.now(UTC))
         except Unavailable as exc:
@@ -311,7 +290,7 @@ class CallbackSender:
             "callback_attempted",
             url=safe_url(message.url),
             attempt=message.attempt,
-            status_code=status,
+            status_code=attempted.status,
             state=verdict.state,
             error=verdict.error,
         )
@@ -336,13 +315,14 @@ class CallbackSender:
     async def _defer(self, message: CallbackRequested, deferred: Deferred, now: datetime) -> None:
         """Parked again for what the guard said (spread, so that callbacks deferred
         together do not come back together), without an attempt or a record."""
-        wait_s = deferred.spread_s(self.rng, BUSY_DEFER_S)
+        wait_s = self.engine.deferral_s(deferred)
         due = now + timedelta(seconds=wait_s)
-        if due > message.first_at + timedelta(seconds=self.give_up_s):
+        give_up_s = self.engine.retry.give_up_s
+        if give_up_s is not None and due > message.first_at + timedelta(seconds=give_up_s):
             # It would never be attempted again: the end is recorded, as for a last attempt.
             error = (
                 f"not attempted: {deferred.why.replace('_', ' ')} (shared/delivery_guard.py);"
-                f" gave up: no attempt after {self.give_up_s:g} s"
+                f" gave up: no attempt after {give_up_s:g} s"
             )
             await self._record(message, now, error=error, state="failed")
             self.given_up += 1
@@ -352,44 +332,15 @@ class CallbackSender:
         self.deferred += 1
         log.debug("callback_deferred", url=safe_url(message.url), why=deferred.why, wait_s=wait_s)
 
-    async def _attempt(self, message: CallbackRequested) -> tuple[int | None, str | None, Health]:
-        """The receiver's status (None: no answer), what went wrong, if anything, and
-        what the attempt showed of the destination's health (for its breaker)."""
+    def _open_secret(self, message: CallbackRequested) -> str:
+        """The flow's callback secret, opened for this attempt only."""
         try:
             if self.box is None:
                 raise SealError("no key")
-            secret = self.box.open(message.sealed_secret, message.workspace_id)
+            return self.box.open(message.sealed_secret, message.workspace_id)
         except SealError:
             # An operator's mistake (key ring changed or missing): retried, so that the
             # callback still goes out once the key is back. Nothing was sent.
-            return (
-                None,
-                "the callback secret cannot be opened (FLOWHOOKS_WEBHOOK_SECRETS_KEY)",
-                "unknown",
-            )
-        body = message.payload.encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            # A fresh timestamp (and so signature) per attempt, the same webhook-id.
-            **standard_webhooks.signed_headers(secret, message.webhook_id, body),
-        }
-        try:
-            status, _, _ = await self.http.request(
-                "POST",
-                message.url,
-                headers=headers,
-                data=body,
-                timeout_s=self.timeout_s,
-                connect_timeout_s=self.connect_timeout_s,
-                first_byte_timeout_s=self.first_byte_timeout_s,
-                max_response_bytes=MAX_RESPONSE_BYTES,
-                follow_redirects=False,  # Standard Webhooks: a 3xx is a failed attempt
-            )
-        except (OutboundRefused, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            text = scrub_urls(str(exc)[:2000])[:300]
-            what = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            # A refused address or URL says nothing of the destination's health.
-            return None, what, "unknown" if isinstance(exc, OutboundRefused) else "failing"
-        error = None if 200 <= status < 300 else f"the receiver answered {status}"
-        return status, error, health_of(status)
+            raise SecretUnavailable(
+                "the callback secret cannot be opened (FLOWHOOKS_WEBHOOK_SECRETS_KEY)"
+            ) from None

@@ -1,14 +1,22 @@
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.runner.callbacks import DEFAULT_RETRY_DELAYS_S
+from services.runner.callbacks import DEFAULT_RETRY_DELAYS_S, retry_policy
 from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
+from shared.delivery import DeliverySettingsFields, RetryPolicy, delivery_settings_fields
 from shared.settings import DatabaseSettings, WebhookSecretsSettings
 
+# FLOWHOOKS_RUNNER_CALLBACK_<field of shared.delivery.DeliverySettings>: the timeouts,
+# address policy, per-destination limit, fair share and breaker of callbacks.
+if TYPE_CHECKING:
+    _CallbackDelivery = DeliverySettingsFields
+else:
+    _CallbackDelivery = delivery_settings_fields("runner_callback_")
 
-class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
+
+class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _CallbackDelivery):
     # A refused ring must not print (part of) its keys in the error.
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
@@ -105,10 +113,12 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     runner_record_started: bool = True
     # Compiled templates kept per process.
     runner_template_cache_size: int = Field(default=10_000, ge=1)
-    # Completion callbacks (`webhook.callback`, services/runner/callbacks.py). Networks a
-    # callback URL may reach although private, loopback or link-local (JSON list of
-    # CIDRs); checked on save and at each attempt. Empty: only public addresses.
-    runner_callback_allow_networks: list[str] = Field(default_factory=list)
+    # Completion callbacks (`webhook.callback`, services/runner/callbacks.py): besides
+    # these, the fields of `_CallbackDelivery` (shared/delivery.py, `DeliverySettings`):
+    # FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS, _TIMEOUT_S, _CONNECT_TIMEOUT_S,
+    # _FIRST_BYTE_TIMEOUT_S, _PER_DESTINATION (callbacks beyond it are parked 5 s, no
+    # attempt counted), _SLOTS (keep it under the prefetch), _BREAKER_FAILURES and
+    # _BREAKER_COOL_DOWN_S.
     # Caps of the jittered wait after the 1st, 2nd, ... failed attempt (each wait is
     # uniform in [0, cap)); past the list, the last cap repeats.
     runner_callback_retry_delays_s: list[float] = Field(
@@ -116,27 +126,11 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings):
     )
     # No attempt starts later than this after the run finished: the callback is `failed`.
     runner_callback_give_up_s: float = Field(default=86_400.0, gt=0)
-    # One attempt's whole request, answer included.
-    runner_callback_timeout_s: float = Field(default=10.0, gt=0)
     # Callback messages handled at once per runner process (attempts in flight).
     runner_callback_prefetch: int = Field(default=32, ge=1)
-    # Fairness of the callback sender (shared/delivery_guard.py): a tarpit or a dead
-    # receiver delays only its own workspace's callbacks. Short connect and first-byte
-    # (status and headers) timeouts, so a receiver that accepts and stalls holds a slot
-    # for seconds, not the whole timeout (receivers should answer at once and work after).
-    runner_callback_connect_timeout_s: float = Field(default=3.0, gt=0)
-    runner_callback_first_byte_timeout_s: float = Field(default=5.0, gt=0)
-    # Attempts in flight to one destination (scheme+host+port) per runner process;
-    # callbacks beyond it are deferred (parked 5 s, no attempt counted).
-    runner_callback_per_destination: int = Field(default=4, ge=1)
-    # Attempts in flight per process that the workspaces share fairly (each active
-    # workspace at most slots / active workspaces). Keep it under the prefetch: the rest
-    # of the window is where another workspace's callback is taken at once.
-    runner_callback_slots: int = Field(default=16, ge=1)
-    # Circuit breaker per destination: this many failed attempts in a row (no answer,
-    # a timeout, 5xx or 429) open it; after the cool-down one probe is let through.
-    runner_callback_breaker_failures: int = Field(default=5, ge=1)
-    runner_callback_breaker_cool_down_s: float = Field(default=30.0, gt=0)
+
+    def callback_retry(self) -> RetryPolicy:
+        return retry_policy(self.runner_callback_retry_delays_s, self.runner_callback_give_up_s)
 
     @field_validator("runner_callback_retry_delays_s")
     @classmethod

@@ -13,7 +13,7 @@ from services.debugger.alerts import (
     RateReading,
     notice_body,
     read_rate,
-    retry_delay_s,
+    retry_policy,
 )
 from services.debugger.alerts_api import parse_config
 from services.debugger.store import COLUMNS, RequestRow
@@ -35,7 +35,9 @@ def test_rate_of_an_empty_window_is_zero() -> None:
 
 
 def test_retry_delay_doubles_up_to_the_longest() -> None:
-    assert [retry_delay_s(n, 5, 60) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    policy = retry_policy(5, 60, max_attempts=10)
+    assert [policy.delay_s(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    assert policy.retries_after(9) and not policy.retries_after(10)
 
 
 def test_notice_body_is_the_standard_webhooks_shape() -> None:

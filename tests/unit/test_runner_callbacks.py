@@ -13,12 +13,11 @@ import pytest
 from services.runner.callbacks import (
     DEFAULT_RETRY_DELAYS_S,
     CallbackSender,
-    backoff_cap_s,
     callback_payload,
-    jittered_delay_s,
     judge,
     ladder_hops,
     ladder_step,
+    retry_policy,
     webhook_id,
 )
 from services.runner.definition import SealedSecret, WebhookCallback, parse_definition
@@ -30,6 +29,7 @@ from services.runner.webhook_secrets import (
     seal_callback_secret,
 )
 from shared import standard_webhooks
+from shared.delivery import Attempted, DeliveryEngine, Verdict
 from shared.delivery_guard import DeliveryGuard, Permit
 from shared.errors import BadRequest, Unavailable
 from shared.messaging import naming
@@ -120,7 +120,8 @@ def test_the_webhook_id_is_derived_from_the_request_and_signable() -> None:
 
 
 def test_the_caps_grow_exponentially_then_repeat_the_last() -> None:
-    assert [backoff_cap_s(n, DEFAULT_RETRY_DELAYS_S) for n in (1, 2, 3, 11, 12, 50)] == [
+    policy = retry_policy(DEFAULT_RETRY_DELAYS_S, 86_400)
+    assert [policy.cap_s(n) for n in (1, 2, 3, 11, 12, 50)] == [
         5.0,
         10.0,
         20.0,
@@ -133,10 +134,11 @@ def test_the_caps_grow_exponentially_then_repeat_the_last() -> None:
 
 
 def test_full_jitter_is_uniform_between_zero_and_the_cap() -> None:
-    assert jittered_delay_s(3, DEFAULT_RETRY_DELAYS_S, rng=lambda: 0.0) == 0.0
-    assert jittered_delay_s(3, DEFAULT_RETRY_DELAYS_S, rng=lambda: 0.5) == 10.0
-    assert jittered_delay_s(3, DEFAULT_RETRY_DELAYS_S, rng=lambda: 0.999) == pytest.approx(19.98)
-    drawn = [jittered_delay_s(2, [10.0]) for _ in range(2000)]
+    policy = retry_policy(DEFAULT_RETRY_DELAYS_S, 86_400)
+    assert policy.delay_s(3, rng=lambda: 0.0) == 0.0
+    assert policy.delay_s(3, rng=lambda: 0.5) == 10.0
+    assert policy.delay_s(3, rng=lambda: 0.999) == pytest.approx(19.98)
+    drawn = [retry_policy([10.0], 86_400).delay_s(2) for _ in range(2000)]
     assert 0 <= min(drawn) < 0.5 and 9.5 < max(drawn) < 10
     assert 4.5 < sum(drawn) / len(drawn) < 5.5
 
@@ -163,30 +165,50 @@ def test_a_long_wait_takes_several_hops_and_is_honoured_within_a_second() -> Non
 # What follows an attempt.
 
 
+def verdict_of(
+    status: int | None,
+    error: str | None,
+    sent: CallbackRequested,
+    now: datetime,
+    *,
+    delays_s: list[float],
+    give_up_s: float,
+    rng: float = 0.5,
+) -> tuple[Verdict, datetime | None]:
+    """The verdict, and when the next attempt is due (None: there is none)."""
+    attempted = Attempted(status, error, "unknown")
+    verdict = judge(attempted, sent, now, retry_policy(delays_s, give_up_s), lambda: rng)
+    if verdict.retry_in_s is None:
+        return verdict, None
+    return verdict, now + timedelta(seconds=verdict.retry_in_s)
+
+
 def test_a_2xx_delivers() -> None:
-    verdict = judge(204, None, message(), T0, delays_s=[10.0], give_up_s=86_400)
-    assert (verdict.state, verdict.error, verdict.next_attempt_at) == ("delivered", None, None)
+    verdict, next_at = verdict_of(204, None, message(), T0, delays_s=[10.0], give_up_s=86_400)
+    assert (verdict.state, verdict.error, next_at) == ("delivered", None, None)
 
 
 def test_410_gone_stops() -> None:
-    verdict = judge(410, "the receiver answered 410", message(), T0, delays_s=[10.0], give_up_s=9e9)
-    assert verdict.state == "failed" and verdict.next_attempt_at is None
+    verdict, next_at = verdict_of(
+        410, "the receiver answered 410", message(), T0, delays_s=[10.0], give_up_s=9e9
+    )
+    assert verdict.state == "failed" and next_at is None
     assert verdict.error == "the receiver answered 410 Gone: delivery stopped"
 
 
 @pytest.mark.parametrize("status", [500, 429, 404, 301, None])
 def test_anything_else_is_retried_after_a_jittered_wait(status: int | None) -> None:
-    verdict = judge(
+    verdict, next_at = verdict_of(
         status,
         None if status else "ClientConnectorError: refused",
         message(attempt=2),
         T0,
         delays_s=[10.0, 40.0],
         give_up_s=86_400,
-        rng=lambda: 0.25,
+        rng=0.25,
     )
     assert verdict.state == "delivering"
-    assert verdict.next_attempt_at == T0 + timedelta(seconds=10)
+    assert next_at == T0 + timedelta(seconds=10)
     assert verdict.error == (
         f"the receiver answered {status}" if status else "ClientConnectorError: refused"
     )
@@ -194,10 +216,10 @@ def test_anything_else_is_retried_after_a_jittered_wait(status: int | None) -> N
 
 def test_no_attempt_is_made_past_the_give_up_time() -> None:
     late = T0 + timedelta(hours=23, minutes=59)
-    verdict = judge(
-        500, None, message(attempt=40), late, delays_s=[3600.0], give_up_s=86_400, rng=lambda: 0.5
+    verdict, next_at = verdict_of(
+        500, None, message(attempt=40), late, delays_s=[3600.0], give_up_s=86_400, rng=0.5
     )
-    assert verdict.state == "failed" and verdict.next_attempt_at is None
+    assert verdict.state == "failed" and next_at is None
     assert verdict.error == "the receiver answered 500; gave up: no attempt after 86400 s"
 
 
@@ -234,14 +256,14 @@ class FakeHttp:
 
 
 def sender(broker: FakeBroker, http: FakeHttp, rng: float = 0.5) -> CallbackSender:
-    return CallbackSender(
-        broker,  # type: ignore[arg-type]
+    engine = DeliveryEngine(
         http,  # type: ignore[arg-type]
-        BOX,
-        delays_s=[20.0],
-        give_up_s=86_400,
+        user_agent="flowhooks-callbacks",
+        retry=retry_policy([20.0], 86_400),
+        max_response_bytes=1024,
         rng=lambda: rng,
     )
+    return CallbackSender(broker, engine, BOX)  # type: ignore[arg-type]
 
 
 async def test_a_due_callback_is_signed_sent_and_recorded_as_delivered() -> None:
@@ -428,17 +450,17 @@ def test_workers_never_see_the_callback() -> None:
 
 
 def guarded(broker: FakeBroker, http: FakeHttp, give_up_s: float = 86_400) -> CallbackSender:
-    return CallbackSender(
-        broker,  # type: ignore[arg-type]
+    engine = DeliveryEngine(
         http,  # type: ignore[arg-type]
-        BOX,
-        delays_s=[20.0],
-        give_up_s=give_up_s,
+        user_agent="flowhooks-callbacks",
+        retry=retry_policy([20.0], give_up_s),
+        max_response_bytes=1024,
         rng=lambda: 0.5,
         guard=DeliveryGuard(
             per_destination=1, slots=8, failures_to_open=2, cool_down_s=40.0, busy_retry_s=5.0
         ),
     )
+    return CallbackSender(broker, engine, BOX)  # type: ignore[arg-type]
 
 
 async def test_a_busy_destination_defers_the_callback_without_an_attempt() -> None:
@@ -469,7 +491,8 @@ async def test_an_open_circuit_defers_for_its_cool_down_and_other_destinations_g
     now = datetime.now(UTC)
     for n in (1, 2):  # two failures in a row open the circuit
         await callbacks.on_callback(message(request_id=f"r{n}", first_at=now, due_at=now), DELIVERY)
-    assert callbacks.guard is not None and callbacks.guard.state(message().url) == "open"
+    guard = callbacks.guard
+    assert guard is not None and guard.state(message().url) == "open"
     broker.published.clear()
     await callbacks.on_callback(message(request_id="r3", first_at=now, due_at=now), DELIVERY)
     assert len(http.calls) == 2 and len(broker.events) == 2  # r3: no attempt, no record
