@@ -18,19 +18,17 @@ What an attempt is, the same for every sender (`DeliveryEngine`):
 
 How a wait happens and how an attempt is recorded is the sender's (the callbacks' wait
 ladder and `callback.attempted` events; the alert outbox's rows), and so are their
-settings: `DeliverySettings` is the part both share, one model, built from each
-service's flat `FLOWHOOKS_<PREFIX>...` variables (`delivery_settings_fields`).
+settings: `DeliverySettings` is the part both share, one model, read from each
+service's own flat variables (`shared.settings.flat_fields`).
 """
 
-import copy
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
 import aiohttp
-from pydantic import BaseModel, Field, create_model
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field
 
 from shared import standard_webhooks
 from shared.delivery_guard import Deferred, DeliveryGuard, Health, Permit, health_of
@@ -159,39 +157,6 @@ class DeliverySettings(BaseModel):
             cool_down_s=self.breaker_cool_down_s,
             busy_retry_s=busy_retry_s,
         )
-
-
-class DeliverySettingsFields(BaseSettings):
-    """The base of a service's `DeliverySettings` fields (`delivery_settings_fields`)."""
-
-    model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
-    delivery_prefix: ClassVar[str] = ""
-
-    def delivery_settings(self) -> DeliverySettings:
-        """The service's flat fields as the one model."""
-        prefix = self.delivery_prefix
-        return DeliverySettings.model_validate(
-            {name: getattr(self, prefix + name) for name in DeliverySettings.model_fields}
-        )
-
-
-def delivery_settings_fields(prefix: str) -> type[DeliverySettingsFields]:
-    """A settings base class with `DeliverySettings`' fields, each named `prefix` + its
-    name: flat, so that each is one environment variable, as the supervisor, the deploy
-    files and the docs know them (FLOWHOOKS_RUNNER_CALLBACK_SLOTS). A service's settings
-    class derives from it and reads them with `delivery_settings()`. (Made, not
-    written out, so that the fields and their bounds are declared once.)"""
-    fields: dict[str, Any] = {
-        prefix + name: (field.annotation, copy.copy(field))
-        for name, field in DeliverySettings.model_fields.items()
-    }
-    made: type[DeliverySettingsFields] = create_model(
-        f"DeliverySettingsFields_{prefix.strip('_')}",
-        __base__=DeliverySettingsFields,
-        **fields,
-    )
-    made.delivery_prefix = prefix
-    return made
 
 
 class DeliveryEngine:

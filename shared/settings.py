@@ -4,9 +4,10 @@
 subclass `DatabaseSettings` instead: the ingress never gets the database's credentials
 (`flowhooks run` passes each service only the variables of its own fields)."""
 
-from typing import Annotated
+import copy
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
@@ -113,3 +114,39 @@ class WebhookSecretsSettings(ServiceSettings):
             return None  # empty (a deployment's unfilled secret): signing modes are off
         SecretBox(value.get_secret_value())  # its error names the rule, not the key
         return value
+
+
+Section = TypeVar("Section", bound=BaseModel)
+
+
+class _FlatFields(BaseSettings):
+    # The same as every service's: a base class's config may win over another's.
+    model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
+
+
+def flat_fields(*sections: tuple[str, type[BaseModel]]) -> type[BaseSettings]:
+    """A settings base class with the fields of each `(prefix, model)`, each named
+    `prefix` + its name, with its type, default and bounds: flat, so that each is one
+    variable, `FLOWHOOKS_<PREFIX><FIELD>` (the names the supervisor, the deploy files and
+    the docs know), while the section is declared once, as a model, and read as one
+    (`section`). A service's settings class derives from it; under TYPE_CHECKING from
+    a plain class, since the fields are made here: code reads a section, not its
+    flat fields."""
+    fields: dict[str, Any] = {
+        prefix + name: (field.annotation, copy.copy(field))
+        for prefix, model in sections
+        for name, field in model.model_fields.items()
+    }
+    made: type[BaseSettings] = create_model(
+        "Fields_" + "_".join(model.__name__ for _, model in sections),
+        __base__=_FlatFields,
+        **fields,
+    )
+    return made
+
+
+def section(settings: BaseSettings, model: type[Section], prefix: str) -> Section:
+    """The fields `prefix` + name of `settings` as one `model` (see `flat_fields`)."""
+    return model.model_validate(
+        {name: getattr(settings, prefix + name) for name in model.model_fields}
+    )

@@ -134,7 +134,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     )
     kernel.background(replay_worker.run_forever())
     # Alerts (alerts.py): evaluated off the ingest path, delivered from an outbox.
-    alert_delivery = settings.delivery_settings()
+    alert_delivery = settings.alert_delivery()
     alert_policy = AddressPolicy(alert_delivery.allow_networks)
     alert_store = AlertStore(kernel.pool)
     alert_http = OutboundHttp(alert_policy)

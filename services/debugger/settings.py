@@ -1,17 +1,22 @@
 from typing import TYPE_CHECKING
 
 from pydantic import Field
+from pydantic_settings import BaseSettings
 
 from services.debugger.alerts import retry_policy
-from shared.delivery import DeliverySettingsFields, RetryPolicy, delivery_settings_fields
-from shared.settings import DatabaseSettings
+from shared.delivery import DeliverySettings, RetryPolicy
+from shared.settings import DatabaseSettings, flat_fields, section
 
-# FLOWHOOKS_DEBUGGER_ALERT_<field of shared.delivery.DeliverySettings>: the timeouts,
-# address policy, per-destination limit, fair share and breaker of alert notices.
+# FLOWHOOKS_DEBUGGER_ALERT_<field of shared.delivery.DeliverySettings>, each its own
+# variable (shared/settings.py, `flat_fields`): the alert notices' timeouts, address
+# policy, per-destination limit, fair share and breaker.
 if TYPE_CHECKING:
-    _AlertDelivery = DeliverySettingsFields
+
+    class _AlertDelivery(BaseSettings):
+        pass
+
 else:
-    _AlertDelivery = delivery_settings_fields("debugger_alert_")
+    _AlertDelivery = flat_fields(("debugger_alert_", DeliverySettings))
 
 
 class DebuggerSettings(DatabaseSettings, _AlertDelivery):
@@ -126,6 +131,9 @@ class DebuggerSettings(DatabaseSettings, _AlertDelivery):
     # Notices claimed and in flight at once per process (claimed round robin across
     # workspaces).
     debugger_alert_concurrency: int = Field(default=32, ge=1)
+
+    def alert_delivery(self) -> DeliverySettings:
+        return section(self, DeliverySettings, "debugger_alert_")
 
     def alert_retry(self) -> RetryPolicy:
         return retry_policy(

@@ -21,7 +21,6 @@ from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
-from services.runner.worker_protocol import WorkerConfig
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
@@ -45,36 +44,15 @@ FLOWS_API = web.AppKey("flows_api", FlowsApi)
 DATABASE = Database("runner", Path(__file__).parent / "migrations")
 
 
-def worker_config(settings: RunnerSettings) -> WorkerConfig:
-    return WorkerConfig(
-        render_timeout_s=settings.runner_render_timeout_s,
-        max_output_chars=settings.runner_max_output_chars,
-        template_cache_size=settings.runner_template_cache_size,
-        http_allow_networks=settings.runner_http_allow_networks,
-        http_max_response_bytes=settings.runner_http_max_response_bytes,
-        loop_max_items=settings.runner_loop_max_items,
-        max_loop_iterations=settings.runner_max_loop_iterations,
-        max_value_bytes=settings.runner_max_value_bytes,
-        max_trace_steps=settings.runner_max_trace_steps,
-        max_trace_bytes=settings.runner_max_trace_bytes,
-        max_response_bytes=settings.runner_max_response_bytes,
-        memory_mb=settings.runner_worker_memory_mb,
-        run_cpu_s=settings.runner_run_cpu_s,
-    )
-
-
 async def wire(kernel: Kernel[RunnerSettings]) -> None:
     settings = kernel.settings
     store = FlowStore(kernel.pool)
-    templates = TemplateEngine(
-        settings.runner_template_cache_size,
-        settings.runner_render_timeout_s,
-        settings.runner_max_output_chars,
-    )
+    bounds = settings.run_bounds()
+    templates = TemplateEngine.bounded(bounds)
     access = await FlowAccess.open(store, kernel.broker, settings.token_ring())
     key = settings.webhook_secrets_key
     secret_box = SecretBox(key.get_secret_value()) if key is not None else None
-    callback_delivery = settings.delivery_settings()
+    callback_delivery = settings.callback_delivery()
     callback_policy = AddressPolicy(callback_delivery.allow_networks)
     kernel.provide(
         FLOWS_API,
@@ -91,7 +69,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
 
     workers = WorkerPool(
-        worker_config(settings),
+        bounds,
         workers=settings.runner_workers or os.cpu_count() or 1,
         slots_per_worker=settings.runner_worker_slots,
         workspace_share=settings.runner_workspace_share,

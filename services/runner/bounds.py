@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.schemas.runs import StepTrace
 
@@ -16,6 +17,45 @@ MAX_DEPTH = 200
 _JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SCALARS = (int, float, type(None))
+
+
+class RunBounds(BaseModel):
+    """What a run in a worker may use, build and reach: one model, read from the
+    runner's settings (each field is `FLOWHOOKS_RUNNER_<FIELD>`, e.g.
+    FLOWHOOKS_RUNNER_RUN_CPU_S; `RunnerSettings.run_bounds`) and handed to each worker
+    as it is (its first frame), and from there to the template engine, the engine and
+    the steps. The defaults are the settings' defaults."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Address-space bound of one worker process (RLIMIT_AS).
+    worker_memory_mb: int = Field(default=512, ge=128)
+    # CPU time one run may use in all.
+    run_cpu_s: float = Field(default=5.0, gt=0)
+    # Budget of one template render (interrupted from inside the worker, cheaper than a
+    # kill). Past it the step (or response) fails with a clear error.
+    render_timeout_s: float = Field(default=0.5, gt=0)
+    # Largest rendered text, and largest string or list one operator may build.
+    max_output_chars: int = Field(default=1_000_000, ge=1000)
+    # Largest value (encoded as JSON) a step may produce.
+    max_value_bytes: int = Field(default=1_000_000, ge=1000)
+    # Loop iterations of one run in total (nested loops multiply).
+    max_loop_iterations: int = Field(default=10_000, ge=1)
+    # Step trace of one run: entries kept (steps beyond are counted, not recorded), and
+    # bytes of inputs and outputs kept.
+    max_trace_steps: int = Field(default=1_000, ge=10)
+    max_trace_bytes: int = Field(default=1_000_000, ge=10_000)
+    # Largest response body a flow may give its sender.
+    max_response_bytes: int = Field(default=1_000_000, ge=1000)
+    # Networks `http` steps may reach although they are private, loopback or
+    # link-local (JSON list of CIDRs, e.g. ["10.1.0.0/16"]). Empty: only public addresses.
+    http_allow_networks: tuple[str, ...] = ()
+    # Largest response body an `http` step reads.
+    http_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Most items a `loop` step iterates over.
+    loop_max_items: int = Field(default=10_000, ge=1)
+    # Compiled templates kept per process.
+    template_cache_size: int = Field(default=10_000, ge=1)
 
 
 class BoundExceeded(Exception):

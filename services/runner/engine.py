@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from services.runner.bounds import BoundExceeded, bound_trace, json_value
+from services.runner.bounds import BoundExceeded, RunBounds, bound_trace, json_value
 from services.runner.definition import FlowDefinition
 from services.runner.render_budget import RenderBudget
 from services.runner.steps import STEP_TYPES, StepModel
-from services.runner.steps.base import RunContext, RunState, StepLimits
+from services.runner.steps.base import RunContext, RunState
 from services.runner.steps.fail import StepFailed
 from services.runner.templates import TemplateEngine, TemplateFailure
 from shared.errors import ApiError, FlowError
@@ -67,17 +67,12 @@ class Engine:
     def __init__(
         self,
         templates: TemplateEngine,
-        limits: StepLimits | None = None,
+        limits: RunBounds | None = None,
         http: OutboundHttp | None = None,
-        *,
-        max_trace_bytes: int = 1_000_000,
-        max_response_bytes: int = 1_000_000,
     ) -> None:
         self.templates = templates
-        self.limits = limits or StepLimits()
+        self.limits = limits or RunBounds()
         self.http = http
-        self.max_trace_bytes = max_trace_bytes
-        self.max_response_bytes = max_response_bytes
 
     def context(self, flow: Flow, request: WebhookRequest) -> dict[str, Any]:
         return {
@@ -187,7 +182,7 @@ class Engine:
 
     def trace(self, state: RunState) -> list[StepTrace]:
         return bound_trace(
-            state.trace, self.max_trace_bytes, state.dropped_steps, state.output_sizes
+            state.trace, self.limits.max_trace_bytes, state.dropped_steps, state.output_sizes
         )
 
     async def _headers(
@@ -235,10 +230,10 @@ class Engine:
             size = len(body.encode())
         except UnicodeEncodeError as exc:
             raise BoundExceeded(f"the body is not valid text: {exc.reason}") from None
-        if size > self.max_response_bytes:
+        if size > self.limits.max_response_bytes:
             raise BoundExceeded(
                 f"the body of {size} bytes is larger than the bound of"
-                f" {self.max_response_bytes} bytes (FLOWHOOKS_RUNNER_MAX_RESPONSE_BYTES)"
+                f" {self.limits.max_response_bytes} bytes (FLOWHOOKS_RUNNER_MAX_RESPONSE_BYTES)"
             )
         return status_code, content_type, body
 

@@ -44,13 +44,13 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
+from services.runner.bounds import RunBounds
 from services.runner.engine import error_result
 from services.runner.fair_share import FairShare
 from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import (
     FlowSnapshot,
     FrameTooLarge,
-    WorkerConfig,
     WorkItem,
     frame,
     frame_of,
@@ -113,7 +113,7 @@ class _Tenant:
 class WorkerPool:
     def __init__(
         self,
-        config: WorkerConfig,
+        bounds: RunBounds,
         *,
         workers: int,
         slots_per_worker: int,
@@ -130,7 +130,8 @@ class WorkerPool:
         spawn_timeout_s: float = 30.0,
         log_level: str = "info",
     ) -> None:
-        self.config = config
+        # Handed to each worker as they are (its first frame).
+        self.bounds = bounds
         # Started with the pool and never stopped for being idle.
         self.min_workers = max(1, workers)
         # 0: four per started worker, at least 8 (idle processes cost memory, not CPU).
@@ -462,7 +463,7 @@ class WorkerPool:
             theirs.close()
         marker.watch(process.pid)  # where the slice bound reads the worker's CPU time
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        writer.write(frame(self.config.model_dump_json().encode()))
+        writer.write(frame(self.bounds.model_dump_json().encode()))
         worker = _Worker(next(self._numbers), process, reader, writer, marker)
         try:
             ready = await asyncio.wait_for(read_frame(reader), self.spawn_timeout_s)
@@ -567,7 +568,7 @@ class WorkerPool:
                     computing,
                     FlowError(
                         f"the run's worker process died while running it ({how}); a run"
-                        f" may use at most {self.config.memory_mb} MiB"
+                        f" may use at most {self.bounds.worker_memory_mb} MiB"
                         " (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
                     ),
                     "failed",

@@ -1,22 +1,29 @@
 from typing import TYPE_CHECKING, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.runner.bounds import RunBounds
 from services.runner.callbacks import DEFAULT_RETRY_DELAYS_S, retry_policy
 from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
-from shared.delivery import DeliverySettingsFields, RetryPolicy, delivery_settings_fields
-from shared.settings import DatabaseSettings, WebhookSecretsSettings
+from shared.delivery import DeliverySettings, RetryPolicy
+from shared.settings import DatabaseSettings, WebhookSecretsSettings, flat_fields, section
 
-# FLOWHOOKS_RUNNER_CALLBACK_<field of shared.delivery.DeliverySettings>: the timeouts,
-# address policy, per-destination limit, fair share and breaker of callbacks.
+# Two sections declared as models, each field its own variable (shared/settings.py,
+# `flat_fields`): FLOWHOOKS_RUNNER_<field of services.runner.bounds.RunBounds> (what a
+# run may use: FLOWHOOKS_RUNNER_RUN_CPU_S, ..._RENDER_TIMEOUT_S, ..._WORKER_MEMORY_MB,
+# ...), and FLOWHOOKS_RUNNER_CALLBACK_<field of shared.delivery.DeliverySettings> (the
+# callbacks' timeouts, address policy, per-destination limit, fair share and breaker).
 if TYPE_CHECKING:
-    _CallbackDelivery = DeliverySettingsFields
+
+    class _Sections(BaseSettings):
+        pass
+
 else:
-    _CallbackDelivery = delivery_settings_fields("runner_callback_")
+    _Sections = flat_fields(("runner_", RunBounds), ("runner_callback_", DeliverySettings))
 
 
-class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _CallbackDelivery):
+class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
     # A refused ring must not print (part of) its keys in the error.
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
@@ -78,41 +85,14 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _CallbackDelivery
     runner_worker_idle_s: float = Field(default=60.0, gt=0)
     # Share of the worker processes (`runner_max_workers`) one workspace may hold.
     runner_workspace_share: float = Field(default=0.5, gt=0, le=1)
-    # Address-space bound of one worker process (RLIMIT_AS).
-    runner_worker_memory_mb: int = Field(default=512, ge=128)
-    # CPU time one run may use in all.
-    runner_run_cpu_s: float = Field(default=5.0, gt=0)
     # Longest a run may compute without a pause (one operation that cannot be
     # interrupted): past it the supervisor kills the worker and fails the run.
     runner_run_slice_s: float = Field(default=1.0, gt=0)
-    # Budget of one template render (interrupted from inside the worker, cheaper than a
-    # kill). Past it the step (or response) fails with a clear error.
-    runner_render_timeout_s: float = Field(default=0.5, gt=0)
-    # Largest rendered text, and largest string or list one operator may build.
-    runner_max_output_chars: int = Field(default=1_000_000, ge=1000)
-    # Largest value (encoded as JSON) a step may produce.
-    runner_max_value_bytes: int = Field(default=1_000_000, ge=1000)
-    # Loop iterations of one run in total (nested loops multiply).
-    runner_max_loop_iterations: int = Field(default=10_000, ge=1)
-    # Step trace of one run: entries kept, and bytes of inputs and outputs kept.
-    runner_max_trace_steps: int = Field(default=1_000, ge=10)
-    runner_max_trace_bytes: int = Field(default=1_000_000, ge=10_000)
-    # Largest response body a flow may give its sender.
-    runner_max_response_bytes: int = Field(default=1_000_000, ge=1000)
-    # Networks `http` steps may reach although they are private, loopback or
-    # link-local (JSON list of CIDRs, e.g. ["10.1.0.0/16"]). Empty: only public addresses.
-    runner_http_allow_networks: list[str] = Field(default_factory=list)
-    # Largest response body an `http` step reads.
-    runner_http_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    # Most items a `loop` step iterates over.
-    runner_loop_max_items: int = Field(default=10_000, ge=1)
     # run.finished events are group-committed: while one message awaits its confirm, the
     # next collects up to this many runs.
     runner_event_batch: int = Field(default=200, ge=1)
     # Tell the debugger when an async run starts (outcome `running`).
     runner_record_started: bool = True
-    # Compiled templates kept per process.
-    runner_template_cache_size: int = Field(default=10_000, ge=1)
     # Completion callbacks (`webhook.callback`, services/runner/callbacks.py): besides
     # these, the fields of `_CallbackDelivery` (shared/delivery.py, `DeliverySettings`):
     # FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS, _TIMEOUT_S, _CONNECT_TIMEOUT_S,
@@ -128,6 +108,12 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _CallbackDelivery
     runner_callback_give_up_s: float = Field(default=86_400.0, gt=0)
     # Callback messages handled at once per runner process (attempts in flight).
     runner_callback_prefetch: int = Field(default=32, ge=1)
+
+    def run_bounds(self) -> RunBounds:
+        return section(self, RunBounds, "runner_")
+
+    def callback_delivery(self) -> DeliverySettings:
+        return section(self, DeliverySettings, "runner_callback_")
 
     def callback_retry(self) -> RetryPolicy:
         return retry_policy(self.runner_callback_retry_delays_s, self.runner_callback_give_up_s)

@@ -27,6 +27,7 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, no
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from services.runner.bounds import RunBounds
 from services.runner.render_budget import RenderBudget, RenderTimeout, RenderWatchdog
 
 _SINGLE_EXPRESSION = re.compile(
@@ -134,6 +135,11 @@ class TemplateEngine:
         self.max_output_chars = max_output_chars
         self.watchdog = watchdog or RenderWatchdog()
         self._cache: OrderedDict[str, CompiledTemplate] = OrderedDict()
+
+    @classmethod
+    def bounded(cls, bounds: RunBounds) -> "TemplateEngine":
+        """The engine of a runner's runs (its cache, render budget and output bound)."""
+        return cls(bounds.template_cache_size, bounds.render_timeout_s, bounds.max_output_chars)
 
     def check_syntax(self, source: str) -> nodes.Template:
         """Parse only (validation on save); raises `TemplateSyntaxError`."""

@@ -22,15 +22,15 @@ import structlog
 import uvloop
 from pydantic import ValidationError
 
+from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow, error_result
 from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
-from services.runner.steps.base import RunState, StepLimits
+from services.runner.steps.base import RunState
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import (
     FlowSnapshot,
     WorkDone,
-    WorkerConfig,
     WorkItem,
     frame,
     frame_of,
@@ -44,30 +44,17 @@ from shared.schemas.runs import RunResult
 log = structlog.get_logger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# Parsed flows kept per worker (by id and version).
+FLOW_CACHE_SIZE = 1000
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, marker: SliceMarker) -> None:
-        self.config = config
+    def __init__(self, bounds: RunBounds, marker: SliceMarker) -> None:
+        self.bounds = bounds
         self.marker = marker
-        self.templates = TemplateEngine(
-            config.template_cache_size, config.render_timeout_s, config.max_output_chars
-        )
-        self.http = OutboundHttp(AddressPolicy(config.http_allow_networks))
-        self.limits = StepLimits(
-            loop_max_items=config.loop_max_items,
-            max_loop_iterations=config.max_loop_iterations,
-            max_value_bytes=config.max_value_bytes,
-            max_trace_steps=config.max_trace_steps,
-            http_max_response_bytes=config.http_max_response_bytes,
-        )
-        self.engine = Engine(
-            self.templates,
-            self.limits,
-            self.http,
-            max_trace_bytes=config.max_trace_bytes,
-            max_response_bytes=config.max_response_bytes,
-        )
+        self.templates = TemplateEngine.bounded(bounds)
+        self.http = OutboundHttp(AddressPolicy(list(bounds.http_allow_networks)))
+        self.engine = Engine(self.templates, bounds, self.http)
         self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
         self._done: list[bytes] = []
         self._has_done = asyncio.Event()
@@ -84,7 +71,7 @@ class Worker:
             )
             flow = Flow(snapshot.id, snapshot.workspace_id, snapshot.version, definition)
             self._flows[key] = flow
-            if len(self._flows) > self.config.flow_cache_size:
+            if len(self._flows) > FLOW_CACHE_SIZE:
                 self._flows.popitem(last=False)
         self._flows.move_to_end(key)
         return flow
@@ -116,14 +103,14 @@ class Worker:
             self._finish(key, error_result("", error, "failed", started_at))
             return
         structlog.contextvars.bind_contextvars(request_id=item.request.request_id)
-        state = RunState(self.limits)
+        state = RunState(self.bounds)
         try:
             result = await MeteredRun(
-                self._execute(item, state), key, self.marker, self.config.run_cpu_s
+                self._execute(item, state), key, self.marker, self.bounds.run_cpu_s
             )
         except CpuBudgetExceeded:
             error = FlowError(
-                f"the run used more than {self.config.run_cpu_s:g} s of CPU time"
+                f"the run used more than {self.bounds.run_cpu_s:g} s of CPU time"
                 " (FLOWHOOKS_RUNNER_RUN_CPU_S)"
             )
             result = error_result(
@@ -187,10 +174,10 @@ def _die_with_parent() -> None:
 
 async def _main(sock_fd: int, marker_fd: int) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=sock_fd))
-    config = WorkerConfig.model_validate(await read_frame(reader))
-    limit = config.memory_mb * 1024 * 1024
+    bounds = RunBounds.model_validate(await read_frame(reader))
+    limit = bounds.worker_memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    await Worker(config, SliceMarker(marker_fd)).serve(reader, writer)
+    await Worker(bounds, SliceMarker(marker_fd)).serve(reader, writer)
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Between the runner's supervisor and its worker processes: length-prefixed JSON
-frames over a socket pair. The supervisor's first frame is the `WorkerConfig`; the
-worker answers `{"ready": true}`. Then the supervisor sends `{"runs": [WorkItem, ...]}`
-and the worker `{"done": [WorkDone, ...]}`, each frame carrying as many as were ready
-at once (one write and one wake-up for many runs)."""
+frames over a socket pair. The supervisor's first frame is the runner's `RunBounds`
+(services/runner/bounds.py), as they are; the worker answers `{"ready": true}`. Then
+the supervisor sends `{"runs": [WorkItem, ...]}` and the worker
+`{"done": [WorkDone, ...]}`, each frame carrying as many as were ready at once (one
+write and one wake-up for many runs)."""
 
 import asyncio
 import struct
@@ -20,23 +21,6 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 
 class FrameTooLarge(Exception):
     pass
-
-
-class WorkerConfig(BaseModel):
-    render_timeout_s: float
-    max_output_chars: int
-    template_cache_size: int
-    http_allow_networks: list[str]
-    http_max_response_bytes: int
-    loop_max_items: int
-    max_loop_iterations: int
-    max_value_bytes: int
-    max_trace_steps: int
-    max_trace_bytes: int
-    max_response_bytes: int
-    memory_mb: int
-    run_cpu_s: float
-    flow_cache_size: int = 1000
 
 
 class FlowSnapshot(BaseModel):

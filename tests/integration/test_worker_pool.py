@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
+from services.runner.bounds import RunBounds
 from services.runner.pool import WorkerPool
-from services.runner.worker_protocol import FlowSnapshot, WorkerConfig
+from services.runner.worker_protocol import FlowSnapshot
 from shared.schemas.runs import RunResult, WebhookRequest
 from tests.e2e.receiver import serving
 from tests.factories import webhook_request
@@ -26,11 +27,11 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 SLICE_S = 0.3
 
-CONFIG = WorkerConfig(
+CONFIG = RunBounds(
     render_timeout_s=0.5,
     max_output_chars=1_000_000,
     template_cache_size=100,
-    http_allow_networks=[],
+    http_allow_networks=(),
     http_max_response_bytes=1 << 20,
     loop_max_items=10_000,
     max_loop_iterations=100_000,
@@ -38,7 +39,7 @@ CONFIG = WorkerConfig(
     max_trace_steps=100,
     max_trace_bytes=100_000,
     max_response_bytes=1_000_000,
-    memory_mb=512,
+    worker_memory_mb=512,
     run_cpu_s=5.0,
 )
 
@@ -195,7 +196,7 @@ async def test_a_kill_stops_only_runs_of_the_workspace_that_caused_it(pool: Work
 
 
 async def test_a_worker_that_dies_of_its_memory_bound_stops_only_its_workspace() -> None:
-    pool = await start_pool(render_timeout_s=20, memory_mb=128)
+    pool = await start_pool(render_timeout_s=20, worker_memory_mb=128)
     try:
         siblings = [asyncio.create_task(pool.run(request({}), LIGHT, 30)) for _ in range(3)]
         await asyncio.sleep(0.05)
@@ -223,7 +224,7 @@ async def test_a_worker_that_dies_of_its_memory_bound_stops_only_its_workspace()
 
 async def test_a_run_over_the_memory_bound_fails_alone() -> None:
     # A render budget long enough that the memory bound, not the clock, stops it.
-    pool = await start_pool(render_timeout_s=20, memory_mb=256)
+    pool = await start_pool(render_timeout_s=20, worker_memory_mb=256)
     try:
         results = await asyncio.gather(pool.run(request({}), MEMORY, 30), echoes(pool, 20))
         hog, victims = results
@@ -302,7 +303,7 @@ async def slow_url() -> AsyncIterator[str]:
 async def test_two_workspaces_with_hanging_runs_leave_a_worker_for_a_third(
     slow_url: str,
 ) -> None:
-    config = CONFIG.model_copy(update={"http_allow_networks": ["127.0.0.1/32"]})
+    config = CONFIG.model_copy(update={"http_allow_networks": ("127.0.0.1/32",)})
     # Six processes, four slots each; a workspace holds at most three, the last two
     # free ones (the spares) go only to a workspace holding none, and the two hostile
     # ones are served fewest-held first: two each, their other runs wait.

@@ -15,17 +15,18 @@ from typing import Any
 import orjson
 import pytest
 
+from services.runner.bounds import RunBounds
 from services.runner.pool import WorkerPool, _Worker
 from services.runner.run_meter import SliceMarker
-from services.runner.worker_protocol import FlowSnapshot, WorkerConfig, frame, read_frame
+from services.runner.worker_protocol import FlowSnapshot, frame, read_frame
 from shared.schemas.runs import RunResult
 from tests.factories import webhook_request
 
-CONFIG = WorkerConfig(
+CONFIG = RunBounds(
     render_timeout_s=0.5,
     max_output_chars=1000,
     template_cache_size=10,
-    http_allow_networks=[],
+    http_allow_networks=(),
     http_max_response_bytes=1024,
     loop_max_items=10,
     max_loop_iterations=10,
@@ -33,7 +34,7 @@ CONFIG = WorkerConfig(
     max_trace_steps=10,
     max_trace_bytes=10_000,
     max_response_bytes=1000,
-    memory_mb=128,
+    worker_memory_mb=128,
     run_cpu_s=1.0,
 )
 # Never a real process's: the pool must not find (or signal) one by these.
@@ -135,7 +136,7 @@ class FakePool(WorkerPool):
         task = asyncio.create_task(fake.serve())
         self.serving.add(task)
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        writer.write(frame(self.config.model_dump_json().encode()))
+        writer.write(frame(self.bounds.model_dump_json().encode()))
         assert await read_frame(reader) == {"ready": True}
         self.fakes[fake.process.pid] = fake
         return _Worker(next(self._numbers), fake.process, reader, writer, SliceMarker.create())  # type: ignore[arg-type]

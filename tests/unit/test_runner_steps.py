@@ -7,9 +7,9 @@ import aiohttp
 import orjson
 import pytest
 
+from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
-from services.runner.steps.base import StepLimits
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
 from shared.outbound import AddressPolicy, OutboundHttp
@@ -20,7 +20,7 @@ from tests.factories import webhook_request
 TEMPLATES = TemplateEngine()
 
 
-async def run(raw: dict[str, Any], body: Any, limits: StepLimits | None = None) -> RunResult:
+async def run(raw: dict[str, Any], body: Any, limits: RunBounds | None = None) -> RunResult:
     flow = Flow("f1", "w1", 1, parse_definition({"name": "t", **raw}, TEMPLATES, 300))
     request = webhook_request(body, request_id="r1", flow_id="f1", workspace_id="w1")
     return await Engine(TEMPLATES, limits).run(flow, request)
@@ -78,7 +78,7 @@ async def test_loop_over_items() -> None:
     assert data(await run(raw, {"items": []})) == {"value": []}
     failed = await run(raw, {"items": "nope"})
     assert "must give a list" in orjson.loads(failed.body)["message"]
-    limited = await run(raw, {"items": [1, 2, 3]}, StepLimits(loop_max_items=2))
+    limited = await run(raw, {"items": [1, 2, 3]}, RunBounds(loop_max_items=2))
     assert "more than 2 items" in orjson.loads(limited.body)["message"]
 
 

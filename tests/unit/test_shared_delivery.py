@@ -145,9 +145,9 @@ def test_each_service_reads_the_delivery_settings_from_its_own_variables(
     monkeypatch.setenv("FLOWHOOKS_RUNNER_CALLBACK_SLOTS", "7")
     monkeypatch.setenv("FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS", '["10.0.0.0/8"]')
     monkeypatch.setenv("FLOWHOOKS_DEBUGGER_ALERT_BREAKER_COOL_DOWN_S", "12.5")
-    runner = RunnerSettings().delivery_settings()
+    runner = RunnerSettings().callback_delivery()
     assert runner == DeliverySettings(slots=7, allow_networks=["10.0.0.0/8"])
-    assert DebuggerSettings().delivery_settings() == DeliverySettings(breaker_cool_down_s=12.5)
+    assert DebuggerSettings().alert_delivery() == DeliverySettings(breaker_cool_down_s=12.5)
     names = set(RunnerSettings.model_fields) | set(DebuggerSettings.model_fields)
     for field in DeliverySettings.model_fields:
         assert {f"runner_callback_{field}", f"debugger_alert_{field}"} <= names

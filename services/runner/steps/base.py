@@ -6,23 +6,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.runner.bounds import RunBounds
 from services.runner.templates import TemplateEngine
 
 if TYPE_CHECKING:
     from services.runner.engine import Engine
     from shared.outbound import OutboundHttp
-
-
-@dataclass(frozen=True)
-class StepLimits:
-    loop_max_items: int = 10_000
-    # Loop iterations of one run in total: nested loops multiply, this bounds the product.
-    max_loop_iterations: int = 10_000
-    # Encoded size of any one value a step produces.
-    max_value_bytes: int = 1_000_000
-    # Trace entries kept for one run; steps beyond are counted, not recorded.
-    max_trace_steps: int = 1_000
-    http_max_response_bytes: int = 10 * 1024 * 1024
 
 
 REF_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -54,7 +43,7 @@ class StepModel(BaseModel):
 class RunState:
     """What one run has used so far, against its limits."""
 
-    limits: StepLimits
+    limits: RunBounds
     request_id: str = ""  # the webhook request's: the same on every attempt of the run
     trace: list[Any] = field(default_factory=list)
     loop_iterations: int = 0
@@ -84,7 +73,7 @@ class RunContext:
     path: str  # where this step is in the flow, for error messages: "steps[0]"
     engine: "Engine"  # to run nested step lists (condition, loop)
     state: RunState  # the run's trace and what it has used, which nested steps add to
-    limits: StepLimits
+    limits: RunBounds
     http: "OutboundHttp | None" = None
     iterations: tuple[int, ...] = ()  # the indexes of the loops this step runs in
 
