@@ -1,4 +1,5 @@
-"""`BatchPublisher`: many events in one persistent, confirmed message, by group commit.
+"""`BatchPublisher`: many events in one persistent, confirmed message, by group commit
+(shared/group_commit.py).
 
 One AMQP message per event costs a frame encode, a confirm and, at the consumer, a
 delivery and an ack, which on this machine is most of a request's CPU
@@ -23,6 +24,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from shared.errors import Unavailable
+from shared.group_commit import FlushResult, GroupCommit
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Command, Event
 
@@ -33,10 +35,9 @@ class Unencodable(ValueError):
     """An event that cannot be encoded as JSON (it fails alone)."""
 
 
-@dataclass
-class _Waiting:
+@dataclass(frozen=True)
+class _Encoded:
     encoded: bytes
-    confirmed: asyncio.Future[None]
     expires_at: float | None  # monotonic: when its sender stops waiting
 
 
@@ -62,57 +63,32 @@ class BatchPublisher(Generic[Item]):
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.reply_to = reply_to
-        self._waiting: list[_Waiting] = []
-        self._sender: asyncio.Task[None] | None = None
+        # Each event takes its bytes and a comma in the message's list.
+        self._messages: GroupCommit[_Encoded] = GroupCommit(
+            self._send,
+            max_items,
+            max_size=max_bytes + 1,
+            size=lambda event: len(event.encoded) + 1,
+        )
         self.messages_sent = 0
 
     async def publish(self, item: Item, *, expires_in_s: float | None = None) -> None:
         """Returns once the message holding `item` is confirmed. `expires_in_s`: nobody
         waits for the item after that; a message whose every item has such a time
         expires in the queue at the latest of them (dead-lettered, not run late)."""
-        confirmed = self._enqueue(item, expires_in_s)
-        await asyncio.shield(confirmed)
+        await asyncio.shield(self._messages.submit(_encode(item, expires_in_s)))
 
     def publish_soon(self, item: Item) -> None:
         """Best effort: batched like `publish`, but nobody waits, and a failure is only
         logged by the broker layer."""
-        confirmed = self._enqueue(item)
+        confirmed = self._messages.submit(_encode(item, None))
         # Mark a failure as seen: nobody awaits this future.
         confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    def _enqueue(self, item: Item, expires_in_s: float | None = None) -> asyncio.Future[None]:
-        try:
-            encoded = item.model_dump_json().encode()
-        except ValueError as exc:  # pydantic's serialisation error is one
-            raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
-        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        expires_at = time.monotonic() + expires_in_s if expires_in_s is not None else None
-        self._waiting.append(_Waiting(encoded, confirmed, expires_at))
-        if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
-        return confirmed
-
-    def _next_batch(self) -> list[_Waiting]:
-        count, size = 0, 0
-        for waiting in self._waiting[: self.max_items]:
-            if count and size + len(waiting.encoded) > self.max_bytes:
-                break
-            count, size = count + 1, size + len(waiting.encoded) + 1
-        batch = self._waiting[:count]
-        del self._waiting[:count]
-        return batch
-
-    async def _send_all(self) -> None:
-        """Send what waits, in messages of up to `max_items`, until nothing waits."""
-        try:
-            while self._waiting:
-                await self._send(self._next_batch())
-        finally:
-            self._sender = None
-
-    async def _send(self, batch: list[_Waiting]) -> None:
-        body = b'{"items":[' + b",".join(waiting.encoded for waiting in batch) + b"]}"
-        deadlines = [waiting.expires_at for waiting in batch if waiting.expires_at is not None]
+    async def _send(self, batch: list[_Encoded]) -> FlushResult:
+        """One message of `batch`; what each event's caller hears."""
+        body = b'{"items":[' + b",".join(event.encoded for event in batch) + b"]}"
+        deadlines = [event.expires_at for event in batch if event.expires_at is not None]
         expiration_s = (
             max(0.001, max(deadlines) - time.monotonic()) if len(deadlines) == len(batch) else None
         )
@@ -130,22 +106,26 @@ class BatchPublisher(Generic[Item]):
                 # Perhaps one event the broker will not take (too large, ...): split, so
                 # that it fails alone.
                 half = len(batch) // 2
-                await self._send(batch[:half])
-                await self._send(batch[half:])
-                return
-            for waiting in batch:
-                if not waiting.confirmed.done():
-                    waiting.confirmed.set_exception(exc)
-            return
+                return [
+                    *(await self._send(batch[:half]) or [None] * half),
+                    *(await self._send(batch[half:]) or [None] * (len(batch) - half)),
+                ]
+            return [exc] * len(batch)
         self.messages_sent += 1
-        for waiting in batch:
-            if not waiting.confirmed.done():
-                waiting.confirmed.set_result(None)
+        return None
 
     async def drain(self) -> None:
         """Shutdown: wait until everything handed to `publish` was sent."""
-        if self._sender is not None:
-            await asyncio.gather(self._sender, return_exceptions=True)
+        await self._messages.drain()
+
+
+def _encode(item: BaseModel, expires_in_s: float | None) -> _Encoded:
+    try:
+        encoded = item.model_dump_json().encode()
+    except ValueError as exc:  # pydantic's serialisation error is one
+        raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
+    expires_at = time.monotonic() + expires_in_s if expires_in_s is not None else None
+    return _Encoded(encoded, expires_at)
 
 
 def _refused(exc: BaseException) -> bool:

@@ -63,3 +63,20 @@ async def test_a_cancelled_caller_does_not_cancel_the_flush() -> None:
         await task
     await commit.drain()
     assert flushed == [[1]]
+
+
+async def test_a_flush_may_answer_item_by_item_and_batches_stop_at_their_size() -> None:
+    flushed: list[list[int]] = []
+
+    async def flush(items: list[int]) -> list[BaseException | None]:
+        flushed.append(items)
+        return [ValueError(f"no {n}") if n == 13 else None for n in items]
+
+    commit: GroupCommit[int] = GroupCommit(flush, max_size=10, size=lambda n: n)
+    # Handed over together, so one batch would hold them all but for the size bound;
+    # an item larger than the bound still goes, alone.
+    futures = [commit.submit(n) for n in (4, 6, 13, 1)]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    assert flushed == [[4, 6], [13], [1]]
+    assert [str(r) if r else None for r in results] == [None, None, "no 13", None]
+    assert commit.flushes == 3
