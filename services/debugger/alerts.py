@@ -58,10 +58,11 @@ import structlog
 
 from services.debugger.records import RANK_DEAD_LETTER
 from services.debugger.store import RequestRow
-from shared.delivery import DeliveryEngine, DeliverySettings, RetryPolicy
+from shared.delivery import DeliveryEngine, DeliverySettings
 from shared.delivery_guard import Deferred, DeliveryGuard
 from shared.outbound import OutboundHttp
 from shared.redaction import safe_url
+from shared.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 

@@ -41,6 +41,7 @@ from services.debugger.records import Redaction, flow_from_event, reduced_row, r
 from services.debugger.store import FlowRow, RequestRow, RequestStore
 from shared.messaging import naming
 from shared.messaging.trust import check_publisher
+from shared.retry import RetryPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -131,8 +132,8 @@ class BatchIngest:
         self.redaction = redaction
         self.batch_size = batch_size
         self.linger_s = linger_s
-        self.retry_delay_s = retry_delay_s
-        self.max_retry_delay_s = max_retry_delay_s
+        # PostgreSQL away: a batch write is retried for as long as it takes.
+        self.write_retry = RetryPolicy.doubling(retry_delay_s, max_retry_delay_s)
         self.unknown_retries = unknown_retries
         self._pending: list[Pending] = []
         self._pending_rows = 0
@@ -303,7 +304,7 @@ class BatchIngest:
                 elif row.id not in rows or rows[row.id].source_rank <= row.source_rank:
                     rows[row.id] = row
         unknown = 0
-        delay = self.retry_delay_s
+        failures = 0
         while True:
             try:
                 written = list(rows.values())
@@ -330,9 +331,11 @@ class BatchIngest:
                 )
                 if self._abandoned.is_set():
                     raise _Abandoned from exc
+                failures += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._abandoned.wait(), delay)
-                delay = min(delay * 2, self.max_retry_delay_s)
+                    await asyncio.wait_for(
+                        self._abandoned.wait(), self.write_retry.delay_s(failures)
+                    )
 
     async def _reject(self, message: AbstractIncomingMessage) -> None:
         self.rejected += 1

@@ -4,7 +4,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 
 from services.debugger.alerts import retry_policy
-from shared.delivery import DeliverySettings, RetryPolicy
+from shared.delivery import DeliverySettings
+from shared.retry import RetryPolicy
 from shared.settings import DatabaseSettings, flat_fields, section
 
 # FLOWHOOKS_DEBUGGER_ALERT_<field of shared.delivery.DeliverySettings>, each its own

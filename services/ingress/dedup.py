@@ -28,6 +28,7 @@ from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import CLAIM_DEDUP_KEY, REQUEST_DEDUPLICATED
 from shared.messaging.rpc import RpcClient
+from shared.retry import RetryPolicy
 from shared.schemas.access import FlowWebhookSettings
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, StoredResult
 from shared.schemas.runs import RunFinished, RunResult, WebhookRequest
@@ -40,7 +41,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 # runner kills a run 2 s past its timeout, then records it).
 LEASE_MARGIN_S = 10.0
 # A waiting duplicate asks again after these pauses (then the last, repeatedly).
-POLL_PAUSES_S = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+POLL_PAUSES = RetryPolicy((0.02, 0.05, 0.1, 0.2, 0.3, 0.5))
 
 
 def status_url(flow_id: str, request_id: str) -> str:
@@ -230,7 +231,7 @@ class Deduplicator:
         """Asks the runner (read only) until the first is done or has let go of the key;
         a pending first may be another request that took the key over since."""
         for attempt in itertools.count():
-            await asyncio.sleep(POLL_PAUSES_S[min(attempt, len(POLL_PAUSES_S) - 1)])
+            await asyncio.sleep(POLL_PAUSES.delay_s(attempt + 1))
             claim = await self._ask(flow, request_id, key, "wait")
             if claim.state != "pending":
                 # `first` only from a runner that predates `wait` (it took the key over):

@@ -71,7 +71,6 @@ from shared.delivery import (
     Attempted,
     DeliveryEngine,
     DeliverySettings,
-    RetryPolicy,
     SecretUnavailable,
     Verdict,
 )
@@ -83,6 +82,7 @@ from shared.messaging.connection import Broker
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, CALLBACKS
 from shared.outbound import OutboundHttp
 from shared.redaction import safe_url
+from shared.retry import RetryPolicy
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.runs import RunResult, WebhookRequest
 from shared.secret_box import SealError, SecretBox

@@ -31,6 +31,7 @@ cost the supervisor 7 % of a core); the ingress's per-workspace queued bounds bo
 many there can be."""
 
 import asyncio
+import itertools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,6 +54,7 @@ from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import PARKED_RUNS
 from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
+from shared.retry import RetryPolicy
 from shared.schemas.runs import (
     CURRENT_VERSION,
     RunFinished,
@@ -68,6 +70,8 @@ log = structlog.get_logger(__name__)
 # How long a sync run without a deadline (a replay) tries to get its record confirmed
 # before its caller is answered 503.
 SYNC_RECORD_GRACE = timedelta(seconds=10)
+# The pauses between those tries: from 0.1 s, doubling, at most a second.
+SYNC_RECORD_RETRY = RetryPolicy.doubling(0.1, 1.0)
 # `RunResult.repeated` of a run from a message delivered again: it may have run before.
 REPEATED_AFTER_CRASH = "its runner stopped while it ran; delivered again"
 
@@ -408,8 +412,7 @@ class RunService:
         lost: a second or a few), for as long as its caller waits; False if never
         confirmed by then."""
         waits_until = start.deadline or datetime.now(UTC) + SYNC_RECORD_GRACE
-        delay_s = 0.1
-        while True:
+        for failures in itertools.count(1):
             try:
                 await self._record(start, result)
                 return True
@@ -417,9 +420,10 @@ class RunService:
                 left_s = (waits_until - datetime.now(UTC)).total_seconds()
                 if left_s <= 0:
                     return False
-                log.warning("run_record_retried", in_s=min(delay_s, left_s))
-                await asyncio.sleep(min(delay_s, left_s))
-                delay_s = min(delay_s * 2, 1.0)
+                delay_s = min(SYNC_RECORD_RETRY.delay_s(failures), left_s)
+                log.warning("run_record_retried", in_s=delay_s)
+                await asyncio.sleep(delay_s)
+        raise AssertionError("unreachable")
 
     async def _enqueue_callback(self, start: StartRun, result: RunResult) -> None:
         """After `run.finished` is confirmed and before the run is marked finished: a

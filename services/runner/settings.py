@@ -6,7 +6,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.runner.bounds import RunBounds
 from services.runner.callbacks import DEFAULT_RETRY_DELAYS_S, retry_policy
 from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
-from shared.delivery import DeliverySettings, RetryPolicy
+from shared.delivery import DeliverySettings
+from shared.retry import RetryPolicy
 from shared.settings import DatabaseSettings, WebhookSecretsSettings, flat_fields, section
 
 # Two sections declared as models, each field its own variable (shared/settings.py,

@@ -13,11 +13,11 @@ from shared.delivery import (
     Attempted,
     DeliveryEngine,
     DeliverySettings,
-    RetryPolicy,
     SecretUnavailable,
     judge,
 )
 from shared.delivery_guard import DeliveryGuard
+from shared.retry import RetryPolicy
 from tests.unit.test_runner_callbacks import SECRET
 
 

@@ -38,6 +38,7 @@ from shared.redaction import (
     safe_url,
     scrub_urls,
 )
+from shared.retry import RetryPolicy
 
 __all__ = ["HTTP", "IDEMPOTENCY_KEY", "REDACTED", "SECRET_HEADERS", "HttpStep", "redact"]
 
@@ -55,6 +56,10 @@ class HttpStep(StepModel):
     timeout_s: float = Field(default=10.0, gt=0, le=300)
     retries: int = Field(default=2, ge=0, le=10)
     retry_backoff_s: float = Field(default=0.2, ge=0, le=30)
+
+    def retry_policy(self) -> RetryPolicy:
+        """The pause before the n-th retry: `retry_backoff_s`, doubling."""
+        return RetryPolicy.doubling(self.retry_backoff_s, self.retry_backoff_s * 2**self.retries)
 
     def templates(self) -> dict[str, str]:
         fields = {"method": self.method, "url": self.url}
@@ -119,6 +124,7 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
             headers.setdefault("Content-Type", "application/json")
         else:
             data = str(body).encode()
+    retry = step.retry_policy()
     attempt = 0
     while True:
         try:
@@ -150,7 +156,7 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
             ) from None
         attempt += 1
         log.info("http_step_retry", step=step.ref_id, attempt=attempt, problem=problem)
-        await asyncio.sleep(step.retry_backoff_s * (2 ** (attempt - 1)))
+        await asyncio.sleep(retry.delay_s(attempt))
     text = raw.decode(errors="replace")
     content_type = response_headers.get("Content-Type", "")
     parsed = parse_if_json(text) if "json" in content_type else text
