@@ -68,6 +68,19 @@ class SecretUnavailable(Exception):
     nothing is sent, the attempt fails and is retried; the message says why."""
 
 
+@dataclass(frozen=True)
+class DeliveryKind:
+    """What sets one kind of delivery apart (callbacks, alert notices), fixed in code."""
+
+    user_agent: str
+    # The receiver's answer is not used; a larger one is still read (and dropped) up to
+    # this.
+    max_response_bytes: int
+    # How long a delivery refused for a busy destination or workspace waits (plus up to
+    # a second of jitter) before it asks again.
+    busy_retry_s: float
+
+
 class DeliverySettings(BaseModel):
     """What the senders of signed deliveries share, per service (each service's
     variables are `FLOWHOOKS_<PREFIX><FIELD>`, e.g. FLOWHOOKS_RUNNER_CALLBACK_SLOTS and
@@ -139,23 +152,20 @@ class DeliveryEngine:
     def of(
         cls,
         http: OutboundHttp,
+        kind: DeliveryKind,
         settings: DeliverySettings,
-        *,
-        user_agent: str,
         retry: RetryPolicy,
-        max_response_bytes: int,
-        busy_retry_s: float,
     ) -> "DeliveryEngine":
-        """An engine with the timeouts and the guard of a service's settings."""
+        """The engine of one kind of delivery, with a service's settings and policy."""
         return cls(
             http,
-            user_agent=user_agent,
+            user_agent=kind.user_agent,
             retry=retry,
-            max_response_bytes=max_response_bytes,
+            max_response_bytes=kind.max_response_bytes,
             timeout_s=settings.timeout_s,
             connect_timeout_s=settings.connect_timeout_s,
             first_byte_timeout_s=settings.first_byte_timeout_s,
-            guard=settings.guard(busy_retry_s),
+            guard=settings.guard(kind.busy_retry_s),
         )
 
     def admit(self, url: str, owner: str) -> Permit | Deferred | None:

@@ -58,9 +58,8 @@ import structlog
 
 from services.debugger.records import RANK_DEAD_LETTER
 from services.debugger.store import RequestRow
-from shared.delivery import DeliveryEngine, DeliverySettings
+from shared.delivery import DeliveryEngine, DeliveryKind
 from shared.delivery_guard import Deferred, DeliveryGuard
-from shared.outbound import OutboundHttp
 from shared.redaction import safe_url
 from shared.retry import RetryPolicy
 
@@ -76,11 +75,10 @@ DEAD_LETTERED = "flow.dead_lettered"
 # Request ids quoted in a dead-letter notice (the count is always whole).
 MAX_QUOTED_IDS = 20
 SWEEP_LOCK = "flowhooks:debugger:alerts-sweep"
-MAX_RESPONSE_BYTES = 65_536
-USER_AGENT = "flowhooks-alerts"
-# A notice put back because its destination or workspace is busy is due again this
-# long after (plus up to a second of jitter): about two polls of the outbox.
-BUSY_RETRY_S = 2.0
+# A notice put back because its destination or workspace is busy is due again 2 s after
+# (plus up to a second of jitter): about two polls of the outbox. Its receiver's answer
+# is read up to 64 KiB (and dropped).
+ALERT_DELIVERY = DeliveryKind("flowhooks-alerts", max_response_bytes=65_536, busy_retry_s=2.0)
 
 
 @dataclass(frozen=True)
@@ -104,21 +102,6 @@ def retry_policy(first_s: float, longest_s: float, max_attempts: int) -> RetryPo
     """The pause after the `n`-th failed attempt: first_s, doubling, at most longest_s
     (no jitter: a notice is one delivery, not one of a crowd); at most `max_attempts`."""
     return RetryPolicy.doubling(first_s, longest_s, max_attempts=max_attempts)
-
-
-def alert_engine(
-    http: OutboundHttp, settings: DeliverySettings, retry: RetryPolicy
-) -> DeliveryEngine:
-    """The delivery engine of notices: their timeouts, their guard (per destination and
-    per workspace, so that a tarpit delays only its owner), their retry policy."""
-    return DeliveryEngine.of(
-        http,
-        settings,
-        user_agent=USER_AGENT,
-        retry=retry,
-        max_response_bytes=MAX_RESPONSE_BYTES,
-        busy_retry_s=BUSY_RETRY_S,
-    )
 
 
 def notice_body(kind: str, data: dict[str, Any], at: datetime | None = None) -> bytes:

@@ -8,7 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from services.debugger import api_docs as docs
-from services.debugger.alerts import AlertEvaluator, AlertSender, AlertStore, alert_engine
+from services.debugger.alerts import ALERT_DELIVERY, AlertEvaluator, AlertSender, AlertStore
 from services.debugger.alerts_api import AlertsApi
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
@@ -25,6 +25,7 @@ from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from services.debugger.ui import LIST_FLOWS_DOC, PAGE_DOC, DebuggerUi
 from services.debugger.workspace_limiter import WorkspaceLimiter
+from shared.delivery import DeliveryEngine
 from shared.messaging import topology
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
 from shared.messaging.dispatch import EventHandlers
@@ -140,7 +141,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     alert_http = OutboundHttp(alert_policy)
     alert_sender = AlertSender(
         alert_store,
-        alert_engine(alert_http, alert_delivery, settings.alert_retry()),
+        DeliveryEngine.of(alert_http, ALERT_DELIVERY, alert_delivery, settings.alert_retry()),
         poll_interval_s=settings.debugger_alert_poll_interval_s,
         concurrency=settings.debugger_alert_concurrency,
     )

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.runner import api_docs as docs
 from services.runner.access import FlowAccess
-from services.runner.callbacks import CallbackSender, callback_engine
+from services.runner.callbacks import CALLBACK_DELIVERY, CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
@@ -21,6 +21,7 @@ from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
+from shared.delivery import DeliveryEngine
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
@@ -92,7 +93,9 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.on_shutdown(callback_http.close)
     callbacks = CallbackSender(
         kernel.broker,
-        callback_engine(callback_http, callback_delivery, settings.callback_retry()),
+        DeliveryEngine.of(
+            callback_http, CALLBACK_DELIVERY, callback_delivery, settings.callback_retry()
+        ),
         secret_box,
     )
     # Hooks run last registered first: replies and events go out before workers stop.

@@ -70,7 +70,7 @@ from services.runner.definition import SealedSecret, WebhookCallback
 from shared.delivery import (
     Attempted,
     DeliveryEngine,
-    DeliverySettings,
+    DeliveryKind,
     SecretUnavailable,
     Verdict,
 )
@@ -80,7 +80,6 @@ from shared.errors import Unavailable
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, CALLBACKS
-from shared.outbound import OutboundHttp
 from shared.redaction import safe_url
 from shared.retry import RetryPolicy
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
@@ -91,17 +90,17 @@ from shared.service import Delivery, Retry
 log = structlog.get_logger(__name__)
 
 PAYLOAD_TYPE = "run.finished"
-USER_AGENT = "flowhooks-callbacks"
-# The receiver's answer is not used; a larger one is still read (and dropped) up to this.
-MAX_RESPONSE_BYTES = 1_048_576
 # The default caps of the jittered waits after the 1st, 2nd, ... failed attempt
 # (exponential: doubling from 5 s, at most an hour; the last one repeats).
 DEFAULT_RETRY_DELAYS_S = RetryPolicy.doubling(5.0, 3600.0).delays_s
 DAY_S = 86_400.0
-# A callback deferred because its destination or workspace is busy waits this long plus
-# up to a second of jitter: one hop of the ladder's 5 s step (a shorter wait would hop
-# through the 1 s step every second, a publish each time).
-BUSY_DEFER_S = 5.0
+# A callback deferred because its destination or workspace is busy waits 5 s plus up to
+# a second of jitter: one hop of the ladder's 5 s step (a shorter wait would hop through
+# the 1 s step every second, a publish each time). Its receiver's answer is read up to
+# 1 MiB (and dropped).
+CALLBACK_DELIVERY = DeliveryKind(
+    "flowhooks-callbacks", max_response_bytes=1_048_576, busy_retry_s=5.0
+)
 
 
 def webhook_id(request_id: str) -> str:
@@ -170,21 +169,6 @@ def judge(
     """What follows the attempt of `message` that got `attempted`, judged at `now`."""
     age_s = (now - message.first_at).total_seconds()
     return judge_attempt(attempted, message.attempt, retry, age_s, rng)
-
-
-def callback_engine(
-    http: OutboundHttp, settings: DeliverySettings, retry: RetryPolicy
-) -> DeliveryEngine:
-    """The delivery engine of callbacks: their timeouts, their guard (per destination
-    and per workspace, so that a tarpit delays only its owner), their retry policy."""
-    return DeliveryEngine.of(
-        http,
-        settings,
-        user_agent=USER_AGENT,
-        retry=retry,
-        max_response_bytes=MAX_RESPONSE_BYTES,
-        busy_retry_s=BUSY_DEFER_S,
-    )
 
 
 class CallbackSender:
