@@ -20,6 +20,7 @@ from typing import TextIO
 
 from pydantic_settings import BaseSettings
 
+from shared.retry import RetryPolicy
 from shared.settings import DatabaseSettings
 
 
@@ -62,9 +63,8 @@ class Backoff:
     def delay(self, ran_for_s: float) -> float:
         if ran_for_s >= self.healthy_after_s:
             self.failures = 0
-        delay = min(self.max_s, self.first_s * float(2**self.failures))
         self.failures += 1
-        return delay
+        return RetryPolicy.doubling(self.first_s, self.max_s).delay_s(self.failures)
 
 
 @dataclass

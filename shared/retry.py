@@ -1,8 +1,9 @@
 """`RetryPolicy`: the one description of "when to try again" that every retrying place
 uses (the delivery engine's callbacks and alert notices, shared/delivery.py; `http`
 steps' retries; the debugger's batch writes; the runner's confirmed records while the
-broker fails over; the ingress's polls of a deduplicated request's first), so that
-backoff, jitter and giving up are written once."""
+broker fails over; the ingress's polls of a deduplicated request's first; auth's flow
+resync; the dev supervisor's restarts), so that backoff, jitter and giving up are
+written once."""
 
 import random
 from collections.abc import Callable

@@ -16,6 +16,7 @@ ingress to drop all its cached answers, so a dropped key's tokens stop everywher
 """
 
 import asyncio
+import itertools
 
 import structlog
 
@@ -24,9 +25,12 @@ from shared.errors import ApiError
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import FLOW_ACCESS_CHANGED, LIST_FLOW_ACCESS
 from shared.messaging.rpc import RpcClient
+from shared.retry import RetryPolicy
 from shared.schemas.access import FlowAccessChanged, FlowChanged, ListFlowAccess, TokenRingState
 
 log = structlog.get_logger(__name__)
+# A pass that failed (the runner away) is tried again every 2 s until one succeeds.
+RESYNC_RETRY = RetryPolicy((2.0,))
 
 
 class FlowAccessSync:
@@ -61,14 +65,14 @@ class FlowAccessSync:
 
     async def resync_forever(self) -> None:
         """Page through the runner's flows until one full pass succeeded."""
-        while True:
+        for failures in itertools.count(1):
             try:
                 await self._resync_once()
                 self.resynced.set()
                 return
             except (ApiError, OSError) as exc:
                 log.info("flow_resync_retry", reason=str(exc))
-                await asyncio.sleep(2)
+                await asyncio.sleep(RESYNC_RETRY.delay_s(failures))
 
     async def _resync_once(self) -> None:
         after: str | None = None
