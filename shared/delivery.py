@@ -24,7 +24,6 @@ service's own flat variables (`shared.settings.flat_fields`).
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import aiohttp
 from pydantic import BaseModel, Field
@@ -34,9 +33,11 @@ from shared.delivery_guard import Deferred, DeliveryGuard, Health, Permit, healt
 from shared.outbound import OutboundHttp, OutboundRefused
 from shared.redaction import scrub_urls
 from shared.retry import RetryPolicy
+from shared.schemas.callbacks import CallbackState
 
-# Where a delivery stands after an attempt (the values of `callback.attempted`'s state).
-DeliveryState = Literal["delivering", "delivered", "failed"]
+# Where a delivery stands after an attempt: the states of `callback.attempted`, one
+# vocabulary (shared/schemas/callbacks.py).
+DeliveryState = CallbackState
 
 
 @dataclass(frozen=True)
