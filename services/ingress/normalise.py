@@ -21,6 +21,7 @@ from services.ingress.text import replace_undecodable
 from services.ingress.xml_body import XmlLimits, xml_to_json
 from shared.errors import BadRequest
 from shared.schemas.runs import WebhookRequest
+from shared.schemas.vocabulary import RunMode
 
 # Never handed to flows, the runner or the debugger.
 DROPPED_HEADERS = frozenset({"authorization"})
@@ -75,10 +76,6 @@ def json_shape(value: Any) -> tuple[int, bool]:
         elif isinstance(node, float) and abs(node) >= 2**63 and node.is_integer():
             suspect = True
     return deepest, suspect
-
-
-def json_depth(value: Any) -> int:
-    return json_shape(value)[0]
 
 
 def _exact_integer(literal: str) -> int:
@@ -188,7 +185,7 @@ def webhook_request(
     content_type: str | None,
     body: bytes,
     parsed_input: Any,
-    mode: str,
+    mode: RunMode,
 ) -> WebhookRequest:
     return WebhookRequest(
         request_id=request_id,
@@ -202,7 +199,7 @@ def webhook_request(
         content_type=content_type,
         **raw_body_fields(body),
         input=parsed_input,
-        mode="async" if mode == "async" else "sync",
+        mode=mode,
     )
 
 

@@ -6,7 +6,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
@@ -41,11 +40,12 @@ from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
     RunFinished,
     RunProgress,
-    RunResult,
     RunsFinished,
     StartRun,
     WebhookRequest,
+    error_result,
 )
+from shared.schemas.vocabulary import Outcome, Progress, RunMode
 from shared.web import REQUEST_ID, error_response, json_response, read_body
 
 log = structlog.get_logger(__name__)
@@ -167,7 +167,7 @@ class WebhookHandler:
     async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
-        answer.mode = "async" if flow.is_async else "sync"
+        answer.mode = RunMode.of(flow.is_async)
         if flow.signing is not None and "Authorization" not in request.headers:
             body = await self._read_signed_body(request, flow)
             # Judged before anything else about the flow (paused) shows, and before the
@@ -201,7 +201,7 @@ class WebhookHandler:
             content_type=content_type,
             body=body,
             parsed_input=None,
-            mode="async" if flow.is_async else "sync",
+            mode=RunMode.of(flow.is_async),
         )
         try:
             normalised.input = await self._parse(request.method, query, content_type, body)
@@ -213,7 +213,7 @@ class WebhookHandler:
             return await self._start(flow, normalised, None, answer)
         claim = await self.dedup.claim(flow, normalised.request_id, key)
         if claim.state != "first":
-            answer.outcome = "duplicate"
+            answer.outcome = Outcome.DUPLICATE
             return await self.dedup.answer(flow, normalised, key, claim, received_at)
         try:
             return await self._start(flow, normalised, key, answer)
@@ -236,7 +236,7 @@ class WebhookHandler:
         received_at = normalised.received_at
         if flow.is_async:
             # An async run's time budget starts when a runner takes it, not now.
-            answer.outcome = "queued"
+            answer.outcome = Progress.QUEUED
             return await self._schedule(
                 StartRun(request=normalised, flow_version=flow.version, dedup_key=key)
             )
@@ -278,7 +278,7 @@ class WebhookHandler:
             )
         if status.state == "pending" or status.result is None:
             body = accepted_body(flow.flow_id, request_id)
-            body["message"] = status.outcome or "queued"
+            body["message"] = status.outcome or Progress.QUEUED
             return json_response(body, status=202)
         if status.body_truncated:
             raise ResultTooLarge(
@@ -342,16 +342,7 @@ class WebhookHandler:
     async def _record_rejected(self, normalised: WebhookRequest, error: BadRequest) -> None:
         """A body that cannot be parsed is still stored, so the sender's mistake shows."""
         now = datetime.now(UTC)
-        result = RunResult(
-            request_id=normalised.request_id,
-            outcome="rejected",
-            status_code=error.status_code,
-            content_type="application/json",
-            body=orjson.dumps(error.envelope()).decode(),
-            error=error.message,
-            started_at=now,
-            finished_at=now,
-        )
+        result = error_result(normalised.request_id, error, Outcome.REJECTED, now, finished_at=now)
         try:
             await self.broker.publish_event(
                 REQUEST_REJECTED,

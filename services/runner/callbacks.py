@@ -76,8 +76,9 @@ from shared.messaging.connection import Broker
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, CALLBACKS
 from shared.outbound import OutboundHttp, OutboundRefused
 from shared.redaction import safe_url, scrub_urls
-from shared.schemas.callbacks import CallbackAttempted, CallbackRequested, CallbackState
+from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.runs import RunResult, WebhookRequest
+from shared.schemas.vocabulary import CallbackState
 from shared.secret_box import SealError, SecretBox
 from shared.service import Delivery, Retry
 
@@ -179,14 +180,18 @@ def judge(
 ) -> Verdict:
     """What follows an attempt that got `status` (None: no answer, `error` says why)."""
     if status is not None and 200 <= status < 300:
-        return Verdict("delivered", None, None)
+        return Verdict(CallbackState.DELIVERED, None, None)
     if status == 410:
-        return Verdict("failed", "the receiver answered 410 Gone: delivery stopped", None)
+        return Verdict(
+            CallbackState.FAILED, "the receiver answered 410 Gone: delivery stopped", None
+        )
     reason = error or f"the receiver answered {status}"
     next_at = now + timedelta(seconds=jittered_delay_s(message.attempt, delays_s, rng))
     if next_at > message.first_at + timedelta(seconds=give_up_s):
-        return Verdict("failed", f"{reason}; gave up: no attempt after {give_up_s:g} s", None)
-    return Verdict("delivering", reason, next_at)
+        return Verdict(
+            CallbackState.FAILED, f"{reason}; gave up: no attempt after {give_up_s:g} s", None
+        )
+    return Verdict(CallbackState.DELIVERING, reason, next_at)
 
 
 class CallbackSender:
@@ -305,7 +310,7 @@ class CallbackSender:
             raise Retry(f"callback not recorded or not parked: {exc}") from exc
         if verdict.state != "delivered":
             self.attempts_failed += 1
-            if verdict.state == "failed":
+            if verdict.state == CallbackState.FAILED:
                 self.given_up += 1
         log.info(
             "callback_attempted",
@@ -344,7 +349,7 @@ class CallbackSender:
                 f"not attempted: {deferred.why.replace('_', ' ')} (shared/delivery_guard.py);"
                 f" gave up: no attempt after {self.give_up_s:g} s"
             )
-            await self._record(message, now, error=error, state="failed")
+            await self._record(message, now, error=error, state=CallbackState.FAILED)
             self.given_up += 1
             log.info("callback_given_up_deferred", url=safe_url(message.url), why=deferred.why)
             return
