@@ -29,8 +29,8 @@ from services.debugger.redact import (
     cut_body,
     cut_text,
     is_secret_header,
-    redact_headers,
     redact_query,
+    stored_headers,
 )
 from services.debugger.store import COLUMNS, FlowRow, RequestRow
 from shared import redaction as secrets
@@ -73,7 +73,8 @@ class Redaction:
 
 @dataclass(frozen=True)
 class RunReport:
-    """What one event says about a request's run (the rest of the row is the request)."""
+    """What one event says about a request's run (the rest of the row is the request).
+    Not the runner's `RunState`, which is what a run has used while it runs."""
 
     outcome: str
     rank: int
@@ -154,7 +155,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         path=clean_text(secrets.redact_url_text(request.path, redaction.query)),
         query=capped_json(query, redaction.max_input_bytes)[0],
         headers=capped_json(
-            redact_headers(request.headers, redaction.headers), redaction.max_input_bytes
+            stored_headers(request.headers, redaction.headers), redaction.max_input_bytes
         )[0],
         content_type=clean_text(request.content_type) if request.content_type else None,
         raw_body=raw_body,
@@ -402,7 +403,7 @@ def _progress_row(
     return _row(request, redaction, RunReport(outcome, rank, started_at=started_at))
 
 
-def dead_letter_reason(headers: Mapping[str, Any]) -> str:
+def describe_dead_letter(headers: Mapping[str, Any]) -> str:
     """Why the broker dead-lettered a message, from its `x-death` header (the newest
     death first): "dead-lettered after 6 deliveries (delivery_limit) from ...",
     "dead-lettered (rejected) by ...", ..."""
@@ -454,7 +455,7 @@ def _dead_letter_rows(
     """A dead-lettered `StartRun`, or `StartRuns` (dead-lettered whole): one row per
     run, each with the broker's reason (the message's, so the same for all)."""
     now = datetime.now(UTC)
-    why = dead_letter_reason(headers)
+    why = describe_dead_letter(headers)
     return [
         _dead_letter_row(routing_key, start, redaction, why, now)
         for start in _items(body, StartRuns, StartRun, routing_key)
