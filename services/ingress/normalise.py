@@ -33,7 +33,8 @@ INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """The bounds of body parsing (defaults as in `IngressSettings`)."""
+    """The bounds of body parsing, each the setting `FLOWHOOKS_INGRESS_<FIELD>` (read by
+    name in `webhook.body_limits`; defaults as in `IngressSettings`)."""
 
     max_json_depth: int = 64
     max_xml_depth: int = 64

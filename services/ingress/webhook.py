@@ -3,6 +3,7 @@ the body, then either run the flow over RPC (sync) or queue it durably (async)."
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -58,15 +59,12 @@ PAUSED_BODY = (
 
 
 def body_limits(settings: IngressSettings) -> BodyLimits:
-    return BodyLimits(
-        max_json_depth=settings.ingress_max_json_depth,
-        max_xml_depth=settings.ingress_max_xml_depth,
-        max_xml_elements=settings.ingress_max_xml_elements,
-        max_xml_attributes=settings.ingress_max_xml_attributes,
-        max_xml_text_chars=settings.ingress_max_xml_text_chars,
-        max_form_fields=settings.ingress_max_form_fields,
-        max_form_parts=settings.ingress_max_form_parts,
-    )
+    """Each bound of body parsing from its setting, `ingress_<the field's name>`: a body
+    type's new bound is its `BodyLimits` field and its setting, nothing here."""
+    bounds = {
+        field.name: getattr(settings, f"ingress_{field.name}") for field in fields(BodyLimits)
+    }
+    return BodyLimits(**bounds)
 
 
 class _RefusedUnread(Exception):
