@@ -49,6 +49,7 @@ import aiohttp
 import asyncpg
 import uvloop
 
+from shared.schemas.vocabulary import Outcome, RunMode
 from tests.e2e.system import System
 from tests.infra import fresh_database
 from tests.pg_replica import PostgresPair, postgres_pair
@@ -56,11 +57,11 @@ from tests.rabbit_cluster import RabbitCluster, rabbit_cluster
 
 T = TypeVar("T")
 
-MODES = ("async", "sync")
+MODES = (RunMode.ASYNC, RunMode.SYNC)
 ACCEPTED = frozenset({200, 202})
 CLIENT_ERROR = -1  # connection refused or reset, a broken answer
 CLIENT_TIMEOUT = -2  # no answer within the client's timeout
-FINAL_OUTCOMES = frozenset({"succeeded", "failed", "timeout", "expired", "rejected", "duplicate"})
+FINAL_OUTCOMES: frozenset[str] = frozenset(Outcome)
 WORKSPACE = "chaos"
 
 FLOW = {

@@ -40,6 +40,7 @@ from services.debugger.store import COLUMNS, RequestStore
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.schemas.runs import RunFinished, RunResult, RunsFinished, WebhookRequest
+from shared.schemas.vocabulary import Outcome, RunMode
 from tests.e2e.system import System
 from tests.infra import fresh_database, fresh_vhost
 
@@ -63,7 +64,7 @@ def finished(flow_id: str, n: int) -> RunFinished:
     )
     result = RunResult(
         request_id=request.request_id,
-        outcome="succeeded",
+        outcome=Outcome.SUCCEEDED,
         status_code=200,
         content_type="application/json",
         body='{"ok": true}',
@@ -202,8 +203,8 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
                         # Consecutive rows of the hot flow (every fifth row) cycle
                         # through 100 customer ids: each id is 1 % of the flow.
                         f'{{"n": {i}, "customer": {{"id": {(i // 5) % 100}}}}}',
-                        "sync",
-                        "succeeded",
+                        RunMode.SYNC,
+                        Outcome.SUCCEEDED,
                         200,
                         "application/json",
                         '{"ok": true}',
@@ -253,7 +254,7 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
     )
     cursor = (deep_rows[0]["received_at"], deep_rows[0]["id"]) if deep_rows else None
     deep = await timed([{"before": cursor}] * 50)
-    filtered = await timed([{"outcome": "failed"}] * 50)
+    filtered = await timed([{"outcome": Outcome.FAILED}] * 50)
     search = await timed(
         [{"input_match": json.dumps({"customer": {"id": k % 100}})} for k in range(200)], 50
     )

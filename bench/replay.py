@@ -26,6 +26,7 @@ import aiohttp
 import asyncpg
 
 from bench.__main__ import RESULTS, SMALL_JSON, SYNC_FLOW, loadgen
+from shared.schemas.vocabulary import Outcome, RunMode
 from tests.e2e.system import System
 from tests.infra import fresh_database, fresh_vhost
 
@@ -81,8 +82,8 @@ async def seed_failed(database_url: str, flow_id: str, count: int) -> None:
                     f'{{"n": {i}}}',
                     False,
                     f'{{"n": {i}}}',
-                    "sync",
-                    "failed",
+                    RunMode.SYNC,
+                    Outcome.FAILED,
                     500,
                     "application/json",
                     '{"status": 500, "error": "flow_error"}',
@@ -151,7 +152,7 @@ def main() -> None:
                     "POST",
                     f"{debugger}/v1/flows/{flows['replayed']}/replays",
                     token,
-                    {"filter": {"outcome": "failed"}},
+                    {"filter": {"outcome": Outcome.FAILED}},
                 )
             )
             assert status == 202 and job["total"] == args.requests, job

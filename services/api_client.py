@@ -12,6 +12,8 @@ import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared import errors
+
 Service = Literal["runner", "auth", "debugger"]
 
 
@@ -132,10 +134,12 @@ class ApiClient:
                 return orjson.loads(raw)
         except aiohttp.ClientConnectionError as exc:
             raise ApiError(
-                0, "unavailable", f"cannot reach the {service} at {url}: {exc}"
+                0, errors.Unavailable.kind, f"cannot reach the {service} at {url}: {exc}"
             ) from None
         except TimeoutError:
-            raise ApiError(0, "timeout", f"no answer from the {service} at {url}") from None
+            raise ApiError(
+                0, errors.Timeout.kind, f"no answer from the {service} at {url}"
+            ) from None
 
     async def events(
         self, service: Service, path: str, on_open: Callable[[], None] | None = None
@@ -167,5 +171,5 @@ class ApiClient:
                         yield event, orjson.loads(data)
         except aiohttp.ClientConnectionError as exc:
             raise ApiError(
-                0, "unavailable", f"cannot reach the {service} at {url}: {exc}"
+                0, errors.Unavailable.kind, f"cannot reach the {service} at {url}: {exc}"
             ) from None

@@ -30,6 +30,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from services.cli_commands import FILTER_VALUES_HELP
 from services.cli_commands import register as register_api_commands
 from shared.db import ensure_database, migrate
 from shared.settings import DatabaseSettings, QueueBoundsSettings
@@ -226,7 +227,9 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="flowhooks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="flowhooks",
+        description=f"{__doc__}{FILTER_VALUES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"flowhooks {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)

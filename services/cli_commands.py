@@ -16,12 +16,22 @@ from typing import Any, TextIO
 import yaml
 
 from services.api_client import ApiClient, ApiError, ClientSettings
+from shared.schemas.vocabulary import Outcome, Progress, RunMode
 
 EXIT_API_ERROR = 1
 EXIT_USAGE = 2
 FLOW_PAGE = 200
 
 Command = Callable[[ApiClient, argparse.Namespace], Awaitable[None]]
+
+# What `requests list` filters on: the vocabulary's own values (the debugger refuses any
+# other), in the order a request goes through them.
+OUTCOME_CHOICES = tuple(str(value) for value in (*Progress, *Outcome))
+MODE_CHOICES = tuple(str(mode) for mode in RunMode)
+# The values behind `--outcome O --mode M` in the `flowhooks` help.
+FILTER_VALUES_HELP = (
+    f"  O (--outcome): {', '.join(OUTCOME_CHOICES)}\n  M (--mode): {', '.join(MODE_CHOICES)}\n"
+)
 
 
 class UsageError(Exception):
@@ -505,8 +515,10 @@ def register(
         requests.add_parser("list", help="a flow's requests, newest first"), requests_list
     )
     listing.add_argument("flow_id")
-    listing.add_argument("--outcome", help="queued, running, succeeded, failed, timed_out, ...")
-    listing.add_argument("--mode", choices=("sync", "async"))
+    listing.add_argument(
+        "--outcome", metavar="O", choices=OUTCOME_CHOICES, help=", ".join(OUTCOME_CHOICES)
+    )
+    listing.add_argument("--mode", metavar="M", choices=MODE_CHOICES, help=", ".join(MODE_CHOICES))
     listing.add_argument("--match", metavar="JSON", help='input containing it, e.g. {"id": 7}')
     listing.add_argument("--header", action="append", metavar="NAME:VALUE")
     listing.add_argument("--since", metavar="TIME", help="ISO 8601 with zone")

@@ -33,11 +33,7 @@ from shared.delivery_guard import Deferred, DeliveryGuard, Health, Permit, healt
 from shared.outbound import OutboundHttp, OutboundRefused
 from shared.redaction import scrub_urls
 from shared.retry import RetryPolicy
-from shared.schemas.callbacks import CallbackState
-
-# Where a delivery stands after an attempt: the states of `callback.attempted`, one
-# vocabulary (shared/schemas/callbacks.py).
-DeliveryState = CallbackState
+from shared.schemas.vocabulary import CallbackState
 
 
 @dataclass(frozen=True)
@@ -59,7 +55,7 @@ class Verdict:
     """What follows an attempt: its state, why it was not delivered (with the reason it
     ends, for `failed`), and the wait before the next attempt (None: there is none)."""
 
-    state: DeliveryState
+    state: CallbackState  # where a delivery stands after an attempt (alerts too)
     error: str | None
     retry_in_s: float | None
 
@@ -249,13 +245,17 @@ def judge(
 ) -> Verdict:
     """See `DeliveryEngine.judge`: 2xx delivered, 410 stops, else retried by `retry`."""
     if attempted.delivered:
-        return Verdict("delivered", None, None)
+        return Verdict(CallbackState.DELIVERED, None, None)
     if attempted.status == 410:
-        return Verdict("failed", "the receiver answered 410 Gone: delivery stopped", None)
+        return Verdict(
+            CallbackState.FAILED, "the receiver answered 410 Gone: delivery stopped", None
+        )
     reason = attempted.error or f"the receiver answered {attempted.status}"
     if not retry.retries_after(attempts):
-        return Verdict("failed", f"{reason}; gave up after {attempts} attempts", None)
+        return Verdict(CallbackState.FAILED, f"{reason}; gave up after {attempts} attempts", None)
     wait_s = retry.delay_s(attempts, rng)
     if retry.give_up_s is not None and age_s + wait_s > retry.give_up_s:
-        return Verdict("failed", f"{reason}; gave up: no attempt after {retry.give_up_s:g} s", None)
-    return Verdict("delivering", reason, wait_s)
+        return Verdict(
+            CallbackState.FAILED, f"{reason}; gave up: no attempt after {retry.give_up_s:g} s", None
+        )
+    return Verdict(CallbackState.DELIVERING, reason, wait_s)

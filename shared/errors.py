@@ -24,6 +24,8 @@ and is raised there again as the same class (`error_from_kind`).
 
 from typing import Any, ClassVar
 
+from shared.schemas.vocabulary import envelope
+
 
 class ApiError(Exception):
     status: ClassVar[int] = 500
@@ -37,12 +39,7 @@ class ApiError(Exception):
         self.status_code = status if status is not None else self.status
 
     def envelope(self) -> dict[str, Any]:
-        return {
-            "status": self.status_code,
-            "error": self.kind,
-            "message": self.message,
-            "data": self.data,
-        }
+        return envelope(self.status_code, self.kind, self.message, self.data)
 
     def headers(self) -> dict[str, str]:
         return {}

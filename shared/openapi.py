@@ -22,17 +22,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, RootModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from shared.schemas.vocabulary import ErrorEnvelope
+
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error answer of every flowhooks API (contract: "Errors")."""
-
-    status: int
-    error: str
-    message: str
-    data: Any = None
 
 
 class AnyJson(RootModel[Any]):

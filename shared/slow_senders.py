@@ -16,6 +16,9 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from shared.errors import BadRequest, InternalError
+from shared.schemas.vocabulary import envelope
+
 END_OF_HEADERS = b"\r\n\r\n"
 
 
@@ -95,11 +98,11 @@ class EnvelopeRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs; refuses if output began
         kind, text = (
-            ("bad_request", "the request could not be parsed (malformed, or a header too long)")
+            (BadRequest.kind, "the request could not be parsed (malformed, or a header too long)")
             if status < 500
-            else ("internal_error", "internal error")
+            else (InternalError.kind, "internal error")
         )
-        body = orjson.dumps({"status": status, "error": kind, "message": text, "data": None})
+        body = orjson.dumps(envelope(status, kind, text))
         response = web.Response(body=body, status=status, content_type="application/json")
         response.force_close()
         return response

@@ -62,14 +62,11 @@ from shared.delivery import DeliveryEngine, DeliveryKind
 from shared.delivery_guard import Deferred, DeliveryGuard
 from shared.redaction import safe_url
 from shared.retry import RetryPolicy
+from shared.schemas.vocabulary import FAILED_OUTCOMES, FINISHED_OUTCOMES
 
 log = structlog.get_logger(__name__)
 
-# What counts. `rejected` (a body the ingress could not parse) is the sender's fault,
-# not the flow's: it is neither a failure nor a finished run here. `queued` and `running`
-# have not finished.
-FAILED_OUTCOMES = ("failed", "timeout", "expired")
-FINISHED_OUTCOMES = ("succeeded", *FAILED_OUTCOMES)
+# What counts: `FINISHED_OUTCOMES` and `FAILED_OUTCOMES` (shared/schemas/vocabulary.py).
 FAILURE_RATE = "flow.failure_rate"
 DEAD_LETTERED = "flow.dead_lettered"
 # Request ids quoted in a dead-letter notice (the count is always whole).

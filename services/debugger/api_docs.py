@@ -4,24 +4,23 @@ hand (`replay_edit.parse_edit`, `replays.parse_filter`, for their field-by-field
 messages), so their models here mirror those checks."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from services.debugger.alerts_api import AlertConfig
 from services.debugger.requests_api import MAX_LIMIT
 from shared.openapi import AnyJson, NoContent, Operation, Page
-from shared.schemas.runs import Outcome, Progress
+from shared.schemas.vocabulary import Outcome, Progress, ReplayFilterOutcome, RunMode
 
 REQUESTS, REPLAYS, ALERTS = ("requests",), ("replays",), ("alerts",)
-FinalOutcome = Literal["succeeded", "failed", "timeout", "expired", "rejected"]
 
 
 class RequestListQuery(BaseModel):
     limit: int = Field(default=50, ge=1, le=MAX_LIMIT, description="Page size")
     cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
     outcome: Outcome | Progress | None = None
-    mode: Literal["sync", "async"] | None = None
+    mode: RunMode | None = None
     since: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
     until: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
     match: str | None = Field(default=None, description="Input match, `path=value`")
@@ -111,7 +110,7 @@ class ReplayResult(BaseModel):
 class JobFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    outcome: FinalOutcome | None = None
+    outcome: ReplayFilterOutcome | None = None
     since: datetime | None = None
     until: datetime | None = None
 

@@ -22,6 +22,8 @@ DEAD_LETTER_REASONS = ("delivery_limit", "expired", "rejected", "maxlen")
 
 
 def dead_letter_reason(headers: Mapping[str, Any] | None) -> str:
+    """RabbitMQ's reason for the newest death, as a label of the closed set (in words,
+    for the stored request: `records.describe_dead_letter`)."""
     deaths = (headers or {}).get("x-death")
     death = deaths[0] if isinstance(deaths, list) and deaths else None
     reason = death.get("reason") if isinstance(death, Mapping) else None

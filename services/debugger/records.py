@@ -29,8 +29,8 @@ from services.debugger.redact import (
     cut_body,
     cut_text,
     is_secret_header,
-    redact_headers,
     redact_query,
+    stored_headers,
 )
 from services.debugger.store import COLUMNS, FlowRow, RequestRow
 from shared import redaction as secrets
@@ -46,6 +46,7 @@ from shared.schemas.runs import (
     StartRuns,
     WebhookRequest,
 )
+from shared.schemas.vocabulary import Outcome, Progress, error_answer
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -71,8 +72,9 @@ class Redaction:
 
 
 @dataclass(frozen=True)
-class RunState:
-    """What one event says about a request's run (the rest of the row is the request)."""
+class RunReport:
+    """What one event says about a request's run (the rest of the row is the request).
+    Not the runner's `RunState`, which is what a run has used while it runs."""
 
     outcome: str
     rank: int
@@ -87,7 +89,7 @@ class RunState:
     repeated: str | None = None  # why the run was run again
 
 
-def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> RequestRow:
+def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> RequestRow:
     """The stored row; its reduced form (with the reason) if a value cannot even be
     encoded (an integer beyond 64 bits, nesting deeper than the JSON encoder goes)."""
     try:
@@ -115,7 +117,7 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunState) -> Reques
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
 
-def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> RequestRow:
+def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> RequestRow:
     truncated: dict[str, int] = {}
     raw_body, raw_cut, raw_encoding, raw_size = stored_raw_body(
         request, redaction.max_raw_body_bytes
@@ -153,7 +155,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunState) -> R
         path=clean_text(secrets.redact_url_text(request.path, redaction.query)),
         query=capped_json(query, redaction.max_input_bytes)[0],
         headers=capped_json(
-            redact_headers(request.headers, redaction.headers), redaction.max_input_bytes
+            stored_headers(request.headers, redaction.headers), redaction.max_input_bytes
         )[0],
         content_type=clean_text(request.content_type) if request.content_type else None,
         raw_body=raw_body,
@@ -336,7 +338,7 @@ def _queued_rows(
     routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
 ) -> list[RequestRow]:
     return [
-        _progress_row(item.request, redaction, "queued", None, RANK_QUEUED)
+        _progress_row(item.request, redaction, Progress.QUEUED, None, RANK_QUEUED)
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
     ]
 
@@ -345,7 +347,7 @@ def _running_rows(
     routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
 ) -> list[RequestRow]:
     return [
-        _progress_row(item.request, redaction, "running", item.at, RANK_RUNNING)
+        _progress_row(item.request, redaction, Progress.RUNNING, item.at, RANK_RUNNING)
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
     ]
 
@@ -398,10 +400,10 @@ def _progress_row(
     started_at: datetime | None,
     rank: int,
 ) -> RequestRow:
-    return _row(request, redaction, RunState(outcome, rank, started_at=started_at))
+    return _row(request, redaction, RunReport(outcome, rank, started_at=started_at))
 
 
-def dead_letter_reason(headers: Mapping[str, Any]) -> str:
+def describe_dead_letter(headers: Mapping[str, Any]) -> str:
     """Why the broker dead-lettered a message, from its `x-death` header (the newest
     death first): "dead-lettered after 6 deliveries (delivery_limit) from ...",
     "dead-lettered (rejected) by ...", ..."""
@@ -453,7 +455,7 @@ def _dead_letter_rows(
     """A dead-lettered `StartRun`, or `StartRuns` (dead-lettered whole): one row per
     run, each with the broker's reason (the message's, so the same for all)."""
     now = datetime.now(UTC)
-    why = dead_letter_reason(headers)
+    why = describe_dead_letter(headers)
     return [
         _dead_letter_row(routing_key, start, redaction, why, now)
         for start in _items(body, StartRuns, StartRun, routing_key)
@@ -465,24 +467,25 @@ def _dead_letter_row(
 ) -> RequestRow:
     if routing_key == naming.RUN_EXPIRED:
         message = f"no runner started the run before its caller gave up ({why})"
-        expired = RunState(
-            "expired",
+        status_code, content_type, body = error_answer(Timeout(message))
+        expired = RunReport(
+            Outcome.EXPIRED,
             RANK_DEAD_LETTER,
-            status_code=504,
-            response_content_type="application/json",
-            response_body=orjson.dumps(Timeout(message).envelope()).decode(),
+            status_code=status_code,
+            response_content_type=content_type,
+            response_body=body,
             error=message,
             finished_at=now,
         )
         return _row(start.request, redaction, expired)
     message = f"the run has no outcome: {why}"
-    failed = RunState("failed", RANK_DEAD_LETTER, error=message, finished_at=now)
+    failed = RunReport(Outcome.FAILED, RANK_DEAD_LETTER, error=message, finished_at=now)
     return _row(start.request, redaction, failed)
 
 
 def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
     result = finished.result
-    run = RunState(
+    run = RunReport(
         result.outcome,
         RANK_OUTCOME,
         status_code=result.status_code,

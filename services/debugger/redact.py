@@ -18,13 +18,14 @@ import orjson
 from shared import redaction
 from shared.redaction import REDACTED
 
-__all__ = ["REDACTED", "redact_headers", "redact_query"]
+__all__ = ["REDACTED", "redact_query", "stored_headers"]
 
 ALWAYS_DROPPED = frozenset({"authorization"})
 
 
-def redact_headers(headers: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
-    """Names lower-cased; `authorization` dropped; secret values replaced."""
+def stored_headers(headers: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """The headers as the debugger stores them: names lower-cased, `authorization`
+    dropped, secret values replaced (`shared.redaction.redact_headers` only replaces)."""
     extra = frozenset(extra)
     cleaned: dict[str, str] = {}
     for name, value in headers.items():

@@ -13,6 +13,7 @@ from shared.errors import BadRequest
 from shared.messaging.runner_client import RunnerClient
 from shared.redaction import REDACTED
 from shared.schemas.runs import CURRENT_VERSION, RunResult, StartRun, WebhookRequest
+from shared.schemas.vocabulary import Outcome
 
 _NO_BODY = object()
 
@@ -94,7 +95,7 @@ def replay_request(
     edited_body = edit.body is not _NO_BODY
     truncated = row.get("truncated") or {}
     if not edited_body:
-        if row["outcome"] == "rejected":
+        if row["outcome"] == Outcome.REJECTED:
             raise BadRequest(
                 "a rejected request has no parsed input: give the input to replay as `body`",
                 data={"field": "body"},

@@ -48,6 +48,7 @@ import structlog
 from services.debugger.replay_edit import Edit, Replayer, replay_request
 from services.debugger.store import RequestStore
 from shared.errors import BadRequest, Conflict, Timeout, Unavailable
+from shared.schemas.vocabulary import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -624,7 +625,7 @@ class ReplayWorker:
         try:
             result = await self.replayer.run(request, force=job.force)
         except Timeout:
-            return "timeout"
+            return Outcome.TIMEOUT
         except Unavailable:
             return None
         return result.outcome

@@ -38,10 +38,8 @@ from services.debugger.store import RequestStore
 from shared.api_auth import DEBUGGER_READ_SCOPES, DEBUGGER_REPLAY_SCOPES, require_scope
 from shared.errors import BadRequest, NotFound
 from shared.messaging.rpc import RpcClient
+from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES
 from shared.web import json_response
-
-# Outcomes a job's filter may name: final ones (a queued or running request is not over).
-FINAL_OUTCOMES = frozenset({"succeeded", "failed", "timeout", "expired", "rejected"})
 
 
 class ReplayApi:
@@ -129,9 +127,9 @@ def parse_filter(document: Any) -> JobFilter:
         field = sorted(unknown)[0]
         raise BadRequest(f"unknown filter {field!r}", data={"field": f"filter.{field}"})
     outcome = document.get("outcome")
-    if outcome is not None and outcome not in FINAL_OUTCOMES:
+    if outcome is not None and outcome not in REPLAY_FILTER_OUTCOMES:
         raise BadRequest(
-            f"filter.outcome must be one of {', '.join(sorted(FINAL_OUTCOMES))}",
+            f"filter.outcome must be one of {', '.join(sorted(REPLAY_FILTER_OUTCOMES))}",
             data={"field": "filter.outcome"},
         )
     return JobFilter(outcome, _time(document, "since"), _time(document, "until"))

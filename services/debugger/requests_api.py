@@ -33,7 +33,7 @@ from shared.errors import BadRequest, NotFound, Timeout, Unavailable
 from shared.messaging.contracts import GET_FLOW_OWNER
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowOwnerQuery
-from shared.schemas.runs import RECORDED_OUTCOMES
+from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
 from shared.web import json_response
 
 MAX_LIMIT = 500
@@ -158,8 +158,8 @@ class RequestsApi:
                 data={"field": "outcome"},
             )
         mode = query.get("mode")
-        if mode is not None and mode not in ("sync", "async"):
-            raise BadRequest("mode must be sync or async", data={"field": "mode"})
+        if mode is not None and mode not in tuple(RunMode):
+            raise BadRequest(f"mode must be {' or '.join(RunMode)}", data={"field": "mode"})
         cursor = query.get("cursor")
         input_match = parse_match(query.get("match"))
         headers_match = parse_headers(query.getall("header", []))

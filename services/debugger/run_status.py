@@ -15,10 +15,9 @@ import structlog
 from shared import db
 from shared.errors import FlowError, Unavailable
 from shared.schemas.dedup import GetRunStatus, RunStatus, StoredResult
+from shared.schemas.vocabulary import JSON, PENDING, error_answer
 
 log = structlog.get_logger(__name__)
-
-PENDING = frozenset({"queued", "running"})
 
 
 class RunStatuses:
@@ -51,10 +50,9 @@ class RunStatuses:
             # A run with no answer of its own (dead-lettered): its error, as the
             # contract's envelope.
             error = FlowError(row["error"] or "the run has no outcome")
-            status_code, body = error.status_code, orjson.dumps(error.envelope()).decode()
-            content_type = "application/json"
+            status_code, content_type, body = error_answer(error)
         else:
-            content_type = row["response_content_type"] or "application/json"
+            content_type = row["response_content_type"] or JSON
         return RunStatus(
             state="done",
             outcome=outcome,

@@ -27,7 +27,7 @@ from shared.api_auth import DEBUGGER_READ_SCOPES, require_scope
 from shared.errors import NotFound
 from shared.messaging.rpc import RpcClient
 from shared.openapi import Operation
-from shared.schemas.runs import RECORDED_OUTCOMES
+from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
 from shared.web import json_response
 
 ASSETS = Path(__file__).parent / "ui"
@@ -111,7 +111,7 @@ class DebuggerUi:
         )
         # Rendered once: the shell is the same for everyone and holds no data.
         self.index_html = env.get_template("index.html").render(
-            outcomes=sorted(RECORDED_OUTCOMES), modes=("sync", "async")
+            outcomes=sorted(RECORDED_OUTCOMES), modes=tuple(RunMode)
         )
         self.static = _load_static(ASSETS / "static")
 

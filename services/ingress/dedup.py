@@ -32,6 +32,7 @@ from shared.retry import RetryPolicy
 from shared.schemas.access import FlowWebhookSettings
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, StoredResult
 from shared.schemas.runs import RunFinished, RunResult, WebhookRequest
+from shared.schemas.vocabulary import JSON, Outcome, envelope
 
 log = structlog.get_logger(__name__)
 
@@ -51,21 +52,12 @@ def status_url(flow_id: str, request_id: str) -> str:
 
 
 def accepted_body(flow_id: str, request_id: str) -> dict[str, object]:
-    return {
-        "status": 202,
-        "error": None,
-        "message": "accepted",
-        "data": {"request_id": request_id, "status_url": status_url(flow_id, request_id)},
-    }
+    data = {"request_id": request_id, "status_url": status_url(flow_id, request_id)}
+    return envelope(202, None, "accepted", data)
 
 
 def scheduled_body(request_id: str) -> dict[str, object]:
-    return {
-        "status": 200,
-        "error": None,
-        "message": "scheduled",
-        "data": {"request_id": request_id},
-    }
+    return envelope(200, None, "scheduled", {"request_id": request_id})
 
 
 def request_key(flow: FlowWebhookSettings, request: WebhookRequest) -> str | None:
@@ -252,7 +244,7 @@ class Deduplicator:
             f" {flow.timeout_s:g} s (request {request_id})",
             data={"request_id": request_id, "duplicate_of": first},
         )
-        return _json_result(error.status_code, error.envelope())
+        return StoredResult.of_error(error)
 
     async def _record(
         self, request: WebhookRequest, result: StoredResult, received_at: datetime
@@ -260,7 +252,7 @@ class Deduplicator:
         now = datetime.now(UTC)
         run = RunResult(
             request_id=request.request_id,
-            outcome="duplicate",
+            outcome=Outcome.DUPLICATE,
             status_code=result.status_code,
             content_type=result.content_type,
             body=result.body,
@@ -289,12 +281,8 @@ def _released(request_id: str, first: str) -> StoredResult:
         data={"request_id": request_id, "duplicate_of": first},
     )
     error.retry_after_s = 1
-    stored = _json_result(error.status_code, error.envelope())
-    stored.headers = error.headers()
-    return stored
+    return StoredResult.of_error(error)
 
 
 def _json_result(status: int, body: dict[str, object]) -> StoredResult:
-    return StoredResult(
-        status_code=status, content_type="application/json", body=orjson.dumps(body).decode()
-    )
+    return StoredResult(status_code=status, content_type=JSON, body=orjson.dumps(body).decode())

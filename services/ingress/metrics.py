@@ -10,33 +10,29 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 
+from shared.errors import Forbidden, NotFound, RateLimited, Timeout, Unauthorized, Unavailable
 from shared.metrics import Counters
+from shared.schemas.vocabulary import Outcome, Progress, RunMode
 
 if TYPE_CHECKING:  # it imports this module
     from services.ingress.webhook import WebhookHandler
 
-# The run's own outcome for a sync run answered with its result (shared/schemas/runs.py);
-# `queued`: an async run on the durable queue; `accepted`: a sync run with
-# `on_timeout: "accept"` answered 202; `paused`; the rest are refusals and failures by
-# their HTTP status (`error_outcome`).
-OUTCOMES = (
-    "succeeded",
-    "failed",
-    "timeout",
-    "expired",
-    "duplicate",
-    "queued",
-    "accepted",
-    "paused",
-    "rejected",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "rate_limited",
-    "unavailable",
-    "error",
+# The refusals and failures counted by their HTTP status (`error_outcome`) as the
+# error's kind; any other 4xx is `rejected`, any other 5xx `error`.
+_BY_STATUS = {
+    error.status: error.kind
+    for error in (Unauthorized, Forbidden, NotFound, RateLimited, Unavailable, Timeout)
+}
+# The run's own outcome (shared/schemas/vocabulary.py) for a sync run answered with its
+# result (`rejected`: also any other 4xx); `queued`: an async run on the durable queue;
+# `accepted`: a sync run with `on_timeout: "accept"` answered 202; `paused`; the
+# refusals by their error's kind.
+OUTCOMES = tuple(
+    dict.fromkeys((*Outcome, Progress.QUEUED, "accepted", "paused", *_BY_STATUS.values(), "error"))
 )
-MODES = ("sync", "async", "unknown")
+# The flow's mode, or `unknown` before the flow is known.
+UNKNOWN_MODE = "unknown"
+MODES = (*RunMode, UNKNOWN_MODE)
 # The bounds a webhook is answered 429 past: the flow's request rate and its budget of
 # failed signature checks (rate_limit.py), the workspace's queued async runs and bytes
 # and its waiting sync requests (backlog.py), a key's waiting duplicates (dedup.py).
@@ -48,18 +44,13 @@ RATE_LIMIT_REASONS = (
     "sync_requests",
     "dedup_waiting",
 )
-_BY_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 429: "rate_limited"}
 
 
 def error_outcome(status: int) -> str:
     """The outcome of a webhook answered with an error envelope of this status."""
     if status in _BY_STATUS:
         return _BY_STATUS[status]
-    if status == 503:
-        return "unavailable"
-    if status == 504:
-        return "timeout"
-    return "rejected" if status < 500 else "error"
+    return Outcome.REJECTED if status < 500 else "error"
 
 
 class IngressMetrics:

@@ -21,6 +21,7 @@ from services.ingress.text import replace_undecodable
 from services.ingress.xml_body import XmlLimits, xml_to_json
 from shared.errors import BadRequest
 from shared.schemas.runs import WebhookRequest
+from shared.schemas.vocabulary import RunMode
 
 # Never handed to flows, the runner or the debugger.
 DROPPED_HEADERS = frozenset({"authorization"})
@@ -32,7 +33,8 @@ INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """The bounds of body parsing (defaults as in `IngressSettings`)."""
+    """The bounds of body parsing, each the setting `FLOWHOOKS_INGRESS_<FIELD>` (read by
+    name in `webhook.body_limits`; defaults as in `IngressSettings`)."""
 
     max_json_depth: int = 64
     max_xml_depth: int = 64
@@ -75,10 +77,6 @@ def json_shape(value: Any) -> tuple[int, bool]:
         elif isinstance(node, float) and abs(node) >= 2**63 and node.is_integer():
             suspect = True
     return deepest, suspect
-
-
-def json_depth(value: Any) -> int:
-    return json_shape(value)[0]
 
 
 def _exact_integer(literal: str) -> int:
@@ -188,7 +186,7 @@ def webhook_request(
     content_type: str | None,
     body: bytes,
     parsed_input: Any,
-    mode: str,
+    mode: RunMode,
 ) -> WebhookRequest:
     return WebhookRequest(
         request_id=request_id,
@@ -202,7 +200,7 @@ def webhook_request(
         content_type=content_type,
         **raw_body_fields(body),
         input=parsed_input,
-        mode="async" if mode == "async" else "sync",
+        mode=mode,
     )
 
 

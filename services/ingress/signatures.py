@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.schemas.vocabulary import SigningMode
+
 Algorithm = Literal["sha1", "sha256", "sha512"]
 Encoding = Literal["hex", "base64"]
 # A signature header longer than this is no provider's: refused before any parsing.
@@ -30,7 +32,7 @@ STANDARD_SECRET_PREFIX = "whsec_"
 class Check:
     """One flow's check, as `verify` needs it (`SigningSettings` with opened secrets)."""
 
-    mode: str
+    mode: SigningMode
     secrets: tuple[bytes, ...]
     tolerance_s: int = 300
     header: str | None = None
@@ -229,7 +231,7 @@ def read_hmac(check: Check, headers: Mapping[str, str], now: float) -> Signed | 
     )
 
 
-READERS: dict[str, Callable[[Check, Mapping[str, str], float], Signed | str]] = {
+READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | str]] = {
     "stripe": read_stripe,
     "github": read_github,
     "shopify": read_shopify,

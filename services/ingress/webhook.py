@@ -3,10 +3,10 @@ the body, then either run the flow over RPC (sync) or queue it durably (async)."
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import structlog
 from aiohttp import web
 
@@ -41,11 +41,12 @@ from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
     RunFinished,
     RunProgress,
-    RunResult,
     RunsFinished,
     StartRun,
     WebhookRequest,
+    error_result,
 )
+from shared.schemas.vocabulary import Outcome, Progress, RunMode
 from shared.web import REQUEST_ID, error_response, json_response, read_body
 
 log = structlog.get_logger(__name__)
@@ -58,15 +59,12 @@ PAUSED_BODY = (
 
 
 def body_limits(settings: IngressSettings) -> BodyLimits:
-    return BodyLimits(
-        max_json_depth=settings.ingress_max_json_depth,
-        max_xml_depth=settings.ingress_max_xml_depth,
-        max_xml_elements=settings.ingress_max_xml_elements,
-        max_xml_attributes=settings.ingress_max_xml_attributes,
-        max_xml_text_chars=settings.ingress_max_xml_text_chars,
-        max_form_fields=settings.ingress_max_form_fields,
-        max_form_parts=settings.ingress_max_form_parts,
-    )
+    """Each bound of body parsing from its setting, `ingress_<the field's name>`: a body
+    type's new bound is its `BodyLimits` field and its setting, nothing here."""
+    bounds = {
+        field.name: getattr(settings, f"ingress_{field.name}") for field in fields(BodyLimits)
+    }
+    return BodyLimits(**bounds)
 
 
 class _RefusedUnread(Exception):
@@ -167,7 +165,7 @@ class WebhookHandler:
     async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
-        answer.mode = "async" if flow.is_async else "sync"
+        answer.mode = RunMode.of(flow.is_async)
         if flow.signing is not None and "Authorization" not in request.headers:
             body = await self._read_signed_body(request, flow)
             # Judged before anything else about the flow (paused) shows, and before the
@@ -201,7 +199,7 @@ class WebhookHandler:
             content_type=content_type,
             body=body,
             parsed_input=None,
-            mode="async" if flow.is_async else "sync",
+            mode=RunMode.of(flow.is_async),
         )
         try:
             normalised.input = await self._parse(request.method, query, content_type, body)
@@ -213,7 +211,7 @@ class WebhookHandler:
             return await self._start(flow, normalised, None, answer)
         claim = await self.dedup.claim(flow, normalised.request_id, key)
         if claim.state != "first":
-            answer.outcome = "duplicate"
+            answer.outcome = Outcome.DUPLICATE
             return await self.dedup.answer(flow, normalised, key, claim, received_at)
         try:
             return await self._start(flow, normalised, key, answer)
@@ -236,7 +234,7 @@ class WebhookHandler:
         received_at = normalised.received_at
         if flow.is_async:
             # An async run's time budget starts when a runner takes it, not now.
-            answer.outcome = "queued"
+            answer.outcome = Progress.QUEUED
             return await self._schedule(
                 StartRun(request=normalised, flow_version=flow.version, dedup_key=key)
             )
@@ -278,7 +276,7 @@ class WebhookHandler:
             )
         if status.state == "pending" or status.result is None:
             body = accepted_body(flow.flow_id, request_id)
-            body["message"] = status.outcome or "queued"
+            body["message"] = status.outcome or Progress.QUEUED
             return json_response(body, status=202)
         if status.body_truncated:
             raise ResultTooLarge(
@@ -342,16 +340,7 @@ class WebhookHandler:
     async def _record_rejected(self, normalised: WebhookRequest, error: BadRequest) -> None:
         """A body that cannot be parsed is still stored, so the sender's mistake shows."""
         now = datetime.now(UTC)
-        result = RunResult(
-            request_id=normalised.request_id,
-            outcome="rejected",
-            status_code=error.status_code,
-            content_type="application/json",
-            body=orjson.dumps(error.envelope()).decode(),
-            error=error.message,
-            started_at=now,
-            finished_at=now,
-        )
+        result = error_result(normalised.request_id, error, Outcome.REJECTED, now, finished_at=now)
         try:
             await self.broker.publish_event(
                 REQUEST_REJECTED,

@@ -84,6 +84,7 @@ from shared.redaction import safe_url
 from shared.retry import RetryPolicy
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.runs import RunResult, WebhookRequest
+from shared.schemas.vocabulary import CallbackState
 from shared.secret_box import SealError, SecretBox
 from shared.service import Delivery, Retry
 
@@ -268,7 +269,7 @@ class CallbackSender:
             raise Retry(f"callback not recorded or not parked: {exc}") from exc
         if verdict.state != "delivered":
             self.attempts_failed += 1
-            if verdict.state == "failed":
+            if verdict.state == CallbackState.FAILED:
                 self.given_up += 1
         log.info(
             "callback_attempted",
@@ -308,7 +309,7 @@ class CallbackSender:
                 f"not attempted: {deferred.why.replace('_', ' ')} (shared/delivery_guard.py);"
                 f" gave up: no attempt after {give_up_s:g} s"
             )
-            await self._record(message, now, error=error, state="failed")
+            await self._record(message, now, error=error, state=CallbackState.FAILED)
             self.given_up += 1
             log.info("callback_given_up_deferred", url=safe_url(message.url), why=deferred.why)
             return

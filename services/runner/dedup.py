@@ -21,6 +21,7 @@ import structlog
 from shared.db import delete_in_batches
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, StoredResult
 from shared.schemas.runs import RunResult
+from shared.schemas.vocabulary import FAILED_OUTCOMES
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +48,6 @@ DONE = (
     " body = $6, headers = $7::jsonb, lease_until = NULL"
     " WHERE flow_id = $1 AND key = $2 AND first_request_id = $3"
 )
-# Outcomes of a first that did not do its work: never replayed to its duplicates.
-FAILED_OUTCOMES = frozenset({"failed", "timeout", "expired"})
 
 
 def holds_key(result: RunResult) -> bool:

@@ -17,6 +17,7 @@ from shared.dedup_keys import parse_key_spec
 from shared.errors import BadRequest
 from shared.outbound import OutboundRefused, parse_url
 from shared.schemas.access import FlowStatus
+from shared.schemas.vocabulary import WebhookAuthMode
 
 RESERVED_REF_IDS = frozenset({"request", "loop"})
 # Step lists inside each other (`condition` and `loop` steps), the top level being 1.
@@ -50,7 +51,6 @@ MAX_RESPONSE_HEADERS = 20
 # the real answer and hangs).
 MIN_FINAL_STATUS = 200
 MAX_RESPONSE_HEADER_TEMPLATE_CHARS = 4096
-SIGNING_MODES = ("stripe", "github", "shopify", "slack", "standard-webhooks", "hmac")
 # Two at most: the one in use and the next, while the sender rotates (contract).
 MAX_SECRETS = 2
 MIN_SECRET_CHARS, MAX_SECRET_CHARS = 8, 512
@@ -74,7 +74,7 @@ class WebhookAuth(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: Literal["bearer", "stripe", "github", "shopify", "slack", "standard-webhooks", "hmac"]
+    mode: WebhookAuthMode
     secrets: list[str | SealedSecret] = Field(default_factory=list, max_length=MAX_SECRETS)
     tolerance_s: int = Field(default=300, ge=1, le=86_400)
     # The generic `hmac` mode's own fields.

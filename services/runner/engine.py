@@ -23,12 +23,12 @@ from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import RunContext, RunState
 from services.runner.steps.fail import StepFailed
 from services.runner.templates import TemplateEngine, TemplateFailure
-from shared.errors import ApiError, FlowError
+from shared.errors import FlowError
 from shared.outbound import OutboundHttp
-from shared.schemas.runs import RunResult, StepTrace, WebhookRequest
+from shared.schemas.runs import RunResult, StepTrace, WebhookRequest, error_result
+from shared.schemas.vocabulary import JSON, Outcome, envelope
 
 _OUT_OF_MEMORY = "the run went over its worker's memory bound (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
-JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 # A rendered response header value, at most (a header line must stay well within what
 # proxies and clients accept, 8 KiB being common).
@@ -41,26 +41,6 @@ class Flow:
     workspace_id: str
     version: int
     definition: FlowDefinition
-
-
-def error_result(
-    request_id: str,
-    error: ApiError,
-    outcome: str,
-    started_at: datetime,
-    steps: list[StepTrace] | None = None,
-) -> RunResult:
-    return RunResult(
-        request_id=request_id,
-        outcome=outcome,
-        status_code=error.status_code,
-        content_type=JSON,
-        body=orjson.dumps(error.envelope()).decode(),
-        error=error.message,
-        steps=steps or [],
-        started_at=started_at,
-        finished_at=datetime.now(UTC),
-    )
 
 
 class Engine:
@@ -164,13 +144,17 @@ class Engine:
             headers = await self._headers(flow, values, budget)
         except StepFailed as exc:
             error = FlowError(f"step {exc.ref_id!r} failed: {exc.message}", status=exc.status)
-            return error_result(request.request_id, error, "failed", started_at, self.trace(state))
+            return error_result(
+                request.request_id, error, Outcome.FAILED, started_at, self.trace(state)
+            )
         except (TemplateFailure, BoundExceeded) as exc:
             error = FlowError(f"the webhook response failed: {exc}")
-            return error_result(request.request_id, error, "failed", started_at, self.trace(state))
+            return error_result(
+                request.request_id, error, Outcome.FAILED, started_at, self.trace(state)
+            )
         return RunResult(
             request_id=request.request_id,
-            outcome="succeeded",
+            outcome=Outcome.SUCCEEDED,
             status_code=status_code,
             content_type=content_type,
             body=body,
@@ -217,8 +201,8 @@ class Engine:
         is not valid text."""
         response = flow.definition.webhook.response
         if response is None:
-            envelope = {"status": 200, "error": None, "message": "ok", "data": last}
-            status_code, content_type, body = 200, JSON, orjson.dumps(envelope).decode()
+            answer = envelope(200, None, "ok", last)
+            status_code, content_type, body = 200, JSON, orjson.dumps(answer).decode()
         else:
             await asyncio.sleep(0)
             text = self.templates.render_text(

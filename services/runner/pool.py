@@ -45,7 +45,6 @@ import structlog
 from pydantic import ValidationError
 
 from services.runner.bounds import RunBounds
-from services.runner.engine import error_result
 from services.runner.fair_share import FairShare
 from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import (
@@ -57,7 +56,8 @@ from services.runner.worker_protocol import (
     read_frame,
 )
 from shared.errors import ApiError, FlowError, Timeout
-from shared.schemas.runs import Outcome, RunResult, WebhookRequest
+from shared.schemas.runs import RunResult, WebhookRequest, error_result
+from shared.schemas.vocabulary import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -517,7 +517,7 @@ class WorkerPool:
             result = RunResult.model_validate(done["result"])
         except ValidationError:
             error = FlowError("the run's result could not be read")
-            result = error_result(run.request_id, error, "failed", _now())
+            result = error_result(run.request_id, error, Outcome.FAILED, _now())
         self._settle(run, result)
 
     def _settle(self, run: _Run, result: RunResult) -> None:
@@ -571,7 +571,7 @@ class WorkerPool:
                         f" may use at most {self.bounds.worker_memory_mb} MiB"
                         " (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
                     ),
-                    "failed",
+                    Outcome.FAILED,
                 )
         worker.marker.close()
         if self._closing:
@@ -602,7 +602,7 @@ class WorkerPool:
                     error = FlowError(
                         f"the run's worker process stopped {run.attempts} times while it ran"
                     )
-                    self._settle(run, error_result(run.request_id, error, "failed", _now()))
+                    self._settle(run, error_result(run.request_id, error, Outcome.FAILED, _now()))
                     continue
                 attempt = f"attempt {run.attempts + 1} of {self.max_attempts}"
             else:
@@ -651,7 +651,7 @@ class WorkerPool:
                     f"the run computed for more than {self.slice_s:g} s without a pause"
                     " and was stopped (FLOWHOOKS_RUNNER_RUN_SLICE_S)"
                 )
-                self._kill(worker, _Blame(key, FlowError(message), "failed"))
+                self._kill(worker, _Blame(key, FlowError(message), Outcome.FAILED))
                 continue
             late = next((run for run in worker.runs.values() if now > run.deadline), None)
             if late is not None:
@@ -660,7 +660,7 @@ class WorkerPool:
                     f" (request {late.request_id})"
                 )
                 error = Timeout(message, data={"request_id": late.request_id})
-                self._kill(worker, _Blame(late.key, error, "timeout"))
+                self._kill(worker, _Blame(late.key, error, Outcome.TIMEOUT))
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """After the runs finished: close every worker's socket (a worker exits on it);

@@ -43,7 +43,6 @@ from services.runner.callbacks import CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import WebhookCallback, WebhookTrigger
 from services.runner.drain_reports import DrainReports
-from services.runner.engine import error_result
 from services.runner.finished import FinishedRuns
 from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
@@ -62,7 +61,9 @@ from shared.schemas.runs import (
     RunResult,
     StartRun,
     StartRuns,
+    error_result,
 )
+from shared.schemas.vocabulary import Outcome
 from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
@@ -466,10 +467,12 @@ class RunService:
             error = Timeout(
                 f"the run was not started before its caller gave up (request {request.request_id})"
             )
-            return error_result(request.request_id, error, "expired", started_at)
+            return error_result(request.request_id, error, Outcome.EXPIRED, started_at)
         flow = await self.flows.get(request.flow_id, start.flow_version)
         if flow is None:
-            return error_result(request.request_id, NotFound("no such flow"), "failed", started_at)
+            return error_result(
+                request.request_id, NotFound("no such flow"), Outcome.FAILED, started_at
+            )
         # Checked on the copy just read (a replay reads the flow afresh), so a flow paused
         # a moment ago is seen: no window between a check and the run.
         if start.unless_paused and flow.snapshot.definition.get("status") == "paused":
@@ -504,5 +507,7 @@ class RunService:
             # run is still recorded, as failed, with the reason and without its trace.
             log.error("run_finished_unencodable", error=str(exc))
             error = FlowError(f"the run's result cannot be recorded: {exc}")
-            reduced = error_result(start.request.request_id, error, "failed", result.started_at)
+            reduced = error_result(
+                start.request.request_id, error, Outcome.FAILED, result.started_at
+            )
             await self.finished.publish(RunFinished(request=start.request, result=reduced))

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
-from services.runner.engine import Engine, Flow, error_result
+from services.runner.engine import Engine, Flow
 from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
 from services.runner.steps.base import RunState
 from services.runner.templates import TemplateEngine
@@ -39,7 +39,8 @@ from services.runner.worker_protocol import (
 from shared.errors import FlowError, Timeout
 from shared.logging import configure_logging
 from shared.outbound import AddressPolicy, OutboundHttp
-from shared.schemas.runs import RunResult
+from shared.schemas.runs import RunResult, error_result
+from shared.schemas.vocabulary import Outcome
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +101,7 @@ class Worker:
             item = WorkItem.model_validate(raw)
         except ValidationError as exc:
             error = FlowError(f"the run could not be read: {exc.error_count()} errors")
-            self._finish(key, error_result("", error, "failed", started_at))
+            self._finish(key, error_result("", error, Outcome.FAILED, started_at))
             return
         structlog.contextvars.bind_contextvars(request_id=item.request.request_id)
         state = RunState(self.bounds)
@@ -114,12 +115,12 @@ class Worker:
                 " (FLOWHOOKS_RUNNER_RUN_CPU_S)"
             )
             result = error_result(
-                item.request.request_id, error, "failed", started_at, self.engine.trace(state)
+                item.request.request_id, error, Outcome.FAILED, started_at, self.engine.trace(state)
             )
         except Exception as exc:  # anything at all: this run's failure, not the worker's
             log.warning("run_crashed", error=repr(exc)[:500])
             error = FlowError(f"the run failed: {type(exc).__name__}: {str(exc)[:500]}")
-            result = error_result(item.request.request_id, error, "failed", started_at)
+            result = error_result(item.request.request_id, error, Outcome.FAILED, started_at)
         self._finish(key, result)
 
     async def _execute(self, item: WorkItem, state: RunState) -> RunResult:
@@ -139,7 +140,9 @@ class Worker:
                 f"the flow did not finish within {item.timeout_s:g} s (request {request_id})",
                 data={"request_id": request_id},
             )
-            return error_result(request_id, error, "timeout", started_at, self.engine.trace(state))
+            return error_result(
+                request_id, error, Outcome.TIMEOUT, started_at, self.engine.trace(state)
+            )
         return result
 
     def _finish(self, key: int, result: RunResult) -> None:
@@ -147,7 +150,7 @@ class Worker:
             encoded = WorkDone(key=key, result=result).model_dump_json().encode()
         except ValueError as exc:  # pydantic's serialisation error: e.g. a lone surrogate
             error = FlowError(f"the run's result cannot be encoded: {str(exc)[:300]}")
-            fallback = error_result(result.request_id, error, "failed", result.started_at)
+            fallback = error_result(result.request_id, error, Outcome.FAILED, result.started_at)
             encoded = WorkDone(key=key, result=fallback).model_dump_json().encode()
         self._done.append(encoded)
         self._has_done.set()

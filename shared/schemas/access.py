@@ -5,10 +5,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from shared.schemas.vocabulary import SigningMode
+
 FlowStatus = Literal["draft", "live", "paused"]
-
-
-SigningMode = Literal["stripe", "github", "shopify", "slack", "standard-webhooks", "hmac"]
 
 
 class SigningSettings(BaseModel):

@@ -4,11 +4,10 @@ attempts) and what the debugger stores of each attempt (`callback.attempted`). S
 services/runner/callbacks.py."""
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel
 
-CallbackState = Literal["delivering", "delivered", "failed"]
+from shared.schemas.vocabulary import CallbackState
 
 
 class CallbackRequested(BaseModel):

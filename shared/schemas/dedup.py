@@ -1,9 +1,14 @@
 """Deduplication (`runner.claim_dedup_key`, ingress -> runner) and run status
 (`debugger.get_run_status`, ingress -> debugger)."""
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
+
+from shared.schemas.vocabulary import error_answer
+
+if TYPE_CHECKING:
+    from shared.errors import ApiError
 
 
 class ClaimDedupKey(BaseModel):
@@ -32,6 +37,14 @@ class StoredResult(BaseModel):
     content_type: str
     body: str
     headers: dict[str, str] = {}
+
+    @classmethod
+    def of_error(cls, error: "ApiError") -> "StoredResult":
+        """An answer that is an error: its envelope (`error_answer`) and headers."""
+        status_code, content_type, body = error_answer(error)
+        return cls(
+            status_code=status_code, content_type=content_type, body=body, headers=error.headers()
+        )
 
 
 class DedupClaim(BaseModel):

@@ -2,21 +2,19 @@
 (`RunResult`, the RPC reply), runner -> debugger (`RunFinished`)."""
 
 import base64
-from datetime import datetime
-from typing import Any, Literal, get_args
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
 
-log = structlog.get_logger(__name__)
+from shared.schemas.vocabulary import Outcome, RunMode, error_answer
 
-# A run's outcome; and what the debugger shows of a request: one of those, or where it
-# is on its way there.
-# `duplicate`: not run, answered with the first request's result (`webhook.dedup`).
-Outcome = Literal["succeeded", "failed", "timeout", "expired", "rejected", "duplicate"]
-Progress = Literal["queued", "running"]
-RECORDED_OUTCOMES: frozenset[str] = frozenset(get_args(Outcome) + get_args(Progress))
+if TYPE_CHECKING:
+    from shared.errors import ApiError
+
+log = structlog.get_logger(__name__)
 
 
 class WebhookRequest(BaseModel):
@@ -34,7 +32,7 @@ class WebhookRequest(BaseModel):
     # The body byte for byte: UTF-8 text, or base64 when it is not valid UTF-8.
     raw_body: str
     input: Any
-    mode: Literal["sync", "async"] = "sync"
+    mode: RunMode = RunMode.SYNC
     # Set when the debugger replays a stored request: the original's id.
     replay_of: str | None = None
     # Set on a request that was not run because its dedup key was seen (`webhook.dedup`):
@@ -141,6 +139,29 @@ class RunResult(BaseModel):
     # ran; its side effects may have happened twice), e.g. "its worker process stopped
     # (killed by signal 9) while it ran; run again (attempt 2 of 3)". None: it ran once.
     repeated: str | None = None
+
+
+def error_result(
+    request_id: str,
+    error: "ApiError",
+    outcome: Outcome,
+    started_at: datetime,
+    steps: list[StepTrace] | None = None,
+    finished_at: datetime | None = None,
+) -> RunResult:
+    """A run that ended in `error`: answered with the error's envelope (`error_answer`)."""
+    status_code, content_type, body = error_answer(error)
+    return RunResult(
+        request_id=request_id,
+        outcome=outcome,
+        status_code=status_code,
+        content_type=content_type,
+        body=body,
+        error=error.message,
+        steps=steps or [],
+        started_at=started_at,
+        finished_at=finished_at if finished_at is not None else datetime.now(UTC),
+    )
 
 
 class RunFinished(BaseModel):

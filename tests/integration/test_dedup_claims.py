@@ -12,7 +12,8 @@ from services.runner.app import DATABASE
 from services.runner.dedup import DedupKeys, holds_key
 from shared.db import open_pool
 from shared.schemas.dedup import ClaimDedupKey
-from shared.schemas.runs import Outcome, RunResult
+from shared.schemas.runs import RunResult
+from shared.schemas.vocabulary import Outcome
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from services.api_client import ClientSettings, error_from_answer, parse_sse
+from services.cli import main
 from services.cli_commands import (
     NO_TOKEN,
+    OUTCOME_CHOICES,
     TOKEN_ON_COMMAND_LINE,
     UsageError,
     covers,
@@ -20,6 +22,7 @@ from services.cli_commands import (
     short_time,
     table,
 )
+from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
 
 
 def test_table_pads_columns_and_shows_missing_values_as_dashes() -> None:
@@ -214,3 +217,21 @@ def test_a_token_file_others_may_read_is_warned_about(tmp_path: Path) -> None:
     assert err.getvalue() == (
         f"warning: the token file {path} may be read by other users (chmod 600 it)\n"
     )
+
+
+def test_request_filters_name_the_vocabularys_values(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--outcome` and `--mode` take exactly the outcomes and modes the debugger knows,
+    and both helps list them."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    overview = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["requests", "list", "--help"])
+    listing = capsys.readouterr().out
+    for value in (*RECORDED_OUTCOMES, *RunMode):
+        assert value in overview and value in listing, value
+    assert set(OUTCOME_CHOICES) == RECORDED_OUTCOMES
+    with pytest.raises(SystemExit) as refused:
+        main(["requests", "list", "f1", "--outcome", "timed_out"])
+    assert refused.value.code == 2
+    assert "invalid choice: 'timed_out'" in capsys.readouterr().err

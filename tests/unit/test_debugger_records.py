@@ -9,11 +9,11 @@ from services.debugger.records import (
     RANK_DEAD_LETTER,
     RANK_OUTCOME,
     Redaction,
-    dead_letter_reason,
+    describe_dead_letter,
     reduced_row,
     rows_from_event,
 )
-from services.debugger.redact import REDACTED, cut_body, json_text, redact_headers
+from services.debugger.redact import REDACTED, cut_body, json_text, stored_headers
 from services.debugger.requests_api import decode_cursor, encode_cursor
 from shared.messaging import naming
 from shared.schemas.runs import (
@@ -49,7 +49,7 @@ def webhook_request(request_id: str = "r1") -> WebhookRequest:
 
 
 def test_redaction() -> None:
-    assert redact_headers(
+    assert stored_headers(
         {"Authorization": "x", "Cookie": "c", "A": "b"}, frozenset({"cookie"})
     ) == {"cookie": REDACTED, "a": "b"}
     assert cut_body("héllo", 2) == ("h", True)  # never half a character
@@ -361,7 +361,7 @@ def test_dead_lettered_rows_say_why() -> None:
     unknown = row_of(naming.RUN_DEAD_LETTERED, body, REDACTION)
     assert "dead-lettered (the broker gave no reason)" in unknown["error"]
     as_bytes = {"x-death": [{"reason": b"maxlen", "queue": b"q", "count": 1}]}
-    assert "dead-lettered (maxlen): q was full" in dead_letter_reason(as_bytes)
+    assert "dead-lettered (maxlen): q was full" in describe_dead_letter(as_bytes)
 
 
 def test_a_dead_lettered_start_run_is_one_row_with_the_reason() -> None:
