@@ -12,6 +12,8 @@ own objects and declares its entrypoints on the `Kernel` it is given:
   (a batching consumer such as the debugger's ingest acks once per batch);
 - `kernel.background(coroutine)`, `kernel.periodic(name, interval_s, job)` and
   `kernel.on_shutdown(hook)`;
+- `kernel.provide(key, object)`: the object whose methods serve the HTTP routes declared
+  under `key` (typed routes: `shared/http_api.py`);
 - `await kernel.named_pool(name, max_size, ...)`: a database pool of its own for one
   kind of work (its size, its statement timeout), beside `kernel.pool`, so that one
   kind of load cannot take the connections another needs (the debugger's ingest, API
