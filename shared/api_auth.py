@@ -1,14 +1,7 @@
-"""Personal-token checks for the management APIs (flows on runner, requests on
-debugger): the bearer's hash goes to auth over RPC, which answers with the token's
-workspace and scopes."""
+"""The scopes of personal tokens, and which routes they open (`Scope`, declared by each
+`Route`; the kernel checks them: shared/http_api.py)."""
 
-from aiohttp import web
-
-from shared.bearer import bearer_from_header, hash_token
-from shared.errors import Forbidden, Timeout, Unavailable
-from shared.messaging.contracts import IDENTIFY_TOKEN
-from shared.messaging.rpc import RpcClient
-from shared.schemas.access import IdentifyToken, TokenIdentity
+from shared.http_api import Scope
 
 MANAGE_SCOPES = frozenset({"automation", "automation.manage"})
 WEBHOOK_SCOPES = frozenset({"automation", "automation.manage", "automation.webhook_run"})
@@ -17,6 +10,11 @@ WEBHOOK_SCOPES = frozenset({"automation", "automation.manage", "automation.webho
 DEBUGGER_READ_SCOPES = MANAGE_SCOPES | {"debugger.read", "debugger.replay"}
 DEBUGGER_REPLAY_SCOPES = MANAGE_SCOPES | {"debugger.replay"}
 KNOWN_SCOPES = WEBHOOK_SCOPES | DEBUGGER_READ_SCOPES
+
+# What the routes declare (`Route.scope`, shared/http_api.py).
+MANAGE = Scope(MANAGE_SCOPES)
+DEBUGGER_READ = Scope(DEBUGGER_READ_SCOPES)
+DEBUGGER_REPLAY = Scope(DEBUGGER_REPLAY_SCOPES)
 
 
 # Who may grant a debugger scope: whoever already opens every endpoint it opens (the
@@ -33,21 +31,3 @@ def scope_covers(held: str, wanted: str) -> bool:
     if held == wanted or wanted.startswith(held + "."):
         return True
     return held in _DEBUGGER_GRANTORS.get(wanted, frozenset())
-
-
-async def identify(rpc: RpcClient, request: web.Request) -> TokenIdentity:
-    token = bearer_from_header(request.headers.get("Authorization"))
-    try:
-        return await rpc.call(IDENTIFY_TOKEN, IdentifyToken(bearer_hash=hash_token(token)))
-    except Timeout:
-        raise Unavailable("the auth service did not answer") from None
-
-
-async def require_scope(
-    rpc: RpcClient, request: web.Request, allowed: frozenset[str] = MANAGE_SCOPES
-) -> TokenIdentity:
-    """The caller's identity if its token holds one of `allowed`; else 401/403."""
-    identity = await identify(rpc, request)
-    if not allowed.intersection(identity.scopes):
-        raise Forbidden(f"this token needs one of the scopes {', '.join(sorted(allowed))}")
-    return identity

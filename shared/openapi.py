@@ -1,8 +1,8 @@
 """OpenAPI 3.1 documents built from the routes' declarations, and the `/docs` page.
 
-Each `Route` of a `ServiceSpec` carries an `Operation`: a summary, the pydantic model
-that validates its body (the same one the handler uses: one source of truth), the
-models of its answers by status, and a model whose fields are its query parameters.
+Each `Route` of a `ServiceSpec` (shared/http_api.py) gives its `Operation` (`Route.doc`):
+a summary, the pydantic models the kernel validates its body and query with and
+serialises its answers with (one source of truth: nothing here is declared twice).
 pydantic's JSON Schema is 2020-12, the dialect OpenAPI 3.1 uses, so the models' schemas
 go in `components.schemas` unchanged. Every error is the envelope (`shared/errors.py`):
 each operation documents `4XX` and `5XX` as `ErrorEnvelope`.

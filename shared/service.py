@@ -12,6 +12,8 @@ own objects and declares its entrypoints on the `Kernel` it is given:
   (a batching consumer such as the debugger's ingest acks once per batch);
 - `kernel.background(coroutine)`, `kernel.periodic(name, interval_s, job)` and
   `kernel.on_shutdown(hook)`;
+- `kernel.provide(key, object)`: the object whose methods serve the HTTP routes declared
+  under `key` (typed routes: `shared/http_api.py`);
 - `await kernel.named_pool(name, max_size, ...)`: a database pool of its own for one
   kind of work (its size, its statement timeout), beside `kernel.pool`, so that one
   kind of load cannot take the connections another needs (the debugger's ingest, API
@@ -45,6 +47,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from shared.db import create_pool, open_pool
+from shared.http_api import TOKEN_CHECK, Route, RpcTokenCheck, add_routes
 from shared.logging import configure_logging
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Body, Command, Request, Response, Rpc
@@ -52,17 +55,9 @@ from shared.messaging.dispatch import EventHandlers, UnknownEvent
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.messaging.topology import QueueSpec
 from shared.metrics import KernelMetrics
-from shared.openapi import Operation, add_docs_routes
+from shared.openapi import add_docs_routes
 from shared.settings import DatabaseSettings, ServiceSettings
-from shared.web import (
-    BODY_TIMEOUT_S,
-    OPS,
-    Handler,
-    base_app,
-    route_to,
-    run_service,
-    watch_readiness,
-)
+from shared.web import BODY_TIMEOUT_S, OPS, base_app, run_service, watch_readiness
 
 log = structlog.get_logger(__name__)
 
@@ -105,18 +100,6 @@ class Database:
     migrations: Path
 
 
-@dataclass(frozen=True)
-class Route(Generic[T]):
-    """An HTTP route served by a method of an object that `wire` provides under `key`."""
-
-    method: str
-    path: str
-    key: web.AppKey[T]
-    pick: Callable[[T], Handler]
-    # Its OpenAPI operation (shared/openapi.py); tests/unit/test_openapi.py refuses none.
-    doc: Operation | None = None
-
-
 @dataclass
 class _Entrypoint:
     queue: QueueSpec | str
@@ -142,6 +125,9 @@ class Kernel(Generic[S]):
         self.metrics = KernelMetrics(ops.registry if ops is not None else CollectorRegistry())
         self.metrics.watch_broker(lambda: self.broker.publish_failures, self._broker_connected)
         self.rpc = RpcClient(self.broker, settings.rpc_timeout_s, self.metrics.rpc_duration)
+        # Who holds a bearer token, for the routes' scopes: auth, over RPC (auth's own
+        # `wire` provides its local check instead).
+        app[TOKEN_CHECK] = RpcTokenCheck(self.rpc).identify
         self._pool: asyncpg.Pool | None = None
         self._named_pools: dict[str, asyncpg.Pool] = {}
         self._entrypoints: list[_Entrypoint] = []
@@ -423,8 +409,7 @@ class ServiceSpec(Generic[S]):
             await kernel.stop()
 
         app.cleanup_ctx.append(lifecycle)
-        for route in self.routes:
-            app.router.add_route(route.method, route.path, route_to(route.key, route.pick))
+        add_routes(app, self.routes)
         add_docs_routes(app, f"flowhooks {self.name}", self.routes)
         return app
 

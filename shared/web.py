@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import asyncpg
 import orjson
@@ -43,8 +42,6 @@ from shared.slow_senders import GuardedSite, Guards
 log = structlog.get_logger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[bool]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-T = TypeVar("T")
 
 
 @dataclass
@@ -220,16 +217,6 @@ async def read_api_body(request: web.Request) -> bytes:
         max_bytes=request.client_max_size,
         timeout_s=request.app.get(BODY_TIMEOUT_S, DEFAULT_BODY_TIMEOUT_S),
     )
-
-
-def route_to(key: web.AppKey[T], pick: Callable[[T], Handler]) -> Handler:
-    """A handler that calls a method of an object created later, in a cleanup context:
-    routes must be added before the app starts, its resources only exist after."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return await pick(request.app[key])(request)
-
-    return handler
 
 
 def base_app(service: str, client_max_size: int = 1024**2) -> web.Application:

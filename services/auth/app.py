@@ -5,18 +5,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.auth import api_docs as docs
 from services.auth.access import AccessChecker
 from services.auth.flow_sync import FlowAccessSync
 from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
-from services.auth.tokens_api import TokensApi
+from services.auth.tokens_api import (
+    TOKENS_SCOPE,
+    AccessTokenList,
+    CreatedAccessToken,
+    NewToken,
+    TokensApi,
+)
+from shared.http_api import TOKEN_CHECK, Route
 from shared.messaging import topology
 from shared.messaging.contracts import AUTHORIZE_WEBHOOK, FLOW_CHANGED, IDENTIFY_TOKEN
 from shared.messaging.dispatch import EventHandlers
-from shared.service import Database, Kernel, Route, ServiceSpec
+from shared.service import Database, Kernel, ServiceSpec
 
 TOKENS_API = web.AppKey("tokens_api", TokensApi)
+TAGS = ("access tokens",)
 DATABASE = Database("auth", Path(__file__).parent / "migrations")
 
 
@@ -24,7 +31,9 @@ async def wire(kernel: Kernel[AuthSettings]) -> None:
     store = AuthStore(kernel.pool)
     checker = AccessChecker(store)
     flow_sync = FlowAccessSync(store, kernel.broker, kernel.rpc)
-    kernel.provide(TOKENS_API, TokensApi(store, checker, kernel.broker))
+    # The routes' tokens are checked here, without a round trip to itself.
+    kernel.provide(TOKEN_CHECK, checker.identify_token)
+    kernel.provide(TOKENS_API, TokensApi(store, kernel.broker))
 
     prefetch = kernel.settings.auth_rpc_prefetch
     kernel.serve(AUTHORIZE_WEBHOOK, checker.authorize_webhook, prefetch=prefetch)
@@ -42,14 +51,37 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     routes=(
-        Route("POST", "/v1/access-tokens", TOKENS_API, lambda api: api.create, docs.CREATE),
-        Route("GET", "/v1/access-tokens", TOKENS_API, lambda api: api.list, docs.LIST),
+        Route(
+            "POST",
+            "/v1/access-tokens",
+            TOKENS_API,
+            lambda api: api.create,
+            "Create a personal access token (no more scopes than the caller's)",
+            CreatedAccessToken,
+            status=201,
+            scope=TOKENS_SCOPE,
+            body=NewToken,
+            tags=TAGS,
+        ),
+        Route(
+            "GET",
+            "/v1/access-tokens",
+            TOKENS_API,
+            lambda api: api.list,
+            "List the workspace's access tokens",
+            AccessTokenList,
+            scope=TOKENS_SCOPE,
+            tags=TAGS,
+        ),
         Route(
             "DELETE",
             "/v1/access-tokens/{token_id}",
             TOKENS_API,
             lambda api: api.revoke,
-            docs.REVOKE,
+            "Revoke an access token",
+            status=204,
+            scope=TOKENS_SCOPE,
+            tags=TAGS,
         ),
     ),
 )

@@ -1,22 +1,27 @@
-"""`/v1/access-tokens`: create (secret shown once), list, revoke."""
+"""`/v1/access-tokens`: create (secret shown once), list, revoke. Tokens with a manage
+scope (`TOKENS_SCOPE`), checked by auth itself (`TOKEN_CHECK` is its own
+`AccessChecker`: no round trip)."""
 
 import uuid
 from datetime import UTC, datetime
+from typing import Self
 
-from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from services.auth.access import AccessChecker
 from services.auth.store import AuthStore
 from shared.api_auth import KNOWN_SCOPES, MANAGE_SCOPES, scope_covers
-from shared.bearer import bearer_from_header, hash_token, new_personal_token
-from shared.errors import BadRequest, Forbidden, NotFound
+from shared.bearer import hash_token, new_personal_token
+from shared.errors import Forbidden, NotFound
+from shared.http_api import Call, Scope, invalid
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import ACCESS_TOKEN_REVOKED
-from shared.schemas.access import AccessTokenRevoked, IdentifyToken, TokenIdentity
-from shared.web import json_response, read_api_body
+from shared.openapi import Page
+from shared.schemas.access import AccessTokenRevoked
 
 DISPLAY_PREFIX_LENGTH = 10
+TOKENS_SCOPE = Scope(
+    MANAGE_SCOPES, "managing tokens needs the scope automation or automation.manage"
+)
 
 
 class NewToken(BaseModel):
@@ -48,33 +53,47 @@ class NewToken(BaseModel):
             raise ValueError("expires_at must be in the future")
         return value
 
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        """An empty body is `{}` (so the answer names the first missing field)."""
+        try:
+            return cls.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            raise invalid(exc) from None
 
-def _parse(model: type[NewToken], body: bytes) -> NewToken:
-    try:
-        return model.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise BadRequest(f"{where}: {first['msg']}", data={"field": where}) from None
+
+class AccessTokenView(BaseModel):
+    """A personal access token (never its secret, except once at creation)"""
+
+    id: str
+    workspace_id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CreatedAccessToken(AccessTokenView):
+    """The new token, with its secret: shown this once"""
+
+    token: str
+
+
+class AccessTokenList(Page):
+    """The workspace's tokens"""
+
+    items: list[AccessTokenView]
 
 
 class TokensApi:
-    def __init__(self, store: AuthStore, checker: AccessChecker, broker: Broker) -> None:
+    def __init__(self, store: AuthStore, broker: Broker) -> None:
         self.store = store
-        self.checker = checker
         self.broker = broker
 
-    async def _caller(self, request: web.Request) -> TokenIdentity:
-        token = bearer_from_header(request.headers.get("Authorization"))
-        # A local call: auth checks its own API's callers without a round trip.
-        identity = await self.checker.identify_token(IdentifyToken(bearer_hash=hash_token(token)))
-        if not MANAGE_SCOPES.intersection(identity.scopes):
-            raise Forbidden("managing tokens needs the scope automation or automation.manage")
-        return identity
-
-    async def create(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        new = _parse(NewToken, await read_api_body(request))
+    async def create(self, call: Call[None, NewToken]) -> CreatedAccessToken:
+        caller, new = call.caller, call.body
         # Nobody hands out more than they hold.
         for wanted in new.scopes:
             if not any(scope_covers(held, wanted) for held in caller.scopes):
@@ -88,20 +107,20 @@ class TokensApi:
             new.scopes,
             new.expires_at,
         )
-        return json_response({**token.public(), "token": secret}, status=201)
+        return CreatedAccessToken.model_validate({**token.public(), "token": secret})
 
-    async def list(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        tokens = await self.store.list_tokens(caller.workspace_id)
-        return json_response({"items": [t.public() for t in tokens], "next_cursor": None})
+    async def list(self, call: Call[None, None]) -> AccessTokenList:
+        tokens = await self.store.list_tokens(call.caller.workspace_id)
+        return AccessTokenList(
+            items=[AccessTokenView.model_validate(t.public()) for t in tokens], next_cursor=None
+        )
 
-    async def revoke(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
+    async def revoke(self, call: Call[None, None]) -> None:
         try:
-            token_id = uuid.UUID(request.match_info["token_id"])
+            token_id = uuid.UUID(call.path("token_id"))
         except ValueError:
             raise NotFound("no such token") from None
-        token = await self.store.revoke_token(caller.workspace_id, token_id)
+        token = await self.store.revoke_token(call.caller.workspace_id, token_id)
         if token is None:
             raise NotFound("no such token")
         # Every ingress replica drops what it cached for this token.
@@ -110,4 +129,3 @@ class TokensApi:
             AccessTokenRevoked(token_id=token.id, token_hash=token.token_hash),
             mandatory=False,
         )
-        return web.Response(status=204)

@@ -8,30 +8,23 @@ only; later answers show a hint (its first characters). A caller may bring its o
 (`"rotate_secret": true`, returned in that answer); an update without either keeps
 the secret, so changing a threshold does not break the receiver."""
 
-import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import orjson
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.debugger.alerts import AlertStore
 from shared import standard_webhooks
-from shared.api_auth import MANAGE_SCOPES, require_scope
 from shared.errors import BadRequest, NotFound
-from shared.messaging.rpc import RpcClient
+from shared.http_api import Answer, Call
 from shared.outbound import AddressPolicy, OutboundRefused, check_destination
-from shared.web import json_response, read_api_body
 
 MIN_WINDOW_S = 10
 MAX_WINDOW_S = 7 * 86400
 MAX_URL_CHARS = 2048
 SECRET_HINT_CHARS = 10  # "whsec_" and 4 characters of base64: 24 of at least 192 bits
 RECENT_NOTICES = 10
-
-VisibleFlow = Callable[[web.Request, str], Awaitable[uuid.UUID]]
 
 
 class AlertConfig(BaseModel):
@@ -43,6 +36,37 @@ class AlertConfig(BaseModel):
     min_requests: int = Field(ge=1, le=1_000_000)
     secret: str | None = None
     rotate_secret: bool = False
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "AlertConfig":
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        return parse_config(document)
+
+
+class AlertNotice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int | str
+    type: str
+    attempts: int
+
+
+class AlertView(BaseModel):
+    """A flow's failure alert (its secret shown as a hint, except once: `secret`)"""
+
+    model_config = ConfigDict(extra="allow")
+
+    flow_id: str
+    url: str
+    failure_rate: float
+    window_s: int
+    min_requests: int
+    secret_hint: str
+    notices: list[AlertNotice]
+    secret: str | None = None
 
 
 def parse_config(raw: Any) -> AlertConfig:
@@ -107,30 +131,14 @@ def view(alert: asyncpg.Record, notices: list[asyncpg.Record]) -> dict[str, Any]
 
 
 class AlertsApi:
-    def __init__(
-        self,
-        store: AlertStore,
-        rpc: RpcClient,
-        visible_flow: VisibleFlow,
-        policy: AddressPolicy,
-    ) -> None:
+    """Its routes' flow is the path's, as `FlowVisibility` found it for the caller."""
+
+    def __init__(self, store: AlertStore, policy: AddressPolicy) -> None:
         self.store = store
-        self.rpc = rpc
-        # The requests API's ownership check: another workspace's flow is 404.
-        self.visible_flow = visible_flow
         self.policy = policy
 
-    async def _flow(self, request: web.Request) -> tuple[uuid.UUID, str]:
-        caller = await require_scope(self.rpc, request, MANAGE_SCOPES)
-        return await self.visible_flow(request, caller.workspace_id), caller.workspace_id
-
-    async def put(self, request: web.Request) -> web.Response:
-        flow_id, workspace_id = await self._flow(request)
-        try:
-            raw = orjson.loads(await read_api_body(request))
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
-        config = parse_config(raw)
+    async def put(self, call: Call[None, AlertConfig]) -> Answer:
+        flow_id, workspace_id, config = call.resource, call.caller.workspace_id, call.body
         try:
             await check_destination(self.policy, config.url)
         except OutboundRefused as exc:
@@ -147,17 +155,16 @@ class AlertsApi:
         body = view(alert, await self.store.recent_notices(flow_id, RECENT_NOTICES))
         if generated and (created or config.rotate_secret):
             body["secret"] = secret  # the only time it is shown
-        return json_response(body, status=201 if created else 200)
+        return Answer(AlertView.model_validate(body), 201 if created else 200)
 
-    async def get(self, request: web.Request) -> web.Response:
-        flow_id, workspace_id = await self._flow(request)
-        alert = await self.store.get(flow_id, workspace_id)
+    async def get(self, call: Call[None, None]) -> AlertView:
+        flow_id = call.resource
+        alert = await self.store.get(flow_id, call.caller.workspace_id)
         if alert is None:
             raise NotFound("this flow has no alert")
-        return json_response(view(alert, await self.store.recent_notices(flow_id, RECENT_NOTICES)))
+        notices = await self.store.recent_notices(flow_id, RECENT_NOTICES)
+        return AlertView.model_validate(view(alert, notices))
 
-    async def delete(self, request: web.Request) -> web.Response:
-        flow_id, workspace_id = await self._flow(request)
-        if not await self.store.delete(flow_id, workspace_id):
+    async def delete(self, call: Call[None, None]) -> None:
+        if not await self.store.delete(call.resource, call.caller.workspace_id):
             raise NotFound("this flow has no alert")
-        return web.Response(status=204)

@@ -7,36 +7,51 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from services.debugger import api_docs as docs
 from services.debugger.alerts import ALERT_DELIVERY, AlertEvaluator, AlertSender, AlertStore
-from services.debugger.alerts_api import AlertsApi
+from services.debugger.alerts_api import AlertConfig, AlertsApi, AlertView
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
 from services.debugger.metrics import DebuggerMetrics
 from services.debugger.records import Redaction
 from services.debugger.replay_edit import Replayer
 from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
-from services.debugger.replays import ReplayApi
-from services.debugger.requests_api import RequestsApi, seconds_after
+from services.debugger.replays import NewReplayJob, ReplayApi, ReplayEdit, ReplayJob, ReplayResult
+from services.debugger.requests_api import (
+    EventStream,
+    FlowStats,
+    RequestDetail,
+    RequestList,
+    RequestListQuery,
+    RequestsApi,
+    StatsQuery,
+    seconds_after,
+)
 from services.debugger.retention import Retention
 from services.debugger.run_status import RunStatuses
 from services.debugger.settings import DebuggerSettings
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
-from services.debugger.ui import LIST_FLOWS_DOC, PAGE_DOC, DebuggerUi
+from services.debugger.ui import DebuggerUi, Html, KnownFlows
+from services.debugger.visibility import FlowVisibility, StoredRequests
 from services.debugger.workspace_limiter import WorkspaceLimiter
+from shared.api_auth import DEBUGGER_READ, DEBUGGER_REPLAY, MANAGE
 from shared.delivery import DeliveryEngine
+from shared.http_api import Route
 from shared.messaging import topology
 from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
 from shared.messaging.dispatch import EventHandlers
 from shared.messaging.runner_client import RunnerClient
 from shared.outbound import AddressPolicy, OutboundHttp
-from shared.service import Database, Kernel, Route, ServiceSpec
+from shared.service import Database, Kernel, ServiceSpec
 
 REQUESTS_API = web.AppKey("requests_api", RequestsApi)
 REPLAY_API = web.AppKey("replay_api", ReplayApi)
 ALERTS_API = web.AppKey("alerts_api", AlertsApi)
 UI = web.AppKey("ui", DebuggerUi)
+# The path's flow or stored request, as the caller may see it (visibility.py).
+FLOW = web.AppKey("flow", FlowVisibility)
+STORED_REQUEST = web.AppKey("stored_request", StoredRequests)
+REQUESTS, REPLAYS, ALERTS = ("requests",), ("replays",), ("alerts",)
 DATABASE = Database("debugger", Path(__file__).parent / "migrations")
 
 
@@ -92,11 +107,12 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     store = RequestStore(pools.api)
     redact = redaction(settings)
     timeout_ms = settings.debugger_api_statement_timeout_ms
+    kernel.provide(FLOW, FlowVisibility(store, kernel.rpc))
+    kernel.provide(STORED_REQUEST, StoredRequests(store))
     kernel.provide(
         REQUESTS_API,
         RequestsApi(
             store,
-            kernel.rpc,
             LiveTail(kernel.broker, redact),
             limiter=WorkspaceLimiter(
                 total=settings.debugger_list_concurrency,
@@ -129,9 +145,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     )
     kernel.provide(
         REPLAY_API,
-        ReplayApi(
-            store, kernel.rpc, kernel.app[REQUESTS_API], replayer, replay_jobs, replay_worker
-        ),
+        ReplayApi(replayer, replay_jobs, replay_worker),
     )
     kernel.background(replay_worker.run_forever())
     # Alerts (alerts.py): evaluated off the ingest path, delivered from an outbox.
@@ -154,13 +168,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     )
     kernel.provide(
         ALERTS_API,
-        AlertsApi(
-            alert_store,
-            kernel.rpc,
-            # The same ownership check (and read-through) as the requests API.
-            kernel.app[REQUESTS_API]._visible_flow,
-            alert_policy,
-        ),
+        AlertsApi(alert_store, alert_policy),
     )
     kernel.background(alert_evaluator.run_forever())
     kernel.background(alert_sender.run_forever())
@@ -212,7 +220,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
     kernel.serve(GET_RUN_STATUS, RunStatuses(pools.rpc).get, prefetch=32)
     # The web page (ui.py): a static shell that calls the JSON API above.
-    kernel.provide(UI, DebuggerUi(pools.api, kernel.rpc))
+    kernel.provide(UI, DebuggerUi(pools.api))
 
 
 SERVICE = ServiceSpec(
@@ -227,54 +235,164 @@ SERVICE = ServiceSpec(
             "/v1/flows/{flow_id}/requests",
             REQUESTS_API,
             lambda api: api.list,
-            docs.LIST_REQUESTS,
+            "List a flow's requests",
+            RequestList,
+            scope=DEBUGGER_READ,
+            resource=FLOW,
+            query=RequestListQuery,
+            tags=REQUESTS,
         ),
         Route(
-            "GET", "/v1/requests/{request_id}", REQUESTS_API, lambda api: api.get, docs.GET_REQUEST
+            "GET",
+            "/v1/requests/{request_id}",
+            REQUESTS_API,
+            lambda api: api.get,
+            "Read one request in full",
+            RequestDetail,
+            scope=DEBUGGER_READ,
+            resource=STORED_REQUEST,
+            tags=REQUESTS,
         ),
         Route(
             "POST",
             "/v1/requests/{request_id}/replay",
             REPLAY_API,
             lambda api: api.replay,
-            docs.REPLAY,
+            "Replay one request (edited or not)",
+            ReplayResult,
+            scope=DEBUGGER_REPLAY,
+            resource=STORED_REQUEST,
+            body=ReplayEdit,
+            body_required=False,
+            tags=REPLAYS,
         ),
         Route(
             "POST",
             "/v1/flows/{flow_id}/replays",
             REPLAY_API,
             lambda api: api.start_job,
-            docs.START_JOB,
+            "Start a bulk replay job (409 while one runs)",
+            ReplayJob,
+            status=202,
+            scope=DEBUGGER_REPLAY,
+            resource=FLOW,
+            body=NewReplayJob,
+            body_required=False,
+            tags=REPLAYS,
         ),
-        Route("GET", "/v1/replays/{job_id}", REPLAY_API, lambda api: api.get_job, docs.GET_JOB),
+        Route(
+            "GET",
+            "/v1/replays/{job_id}",
+            REPLAY_API,
+            lambda api: api.get_job,
+            "Read a replay job",
+            ReplayJob,
+            scope=DEBUGGER_READ,
+            tags=REPLAYS,
+        ),
         Route(
             "DELETE",
             "/v1/replays/{job_id}",
             REPLAY_API,
             lambda api: api.cancel_job,
-            docs.CANCEL_JOB,
+            "Cancel a replay job",
+            ReplayJob,
+            scope=DEBUGGER_REPLAY,
+            tags=REPLAYS,
         ),
         Route(
             "GET",
             "/v1/flows/{flow_id}/requests/stream",
             REQUESTS_API,
             lambda api: api.stream,
-            docs.STREAM,
+            "Tail a flow's new requests (server-sent events)",
+            EventStream,
+            scope=DEBUGGER_READ,
+            resource=FLOW,
+            response_media="text/event-stream",
+            tags=REQUESTS,
         ),
-        Route("GET", "/v1/flows/{flow_id}/stats", REQUESTS_API, lambda api: api.stats, docs.STATS),
-        Route("PUT", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.put, docs.PUT_ALERT),
-        Route("GET", "/v1/flows/{flow_id}/alert", ALERTS_API, lambda api: api.get, docs.GET_ALERT),
+        Route(
+            "GET",
+            "/v1/flows/{flow_id}/stats",
+            REQUESTS_API,
+            lambda api: api.stats,
+            "A flow's counts and latency",
+            FlowStats,
+            scope=DEBUGGER_READ,
+            resource=FLOW,
+            query=StatsQuery,
+            tags=REQUESTS,
+        ),
+        Route(
+            "PUT",
+            "/v1/flows/{flow_id}/alert",
+            ALERTS_API,
+            lambda api: api.put,
+            "Create or replace the flow's failure alert",
+            AlertView,
+            # An alert sends the flow's data to a URL of the caller's choosing, which
+            # read-only ops tokens must not set up.
+            scope=MANAGE,
+            resource=FLOW,
+            body=AlertConfig,
+            other_responses={201: AlertView},
+            tags=ALERTS,
+        ),
+        Route(
+            "GET",
+            "/v1/flows/{flow_id}/alert",
+            ALERTS_API,
+            lambda api: api.get,
+            "Read the flow's failure alert",
+            AlertView,
+            scope=MANAGE,
+            resource=FLOW,
+            tags=ALERTS,
+        ),
         Route(
             "DELETE",
             "/v1/flows/{flow_id}/alert",
             ALERTS_API,
             lambda api: api.delete,
-            docs.DELETE_ALERT,
+            "Delete the flow's failure alert",
+            status=204,
+            scope=MANAGE,
+            resource=FLOW,
+            tags=ALERTS,
         ),
-        Route("GET", "/v1/flows", UI, lambda ui: ui.flows, LIST_FLOWS_DOC),
-        Route("GET", "/ui", UI, lambda ui: ui.redirect, PAGE_DOC),
-        Route("GET", "/ui/", UI, lambda ui: ui.index, PAGE_DOC),
-        Route("GET", "/ui/static/{name}", UI, lambda ui: ui.asset, PAGE_DOC),
+        Route(
+            "GET",
+            "/v1/debugger/flows",
+            UI,
+            lambda ui: ui.flows,
+            "List the workspace's flows the debugger knows",
+            KnownFlows,
+            scope=DEBUGGER_READ,
+            description="Ids only (names live in the runner, `GET /v1/flows` there); at most"
+            " 500, newest request first.",
+            tags=REQUESTS,
+        ),
+        # The page, its redirect and its files: for people, not part of the API (no
+        # token: the page keeps one and sends it to the API itself).
+        *(
+            Route(
+                "GET",
+                path,
+                UI,
+                pick,
+                "The debugger web page",
+                Html,
+                raw=True,
+                response_media="text/html",
+                in_api=False,
+            )
+            for path, pick in (
+                ("/ui", lambda ui: ui.redirect),
+                ("/ui/", lambda ui: ui.index),
+                ("/ui/static/{name}", lambda ui: ui.asset),
+            )
+        ),
     ),
 )
 

@@ -7,7 +7,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from shared.errors import BadRequest
 from shared.messaging.runner_client import RunnerClient
@@ -63,9 +62,8 @@ def parse_edit(document: Any) -> Edit:
     return Edit(document.get("body", _NO_BODY), headers, force)
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request's JSON body; None when there is none."""
-    raw = await request.read()
+def decode_json(raw: bytes) -> Any:
+    """A replay call's JSON body; None when there is none."""
     if not raw.strip():
         return None
     try:

@@ -21,105 +21,171 @@ every field optional.
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
-from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from services.debugger import replay_jobs
 from services.debugger.replay_edit import (
+    Edit,
     Replayer,
+    decode_json,
     parse_edit,
-    read_json,
     replay_options,
     replay_request,
 )
-from services.debugger.replay_jobs import JobFilter, ReplayJobs, ReplayWorker, job_view
-from services.debugger.requests_api import RequestsApi
-from services.debugger.store import RequestStore
-from shared.api_auth import DEBUGGER_READ_SCOPES, DEBUGGER_REPLAY_SCOPES, require_scope
+from services.debugger.replay_jobs import ReplayJobs, ReplayWorker, job_view
 from shared.errors import BadRequest, NotFound
-from shared.messaging.rpc import RpcClient
-from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES
-from shared.web import json_response
+from shared.http_api import Call
+from shared.openapi import AnyJson
+from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES, ReplayFilterOutcome
+
+
+class ReplayEdit(BaseModel):
+    """Run the stored request again, as it was or edited"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    body: AnyJson | None = Field(default=None, description="The new input (JSON)")
+    headers: dict[str, str | None] | None = Field(
+        default=None, description="Merged over the stored headers; null removes one"
+    )
+    force: bool = Field(default=False, description="Run even if the flow is paused")
+    _edit: Edit = PrivateAttr()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        """Judged field by field (`parse_edit`: the messages the API has always given)."""
+        document = decode_json(raw)
+        edit = parse_edit(document)
+        replay = cls.model_validate(document or {})
+        replay._edit = edit
+        return replay
+
+    @property
+    def edit(self) -> Edit:
+        return self._edit
+
+
+class ReplayResponse(BaseModel):
+    status_code: int
+    content_type: str | None
+    body: str | None
+
+
+class ReplayResult(BaseModel):
+    """The replay's own request id and its outcome"""
+
+    request_id: str
+    replay_of: str
+    outcome: str
+    response: ReplayResponse
+
+
+class JobFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcome: ReplayFilterOutcome | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class NewReplayJob(BaseModel):
+    """Replay every stored request of the flow that the filter selects"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filter: JobFilter | None = None
+    force: bool = False
+    _filter: replay_jobs.JobFilter = PrivateAttr(default_factory=replay_jobs.JobFilter)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        """Judged field by field (`replay_options`, `parse_filter`)."""
+        document, force = replay_options(decode_json(raw), frozenset({"filter"}))
+        job_filter = parse_filter(document.get("filter"))
+        # Built from what was judged (pydantic's own time parsing is not the API's).
+        given = document.get("filter") is not None
+        job = cls(
+            filter=JobFilter.model_validate(vars(job_filter)) if given else None,
+            force=force,
+        )
+        job._filter = job_filter
+        return job
+
+    @property
+    def job_filter(self) -> replay_jobs.JobFilter:
+        return self._filter
+
+
+class ReplayJob(BaseModel):
+    """A bulk replay job and its progress"""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    flow_id: str
+    filter: dict[str, Any]
 
 
 class ReplayApi:
-    def __init__(
-        self,
-        store: RequestStore,
-        rpc: RpcClient,
-        requests_api: RequestsApi,
-        replayer: Replayer,
-        jobs: ReplayJobs,
-        worker: ReplayWorker,
-    ) -> None:
-        self.store = store
-        self.rpc = rpc
-        self.requests_api = requests_api
+    def __init__(self, replayer: Replayer, jobs: ReplayJobs, worker: ReplayWorker) -> None:
         self.replayer = replayer
         self.jobs = jobs
         self.worker = worker
 
-    async def replay(self, request: web.Request) -> web.Response:
+    async def replay(self, call: Call[None, ReplayEdit | None]) -> ReplayResult:
         """The stored request (edited if asked) through the normal run path again, as a
         new request that points at the original (`replay_of`)."""
-        caller = await require_scope(self.rpc, request, DEBUGGER_REPLAY_SCOPES)
-        row = await self.store.get(request.match_info["request_id"], caller.workspace_id)
-        if row is None:
-            raise NotFound("no such request")
-        edit = parse_edit(await read_json(request))
+        row = call.resource
+        edit = call.body.edit if call.body is not None else parse_edit(None)
         replayed = replay_request(row, edit, uuid.uuid4().hex, datetime.now(UTC))
         result = await self.replayer.run(replayed, force=edit.force)
-        return json_response(
-            {
-                "request_id": replayed.request_id,
-                "replay_of": row["id"],
-                "outcome": result.outcome,
-                "response": {
-                    "status_code": result.status_code,
-                    "content_type": result.content_type,
-                    "body": result.body,
-                },
-            }
+        return ReplayResult(
+            request_id=replayed.request_id,
+            replay_of=row["id"],
+            outcome=result.outcome,
+            response=ReplayResponse(
+                status_code=result.status_code,
+                content_type=result.content_type,
+                body=result.body,
+            ),
         )
 
-    async def start_job(self, request: web.Request) -> web.Response:
+    async def start_job(self, call: Call[None, NewReplayJob | None]) -> ReplayJob:
         """202 with the new job; 409 while the flow has a running job."""
-        caller = await require_scope(self.rpc, request, DEBUGGER_REPLAY_SCOPES)
-        flow_id = await self.requests_api._visible_flow(request, caller.workspace_id)
-        document, force = replay_options(await read_json(request), frozenset({"filter"}))
+        new = call.body if call.body is not None else NewReplayJob()
         job = await self.jobs.create(
-            flow_id, caller.workspace_id, parse_filter(document.get("filter")), force
+            call.resource, call.caller.workspace_id, new.job_filter, new.force
         )
         self.worker.wake()
-        return json_response(job_view(job), status=202)
+        return ReplayJob.model_validate(job_view(job))
 
-    async def get_job(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
-        job = await self.jobs.get(_job_id(request), caller.workspace_id)
+    async def get_job(self, call: Call[None, None]) -> ReplayJob:
+        job = await self.jobs.get(_job_id(call), call.caller.workspace_id)
         if job is None:
             raise NotFound("no such replay job")
-        return json_response(job_view(job))
+        return ReplayJob.model_validate(job_view(job))
 
-    async def cancel_job(self, request: web.Request) -> web.Response:
+    async def cancel_job(self, call: Call[None, None]) -> ReplayJob:
         """Stops a running job (its replays in flight still finish and are counted); a
         job that is over is answered as it is."""
-        caller = await require_scope(self.rpc, request, DEBUGGER_REPLAY_SCOPES)
-        job = await self.jobs.cancel(_job_id(request), caller.workspace_id)
+        job = await self.jobs.cancel(_job_id(call), call.caller.workspace_id)
         if job is None:
             raise NotFound("no such replay job")
-        return json_response(job_view(job))
+        return ReplayJob.model_validate(job_view(job))
 
 
-def _job_id(request: web.Request) -> uuid.UUID:
+def _job_id(call: Call[None, None]) -> uuid.UUID:
     try:
-        return uuid.UUID(request.match_info["job_id"])
+        return uuid.UUID(call.path("job_id"))
     except ValueError:
         raise NotFound("no such replay job") from None
 
 
-def parse_filter(document: Any) -> JobFilter:
+def parse_filter(document: Any) -> replay_jobs.JobFilter:
     if document is None:
-        return JobFilter()
+        return replay_jobs.JobFilter()
     if not isinstance(document, dict):
         raise BadRequest("filter must be an object", data={"field": "filter"})
     unknown = set(document) - {"outcome", "since", "until"}
@@ -132,7 +198,7 @@ def parse_filter(document: Any) -> JobFilter:
             f"filter.outcome must be one of {', '.join(sorted(REPLAY_FILTER_OUTCOMES))}",
             data={"field": "filter.outcome"},
         )
-    return JobFilter(outcome, _time(document, "since"), _time(document, "until"))
+    return replay_jobs.JobFilter(outcome, _time(document, "since"), _time(document, "until"))
 
 
 def _time(document: dict[str, Any], name: str) -> datetime | None:

@@ -14,29 +14,27 @@ too busy."""
 
 import asyncio
 import base64
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.replay_jobs import replays_of
 from services.debugger.search import parse_headers, parse_match
-from services.debugger.store import FlowRow, RequestStore
+from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail, sse
 from services.debugger.workspace_limiter import WorkspaceLimiter
-from shared.api_auth import DEBUGGER_READ_SCOPES, require_scope
-from shared.errors import BadRequest, NotFound, Timeout, Unavailable
-from shared.messaging.contracts import GET_FLOW_OWNER
-from shared.messaging.rpc import RpcClient
-from shared.schemas.access import FlowOwnerQuery
-from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
-from shared.web import json_response
+from shared.errors import BadRequest, Unavailable
+from shared.http_api import Call
+from shared.openapi import Page
+from shared.schemas.vocabulary import RECORDED_OUTCOMES, Outcome, Progress, RunMode
 
 MAX_LIMIT = 500
+MAX_WINDOW_S = 90 * 86400
 
 
 def encode_cursor(received_at: datetime, request_id: str) -> str:
@@ -53,8 +51,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequest("invalid cursor", data={"field": "cursor"}) from None
 
 
-def _time(query: Any, name: str) -> datetime | None:
-    value = query.get(name)
+def _time(value: Any, name: str) -> datetime | None:
     if value is None:
         return None
     try:
@@ -82,11 +79,124 @@ def _duration_ms(started: datetime | None, finished: datetime | None) -> float |
     return round((finished - started).total_seconds() * 1000, 3)
 
 
+class RequestListQuery(BaseModel):
+    """`GET /v1/flows/{flow_id}/requests`'s filters. Judged in the order the API always
+    judged them (the first wrong one is named), with its messages (`_judged`)."""
+
+    limit: int = Field(default=50, ge=1, le=MAX_LIMIT, description="Page size")
+    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+    outcome: Outcome | Progress | None = None
+    mode: RunMode | None = None
+    since: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
+    until: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
+    match: str | None = Field(default=None, description="Input match, `path=value`")
+    header: list[str] | None = Field(default=None, description="Header match, `name:value`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judged(cls, given: Any) -> Any:
+        values = dict(given)
+        if "limit" in values:
+            try:
+                # Out of range is brought into it, not refused (as always).
+                values["limit"] = max(1, min(int(values["limit"]), MAX_LIMIT))
+            except ValueError:
+                raise BadRequest("limit must be a whole number", data={"field": "limit"}) from None
+        outcome = values.get("outcome")
+        if outcome is not None and outcome not in RECORDED_OUTCOMES:
+            raise BadRequest(
+                f"outcome must be one of {', '.join(sorted(RECORDED_OUTCOMES))}",
+                data={"field": "outcome"},
+            )
+        mode = values.get("mode")
+        if mode is not None and mode not in ("sync", "async"):
+            raise BadRequest("mode must be sync or async", data={"field": "mode"})
+        # The JSON text the jsonb containment takes.
+        values["match"] = parse_match(values.get("match"))
+        parse_headers(values.get("header") or [])  # refuses a malformed one
+        if values.get("cursor"):
+            decode_cursor(values["cursor"])  # refuses a malformed one
+        for name in ("since", "until"):
+            values[name] = _time(values.get(name), name)
+        return {name: value for name, value in values.items() if value is not None}
+
+    @property
+    def headers_match(self) -> str | None:
+        return parse_headers(self.header or [])
+
+    @property
+    def before(self) -> tuple[datetime, str] | None:
+        return decode_cursor(self.cursor) if self.cursor else None
+
+
+class StatsQuery(BaseModel):
+    window_s: float = Field(default=3600, gt=0, le=MAX_WINDOW_S, description="Seconds back")
+
+    @field_validator("window_s", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> float:
+        try:
+            window_s = float(value)
+        except ValueError:
+            raise BadRequest("window_s must be a number", data={"field": "window_s"}) from None
+        if not 0 < window_s <= MAX_WINDOW_S:
+            raise BadRequest("window_s must be between 0 and 90 days", data={"field": "window_s"})
+        return window_s
+
+
+class RequestSummary(BaseModel):
+    """One request in a list"""
+
+    id: str
+    flow_id: str
+    received_at: datetime
+    method: str
+    mode: str
+    outcome: str
+    status_code: int | None
+    duration_ms: float | None
+
+
+class RequestList(Page):
+    """A flow's requests, newest first"""
+
+    items: list[RequestSummary]
+
+
+class RequestDetail(BaseModel):
+    """One request in full: input, headers (redacted), step trace, response, replays"""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    flow_id: str
+    outcome: str
+    response: dict[str, Any]
+    replays: list[str]
+    repeated: str | None = Field(
+        default=None,
+        description="Why the run was run again (its worker process or its runner stopped"
+        " while it ran, so its side effects may have happened twice); null: it ran once",
+    )
+
+
+class FlowStats(BaseModel):
+    """Counts by outcome and latency percentiles over the window"""
+
+    model_config = ConfigDict(extra="allow")
+
+    flow_id: str
+    window_s: float
+
+
+class EventStream(RootModel[str]):
+    """Server-sent events: one `request` event per new request of the flow"""
+
+
 class RequestsApi:
     def __init__(
         self,
         store: RequestStore,
-        rpc: RpcClient,
         tail: LiveTail,
         heartbeat_s: float = 15.0,
         *,
@@ -94,7 +204,6 @@ class RequestsApi:
         statement_timeout_ms: int,
     ) -> None:
         self.store = store
-        self.rpc = rpc
         self.tail = tail
         self.heartbeat_s = heartbeat_s
         self.limiter = limiter
@@ -114,101 +223,55 @@ class RequestsApi:
         error.retry_after_s = seconds_after(bound)
         return error
 
-    async def _visible_flow(self, request: web.Request, workspace_id: str) -> uuid.UUID:
-        try:
-            flow_id = uuid.UUID(request.match_info["flow_id"])
-        except ValueError:
-            raise NotFound("no such flow") from None
-        owner = await self.store.flow_owner(flow_id)
-        if owner is None:
-            owner = await self._ask_runner(flow_id)
-        if owner is None or owner[1] or owner[0] != workspace_id:
-            raise NotFound("no such flow")
-        return flow_id
-
-    async def _ask_runner(self, flow_id: uuid.UUID) -> tuple[str, bool] | None:
-        """Read-through for a flow whose `flow.changed` the debugger has not consumed
-        yet (it arrives asynchronously, after the flows API has answered): the runner
-        says who owns it, and the answer joins `debugger.flows` under the version rule
-        (a later event, a deletion included, still wins). None: unknown or deleted."""
-        try:
-            owner = await self.rpc.call(GET_FLOW_OWNER, FlowOwnerQuery(flow_id=str(flow_id)))
-        except Timeout:
-            raise Unavailable("the runner did not answer") from None
-        if not owner.found or owner.workspace_id is None or owner.version is None:
-            return None
-        await self.store.remember_flow(
-            FlowRow(flow_id, uuid.UUID(owner.workspace_id), owner.version, False)
-        )
-        # Read back: a deletion stored meanwhile with a higher version is the answer.
-        return await self.store.flow_owner(flow_id)
-
-    async def list(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
-        flow_id = await self._visible_flow(request, caller.workspace_id)
-        query = request.query
-        try:
-            limit = max(1, min(int(query.get("limit", "50")), MAX_LIMIT))
-        except ValueError:
-            raise BadRequest("limit must be a whole number", data={"field": "limit"}) from None
-        outcome = query.get("outcome")
-        if outcome is not None and outcome not in RECORDED_OUTCOMES:
-            raise BadRequest(
-                f"outcome must be one of {', '.join(sorted(RECORDED_OUTCOMES))}",
-                data={"field": "outcome"},
-            )
-        mode = query.get("mode")
-        if mode is not None and mode not in tuple(RunMode):
-            raise BadRequest(f"mode must be {' or '.join(RunMode)}", data={"field": "mode"})
-        cursor = query.get("cursor")
-        input_match = parse_match(query.get("match"))
-        headers_match = parse_headers(query.getall("header", []))
-        before = decode_cursor(cursor) if cursor else None
-        since, until = _time(query, "since"), _time(query, "until")
+    async def list(self, call: Call[RequestListQuery, None]) -> RequestList:
+        caller, flow_id, query = call.caller, call.resource, call.query
         search_field = (
-            "match" if input_match is not None else "header" if headers_match is not None else None
+            "match"
+            if query.match is not None
+            else "header"
+            if query.headers_match is not None
+            else None
         )
         try:
             async with self.limiter.slot(caller.workspace_id):
                 rows = await self.store.list_for_flow(
                     flow_id,
                     caller.workspace_id,
-                    limit=limit,
-                    before=before,
-                    outcome=outcome,
-                    mode=mode,
-                    since=since,
-                    until=until,
-                    input_match=input_match,
-                    headers_match=headers_match,
+                    limit=query.limit,
+                    before=query.before,
+                    outcome=query.outcome,
+                    mode=query.mode,
+                    since=query.since,
+                    until=query.until,
+                    input_match=query.match,
+                    headers_match=query.headers_match,
                 )
         except asyncpg.QueryCanceledError:
             raise self._too_long(
                 search_field, "narrow the search with since/until or a more specific match"
             ) from None
         items = [
-            {
-                "id": row["id"],
-                "flow_id": row["flow_id"],
-                "received_at": row["received_at"],
-                "method": row["method"],
-                "mode": row["mode"],
-                "outcome": row["outcome"],
-                "status_code": row["status_code"],
-                "duration_ms": _duration_ms(row["received_at"], row["finished_at"]),
-            }
+            RequestSummary(
+                id=row["id"],
+                flow_id=row["flow_id"],
+                received_at=row["received_at"],
+                method=row["method"],
+                mode=row["mode"],
+                outcome=row["outcome"],
+                status_code=row["status_code"],
+                duration_ms=_duration_ms(row["received_at"], row["finished_at"]),
+            )
             for row in rows
         ]
         next_cursor = (
-            encode_cursor(rows[-1]["received_at"], rows[-1]["id"]) if len(rows) == limit else None
+            encode_cursor(rows[-1]["received_at"], rows[-1]["id"])
+            if len(rows) == query.limit
+            else None
         )
-        return json_response({"items": items, "next_cursor": next_cursor})
+        return RequestList(items=items, next_cursor=next_cursor)
 
-    async def get(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
-        row = await self.store.get(request.match_info["request_id"], caller.workspace_id)
-        if row is None:
-            raise NotFound("no such request")
+    async def get(self, call: Call[None, None]) -> RequestDetail:
+        caller, row = call.caller, dict(call.resource)
         response = {
             "status_code": row.pop("status_code"),
             "content_type": row.pop("response_content_type"),
@@ -223,30 +286,22 @@ class RequestsApi:
         )
         if callback is not None:  # left out for requests without a completion callback
             row["callback"] = callback
-        return json_response({**row, "response": response})
+        return RequestDetail.model_validate({**row, "response": response})
 
-    async def stats(self, request: web.Request) -> web.Response:
+    async def stats(self, call: Call[StatsQuery, None]) -> FlowStats:
         """Counts by outcome and latency percentiles over `?window_s=` (default 3600)."""
-        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
-        flow_id = await self._visible_flow(request, caller.workspace_id)
-        try:
-            window_s = float(request.query.get("window_s", "3600"))
-        except ValueError:
-            raise BadRequest("window_s must be a number", data={"field": "window_s"}) from None
-        if not 0 < window_s <= 90 * 86400:
-            raise BadRequest("window_s must be between 0 and 90 days", data={"field": "window_s"})
+        caller, flow_id, window_s = call.caller, call.resource, call.query.window_s
         try:
             async with self.limiter.slot(caller.workspace_id):
                 stats = await self.store.stats(flow_id, caller.workspace_id, window_s)
         except asyncpg.QueryCanceledError:
             # The window is the caller's choice, as a search is.
             raise self._too_long("window_s", "ask for a shorter window_s") from None
-        return json_response({"flow_id": str(flow_id), "window_s": window_s, **stats})
+        return FlowStats.model_validate({"flow_id": str(flow_id), "window_s": window_s, **stats})
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
+    async def stream(self, call: Call[None, None]) -> web.StreamResponse:
         """Server-sent events: one `request` event per new request of the flow."""
-        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
-        flow_id = str(await self._visible_flow(request, caller.workspace_id))
+        caller, flow_id = call.caller, str(call.resource)
         queue = await self.tail.subscribe(flow_id, caller.workspace_id)
         response = web.StreamResponse(
             headers={
@@ -256,7 +311,7 @@ class RequestsApi:
             }
         )
         try:
-            await response.prepare(request)
+            await response.prepare(call.request)
             await response.write(b": tailing\n\n")
             while True:
                 try:

@@ -8,8 +8,9 @@ that header. Every stored value reaches the page through `textContent` only, and
 responses carry a strict Content-Security-Policy (no inline script or style at all), so
 a stored body can never run in an operator's browser.
 
-`GET /v1/flows` (JSON, `debugger.read`): the caller's workspace's flows as the debugger
-knows them (`debugger.flows`), newest request first; the page's list of flows. The
+`GET /v1/debugger/flows` (JSON, `debugger.read`): the caller's workspace's flows as the
+debugger knows them (`debugger.flows`), newest request first; the page's list of flows.
+Not the runner's `GET /v1/flows` (the flows themselves, with their definitions): the
 flows' names live in the runner, whose API the page cannot call across origins.
 """
 
@@ -23,12 +24,9 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
-from shared.api_auth import DEBUGGER_READ_SCOPES, require_scope
 from shared.errors import NotFound
-from shared.messaging.rpc import RpcClient
-from shared.openapi import Operation
+from shared.http_api import Call
 from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
-from shared.web import json_response
 
 ASSETS = Path(__file__).parent / "ui"
 MAX_FLOWS = 500
@@ -73,18 +71,6 @@ class Html(BaseModel):
     """Marker: an HTML page or a static file, for people rather than programs."""
 
 
-LIST_FLOWS_DOC = Operation(
-    "List the workspace's flows the debugger knows",
-    {200: KnownFlows},
-    description="Ids only (names live in the runner); at most 500, newest request first.",
-    tags=("requests",),
-)
-# The page, its redirect and its files: not part of the API (no token; see above).
-PAGE_DOC = Operation(
-    "The debugger web page", {200: Html}, response_media="text/html", secured=False, in_api=False
-)
-
-
 @dataclass(frozen=True)
 class Static:
     body: bytes
@@ -102,9 +88,8 @@ def _load_static(folder: Path) -> dict[str, Static]:
 
 
 class DebuggerUi:
-    def __init__(self, pool: asyncpg.Pool, rpc: RpcClient) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.rpc = rpc
         env = Environment(
             loader=FileSystemLoader(ASSETS / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -137,9 +122,8 @@ class DebuggerUi:
             headers=SECURITY_HEADERS,
         )
 
-    async def flows(self, request: web.Request) -> web.Response:
-        caller = await require_scope(self.rpc, request, DEBUGGER_READ_SCOPES)
-        rows = await self.pool.fetch(LIST_FLOWS, uuid.UUID(caller.workspace_id), MAX_FLOWS)
-        return json_response(
-            {"items": [{"id": r["id"], "last_request_at": r["last_request_at"]} for r in rows]}
+    async def flows(self, call: Call[None, None]) -> KnownFlows:
+        rows = await self.pool.fetch(LIST_FLOWS, uuid.UUID(call.caller.workspace_id), MAX_FLOWS)
+        return KnownFlows(
+            items=[KnownFlow(id=r["id"], last_request_at=r["last_request_at"]) for r in rows]
         )

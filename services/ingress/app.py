@@ -3,18 +3,19 @@ runner client, declared on the service kernel (`shared/service.py`). No database
 
 from aiohttp import web
 
-from services.ingress import api_docs as docs
 from services.ingress.access_cache import AccessCache
 from services.ingress.dedup import Deduplicator
 from services.ingress.metrics import IngressMetrics
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
-from services.ingress.webhook import WebhookHandler
+from services.ingress.webhook import Accepted, WebhookHandler
+from shared.http_api import Route
 from shared.messaging import naming
 from shared.messaging.contracts import RUNS_DRAINED, Event
 from shared.messaging.runner_client import RunnerClient
+from shared.openapi import AnyJson
 from shared.secret_box import SecretBox
-from shared.service import Kernel, Route, ServiceSpec
+from shared.service import Kernel, ServiceSpec
 
 WEBHOOK = web.AppKey("webhook", WebhookHandler)
 
@@ -66,13 +67,33 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
     kernel.on_shutdown(close)
 
 
+TAGS = ("webhook",)
+SECURITY = (
+    "The flow's webhook token as a bearer (`GET /v1/flows/{id}/webhook` on the runner), "
+    "or the signature its `webhook.auth` mode names."
+)
+
+
 def _webhook_route(method: str) -> Route[WebhookHandler]:
+    """The webhook reads its request itself (`raw`): bodies of many types (JSON, form,
+    XML, text: `normalise.py`), read only once the sender is judged; documented as any
+    JSON. The answer is the flow's own, any status and type, except errors."""
     return Route(
         method,
         "/v1/flow-webhook/{flow_id}",
         WEBHOOK,
         lambda webhook: webhook.handle,
-        docs.call(method),
+        f"Run the flow ({method})",
+        Accepted,
+        status=202,
+        raw=True,
+        body=None if method == "GET" else AnyJson,
+        body_required=False,
+        other_responses={"default": AnyJson},
+        response_media="*/*",
+        description=f"{SECURITY} A GET's input is its query string.",
+        tags=TAGS,
+        secured=True,
     )
 
 
@@ -89,7 +110,16 @@ SERVICE = ServiceSpec(
             "/v1/flow-webhook/{flow_id}/runs/{request_id}",
             WEBHOOK,
             lambda webhook: webhook.status,
-            docs.STATUS,
+            "A run's status: 202 while queued or running, then the run's own answer",
+            Accepted,
+            status=202,
+            # The flow, for a bearer of its webhook token (`WebhookHandler.find`).
+            resource=WEBHOOK,
+            other_responses={"default": AnyJson},
+            response_media="*/*",
+            description=SECURITY,
+            tags=TAGS,
+            secured=True,
         ),
     ),
     # The webhook reads its body itself, bounded by ingress_max_body_bytes.

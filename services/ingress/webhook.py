@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 from services.ingress.access_cache import AccessCache
 from services.ingress.backlog import WorkspaceBacklog
@@ -32,11 +33,12 @@ from shared.errors import (
     Unauthorized,
     Unavailable,
 )
+from shared.http_api import Call
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import GET_RUN_STATUS, REQUEST_QUEUED, REQUEST_REJECTED
 from shared.messaging.runner_client import RunnerClient
-from shared.schemas.access import FlowWebhookSettings
+from shared.schemas.access import FlowWebhookSettings, TokenIdentity
 from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
     RunFinished,
@@ -48,6 +50,17 @@ from shared.schemas.runs import (
 )
 from shared.schemas.vocabulary import Outcome, Progress, RunMode
 from shared.web import REQUEST_ID, error_response, json_response, read_body
+
+
+class Accepted(BaseModel):
+    """Accepted, not finished: `data.status_url` tells how it ends"""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: int
+    message: str
+    data: dict[str, Any]
+
 
 log = structlog.get_logger(__name__)
 
@@ -256,16 +269,19 @@ class WebhookHandler:
         )
         return await self._run_sync(start, flow.timeout_s, answer)
 
-    async def status(self, request: web.Request) -> web.Response:
-        """`GET /v1/flow-webhook/{flow_id}/runs/{request_id}`: authorised like a bearer
-        webhook call (a signature cannot sign a GET without a body, so a bearer only);
-        202 while queued or running, then the run's own answer, from the debugger's
-        record (`debugger.get_run_status`)."""
-        flow_id = request.match_info["flow_id"]
+    async def find(self, request: web.Request, caller: TokenIdentity | None) -> FlowWebhookSettings:
+        """The status route's flow (`Route.resource`): authorised like a bearer webhook
+        call (a signature cannot sign a GET without a body, so a bearer only)."""
         if "Authorization" not in request.headers:
             raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <token>'")
-        flow = await self._authorize(request, flow_id)
-        request_id = request.match_info["request_id"]
+        return await self._authorize(request, request.match_info["flow_id"])
+
+    async def status(self, call: Call[None, None]) -> web.Response:
+        """`GET /v1/flow-webhook/{flow_id}/runs/{request_id}`: 202 while queued or
+        running, then the run's own answer, from the debugger's record
+        (`debugger.get_run_status`)."""
+        flow: FlowWebhookSettings = call.resource
+        request_id = call.path("request_id")
         status = await self.runner.rpc.call(
             GET_RUN_STATUS, GetRunStatus(flow_id=flow.flow_id, request_id=request_id)
         )

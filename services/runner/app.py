@@ -5,23 +5,34 @@ worker pool) and the flow-access RPC, declared on the service kernel
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
-from services.runner import api_docs as docs
 from services.runner.access import FlowAccess
 from services.runner.callbacks import CALLBACK_DELIVERY, CallbackSender
 from services.runner.dedup import DedupKeys
+from services.runner.definition import FlowDefinition
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
-from services.runner.flows_api import FlowsApi
+from services.runner.flows_api import (
+    FlowList,
+    FlowListQuery,
+    FlowsApi,
+    FlowView,
+    FlowVisibility,
+    WebhookInfo,
+)
 from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
+from shared.api_auth import MANAGE
 from shared.delivery import DeliveryEngine
+from shared.http_api import Route
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
@@ -34,14 +45,13 @@ from shared.messaging.contracts import (
     SYNC_RUNS,
 )
 from shared.messaging.rpc import GroupedReplies
-from shared.openapi import Operation
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunFinished
 from shared.secret_box import SecretBox
-from shared.service import Database, Kernel, Route, ServiceSpec
-from shared.web import Handler
+from shared.service import Database, Kernel, ServiceSpec
 
 FLOWS_API = web.AppKey("flows_api", FlowsApi)
+FLOW = web.AppKey("flow", FlowVisibility)  # the path's flow, in the caller's workspace
 DATABASE = Database("runner", Path(__file__).parent / "migrations")
 
 
@@ -55,12 +65,12 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     secret_box = SecretBox(key.get_secret_value()) if key is not None else None
     callback_delivery = settings.callback_delivery()
     callback_policy = AddressPolicy(callback_delivery.allow_networks)
+    kernel.provide(FLOW, FlowVisibility(store))
     kernel.provide(
         FLOWS_API,
         FlowsApi(
             store,
             access,
-            kernel.rpc,
             templates,
             settings.runner_max_timeout_s,
             settings.runner_webhook_base_url,
@@ -138,10 +148,23 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
 
 
 def _flow_route(
-    method: str, path: str, pick: Callable[[FlowsApi], Handler], doc: Operation
+    method: str,
+    path: str,
+    pick: Callable[[FlowsApi], Any],
+    summary: str,
+    response: type[BaseModel] | None,
+    **declared: Any,
 ) -> Route[FlowsApi]:
-    return Route(method, path, FLOWS_API, pick, doc)
+    """A flows API route: a manage scope, the flows tag."""
+    return Route(
+        method, path, FLOWS_API, pick, summary, response, scope=MANAGE, tags=TAGS, **declared
+    )
 
+
+TAGS = ("flows",)
+# A flow definition, decoded by the kernel and judged by `parse_definition` (templates
+# compile against this service's engine; a PATCH is merged over the stored flow first).
+FLOW_BODY: dict[str, Any] = {"body": FlowDefinition, "body_as_json": True}
 
 SERVICE = ServiceSpec(
     name="runner",
@@ -150,18 +173,71 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     routes=(
-        _flow_route("POST", "/v1/flows", lambda api: api.create, docs.CREATE),
-        _flow_route("GET", "/v1/flows", lambda api: api.list, docs.LIST),
-        _flow_route("GET", "/v1/flows/{flow_id}", lambda api: api.get, docs.GET),
-        _flow_route("PUT", "/v1/flows/{flow_id}", lambda api: api.replace, docs.REPLACE),
-        _flow_route("PATCH", "/v1/flows/{flow_id}", lambda api: api.patch, docs.PATCH),
-        _flow_route("DELETE", "/v1/flows/{flow_id}", lambda api: api.delete, docs.DELETE),
-        _flow_route("GET", "/v1/flows/{flow_id}/webhook", lambda api: api.webhook, docs.WEBHOOK),
+        _flow_route(
+            "POST",
+            "/v1/flows",
+            lambda api: api.create,
+            "Create a flow",
+            FlowView,
+            status=201,
+            **FLOW_BODY,
+        ),
+        _flow_route(
+            "GET", "/v1/flows", lambda api: api.list, "List flows", FlowList, query=FlowListQuery
+        ),
+        _flow_route(
+            "GET",
+            "/v1/flows/{flow_id}",
+            lambda api: api.get,
+            "Read a flow",
+            FlowView,
+            resource=FLOW,
+        ),
+        _flow_route(
+            "PUT",
+            "/v1/flows/{flow_id}",
+            lambda api: api.replace,
+            "Replace a flow",
+            FlowView,
+            resource=FLOW,
+            **FLOW_BODY,
+        ),
+        _flow_route(
+            "PATCH",
+            "/v1/flows/{flow_id}",
+            lambda api: api.patch,
+            "Change some of a flow's fields",
+            FlowView,
+            resource=FLOW,
+            partial=True,
+            description="Top-level fields replace the stored ones; `webhook` is merged field"
+            " by field.",
+            **FLOW_BODY,
+        ),
+        _flow_route(
+            "DELETE",
+            "/v1/flows/{flow_id}",
+            lambda api: api.delete,
+            "Delete a flow",
+            None,
+            status=204,
+            resource=FLOW,
+        ),
+        _flow_route(
+            "GET",
+            "/v1/flows/{flow_id}/webhook",
+            lambda api: api.webhook,
+            "The flow's webhook URL and token",
+            WebhookInfo,
+            resource=FLOW,
+        ),
         _flow_route(
             "POST",
             "/v1/flows/{flow_id}/webhook/rotate-token",
             lambda api: api.rotate_token,
-            docs.ROTATE_TOKEN,
+            "Issue a new webhook token (the previous one stops working)",
+            WebhookInfo,
+            resource=FLOW,
         ),
     ),
 )

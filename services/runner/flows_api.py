@@ -1,10 +1,11 @@
 """The flows API: `/v1/flows...`. Personal tokens with `automation` or
-`automation.manage`, own workspace only (anything else is 404)."""
+`automation.manage`, own workspace only (anything else is 404: `FlowVisibility`)."""
 
+from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.runner.access import FlowAccess
 from services.runner.definition import parse_definition
@@ -17,15 +18,76 @@ from services.runner.webhook_secrets import (
     seal_callback_secret,
     seal_secrets,
 )
-from shared.api_auth import require_scope
 from shared.errors import BadRequest, NotFound
-from shared.messaging.rpc import RpcClient
+from shared.http_api import Call
+from shared.openapi import Page
 from shared.outbound import AddressPolicy, OutboundRefused, check_destination
-from shared.schemas.access import TokenIdentity
+from shared.schemas.access import FlowStatus, TokenIdentity
 from shared.secret_box import SecretBox
-from shared.web import json_response, read_api_body
 
 MAX_PAGE = 200
+
+
+class FlowListQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=MAX_PAGE, description="Page size")
+    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page")
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> int:
+        try:
+            # Out of range is brought into it, not refused (as always).
+            return max(1, min(int(value), MAX_PAGE))
+        except ValueError:
+            raise BadRequest("limit must be a whole number", data={"field": "limit"}) from None
+
+
+class FlowView(BaseModel):
+    """A flow as stored (signing secrets shown as hints)"""
+
+    id: str
+    workspace_id: str
+    name: str
+    status: FlowStatus
+    webhook: dict[str, Any]
+    steps: list[Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, flow: FlowRow) -> "FlowView":
+        return cls.model_validate(flow.public())
+
+
+class FlowList(Page):
+    """The workspace's flows, oldest first"""
+
+    items: list[FlowView]
+
+
+class WebhookInfo(BaseModel):
+    """Where and how to call the flow's webhook"""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    url: str
+    token: str
+    is_async: bool = Field(alias="async")
+
+
+class FlowVisibility:
+    """The path's `{flow_id}`, if it is a flow of the caller's workspace; else 404."""
+
+    def __init__(self, store: FlowStore) -> None:
+        self.store = store
+
+    async def find(self, request: web.Request, caller: TokenIdentity | None) -> FlowRow:
+        assert caller is not None, "flow routes declare a scope"
+        flow = await self.store.get(request.match_info["flow_id"], caller.workspace_id)
+        if flow is None:
+            raise NotFound("no such flow")
+        return flow
 
 
 class FlowsApi:
@@ -33,7 +95,6 @@ class FlowsApi:
         self,
         store: FlowStore,
         access: FlowAccess,
-        rpc: RpcClient,
         templates: TemplateEngine,
         max_timeout_s: float,
         webhook_base_url: str,
@@ -45,26 +106,9 @@ class FlowsApi:
         self.callback_policy = callback_policy or AddressPolicy([])
         self.store = store
         self.access = access
-        self.rpc = rpc
         self.templates = templates
         self.max_timeout_s = max_timeout_s
         self.webhook_base_url = webhook_base_url.rstrip("/")
-
-    async def _caller(self, request: web.Request) -> TokenIdentity:
-        return await require_scope(self.rpc, request)
-
-    async def _flow(self, request: web.Request, caller: TokenIdentity) -> FlowRow:
-        flow = await self.store.get(request.match_info["flow_id"], caller.workspace_id)
-        if flow is None:
-            raise NotFound("no such flow")
-        return flow
-
-    @staticmethod
-    async def _json(request: web.Request) -> Any:
-        try:
-            return orjson.loads(await read_api_body(request))
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
     async def _save(
         self, flow: FlowRow | None, workspace_id: str, raw: Any, rotate: bool = False
@@ -113,48 +157,36 @@ class FlowsApi:
             await self.access.publish(saved)
         return saved
 
-    def webhook_info(self, flow: FlowRow) -> dict[str, Any]:
-        return {
-            "url": f"{self.webhook_base_url}/v1/flow-webhook/{flow.id}",
-            "token": self.access.token(flow),
-            "async": bool(flow.definition["webhook"].get("async", False)),
-        }
-
-    async def create(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        flow = await self._save(None, caller.workspace_id, await self._json(request))
-        return json_response(flow.public(), status=201)
-
-    async def list(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        try:
-            limit = max(1, min(int(request.query.get("limit", "50")), MAX_PAGE))
-        except ValueError:
-            raise BadRequest("limit must be a whole number", data={"field": "limit"}) from None
-        flows = await self.store.in_workspace(
-            caller.workspace_id, request.query.get("cursor"), limit
-        )
-        return json_response(
-            {
-                "items": [flow.public() for flow in flows],
-                "next_cursor": flows[-1].id if len(flows) == limit else None,
-            }
+    def webhook_info(self, flow: FlowRow) -> WebhookInfo:
+        return WebhookInfo(
+            url=f"{self.webhook_base_url}/v1/flow-webhook/{flow.id}",
+            token=self.access.token(flow),
+            is_async=bool(flow.definition["webhook"].get("async", False)),
         )
 
-    async def get(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        return json_response((await self._flow(request, caller)).public())
+    # Bodies: the kernel decodes the JSON (`body_as_json`); `_save` validates it with
+    # `parse_definition`, which needs this service's template engine and bounds.
 
-    async def replace(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        flow = await self._flow(request, caller)
-        saved = await self._save(flow, caller.workspace_id, await self._json(request))
-        return json_response(saved.public())
+    async def create(self, call: Call[None, Any]) -> FlowView:
+        return FlowView.of(await self._save(None, call.caller.workspace_id, call.body))
 
-    async def patch(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        flow = await self._flow(request, caller)
-        patch = await self._json(request)
+    async def list(self, call: Call[FlowListQuery, None]) -> FlowList:
+        query = call.query
+        flows = await self.store.in_workspace(call.caller.workspace_id, query.cursor, query.limit)
+        return FlowList(
+            items=[FlowView.of(flow) for flow in flows],
+            next_cursor=flows[-1].id if len(flows) == query.limit else None,
+        )
+
+    async def get(self, call: Call[None, None]) -> FlowView:
+        return FlowView.of(call.resource)
+
+    async def replace(self, call: Call[None, Any]) -> FlowView:
+        return FlowView.of(await self._save(call.resource, call.caller.workspace_id, call.body))
+
+    async def patch(self, call: Call[None, Any]) -> FlowView:
+        flow: FlowRow = call.resource
+        patch = call.body
         if not isinstance(patch, dict):
             raise BadRequest("the patch must be a JSON object")
         merged: dict[str, Any] = {"name": flow.name, "status": flow.status, **flow.definition}
@@ -163,25 +195,20 @@ class FlowsApi:
                 merged["webhook"] = {**merged["webhook"], **value}
             else:
                 merged[key] = value
-        saved = await self._save(flow, caller.workspace_id, merged)
-        return json_response(saved.public())
+        return FlowView.of(await self._save(flow, call.caller.workspace_id, merged))
 
-    async def delete(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        flow = await self._flow(request, caller)
+    async def delete(self, call: Call[None, None]) -> None:
+        flow: FlowRow = call.resource
         async with self.store.pool.acquire() as conn, conn.transaction():
             if not await self.store.delete(conn, flow):
                 raise BadRequest("the flow was changed meanwhile; read it and try again")
             await self.access.publish(flow, deleted=True)
-        return web.Response(status=204)
 
-    async def webhook(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        return json_response(self.webhook_info(await self._flow(request, caller)))
+    async def webhook(self, call: Call[None, None]) -> WebhookInfo:
+        return self.webhook_info(call.resource)
 
-    async def rotate_token(self, request: web.Request) -> web.Response:
-        caller = await self._caller(request)
-        flow = await self._flow(request, caller)
+    async def rotate_token(self, call: Call[None, None]) -> WebhookInfo:
+        flow: FlowRow = call.resource
         raw = {"name": flow.name, "status": flow.status, **flow.definition}
-        saved = await self._save(flow, caller.workspace_id, raw, rotate=True)
-        return json_response(self.webhook_info(saved))
+        saved = await self._save(flow, call.caller.workspace_id, raw, rotate=True)
+        return self.webhook_info(saved)

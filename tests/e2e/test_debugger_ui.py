@@ -154,14 +154,14 @@ async def test_page_headers_and_flows_api(api: Api) -> None:
         assert answer.status == 404
     async with api.session.get(f"{base}/ui", allow_redirects=False) as answer:
         assert (answer.status, answer.headers["Location"]) == (302, "/ui/")
-    async with api.session.get(f"{base}/v1/flows") as answer:
+    async with api.session.get(f"{base}/v1/debugger/flows") as answer:
         assert answer.status == 401
     flow_id, _ = await make_flow(api)
-    status, flows = await api.debugger("/v1/flows")
+    status, flows = await api.debugger("/v1/debugger/flows")
     assert status == 200
     assert flow_id in [flow["id"] for flow in flows["items"]]
     other = api.system.create_token("globex", "automation")
-    status, flows = await api.debugger("/v1/flows", token=other)
+    status, flows = await api.debugger("/v1/debugger/flows", token=other)
     assert status == 200
     assert flow_id not in [flow["id"] for flow in flows["items"]]
 

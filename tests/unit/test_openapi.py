@@ -47,7 +47,7 @@ def test_every_served_route_is_a_documented_operation(spec: ServiceSpec[Any]) ->
             undocumented.append(f"{served.method} {path}")
     assert not undocumented, (
         f"{spec.name}: routes without an OpenAPI operation: {undocumented}; give each "
-        "Route a `doc=Operation(...)` (shared/openapi.py), or `in_api=False` for a page"
+        "Route a summary and models (shared/http_api.py), or `in_api=False` for a page"
     )
 
 

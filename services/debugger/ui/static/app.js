@@ -79,7 +79,7 @@
   // Flows.
 
   async function loadFlows() {
-    const page = await api("/v1/flows");
+    const page = await api("/v1/debugger/flows");
     const list = $("flows");
     list.replaceChildren();
     for (const flow of page.items) {
