@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.e2e.system import REPO, System
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, System
 
 RESULTS = REPO / "bench" / "results"
 MAX_BODY = 10 * 1024 * 1024

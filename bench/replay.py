@@ -26,8 +26,8 @@ import aiohttp
 import asyncpg
 
 from bench.__main__ import RESULTS, SMALL_JSON, SYNC_FLOW, loadgen
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import System
 
 FIXED_FLOW = {
     "name": "bench replayed",

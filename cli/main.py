@@ -30,7 +30,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from services.cli_commands import register as register_api_commands
+from cli.commands import register as register_api_commands
 from shared.db import ensure_database, migrate
 from shared.settings import DatabaseSettings, QueueBoundsSettings
 
@@ -49,7 +49,7 @@ def _serve(name: str) -> int:
 async def _migrate_all(database_url: str) -> None:
     await ensure_database(database_url)
     for schema in SCHEMAS:
-        directory = Path(__file__).parent / schema / "migrations"
+        directory = Path(__file__).parents[1] / "services" / schema / "migrations"
         applied = await migrate(database_url, schema, directory)
         print(f"{schema}: {len(applied)} migration(s) applied")
 
@@ -60,7 +60,7 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
-    from services.auth.cli import create_token
+    from cli.tokens import create_token
 
     expires_at = datetime.fromisoformat(args.expires_at) if args.expires_at else None
     try:
@@ -120,7 +120,7 @@ def _dev_queue_bounds(amqp_url: str) -> None:
 def _cmd_run(_: argparse.Namespace) -> int:
     """Start every service as a child process, each with only its own variables; start a
     crashed one again with backoff; stop all of them on Ctrl-C or SIGTERM."""
-    from services.supervisor import Supervisor, service_env, settings_class
+    from cli.supervisor import Supervisor, service_env, settings_class
 
     settings = DatabaseSettings()
     asyncio.run(_migrate_all(settings.database_url))

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("auth", "runner", "debugger", "ingress")
 # `flowhooks token create`'s default --name.
 CLI_TOKEN_NAME = "created on the command line"
@@ -239,7 +239,7 @@ class System:
         system of another checkout (bench/compare.py) runs that checkout's command."""
         if self.repo != REPO:
             return self.create_token_with_cli(workspace, *scopes)
-        from services.auth.cli import create_token
+        from cli.tokens import create_token
 
         database_url = self.env()["FLOWHOOKS_DATABASE_URL"]
         workspace += self.workspace_suffix
@@ -257,7 +257,7 @@ class System:
     def create_token_with_cli(self, workspace: str, *scopes: str) -> str:
         """Through the real command line, as an operator would."""
         workspace += self.workspace_suffix
-        args = [sys.executable, "-m", "services.cli", "token", "create", "--workspace", workspace]
+        args = [sys.executable, "-m", "cli.main", "token", "create", "--workspace", workspace]
         for scope in scopes:
             args += ["--scope", scope]
         done = subprocess.run(

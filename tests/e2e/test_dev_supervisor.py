@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from services.supervisor import settings_class
-from tests.e2e.system import REPO, SERVICES, free_ports
-from tests.infra import fresh_database, fresh_vhost
+from cli.supervisor import settings_class
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, SERVICES, free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -84,7 +84,7 @@ def test_supervisor_isolates_restarts_and_stops(supervisor_env: dict[str, str], 
     with tempfile.NamedTemporaryFile(prefix="flowhooks-run-", suffix=".log") as log:
         output = Path(log.name)
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run"],
+            [sys.executable, "-m", "cli.main", "run"],
             cwd=REPO,
             env=env,
             stdout=log,

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from cli.tokens import create_token
 from services.auth.app import create_app
-from services.auth.cli import create_token
 from services.auth.settings import AuthSettings
 from shared.bearer import hash_token
 from shared.errors import Unauthorized

@@ -16,6 +16,7 @@ import pytest
 import structlog
 from aiohttp import web
 
+from harness.infra import SERVERS
 from services.auth.settings import AuthSettings
 from shared.messaging import broker_setup, naming, topology
 from shared.messaging.connection import Broker
@@ -25,7 +26,6 @@ from shared.messaging.permissions import ACCESS, SERVICES
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowChanged, FlowWebhookSettings
 from shared.service import Kernel
-from tests.infra import SERVERS
 
 pytestmark = pytest.mark.integration
 
@@ -60,7 +60,7 @@ def users() -> Iterator[Users]:
         _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield Users(vhost, names, passwords, f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
     finally:
-        # Deleted in the background, several per rabbitmqctl call (tests/infra.py).
+        # Deleted in the background, several per rabbitmqctl call (harness/infra.py).
         SERVERS.vhosts.give_back(vhost)
         SERVERS.broker_users.give_back(*names.values())
 

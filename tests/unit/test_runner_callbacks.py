@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.callbacks import (
     DEFAULT_RETRY_DELAYS_S,
     CallbackSender,
@@ -37,7 +38,6 @@ from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.runs import RunResult
 from shared.secret_box import SecretBox
 from shared.service import Delivery, Retry
-from tests.factories import webhook_request
 
 BOX = SecretBox("unit-test-webhook-secrets-key-0123456789")
 WORKSPACE = "00000000-0000-0000-0000-000000000009"

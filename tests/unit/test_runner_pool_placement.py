@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.pool import WorkerPool, _Worker
 from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import FlowSnapshot, WorkerConfig, frame, read_frame
 from shared.schemas.runs import RunResult
-from tests.factories import webhook_request
 
 CONFIG = WorkerConfig(
     render_timeout_s=0.5,

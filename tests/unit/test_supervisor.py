@@ -3,7 +3,7 @@ before a crashed service is started again."""
 
 import pytest
 
-from services.supervisor import Backoff, service_env, settings_class
+from cli.supervisor import Backoff, service_env, settings_class
 
 SERVICES = ("auth", "runner", "debugger", "ingress")
 
