@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from harness.infra import fresh_database, fresh_vhost
+from services import registry
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("auth", "runner", "debugger", "ingress")
+SERVICES = registry.NAMES
 # `flowhooks token create`'s default --name.
 CLI_TOKEN_NAME = "created on the command line"
 
@@ -186,7 +187,8 @@ class System:
         ports = free_ports(2 * len(SERVICES))
         launched = [
             self.launch(name, ports=(ports[2 * i], ports[2 * i + 1]))
-            for i, name in enumerate(("ingress", "auth", "runner", "debugger"))
+            # The ingress first in the registry's order: the runner is given its URL.
+            for i, name in enumerate(sorted(SERVICES, key=lambda name: name != "ingress"))
         ]
         # Four imports and migrations at once on two busy cores: more than one's 30 s.
         self.wait_all_ready(launched, timeout_s=60)

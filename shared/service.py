@@ -401,7 +401,6 @@ class ServiceSpec(Generic[S]):
 
     name: str
     settings: type[S]
-    port: Callable[[S], int]
     wire: Callable[[Kernel[S]], Awaitable[None]]
     routes: Sequence[Route[Any]] = ()
     database: Database | None = None
@@ -433,4 +432,4 @@ class ServiceSpec(Generic[S]):
         SIGTERM."""
         settings = self.settings()
         configure_logging(self.name, settings.log_level)
-        run_service(self.create_app(settings), settings, self.port(settings))
+        run_service(self.create_app(settings), settings, settings.port)

@@ -38,7 +38,6 @@ async def wire(kernel: Kernel[AuthSettings]) -> None:
 SERVICE = ServiceSpec(
     name="auth",
     settings=AuthSettings,
-    port=lambda settings: settings.auth_port,
     wire=wire,
     database=DATABASE,
     routes=(

@@ -231,7 +231,6 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
 SERVICE = ServiceSpec(
     name="debugger",
     settings=DebuggerSettings,
-    port=lambda settings: settings.debugger_port,
     wire=wire,
     database=DATABASE,
     routes=(

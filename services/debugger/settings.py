@@ -1,16 +1,12 @@
 from pydantic import Field
 
+from services import registry
 from shared.settings import DatabaseSettings
 
 
 class DebuggerSettings(DatabaseSettings):
-    debugger_port: int = 8083
-    # /metrics and the probes, kept off the public network (shared/web.py).
-    debugger_ops_port: int = Field(default=9083, ge=1, le=65535)
-
-    @property
-    def ops_port(self) -> int:
-        return self.debugger_ops_port
+    SERVICE = "debugger"
+    PORTS = registry.PORTS[SERVICE]
 
     # Rows written per transaction (a batch also takes whatever arrived while the
     # previous one was being written), and the longest wait to fill a batch.

@@ -79,7 +79,6 @@ def _webhook_route(method: str) -> Route[WebhookHandler]:
 SERVICE = ServiceSpec(
     name="ingress",
     settings=IngressSettings,
-    port=lambda settings: settings.ingress_port,
     wire=wire,
     routes=(
         *(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),

@@ -178,7 +178,6 @@ def _flow_route(
 SERVICE = ServiceSpec(
     name="runner",
     settings=RunnerSettings,
-    port=lambda settings: settings.runner_port,
     wire=wire,
     database=DATABASE,
     routes=(
