@@ -12,8 +12,16 @@ from services.auth.settings import AuthSettings
 from services.auth.store import AuthStore
 from services.auth.tokens_api import TokensApi
 from shared.messaging import topology
-from shared.messaging.contracts import AUTHORIZE_WEBHOOK, FLOW_CHANGED, IDENTIFY_TOKEN
+from shared.messaging.contracts import (
+    ACCESS_TOKEN_REVOKED,
+    AUTHORIZE_WEBHOOK,
+    FLOW_ACCESS_CHANGED,
+    FLOW_CHANGED,
+    IDENTIFY_TOKEN,
+    LIST_FLOW_ACCESS,
+)
 from shared.messaging.dispatch import EventHandlers
+from shared.messaging.permissions import ServiceAccess
 from shared.service import Database, Kernel, Route, ServiceSpec
 
 TOKENS_API = web.AppKey("tokens_api", TokensApi)
@@ -40,6 +48,13 @@ SERVICE = ServiceSpec(
     settings=AuthSettings,
     wire=wire,
     database=DATABASE,
+    broker=ServiceAccess(
+        serves=(AUTHORIZE_WEBHOOK, IDENTIFY_TOKEN),
+        consumes=(topology.AUTH_FLOW_CHANGES,),
+        # Its copy of each flow's access state, read whole from the runner.
+        calls=(LIST_FLOW_ACCESS,),
+        publishes=(FLOW_ACCESS_CHANGED, ACCESS_TOKEN_REVOKED),
+    ),
     routes=(
         Route("POST", "/v1/access-tokens", TOKENS_API, lambda api: api.create, docs.CREATE),
         Route("GET", "/v1/access-tokens", TOKENS_API, lambda api: api.list, docs.LIST),

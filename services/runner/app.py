@@ -23,17 +23,23 @@ from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import WorkerConfig
 from shared.delivery_guard import DeliveryGuard
+from shared.messaging import naming, topology
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
+    CALLBACK_ATTEMPTED,
     CALLBACKS,
     CLAIM_DEDUP_KEY,
+    FLOW_CHANGED,
     GET_FLOW_OWNER,
+    IDENTIFY_TOKEN,
     LIST_FLOW_ACCESS,
+    PARKED_RUNS,
     RUN_FINISHED,
     RUN_STARTED,
     SYNC_RUNS,
 )
+from shared.messaging.permissions import ServiceAccess
 from shared.messaging.rpc import GroupedReplies
 from shared.openapi import Operation
 from shared.outbound import AddressPolicy, OutboundHttp
@@ -180,6 +186,19 @@ SERVICE = ServiceSpec(
     settings=RunnerSettings,
     wire=wire,
     database=DATABASE,
+    broker=ServiceAccess(
+        serves=(CLAIM_DEDUP_KEY, LIST_FLOW_ACCESS, GET_FLOW_OWNER),
+        consumes=(SYNC_RUNS, ASYNC_RUNS, CALLBACKS),
+        # Identifying API tokens.
+        calls=(IDENTIFY_TOKEN,),
+        # A batch it cannot run whole is split back onto its queue; async runs parked
+        # while their workspace is at its share; callbacks enqueued, and parked in the
+        # wait ladder between attempts.
+        sends=(SYNC_RUNS, ASYNC_RUNS, PARKED_RUNS, CALLBACKS, *topology.CALLBACK_WAITS),
+        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, CALLBACK_ATTEMPTED),
+        # To the ingress process that queued them: its async runs that finished.
+        publishes_to_processes=(naming.runs_drained_key,),
+    ),
     routes=(
         _flow_route("POST", "/v1/flows", lambda api: api.create, docs.CREATE),
         _flow_route("GET", "/v1/flows", lambda api: api.list, docs.LIST),

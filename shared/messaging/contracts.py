@@ -35,7 +35,7 @@ from shared.schemas.access import (
 from shared.schemas.backlog import RunsDrained
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
-from shared.schemas.runs import RunResult, RunsFinished, RunsProgressed, StartRun, StartRuns
+from shared.schemas.runs import RunsFinished, RunsProgressed, StartRuns
 
 Request = TypeVar("Request", bound=BaseModel)
 Response = TypeVar("Response", bound=BaseModel)
@@ -85,9 +85,6 @@ LIST_FLOW_ACCESS: Rpc[ListFlowAccess, FlowAccessPage] = Rpc(
 GET_FLOW_OWNER: Rpc[FlowOwnerQuery, FlowOwner] = Rpc(
     naming.GET_FLOW_OWNER, topology.RUNNER_RPC, FlowOwnerQuery, FlowOwner
 )
-# One sync run as a call of its own (the debugger's replay); the ingress batches them
-# (`SYNC_RUNS`). The runner answers both the same way.
-START_RUN: Rpc[StartRun, RunResult] = Rpc(naming.START_RUN, topology.SYNC_RUNS, StartRun, RunResult)
 # The ingress, for flows with `webhook.dedup` only: is this request the first of its key?
 CLAIM_DEDUP_KEY: Rpc[ClaimDedupKey, DedupClaim] = Rpc(
     naming.CLAIM_DEDUP_KEY, topology.RUNNER_RPC, ClaimDedupKey, DedupClaim

@@ -53,7 +53,6 @@ AUTHORIZE_WEBHOOK = "auth.authorize_webhook"
 IDENTIFY_TOKEN = "auth.identify_token"
 LIST_FLOW_ACCESS = "runner.list_flow_access"
 GET_FLOW_OWNER = "runner.get_flow_owner"
-START_RUN = "runner.start_run"
 CLAIM_DEDUP_KEY = "runner.claim_dedup_key"
 GET_RUN_STATUS = "debugger.get_run_status"
 

@@ -11,8 +11,8 @@ import pytest
 from harness.client import Api, eventually
 from harness.infra import SERVERS, fresh_database, fresh_vhost
 from harness.system import System
+from services.registry import NAMES as SERVICES
 from shared.messaging import broker_setup
-from shared.messaging.permissions import SERVICES
 
 pytestmark = pytest.mark.e2e
 
