@@ -67,7 +67,3 @@ SERVICE = ServiceSpec(
         ),
     ),
 )
-
-
-def create_app(settings: AuthSettings) -> web.Application:
-    return SERVICE.create_app(settings)

@@ -306,7 +306,3 @@ SERVICE = ServiceSpec(
         Route("GET", "/ui/static/{name}", UI, lambda ui: ui.asset, PAGE_DOC),
     ),
 )
-
-
-def create_app(settings: DebuggerSettings) -> web.Application:
-    return SERVICE.create_app(settings)

@@ -121,7 +121,3 @@ SERVICE = ServiceSpec(
     # The webhook reads its body itself, bounded by ingress_max_body_bytes.
     client_max_size=lambda settings: settings.ingress_max_body_bytes,
 )
-
-
-def create_app(settings: IngressSettings) -> web.Application:
-    return SERVICE.create_app(settings)

@@ -215,7 +215,3 @@ SERVICE = ServiceSpec(
         ),
     ),
 )
-
-
-def create_app(settings: RunnerSettings) -> web.Application:
-    return SERVICE.create_app(settings)

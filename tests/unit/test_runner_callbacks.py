@@ -18,7 +18,6 @@ from services.runner.callbacks import (
     callback_payload,
     jittered_delay_s,
     judge,
-    ladder_hops,
     ladder_step,
     webhook_id,
 )
@@ -149,6 +148,15 @@ def test_a_wait_is_parked_in_the_longest_step_that_does_not_overshoot(
     wait_s: float, step: int | None
 ) -> None:
     assert ladder_step(wait_s) == step
+
+
+def ladder_hops(wait_s: float) -> list[int]:
+    """The steps a wait of `wait_s` takes, in order (what repeated `ladder_step` does)."""
+    hops: list[int] = []
+    while (step := ladder_step(wait_s)) is not None:
+        hops.append(step)
+        wait_s -= step
+    return hops
 
 
 def test_a_long_wait_takes_several_hops_and_is_honoured_within_a_second() -> None:
