@@ -166,6 +166,8 @@ class Kernel(Generic[S]):
         self.metrics = KernelMetrics(ops.registry if ops is not None else CollectorRegistry())
         self.metrics.watch_broker(lambda: self.broker.publish_failures, self._broker_connected)
         self.rpc = RpcClient(self.broker, settings.rpc_timeout_s, self.metrics.rpc_duration)
+        if self._declared is not None:
+            self.rpc.may_call = frozenset(rpc.method for rpc in self._declared.calls)
         self._pool: asyncpg.Pool | None = None
         self._named_pools: dict[str, asyncpg.Pool] = {}
         self._entrypoints: list[_Entrypoint] = []

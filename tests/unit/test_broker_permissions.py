@@ -23,6 +23,8 @@ from shared.messaging.permissions import (
     permissions,
     topic_permissions,
 )
+from shared.messaging.rpc import UndeclaredCall
+from shared.schemas.access import FlowOwnerQuery
 from shared.service import Kernel, Undeclared
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,6 +258,8 @@ async def test_the_kernel_refuses_what_the_spec_does_not_declare() -> None:
         auth.consume(naming.tail_queue_name(INSTANCE), ignore, prefetch=1)
     with pytest.raises(UndeclaredEvent, match=re.escape(naming.FLOW_CHANGED)):
         await auth.broker.publish(b"{}", routing_key=naming.FLOW_CHANGED, to_events=True)
+    with pytest.raises(UndeclaredCall, match=re.escape(naming.GET_FLOW_OWNER)):
+        await auth.rpc.call(contracts.GET_FLOW_OWNER, FlowOwnerQuery(flow_id="f"))
     # What it declares is accepted (nothing connects before `start_consuming`).
     auth.serve(contracts.IDENTIFY_TOKEN, ignore)
     auth.on_events(topology.AUTH_FLOW_CHANGES, EventHandlers(), prefetch=1)
