@@ -248,7 +248,7 @@ async def test_the_kernel_refuses_what_the_spec_does_not_declare() -> None:
     async def ignore(*_: object) -> Any:
         return None
 
-    with pytest.raises(Undeclared, match=re.escape(naming.GET_FLOW_OWNER)):
+    with pytest.raises(Undeclared, match=re.escape(contracts.GET_FLOW_OWNER.method)):
         auth.serve(contracts.GET_FLOW_OWNER, ignore)
     with pytest.raises(Undeclared, match=re.escape(topology.ASYNC_RUNS.name)):
         auth.on_command(contracts.ASYNC_RUNS, ignore, prefetch=1)
@@ -258,7 +258,7 @@ async def test_the_kernel_refuses_what_the_spec_does_not_declare() -> None:
         auth.consume(naming.tail_queue_name(INSTANCE), ignore, prefetch=1)
     with pytest.raises(UndeclaredEvent, match=re.escape(naming.FLOW_CHANGED)):
         await auth.broker.publish(b"{}", routing_key=naming.FLOW_CHANGED, to_events=True)
-    with pytest.raises(UndeclaredCall, match=re.escape(naming.GET_FLOW_OWNER)):
+    with pytest.raises(UndeclaredCall, match=re.escape(contracts.GET_FLOW_OWNER.method)):
         await auth.rpc.call(contracts.GET_FLOW_OWNER, FlowOwnerQuery(flow_id="f"))
     # What it declares is accepted (nothing connects before `start_consuming`).
     auth.serve(contracts.IDENTIFY_TOKEN, ignore)
