@@ -21,6 +21,7 @@ way, which is why consumers of sensitive events also check `user_id` (`trust.py`
 Regexes are searched, not matched, by RabbitMQ, so each is anchored.
 """
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable
@@ -99,15 +100,7 @@ class ServiceAccess:
 
     def with_reply_queue(self, service: str) -> "ServiceAccess":
         reply = ProcessQueue(functools.partial(naming.reply_queue_name, service))
-        return ServiceAccess(
-            self.serves,
-            self.consumes,
-            (reply, *self.own_queues),
-            self.calls,
-            self.sends,
-            self.publishes,
-            self.publishes_to_processes,
-        )
+        return dataclasses.replace(self, own_queues=(reply, *self.own_queues))
 
 
 @dataclass(frozen=True)
