@@ -218,7 +218,8 @@ class Kernel(Generic[S]):
         *,
         prefetch: int = 8,
     ) -> None:
-        self._check(rpc in self._declared.serves if self._declared else True, rpc.method)
+        if self._declared is not None:
+            self._check(rpc in self._declared.serves, f"RPC {rpc.method}")
         server = self._rpc_servers.get(rpc.queue.name)
         if server is None:
             server = self._rpc_servers[rpc.queue.name] = RpcServer(self.broker)
