@@ -4,6 +4,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY cli ./cli
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

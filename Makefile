@@ -42,8 +42,8 @@ unit: install
 	$(BIN)/python -m pytest tests/unit
 
 lint: install
-	$(BIN)/ruff check services shared tests bench
-	$(BIN)/mypy services shared
+	$(BIN)/ruff check services shared cli harness tests bench
+	$(BIN)/mypy services shared cli
 
 bench: services
 	$(BIN)/python -m bench

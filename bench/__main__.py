@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.e2e.system import REPO, System, free_port
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, System, free_port
 
 RESULTS = REPO / "bench" / "results"
 SMALL_JSON = '{"kind": "myResult", "company_id": 123456, "user_id": 789123}'

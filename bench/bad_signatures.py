@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.system import System, running_system
+from harness.system import System, running_system
 
 SECRETS_KEY = "bench-webhook-secrets-key-0123456789abcdef"
 

@@ -2,8 +2,8 @@
 stored twice while the broker and the database fail?
 
 Self-contained and loopback only: its own 3-node RabbitMQ cluster on private ports
-(tests/rabbit_cluster.py), its own PostgreSQL primary with a synchronous replica
-(tests/pg_replica.py), the four services as subprocesses (tests/e2e/system.py) with
+(harness/rabbit_cluster.py), its own PostgreSQL primary with a synchronous replica
+(harness/pg_replica.py), the four services as subprocesses (harness/system.py) with
 `FLOWHOOKS_AMQP_URLS` (every node) and `FLOWHOOKS_BROKER_REPLICAS=3` (quorum queues).
 Open-loop load at a fixed rate on an async flow and on a sync flow, each request's JSON
 body carrying a unique `chaos_id`, while it
@@ -49,11 +49,11 @@ import aiohttp
 import asyncpg
 import uvloop
 
+from harness.infra import fresh_database
+from harness.pg_replica import PostgresPair, postgres_pair
+from harness.rabbit_cluster import RabbitCluster, rabbit_cluster
+from harness.system import System
 from shared.schemas.vocabulary import Outcome, RunMode
-from tests.e2e.system import System
-from tests.infra import fresh_database
-from tests.pg_replica import PostgresPair, postgres_pair
-from tests.rabbit_cluster import RabbitCluster, rabbit_cluster
 
 T = TypeVar("T")
 

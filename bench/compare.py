@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import RESULTS, SMALL_JSON, Bench, api_setup
-from tests.e2e.system import REPO, System, free_port
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, System, free_port
 
 # The last commit whose runner ran flows in its own event loop.
 BEFORE_WORKER_POOL = "793374c"

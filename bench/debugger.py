@@ -36,13 +36,13 @@ from typing import Any
 
 import asyncpg
 
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import System
 from services.debugger.store import COLUMNS, RequestStore
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.schemas.runs import RunFinished, RunResult, RunsFinished, WebhookRequest
 from shared.schemas.vocabulary import Outcome, RunMode
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
 
 WORKSPACE = str(uuid.uuid4())
 

@@ -26,12 +26,13 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.e2e.system import REPO, System
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, System
+from services import registry
 
 RESULTS = REPO / "bench" / "results"
 MAX_BODY = 10 * 1024 * 1024
-SERVICES = ("ingress", "auth", "runner", "debugger")
+SERVICES = registry.NAMES
 
 # Reads the whole input (its length), answers a small body: the cost is the input's.
 FLOW: dict[str, Any] = {

@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from bench.__main__ import SMALL_JSON, api_setup
-from tests.e2e.system import REPO, System
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, System
 
 
 def package_of(frame: str) -> str:

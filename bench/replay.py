@@ -26,9 +26,9 @@ import aiohttp
 import asyncpg
 
 from bench.__main__ import RESULTS, SMALL_JSON, SYNC_FLOW, loadgen
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import System
 from shared.schemas.vocabulary import Outcome, RunMode
-from tests.e2e.system import System
-from tests.infra import fresh_database, fresh_vhost
 
 FIXED_FLOW = {
     "name": "bench replayed",

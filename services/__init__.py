@@ -1,1 +1,1 @@
-"""The four flowhooks services, one package each; `services.cli` is the `flowhooks` command."""
+"""The four flowhooks services, one package each; `cli.main` is the `flowhooks` command."""

@@ -1,8 +1,11 @@
 """The service kernel: what every flowhooks process does the same way, written once.
 
-A service is declared as a `ServiceSpec`: its name, settings class, port, database
-schema (if it owns one), HTTP routes, and a `wire` function that builds the service's
-own objects and declares its entrypoints on the `Kernel` it is given:
+A service is declared as a `ServiceSpec`: its name, settings class (with its ports),
+database schema (if it owns one), HTTP routes, what it does on the broker (`broker`, a
+`ServiceAccess`: the RPCs it serves and calls, the queues it consumes and sends to, the
+events it publishes; its broker user's permissions are derived from it), and a `wire`
+function that builds the service's own objects and declares its entrypoints on the
+`Kernel` it is given (an entrypoint `broker` does not name is refused at start):
 
 - `kernel.serve(RPC, handler)`: an RPC method, `handler(request) -> response`;
 - `kernel.on_command(COMMAND, handler)`: work from a durable queue, the body decoded to
@@ -35,6 +38,7 @@ Settling a delivery of `on_command` and durable `on_events` consumers:
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ from shared.logging import configure_logging
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Body, Command, Request, Response, Rpc
 from shared.messaging.dispatch import EventHandlers, UnknownEvent
+from shared.messaging.permissions import ServiceAccess, permissions_of, topic_permissions_of
 from shared.messaging.rpc import RpcClient, RpcServer
 from shared.messaging.topology import QueueSpec
 from shared.metrics import KernelMetrics
@@ -66,6 +71,11 @@ T = TypeVar("T")
 
 RETRY_DELAY_S = 1.0
 MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class Undeclared(Exception):
+    """`wire` declared an entrypoint that the service's `ServiceSpec.broker` does not
+    name: its broker user would be refused it, so it is refused here first."""
 
 
 class Retry(Exception):
@@ -112,13 +122,27 @@ class _Entrypoint:
 class Kernel(Generic[S]):
     """One process's connections, entrypoints and lifecycle; given to `wire`."""
 
-    def __init__(self, name: str, settings: S, app: web.Application) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: S,
+        app: web.Application,
+        declared: ServiceAccess | None = None,
+    ) -> None:
+        """`declared`: what the service may do on the broker; None (a bare kernel in a
+        test) checks nothing."""
         self.name = name
         self.settings = settings
         self.app = app
         self.broker = Broker(
             settings.broker_urls, name, settings.publish_timeout_s, settings.broker_replicas
         )
+        self._declared = declared.with_reply_queue(name) if declared is not None else None
+        if self._declared is not None:
+            # The routing keys its user may publish on the events exchange; the broker
+            # refuses the others before RabbitMQ would (which closes the channel).
+            topic = topic_permissions_of(self._declared)
+            self.broker.may_publish_event = re.compile(topic.write).search
         # On the app's own registry (`/metrics` of its ops port); `wire` adds the
         # service's own metrics to `self.metrics.registry`. A bare app (tests): unexported.
         ops = app.get(OPS)
@@ -128,6 +152,8 @@ class Kernel(Generic[S]):
         # Who holds a bearer token, for the routes' scopes: auth, over RPC (auth's own
         # `wire` provides its local check instead).
         app[TOKEN_CHECK] = RpcTokenCheck(self.rpc).identify
+        if self._declared is not None:
+            self.rpc.may_call = frozenset(rpc.method for rpc in self._declared.calls)
         self._pool: asyncpg.Pool | None = None
         self._named_pools: dict[str, asyncpg.Pool] = {}
         self._entrypoints: list[_Entrypoint] = []
@@ -178,6 +204,8 @@ class Kernel(Generic[S]):
         *,
         prefetch: int = 8,
     ) -> None:
+        if self._declared is not None:
+            self._check(rpc in self._declared.serves, f"RPC {rpc.method}")
         server = self._rpc_servers.get(rpc.queue.name)
         if server is None:
             server = self._rpc_servers[rpc.queue.name] = RpcServer(self.broker)
@@ -191,6 +219,8 @@ class Kernel(Generic[S]):
         *,
         prefetch: int,
     ) -> None:
+        self._check_queue(command.queue)
+
         async def settle(message: AbstractIncomingMessage) -> None:
             try:
                 body = command.decode(message.body)
@@ -212,6 +242,7 @@ class Kernel(Generic[S]):
         """A `QueueSpec` is a durable queue whose events are acked once handled; a
         name is this process's own queue (auto-ack, bound to the handled routing keys,
         gone with the connection), where an unreadable event calls `on_unreadable`."""
+        self._check_queue(queue, handlers.routing_keys)
         if isinstance(queue, str):
 
             async def notice(message: AbstractIncomingMessage) -> None:
@@ -241,7 +272,26 @@ class Kernel(Generic[S]):
 
     def consume(self, queue: QueueSpec | str, handler: MessageHandler, *, prefetch: int) -> None:
         """Raw deliveries; `handler` acks, rejects or nacks each one itself."""
+        self._check_queue(queue)
         self._entrypoints.append(_Entrypoint(queue, handler, prefetch))
+
+    def _check(self, declared: bool, what: str) -> None:
+        if not declared:
+            raise Undeclared(f"{self.name}: {what} is not in its ServiceSpec's `broker`")
+
+    def _check_queue(self, queue: QueueSpec | str, bindings: Sequence[str] = ()) -> None:
+        """A durable queue it declares it consumes, or one of its per-process queues
+        bound only to keys it declares."""
+        if self._declared is None:
+            return
+        if isinstance(queue, QueueSpec):
+            self._check(queue in self._declared.consumed, f"queue {queue.name}")
+            return
+        own = permissions_of(self._declared).configure
+        self._check(re.search(own, queue) is not None, f"queue {queue}")
+        read = topic_permissions_of(self._declared).read
+        for key in bindings:
+            self._check(re.search(read, key) is not None, f"binding {key} of queue {queue}")
 
     def background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """A task that lives as long as the service; cancelled at shutdown."""
@@ -387,17 +437,19 @@ class ServiceSpec(Generic[S]):
 
     name: str
     settings: type[S]
-    port: Callable[[S], int]
     wire: Callable[[Kernel[S]], Awaitable[None]]
     routes: Sequence[Route[Any]] = ()
     database: Database | None = None
+    # What it does on the broker: its user's permissions, and the entrypoints and event
+    # publishes the kernel lets `wire` declare (shared/messaging/permissions.py).
+    broker: ServiceAccess = field(default_factory=ServiceAccess)
     # Largest request body aiohttp reads for the service's routes.
     client_max_size: Callable[[S], int] = field(default=lambda _: 1024**2)
 
     def create_app(self, settings: S) -> web.Application:
         app = base_app(self.name, client_max_size=self.client_max_size(settings))
         app[BODY_TIMEOUT_S] = settings.http_body_timeout_s
-        kernel = Kernel(self.name, settings, app)
+        kernel = Kernel(self.name, settings, app, self.broker)
         app[KERNEL] = kernel
 
         async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -414,8 +466,8 @@ class ServiceSpec(Generic[S]):
         return app
 
     def main(self) -> None:
-        """`python -m services.<name>`: settings from the environment, serve until
+        """`python -m services <name>`: settings from the environment, serve until
         SIGTERM."""
         settings = self.settings()
         configure_logging(self.name, settings.log_level)
-        run_service(self.create_app(settings), settings, self.port(settings))
+        run_service(self.create_app(settings), settings, settings.port)

@@ -5,9 +5,10 @@ subclass `DatabaseSettings` instead: the ingress never gets the database's crede
 (`flowhooks run` passes each service only the variables of its own fields)."""
 
 import copy
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr, create_model, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
@@ -15,8 +16,40 @@ from shared.messaging.topology import DEFAULT_QUEUE_BOUNDS, QueueBounds
 from shared.secret_box import SecretBox
 
 
+class Ports(NamedTuple):
+    """A service's default ports: its own, and its ops port (`/metrics` and the probes,
+    kept off the public network, shared/web.py)."""
+
+    port: int
+    ops_port: int
+
+
+def env_names(settings: type[BaseSettings]) -> set[str]:
+    """The environment variables a settings class reads: `FLOWHOOKS_<FIELD>`, or the
+    field's own name for it (a service's ports)."""
+    prefix = str(settings.model_config.get("env_prefix", "")).upper()
+    return {
+        field.validation_alias.upper()
+        if isinstance(field.validation_alias, str)
+        else f"{prefix}{name}".upper()
+        for name, field in settings.model_fields.items()
+    }
+
+
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
+    # `populate_by_name`: `port=` in code, while the environment names the service.
+    model_config = SettingsConfigDict(
+        env_prefix="FLOWHOOKS_", extra="ignore", populate_by_name=True
+    )
+
+    # Each service's settings class sets its name and default ports; `port` and
+    # `ops_port` then read FLOWHOOKS_<SERVICE>_PORT and FLOWHOOKS_<SERVICE>_OPS_PORT (the
+    # names every deployment uses), so that one environment can hold every service's.
+    SERVICE: ClassVar[str] = ""
+    PORTS: ClassVar[Ports | None] = None
+    port: int = Field(default=0, ge=0, le=65535)
+    # None: no ops port (`/metrics` and the probes on the service's own port).
+    ops_port: int | None = Field(default=None, ge=1, le=65535)
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # The nodes of a RabbitMQ cluster, comma separated (same login on each): a service
@@ -64,11 +97,20 @@ class ServiceSettings(BaseSettings):
     def runner_user(self) -> str:
         return self.trusted_runner_user or URL(self.broker_urls[0]).user or "guest"
 
-    @property
-    def ops_port(self) -> int | None:
-        """The port of `/metrics` (and the probes) beside the service's own: each
-        service's settings name theirs, `FLOWHOOKS_<SERVICE>_OPS_PORT`. None: none."""
-        return None
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        ports = cls.__dict__.get("PORTS")
+        if ports is None:  # a base class (DatabaseSettings), not a service's
+            return
+        assert cls.SERVICE, f"{cls.__name__} declares PORTS but not SERVICE"
+        for field, default in (("port", ports.port), ("ops_port", ports.ops_port)):
+            cls.model_fields[field] = FieldInfo.merge_field_infos(
+                cls.model_fields[field],
+                default=default,
+                validation_alias=f"FLOWHOOKS_{cls.SERVICE}_{field}".upper(),
+            )
+        cls.model_rebuild(force=True)
 
 
 class QueueBoundsSettings(BaseSettings):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra import SERVERS, fresh_database, fresh_vhost
+from harness.infra import SERVERS, fresh_database, fresh_vhost
 
 # Run by `make test` in a pass of their own, after the parallel one, with nothing beside
 # them: they restart a server every other test uses, or they hold the system to bounds

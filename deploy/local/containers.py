@@ -12,7 +12,7 @@ postgres user without a password (PostgreSQL, trust) are what the local servers 
 The tests reach the broker's rabbitmqctl with `docker exec` (the Makefile sets
 FLOWHOOKS_TEST_RABBITMQCTL). What containers cannot give: the failover tests run their
 own RabbitMQ nodes and PostgreSQL servers from the host's binaries
-(tests/rabbit_cluster.py, tests/pg_replica.py), and two tests restart the host's servers;
+(harness/rabbit_cluster.py, harness/pg_replica.py), and two tests restart the host's servers;
 those need the servers installed."""
 
 import time

@@ -21,7 +21,7 @@ DATABASE_URL = os.environ.get(
     "FLOWHOOKS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowhooks"
 )
 LOCAL = {"127.0.0.1", "localhost", "::1"}
-# tests/rabbit_cluster.py and tests/pg_replica.py start their own nodes from these.
+# harness/rabbit_cluster.py and harness/pg_replica.py start their own nodes from these.
 TEST_BINARIES = ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/lib/postgresql/15/bin/initdb")
 
 

@@ -18,8 +18,16 @@ from services.auth.tokens_api import (
 )
 from shared.http_api import TOKEN_CHECK, Route
 from shared.messaging import topology
-from shared.messaging.contracts import AUTHORIZE_WEBHOOK, FLOW_CHANGED, IDENTIFY_TOKEN
+from shared.messaging.contracts import (
+    ACCESS_TOKEN_REVOKED,
+    AUTHORIZE_WEBHOOK,
+    FLOW_ACCESS_CHANGED,
+    FLOW_CHANGED,
+    IDENTIFY_TOKEN,
+    LIST_FLOW_ACCESS,
+)
 from shared.messaging.dispatch import EventHandlers
+from shared.messaging.permissions import ServiceAccess
 from shared.service import Database, Kernel, ServiceSpec
 
 TOKENS_API = web.AppKey("tokens_api", TokensApi)
@@ -47,9 +55,15 @@ async def wire(kernel: Kernel[AuthSettings]) -> None:
 SERVICE = ServiceSpec(
     name="auth",
     settings=AuthSettings,
-    port=lambda settings: settings.auth_port,
     wire=wire,
     database=DATABASE,
+    broker=ServiceAccess(
+        serves=(AUTHORIZE_WEBHOOK, IDENTIFY_TOKEN),
+        consumes=(topology.AUTH_FLOW_CHANGES,),
+        # Its copy of each flow's access state, read whole from the runner.
+        calls=(LIST_FLOW_ACCESS,),
+        publishes=(FLOW_ACCESS_CHANGED, ACCESS_TOKEN_REVOKED),
+    ),
     routes=(
         Route(
             "POST",
@@ -85,7 +99,3 @@ SERVICE = ServiceSpec(
         ),
     ),
 )
-
-
-def create_app(settings: AuthSettings) -> web.Application:
-    return SERVICE.create_app(settings)

@@ -510,12 +510,6 @@ class AlertSender:
             log.warning("alert_attempt_not_recorded", error=repr(task.exception())[:500])
         self._wake.set()  # a place is free: claim again
 
-    async def deliver_due(self) -> int:
-        """One claim of what is due, attempted concurrently and awaited (tests, tools)."""
-        claimed = await self.store.claim(self.concurrency, self.lease_s)
-        await asyncio.gather(*(self._attempt(notice) for notice in claimed))
-        return len(claimed)
-
     async def _attempt(self, notice: asyncpg.Record) -> None:
         permit = self.engine.admit(notice["url"], notice["workspace_id"])
         if isinstance(permit, Deferred):

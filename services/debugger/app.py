@@ -37,9 +37,16 @@ from services.debugger.workspace_limiter import WorkspaceLimiter
 from shared.api_auth import DEBUGGER_READ, DEBUGGER_REPLAY, MANAGE
 from shared.delivery import DeliveryEngine
 from shared.http_api import Route
-from shared.messaging import topology
-from shared.messaging.contracts import CALLBACK_ATTEMPTED, GET_RUN_STATUS
+from shared.messaging import naming, topology
+from shared.messaging.contracts import (
+    CALLBACK_ATTEMPTED,
+    GET_FLOW_OWNER,
+    GET_RUN_STATUS,
+    IDENTIFY_TOKEN,
+    SYNC_RUNS,
+)
 from shared.messaging.dispatch import EventHandlers
+from shared.messaging.permissions import ProcessQueue, ServiceAccess
 from shared.messaging.runner_client import RunnerClient
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.service import Database, Kernel, ServiceSpec
@@ -226,9 +233,18 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
 SERVICE = ServiceSpec(
     name="debugger",
     settings=DebuggerSettings,
-    port=lambda settings: settings.debugger_port,
     wire=wire,
     database=DATABASE,
+    broker=ServiceAccess(
+        serves=(GET_RUN_STATUS,),
+        consumes=(topology.DEBUGGER_EVENTS, topology.DEBUGGER_CALLBACKS),
+        # The live tail binds (a subset of) what the durable intake receives.
+        own_queues=(ProcessQueue(naming.tail_queue_name, topology.DEBUGGER_EVENTS.bindings),),
+        # Identifying API tokens; asking the runner who owns a flow it has not heard of
+        # yet; replays, each a sync run (`RunnerClient.run`).
+        calls=(IDENTIFY_TOKEN, GET_FLOW_OWNER),
+        sends=(SYNC_RUNS,),
+    ),
     routes=(
         Route(
             "GET",
@@ -395,7 +411,3 @@ SERVICE = ServiceSpec(
         ),
     ),
 )
-
-
-def create_app(settings: DebuggerSettings) -> web.Application:
-    return SERVICE.create_app(settings)

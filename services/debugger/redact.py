@@ -63,12 +63,6 @@ def clean_json(value: Any) -> Any:
     return value
 
 
-def json_text(value: Any) -> str:
-    text = orjson.dumps(value).decode()
-    # Fast path: only walk the value when a NUL is actually in it.
-    return orjson.dumps(clean_json(value)).decode() if "\\u0000" in text else text
-
-
 def _cut(text: str, max_bytes: int) -> str:
     """The longest prefix of `text` of at most `max_bytes` UTF-8 bytes."""
     if len(text) * 4 <= max_bytes:

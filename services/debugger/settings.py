@@ -3,6 +3,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 from pydantic_settings import BaseSettings
 
+from services import registry
 from services.debugger.alerts import retry_policy
 from shared.delivery import DeliverySettings
 from shared.retry import RetryPolicy
@@ -21,13 +22,8 @@ else:
 
 
 class DebuggerSettings(DatabaseSettings, _AlertDelivery):
-    debugger_port: int = 8083
-    # /metrics and the probes, kept off the public network (shared/web.py).
-    debugger_ops_port: int = Field(default=9083, ge=1, le=65535)
-
-    @property
-    def ops_port(self) -> int:
-        return self.debugger_ops_port
+    SERVICE = "debugger"
+    PORTS = registry.PORTS[SERVICE]
 
     # Rows written per transaction (a batch also takes whatever arrived while the
     # previous one was being written), and the longest wait to fill a batch.

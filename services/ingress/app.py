@@ -11,7 +11,21 @@ from services.ingress.signing import SignatureChecks
 from services.ingress.webhook import Accepted, WebhookHandler
 from shared.http_api import Route
 from shared.messaging import naming
-from shared.messaging.contracts import RUNS_DRAINED, Event
+from shared.messaging.contracts import (
+    ACCESS_TOKEN_REVOKED,
+    ASYNC_RUNS,
+    AUTHORIZE_WEBHOOK,
+    CLAIM_DEDUP_KEY,
+    FLOW_ACCESS_CHANGED,
+    GET_RUN_STATUS,
+    REQUEST_DEDUPLICATED,
+    REQUEST_QUEUED,
+    REQUEST_REJECTED,
+    RUNS_DRAINED,
+    SYNC_RUNS,
+    Event,
+)
+from shared.messaging.permissions import ProcessQueue, ServiceAccess
 from shared.messaging.runner_client import RunnerClient
 from shared.openapi import AnyJson
 from shared.secret_box import SecretBox
@@ -100,8 +114,20 @@ def _webhook_route(method: str) -> Route[WebhookHandler]:
 SERVICE = ServiceSpec(
     name="ingress",
     settings=IngressSettings,
-    port=lambda settings: settings.ingress_port,
     wire=wire,
+    broker=ServiceAccess(
+        own_queues=(
+            ProcessQueue(
+                naming.cache_invalidation_queue_name,
+                (FLOW_ACCESS_CHANGED.routing_key, ACCESS_TOKEN_REVOKED.routing_key),
+                # Its own async runs that finished (its per-workspace queued bounds).
+                addressed=(naming.runs_drained_key,),
+            ),
+        ),
+        calls=(AUTHORIZE_WEBHOOK, CLAIM_DEDUP_KEY, GET_RUN_STATUS),
+        sends=(SYNC_RUNS, ASYNC_RUNS),
+        publishes=(REQUEST_REJECTED, REQUEST_DEDUPLICATED, REQUEST_QUEUED),
+    ),
     routes=(
         *(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),
         # A run's status (on_timeout "accept", async runs).
@@ -125,7 +151,3 @@ SERVICE = ServiceSpec(
     # The webhook reads its body itself, bounded by ingress_max_body_bytes.
     client_max_size=lambda settings: settings.ingress_max_body_bytes,
 )
-
-
-def create_app(settings: IngressSettings) -> web.Application:
-    return SERVICE.create_app(settings)

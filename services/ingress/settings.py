@@ -1,6 +1,7 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services import registry
 from shared.settings import WebhookSecretsSettings
 
 
@@ -8,13 +9,8 @@ class IngressSettings(WebhookSecretsSettings):
     # A refused secrets key must not print (part of) itself in the error.
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
-    ingress_port: int = 8080
-    # /metrics and the probes, kept off the public network (shared/web.py).
-    ingress_ops_port: int = Field(default=9080, ge=1, le=65535)
-
-    @property
-    def ops_port(self) -> int:
-        return self.ingress_ops_port
+    SERVICE = "ingress"
+    PORTS = registry.PORTS[SERVICE]
 
     # Bodies larger than this get 413 before they are read in full.
     ingress_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)

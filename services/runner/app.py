@@ -33,17 +33,23 @@ from services.runner.templates import TemplateEngine
 from shared.api_auth import MANAGE
 from shared.delivery import DeliveryEngine
 from shared.http_api import Route
+from shared.messaging import naming, topology
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import (
     ASYNC_RUNS,
+    CALLBACK_ATTEMPTED,
     CALLBACKS,
     CLAIM_DEDUP_KEY,
+    FLOW_CHANGED,
     GET_FLOW_OWNER,
+    IDENTIFY_TOKEN,
     LIST_FLOW_ACCESS,
+    PARKED_RUNS,
     RUN_FINISHED,
     RUN_STARTED,
     SYNC_RUNS,
 )
+from shared.messaging.permissions import ServiceAccess
 from shared.messaging.rpc import GroupedReplies
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunFinished
@@ -169,9 +175,21 @@ FLOW_BODY: dict[str, Any] = {"body": FlowDefinition, "body_as_json": True}
 SERVICE = ServiceSpec(
     name="runner",
     settings=RunnerSettings,
-    port=lambda settings: settings.runner_port,
     wire=wire,
     database=DATABASE,
+    broker=ServiceAccess(
+        serves=(CLAIM_DEDUP_KEY, LIST_FLOW_ACCESS, GET_FLOW_OWNER),
+        consumes=(SYNC_RUNS, ASYNC_RUNS, CALLBACKS),
+        # Identifying API tokens.
+        calls=(IDENTIFY_TOKEN,),
+        # A batch it cannot run whole is split back onto its queue; async runs parked
+        # while their workspace is at its share; callbacks enqueued, and parked in the
+        # wait ladder between attempts.
+        sends=(SYNC_RUNS, ASYNC_RUNS, PARKED_RUNS, CALLBACKS, *topology.CALLBACK_WAITS),
+        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, CALLBACK_ATTEMPTED),
+        # To the ingress process that queued them: its async runs that finished.
+        publishes_to_processes=(naming.runs_drained_key,),
+    ),
     routes=(
         _flow_route(
             "POST",
@@ -241,7 +259,3 @@ SERVICE = ServiceSpec(
         ),
     ),
 )
-
-
-def create_app(settings: RunnerSettings) -> web.Application:
-    return SERVICE.create_app(settings)

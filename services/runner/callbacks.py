@@ -151,13 +151,6 @@ def ladder_step(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDE
     return max(fitting) if fitting else None
 
 
-def ladder_hops(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDER_S) -> list[int]:
-    """The steps a wait of `wait_s` takes, in order (what repeated `ladder_step` does)."""
-    hops: list[int] = []
-    while (step := ladder_step(wait_s, ladder_s)) is not None:
-        hops.append(step)
-        wait_s -= step
-    return hops
 
 
 def judge(

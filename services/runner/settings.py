@@ -3,6 +3,7 @@ from typing import TYPE_CHECKING, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services import registry
 from services.runner.bounds import RunBounds
 from services.runner.callbacks import DEFAULT_RETRY_DELAYS_S, retry_policy
 from services.runner.token_keys import TokenKey, TokenKeyRing, parse_ring
@@ -28,13 +29,8 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
     # A refused ring must not print (part of) its keys in the error.
     model_config = SettingsConfigDict(hide_input_in_errors=True)
 
-    runner_port: int = 8082
-    # /metrics and the probes, kept off the public network (shared/web.py).
-    runner_ops_port: int = Field(default=9082, ge=1, le=65535)
-
-    @property
-    def ops_port(self) -> int:
-        return self.runner_ops_port
+    SERVICE = "runner"
+    PORTS = registry.PORTS[SERVICE]
 
     # The key ring from which every flow's webhook token is derived (HMAC): keys separated
     # by commas, the current one first, then previous ones (each optionally `@<ISO time>`,

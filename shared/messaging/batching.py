@@ -2,9 +2,10 @@
 (shared/group_commit.py).
 
 One AMQP message per event costs a frame encode, a confirm and, at the consumer, a
-delivery and an ack, which on this machine is most of a request's CPU
-(../shared/perf-findings.md). A `BatchPublisher` sends at once when nothing is in
-flight (no added latency at low load); while a message waits for its confirm, new
+delivery and an ack, which on this machine is most of a request's CPU (three quarters
+of it Python; docs/performance.md, "The messaging patterns on this machine"). A
+`BatchPublisher` sends at once when nothing is in flight (no added latency at low
+load); while a message waits for its confirm, new
 events collect and go together in the next message (up to `max_items` and `max_bytes`
 each). Every caller of `publish` returns only when the broker confirmed the message
 holding its event, or raises `Unavailable` if it did not: each caller keeps exactly the

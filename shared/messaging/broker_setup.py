@@ -30,7 +30,7 @@ import aiohttp
 from yarl import URL
 
 from shared.messaging import naming, topology
-from shared.messaging.permissions import SERVICES, permissions, topic_permissions
+from shared.messaging.permissions import permissions, services, topic_permissions
 
 DEFAULT_VHOST = "flowhooks"
 DEFAULT_USER_PREFIX = "flowhooks-"
@@ -45,7 +45,7 @@ def password_env(service: str) -> str:
 
 
 def user_names(prefix: str = DEFAULT_USER_PREFIX) -> dict[str, str]:
-    return {service: f"{prefix}{service}" for service in SERVICES}
+    return {service: f"{prefix}{service}" for service in services()}
 
 
 def password_hash(password: str, salt: bytes | None = None) -> str:
@@ -240,7 +240,7 @@ async def find_admin(management_url: str, rabbitmqctl: str = "rabbitmqctl") -> B
 
 
 def passwords_from_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    return {s: environ[password_env(s)] for s in SERVICES if environ.get(password_env(s))}
+    return {s: environ[password_env(s)] for s in services() if environ.get(password_env(s))}
 
 
 def choose_passwords(

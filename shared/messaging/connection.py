@@ -88,6 +88,10 @@ class FailoverConnection(aio_pika.RobustConnection):
         await super()._RobustConnection__connect_transport()  # type: ignore[misc]
 
 
+class UndeclaredEvent(Exception):
+    """Not in the service's declared `publishes`: its broker user may not publish it."""
+
+
 class Broker:
     def __init__(
         self,
@@ -120,6 +124,9 @@ class Broker:
         self.reconnected: list[Callable[[], None]] = []
         # Publishes the broker did not confirm (exported as a metric, shared/metrics.py).
         self.publish_failures = 0
+        # The routing keys this service declares it publishes on the events exchange (the
+        # kernel sets it from its `ServiceSpec`); None: any.
+        self.may_publish_event: Callable[[str], object] | None = None
         # For `queue_depths`: a passive declare of a missing queue closes its channel.
         self._depth_channel: AbstractRobustChannel | None = None
 
@@ -210,7 +217,10 @@ class Broker:
         headers: dict[str, Any] | None = None,
     ) -> None:
         """Publish and, with `confirm`, wait for the broker's ack (bounded by the publish
-        timeout). Raises `Unavailable` when the broker did not take the message."""
+        timeout). Raises `Unavailable` when the broker did not take the message, and
+        `UndeclaredEvent` for an event this service does not declare it publishes."""
+        if to_events and self.may_publish_event and not self.may_publish_event(routing_key):
+            raise UndeclaredEvent(f"{self.service} does not declare publishing {routing_key}")
         message = aio_pika.Message(
             body,
             content_type="application/json",

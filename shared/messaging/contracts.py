@@ -35,7 +35,7 @@ from shared.schemas.access import (
 from shared.schemas.backlog import RunsDrained
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
-from shared.schemas.runs import RunResult, RunsFinished, RunsProgressed, StartRun, StartRuns
+from shared.schemas.runs import RunsFinished, RunsProgressed, StartRuns
 
 Request = TypeVar("Request", bound=BaseModel)
 Response = TypeVar("Response", bound=BaseModel)
@@ -71,30 +71,28 @@ class Command(Generic[Body]):
         return self.body.model_validate_json(message)
 
 
-# RPCs.
+# RPCs: the method name (the message's `type`), the queue its servers consume, the
+# request and response models.
 AUTHORIZE_WEBHOOK: Rpc[AuthorizeWebhook, WebhookAccess] = Rpc(
-    naming.AUTHORIZE_WEBHOOK, topology.AUTH_RPC, AuthorizeWebhook, WebhookAccess
+    "auth.authorize_webhook", topology.AUTH_RPC, AuthorizeWebhook, WebhookAccess
 )
 IDENTIFY_TOKEN: Rpc[IdentifyToken, TokenIdentity] = Rpc(
-    naming.IDENTIFY_TOKEN, topology.AUTH_RPC, IdentifyToken, TokenIdentity
+    "auth.identify_token", topology.AUTH_RPC, IdentifyToken, TokenIdentity
 )
 LIST_FLOW_ACCESS: Rpc[ListFlowAccess, FlowAccessPage] = Rpc(
-    naming.LIST_FLOW_ACCESS, topology.RUNNER_RPC, ListFlowAccess, FlowAccessPage
+    "runner.list_flow_access", topology.RUNNER_RPC, ListFlowAccess, FlowAccessPage
 )
 # The debugger's read-through when its copy of flow ownership has not heard of a flow.
 GET_FLOW_OWNER: Rpc[FlowOwnerQuery, FlowOwner] = Rpc(
-    naming.GET_FLOW_OWNER, topology.RUNNER_RPC, FlowOwnerQuery, FlowOwner
+    "runner.get_flow_owner", topology.RUNNER_RPC, FlowOwnerQuery, FlowOwner
 )
-# One sync run as a call of its own (the debugger's replay); the ingress batches them
-# (`SYNC_RUNS`). The runner answers both the same way.
-START_RUN: Rpc[StartRun, RunResult] = Rpc(naming.START_RUN, topology.SYNC_RUNS, StartRun, RunResult)
 # The ingress, for flows with `webhook.dedup` only: is this request the first of its key?
 CLAIM_DEDUP_KEY: Rpc[ClaimDedupKey, DedupClaim] = Rpc(
-    naming.CLAIM_DEDUP_KEY, topology.RUNNER_RPC, ClaimDedupKey, DedupClaim
+    "runner.claim_dedup_key", topology.RUNNER_RPC, ClaimDedupKey, DedupClaim
 )
 # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
 GET_RUN_STATUS: Rpc[GetRunStatus, RunStatus] = Rpc(
-    naming.GET_RUN_STATUS, topology.DEBUGGER_RPC, GetRunStatus, RunStatus
+    "debugger.get_run_status", topology.DEBUGGER_RPC, GetRunStatus, RunStatus
 )
 
 # Commands: webhook requests for the runners, many to a message.

@@ -1,4 +1,5 @@
-"""Every exchange, queue, routing key and RPC method name used by flowhooks.
+"""Every exchange, queue and routing key used by flowhooks (an RPC's method name is in
+its declaration, `contracts.py`).
 
 Routing keys are `<entity>.<past-tense verb>`; RPC methods are `<service>.<verb>`.
 """
@@ -47,15 +48,6 @@ CALLBACK_ATTEMPTED = "callback.attempted"  # runner -> debugger: one callback at
 # runner -> one ingress (`runs.drained.<instance>`, `runs_drained_key`): its async runs
 # that finished, so it stops counting them against their workspace's queued bound.
 RUNS_DRAINED = "runs.drained"
-
-# RPC methods.
-AUTHORIZE_WEBHOOK = "auth.authorize_webhook"
-IDENTIFY_TOKEN = "auth.identify_token"
-LIST_FLOW_ACCESS = "runner.list_flow_access"
-GET_FLOW_OWNER = "runner.get_flow_owner"
-START_RUN = "runner.start_run"
-CLAIM_DEDUP_KEY = "runner.claim_dedup_key"
-GET_RUN_STATUS = "debugger.get_run_status"
 
 
 def reply_queue_name(service: str, instance: str) -> str:

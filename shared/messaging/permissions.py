@@ -1,11 +1,15 @@
-"""Each service's RabbitMQ permissions, derived from what it does on the broker.
+"""Each service's RabbitMQ permissions, derived from what it declares it does on the
+broker.
 
-`ACCESS` says, per service, which queues it consumes, which per-process queues it
-declares (and binds), which routing keys it publishes on the events exchange and which
-queues it sends to through the default exchange; everything is spelled through
-`naming`, `topology` and `contracts`, so a renamed queue renames its permission.
-`permissions(service)` and `topic_permissions(service)` turn that into the regexes that
-`flowhooks broker-setup` grants (see docs/operations.md, "Broker users and permissions").
+Each `ServiceSpec` (shared/service.py) declares a `ServiceAccess`: the RPCs it serves and
+calls, the durable queues it consumes and sends to, its per-process queues and the
+events it publishes, every one spelled by the contracts and topology (`contracts`,
+`topology`, `naming`), so a renamed queue renames its permission. The kernel refuses at
+start an entrypoint (and the broker a publish on the events exchange) that the
+declaration does not name, so the declaration cannot drift from `wire`.
+`permissions(service)` and `topic_permissions(service)` turn the declarations of the
+services of `services/registry.py` into the regexes that `flowhooks broker-setup`
+grants (see docs/operations.md, "Broker users and permissions").
 
 What RabbitMQ checks (rabbit_channel): declaring a queue or exchange (not passively)
 needs *configure* on it; `queue.bind` needs *write* on the queue, *read* on the exchange
@@ -17,15 +21,16 @@ way, which is why consumers of sensitive events also check `user_id` (`trust.py`
 Regexes are searched, not matched, by RabbitMQ, so each is anchored.
 """
 
+import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.messaging import contracts, naming, topology
+from shared.messaging import naming, topology
+from shared.messaging.contracts import Command, Event, Rpc
 
-SERVICES = ("ingress", "auth", "runner", "debugger")
 # RabbitMQ's resource name for the default ("") exchange in permission checks.
 DEFAULT_EXCHANGE = "amq.default"
 # The process part of per-process queue names (`Broker.instance`): no dots, so a pattern
@@ -61,17 +66,41 @@ class ProcessQueue:
         return bool(self.bindings or self.addressed)
 
 
+Queue = topology.QueueSpec | Command[Any]
+
+
+def _queue(queue: Queue) -> topology.QueueSpec:
+    return queue.queue if isinstance(queue, Command) else queue
+
+
 @dataclass(frozen=True)
 class ServiceAccess:
-    consumes: tuple[topology.QueueSpec, ...] = ()
+    """What one service does on the broker (besides its reply queue, which every
+    service's RPC client has): declared once, in its `ServiceSpec`."""
+
+    # RPCs it answers (their queues consumed, the answers sent to the callers' queues).
+    serves: tuple[Rpc[Any, Any], ...] = ()
+    # Durable queues it consumes: its commands' and its event queues.
+    consumes: tuple[Queue, ...] = ()
     own_queues: tuple[ProcessQueue, ...] = ()
-    publishes: tuple[str, ...] = ()  # routing keys on the events exchange
+    # RPCs it calls, and queues it sends to through the default exchange (commands).
+    calls: tuple[Rpc[Any, Any], ...] = ()
+    sends: tuple[Queue, ...] = ()
+    publishes: tuple[Event[Any], ...] = ()  # on the events exchange
     # Routing keys made of another service's process instance (`runs.drained.<ingress>`).
     publishes_to_processes: tuple[Callable[[str], str], ...] = ()
-    # Queues written through the default exchange (RPC calls, commands); `replies`: an
-    # RPC server answering on its callers' reply queues, also through the default exchange.
-    sends_to: tuple[topology.QueueSpec, ...] = ()
-    replies: bool = False
+
+    @property
+    def consumed(self) -> tuple[topology.QueueSpec, ...]:
+        return tuple(rpc.queue for rpc in self.serves) + tuple(map(_queue, self.consumes))
+
+    @property
+    def uses_default_exchange(self) -> bool:
+        return bool(self.serves or self.calls or self.sends)
+
+    def with_reply_queue(self, service: str) -> "ServiceAccess":
+        reply = ProcessQueue(functools.partial(naming.reply_queue_name, service))
+        return dataclasses.replace(self, own_queues=(reply, *self.own_queues))
 
 
 @dataclass(frozen=True)
@@ -94,90 +123,20 @@ def escape(name: str) -> str:
     return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", name)
 
 
-def _reply_queue(service: str) -> ProcessQueue:
-    return ProcessQueue(functools.partial(naming.reply_queue_name, service))
+def services() -> tuple[str, ...]:
+    """The services' names (`services/registry.py`), imported when asked: shared/ knows
+    of the services only here, for their users' permissions."""
+    from services import registry
+
+    return registry.NAMES
 
 
-def _keys(*events: contracts.Event[Any]) -> tuple[str, ...]:
-    return tuple(event.routing_key for event in events)
+@functools.cache
+def access(service: str) -> ServiceAccess:
+    """What `service` declares in its `ServiceSpec`, with its reply queue."""
+    from services import registry
 
-
-ACCESS: dict[str, ServiceAccess] = {
-    "ingress": ServiceAccess(
-        own_queues=(
-            _reply_queue("ingress"),
-            ProcessQueue(
-                naming.cache_invalidation_queue_name,
-                _keys(contracts.FLOW_ACCESS_CHANGED, contracts.ACCESS_TOKEN_REVOKED),
-                # Its own async runs that finished (its per-workspace queued bounds).
-                addressed=(naming.runs_drained_key,),
-            ),
-        ),
-        publishes=_keys(
-            contracts.REQUEST_REJECTED, contracts.REQUEST_DEDUPLICATED, contracts.REQUEST_QUEUED
-        ),
-        sends_to=(
-            contracts.AUTHORIZE_WEBHOOK.queue,
-            contracts.SYNC_RUNS.queue,
-            contracts.ASYNC_RUNS.queue,
-            contracts.CLAIM_DEDUP_KEY.queue,
-            contracts.GET_RUN_STATUS.queue,
-        ),
-    ),
-    "auth": ServiceAccess(
-        consumes=(topology.AUTH_RPC, topology.AUTH_FLOW_CHANGES),
-        own_queues=(_reply_queue("auth"),),
-        publishes=_keys(contracts.FLOW_ACCESS_CHANGED, contracts.ACCESS_TOKEN_REVOKED),
-        sends_to=(contracts.LIST_FLOW_ACCESS.queue,),
-        replies=True,
-    ),
-    "runner": ServiceAccess(
-        consumes=(
-            topology.RUNNER_RPC,
-            topology.SYNC_RUNS,
-            topology.ASYNC_RUNS,
-            contracts.CALLBACKS.queue,
-        ),
-        own_queues=(_reply_queue("runner"),),
-        publishes=_keys(
-            contracts.FLOW_CHANGED,
-            contracts.RUN_FINISHED,
-            contracts.RUN_STARTED,
-            contracts.CALLBACK_ATTEMPTED,
-        ),
-        # To the ingress process that queued them: its async runs that finished.
-        publishes_to_processes=(naming.runs_drained_key,),
-        # Identifying API tokens; a batch it cannot run whole is split back onto its
-        # queue; async runs parked while their workspace is at its share; callbacks
-        # enqueued, and parked in the wait ladder between attempts.
-        sends_to=(
-            contracts.IDENTIFY_TOKEN.queue,
-            topology.SYNC_RUNS,
-            topology.ASYNC_RUNS,
-            contracts.PARKED_RUNS.queue,
-            contracts.CALLBACKS.queue,
-            *topology.CALLBACK_WAITS,
-        ),
-        replies=True,
-    ),
-    "debugger": ServiceAccess(
-        consumes=(topology.DEBUGGER_EVENTS, topology.DEBUGGER_RPC, topology.DEBUGGER_CALLBACKS),
-        own_queues=(
-            _reply_queue("debugger"),
-            # The live tail binds (a subset of) what the durable intake receives.
-            ProcessQueue(naming.tail_queue_name, topology.DEBUGGER_EVENTS.bindings),
-        ),
-        # Identifying API tokens; asking the runner who owns a flow it has not heard of
-        # yet; replays (sync as a call of its own, async as a command).
-        sends_to=(
-            contracts.IDENTIFY_TOKEN.queue,
-            contracts.GET_FLOW_OWNER.queue,
-            contracts.START_RUN.queue,
-            contracts.ASYNC_RUNS.queue,
-        ),
-        replies=True,
-    ),
-}
+    return registry.spec(service).broker.with_reply_queue(service)
 
 
 def any_of(patterns: Iterable[str]) -> str:
@@ -193,12 +152,19 @@ def _exact(names: Iterable[str]) -> list[str]:
 
 
 def permissions(service: str) -> Permissions:
-    access = ACCESS[service]
-    consumed = _exact(spec.name for spec in access.consumes)
+    return permissions_of(access(service))
+
+
+def topic_permissions(service: str) -> TopicPermissions:
+    return topic_permissions_of(access(service))
+
+
+def permissions_of(access: ServiceAccess) -> Permissions:
+    consumed = _exact(spec.name for spec in access.consumed)
     own = [queue.pattern for queue in access.own_queues]
     bound = [queue.pattern for queue in access.own_queues if queue.bound]
     write = list(bound)  # queue.bind needs write on the bound queue
-    if access.sends_to or access.replies:
+    if access.uses_default_exchange:
         write += _exact([DEFAULT_EXCHANGE])
     if access.publishes or access.publishes_to_processes:
         write += _exact([naming.EVENTS_EXCHANGE])
@@ -210,16 +176,15 @@ def permissions(service: str) -> Permissions:
     return Permissions(configure=any_of(consumed + own), write=any_of(write), read=any_of(read))
 
 
-def topic_permissions(service: str) -> TopicPermissions:
+def topic_permissions_of(access: ServiceAccess) -> TopicPermissions:
     """On the events exchange: write = the routing keys the service publishes, read = the
     keys its own queues bind. A user with no topic permission on an exchange may use any
     key there, so every service gets one, even if it is `^$`."""
-    access = ACCESS[service]
     bound = _exact({key for queue in access.own_queues for key in queue.bindings})
     bound += [_per_instance(key) for queue in access.own_queues for key in queue.addressed]
     addressed = [_per_instance(key) for key in access.publishes_to_processes]
     return TopicPermissions(
         exchange=naming.EVENTS_EXCHANGE,
-        write=any_of(_exact(access.publishes) + addressed),
+        write=any_of(_exact(event.routing_key for event in access.publishes) + addressed),
         read=any_of(bound),
     )

@@ -61,6 +61,10 @@ def reply_item(correlation_id: str, reply_type: str, body: bytes) -> bytes:
     )
 
 
+class UndeclaredCall(Exception):
+    """Not in the service's declared `calls` (`ServiceSpec.broker`)."""
+
+
 class RpcClient:
     def __init__(
         self, broker: Broker, default_timeout_s: float, duration: Histogram | None = None
@@ -71,6 +75,9 @@ class RpcClient:
         self.duration = duration
         self.reply_queue = naming.reply_queue_name(broker.service, broker.instance)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        # The methods this service declares it calls (the kernel sets them from its
+        # `ServiceSpec`); None: any.
+        self.may_call: frozenset[str] | None = None
 
     async def start(self) -> None:
         # no_ack: a reply is useful only to the waiting future, never redelivered.
@@ -115,7 +122,10 @@ class RpcClient:
         correlation_id: str | None = None,
     ) -> Resp:
         """Raises the remote `ApiError`, `Timeout` when no answer came in time, or
-        `Unavailable` when the broker did not take the call or nobody serves its queue."""
+        `Unavailable` when the broker did not take the call or nobody serves its queue;
+        `UndeclaredCall` for a method this service does not declare it calls."""
+        if self.may_call is not None and rpc.method not in self.may_call:
+            raise UndeclaredCall(f"{self.broker.service} does not declare calling {rpc.method}")
         timeout = timeout_s if timeout_s is not None else self.default_timeout_s
         correlation_id = correlation_id or uuid.uuid4().hex
         future = self.expect(correlation_id)

@@ -42,14 +42,3 @@ def check_publisher(message: AbstractIncomingMessage, trusted_user: str) -> None
     raise UntrustedPublisher(
         f"{message.routing_key} published by {message.user_id!r}, not {trusted_user!r}"
     )
-
-
-async def drop_unless_published_by(message: AbstractIncomingMessage, trusted_user: str) -> bool:
-    """For consumers that settle messages themselves: False (and the message rejected
-    without requeue) unless `trusted_user` published it."""
-    try:
-        check_publisher(message, trusted_user)
-    except UntrustedPublisher:
-        await message.reject(requeue=False)
-        return False
-    return True

@@ -3,8 +3,8 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api
-from tests.e2e.system import System, running_system
+from harness.client import Api
+from harness.system import System, running_system
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,10 @@ import aio_pika
 import orjson
 import pytest
 
+from harness.client import Api, eventually, ok_or_failing_flow
+from harness.receiver import Receiver, webhook_receiver
+from harness.system import System, running_system
 from shared import standard_webhooks
-from tests.e2e.client import Api, eventually, ok_or_failing_flow
-from tests.e2e.receiver import Receiver, webhook_receiver
-from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

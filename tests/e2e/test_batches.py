@@ -16,12 +16,12 @@ import aio_pika
 import pytest
 from aiohttp import web
 
+from harness.client import Api, eventually
+from harness.receiver import serving
+from harness.system import System, running_system
 from services.runner.runs import REPEATED_AFTER_CRASH
 from shared.messaging import naming
 from shared.schemas.runs import StartRun, StartRuns, WebhookRequest
-from tests.e2e.client import Api, eventually
-from tests.e2e.receiver import serving
-from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.client import Api, eventually
+from harness.infra import SERVERS, fresh_database, fresh_vhost
+from harness.system import System
+from services.registry import NAMES as SERVICES
 from shared.messaging import broker_setup
-from shared.messaging.permissions import SERVICES
-from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
-from tests.infra import SERVERS, fresh_database, fresh_vhost
 
 pytestmark = pytest.mark.e2e
 

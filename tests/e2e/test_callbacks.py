@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.client import Api, eventually
+from harness.receiver import Call, Receiver, webhook_receiver
+from harness.system import System, running_system
 from shared import standard_webhooks
-from tests.e2e.client import Api, eventually
-from tests.e2e.receiver import Call, Receiver, webhook_receiver
-from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

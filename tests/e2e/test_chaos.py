@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.e2e.system import REPO
+from harness.system import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 

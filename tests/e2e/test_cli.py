@@ -1,4 +1,4 @@
-"""`flowhooks flows|requests|tokens ...` as real subprocesses (`python -m services.cli`)
+"""`flowhooks flows|requests|tokens ...` as real subprocesses (`python -m cli.main`)
 against a running system: the same HTTP APIs a user reaches with curl, through the
 command line's settings (FLOWHOOKS_*_URL, FLOWHOOKS_TOKEN)."""
 
@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.client import Api, eventually
-from tests.e2e.system import REPO, System
+from harness.client import Api, eventually
+from harness.system import REPO, System
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
@@ -33,6 +33,7 @@ def cli_token(system: System) -> str:
 async def api(system: System, cli_token: str) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(system, session, cli_token)
+
 
 FLOW_YAML = """\
 name: NAME
@@ -69,7 +70,7 @@ def cli(
     if token is not None:
         env["FLOWHOOKS_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -264,7 +265,7 @@ async def test_requests_list_show_replay_and_tail(api: Api, tmp_path: Path) -> N
     assert answer["response"]["body"] == '{"valid": false}'
 
     tail = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "requests", "tail", flow_id],
+        [sys.executable, "-m", "cli.main", "requests", "tail", flow_id],
         cwd=REPO,
         env={
             **{k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")},

@@ -11,8 +11,8 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.e2e.client import Api, eventually
-from tests.e2e.system import System
+from harness.client import Api, eventually
+from harness.system import System
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.e2e.client import Api, eventually
-from tests.e2e.system import REPO
+from harness.client import Api, eventually
+from harness.system import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 

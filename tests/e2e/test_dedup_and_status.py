@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.client import Api, eventually
-from tests.e2e.receiver import serving
-from tests.e2e.system import System, running_system
+from harness.client import Api, eventually
+from harness.receiver import serving
+from harness.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

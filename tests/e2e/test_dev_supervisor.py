@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from services.supervisor import settings_class
-from tests.e2e.system import REPO, SERVICES, free_ports
-from tests.infra import fresh_database, fresh_vhost
+from cli.supervisor import settings_class
+from harness.infra import fresh_database, fresh_vhost
+from harness.system import REPO, SERVICES, free_ports
+from shared.settings import env_names
 
 pytestmark = pytest.mark.e2e
 
@@ -50,20 +51,20 @@ def healthy(port: int) -> bool:
 
 @pytest.fixture
 def supervisor_env() -> Iterator[dict[str, str]]:
-    port_fields = sorted(
+    port_variables = sorted(
         {
             name
             for service in SERVICES
-            for name in settings_class(service).model_fields
-            if name.endswith("_port")
+            for name in env_names(settings_class(service))
+            if name.endswith("_PORT")
         }
     )
     with fresh_vhost() as amqp_url, fresh_database() as database_url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOKS_")}
         env.update(
             {
-                f"FLOWHOOKS_{name.upper()}": str(port)
-                for name, port in zip(port_fields, free_ports(len(port_fields)), strict=True)
+                name: str(port)
+                for name, port in zip(port_variables, free_ports(len(port_variables)), strict=True)
             },
             FLOWHOOKS_AMQP_URL=amqp_url,
             FLOWHOOKS_DATABASE_URL=database_url,
@@ -84,7 +85,7 @@ def test_supervisor_isolates_restarts_and_stops(supervisor_env: dict[str, str], 
     with tempfile.NamedTemporaryFile(prefix="flowhooks-run-", suffix=".log") as log:
         output = Path(log.name)
         supervisor = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run"],
+            [sys.executable, "-m", "cli.main", "run"],
             cwd=REPO,
             env=env,
             stdout=log,

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.system import System
+from harness.system import System
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system, pytest.mark.timeout(240)]
 

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.client import Api
+from harness.system import SERVICES, System, running_system
 from services.runner.definition import MAX_STEP_DEPTH
-from tests.e2e.client import Api
-from tests.e2e.system import SERVICES, System, running_system
 
 pytestmark = pytest.mark.e2e
 

@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.client import Api, eventually
+from harness.receiver import serving
+from harness.system import System, running_system
 from tests.cpu_templates import burning
-from tests.e2e.client import Api, eventually
-from tests.e2e.receiver import serving
-from tests.e2e.system import System, running_system
 from tests.e2e.test_isolation import worker_pids
 
 pytestmark = pytest.mark.e2e

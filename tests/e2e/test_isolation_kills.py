@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from harness.client import Api
+from harness.system import System, running_system
 from tests.cpu_templates import burning
-from tests.e2e.client import Api
-from tests.e2e.system import System, running_system
 from tests.e2e.test_isolation import (
     ENDPOINT_HOST,
     OTHER_HOST,

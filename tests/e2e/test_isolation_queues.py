@@ -20,11 +20,11 @@ import orjson
 import pytest
 from aiohttp import web
 
+from harness.client import Api, eventually
+from harness.receiver import serving
+from harness.system import System, running_system
 from services.ingress.backlog import QUEUED_RETRY_AFTER_S
 from shared.messaging import naming
-from tests.e2e.client import Api, eventually
-from tests.e2e.receiver import serving
-from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.client import Api, eventually, ok_or_failing_flow
+from harness.system import System, running_system
 from shared.messaging import topology
 from shared.messaging.contracts import AUTHORIZE_WEBHOOK
-from tests.e2e.client import Api, eventually, ok_or_failing_flow
-from tests.e2e.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

@@ -5,7 +5,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.e2e.client import Api, eventually
+from harness.client import Api, eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 

@@ -8,8 +8,8 @@ import aio_pika
 import orjson
 import pytest
 
-from tests.e2e.client import Api, eventually
-from tests.e2e.system import System, running_system
+from harness.client import Api, eventually
+from harness.system import System, running_system
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.e2e.client import Api
-from tests.e2e.system import REPO, System, running_system
+from harness.client import Api
+from harness.system import REPO, System, running_system
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ def restart_runner(system: System, ring: str) -> float:
 
 def rotate_all_tokens(system: System, ring: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "flows", "rotate-all-tokens"],
+        [sys.executable, "-m", "cli.main", "flows", "rotate-all-tokens"],
         cwd=REPO,
         env=system.env() | ring_env(ring),
         capture_output=True,

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.auth.app import create_app
-from services.auth.cli import create_token
+from cli.tokens import create_token
+from services.auth.app import SERVICE
 from services.auth.settings import AuthSettings
 from shared.bearer import hash_token
 from shared.errors import Unauthorized
@@ -79,7 +79,7 @@ class Peer:
 @pytest.fixture
 async def auth(amqp_url: str, database_url: str) -> AsyncIterator[TestClient]:
     settings = AuthSettings(amqp_url=amqp_url, database_url=database_url)
-    async with TestClient(TestServer(create_app(settings))) as client:
+    async with TestClient(TestServer(SERVICE.create_app(settings))) as client:
         yield client
 
 

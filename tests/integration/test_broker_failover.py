@@ -1,4 +1,4 @@
-"""Broker failover on a real 3-node RabbitMQ cluster (tests/rabbit_cluster.py, private
+"""Broker failover on a real 3-node RabbitMQ cluster (harness/rabbit_cluster.py, private
 ports, next to the shared broker): nodes are SIGKILLed under a steady stream of
 confirmed publishes into a quorum queue. Whatever the broker confirmed is consumed
 (a duplicate only as a flagged redelivery), an unconfirmed publish raises
@@ -20,10 +20,10 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from yarl import URL
 
+from harness.rabbit_cluster import RabbitCluster, rabbit_cluster
 from shared.errors import Unavailable
 from shared.messaging.connection import Broker
 from shared.messaging.topology import QueueSpec
-from tests.rabbit_cluster import RabbitCluster, rabbit_cluster
 
 pytestmark = pytest.mark.integration
 

@@ -16,16 +16,17 @@ import pytest
 import structlog
 from aiohttp import web
 
+from harness.infra import SERVERS
 from services.auth.settings import AuthSettings
 from shared.messaging import broker_setup, naming, topology
 from shared.messaging.connection import Broker
-from shared.messaging.contracts import FLOW_CHANGED
+from shared.messaging.contracts import FLOW_CHANGED, Command
 from shared.messaging.dispatch import EventHandlers
-from shared.messaging.permissions import ACCESS, SERVICES
+from shared.messaging.permissions import access as declared
+from shared.messaging.permissions import services
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowChanged, FlowWebhookSettings
 from shared.service import Kernel
-from tests.infra import SERVERS
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +54,14 @@ def users() -> Iterator[Users]:
     tag = uuid.uuid4().hex[:10]
     vhost = f"flowhooks-test-{tag}"
     names = broker_setup.user_names(f"fhtest-{tag}-")
-    passwords = {service: secrets.token_urlsafe(16) for service in SERVICES}
+    passwords = {service: secrets.token_urlsafe(16) for service in services()}
     try:
         generated = asyncio.run(broker_setup.apply(ADMIN, vhost, names, passwords))
         assert generated == {}
         _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         yield Users(vhost, names, passwords, f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
     finally:
-        # Deleted in the background, several per rabbitmqctl call (tests/infra.py).
+        # Deleted in the background, several per rabbitmqctl call (harness/infra.py).
         SERVERS.vhosts.give_back(vhost)
         SERVERS.broker_users.give_back(*names.values())
 
@@ -102,8 +103,8 @@ async def test_each_service_user_can_do_its_own_work(users: Users) -> None:
     """Every service connects with its own user (only checking the topology, which
     broker-setup declared), declares and consumes its queues, binds its per-process
     queues, publishes its events and sends to the queues it calls."""
-    for service in SERVICES:
-        access = ACCESS[service]
+    for service in services():
+        access = declared(service)
         broker = Broker(users.url(service), service)
         await broker.connect()
         try:
@@ -113,7 +114,7 @@ async def test_each_service_user_can_do_its_own_work(users: Users) -> None:
             async def ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
                 pass
 
-            for spec in access.consumes:
+            for spec in access.consumed:
                 await broker.consume(spec, ignore, prefetch=1)
             for own in access.own_queues:
                 if own.bound:
@@ -126,14 +127,19 @@ async def test_each_service_user_can_do_its_own_work(users: Users) -> None:
                         no_ack=True,
                         bindings=own.bindings + addressed,
                     )
-            for key in access.publishes:
-                await broker.publish(b"{}", routing_key=key, to_events=True, mandatory=False)
+            for event in access.publishes:
+                await broker.publish(
+                    b"{}", routing_key=event.routing_key, to_events=True, mandatory=False
+                )
             for key_of in access.publishes_to_processes:  # to some other service's process
                 await broker.publish(
                     b"{}", routing_key=key_of("0f1e2d3c4b5a"), to_events=True, mandatory=False
                 )
-            for spec in access.sends_to:
-                await broker.publish(b"{}", routing_key=spec.name, persistent=False)
+            for rpc in access.calls:
+                await broker.publish(b"{}", routing_key=rpc.queue.name, persistent=False)
+            for sent in access.sends:
+                queue = sent.queue if isinstance(sent, Command) else sent
+                await broker.publish(b"{}", routing_key=queue.name, persistent=False)
         finally:
             await broker.close()
 

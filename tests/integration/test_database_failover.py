@@ -1,4 +1,4 @@
-"""Database failover on a private primary + synchronous replica (tests/pg_replica.py):
+"""Database failover on a private primary + synchronous replica (harness/pg_replica.py):
 the primary is SIGKILLed, writes fail fast with a connection error (no hang), the
 replica is promoted, the same pool writes again within seconds through the multi-host
 URL, and every write acknowledged before the crash is on the new primary. The same for
@@ -17,13 +17,13 @@ import aio_pika
 import asyncpg
 import pytest
 
+from harness.pg_replica import PostgresPair, postgres_pair
 from services.debugger.ingest import classify
 from services.debugger.records import Redaction
 from shared import db
 from shared.db import UNAVAILABLE, ensure_database, open_pool
 from shared.messaging import naming
 from tests.integration.test_debugger_ingest import debugger, eventually, finished, webhook_request
-from tests.pg_replica import PostgresPair, postgres_pair
 
 pytestmark = pytest.mark.integration
 

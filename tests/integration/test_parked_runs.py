@@ -10,6 +10,7 @@ import time
 import aio_pika
 import pytest
 
+from harness.factories import webhook_request
 from shared.errors import Unavailable
 from shared.messaging import naming, topology
 from shared.messaging.broker_setup import Rabbitmqctl, apply_queue_bounds, vhost_of
@@ -18,7 +19,6 @@ from shared.messaging.contracts import PARKED_RUNS
 from shared.messaging.rpc import RpcClient
 from shared.messaging.runner_client import RunnerClient
 from shared.schemas.runs import StartRun, StartRuns
-from tests.factories import webhook_request
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ import uuid
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.worker_protocol import FlowSnapshot
-from tests.factories import webhook_request
 from tests.integration.test_worker_pool import start_pool
 
 pytestmark = pytest.mark.integration

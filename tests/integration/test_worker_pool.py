@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
+from harness.factories import webhook_request
+from harness.receiver import serving
 from services.runner.bounds import RunBounds
 from services.runner.pool import WorkerPool
 from services.runner.worker_protocol import FlowSnapshot
 from shared.schemas.runs import RunResult, WebhookRequest
-from tests.e2e.receiver import serving
-from tests.factories import webhook_request
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

@@ -6,21 +6,29 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from services import registry
 from services.debugger.tail import TAILED
-from shared.messaging import broker_setup, naming, topology
+from shared.messaging import broker_setup, contracts, naming, topology
+from shared.messaging.connection import UndeclaredEvent
+from shared.messaging.dispatch import EventHandlers
 from shared.messaging.permissions import (
     DEFAULT_EXCHANGE,
-    SERVICES,
     Permissions,
     TopicPermissions,
     permissions,
     topic_permissions,
 )
+from shared.messaging.rpc import UndeclaredCall
+from shared.schemas.access import FlowOwnerQuery
+from shared.service import Kernel, Undeclared
 
 REPO = Path(__file__).resolve().parents[2]
+SERVICES = registry.NAMES
 INSTANCE = "3f2a9c01b7de"  # like Broker.instance
 
 
@@ -224,3 +232,43 @@ def test_the_queue_bounds_policy_covers_exactly_the_durable_queues() -> None:
     document = broker_setup.definitions("v", broker_setup.user_names(), {})
     assert [p["name"] for p in document["policies"]] == [topology.QUEUE_BOUNDS_POLICY]
     assert document["policies"][0]["vhost"] == "v"
+
+
+def _kernel(service: str) -> Kernel[Any]:
+    spec = registry.spec(service)
+    settings = spec.settings(runner_token_key="k" * 43) if service == "runner" else spec.settings()
+    return Kernel(service, settings, web.Application(), spec.broker)
+
+
+async def test_the_kernel_refuses_what_the_spec_does_not_declare() -> None:
+    """The permissions are derived from each `ServiceSpec`'s declaration, so `wire`
+    cannot serve, consume or publish beyond it: the kernel refuses at once."""
+    auth = _kernel("auth")
+
+    async def ignore(*_: object) -> Any:
+        return None
+
+    with pytest.raises(Undeclared, match=re.escape(contracts.GET_FLOW_OWNER.method)):
+        auth.serve(contracts.GET_FLOW_OWNER, ignore)
+    with pytest.raises(Undeclared, match=re.escape(topology.ASYNC_RUNS.name)):
+        auth.on_command(contracts.ASYNC_RUNS, ignore, prefetch=1)
+    with pytest.raises(Undeclared, match=re.escape(topology.DEBUGGER_EVENTS.name)):
+        auth.consume(topology.DEBUGGER_EVENTS, ignore, prefetch=1)
+    with pytest.raises(Undeclared, match="tail"):
+        auth.consume(naming.tail_queue_name(INSTANCE), ignore, prefetch=1)
+    with pytest.raises(UndeclaredEvent, match=re.escape(naming.FLOW_CHANGED)):
+        await auth.broker.publish(b"{}", routing_key=naming.FLOW_CHANGED, to_events=True)
+    with pytest.raises(UndeclaredCall, match=re.escape(contracts.GET_FLOW_OWNER.method)):
+        await auth.rpc.call(contracts.GET_FLOW_OWNER, FlowOwnerQuery(flow_id="f"))
+    # What it declares is accepted (nothing connects before `start_consuming`).
+    auth.serve(contracts.IDENTIFY_TOKEN, ignore)
+    auth.on_events(topology.AUTH_FLOW_CHANGES, EventHandlers(), prefetch=1)
+    ingress = _kernel("ingress")
+    cache_changes = EventHandlers()
+    cache_changes.on(contracts.FLOW_ACCESS_CHANGED, ignore)
+    ingress.on_events(naming.cache_invalidation_queue_name(INSTANCE), cache_changes, prefetch=1)
+    # A per-process queue bound to a key its user may not read.
+    bound_wrong = EventHandlers()
+    bound_wrong.on(contracts.FLOW_CHANGED, ignore)
+    with pytest.raises(Undeclared, match=re.escape(f"binding {naming.FLOW_CHANGED}")):
+        ingress.on_events(naming.cache_invalidation_queue_name(INSTANCE), bound_wrong, prefetch=1)

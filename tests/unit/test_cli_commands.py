@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.api_client import ClientSettings, error_from_answer, parse_sse
-from services.cli import main
-from services.cli_commands import (
+from cli.api_client import ClientSettings, error_from_answer, parse_sse
+from cli.commands import (
     NO_TOKEN,
     OUTCOME_CHOICES,
     TOKEN_ON_COMMAND_LINE,

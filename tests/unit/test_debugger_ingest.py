@@ -11,12 +11,12 @@ import asyncpg
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.debugger.ingest import BatchIngest, classify
 from services.debugger.records import Redaction
 from services.debugger.store import FlowRow, RequestRow
 from shared.messaging import naming
 from shared.schemas.runs import RunFinished, RunResult, RunsFinished
-from tests.factories import webhook_request
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

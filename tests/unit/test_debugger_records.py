@@ -13,7 +13,7 @@ from services.debugger.records import (
     reduced_row,
     rows_from_event,
 )
-from services.debugger.redact import REDACTED, cut_body, json_text, stored_headers
+from services.debugger.redact import REDACTED, clean_json, cut_body, stored_headers
 from services.debugger.requests_api import decode_cursor, encode_cursor
 from shared.messaging import naming
 from shared.schemas.runs import (
@@ -54,7 +54,7 @@ def test_redaction() -> None:
     ) == {"cookie": REDACTED, "a": "b"}
     assert cut_body("héllo", 2) == ("h", True)  # never half a character
     assert cut_body("short", 10) == ("short", False)
-    assert orjson.loads(json_text({"k\x00": ["\x00"]})) == {"k\ufffd": ["\ufffd"]}
+    assert clean_json({"k\x00": ["\x00"]}) == {"k\ufffd": ["\ufffd"]}
 
 
 def test_finished_event_row() -> None:

@@ -4,10 +4,10 @@ is stored with none, and so is every row that is not a run's outcome."""
 
 from datetime import UTC, datetime
 
+from harness.factories import webhook_request
 from services.debugger.records import Redaction, reduced_row, rows_from_event
 from shared.messaging import naming
 from shared.schemas.runs import RunFinished, RunProgress, RunResult, RunsFinished, RunsProgressed
-from tests.factories import webhook_request
 
 WHY = "its worker process stopped (killed by signal 9) while it ran; run again (attempt 2 of 3)"
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)

@@ -9,18 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
-from services.auth.settings import AuthSettings
-from services.debugger.settings import DebuggerSettings
-from services.ingress.settings import IngressSettings
-from services.runner.settings import RunnerSettings
+from services import registry
+from shared.settings import env_names
 
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS = {
-    f"FLOWHOOKS_{name.upper()}"
-    for cls in (AuthSettings, DebuggerSettings, IngressSettings, RunnerSettings)
-    for name in cls.model_fields
-}
-SERVICES = ("ingress", "auth", "runner", "debugger")
+SERVICES = registry.NAMES
+SETTINGS = {name for spec in registry.specs() for name in env_names(spec.settings)}
 AMQP, DATABASE, TOKEN_KEYS, SECRETS_KEY = (
     "FLOWHOOKS_AMQP_URL",
     "FLOWHOOKS_DATABASE_URL",

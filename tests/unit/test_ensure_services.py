@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.e2e.system import REPO, free_port
+from harness.system import REPO, free_port
 
 LOCAL = REPO / "deploy" / "local"
 

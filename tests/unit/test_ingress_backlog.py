@@ -4,11 +4,11 @@ go away again (runners' reports, the age bound, a broker reconnect)."""
 
 import pytest
 
+from harness.factories import webhook_request
 from services.ingress.backlog import QUEUED_RETRY_AFTER_S, WorkspaceBacklog
 from shared.errors import RateLimited
 from shared.schemas.backlog import RunsDrained
 from shared.schemas.runs import StartRun
-from tests.factories import webhook_request
 
 A, B = "workspace-a", "workspace-b"
 

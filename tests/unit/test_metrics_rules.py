@@ -23,6 +23,7 @@ from services.ingress.metrics import (
     IngressMetrics,
     error_outcome,
 )
+from services.registry import NAMES as SERVICES
 from services.runner.metrics import RunnerMetrics
 from shared.service import Kernel
 from shared.settings import ServiceSettings
@@ -91,7 +92,7 @@ def service_registry(service: str) -> CollectorRegistry:
 def exported() -> dict[str, set[str]]:
     """Every series name any service exports, with the label names it carries."""
     names: dict[str, set[str]] = {}
-    for service in ("ingress", "auth", "runner", "debugger"):
+    for service in SERVICES:
         registry = service_registry(service)
         # A labelled metric with no child yet has no samples: take its declared labels.
         declared = {

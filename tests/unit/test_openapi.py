@@ -8,17 +8,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from services import registry
 from services.auth.app import SERVICE as AUTH
 from services.auth.tokens_api import NewToken
 from services.debugger.alerts_api import AlertConfig
 from services.debugger.app import SERVICE as DEBUGGER
-from services.ingress.app import SERVICE as INGRESS
 from services.runner.app import SERVICE as RUNNER
 from services.runner.definition import FlowDefinition
 from shared.openapi import DOCS_CSP, add_docs_routes, build_document
 from shared.service import ServiceSpec
 
-SERVICES: list[ServiceSpec[Any]] = [AUTH, RUNNER, DEBUGGER, INGRESS]
+SERVICES: list[ServiceSpec[Any]] = registry.specs()
 # What every app serves besides its API: the probes and the documentation itself.
 NOT_API = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/{name}"}
 

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.drain_reports import DrainReports
 from services.runner.runs import (
     REPEATED_AFTER_CRASH,
@@ -26,7 +27,6 @@ from shared.errors import Unavailable
 from shared.messaging import naming
 from shared.schemas.runs import RunFinished, RunResult, StartRun, StartRuns, WebhookRequest
 from shared.service import Delivery, Retry
-from tests.factories import webhook_request
 
 A, B = "workspace-a", "workspace-b"
 

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.callbacks import (
     DEFAULT_RETRY_DELAYS_S,
     CallbackSender,
     callback_payload,
     judge,
-    ladder_hops,
     ladder_step,
     retry_policy,
     webhook_id,
@@ -37,7 +37,6 @@ from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.runs import RunResult
 from shared.secret_box import SecretBox
 from shared.service import Delivery, Retry
-from tests.factories import webhook_request
 
 BOX = SecretBox("unit-test-webhook-secrets-key-0123456789")
 WORKSPACE = "00000000-0000-0000-0000-000000000009"
@@ -151,6 +150,15 @@ def test_a_wait_is_parked_in_the_longest_step_that_does_not_overshoot(
     wait_s: float, step: int | None
 ) -> None:
     assert ladder_step(wait_s) == step
+
+
+def ladder_hops(wait_s: float) -> list[int]:
+    """The steps a wait of `wait_s` takes, in order (what repeated `ladder_step` does)."""
+    hops: list[int] = []
+    while (step := ladder_step(wait_s)) is not None:
+        hops.append(step)
+        wait_s -= step
+    return hops
 
 
 def test_a_long_wait_takes_several_hops_and_is_honoured_within_a_second() -> None:

@@ -6,13 +6,13 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
 from services.runner.render_budget import RenderBudget
 from services.runner.templates import TemplateEngine
 from shared.schemas.runs import RunResult, StartRun, StartRuns, WebhookRequest
 from tests.cpu_templates import burning
-from tests.factories import webhook_request
 
 TEMPLATES = TemplateEngine()
 CONTRACT_BODY = (

@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
 from services.runner.pool import WorkerPool, _Worker
 from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import FlowSnapshot, frame, read_frame
 from shared.schemas.runs import RunResult
-from tests.factories import webhook_request
 
 CONFIG = RunBounds(
     render_timeout_s=0.5,

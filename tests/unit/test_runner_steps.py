@@ -7,6 +7,7 @@ import aiohttp
 import orjson
 import pytest
 
+from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
@@ -15,7 +16,6 @@ from shared.errors import BadRequest
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunResult
 from tests.cpu_templates import burning
-from tests.factories import webhook_request
 
 TEMPLATES = TemplateEngine()
 

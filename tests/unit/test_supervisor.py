@@ -3,9 +3,9 @@ before a crashed service is started again."""
 
 import pytest
 
-from services.supervisor import Backoff, service_env, settings_class
-
-SERVICES = ("auth", "runner", "debugger", "ingress")
+from cli.supervisor import Backoff, service_env, settings_class
+from services.registry import NAMES as SERVICES
+from shared.settings import env_names
 
 OPERATOR_ENV = {
     "PATH": "/usr/bin",
@@ -56,13 +56,12 @@ def test_each_service_gets_only_its_own_variables(service: str, expected: set[st
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_field_of_a_service_passes_and_no_other(service: str) -> None:
-    every = {
-        f"FLOWHOOKS_{name.upper()}": "1"
-        for other in SERVICES
-        for name in settings_class(other).model_fields
-    }
+    every = {name: "1" for other in SERVICES for name in env_names(settings_class(other))}
     passed = set(service_env(every, settings_class(service)))
-    assert passed == {f"FLOWHOOKS_{name.upper()}" for name in settings_class(service).model_fields}
+    assert passed == env_names(settings_class(service))
+    assert f"FLOWHOOKS_{service.upper()}_PORT" in passed
+    assert f"FLOWHOOKS_{service.upper()}_OPS_PORT" in passed
+    assert "FLOWHOOKS_PORT" not in passed
     assert ("FLOWHOOKS_DATABASE_URL" in passed) == (service != "ingress")
     assert ("FLOWHOOKS_RUNNER_TOKEN_KEYS" in passed) == (service == "runner")
     assert ("FLOWHOOKS_RUNNER_TOKEN_KEY" in passed) == (service == "runner")

@@ -22,7 +22,6 @@ flowhooks tokens list|create --scope S [--name N]|revoke ID
 
 import argparse
 import asyncio
-import importlib
 import importlib.metadata
 import os
 import secrets
@@ -30,29 +29,29 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from services.cli_commands import FILTER_VALUES_HELP
-from services.cli_commands import register as register_api_commands
+from cli.commands import FILTER_VALUES_HELP
+from cli.commands import register as register_api_commands
+from services import registry
 from shared.db import ensure_database, migrate
 from shared.settings import DatabaseSettings, QueueBoundsSettings
 
-SERVICES = ("auth", "runner", "debugger", "ingress")
-# Services that own a database schema, in the order they are migrated.
-SCHEMAS = ("auth", "runner", "debugger")
 DEV_TOKEN_KEY_FILE = Path(".flowhooks/dev-runner-token-key")
 DEV_SECRETS_KEY_FILE = Path(".flowhooks/dev-webhook-secrets-key")
 
 
 def _serve(name: str) -> int:
-    importlib.import_module(f"services.{name}.app").SERVICE.main()
+    registry.spec(name).main()
     return 0
 
 
 async def _migrate_all(database_url: str) -> None:
+    """Every service's schema that owns one (`ServiceSpec.database`)."""
     await ensure_database(database_url)
-    for schema in SCHEMAS:
-        directory = Path(__file__).parent / schema / "migrations"
-        applied = await migrate(database_url, schema, directory)
-        print(f"{schema}: {len(applied)} migration(s) applied")
+    for spec in registry.specs():
+        if spec.database is not None:
+            schema = spec.database.schema
+            applied = await migrate(database_url, schema, spec.database.migrations)
+            print(f"{schema}: {len(applied)} migration(s) applied")
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
@@ -61,7 +60,7 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
-    from services.auth.cli import create_token
+    from cli.tokens import create_token
 
     expires_at = datetime.fromisoformat(args.expires_at) if args.expires_at else None
     try:
@@ -121,7 +120,7 @@ def _dev_queue_bounds(amqp_url: str) -> None:
 def _cmd_run(_: argparse.Namespace) -> int:
     """Start every service as a child process, each with only its own variables; start a
     crashed one again with backoff; stop all of them on Ctrl-C or SIGTERM."""
-    from services.supervisor import Supervisor, service_env, settings_class
+    from cli.supervisor import Supervisor, service_env, settings_class
 
     settings = DatabaseSettings()
     asyncio.run(_migrate_all(settings.database_url))
@@ -134,23 +133,14 @@ def _cmd_run(_: argparse.Namespace) -> int:
         # Runner and ingress share it: signing flows work in development too.
         env["FLOWHOOKS_WEBHOOK_SECRETS_KEY"] = _dev_key(DEV_SECRETS_KEY_FILE)
         print(f"using the development webhook secrets key in {DEV_SECRETS_KEY_FILE}")
-    supervisor = Supervisor(
-        {name: service_env(env, settings_class(name)) for name in SERVICES},
-        settings.shutdown_timeout_s,
-    )
+    environments = {name: service_env(env, settings_class(name)) for name in registry.NAMES}
+    supervisor = Supervisor(environments, settings.shutdown_timeout_s)
     supervisor.handle_signals()
     host = settings.host
-    ports = {
-        name: os.environ.get(f"FLOWHOOKS_{name.upper()}_PORT", default)
-        for name, default in (
-            ("ingress", "8080"),
-            ("auth", "8081"),
-            ("runner", "8082"),
-            ("debugger", "8083"),
-        )
-    }
     print("flowhooks is starting:")
-    for name, port in ports.items():
+    for name, service_environ in environments.items():
+        field = settings_class(name).model_fields["port"]  # its variable, else its default
+        port = service_environ.get(str(field.validation_alias), field.default)
         print(f"  {name:9} http://{host}:{port}")
     print(
         "Create the first token:"
@@ -234,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=f"flowhooks {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="all services, supervised (development)").set_defaults(func=_cmd_run)
-    for name in SERVICES:
+    for name in registry.NAMES:
         sub.add_parser(name, help=f"the {name} service").set_defaults(
             func=lambda _args, name=name: _serve(name)
         )

@@ -10,7 +10,7 @@ import aiohttp
 import asyncpg
 from multidict import CIMultiDict
 
-from tests.e2e.system import System
+from harness.system import System
 
 T = TypeVar("T")
 

@@ -2,6 +2,7 @@
 on the debugger) for the command line. It only speaks HTTP: the same calls a user makes
 with curl, with a personal access token."""
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -12,21 +13,23 @@ import orjson
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services import registry
 from shared import errors
 
+# The services whose APIs the command line calls.
 Service = Literal["runner", "auth", "debugger"]
 
 
 class ClientSettings(BaseSettings):
-    """Where the APIs are and who calls them: FLOWHOOKS_RUNNER_URL, FLOWHOOKS_AUTH_URL,
-    FLOWHOOKS_DEBUGGER_URL (the default ports of `flowhooks run`), FLOWHOOKS_TOKEN or
-    FLOWHOOKS_TOKEN_FILE."""
+    """Where the APIs are and who calls them: FLOWHOOKS_<SERVICE>_URL, e.g.
+    FLOWHOOKS_RUNNER_URL (default: the service's default port on this machine, as
+    `flowhooks run` serves it), FLOWHOOKS_TOKEN or FLOWHOOKS_TOKEN_FILE."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWHOOKS_", extra="ignore")
 
-    runner_url: str = "http://127.0.0.1:8082"
-    auth_url: str = "http://127.0.0.1:8081"
-    debugger_url: str = "http://127.0.0.1:8083"
+    # FLOWHOOKS_<SERVICE>_URL of each service that has one (read at construction, one
+    # variable a service: pydantic-settings would read a dict field as one JSON variable).
+    urls: dict[str, str] = Field(default_factory=dict)
     token: SecretStr | None = None
     # A file holding the token (first line): neither the process list nor the shell's
     # history shows it. One of the two, not both.
@@ -34,8 +37,14 @@ class ClientSettings(BaseSettings):
     # A sync replay waits for the run (a flow's timeout_s is at most a few minutes).
     http_timeout_s: float = Field(default=120.0, gt=0)
 
+    def model_post_init(self, _context: Any) -> None:
+        for name in registry.NAMES:
+            given = os.environ.get(f"FLOWHOOKS_{name.upper()}_URL")
+            if given and name not in self.urls:
+                self.urls[name] = given
+
     def url(self, service: Service) -> str:
-        base: str = getattr(self, f"{service}_url")
+        base = self.urls.get(service, f"http://127.0.0.1:{registry.PORTS[service].port}")
         return base.rstrip("/")
 
 

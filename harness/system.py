@@ -21,10 +21,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
-from tests.infra import fresh_database, fresh_vhost
+from harness.infra import fresh_database, fresh_vhost
+from services import registry
 
-REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("auth", "runner", "debugger", "ingress")
+REPO = Path(__file__).resolve().parents[1]
+SERVICES = registry.NAMES
 # `flowhooks token create`'s default --name.
 CLI_TOKEN_NAME = "created on the command line"
 
@@ -141,7 +142,7 @@ class System:
         full_env.update(env)
         log = tempfile.NamedTemporaryFile(prefix=f"flowhooks-{name}-", suffix=".log", delete=False)
         process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
+            [sys.executable, "-m", "services", name],
             cwd=self.repo,
             env=full_env,
             stdout=log,
@@ -186,7 +187,8 @@ class System:
         ports = free_ports(2 * len(SERVICES))
         launched = [
             self.launch(name, ports=(ports[2 * i], ports[2 * i + 1]))
-            for i, name in enumerate(("ingress", "auth", "runner", "debugger"))
+            # The ingress first in the registry's order: the runner is given its URL.
+            for i, name in enumerate(sorted(SERVICES, key=lambda name: name != "ingress"))
         ]
         # Four imports and migrations at once on two busy cores: more than one's 30 s.
         self.wait_all_ready(launched, timeout_s=60)
@@ -239,7 +241,7 @@ class System:
         system of another checkout (bench/compare.py) runs that checkout's command."""
         if self.repo != REPO:
             return self.create_token_with_cli(workspace, *scopes)
-        from services.auth.cli import create_token
+        from cli.tokens import create_token
 
         database_url = self.env()["FLOWHOOKS_DATABASE_URL"]
         workspace += self.workspace_suffix
@@ -257,7 +259,7 @@ class System:
     def create_token_with_cli(self, workspace: str, *scopes: str) -> str:
         """Through the real command line, as an operator would."""
         workspace += self.workspace_suffix
-        args = [sys.executable, "-m", "services.cli", "token", "create", "--workspace", workspace]
+        args = [sys.executable, "-m", "cli.main", "token", "create", "--workspace", workspace]
         for scope in scopes:
             args += ["--scope", scope]
         done = subprocess.run(

@@ -1,5 +1,5 @@
 """The API commands of `flowhooks` (flows, requests, tokens): each one calls the HTTP
-APIs through `services.api_client` with a personal access token (`--token-file`,
+APIs through `cli.api_client` with a personal access token (`--token-file`,
 FLOWHOOKS_TOKEN_FILE, FLOWHOOKS_TOKEN, or `--token`, which warns: it shows in `ps`).
 Human-readable tables by default; `--json` prints the API's JSON as it is.
 
@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from services.api_client import ApiClient, ApiError, ClientSettings
+from cli.api_client import ApiClient, ApiError, ClientSettings
 from shared.schemas.vocabulary import Outcome, Progress, RunMode
 
 EXIT_API_ERROR = 1

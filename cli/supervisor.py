@@ -2,14 +2,14 @@
 processes, each given only its own variables, a crashed one started again with
 exponential backoff, all of them stopped together on Ctrl-C or SIGTERM.
 
-Each service's variables are derived from its settings class, so a new setting needs
+The services are those of `services/registry.py`. Each service's variables are
+derived from its settings class, so a new setting needs
 no list kept by hand: `FLOWHOOKS_<FIELD>` for each of its fields (the general ones such
 as `FLOWHOOKS_AMQP_URL` are fields of every class), no other `FLOWHOOKS_*` variable, and
 no libpq `PG*` variable for a service without a database. Variables that are not
 flowhooks' (PATH, locale, PYTHON*) pass through.
 """
 
-import importlib
 import signal
 import subprocess
 import sys
@@ -20,21 +20,20 @@ from typing import TextIO
 
 from pydantic_settings import BaseSettings
 
+from services import registry
 from shared.retry import RetryPolicy
-from shared.settings import DatabaseSettings
+from shared.settings import DatabaseSettings, env_names
 
 
 def settings_class(service: str) -> type[BaseSettings]:
-    module = importlib.import_module(f"services.{service}.settings")
-    found: type[BaseSettings] = getattr(module, f"{service.capitalize()}Settings")
-    return found
+    return registry.spec(service).settings
 
 
 def service_env(environ: Mapping[str, str], settings: type[BaseSettings]) -> dict[str, str]:
     """The part of `environ` a service with these settings may see."""
     prefix = str(settings.model_config.get("env_prefix", "")).upper()
     # pydantic-settings matches variable names case-insensitively by default.
-    own = {f"{prefix}{name}".upper() for name in settings.model_fields}
+    own = env_names(settings)
     has_database = issubclass(settings, DatabaseSettings)
     env = {}
     for name, value in environ.items():
@@ -100,7 +99,7 @@ class Supervisor:
 
     def _start(self, child: _Child) -> None:
         child.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", f"services.{child.name}"], env=child.env
+            [sys.executable, "-m", "services", child.name], env=child.env
         )
         child.started_at = time.monotonic()
         child.restart_at = None

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.e2e.system import free_ports
+from harness.system import free_ports
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "postgres"

@@ -1,4 +1,0 @@
-from services.debugger.app import SERVICE
-
-if __name__ == "__main__":
-    SERVICE.main()
