@@ -9,10 +9,6 @@ PREFIX = "flowhooks"
 # The one topic exchange every event goes through.
 EVENTS_EXCHANGE = f"{PREFIX}.events"
 
-# RPC request queues (one per serving role; any number of replicas consume each).
-AUTH_RPC_QUEUE = f"{PREFIX}.rpc.auth"
-RUNNER_RPC_QUEUE = f"{PREFIX}.rpc.runner"
-DEBUGGER_RPC_QUEUE = f"{PREFIX}.rpc.debugger"
 # Sync webhook runs: a queue of their own so that control RPCs are never stuck behind runs.
 SYNC_RUNS_QUEUE = f"{PREFIX}.runner.sync-runs"
 # Async webhook runs: durable work, apart from sync runs so a flood cannot starve them.
@@ -48,6 +44,12 @@ CALLBACK_ATTEMPTED = "callback.attempted"  # runner -> debugger: one callback at
 # runner -> one ingress (`runs.drained.<instance>`, `runs_drained_key`): its async runs
 # that finished, so it stops counting them against their workspace's queued bound.
 RUNS_DRAINED = "runs.drained"
+
+
+def rpc_queue_name(service: str) -> str:
+    """A service's RPC request queue (one per serving role; any number of replicas
+    consume it): named after the service, so a new one adds no name here."""
+    return f"{PREFIX}.rpc.{service}"
 
 
 def reply_queue_name(service: str, instance: str) -> str:

@@ -49,9 +49,9 @@ AUTH_FLOW_CHANGES = QueueSpec(naming.AUTH_FLOW_CHANGES_QUEUE, QUORUM, (naming.FL
 
 # RPC queues: classic and durable. Requests carry a per-message expiration equal to the
 # caller's timeout, so a call nobody picked up in time is dropped rather than run late.
-AUTH_RPC = QueueSpec(naming.AUTH_RPC_QUEUE)
-RUNNER_RPC = QueueSpec(naming.RUNNER_RPC_QUEUE)
-DEBUGGER_RPC = QueueSpec(naming.DEBUGGER_RPC_QUEUE)
+AUTH_RPC = QueueSpec(naming.rpc_queue_name("auth"))
+RUNNER_RPC = QueueSpec(naming.rpc_queue_name("runner"))
+DEBUGGER_RPC = QueueSpec(naming.rpc_queue_name("debugger"))
 # An expired sync run is dead-lettered to the debugger, which records it as `expired`.
 SYNC_RUNS = QueueSpec(
     naming.SYNC_RUNS_QUEUE,

@@ -171,7 +171,7 @@ async def test_only_the_runner_may_publish_flow_changed(
     [
         ("ingress", naming.AUTH_FLOW_CHANGES_QUEUE),
         ("ingress", naming.ASYNC_RUNS_QUEUE),
-        ("debugger", naming.AUTH_RPC_QUEUE),
+        ("debugger", topology.AUTH_RPC.name),
         ("runner", naming.DEBUGGER_EVENTS_QUEUE),
         ("auth", naming.SYNC_RUNS_QUEUE),
     ],

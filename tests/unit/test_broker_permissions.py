@@ -49,9 +49,9 @@ def who_topic(kind: str, key: str) -> set[str]:
     ("name", "configure", "read"),
     [
         # Durable queues: only their consumer declares and reads them.
-        (naming.AUTH_RPC_QUEUE, {"auth"}, {"auth"}),
+        (topology.AUTH_RPC.name, {"auth"}, {"auth"}),
         (naming.AUTH_FLOW_CHANGES_QUEUE, {"auth"}, {"auth"}),
-        (naming.RUNNER_RPC_QUEUE, {"runner"}, {"runner"}),
+        (topology.RUNNER_RPC.name, {"runner"}, {"runner"}),
         (naming.SYNC_RUNS_QUEUE, {"runner"}, {"runner"}),
         (naming.ASYNC_RUNS_QUEUE, {"runner"}, {"runner"}),
         (naming.DEBUGGER_EVENTS_QUEUE, {"debugger"}, {"debugger"}),
@@ -62,7 +62,7 @@ def who_topic(kind: str, key: str) -> set[str]:
         (naming.CALLBACKS_QUEUE + ".wait-1h", set(), set()),
         # Parked async runs: the same (the runner sends them through the default exchange).
         (naming.ASYNC_RUNS_WAIT_QUEUE, set(), set()),
-        (naming.DEBUGGER_RPC_QUEUE, {"debugger"}, {"debugger"}),
+        (topology.DEBUGGER_RPC.name, {"debugger"}, {"debugger"}),
         # Per-process queues, whatever the process id.
         (naming.reply_queue_name("ingress", INSTANCE), {"ingress"}, {"ingress"}),
         (naming.reply_queue_name("auth", INSTANCE), {"auth"}, {"auth"}),
@@ -75,8 +75,8 @@ def who_topic(kind: str, key: str) -> set[str]:
         # Near misses: the anchors and escaped dots hold.
         (naming.reply_queue_name("ingress", "a.b"), set(), set()),
         (naming.reply_queue_name("ingress", ""), set(), set()),
-        ("x" + naming.AUTH_RPC_QUEUE, set(), set()),
-        (naming.AUTH_RPC_QUEUE + ".x", set(), set()),
+        ("x" + topology.AUTH_RPC.name, set(), set()),
+        (topology.AUTH_RPC.name + ".x", set(), set()),
         ("flowhooksXrpcXauth", set(), set()),
         ("flowhooks.reply.auth2." + INSTANCE, set(), set()),
         ("amq.gen-JzTY20BRgKO-HjmUJj0wLg", set(), set()),

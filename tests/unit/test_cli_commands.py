@@ -21,6 +21,7 @@ from cli.commands import (
     short_time,
     table,
 )
+from cli.main import main
 from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
 
 
