@@ -92,12 +92,19 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     store = RequestStore(pools.api)
     redact = redaction(settings)
     timeout_ms = settings.debugger_api_statement_timeout_ms
+    tail = LiveTail(kernel.broker, redact)
+
+    async def end_tails(_: web.Application) -> None:
+        await tail.close()
+
+    # Before the server waits for its requests to finish (aiohttp's on_shutdown).
+    kernel.app.on_shutdown.append(end_tails)
     kernel.provide(
         REQUESTS_API,
         RequestsApi(
             store,
             kernel.rpc,
-            LiveTail(kernel.broker, redact),
+            tail,
             limiter=WorkspaceLimiter(
                 total=settings.debugger_list_concurrency,
                 per_workspace=settings.debugger_list_per_workspace,
