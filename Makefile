@@ -22,9 +22,10 @@ run: services
 	$(BIN)/flowhooks run
 
 # Two passes: everything but the `serial` tests on two processes (each test file on one
-# process, so a module's system starts once), then the serial ones alone (they restart
-# the local servers or hold timing bounds; tests/conftest.py SERIAL). Both run whatever
-# the other did; exit 5 (nothing selected) is not a failure. Each prints its 15 slowest.
+# process, so a module's system starts once; files handed out longest first, in
+# tests/conftest.py's order), then the serial ones alone (they restart the local servers
+# or hold timing bounds; tests/conftest.py SERIAL). Both run whatever the other did;
+# exit 5 (nothing selected) is not a failure. Each prints its 15 slowest.
 # PYTEST_ARGS narrows both passes, e.g. PYTEST_ARGS=tests/e2e.
 PYTEST_ARGS ?=
 # The tests' rabbitmqctl (a vhost per test): the local one, else the one inside the
@@ -32,7 +33,7 @@ PYTEST_ARGS ?=
 test: export FLOWHOOKS_TEST_RABBITMQCTL ?= $(if $(shell command -v rabbitmqctl),rabbitmqctl,docker exec -i flowhooks-rabbitmq rabbitmqctl)
 test: services
 	@status=0; \
-	$(BIN)/python -m pytest -n 2 --dist loadfile -m "not serial" $(PYTEST_ARGS) || \
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m "not serial" $(PYTEST_ARGS) || \
 		{ code=$$?; [ $$code -eq 5 ] || status=$$code; }; \
 	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || \
 		{ code=$$?; [ $$code -eq 5 ] || status=$$code; }; \

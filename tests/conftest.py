@@ -9,12 +9,12 @@ from harness.infra import SERVERS, fresh_database, fresh_vhost
 # Run by `make test` in a pass of their own, after the parallel one, with nothing beside
 # them: they restart a server every other test uses, or they hold the system to bounds
 # on time that a neighbour busy on the other core would break. A module path (glob) or
-# one test's node id, with why.
+# one test's node id, with why. (The failover modules run their own cluster and
+# PostgreSQL pair on private ports, with bounds of seconds, not of a CPU's share: they
+# run in the parallel pass, where their waits for booting nodes overlap other work.)
 SERIAL = {
     "tests/e2e/test_chaos.py": "kills broker nodes and a PostgreSQL primary under load",
     "tests/e2e/test_isolation*.py": "latency and start bounds beside a hostile workspace",
-    "tests/integration/test_broker_failover.py": "kills nodes of a 3-node cluster under load",
-    "tests/integration/test_database_failover.py": "promotes a standby under load",
     "tests/integration/test_broker_restart.py": "restarts the local RabbitMQ",
     "tests/e2e/test_debugger.py::test_postgresql_restart_loses_nothing": (
         "restarts the local PostgreSQL"
@@ -23,6 +23,28 @@ SERIAL = {
         "kills the runner while its 120 sends are still running: a race with the runner"
     ),
 }
+
+# The parallel pass hands out whole files in collection order (`--no-loadscope-reorder`
+# in the Makefile): the longest first (measured), so that none starts last and runs
+# alone while the other process has nothing left; then the other e2e and integration
+# files; the many short unit files last, filling the gaps at the end.
+LONGEST_FIRST = (
+    "tests/integration/test_broker_failover.py",
+    "tests/e2e/test_dev_supervisor.py",
+    "tests/e2e/test_replays.py",
+    "tests/e2e/test_cli.py",
+    "tests/integration/test_database_failover.py",
+    "tests/e2e/test_fuzz.py",
+    "tests/e2e/test_debugger.py",
+    "tests/e2e/test_token_key_ring.py",
+)
+
+
+def run_order(nodeid: str) -> int:
+    path = nodeid.split("::")[0]
+    if path in LONGEST_FIRST:
+        return LONGEST_FIRST.index(path)
+    return len(LONGEST_FIRST) + (1 if path.startswith("tests/unit/") else 0)
 
 
 def is_serial(nodeid: str) -> bool:
@@ -48,13 +70,15 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Before `-m` selects: `-m serial` and `-m "not serial"` see the marks."""
+    """Before `-m` selects: `-m serial` and `-m "not serial"` see the marks. Files are
+    put in `run_order` (a stable sort: each file's tests stay together, in order)."""
     for item in items:
         if is_serial(item.nodeid):
             item.add_marker(pytest.mark.serial)
         elif item.get_closest_marker("serial") is not None:
             # The serial pass collects only SERIAL's files: this test would run in no pass.
             raise pytest.UsageError(f"{item.nodeid}: mark it serial in tests/conftest.py SERIAL")
+    items.sort(key=lambda item: run_order(item.nodeid))
 
 
 @pytest.fixture

@@ -116,11 +116,18 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     timeout_ms = settings.debugger_api_statement_timeout_ms
     kernel.provide(FLOW, FlowVisibility(store, kernel.rpc))
     kernel.provide(STORED_REQUEST, StoredRequests(store))
+    tail = LiveTail(kernel.broker, redact)
+
+    async def end_tails(_: web.Application) -> None:
+        await tail.close()
+
+    # Before the server waits for its requests to finish (aiohttp's on_shutdown).
+    kernel.app.on_shutdown.append(end_tails)
     kernel.provide(
         REQUESTS_API,
         RequestsApi(
             store,
-            LiveTail(kernel.broker, redact),
+            tail,
             limiter=WorkspaceLimiter(
                 total=settings.debugger_list_concurrency,
                 per_workspace=settings.debugger_list_per_workspace,

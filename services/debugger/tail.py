@@ -44,6 +44,8 @@ class LiveTail:
         self._subscribers: dict[tuple[str, str], set[asyncio.Queue[dict[str, Any]]]] = {}
         self._consuming = asyncio.Lock()
         self._started = False
+        # The request handlers streaming to subscribers, ended by `close` on shutdown.
+        self._streams: set[asyncio.Task[Any]] = set()
 
     async def subscribe(self, flow_id: str, workspace_id: str) -> asyncio.Queue[dict[str, Any]]:
         async with self._consuming:
@@ -58,6 +60,9 @@ class LiveTail:
                 self._started = True
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.queue_size)
         self._subscribers.setdefault((flow_id, workspace_id), set()).add(queue)
+        stream = asyncio.current_task()
+        if stream is not None:
+            self._streams.add(stream)
         return queue
 
     def unsubscribe(
@@ -67,6 +72,16 @@ class LiveTail:
         subscribers.discard(queue)
         if not subscribers:
             self._subscribers.pop((flow_id, workspace_id), None)
+        stream = asyncio.current_task()
+        if stream is not None:
+            self._streams.discard(stream)
+
+    async def close(self) -> None:
+        """Ends every open stream (its handler returns; the client sees the end and may
+        reconnect elsewhere): a stream never ends by itself, so on shutdown the server
+        would otherwise wait its whole shutdown timeout for each."""
+        for stream in list(self._streams):
+            stream.cancel()
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         if not self._subscribers:

@@ -9,6 +9,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -33,10 +34,6 @@ pytestmark = pytest.mark.integration
 ADMIN = broker_setup.Rabbitmqctl()
 
 
-def _ctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
 @dataclass
 class Users:
     vhost: str
@@ -49,21 +46,95 @@ class Users:
         return f"amqp://{user}:{password}@127.0.0.1:5672/{self.vhost}"
 
 
-@pytest.fixture
-def users() -> Iterator[Users]:
-    tag = uuid.uuid4().hex[:10]
-    vhost = f"flowhooks-test-{tag}"
-    names = broker_setup.user_names(f"fhtest-{tag}-")
-    passwords = {service: secrets.token_urlsafe(16) for service in services()}
+class Definitions:
+    """A `BrokerAdmin` that keeps what `broker_setup.apply` would import, for importing
+    many setups in one `rabbitmqctl` call. Its users are new (random names): none
+    exists yet, as `rabbitmqctl list_users` would say."""
+
+    name = "collected"
+
+    def __init__(self) -> None:
+        self.document: dict[str, list[Any]] = {}
+
+    async def existing_users(self) -> set[str]:
+        return set()
+
+    async def import_definitions(self, document: dict[str, Any]) -> None:
+        for key, items in document.items():
+            self.document.setdefault(key, []).extend(items)
+
+
+class UserSets:
+    """Vhosts, each with the four service users `broker_setup.apply` sets up (and guest
+    on it, to look at queues), made `batch` at a time: each `rabbitmqctl` call boots an
+    Erlang VM (a second or more of CPU), and a set took three of them."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = max(batch, 1)
+        self._ready: list[Users] = []
+
+    def take(self) -> Users:
+        if not self._ready:
+            self._ready = self._create(self.batch)
+        return self._ready.pop()
+
+    def _create(self, count: int) -> list[Users]:
+        collected = Definitions()
+        made = []
+        for _ in range(count):
+            tag = uuid.uuid4().hex[:10]
+            vhost = f"flowhooks-test-{tag}"
+            names = broker_setup.user_names(f"fhtest-{tag}-")
+            passwords = {service: secrets.token_urlsafe(16) for service in services()}
+            generated = asyncio.run(broker_setup.apply(collected, vhost, names, passwords))
+            assert generated == {}
+            collected.document.setdefault("permissions", []).append(
+                {"user": "guest", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+            )
+            admin_url = f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+            made.append(Users(vhost, names, passwords, admin_url))
+        try:
+            asyncio.run(ADMIN.import_definitions(collected.document))
+        except BaseException:
+            self.give_back(made)
+            raise
+        return made
+
+    @staticmethod
+    def give_back(sets: list[Users]) -> None:
+        """Deleted in the background, several per rabbitmqctl call (harness/infra.py)."""
+        for made in sets:
+            SERVERS.vhosts.give_back(made.vhost)
+            SERVERS.broker_users.give_back(*made.names.values())
+
+    def close(self) -> None:
+        unused, self._ready = self._ready, []
+        self.give_back(unused)
+
+
+@pytest.fixture(scope="module")
+def user_sets(request: pytest.FixtureRequest) -> Iterator[UserSets]:
+    """As many sets at once as this module's selected tests take."""
+    wanted = sum(
+        1
+        for item in request.session.items
+        if item.path == request.path and "users" in getattr(item, "fixturenames", ())
+    )
+    sets = UserSets(wanted)
     try:
-        generated = asyncio.run(broker_setup.apply(ADMIN, vhost, names, passwords))
-        assert generated == {}
-        _ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        yield Users(vhost, names, passwords, f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
+        yield sets
     finally:
-        # Deleted in the background, several per rabbitmqctl call (harness/infra.py).
-        SERVERS.vhosts.give_back(vhost)
-        SERVERS.broker_users.give_back(*names.values())
+        sets.close()
+
+
+@pytest.fixture
+def users(user_sets: UserSets) -> Iterator[Users]:
+    """A vhost and four service users of the test's own."""
+    taken = user_sets.take()
+    try:
+        yield taken
+    finally:
+        user_sets.give_back([taken])
 
 
 @pytest.fixture
