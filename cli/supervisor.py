@@ -99,7 +99,7 @@ class Supervisor:
 
     def _start(self, child: _Child) -> None:
         child.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "services", child.name], env=child.env
+            [sys.executable, "-m", f"services.{child.name}"], env=child.env
         )
         child.started_at = time.monotonic()
         child.restart_at = None

@@ -142,7 +142,7 @@ class System:
         full_env.update(env)
         log = tempfile.NamedTemporaryFile(prefix=f"flowhooks-{name}-", suffix=".log", delete=False)
         process = subprocess.Popen(
-            [sys.executable, "-m", "services", name],
+            [sys.executable, "-m", f"services.{name}"],
             cwd=self.repo,
             env=full_env,
             stdout=log,

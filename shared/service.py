@@ -466,7 +466,7 @@ class ServiceSpec(Generic[S]):
         return app
 
     def main(self) -> None:
-        """`python -m services <name>`: settings from the environment, serve until
+        """`python -m services.<name>`: settings from the environment, serve until
         SIGTERM."""
         settings = self.settings()
         configure_logging(self.name, settings.log_level)

@@ -1,0 +1,4 @@
+from services.auth.app import SERVICE
+
+if __name__ == "__main__":
+    SERVICE.main()
