@@ -19,6 +19,7 @@ from shared.messaging.contracts import (
     FLOW_ACCESS_CHANGED,
     GET_RUN_STATUS,
     REQUEST_DEDUPLICATED,
+    REQUEST_HANDSHAKE,
     REQUEST_QUEUED,
     REQUEST_REJECTED,
     RUNS_DRAINED,
@@ -126,7 +127,7 @@ SERVICE = ServiceSpec(
         ),
         calls=(AUTHORIZE_WEBHOOK, CLAIM_DEDUP_KEY, GET_RUN_STATUS),
         sends=(SYNC_RUNS, ASYNC_RUNS),
-        publishes=(REQUEST_REJECTED, REQUEST_DEDUPLICATED, REQUEST_QUEUED),
+        publishes=(REQUEST_REJECTED, REQUEST_DEDUPLICATED, REQUEST_QUEUED, REQUEST_HANDSHAKE),
     ),
     routes=(
         *(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),

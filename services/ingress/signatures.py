@@ -6,7 +6,10 @@ read; `verify` then compares the body's HMAC under the flow's secrets (already o
 bytes, one or two during a rotation). Every comparison is constant time
 (`hmac.compare_digest`).
 
-Only what the sender signs is read: nothing here parses the body."""
+Only what the sender signs is read: nothing here parses the body, except for
+`microsoft-graph`, whose events carry their secret (`clientState`) inside it.
+Besides HMACs: `okta` compares a header with a secret, `discord` checks an Ed25519
+signature against the application's public key."""
 
 import base64
 import binascii
@@ -14,12 +17,22 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.schemas.vocabulary import SigningMode
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
 Encoding = Literal["hex", "base64"]
+# How a `Signed` is judged: an HMAC of the message under a secret (most modes), the
+# header's value equal to a secret (`okta`), an Ed25519 signature of the message by the
+# public key (`discord`), each notification's `clientState` in the body equal to a
+# secret (`microsoft-graph`).
+Scheme = Literal["hmac", "equal", "ed25519", "client_state"]
 # A signature header longer than this is no provider's: refused before any parsing.
 MAX_SIGNATURE_HEADER_CHARS = 4096
 # Signatures checked in one header at most (Stripe and Standard Webhooks list several).
@@ -41,6 +54,9 @@ class Check:
     prefix: str = ""
     timestamp_header: str | None = None
     content: str = "{body}"
+    # `meta`'s verify token (opened) and `discord`'s public key (raw bytes).
+    verify_token: bytes | None = None
+    public_key: bytes | None = None
 
 
 def secret_key(mode: str, secret: str) -> bytes:
@@ -125,6 +141,7 @@ class Signed:
     # The refusal when no given signature matches.
     mismatch: str
     algorithm: Algorithm = "sha256"
+    scheme: Scheme = "hmac"
 
 
 def read_stripe(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
@@ -231,6 +248,128 @@ def read_hmac(check: Check, headers: Mapping[str, str], now: float) -> Signed | 
     )
 
 
+def read_zoom(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`x-zm-signature: v0=<hex HMAC-SHA256 of v0:<x-zm-request-timestamp>:<body>>`."""
+    timestamp = _header(headers, "x-zm-request-timestamp")
+    stale = _fresh(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    value = _header(headers, "x-zm-signature")
+    if value is None or not value.startswith("v0="):
+        return "no x-zm-signature header of the form v0=<hex>"
+    given = _unhex([value.removeprefix("v0=")])
+    return Signed(f"v0:{timestamp}:".encode(), b"", given, "the x-zm-signature does not match")
+
+
+def read_microsoft_graph(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """Microsoft Graph signs nothing: each notification of the body's `value[]` carries
+    the subscription's `clientState`, which must equal a secret (judged with the body)."""
+    return Signed(
+        b"", b"", [], "a notification's clientState does not match", scheme="client_state"
+    )
+
+
+def read_twitter(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`x-twitter-webhooks-signature: sha256=<base64 HMAC-SHA256 of the body>`."""
+    value = _header(headers, "x-twitter-webhooks-signature")
+    if value is None or not value.startswith("sha256="):
+        return "no x-twitter-webhooks-signature header of the form sha256=<base64>"
+    given = _unbase64([value.removeprefix("sha256=")])
+    return Signed(b"", b"", given, "the x-twitter-webhooks-signature does not match")
+
+
+def read_dropbox(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`X-Dropbox-Signature: <hex HMAC-SHA256 of the body>` (the app secret)."""
+    value = _header(headers, "X-Dropbox-Signature")
+    if value is None:
+        return "no X-Dropbox-Signature header"
+    return Signed(b"", b"", _unhex([value]), "the X-Dropbox-Signature does not match")
+
+
+def read_okta(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """The flow's `header` (the event hook's authentication field) equal to a secret."""
+    assert check.header is not None  # validated on save
+    value = _header(headers, check.header)
+    if not value:
+        return f"no {check.header} header"
+    return Signed(
+        b"", b"", [value.encode()], f"the {check.header} header does not match", scheme="equal"
+    )
+
+
+# Twitch's timestamps are RFC 3339 with up to nanoseconds: "2019-11-16T10:11:12.123456789Z".
+MAX_RFC3339_CHARS = 40
+
+
+def _fresh_rfc3339(timestamp: str | None, now: float, tolerance_s: int) -> str | None:
+    """`_fresh` for an RFC 3339 timestamp (Python reads at most microseconds)."""
+    if timestamp is None or not timestamp.isascii() or len(timestamp) > MAX_RFC3339_CHARS:
+        return "a missing or malformed signature timestamp"
+    whole, dot, fraction = timestamp.partition(".")
+    if dot:
+        digits = fraction.rstrip("Z").rstrip("z")
+        zone = fraction[len(digits) :]
+        timestamp = f"{whole}.{digits[:6]}{zone}"
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return "a missing or malformed signature timestamp"
+    if moment.tzinfo is None:
+        return "a missing or malformed signature timestamp"
+    if abs(now - moment.timestamp()) > tolerance_s:
+        return f"a signature timestamp more than {tolerance_s} s away from now"
+    return None
+
+
+def read_twitch(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`Twitch-Eventsub-Message-Signature: sha256=<hex HMAC-SHA256 of id + timestamp +
+    body>`, the id and timestamp (RFC 3339) from their own headers."""
+    message_id = _header(headers, "Twitch-Eventsub-Message-Id")
+    if not message_id:
+        return "no Twitch-Eventsub-Message-Id header"
+    timestamp = _header(headers, "Twitch-Eventsub-Message-Timestamp")
+    stale = _fresh_rfc3339(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    value = _header(headers, "Twitch-Eventsub-Message-Signature")
+    if value is None or not value.startswith("sha256="):
+        return "no Twitch-Eventsub-Message-Signature header of the form sha256=<hex>"
+    given = _unhex([value.removeprefix("sha256=")])
+    return Signed(
+        f"{message_id}{timestamp}".encode(),
+        b"",
+        given,
+        "the Twitch-Eventsub-Message-Signature does not match",
+    )
+
+
+ED25519_SIGNATURE_BYTES = 64
+
+
+def read_discord(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`X-Signature-Ed25519: <hex Ed25519 signature of <X-Signature-Timestamp><body>>`,
+    by the application's public key."""
+    timestamp = _header(headers, "X-Signature-Timestamp")
+    stale = _fresh(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    value = _header(headers, "X-Signature-Ed25519")
+    if value is None:
+        return "no X-Signature-Ed25519 header"
+    given = [
+        signature for signature in _unhex([value]) if len(signature) == ED25519_SIGNATURE_BYTES
+    ]
+    if not given:
+        return "the X-Signature-Ed25519 header is not a 64-byte signature in hex"
+    return Signed(
+        f"{timestamp}".encode(),
+        b"",
+        given,
+        "the X-Signature-Ed25519 does not match",
+        scheme="ed25519",
+    )
+
+
 READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | str]] = {
     "stripe": read_stripe,
     "github": read_github,
@@ -238,6 +377,15 @@ READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | 
     "slack": read_slack,
     "standard-webhooks": read_standard,
     "hmac": read_hmac,
+    # The handshake modes (their handshakes: services/ingress/handshake.py).
+    "zoom": read_zoom,
+    "microsoft-graph": read_microsoft_graph,
+    "meta": read_github,  # X-Hub-Signature-256, as GitHub's
+    "twitter": read_twitter,
+    "dropbox": read_dropbox,
+    "okta": read_okta,
+    "twitch": read_twitch,
+    "discord": read_discord,
 }
 
 
@@ -248,7 +396,7 @@ def precheck(check: Check, headers: Mapping[str, str], now: float) -> str | None
     signed = READERS[check.mode](check, headers, now)
     if isinstance(signed, str):
         return signed
-    if not signed.given:
+    if not signed.given and signed.scheme != "client_state":  # that one is in the body
         return signed.mismatch
     return None
 
@@ -259,6 +407,66 @@ def verify(check: Check, headers: Mapping[str, str], body: bytes, now: float) ->
     if isinstance(signed, str):
         return signed
     message = signed.before + body + signed.after
+    if signed.scheme != "hmac":
+        return _judge(check, signed, message)
     if not _matches(check.secrets, message, signed.given, signed.algorithm):
         return signed.mismatch
+    return None
+
+
+def _judge(check: Check, signed: Signed, message: bytes) -> str | None:
+    """The schemes other than an HMAC (`Scheme`): None if it holds, else the reason."""
+    if signed.scheme == "equal":
+        found = False
+        for secret in check.secrets:
+            for value in signed.given:
+                found |= hmac.compare_digest(secret, value)
+        return None if found else signed.mismatch
+    if signed.scheme == "ed25519":
+        assert check.public_key is not None  # validated on save
+        public_key = Ed25519PublicKey.from_public_bytes(check.public_key)
+        for signature in signed.given:
+            try:
+                public_key.verify(signature, message)
+                return None
+            except InvalidSignature:
+                continue
+        return signed.mismatch
+    return _client_states(check, message, signed.mismatch)
+
+
+def _client_states(check: Check, body: bytes, mismatch: str) -> str | None:
+    """`microsoft-graph`: every notification of `value[]` carries a `clientState` equal
+    to a secret (one without, or with another, refuses the whole request)."""
+    try:
+        document: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 'the body is not JSON (notifications are {"value": [...]})'
+    items = document.get("value") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items:
+        return "the body has no value[] of notifications"
+    for item in items:
+        state = item.get("clientState") if isinstance(item, dict) else None
+        if not isinstance(state, str):
+            return "a notification has no clientState"
+        found = False
+        for key in check.secrets:
+            found |= hmac.compare_digest(key, state.encode())
+        if not found:
+            return mismatch
+    return None
+
+
+def signing_secret(
+    check: Check, headers: Mapping[str, str], body: bytes, now: float
+) -> bytes | None:
+    """The secret whose HMAC signed this request (of the flow's one or two), or None:
+    what a handshake that answers with the secret (Zoom's) answers with."""
+    signed = READERS[check.mode](check, headers, now)
+    if isinstance(signed, str) or signed.scheme != "hmac":
+        return None
+    message = signed.before + body + signed.after
+    for key in check.secrets:
+        if _matches((key,), message, signed.given, signed.algorithm):
+            return key
     return None

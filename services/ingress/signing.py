@@ -17,7 +17,7 @@ from shared.secret_box import SealError, SecretBox
 
 log = structlog.get_logger(__name__)
 
-CacheKey = tuple[str, int, tuple[str, ...]]
+CacheKey = tuple[str, int, tuple[str, ...]]  # flow, version, sealed values
 
 
 class SignatureChecks:
@@ -29,18 +29,24 @@ class SignatureChecks:
         self._checks: OrderedDict[CacheKey, Check] = OrderedDict()
 
     def check_for(self, flow: FlowWebhookSettings, signing: SigningSettings) -> Check:
-        key = (flow.flow_id, flow.version, tuple(signing.secrets))
+        key = (flow.flow_id, flow.version, (*signing.secrets, signing.verify_token or ""))
         check = self._checks.get(key)
         if check is not None:
             self._checks.move_to_end(key)
             return check
-        if self.box is None:
+        sealed_values = [*signing.secrets, *filter(None, [signing.verify_token])]
+        # `discord` holds a public key only: nothing to open.
+        if self.box is None and sealed_values:
             log.error("signing_key_missing", flow_id=flow.flow_id)
             raise Unavailable("this ingress cannot check signatures (no secrets key)")
         try:
             secrets = tuple(
-                secret_key(signing.mode, self.box.open(sealed, flow.workspace_id))
-                for sealed in signing.secrets
+                secret_key(signing.mode, self._open(sealed, flow)) for sealed in signing.secrets
+            )
+            verify_token = (
+                None
+                if signing.verify_token is None
+                else self._open(signing.verify_token, flow).encode()
             )
         except (SealError, ValueError):
             # Another key ring than the runner's: an operator's mistake, not the sender's.
@@ -56,11 +62,17 @@ class SignatureChecks:
             prefix=signing.prefix,
             timestamp_header=signing.timestamp_header,
             content=signing.content,
+            verify_token=verify_token,
+            public_key=None if signing.public_key is None else bytes.fromhex(signing.public_key),
         )
         self._checks[key] = check
         while len(self._checks) > self.max_entries:
             self._checks.popitem(last=False)
         return check
+
+    def _open(self, sealed: str, flow: FlowWebhookSettings) -> str:
+        assert self.box is not None
+        return self.box.open(sealed, flow.workspace_id)
 
     def precheck(self, flow: FlowWebhookSettings, headers: Mapping[str, str]) -> None:
         """401 for what the headers alone show is wrong (no signature header, a stale or

@@ -2,6 +2,7 @@
 the body, then either run the flow over RPC (sync) or queue it durably (async)."""
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from services.ingress import handshake
 from services.ingress.access_cache import AccessCache
 from services.ingress.backlog import WorkspaceBacklog
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
@@ -36,13 +38,19 @@ from shared.errors import (
 from shared.http_api import Call
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
-from shared.messaging.contracts import GET_RUN_STATUS, REQUEST_QUEUED, REQUEST_REJECTED
+from shared.messaging.contracts import (
+    GET_RUN_STATUS,
+    REQUEST_HANDSHAKE,
+    REQUEST_QUEUED,
+    REQUEST_REJECTED,
+)
 from shared.messaging.runner_client import RunnerClient
 from shared.schemas.access import FlowWebhookSettings, TokenIdentity
 from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
     RunFinished,
     RunProgress,
+    RunResult,
     RunsFinished,
     StartRun,
     WebhookRequest,
@@ -78,6 +86,21 @@ def body_limits(settings: IngressSettings) -> BodyLimits:
         field.name: getattr(settings, f"ingress_{field.name}") for field in fields(BodyLimits)
     }
     return BodyLimits(**bounds)
+
+
+def _handshake_input(normalised: WebhookRequest, limits: BodyLimits) -> Any:
+    """What the debugger shows as a handshake's input: the query (GET) or the parsed
+    body, as for a run; None where it does not parse (the raw body is kept anyway)."""
+    try:
+        return parse_input(
+            normalised.method,
+            normalised.query,
+            normalised.content_type,
+            normalised.raw_body_bytes(),
+            limits,
+        )
+    except BadRequest:
+        return None
 
 
 class _RefusedUnread(Exception):
@@ -176,11 +199,15 @@ class WebhookHandler:
         return response
 
     async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
+        """The pipeline, stage by stage: authorise, verify (a signing flow's sender) and
+        read the body, answer a paused flow, answer a provider's handshake, parse, then
+        deduplicate and run or queue."""
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
         answer.mode = RunMode.of(flow.is_async)
-        if flow.signing is not None and "Authorization" not in request.headers:
-            body = await self._read_signed_body(request, flow)
+        signed_sender = flow.signing is not None and "Authorization" not in request.headers
+        if signed_sender:
+            body, unsigned_handshake = await self._verify(request, flow)
             # Judged before anything else about the flow (paused) shows, and before the
             # body is parsed or published.
             if flow.status == "paused":
@@ -193,29 +220,18 @@ class WebhookHandler:
                 return web.Response(body=PAUSED_BODY, content_type="application/json")
             self.rate_limiter.check(flow.flow_id)
             body = await self._read_body(request)
-        content_type = request.headers.get("Content-Type")
-        if content_type is not None:
-            content_type = replace_undecodable(content_type)
-        query = multi_dict(
-            (replace_undecodable(key), replace_undecodable(value))
-            for key, value in request.query.items()
-        )
-        normalised = webhook_request(
-            request_id=request[REQUEST_ID],
-            flow_id=flow.flow_id,
-            workspace_id=flow.workspace_id,
-            received_at=received_at,
-            method=request.method,
-            path=replace_undecodable(request.path),
-            query=query,
-            headers=request.headers,
-            content_type=content_type,
-            body=body,
-            parsed_input=None,
-            mode=RunMode.of(flow.is_async),
-        )
+        normalised = self._normalise(request, flow, body, received_at)
+        if signed_sender:
+            handshake_answer = await self._handshake(
+                request, flow, normalised, body, unsigned_handshake
+            )
+            if handshake_answer is not None:
+                answer.outcome = Outcome.HANDSHAKE
+                return handshake_answer
         try:
-            normalised.input = await self._parse(request.method, query, content_type, body)
+            normalised.input = await self._parse(
+                request.method, normalised.query, normalised.content_type, body
+            )
         except BadRequest as error:
             await self._record_rejected(normalised, error)
             raise
@@ -235,6 +251,115 @@ class WebhookHandler:
             # hold its key (contract), so the sender's retry runs.
             await self.dedup.release(flow, normalised.request_id, key)
             raise
+
+    def _normalise(
+        self,
+        request: web.Request,
+        flow: FlowWebhookSettings,
+        body: bytes,
+        received_at: datetime,
+    ) -> WebhookRequest:
+        """The request as the runner and the debugger see it (its input not parsed yet)."""
+        content_type = request.headers.get("Content-Type")
+        if content_type is not None:
+            content_type = replace_undecodable(content_type)
+        query = multi_dict(
+            (replace_undecodable(key), replace_undecodable(value))
+            for key, value in request.query.items()
+        )
+        return webhook_request(
+            request_id=request[REQUEST_ID],
+            flow_id=flow.flow_id,
+            workspace_id=flow.workspace_id,
+            received_at=received_at,
+            method=request.method,
+            path=replace_undecodable(request.path),
+            query=query,
+            headers=request.headers,
+            content_type=content_type,
+            body=body,
+            parsed_input=None,
+            mode=RunMode.of(flow.is_async),
+        )
+
+    async def _verify(self, request: web.Request, flow: FlowWebhookSettings) -> tuple[bytes, bool]:
+        """A signing flow's sender: the body once its signature holds, or, for the
+        mode's unsigned handshake (a GET challenge, Graph's validationToken), its small
+        body unverified (the handshake stage judges it). And whether it was that."""
+        assert flow.signing is not None
+        unsigned = handshake.arrives_unsigned(
+            flow.signing.mode,
+            request.method,
+            request.query,
+            request.headers,
+            request.content_length,
+            request.body_exists,
+        )
+        if not unsigned:
+            return await self._read_signed_body(request, flow), False
+        self.rate_limiter.check(flow.flow_id)
+        body = await read_body(
+            request,
+            max_bytes=handshake.MAX_HANDSHAKE_BODY_BYTES,
+            timeout_s=self.body_timeout_s,
+        )
+        return body, True
+
+    async def _handshake(
+        self,
+        request: web.Request,
+        flow: FlowWebhookSettings,
+        normalised: WebhookRequest,
+        body: bytes,
+        unsigned: bool,
+    ) -> web.Response | None:
+        """A provider's handshake, answered at once and recorded as `handshake` (the flow
+        is not run); None for any other request. A refused handshake (400, 401) is
+        recorded as `rejected`, so that a failing subscription shows in the debugger."""
+        assert flow.signing is not None
+        check = self.signatures.check_for(flow, flow.signing)
+        probe = handshake.Probe(request.method, request.query, request.headers, body)
+        try:
+            answered = handshake.answer(check, probe, time.time())
+            if answered is None and unsigned:  # cannot happen: recognised as one
+                raise Unauthorized(f"invalid {flow.signing.mode} signature: not a handshake")
+        except (BadRequest, Unauthorized) as error:
+            await self._record_rejected(normalised, error)
+            raise
+        if answered is None:
+            return None
+        await self._record_handshake(normalised, answered)
+        response = web.Response(
+            body=answered.body or None, status=answered.status, headers=answered.headers
+        )
+        if answered.content_type is not None:
+            response.content_type = answered.content_type
+        return response
+
+    async def _record_handshake(
+        self, normalised: WebhookRequest, answered: handshake.HandshakeAnswer
+    ) -> None:
+        """Recorded like a rejected body: the request and the answer it was given. Best
+        effort: the provider is waiting for its answer, which does not depend on this."""
+        normalised.input = _handshake_input(normalised, self.limits)
+        now = datetime.now(UTC)
+        result = RunResult(
+            request_id=normalised.request_id,
+            outcome=Outcome.HANDSHAKE,
+            status_code=answered.status,
+            content_type=answered.content_type or "",
+            body=answered.body.decode(),
+            headers=dict(answered.headers),
+            started_at=normalised.received_at,
+            finished_at=now,
+        )
+        try:
+            await self.broker.publish_event(
+                REQUEST_HANDSHAKE,
+                RunsFinished(items=[RunFinished(request=normalised, result=result)]),
+            )
+        except Unavailable:
+            log.warning("handshake_not_recorded", request_id=normalised.request_id)
 
     async def _start(
         self,
@@ -353,8 +478,9 @@ class WebhookHandler:
         headers = {**result.headers, "Content-Type": result.content_type}
         return web.Response(body=result.body.encode(), status=result.status_code, headers=headers)
 
-    async def _record_rejected(self, normalised: WebhookRequest, error: BadRequest) -> None:
-        """A body that cannot be parsed is still stored, so the sender's mistake shows."""
+    async def _record_rejected(self, normalised: WebhookRequest, error: ApiError) -> None:
+        """A body that cannot be parsed is still stored, so the sender's mistake shows;
+        so is a refused handshake."""
         now = datetime.now(UTC)
         result = error_result(normalised.request_id, error, Outcome.REJECTED, now, finished_at=now)
         try:

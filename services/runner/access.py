@@ -49,6 +49,8 @@ def signing_settings(webhook: dict[str, Any]) -> SigningSettings | None:
         {
             **{key: value for key, value in auth.items() if value is not None},
             "secrets": [secret["sealed"] for secret in auth.get("secrets", [])],
+            # `meta`'s verify token travels sealed like the secrets.
+            "verify_token": (auth.get("verify_token") or {}).get("sealed"),
         }
     )
 

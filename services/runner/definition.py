@@ -6,6 +6,7 @@ import binascii
 import re
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -57,6 +58,9 @@ MIN_SECRET_CHARS, MAX_SECRET_CHARS = 8, 512
 # A reference to a secret the flow already holds, as GET shows it ("…last4").
 HINT_MARK = "\u2026"
 MAX_CALLBACK_URL_CHARS = 2048
+# A public key as a mode takes it (Discord's Ed25519 key is 64 hex characters).
+MAX_PUBLIC_KEY_CHARS = 1024
+ED25519_PUBLIC_KEY_BYTES = 32
 
 
 class SealedSecret(BaseModel):
@@ -84,6 +88,11 @@ class WebhookAuth(BaseModel):
     prefix: str = Field(default="", max_length=64)
     timestamp_header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN, max_length=100)
     content: str | None = Field(default=None, max_length=200)
+    # The handshake modes' own fields (`okta` also takes `header`). `meta`: the verify
+    # token its console asks for, a secret (sealed, hinted) like `secrets`; `discord`:
+    # the application's public key (hex), instead of secrets.
+    verify_token: str | SealedSecret | None = None
+    public_key: str | None = Field(default=None, max_length=MAX_PUBLIC_KEY_CHARS)
 
 
 class ResponseConfig(BaseModel):
@@ -159,6 +168,11 @@ class FlowDefinition(BaseModel):
                 del webhook[name]
         if webhook["on_timeout"] == "error":
             del webhook["on_timeout"]
+        if webhook.get("auth") is not None:
+            # The handshake modes' fields, left out where unused like the above.
+            for name in ("verify_token", "public_key"):
+                if webhook["auth"][name] is None:
+                    del webhook["auth"][name]
         if webhook["response"] is not None and not webhook["response"]["headers"]:
             del webhook["response"]["headers"]
         return {
@@ -243,12 +257,17 @@ def _check_auth(auth: WebhookAuth) -> None:
     }
     if auth.mode != "hmac":
         for name, value in hmac_only.items():
+            if name == "header" and auth.mode == "okta":
+                continue  # okta's header holds the secret itself
             if value is not None:
                 raise _refuse(f"{field}.{name}", "only the hmac mode takes it")
+    _check_handshake_fields(auth)
     if auth.mode == "bearer":
         if auth.secrets:
             raise _refuse(f"{field}.secrets", "the bearer mode takes no secrets")
         return
+    if auth.mode == "discord":
+        return  # a public key, no secrets: checked above
     if not auth.secrets:
         raise _refuse(f"{field}.secrets", f"the {auth.mode} mode needs one or two secrets")
     for index, secret in enumerate(auth.secrets):
@@ -268,6 +287,69 @@ def _check_auth(auth: WebhookAuth) -> None:
                 "{timestamp} goes with timestamp_header: give both or neither",
             )
         auth.content = content
+
+
+def _check_handshake_fields(auth: WebhookAuth) -> None:
+    """The handshake modes' own fields: `meta`'s verify token, `okta`'s header,
+    `discord`'s public key instead of secrets; refused on every other mode."""
+    field = "webhook.auth"
+    if auth.verify_token is not None and auth.mode != "meta":
+        raise _refuse(f"{field}.verify_token", "only the meta mode takes it")
+    if auth.public_key is not None and auth.mode != "discord":
+        raise _refuse(f"{field}.public_key", "only the discord mode takes it")
+    if auth.mode == "meta":
+        if auth.verify_token is None:
+            raise _refuse(
+                f"{field}.verify_token",
+                "the meta mode needs the verify token you give Meta's console",
+            )
+        token = auth.verify_token
+        if isinstance(token, str) and not token.startswith(HINT_MARK):
+            _check_secret(f"{field}.verify_token", auth.mode, token)
+    if auth.mode == "okta":
+        if auth.header is None:
+            raise _refuse(
+                f"{field}.header",
+                "the okta mode needs the name of the header Okta sends the secret in"
+                " (the event hook's authentication field, e.g. X-Okta-Secret)",
+            )
+        if auth.header.lower() == "authorization":
+            # A request with Authorization takes the bearer path (contract).
+            raise _refuse(
+                f"{field}.header",
+                "Authorization is read as a bearer token: name another header in Okta's"
+                " console, e.g. X-Okta-Secret",
+            )
+    if auth.mode == "discord":
+        if auth.secrets:
+            raise _refuse(
+                f"{field}.secrets", "the discord mode takes public_key instead of secrets"
+            )
+        if auth.public_key is None:
+            raise _refuse(
+                f"{field}.public_key",
+                "the discord mode needs the application's public key (hex), as the"
+                " Developer Portal shows it",
+            )
+        auth.public_key = _ed25519_public_key(f"{field}.public_key", auth.public_key)
+
+
+def _ed25519_public_key(field: str, value: str) -> str:
+    """An Ed25519 public key as hex (64 characters), lower-cased; 400 if it is not one."""
+    value = value.strip().lower()
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raw = b""
+    if len(raw) != ED25519_PUBLIC_KEY_BYTES:
+        raise _refuse(
+            field, f"an Ed25519 public key is {2 * ED25519_PUBLIC_KEY_BYTES} hex characters"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise _refuse(field, "not a valid Ed25519 public key") from None
+    return value
 
 
 def _check_secret(field: str, mode: str, secret: str) -> None:

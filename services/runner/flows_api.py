@@ -15,8 +15,10 @@ from services.runner.templates import TemplateEngine
 from services.runner.webhook_secrets import (
     held_callback_secret,
     held_secrets,
+    held_verify_token,
     seal_callback_secret,
     seal_secrets,
+    seal_verify_token,
 )
 from shared.errors import BadRequest, NotFound
 from shared.http_api import Call
@@ -117,6 +119,10 @@ class FlowsApi:
         definition = parse_definition(raw, self.templates, self.max_timeout_s)
         held = held_secrets(flow.definition["webhook"] if flow is not None else None)
         seal_secrets(definition, held, self.secret_box, workspace_id)
+        stored_webhook = flow.definition["webhook"] if flow is not None else None
+        seal_verify_token(
+            definition, held_verify_token(stored_webhook), self.secret_box, workspace_id
+        )
         if definition.webhook.callback is not None:
             try:
                 # Said at once on save; checked again at each attempt (names change).

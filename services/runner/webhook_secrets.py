@@ -108,8 +108,52 @@ def seal_callback_secret(
         callback.secret = SealedSecret(sealed=box.seal(secret, workspace_id), hint=hint(secret))
 
 
+def held_verify_token(stored_webhook: dict[str, Any] | None) -> SealedSecret | None:
+    """`meta`'s verify token as the flow holds it (sealed), if any."""
+    auth = (stored_webhook or {}).get("auth") or {}
+    token = auth.get("verify_token") if isinstance(auth, dict) else None
+    return SealedSecret.model_validate(token) if isinstance(token, dict) else None
+
+
+def seal_verify_token(
+    definition: FlowDefinition,
+    held: SealedSecret | None,
+    box: SecretBox | None,
+    workspace_id: str,
+) -> None:
+    """Replace `meta`'s verify token by its stored form, in place: a secret like the
+    others (anyone who knows it may answer Meta's handshake as this flow)."""
+    auth = definition.webhook.auth
+    if auth is None or auth.verify_token is None:
+        return
+    field = "webhook.auth.verify_token"
+    if box is None:
+        raise BadRequest(
+            "webhook.auth: signing modes are not available: the runner has no"
+            " FLOWHOOKS_WEBHOOK_SECRETS_KEY",
+            data={"field": "webhook.auth"},
+        )
+    token = auth.verify_token
+    if isinstance(token, SealedSecret):
+        if token != held:
+            raise BadRequest(f"{field}: not the verify token of this flow", data={"field": field})
+    elif token.startswith(HINT_MARK):
+        if held is None or held.hint != token:
+            raise BadRequest(
+                f"{field}: {token!r} names no verify token this flow holds; send the token itself",
+                data={"field": field},
+            )
+        auth.verify_token = held
+    else:
+        auth.verify_token = SealedSecret(sealed=box.seal(token, workspace_id), hint=hint(token))
+
+
 def public_webhook(stored_webhook: dict[str, Any]) -> dict[str, Any]:
     """The webhook settings as the API shows them: secrets as hints only."""
+    auth = stored_webhook.get("auth")
+    if isinstance(auth, dict) and isinstance(auth.get("verify_token"), dict):
+        shown_token = auth["verify_token"].get("hint", HINT_MARK)
+        stored_webhook = {**stored_webhook, "auth": {**auth, "verify_token": shown_token}}
     callback = stored_webhook.get("callback")
     if isinstance(callback, dict) and isinstance(callback.get("secret"), dict):
         shown = callback["secret"].get("hint", HINT_MARK)

@@ -35,6 +35,8 @@ RUN_FINISHED = "run.finished"  # runner -> debugger: a request and its run's out
 REQUEST_REJECTED = "request.rejected"  # ingress -> debugger: a body that could not be parsed
 # ingress -> debugger: a request not run because its dedup key was seen (`duplicate`)
 REQUEST_DEDUPLICATED = "request.deduplicated"
+# ingress -> debugger: a provider's handshake the ingress answered itself (`handshake`)
+REQUEST_HANDSHAKE = "request.handshake"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
 RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
 # Dead-lettered by the broker itself (body: the StartRun), for the debugger:

@@ -37,6 +37,7 @@ DEBUGGER_EVENTS = QueueSpec(
         naming.RUN_FINISHED,
         naming.REQUEST_REJECTED,
         naming.REQUEST_DEDUPLICATED,
+        naming.REQUEST_HANDSHAKE,
         naming.REQUEST_QUEUED,
         naming.RUN_STARTED,
         naming.RUN_EXPIRED,

@@ -24,6 +24,11 @@ class SigningSettings(BaseModel):
     prefix: str = ""
     timestamp_header: str | None = None
     content: str = "{body}"
+    # The handshake modes' own fields (`header` above is also `okta`'s: the header whose
+    # value must equal a secret). `meta`: the sealed `verify_token` its GET handshake
+    # must carry; `discord`: the application's Ed25519 public key (hex), not a secret.
+    verify_token: str | None = None
+    public_key: str | None = None
 
 
 class DedupSettings(BaseModel):

@@ -18,7 +18,8 @@ class Outcome(StrEnum):
     """How a request ended, as its sender was answered and the debugger records it.
     `duplicate`: not run, answered with the first request's result (`webhook.dedup`);
     `rejected`: a body the ingress could not parse; `expired`: no runner started the run
-    before its sync caller gave up."""
+    before its sync caller gave up; `handshake`: a provider's handshake (a challenge, a
+    URL check) the ingress answered itself, the flow not run."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -26,6 +27,7 @@ class Outcome(StrEnum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
+    HANDSHAKE = "handshake"
 
 
 class Progress(StrEnum):
@@ -40,7 +42,7 @@ RECORDED_OUTCOMES: frozenset[str] = frozenset({*Outcome, *Progress})
 PENDING: frozenset[str] = frozenset(Progress)
 # A run that did not do its work: it counts against a flow's failure rate (alerts), and
 # is never replayed to the duplicates of its dedup key (the runner lets go of the key).
-# `rejected` is the sender's fault, not the flow's, and `duplicate` was not run.
+# `rejected` is the sender's fault, not the flow's; `duplicate` and `handshake` were not run.
 FAILED_OUTCOMES: tuple[Outcome, ...] = (Outcome.FAILED, Outcome.TIMEOUT, Outcome.EXPIRED)
 # A run that finished, well or not: what a failure rate is a share of.
 FINISHED_OUTCOMES: tuple[Outcome, ...] = (Outcome.SUCCEEDED, *FAILED_OUTCOMES)
@@ -64,7 +66,23 @@ class RunMode(StrEnum):
 
 
 # A flow's signature check (`webhook.auth.mode`, every mode but `bearer`).
-SigningMode = Literal["stripe", "github", "shopify", "slack", "standard-webhooks", "hmac"]
+SigningMode = Literal[
+    "stripe",
+    "github",
+    "shopify",
+    "slack",
+    "standard-webhooks",
+    "hmac",
+    # Providers that must be answered before they send (services/ingress/handshake.py).
+    "zoom",
+    "microsoft-graph",
+    "meta",
+    "twitter",
+    "dropbox",
+    "okta",
+    "twitch",
+    "discord",
+]
 # `webhook.auth.mode` as a flow is saved: a bearer token (the default) or a signature.
 WebhookAuthMode = Literal["bearer", SigningMode]
 
