@@ -2,14 +2,24 @@
 for 1 KiB and 1 MiB bodies, in-process (no HTTP, no broker): the pure check of
 `services/ingress/signatures.py` with the flow's secrets already opened (the usual
 case: they are opened once per flow version), the cached lookup in front of it, and
-the one-off opening of two sealed secrets. The bearer path's added cost is the test
-that sends it past all of this.
+the one-off opening of two sealed secrets. Beside them, the public-key verifications
+the other modes rest on, measured on `cryptography`'s primitives directly (Ed25519:
+Discord; ECDSA P-256: SendGrid; RSA-SHA256 and RSA-SHA1: AWS SNS's signature versions
+2 and 1, Google Pub/Sub's RS256 token), so the figures exist whatever reads the headers
+around them, and what loading each kind of key costs (once per key: it is cached).
 
-    .venv/bin/python -m bench.signatures [--rounds N]
+Every figure is also a ratio to the bearer baseline of the same run: what a request
+that sends `Authorization: Bearer` costs in place of a signature check (the header read
+and the token's SHA-256, which is all the bearer path does before the cached access
+lookup that both paths share). Each figure is measured for at most `--seconds`
+and `--rounds` calls, so a run takes a few seconds (15 at most by default).
+
+    .venv/bin/python -m bench.signatures [--seconds 0.5] [--rounds 2000]
 """
 
 import argparse
 import base64
+import datetime
 import hashlib
 import hmac
 import os
@@ -17,19 +27,29 @@ import time
 from collections.abc import Callable
 from typing import get_args
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
 from services.ingress.signatures import Check, secret_key, verify
 from services.ingress.signing import SignatureChecks
+from shared.bearer import bearer_from_header, hash_token
 from shared.schemas.access import FlowWebhookSettings, SigningSettings
 from shared.schemas.vocabulary import SigningMode
 from shared.secret_box import SecretBox
 
 SECRET = "bench-secret-0123456789"
 STANDARD = "whsec_" + base64.b64encode(b"bench-standard-key-0123456789ab").decode()
+SIZES = {"1 KiB": 1024, "1 MiB": 1024 * 1024}
+# A flow webhook token's length (`fhw_` + base64url of HMAC-SHA512).
+BEARER = "Bearer fhw_" + "x" * 86
 
 
-def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str]:
+def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str] | None:
+    """The headers each provider sends; None for a mode this bench cannot sign yet."""
     key = SECRET.encode()
 
     def mac(message: bytes, algorithm: str = "sha256") -> bytes:
@@ -58,44 +78,184 @@ def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str]:
                 "webhook-signature": "v1," + base64.b64encode(signed).decode(),
             }
         )
-    return CIMultiDict({"X-Signature": mac(body).hex()})
+    if mode == "hmac":
+        return CIMultiDict({"X-Signature": mac(body).hex()})
+    return None
 
 
-def _per_call_us(call: Callable[[], object], rounds: int) -> float:
+def _per_call_us(call: Callable[[], object], rounds: int, seconds: float) -> float:
+    """µs per call: `rounds` calls or `seconds`, whichever ends first (at least 3)."""
     call()
+    calls = 0
     started = time.perf_counter()
-    for _ in range(rounds):
+    deadline = started + seconds
+    while calls < rounds and (calls < 3 or time.perf_counter() < deadline):
         call()
-    return (time.perf_counter() - started) / rounds * 1e6
+        calls += 1
+    return (time.perf_counter() - started) / calls * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2000)
-    args = parser.parse_args()
-    now = int(time.time())
-    print(f"{'mode':<18} {'1 KiB':>10} {'1 MiB':>10}   (µs per request, secrets opened)")
+def _row(name: str, figures: list[float], baseline_us: float) -> str:
+    cells = "".join(f" {us:>10,.1f} {us / baseline_us:>9,.0f}x" for us in figures)
+    return f"{name:<34}{cells}"
+
+
+def _header() -> str:
+    return f"{'':<34}" + "".join(f" {f'{label}, µs':>10} {'x bearer':>10}" for label in SIZES)
+
+
+def _hmac_modes(args: argparse.Namespace, now: int, baseline_us: float) -> None:
+    print("HMAC modes: services/ingress/signatures.py `verify`, two secrets (the signing one")
+    print("second: a rotation's worst case), secrets opened")
+    print(_header())
     for mode in get_args(SigningMode):
         secret = STANDARD if mode == "standard-webhooks" else SECRET
-        # Two secrets, the signing one second: the worst case of a rotation.
         check = Check(
             mode=mode,
             secrets=(b"previous-secret-xyz", secret_key(mode, secret)),
             header="X-Signature" if mode == "hmac" else None,
         )
         figures = []
-        for size in (1024, 1024 * 1024):
+        for size in SIZES.values():
             body = os.urandom(size)
             headers = _signed_headers(mode, body, now)
+            if headers is None:
+                break
             assert verify(check, headers, body, now) is None, mode
-            rounds = args.rounds if size == 1024 else max(20, args.rounds // 100)
+            rounds = args.rounds if size == 1024 else max(50, args.rounds // 40)
             figures.append(
                 _per_call_us(
                     lambda c=check, h=headers, b=body: verify(c, h, b, now),  # type: ignore[misc]
                     rounds,
+                    args.seconds,
                 )
             )
-        print(f"{mode:<18} {figures[0]:>10.1f} {figures[1]:>10.1f}")
+        if figures:
+            print(_row(mode, figures, baseline_us))
+        else:
+            # A mode added since: its check is an HMAC like these, or one of the
+            # primitives below; sign it in `_signed_headers` to measure it here.
+            print(f"{mode:<34} (not signed by this bench yet)")
+
+
+def _certificate(key: rsa.RSAPrivateKey) -> bytes:
+    """A self-signed certificate in PEM, as SNS's `SigningCertURL` serves one."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.bench.amazonaws.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _public_key_primitives(args: argparse.Namespace, now: int, baseline_us: float) -> None:
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ecdsa = ec.ECDSA(hashes.SHA256())
+    pkcs1 = padding.PKCS1v15()
+
+    def ed25519_verify(message: bytes) -> Callable[[], None]:
+        public, signature = ed_key.public_key(), ed_key.sign(message)
+        return lambda: public.verify(signature, message)
+
+    def ecdsa_verify(message: bytes) -> Callable[[], None]:
+        public, signature = ec_key.public_key(), ec_key.sign(message, ecdsa)
+        return lambda: public.verify(signature, message, ecdsa)
+
+    def rsa_verify(algorithm: hashes.HashAlgorithm) -> Callable[[bytes], Callable[[], None]]:
+        def prepared(message: bytes) -> Callable[[], None]:
+            public, signature = rsa_key.public_key(), rsa_key.sign(message, pkcs1, algorithm)
+            return lambda: public.verify(signature, message, pkcs1, algorithm)
+
+        return prepared
+
+    primitives: list[tuple[str, Callable[[bytes], Callable[[], None]]]] = [
+        ("Ed25519 (discord)", ed25519_verify),
+        ("ECDSA P-256 SHA-256 (sendgrid)", ecdsa_verify),
+        ("RSA-2048 SHA-256 (sns v2, RS256)", rsa_verify(hashes.SHA256())),
+        # SNS's signature version 1 is SHA1withRSA: measured because SNS sends it.
+        ("RSA-2048 SHA-1 (sns v1)", rsa_verify(hashes.SHA1())),  # noqa: S303
+    ]
+    print()
+    print("Public-key verification (cryptography's primitives, one signature over")
+    print("<timestamp><body>; the header reading around them is the HMAC modes')")
+    print(_header())
+    for name, prepare in primitives:
+        figures = []
+        for size in SIZES.values():
+            call = prepare(str(now).encode() + os.urandom(size))
+            call()  # a valid signature: verify raises InvalidSignature otherwise
+            rounds = args.rounds if size == 1024 else max(50, args.rounds // 40)
+            figures.append(_per_call_us(call, rounds, args.seconds))
+        print(_row(name, figures, baseline_us))
+    forged = ed_key.sign(b"another message")
+
+    def refused() -> None:
+        try:
+            ed_key.public_key().verify(forged, b"x" * 1024)
+        except InvalidSignature:
+            return
+        raise AssertionError("a forged Ed25519 signature verified")
+
+    forged_us = _per_call_us(refused, args.rounds, args.seconds)
+    print(f"{'Ed25519, a forged signature, 1 KiB':<34} {forged_us:>10,.1f}")
+
+    # A Google Pub/Sub push token's signed part (header.payload) is small whatever the
+    # body: the 1 KiB figure of RSA-SHA256 above is its cost, per request.
+    ed_raw = ed_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    ec_der = ec_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem = _certificate(rsa_key)
+    ed_hex, ec_base64 = ed_raw.hex(), base64.b64encode(ec_der)
+
+    def load_ed25519() -> object:
+        return ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(ed_hex))
+
+    def load_p256() -> object:
+        return serialization.load_der_public_key(base64.b64decode(ec_base64))
+
+    def load_certificate() -> object:
+        return x509.load_pem_x509_certificate(pem).public_key()
+
+    loads: list[tuple[str, Callable[[], object]]] = [
+        ("Ed25519 public key from hex", load_ed25519),
+        ("P-256 public key from base64 DER", load_p256),
+        ("RSA-2048 certificate from PEM", load_certificate),
+    ]
+    print()
+    print("Loading a key (once per key and flow version: cached like opened secrets)")
+    for name, load in loads:
+        print(f"{name:<34} {_per_call_us(load, args.rounds, args.seconds):>10,.1f} µs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2000, help="calls per figure, at most")
+    parser.add_argument("--seconds", type=float, default=0.5, help="time per figure, at most")
+    args = parser.parse_args()
+    now = int(time.time())
+
+    bearer_headers = CIMultiDict({"Authorization": BEARER, "Content-Type": "application/json"})
+    baseline_us = _per_call_us(
+        lambda: hash_token(bearer_from_header(bearer_headers["Authorization"])),
+        args.rounds * 10,
+        args.seconds,
+    )
+    print(f"bearer baseline: the header read and the token's SHA-256: {baseline_us:.2f} µs")
+    print()
+    _hmac_modes(args, now, baseline_us)
+    _public_key_primitives(args, now, baseline_us)
 
     box = SecretBox("bench-webhook-secrets-key-0123456789abcdef")
     workspace = "00000000-0000-0000-0000-000000000001"
@@ -106,15 +266,18 @@ def main() -> None:
         flow_id="f", workspace_id=workspace, version=1, status="live", signing=signing
     )
     checks = SignatureChecks(box, 10_000)
-    cached = _per_call_us(lambda: checks.check_for(flow, signing), args.rounds)
-    opened = _per_call_us(lambda: SignatureChecks(box, 1).check_for(flow, signing), args.rounds)
+    cached = _per_call_us(lambda: checks.check_for(flow, signing), args.rounds, args.seconds)
+    opened = _per_call_us(
+        lambda: SignatureChecks(box, 1).check_for(flow, signing), args.rounds, args.seconds
+    )
+    print()
     print(f"cached lookup of a flow's opened secrets: {cached:.2f} µs")
     print(f"opening two sealed secrets (once per flow version): {opened:.1f} µs")
-    bearer_headers = CIMultiDict({"Authorization": "Bearer x", "Content-Type": "application/json"})
     bearer_flow = FlowWebhookSettings(flow_id="f", workspace_id=workspace, version=1, status="live")
     bearer = _per_call_us(
         lambda: bearer_flow.signing is not None and "Authorization" not in bearer_headers,
         args.rounds * 10,
+        args.seconds,
     )
     print(f"bearer flow: the test that skips verification: {bearer * 1000:.0f} ns")
 

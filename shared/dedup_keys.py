@@ -2,12 +2,20 @@
 
 - `header:<name>`: the header's value (names are case-insensitive);
 - `json:<JSON pointer>` (RFC 6901, e.g. `json:/event/id`): a string, number or boolean
-  in the parsed input (JSON, form data or XML converted to JSON).
+  in the parsed input (JSON, form data or XML converted to JSON);
+- several of those joined by ` + ` (`json:/event + json:/event_ts`): one key made of
+  every part's value (Zoom's events are told apart only by their name and time).
 A request without the key (no such header, an empty value, nothing at the pointer, or
-null, an object or a list there) has no key: it runs like any other.
+null, an object or a list there; for a combined key, any part missing) has no key: it
+runs like any other.
+
+`PROVIDER_DEFAULT_KEYS` is where each provider mode's delivery id is, the key a flow in
+that mode deduplicates on when it saved no `webhook.dedup` (resolved by the ingress for
+each request: `FlowWebhookSettings.dedup_of`).
 """
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +28,27 @@ MAX_KEY_CHARS = 200
 # What a stored hashed key starts with. A key that itself starts with it is hashed too,
 # so a literal `sha256:<hex>` can never equal the hash of another (long) key.
 HASHED_PREFIX = "sha256:"
+# A combined key's parts: ` + ` before the next part's `header:` or `json:` (a pointer
+# holding " + json:" itself cannot be combined; no provider's field does).
+PART_SEPARATOR = re.compile(r" \+ (?=(?:header|json):)")
+MAX_KEY_PARTS = 4
+
+# Mode -> where its deliveries' id is (contract: "More verification modes", the
+# defaults). Keyed by `webhook.auth.mode` as stored: `SigningMode` values, and the
+# contract's modes that are not built yet ("sns": it applies once the mode exists, with
+# no change here). Modes whose deliveries carry no id (`hmac`, `discord`, ...) have none.
+PROVIDER_DEFAULT_KEYS: Mapping[str, str] = {
+    "github": "header:X-GitHub-Delivery",
+    "stripe": "json:/id",
+    "standard-webhooks": "header:webhook-id",
+    "shopify": "header:X-Shopify-Webhook-Id",
+    "slack": "json:/event_id",
+    "twitch": "header:Twitch-Eventsub-Message-Id",
+    "sns": "json:/MessageId",
+    # `event_ts` alone is not unique: two events of one instant differ by their name.
+    "zoom": "json:/event + json:/event_ts",
+    "paddle": "json:/event_id",
+}
 
 
 @dataclass(frozen=True)
@@ -30,10 +59,26 @@ class KeySpec:
     tokens: tuple[str, ...] = ()
 
 
-def parse_key_spec(spec: str) -> KeySpec:
+@dataclass(frozen=True)
+class CombinedKeySpec:
+    """`<part> + <part> ...`: the key is every part's value, in order."""
+
+    parts: tuple[KeySpec, ...]
+
+
+def parse_key_spec(spec: str) -> KeySpec | CombinedKeySpec:
     """Raises ValueError saying what is wrong."""
     if len(spec) > MAX_SPEC_CHARS:
         raise ValueError(f"at most {MAX_SPEC_CHARS} characters")
+    parts = PART_SEPARATOR.split(spec)
+    if len(parts) == 1:
+        return _parse_part(spec)
+    if len(parts) > MAX_KEY_PARTS:
+        raise ValueError(f"a combined key has at most {MAX_KEY_PARTS} parts")
+    return CombinedKeySpec(tuple(_parse_part(part) for part in parts))
+
+
+def _parse_part(spec: str) -> KeySpec:
     source, _, rest = spec.partition(":")
     if source == "header":
         if not HEADER_NAME.match(rest):
@@ -72,26 +117,37 @@ def resolve_pointer(document: Any, tokens: tuple[str, ...]) -> Any:
     return value
 
 
-def extract_key(spec: KeySpec, headers: Mapping[str, str], document: Any) -> str | None:
+def extract_key(
+    spec: KeySpec | CombinedKeySpec, headers: Mapping[str, str], document: Any
+) -> str | None:
     """The request's key; None: it has none (it runs normally). `headers` may be any
     case-insensitive mapping (aiohttp's) or one with lower-cased names."""
-    if spec.source == "header":
-        raw = headers.get(spec.name)
-        key = raw.strip() if raw is not None else ""
+    if isinstance(spec, CombinedKeySpec):
+        values = [_part_value(part, headers, document) for part in spec.parts]
+        # A JSON list, so that parts cannot run into each other (json, not orjson: a
+        # header's lone surrogate is encoded, then the key is hashed like any such key).
+        key = json.dumps(values, ensure_ascii=False, separators=(",", ":")) if all(values) else ""
     else:
-        value = resolve_pointer(document, spec.tokens)
-        if isinstance(value, bool):
-            key = "true" if value else "false"
-        elif isinstance(value, int | float | str):
-            key = str(value)
-        else:
-            key = ""
+        key = _part_value(spec, headers, document)
     if not key:
         return None
     if len(key) > MAX_KEY_CHARS or key.startswith(HASHED_PREFIX) or not _storable(key):
         encoded = key.encode(errors="surrogatepass")  # distinct keys, distinct bytes
         return HASHED_PREFIX + hashlib.sha256(encoded).hexdigest()
     return key
+
+
+def _part_value(spec: KeySpec, headers: Mapping[str, str], document: Any) -> str:
+    """One part's value; "" where the request has none."""
+    if spec.source == "header":
+        raw = headers.get(spec.name)
+        return raw.strip() if raw is not None else ""
+    value = resolve_pointer(document, spec.tokens)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    return ""
 
 
 def _storable(key: str) -> bool:

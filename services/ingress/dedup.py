@@ -1,6 +1,7 @@
 """`webhook.dedup` at the ingress: ask the runner whether a request is the first of its
-key (`runner.claim_dedup_key`, only for flows with dedup configured: other flows pay
-nothing), and answer a duplicate with the first's answer, waiting for it if needed.
+key (`runner.claim_dedup_key`, only for flows with dedup configured or a signing mode's
+default key, `FlowWebhookSettings.dedup_of`: other flows pay nothing), and answer a
+duplicate with the first's answer, waiting for it if needed.
 
 The state lives in the runner's `runner.dedup_keys` (docs/architecture.md, "Deduplication"):
 the ingress keeps no database, and one primary key decides the first across every
@@ -61,12 +62,13 @@ def scheduled_body(request_id: str) -> dict[str, object]:
 
 
 def request_key(flow: FlowWebhookSettings, request: WebhookRequest) -> str | None:
-    """The request's dedup key; None: the flow has no dedup, or the request no key (it
-    runs normally)."""
-    if flow.dedup is None:
+    """The request's dedup key; None: the flow has no dedup (its own, or its signing
+    mode's default), or the request no key (it runs normally)."""
+    dedup = flow.dedup_of()
+    if dedup is None:
         return None
     try:
-        spec = parse_key_spec(flow.dedup.key)
+        spec = parse_key_spec(dedup.key)
     except ValueError:  # checked on save; a flow saved otherwise is not deduplicated
         log.warning("dedup_key_spec_invalid", flow_id=flow.flow_id)
         return None
@@ -128,7 +130,8 @@ class Deduplicator:
         key: str,
         mode: Literal["claim", "wait", "release"],
     ) -> DedupClaim:
-        assert flow.dedup is not None
+        dedup = flow.dedup_of()
+        assert dedup is not None
         # A sync first that errs at its timeout may lose its run (the message expires
         # unread): its key is taken over after the lease. Async and "accept" runs are
         # never dropped, so their firsts keep the key.
@@ -141,7 +144,7 @@ class Deduplicator:
             flow_id=flow.flow_id,
             key=key,
             request_id=request_id,
-            window_s=flow.dedup.window_s,
+            window_s=dedup.window_s,
             lease_s=lease_s,
             mode=mode,
         )

@@ -135,6 +135,8 @@ class FlowAccess:
                 if webhook.get("dedup")
                 else None,
                 on_timeout=webhook.get("on_timeout", "error"),
+                # Saved `"dedup": null`: not even the signing mode's default key.
+                dedup_default=not ("dedup" in webhook and webhook["dedup"] is None),
             ),
         )
 

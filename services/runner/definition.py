@@ -141,7 +141,8 @@ class WebhookTrigger(BaseModel):
     response: ResponseConfig | None = None
     # None: the bearer mode.
     auth: WebhookAuth | None = None
-    # None: every request runs.
+    # Left out: the auth mode's default key (shared/dedup_keys.py PROVIDER_DEFAULT_KEYS;
+    # none for bearer and hmac); null, given: every request runs (`public` keeps it).
     dedup: DedupConfig | None = None
     # "accept": a sync run still going at `timeout_s` is answered 202 (status URL) and
     # goes on, up to FLOWHOOKS_RUNNER_MAX_TIMEOUT_S.
@@ -162,9 +163,11 @@ class FlowDefinition(BaseModel):
 
     def public(self) -> dict[str, Any]:
         webhook = self.webhook.model_dump(by_alias=True)
-        # Left out while unused, so flows saved before they existed read the same.
+        # Left out while unused, so flows saved before they existed read the same; but
+        # `"dedup": null` given is kept: it turns the mode's default dedup off.
+        dedup_off = "dedup" in self.webhook.model_fields_set and self.webhook.dedup is None
         for name in ("auth", "dedup", "callback"):
-            if webhook[name] is None:
+            if webhook[name] is None and not (name == "dedup" and dedup_off):
                 del webhook[name]
         if webhook["on_timeout"] == "error":
             del webhook["on_timeout"]

@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from shared.dedup_keys import PROVIDER_DEFAULT_KEYS
 from shared.schemas.vocabulary import SigningMode
 
 FlowStatus = Literal["draft", "live", "paused"]
@@ -51,11 +52,24 @@ class FlowWebhookSettings(BaseModel):
     # None: bearer only (the default mode). Callers that send a bearer are judged by
     # the bearer rules whatever the mode.
     signing: SigningSettings | None = None
-    # None: every request runs.
+    # None: the signing mode's default key if it has one (`dedup_of`), else every
+    # request runs.
     dedup: DedupSettings | None = None
     # "accept": a sync run still going at `timeout_s` is answered 202 and goes on (up
     # to the runner's FLOWHOOKS_RUNNER_MAX_TIMEOUT_S).
     on_timeout: Literal["error", "accept"] = "error"
+    # False: the flow saved `"dedup": null`, so no default key either. True by default:
+    # runners before the defaults never stored a null.
+    dedup_default: bool = True
+
+    def dedup_of(self) -> DedupSettings | None:
+        """The flow's dedup: its own `webhook.dedup`; none saved, its signing mode's
+        provider default (`PROVIDER_DEFAULT_KEYS`, the default window) unless the flow
+        turned it off with `"dedup": null`; else None (every request runs)."""
+        if self.dedup is not None or not self.dedup_default or self.signing is None:
+            return self.dedup
+        key = PROVIDER_DEFAULT_KEYS.get(self.signing.mode)
+        return DedupSettings(key=key) if key is not None else None
 
 
 class TokenKeyState(BaseModel):

@@ -1,4 +1,5 @@
-"""`webhook.dedup.key`: parsing the spec and reading the key from a request."""
+"""`webhook.dedup.key`: parsing the spec (combined keys too) and reading the key from a
+request."""
 
 import hashlib
 
@@ -7,6 +8,7 @@ import pytest
 from shared.dedup_keys import (
     HASHED_PREFIX,
     MAX_KEY_CHARS,
+    CombinedKeySpec,
     extract_key,
     parse_key_spec,
     resolve_pointer,
@@ -112,3 +114,58 @@ def test_the_flow_definition_checks_dedup_and_on_timeout() -> None:
     ):
         with pytest.raises(ValidationError):
             WebhookTrigger.model_validate(bad)
+
+
+def test_a_combined_key_is_every_part_in_order() -> None:
+    spec = parse_key_spec("json:/event + json:/event_ts")
+    assert isinstance(spec, CombinedKeySpec)
+    assert [part.name for part in spec.parts] == ["/event", "/event_ts"]
+    zoom = {"event": "meeting.started", "event_ts": 1626230691572}
+    assert extract_key(spec, {}, zoom) == '["meeting.started","1626230691572"]'
+    # Another event of the same instant is another key.
+    other = extract_key(spec, {}, {**zoom, "event": "meeting.ended"})
+    assert other == '["meeting.ended","1626230691572"]'
+    mixed = parse_key_spec("header:X-Shop + json:/id")
+    assert extract_key(mixed, {"x-shop": "s1"}, {"id": 7}) == '["s1","7"]'
+    # Parts cannot run into each other: "a + b" and "a" + "b" differ.
+    assert extract_key(mixed, {"x-shop": "a,b"}, {"id": "c"}) != extract_key(
+        mixed, {"x-shop": "a"}, {"id": "b,c"}
+    )
+
+
+@pytest.mark.parametrize(
+    "document", [{"event": "meeting.started"}, {"event_ts": 1}, {"event": "", "event_ts": 1}]
+)
+def test_a_combined_key_with_a_part_missing_is_no_key(document: dict[str, object]) -> None:
+    assert extract_key(parse_key_spec("json:/event + json:/event_ts"), {}, document) is None
+
+
+def test_combined_keys_are_hashed_like_any_key() -> None:
+    spec = parse_key_spec("json:/a + json:/b")
+    key = extract_key(spec, {}, {"a": "x" * MAX_KEY_CHARS, "b": "y"})
+    expected = '["' + "x" * MAX_KEY_CHARS + '","y"]'
+    assert key == HASHED_PREFIX + hashlib.sha256(expected.encode()).hexdigest()
+    surrogate = extract_key(spec, {}, {"a": "a\ud800", "b": "y"})
+    assert surrogate is not None and surrogate.startswith(HASHED_PREFIX)
+
+
+def test_a_pointer_holding_a_plus_stays_one_pointer() -> None:
+    # Only " + " before another part's `header:` or `json:` combines (stored flows'
+    # pointers keep their meaning).
+    spec = parse_key_spec("json:/a + b")
+    assert not isinstance(spec, CombinedKeySpec)
+    assert extract_key(spec, {}, {"a + b": 1}) == "1"
+    assert not isinstance(parse_key_spec("header:A+json"), CombinedKeySpec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "json:/a + json:b",
+        "json:/a + header:bad name",
+        "header:A + header:B + header:C + header:D + header:E",
+    ],
+)
+def test_invalid_combined_specs_are_refused(spec: str) -> None:
+    with pytest.raises(ValueError):
+        parse_key_spec(spec)
