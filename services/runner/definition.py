@@ -16,6 +16,7 @@ from shared import standard_webhooks
 from shared.dedup_keys import parse_key_spec
 from shared.errors import BadRequest
 from shared.outbound import OutboundRefused, parse_url
+from shared.public_keys import load_ecdsa_public_key
 from shared.schemas.access import FlowStatus
 from shared.schemas.vocabulary import WebhookAuthMode
 
@@ -57,6 +58,15 @@ MIN_SECRET_CHARS, MAX_SECRET_CHARS = 8, 512
 # A reference to a secret the flow already holds, as GET shows it ("…last4").
 HINT_MARK = "\u2026"
 MAX_CALLBACK_URL_CHARS = 2048
+# Modes that check a public key or a token instead of secrets: they take no `secrets`.
+KEYLESS_MODES = frozenset({"sendgrid", "google-pubsub"})
+# Each mode's own fields besides `secrets` and `tolerance_s` (the `hmac` ones are below).
+MODE_FIELDS = {
+    "sendgrid": ("public_key",),
+    "google-pubsub": ("audience", "email", "jwks_url"),
+}
+MAX_PUBLIC_KEY_CHARS = 1024
+MAX_CLAIM_CHARS = 512
 
 
 class SealedSecret(BaseModel):
@@ -84,6 +94,12 @@ class WebhookAuth(BaseModel):
     prefix: str = Field(default="", max_length=64)
     timestamp_header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN, max_length=100)
     content: str | None = Field(default=None, max_length=200)
+    # `sendgrid`: its public key (base64 DER) instead of secrets; shown as saved (public).
+    public_key: str | None = Field(default=None, max_length=MAX_PUBLIC_KEY_CHARS)
+    # `google-pubsub`: the push token's `aud` and `email`, and its JWKS (None: Google's).
+    audience: str | None = Field(default=None, min_length=1, max_length=MAX_CLAIM_CHARS)
+    email: str | None = Field(default=None, min_length=3, max_length=MAX_CLAIM_CHARS)
+    jwks_url: str | None = Field(default=None, max_length=MAX_CALLBACK_URL_CHARS)
 
 
 class ResponseConfig(BaseModel):
@@ -157,6 +173,12 @@ class FlowDefinition(BaseModel):
         for name in ("auth", "dedup", "callback"):
             if webhook[name] is None:
                 del webhook[name]
+        if webhook.get("auth") is not None:
+            # The newer modes' fields, shown by the modes that use them only.
+            for names in MODE_FIELDS.values():
+                for name in names:
+                    if webhook["auth"][name] is None:
+                        del webhook["auth"][name]
         if webhook["on_timeout"] == "error":
             del webhook["on_timeout"]
         if webhook["response"] is not None and not webhook["response"]["headers"]:
@@ -245,9 +267,17 @@ def _check_auth(auth: WebhookAuth) -> None:
         for name, value in hmac_only.items():
             if value is not None:
                 raise _refuse(f"{field}.{name}", "only the hmac mode takes it")
+    own_fields = MODE_FIELDS.get(auth.mode, ())
+    for names in MODE_FIELDS.values():
+        for name in names:
+            if name not in own_fields and getattr(auth, name) is not None:
+                raise _refuse(f"{field}.{name}", f"the {auth.mode} mode does not take it")
     if auth.mode == "bearer":
         if auth.secrets:
             raise _refuse(f"{field}.secrets", "the bearer mode takes no secrets")
+        return
+    if auth.mode in KEYLESS_MODES:
+        _check_keyless(auth)
         return
     if not auth.secrets:
         raise _refuse(f"{field}.secrets", f"the {auth.mode} mode needs one or two secrets")
@@ -268,6 +298,38 @@ def _check_auth(auth: WebhookAuth) -> None:
                 "{timestamp} goes with timestamp_header: give both or neither",
             )
         auth.content = content
+
+
+def _check_keyless(auth: WebhookAuth) -> None:
+    """`sendgrid` and `google-pubsub`: a public key or a token's claims, no secrets."""
+    field = "webhook.auth"
+    if auth.secrets:
+        raise _refuse(
+            f"{field}.secrets",
+            f"the {auth.mode} mode takes no secrets"
+            + (": give public_key" if auth.mode == "sendgrid" else ": give audience and email"),
+        )
+    if auth.mode == "sendgrid":
+        if auth.public_key is None:
+            raise _refuse(f"{field}.public_key", "the sendgrid mode needs SendGrid's public key")
+        try:
+            load_ecdsa_public_key(auth.public_key)
+        except ValueError as exc:
+            raise _refuse(f"{field}.public_key", str(exc)) from None
+        return
+    for name in ("audience", "email"):
+        value = getattr(auth, name)
+        if value is None:
+            needs = f"the google-pubsub mode needs the push token's {name}"
+            raise _refuse(f"{field}.{name}", needs)
+        if not value.isprintable() or value != value.strip():
+            raise _refuse(f"{field}.{name}", "must be printable text without surrounding spaces")
+    if auth.jwks_url is not None:
+        # Where it leads is the ingress's to check, at each fetch (its allow list).
+        try:
+            parse_url(auth.jwks_url)
+        except OutboundRefused as exc:
+            raise _refuse(f"{field}.jwks_url", str(exc)) from None
 
 
 def _check_secret(field: str, mode: str, secret: str) -> None:

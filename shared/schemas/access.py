@@ -24,6 +24,14 @@ class SigningSettings(BaseModel):
     prefix: str = ""
     timestamp_header: str | None = None
     content: str = "{body}"
+    # `sendgrid`: the ECDSA P-256 public key as SendGrid shows it (base64 DER); not a
+    # secret, so not sealed.
+    public_key: str | None = None
+    # `google-pubsub`: the push token's `aud` and `email` claims, and where its signing
+    # keys are (None: Google's).
+    audience: str | None = None
+    email: str | None = None
+    jwks_url: str | None = None
 
 
 class DedupSettings(BaseModel):

@@ -64,7 +64,22 @@ class RunMode(StrEnum):
 
 
 # A flow's signature check (`webhook.auth.mode`, every mode but `bearer`).
-SigningMode = Literal["stripe", "github", "shopify", "slack", "standard-webhooks", "hmac"]
+SigningMode = Literal[
+    "stripe",
+    "github",
+    "shopify",
+    "slack",
+    "standard-webhooks",
+    "hmac",
+    # Signed over the public URL (FLOWHOOKS_INGRESS_PUBLIC_URL), or HMAC (paddle).
+    "twilio",
+    "square",
+    "hubspot",
+    "paddle",
+    # Public-key modes: no secrets (services/ingress/public_keys.py, pubsub.py).
+    "sendgrid",
+    "google-pubsub",
+]
 # `webhook.auth.mode` as a flow is saved: a bearer token (the default) or a signature.
 WebhookAuthMode = Literal["bearer", SigningMode]
 
