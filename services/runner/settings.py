@@ -49,6 +49,7 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
     def webhook_base_url(self) -> str:
         """The base of the webhook URL the flows API shows."""
         return self.ingress_public_url or self.runner_webhook_base_url
+
     # Upper bound for a flow's `webhook.timeout_s`.
     runner_max_timeout_s: float = Field(default=300.0, gt=0)
     # Messages of webhook requests (each holds one or many) taken from the broker at once
