@@ -7,6 +7,7 @@ SubjectPublicKeyInfo of an ECDSA P-256 key; that is the only form accepted."""
 import base64
 import binascii
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
@@ -25,7 +26,7 @@ def load_ecdsa_public_key(text: str) -> ec.EllipticCurvePublicKey:
         raise ValueError("the public key is not base64 (SendGrid shows it as base64 DER)") from None
     try:
         key = load_der_public_key(der)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ValueError("the public key is not a DER SubjectPublicKeyInfo") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ValueError("the public key is not an ECDSA P-256 key")

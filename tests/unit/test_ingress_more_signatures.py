@@ -383,3 +383,11 @@ def test_the_public_url_setting() -> None:
     for bad in ("hooks.example.com", "ftp://hooks.example.com", "https://h.example.com/?a=1"):
         with pytest.raises(ValidationError, match="must be an absolute http"):
             IngressSettings(ingress_public_url=bad)
+
+
+def test_public_keys_of_other_algorithms_refused() -> None:
+    # A SubjectPublicKeyInfo of an unknown algorithm (OID 1.2.3.4): cryptography raises
+    # UnsupportedAlgorithm, not ValueError, for it.
+    unknown = base64.b64encode(bytes.fromhex("300f300506032a0304050003060004deadbeef")).decode()
+    with pytest.raises(ValueError, match=r"^the public key is not a DER SubjectPublicKeyInfo$"):
+        load_ecdsa_public_key(unknown)
