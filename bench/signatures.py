@@ -2,24 +2,29 @@
 for 1 KiB and 1 MiB bodies, in-process (no HTTP, no broker): the pure check of
 `services/ingress/signatures.py` with the flow's secrets already opened (the usual
 case: they are opened once per flow version), the cached lookup in front of it, and
-the one-off opening of two sealed secrets. Beside them, the public-key verifications
-the other modes rest on, measured on `cryptography`'s primitives directly (Ed25519:
-Discord; ECDSA P-256: SendGrid; RSA-SHA256 and RSA-SHA1: AWS SNS's signature versions
-2 and 1, Google Pub/Sub's RS256 token), so the figures exist whatever reads the headers
-around them, and what loading each kind of key costs (once per key: it is cached).
+the one-off opening of two sealed secrets. `sendgrid` is measured through
+`public_key_signatures.py` (an ECDSA P-256 verification), `google-pubsub` through
+`pubsub.py` (an RS256 JWT check with its JWKS cached: the token signs no body, so both
+sizes cost the same). Beside them, the public-key verifications these modes rest on,
+measured on `cryptography`'s primitives directly (Ed25519: Discord; ECDSA P-256:
+SendGrid; RSA-SHA256 and RSA-SHA1: AWS SNS's signature versions 2 and 1, Google
+Pub/Sub's RS256 token), so the figures exist whatever reads the headers around them,
+and what loading each kind of key costs (once per key: it is cached).
 
 Every figure is also a ratio to the bearer baseline of the same run: what a request
 that sends `Authorization: Bearer` costs in place of a signature check (the header read
 and the token's SHA-256, which is all the bearer path does before the cached access
 lookup that both paths share). Each figure is measured for at most `--seconds`
-and `--rounds` calls, so a run takes a few seconds (15 at most by default).
+and `--rounds` calls, so a run takes a few seconds (30 at most by default).
 
     .venv/bin/python -m bench.signatures [--seconds 0.5] [--rounds 2000]
 """
 
 import argparse
+import asyncio
 import base64
 import datetime
+import functools
 import hashlib
 import hmac
 import os
@@ -27,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import get_args
 
+import jwt
+import orjson
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,7 +41,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
-from services.ingress.signatures import Check, secret_key, verify
+from services.ingress import pubsub
+from services.ingress.public_key_signatures import verify_sendgrid
+from services.ingress.signatures import URL_READERS, Check, RequestLine, secret_key, verify
 from services.ingress.signing import SignatureChecks
 from shared.bearer import bearer_from_header, hash_token
 from shared.schemas.access import FlowWebhookSettings, SigningSettings
@@ -46,6 +55,44 @@ STANDARD = "whsec_" + base64.b64encode(b"bench-standard-key-0123456789ab").decod
 SIZES = {"1 KiB": 1024, "1 MiB": 1024 * 1024}
 # A flow webhook token's length (`fhw_` + base64url of HMAC-SHA512).
 BEARER = "Bearer fhw_" + "x" * 86
+PUBLIC_URL = "https://hooks.example.com/v1/flow-webhook/00000000-0000-0000-0000-000000000001"
+# The header names the flow chooses in the modes that have one.
+HEADERS: dict[str, str] = {"hmac": "X-Signature", "okta": "X-Okta-Secret"}
+
+
+@functools.cache
+def _discord_key() -> ed25519.Ed25519PrivateKey:
+    """The application's key pair (Discord signs; the flow holds the public key)."""
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def _body(mode: str, size: int) -> bytes:
+    """Random bytes; form data for Twilio (it signs the form's parameters); for
+    Microsoft Graph, a notification carrying the subscription's clientState."""
+    if mode == "twilio":
+        return b"Body=" + base64.urlsafe_b64encode(os.urandom(size))[: size - 5]
+    if mode == "microsoft-graph":
+        notification = {"clientState": SECRET, "resource": ""}
+        padding_chars = size - len(orjson.dumps({"value": [notification]}))
+        notification["resource"] = base64.urlsafe_b64encode(os.urandom(size)).decode()[
+            :padding_chars
+        ]
+        return orjson.dumps({"value": [notification]})
+    return os.urandom(size)
+
+
+def _check(mode: SigningMode) -> Check:
+    """The flow's check: two secrets, the signing one second (a rotation's worst case)."""
+    if mode == "discord":
+        public = _discord_key().public_key()
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return Check(mode=mode, secrets=(), public_key=raw)
+    secret = STANDARD if mode == "standard-webhooks" else SECRET
+    return Check(
+        mode=mode,
+        secrets=(b"previous-secret-xyz", secret_key(mode, secret)),
+        header=HEADERS.get(mode),
+    )
 
 
 def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str] | None:
@@ -59,7 +106,7 @@ def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str] | None
         return CIMultiDict(
             {"Stripe-Signature": f"t={now},v1={mac(f'{now}.'.encode() + body).hex()}"}
         )
-    if mode == "github":
+    if mode in ("github", "meta"):
         return CIMultiDict({"X-Hub-Signature-256": "sha256=" + mac(body).hex()})
     if mode == "shopify":
         return CIMultiDict({"X-Shopify-Hmac-Sha256": base64.b64encode(mac(body)).decode()})
@@ -80,6 +127,53 @@ def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str] | None
         )
     if mode == "hmac":
         return CIMultiDict({"X-Signature": mac(body).hex()})
+    if mode == "zoom":
+        signature = mac(f"v0:{now}:".encode() + body).hex()
+        return CIMultiDict(
+            {"x-zm-request-timestamp": str(now), "x-zm-signature": f"v0={signature}"}
+        )
+    if mode == "microsoft-graph":
+        return CIMultiDict()  # the clientState is in the body
+    if mode == "twitter":
+        signature = base64.b64encode(mac(body)).decode()
+        return CIMultiDict({"x-twitter-webhooks-signature": f"sha256={signature}"})
+    if mode == "dropbox":
+        return CIMultiDict({"X-Dropbox-Signature": mac(body).hex()})
+    if mode == "okta":
+        return CIMultiDict({"X-Okta-Secret": SECRET})
+    if mode == "twitch":
+        moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
+        timestamp = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        signature = mac(f"m{timestamp}".encode() + body).hex()
+        return CIMultiDict(
+            {
+                "Twitch-Eventsub-Message-Id": "m",
+                "Twitch-Eventsub-Message-Timestamp": timestamp,
+                "Twitch-Eventsub-Message-Signature": f"sha256={signature}",
+            }
+        )
+    if mode == "discord":
+        signature = _discord_key().sign(str(now).encode() + body).hex()
+        return CIMultiDict({"X-Signature-Ed25519": signature, "X-Signature-Timestamp": str(now)})
+    if mode == "paddle":
+        signature = mac(f"{now}:".encode() + body).hex()
+        return CIMultiDict({"Paddle-Signature": f"ts={now};h1={signature}"})
+    if mode == "twilio":
+        params = "Body" + body.decode().removeprefix("Body=")
+        digest = mac((PUBLIC_URL + params).encode(), "sha1")
+        return CIMultiDict({"X-Twilio-Signature": base64.b64encode(digest).decode()})
+    if mode == "square":
+        digest = mac(PUBLIC_URL.encode() + body)
+        return CIMultiDict({"x-square-hmacsha256-signature": base64.b64encode(digest).decode()})
+    if mode == "hubspot":
+        ms = str(now * 1000)
+        digest = mac(f"POST{PUBLIC_URL}".encode() + body + ms.encode())
+        return CIMultiDict(
+            {
+                "X-HubSpot-Signature-v3": base64.b64encode(digest).decode(),
+                "X-HubSpot-Request-Timestamp": ms,
+            }
+        )
     return None
 
 
@@ -95,6 +189,11 @@ def _per_call_us(call: Callable[[], object], rounds: int, seconds: float) -> flo
     return (time.perf_counter() - started) / calls * 1e6
 
 
+def _rounds(args: argparse.Namespace, size: int) -> int:
+    rounds = int(args.rounds)
+    return rounds if size == 1024 else max(50, rounds // 40)
+
+
 def _row(name: str, figures: list[float], baseline_us: float) -> str:
     cells = "".join(f" {us:>10,.1f} {us / baseline_us:>9,.0f}x" for us in figures)
     return f"{name:<34}{cells}"
@@ -104,29 +203,80 @@ def _header() -> str:
     return f"{'':<34}" + "".join(f" {f'{label}, µs':>10} {'x bearer':>10}" for label in SIZES)
 
 
-def _hmac_modes(args: argparse.Namespace, now: int, baseline_us: float) -> None:
-    print("HMAC modes: services/ingress/signatures.py `verify`, two secrets (the signing one")
-    print("second: a rotation's worst case), secrets opened")
+def _sendgrid_us(args: argparse.Namespace, now: int) -> list[float]:
+    """`verify_sendgrid` (public_key_signatures.py), the flow's P-256 key loaded."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = private.public_key()
+    figures = []
+    for size in SIZES.values():
+        body = os.urandom(size)
+        signature = private.sign(str(now).encode() + body, ec.ECDSA(hashes.SHA256()))
+        headers = CIMultiDict(
+            {
+                "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+                "X-Twilio-Email-Event-Webhook-Timestamp": str(now),
+            }
+        )
+        assert verify_sendgrid(key, headers, body, 300, now) is None
+        figures.append(
+            _per_call_us(
+                lambda h=headers, b=body: verify_sendgrid(key, h, b, 300, now),  # type: ignore[misc]
+                _rounds(args, size),
+                args.seconds,
+            )
+        )
+    return figures
+
+
+def _pubsub_us(args: argparse.Namespace, now: int) -> float:
+    """One push token's check (pubsub.py), its JWKS already cached (a 2048-bit RSA key,
+    as Google's): `rounds` checks or `seconds`, whichever ends first (at least 3)."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"aud": "a", "email": "e@example.com", "iat": now, "exp": now + 3600}
+    token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k"})
+    url = "https://keys.example.com/certs"
+    cache = pubsub.JwksCache(None, max_entries=1, ttl_s=3600, timeout_s=5, max_bytes=65536)  # type: ignore[arg-type]
+    cache._entries[url] = pubsub._Keys({"k": private.public_key()}, time.monotonic(), 0.0)
+
+    async def run() -> float:
+        assert await pubsub.verify_push_token(token, "a", "e@example.com", url, cache) is None
+        calls = 0
+        started = time.perf_counter()
+        deadline = started + args.seconds
+        while calls < args.rounds and (calls < 3 or time.perf_counter() < deadline):
+            await pubsub.verify_push_token(token, "a", "e@example.com", url, cache)
+            calls += 1
+        return (time.perf_counter() - started) / calls * 1e6
+
+    return asyncio.run(run())
+
+
+def _modes(args: argparse.Namespace, now: int, baseline_us: float) -> None:
+    print("Each mode: services/ingress/signatures.py `verify`, two secrets (the signing one")
+    print("second: a rotation's worst case), secrets opened; URL modes with a public URL;")
+    print("sendgrid: public_key_signatures.py, google-pubsub: pubsub.py (JWKS cached)")
     print(_header())
     for mode in get_args(SigningMode):
-        secret = STANDARD if mode == "standard-webhooks" else SECRET
-        check = Check(
-            mode=mode,
-            secrets=(b"previous-secret-xyz", secret_key(mode, secret)),
-            header="X-Signature" if mode == "hmac" else None,
-        )
+        if mode == "sendgrid":
+            print(_row("sendgrid (ECDSA P-256)", _sendgrid_us(args, now), baseline_us))
+            continue
+        if mode == "google-pubsub":
+            cost = _pubsub_us(args, now)  # the token signs no body: one figure for both
+            print(_row("google-pubsub (RS256 JWT)", [cost] * len(SIZES), baseline_us))
+            continue
+        line = RequestLine("POST", PUBLIC_URL) if mode in URL_READERS else None
+        check = _check(mode)
         figures = []
         for size in SIZES.values():
-            body = os.urandom(size)
+            body = _body(mode, size)
             headers = _signed_headers(mode, body, now)
             if headers is None:
                 break
-            assert verify(check, headers, body, now) is None, mode
-            rounds = args.rounds if size == 1024 else max(50, args.rounds // 40)
+            assert verify(check, headers, body, now, line) is None, mode
             figures.append(
                 _per_call_us(
-                    lambda c=check, h=headers, b=body: verify(c, h, b, now),  # type: ignore[misc]
-                    rounds,
+                    lambda c=check, h=headers, b=body, r=line: verify(c, h, b, now, r),  # type: ignore[misc]
+                    _rounds(args, size),
                     args.seconds,
                 )
             )
@@ -186,15 +336,14 @@ def _public_key_primitives(args: argparse.Namespace, now: int, baseline_us: floa
     ]
     print()
     print("Public-key verification (cryptography's primitives, one signature over")
-    print("<timestamp><body>; the header reading around them is the HMAC modes')")
+    print("<timestamp><body>; the header reading around them is the modes' above)")
     print(_header())
     for name, prepare in primitives:
         figures = []
         for size in SIZES.values():
             call = prepare(str(now).encode() + os.urandom(size))
             call()  # a valid signature: verify raises InvalidSignature otherwise
-            rounds = args.rounds if size == 1024 else max(50, args.rounds // 40)
-            figures.append(_per_call_us(call, rounds, args.seconds))
+            figures.append(_per_call_us(call, _rounds(args, size), args.seconds))
         print(_row(name, figures, baseline_us))
     forged = ed_key.sign(b"another message")
 
@@ -254,7 +403,7 @@ def main() -> None:
     )
     print(f"bearer baseline: the header read and the token's SHA-256: {baseline_us:.2f} µs")
     print()
-    _hmac_modes(args, now, baseline_us)
+    _modes(args, now, baseline_us)
     _public_key_primitives(args, now, baseline_us)
 
     box = SecretBox("bench-webhook-secrets-key-0123456789abcdef")

@@ -6,6 +6,7 @@ from aiohttp import web
 from services.ingress.access_cache import AccessCache
 from services.ingress.dedup import Deduplicator
 from services.ingress.metrics import IngressMetrics
+from services.ingress.pubsub import JwksCache
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
 from services.ingress.webhook import Accepted, WebhookHandler
@@ -29,6 +30,7 @@ from shared.messaging.contracts import (
 from shared.messaging.permissions import ProcessQueue, ServiceAccess
 from shared.messaging.runner_client import RunnerClient
 from shared.openapi import AnyJson
+from shared.outbound import AddressPolicy, OutboundHttp
 from shared.secret_box import SecretBox
 from shared.service import Kernel, ServiceSpec
 
@@ -48,9 +50,21 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
     kernel.broker.reconnected.append(cache.clear)
     runner = RunnerClient(kernel.broker, kernel.rpc, max_items=settings.ingress_run_batch)
     key = settings.webhook_secrets_key
+    # The ingress's own outgoing requests (JWKS), behind the outgoing-request rules.
+    outbound = OutboundHttp(AddressPolicy(list(settings.ingress_http_allow_networks)))
+    jwks = JwksCache(
+        outbound,
+        max_entries=settings.ingress_jwks_cache_size,
+        ttl_s=settings.ingress_jwks_ttl_s,
+        timeout_s=settings.ingress_jwks_timeout_s,
+        max_bytes=settings.ingress_jwks_max_bytes,
+        failure_ttl_s=settings.ingress_jwks_failure_ttl_s,
+    )
     signatures = SignatureChecks(
         SecretBox(key.get_secret_value()) if key is not None else None,
         settings.ingress_access_cache_size,
+        public_url=settings.ingress_public_url,
+        jwks=jwks,
     )
     dedup = Deduplicator(kernel.rpc, kernel.broker, settings.ingress_dedup_max_waiting)
     webhook = kernel.provide(
@@ -78,6 +92,7 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         await runner.drain()
         await dedup.drain()
         webhook.close()
+        await outbound.close()
 
     kernel.on_shutdown(close)
 

@@ -173,6 +173,44 @@ def parse_input(
     return query if method == "GET" else parse_body(content_type, body, limits)
 
 
+def parse_push_input(
+    method: str,
+    query: dict[str, Any],
+    content_type: str | None,
+    body: bytes,
+    limits: BodyLimits,
+) -> Any:
+    """A `google-pubsub` flow's input: the push envelope with its `message.data` decoded
+    (`decode_push_data`)."""
+    return decode_push_data(parse_input(method, query, content_type, body, limits), limits)
+
+
+def decode_push_data(envelope: Any, limits: BodyLimits) -> Any:
+    """A Pub/Sub push envelope (`{"message": {"data": <base64>, "attributes": ...,
+    "messageId": ...}, "subscription": ...}`) with `message.data` decoded: a JSON object
+    or array parsed (within the JSON bounds), other UTF-8 text as text, and bytes that
+    are not UTF-8 left in base64. Data that is not base64 is a 400."""
+    message = envelope.get("message") if isinstance(envelope, dict) else None
+    data = message.get("data") if isinstance(message, dict) else None
+    if not isinstance(message, dict) or not isinstance(data, str):
+        return envelope
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:  # binascii.Error is one
+        raise BadRequest("the Pub/Sub message's data is not base64") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return envelope  # binary data: the flow gets it in base64, as sent
+    decoded: Any = text
+    if looks_like_json(raw):
+        try:
+            decoded = parse_json(raw, limits.max_json_depth)
+        except BadRequest:
+            decoded = text  # text that only looks like JSON
+    return {**envelope, "message": {**message, "data": decoded}}
+
+
 def webhook_request(
     *,
     request_id: str,

@@ -1,5 +1,6 @@
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
+from yarl import URL
 
 from services import registry
 from shared.settings import WebhookSecretsSettings
@@ -69,3 +70,30 @@ class IngressSettings(WebhookSecretsSettings):
     # Sync requests of one workspace waiting for their answer at once in this replica;
     # past it 429 with Retry-After. 0: off.
     ingress_workspace_sync_requests: int = Field(default=500, ge=0)
+    # The base URL senders use to reach this service (e.g. `https://hooks.example.com`):
+    # the modes that sign the URL (twilio, square, hubspot) check it + the request's path
+    # and query as received. Unset: those modes are answered 503 naming this setting.
+    # The runner shows the webhook URL with it too (FLOWHOOKS_INGRESS_PUBLIC_URL there).
+    ingress_public_url: str | None = None
+    # Networks the ingress's own outgoing requests (a google-pubsub flow's JWKS) may reach
+    # although they are private, loopback or link-local (JSON list of CIDRs, like
+    # FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS). Empty: only public addresses.
+    ingress_http_allow_networks: tuple[str, ...] = ()
+    # JWKS documents (google-pubsub) kept, by URL, and for how long; a fetch's bounds (the
+    # whole request, and the document's size); a failed fetch is remembered this long
+    # (the flow's pushes are answered 503 meanwhile, at once).
+    ingress_jwks_cache_size: int = Field(default=100, ge=1)
+    ingress_jwks_ttl_s: float = Field(default=3600.0, gt=0)
+    ingress_jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    ingress_jwks_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    ingress_jwks_failure_ttl_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("ingress_public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        url = URL(value)
+        if url.scheme not in ("http", "https") or not url.host or url.query_string:
+            raise ValueError("must be an absolute http(s) base URL without a query")
+        return value.rstrip("/")

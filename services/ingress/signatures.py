@@ -7,9 +7,13 @@ bytes, one or two during a rotation). Every comparison is constant time
 (`hmac.compare_digest`).
 
 Only what the sender signs is read: nothing here parses the body, except for
-`microsoft-graph`, whose events carry their secret (`clientState`) inside it.
+`microsoft-graph`, whose events carry their secret (`clientState`) inside it, and
+Twilio's form parameters, which Twilio signs instead of the body.
 Besides HMACs: `okta` compares a header with a secret, `discord` checks an Ed25519
-signature against the application's public key."""
+signature against the application's public key.
+
+Twilio, Square and HubSpot sign the URL they called: the public URL of the request
+(`RequestLine`, from FLOWHOOKS_INGRESS_PUBLIC_URL), read by `URL_READERS`."""
 
 import base64
 import binascii
@@ -19,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -54,9 +59,10 @@ class Check:
     prefix: str = ""
     timestamp_header: str | None = None
     content: str = "{body}"
-    # `meta`'s verify token (opened) and `discord`'s public key (raw bytes).
+    # `meta`'s verify token (opened); the flow's public key: `discord`'s as raw bytes,
+    # `sendgrid`'s loaded (an ECDSA public key).
     verify_token: bytes | None = None
-    public_key: bytes | None = None
+    public_key: object | None = None
 
 
 def secret_key(mode: str, secret: str) -> bytes:
@@ -110,6 +116,10 @@ def _fresh(timestamp: str | None, now: float, tolerance_s: int) -> str | None:
     return None
 
 
+# For the modules of the other kinds of checks (public_key_signatures.py).
+fresh_timestamp = _fresh
+
+
 def _unhex(values: list[str]) -> list[bytes]:
     decoded = []
     for value in values[:MAX_SIGNATURES]:
@@ -142,6 +152,9 @@ class Signed:
     mismatch: str
     algorithm: Algorithm = "sha256"
     scheme: Scheme = "hmac"
+    # When the signed message is not `before` + body + `after` (Twilio): the messages
+    # any of which may be signed, from the body, or the refusal.
+    messages: Callable[[bytes], list[bytes] | str] | None = None
 
 
 def read_stripe(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
@@ -370,6 +383,27 @@ def read_discord(check: Check, headers: Mapping[str, str], now: float) -> Signed
     )
 
 
+def read_paddle(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`Paddle-Signature: ts=<unix>;h1=<hex>[;h1=<hex>...]`, HMAC-SHA256 of `<ts>:<body>`
+    (several `h1` while Paddle rotates the secret)."""
+    value = _header(headers, "Paddle-Signature")
+    if value is None:
+        return "no Paddle-Signature header"
+    timestamp, signatures = None, []
+    for item in value.split(";"):
+        key, _, val = item.strip().partition("=")
+        if key == "ts":
+            timestamp = val
+        elif key == "h1":
+            signatures.append(val)
+    stale = _fresh(timestamp, now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    return Signed(
+        f"{timestamp}:".encode(), b"", _unhex(signatures), "the Paddle-Signature does not match"
+    )
+
+
 READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | str]] = {
     "stripe": read_stripe,
     "github": read_github,
@@ -386,14 +420,175 @@ READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | 
     "okta": read_okta,
     "twitch": read_twitch,
     "discord": read_discord,
+    "paddle": read_paddle,
 }
 
 
-def precheck(check: Check, headers: Mapping[str, str], now: float) -> str | None:
+@dataclass(frozen=True)
+class RequestLine:
+    """What the URL-signing modes sign besides the body: the method, and the public URL
+    of the request (FLOWHOOKS_INGRESS_PUBLIC_URL + the path and query as received)."""
+
+    method: str
+    url: str
+
+
+# Form parameters Twilio's signature may cover; more is no Twilio request.
+MAX_TWILIO_PARAMS = 1000
+
+
+def _twilio_urls(url: str) -> list[str]:
+    """The URL with and without its scheme's default port: Twilio signs either (its
+    own validator tries both)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.username is not None:
+        return [url]  # no URL Twilio is given carries a login; checked as is
+    default_port = 443 if parts.scheme == "https" else 80
+    bare = urlunsplit(parts._replace(netloc=host))
+    ported = urlunsplit(parts._replace(netloc=f"{host}:{parts.port or default_port}"))
+    return [bare, ported] if bare != ported else [bare]
+
+
+def _twilio_params(body: bytes) -> str | None:
+    """The form parameters as Twilio signs them: by name, then value, each pair
+    concatenated (duplicates once, as Twilio's validator does); None: not form data."""
+    try:
+        pairs = parse_qsl(
+            body.decode(),
+            keep_blank_values=True,
+            strict_parsing=False,
+            max_num_fields=MAX_TWILIO_PARAMS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        return None
+    params: dict[str, set[str]] = {}
+    for name, value in pairs:
+        params.setdefault(name, set()).add(value)
+    return "".join(name + value for name in sorted(params) for value in sorted(params[name]))
+
+
+def read_twilio(
+    check: Check, headers: Mapping[str, str], line: RequestLine, now: float
+) -> Signed | str:
+    """`X-Twilio-Signature: <base64 HMAC-SHA1 of the URL + the form parameters sorted by
+    name, each name and value concatenated>`; a JSON body instead: the URL's
+    `bodySHA256` query parameter (the body's hex SHA-256) is signed with the URL alone."""
+    value = _header(headers, "X-Twilio-Signature")
+    if value is None:
+        return "no X-Twilio-Signature header"
+    urls = _twilio_urls(line.url)
+    body_hashes = parse_qs(urlsplit(line.url).query).get("bodySHA256")
+
+    def messages(body: bytes) -> list[bytes] | str:
+        if body_hashes is not None:
+            expected = hashlib.sha256(body).hexdigest()
+            if not hmac.compare_digest(expected, body_hashes[0].lower()):
+                return "the body's SHA-256 is not the URL's bodySHA256"
+            return [url.encode() for url in urls]
+        params = _twilio_params(body)
+        if params is None:
+            return "the body is not form data (a JSON body goes with a bodySHA256 query parameter)"
+        return [(url + params).encode() for url in urls]
+
+    return Signed(
+        b"",
+        b"",
+        _unbase64([value]),
+        "the X-Twilio-Signature does not match",
+        "sha1",
+        messages=messages,
+    )
+
+
+def read_square(
+    check: Check, headers: Mapping[str, str], line: RequestLine, now: float
+) -> Signed | str:
+    """`x-square-hmacsha256-signature: <base64 HMAC-SHA256 of the URL + the body>`."""
+    value = _header(headers, "x-square-hmacsha256-signature")
+    if value is None:
+        return "no x-square-hmacsha256-signature header"
+    return Signed(
+        line.url.encode(),
+        b"",
+        _unbase64([value]),
+        "the x-square-hmacsha256-signature does not match",
+    )
+
+
+# HubSpot signs its URL with these characters decoded (its "v3" documentation).
+_HUBSPOT_DECODED = {
+    "%3A": ":",
+    "%2F": "/",
+    "%3F": "?",
+    "%40": "@",
+    "%21": "!",
+    "%24": "$",
+    "%27": "'",
+    "%28": "(",
+    "%29": ")",
+    "%2A": "*",
+    "%2C": ",",
+    "%3B": ";",
+}
+
+
+def _hubspot_url(url: str) -> str:
+    for encoded, char in _HUBSPOT_DECODED.items():
+        url = url.replace(encoded, char).replace(encoded.lower(), char)
+    return url
+
+
+def read_hubspot(
+    check: Check, headers: Mapping[str, str], line: RequestLine, now: float
+) -> Signed | str:
+    """`X-HubSpot-Signature-v3: <base64 HMAC-SHA256 of method + URL + body + timestamp>`,
+    `X-HubSpot-Request-Timestamp` in milliseconds, within the tolerance (5 minutes)."""
+    timestamp = _header(headers, "X-HubSpot-Request-Timestamp")
+    if timestamp is None or not timestamp.isascii() or not timestamp.isdigit():
+        return "a missing or malformed X-HubSpot-Request-Timestamp (milliseconds)"
+    stale = _fresh(timestamp[:-3] or "0", now, check.tolerance_s)
+    if stale is not None:
+        return stale
+    value = _header(headers, "X-HubSpot-Signature-v3")
+    if value is None:
+        return "no X-HubSpot-Signature-v3 header"
+    return Signed(
+        (line.method + _hubspot_url(line.url)).encode(),
+        timestamp.encode(),
+        _unbase64([value]),
+        "the X-HubSpot-Signature-v3 does not match",
+    )
+
+
+URL_READERS: dict[
+    SigningMode, Callable[[Check, Mapping[str, str], RequestLine, float], Signed | str]
+] = {
+    "twilio": read_twilio,
+    "square": read_square,
+    "hubspot": read_hubspot,
+}
+
+
+def _read(
+    check: Check, headers: Mapping[str, str], line: RequestLine | None, now: float
+) -> Signed | str:
+    url_reader = URL_READERS.get(check.mode)
+    if url_reader is not None:
+        assert line is not None  # signing.py refuses a URL mode without a public URL
+        return url_reader(check, headers, line, now)
+    return READERS[check.mode](check, headers, now)
+
+
+def precheck(
+    check: Check, headers: Mapping[str, str], now: float, line: RequestLine | None = None
+) -> str | None:
     """What can be refused before the body is read: a missing or malformed signature
     header, a stale or malformed timestamp, no decodable signature. None: only the body
     can tell."""
-    signed = READERS[check.mode](check, headers, now)
+    signed = _read(check, headers, line, now)
     if isinstance(signed, str):
         return signed
     if not signed.given and signed.scheme != "client_state":  # that one is in the body
@@ -401,15 +596,30 @@ def precheck(check: Check, headers: Mapping[str, str], now: float) -> str | None
     return None
 
 
-def verify(check: Check, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+def verify(
+    check: Check,
+    headers: Mapping[str, str],
+    body: bytes,
+    now: float,
+    line: RequestLine | None = None,
+) -> str | None:
     """None if the request is signed by one of the flow's secrets, else the reason."""
-    signed = READERS[check.mode](check, headers, now)
+    signed = _read(check, headers, line, now)
     if isinstance(signed, str):
         return signed
-    message = signed.before + body + signed.after
+    if signed.messages is None:
+        messages = [signed.before + body + signed.after]
+    else:
+        found = signed.messages(body)
+        if isinstance(found, str):
+            return found
+        messages = found
     if signed.scheme != "hmac":
-        return _judge(check, signed, message)
-    if not _matches(check.secrets, message, signed.given, signed.algorithm):
+        return _judge(check, signed, messages[0])
+    matched = False
+    for message in messages:
+        matched |= _matches(check.secrets, message, signed.given, signed.algorithm)
+    if not matched:
         return signed.mismatch
     return None
 
@@ -423,7 +633,7 @@ def _judge(check: Check, signed: Signed, message: bytes) -> str | None:
                 found |= hmac.compare_digest(secret, value)
         return None if found else signed.mismatch
     if signed.scheme == "ed25519":
-        assert check.public_key is not None  # validated on save
+        assert isinstance(check.public_key, bytes)  # validated on save
         public_key = Ed25519PublicKey.from_public_bytes(check.public_key)
         for signature in signed.given:
             try:

@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -18,9 +19,16 @@ from services.ingress.backlog import WorkspaceBacklog
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
 from services.ingress.form_body import multi_dict
 from services.ingress.metrics import IngressMetrics, error_outcome
-from services.ingress.normalise import BodyLimits, parse_input, webhook_request
+from services.ingress.normalise import (
+    BodyLimits,
+    parse_input,
+    parse_push_input,
+    webhook_request,
+)
+from services.ingress.pubsub import is_jwt_bearer
 from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
 from services.ingress.settings import IngressSettings
+from services.ingress.signatures import RequestLine
 from services.ingress.signing import SignatureChecks
 from services.ingress.text import replace_undecodable
 from shared.bearer import bearer_from_header, hash_token
@@ -205,7 +213,7 @@ class WebhookHandler:
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
         answer.mode = RunMode.of(flow.is_async)
-        signed_sender = flow.signing is not None and "Authorization" not in request.headers
+        signed_sender = self._by_signature(request, flow)
         if signed_sender:
             body, unsigned_handshake = await self._verify(request, flow)
             # Judged before anything else about the flow (paused) shows, and before the
@@ -228,9 +236,14 @@ class WebhookHandler:
             if handshake_answer is not None:
                 answer.outcome = Outcome.HANDSHAKE
                 return handshake_answer
+        push = flow.signing is not None and flow.signing.mode == "google-pubsub"
         try:
             normalised.input = await self._parse(
-                request.method, normalised.query, normalised.content_type, body
+                request.method,
+                normalised.query,
+                normalised.content_type,
+                body,
+                push_envelope=push,
             )
         except BadRequest as error:
             await self._record_rejected(normalised, error)
@@ -430,16 +443,23 @@ class WebhookHandler:
         return web.Response(body=result.body.encode(), status=result.status_code, headers=headers)
 
     async def _parse(
-        self, method: str, query: dict[str, Any], content_type: str | None, body: bytes
+        self,
+        method: str,
+        query: dict[str, Any],
+        content_type: str | None,
+        body: bytes,
+        *,
+        push_envelope: bool = False,
     ) -> Any:
         """The flow's input. A large body is parsed on a worker thread: its parse (bounded
         and linear, but up to the body size) must not hold up the event loop and with it
-        every other request on this ingress."""
+        every other request on this ingress. `push_envelope`: a Pub/Sub push's, its
+        `message.data` decoded (normalise.parse_push_input)."""
+        parser = parse_push_input if push_envelope else parse_input
+        parse = partial(parser, method, query, content_type, body, self.limits)
         if method == "GET" or len(body) <= self.parse_inline_max_bytes:
-            return parse_input(method, query, content_type, body, self.limits)
-        return await asyncio.get_running_loop().run_in_executor(
-            self.parser, parse_input, method, query, content_type, body, self.limits
-        )
+            return parse()
+        return await asyncio.get_running_loop().run_in_executor(self.parser, parse)
 
     async def _schedule(self, start: StartRun) -> web.Response:
         """200 only once the broker has confirmed the persistent message on the durable
@@ -491,17 +511,34 @@ class WebhookHandler:
         except Unavailable:
             log.warning("rejected_request_not_recorded", request_id=normalised.request_id)
 
+    @staticmethod
+    def _by_signature(request: web.Request, flow: FlowWebhookSettings) -> bool:
+        """Whether the request is judged by the flow's signature rather than by a bearer:
+        it sends no Authorization header, or it is a Pub/Sub push's bearer JWT."""
+        if flow.signing is None:
+            return False
+        header = request.headers.get("Authorization")
+        return header is None or (flow.signing.mode == "google-pubsub" and is_jwt_bearer(header))
+
     async def _authorize(self, request: web.Request, flow_id: str) -> FlowWebhookSettings:
         header = request.headers.get("Authorization")
-        if header is None:
+        if header is None or is_jwt_bearer(header):
             # No bearer: a signing flow's sender. auth answers with the flow's signing
-            # settings (cached like any answer), or 401 for every other flow.
+            # settings (cached like any answer), or 401 for every other flow. A bearer
+            # JWT is a Pub/Sub push's token, for a `google-pubsub` flow (pubsub.py); to
+            # any other flow it is a bearer like any, and refused as one below.
             access = await self.access.authorize(flow_id, None)
-            if access.decision != "signature" or access.flow is None:
+            signed = access.decision == "signature" and access.flow is not None
+            if signed and header is not None:
+                assert access.flow is not None and access.flow.signing is not None
+                signed = access.flow.signing.mode == "google-pubsub"
+            if signed:
+                assert access.flow is not None
+                return access.flow
+            if header is None:
                 raise Unauthorized(
                     "missing Authorization header; send 'Authorization: Bearer <token>'"
                 )
-            return access.flow
         access = await self.access.authorize(flow_id, hash_token(bearer_from_header(header)))
         if access.decision == "unauthorized":
             raise Unauthorized("unknown, expired or revoked token")
@@ -522,8 +559,11 @@ class WebhookHandler:
         length = request.content_length
         # Chunked bodies (no length) count as large: their size shows only once read.
         large = request.body_exists and (length is None or length > self.small_body_bytes)
+        # What the URL-signing modes sign: the method, and the path and query as received
+        # (signing.py puts FLOWHOOKS_INGRESS_PUBLIC_URL before them).
+        line = RequestLine(request.method, request.raw_path)
         try:
-            self.signatures.precheck(flow, request.headers)
+            await self.signatures.precheck(flow, request.headers, line)
             if large:
                 self.bad_signatures.take(flow.flow_id)
             try:
@@ -538,7 +578,7 @@ class WebhookHandler:
             raise
         body = await self._read_body(request)
         await self.signatures.verify(
-            flow, request.headers, body, self.parser, self.parse_inline_max_bytes
+            flow, request.headers, body, self.parser, self.parse_inline_max_bytes, line
         )
         if large:
             self.bad_signatures.refund(flow.flow_id)  # it holds: no failed check

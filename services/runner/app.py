@@ -79,7 +79,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
             access,
             templates,
             settings.runner_max_timeout_s,
-            settings.runner_webhook_base_url,
+            settings.webhook_base_url(),
             secret_box,
             callback_policy,
         ),

@@ -17,6 +17,7 @@ from shared import standard_webhooks
 from shared.dedup_keys import parse_key_spec
 from shared.errors import BadRequest
 from shared.outbound import OutboundRefused, parse_url
+from shared.public_keys import load_ecdsa_public_key
 from shared.schemas.access import FlowStatus
 from shared.schemas.vocabulary import WebhookAuthMode
 
@@ -58,9 +59,22 @@ MIN_SECRET_CHARS, MAX_SECRET_CHARS = 8, 512
 # A reference to a secret the flow already holds, as GET shows it ("…last4").
 HINT_MARK = "\u2026"
 MAX_CALLBACK_URL_CHARS = 2048
-# A public key as a mode takes it (Discord's Ed25519 key is 64 hex characters).
+# Modes checked by a public key or a token's claims instead of secrets (`discord`
+# too, checked with the handshake modes): they take no `secrets`.
+KEYLESS_MODES = frozenset({"sendgrid", "google-pubsub"})
+# Each mode's own fields besides `secrets` and `tolerance_s` (the `hmac` ones are below;
+# `okta` takes `header`): refused on every other mode, and shown only by their modes.
+MODE_FIELDS = {
+    "sendgrid": ("public_key",),
+    "google-pubsub": ("audience", "email", "jwks_url"),
+    "meta": ("verify_token",),
+    "discord": ("public_key",),
+}
+# A public key as a mode takes it (Discord's Ed25519 key is 64 hex characters, SendGrid's
+# P-256 key about 124 characters of base64 DER).
 MAX_PUBLIC_KEY_CHARS = 1024
 ED25519_PUBLIC_KEY_BYTES = 32
+MAX_CLAIM_CHARS = 512
 
 
 class SealedSecret(BaseModel):
@@ -88,11 +102,16 @@ class WebhookAuth(BaseModel):
     prefix: str = Field(default="", max_length=64)
     timestamp_header: str | None = Field(default=None, pattern=HEADER_NAME_PATTERN, max_length=100)
     content: str | None = Field(default=None, max_length=200)
-    # The handshake modes' own fields (`okta` also takes `header`). `meta`: the verify
-    # token its console asks for, a secret (sealed, hinted) like `secrets`; `discord`:
-    # the application's public key (hex), instead of secrets.
+    # `meta`: the verify token its console asks for, a secret (sealed, hinted) like
+    # `secrets` (`okta` takes `header` above).
     verify_token: str | SealedSecret | None = None
+    # A public key instead of secrets, shown as saved (it is public): `discord`'s
+    # Ed25519 key (hex), `sendgrid`'s ECDSA P-256 key (base64 DER).
     public_key: str | None = Field(default=None, max_length=MAX_PUBLIC_KEY_CHARS)
+    # `google-pubsub`: the push token's `aud` and `email`, and its JWKS (None: Google's).
+    audience: str | None = Field(default=None, min_length=1, max_length=MAX_CLAIM_CHARS)
+    email: str | None = Field(default=None, min_length=3, max_length=MAX_CLAIM_CHARS)
+    jwks_url: str | None = Field(default=None, max_length=MAX_CALLBACK_URL_CHARS)
 
 
 class ResponseConfig(BaseModel):
@@ -169,13 +188,13 @@ class FlowDefinition(BaseModel):
         for name in ("auth", "dedup", "callback"):
             if webhook[name] is None and not (name == "dedup" and dedup_off):
                 del webhook[name]
-        if webhook["on_timeout"] == "error":
-            del webhook["on_timeout"]
         if webhook.get("auth") is not None:
-            # The handshake modes' fields, left out where unused like the above.
-            for name in ("verify_token", "public_key"):
+            # The newer modes' fields, shown by the modes that use them only.
+            for name in {name for names in MODE_FIELDS.values() for name in names}:
                 if webhook["auth"][name] is None:
                     del webhook["auth"][name]
+        if webhook["on_timeout"] == "error":
+            del webhook["on_timeout"]
         if webhook["response"] is not None and not webhook["response"]["headers"]:
             del webhook["response"]["headers"]
         return {
@@ -264,6 +283,11 @@ def _check_auth(auth: WebhookAuth) -> None:
                 continue  # okta's header holds the secret itself
             if value is not None:
                 raise _refuse(f"{field}.{name}", "only the hmac mode takes it")
+    own_fields = MODE_FIELDS.get(auth.mode, ())
+    for names in MODE_FIELDS.values():
+        for name in names:
+            if name not in own_fields and getattr(auth, name) is not None:
+                raise _refuse(f"{field}.{name}", f"the {auth.mode} mode does not take it")
     _check_handshake_fields(auth)
     if auth.mode == "bearer":
         if auth.secrets:
@@ -271,6 +295,9 @@ def _check_auth(auth: WebhookAuth) -> None:
         return
     if auth.mode == "discord":
         return  # a public key, no secrets: checked above
+    if auth.mode in KEYLESS_MODES:
+        _check_keyless(auth)
+        return
     if not auth.secrets:
         raise _refuse(f"{field}.secrets", f"the {auth.mode} mode needs one or two secrets")
     for index, secret in enumerate(auth.secrets):
@@ -296,10 +323,6 @@ def _check_handshake_fields(auth: WebhookAuth) -> None:
     """The handshake modes' own fields: `meta`'s verify token, `okta`'s header,
     `discord`'s public key instead of secrets; refused on every other mode."""
     field = "webhook.auth"
-    if auth.verify_token is not None and auth.mode != "meta":
-        raise _refuse(f"{field}.verify_token", "only the meta mode takes it")
-    if auth.public_key is not None and auth.mode != "discord":
-        raise _refuse(f"{field}.public_key", "only the discord mode takes it")
     if auth.mode == "meta":
         if auth.verify_token is None:
             raise _refuse(
@@ -353,6 +376,38 @@ def _ed25519_public_key(field: str, value: str) -> str:
     except ValueError:
         raise _refuse(field, "not a valid Ed25519 public key") from None
     return value
+
+
+def _check_keyless(auth: WebhookAuth) -> None:
+    """`sendgrid` and `google-pubsub`: a public key or a token's claims, no secrets."""
+    field = "webhook.auth"
+    if auth.secrets:
+        raise _refuse(
+            f"{field}.secrets",
+            f"the {auth.mode} mode takes no secrets"
+            + (": give public_key" if auth.mode == "sendgrid" else ": give audience and email"),
+        )
+    if auth.mode == "sendgrid":
+        if auth.public_key is None:
+            raise _refuse(f"{field}.public_key", "the sendgrid mode needs SendGrid's public key")
+        try:
+            load_ecdsa_public_key(auth.public_key)
+        except ValueError as exc:
+            raise _refuse(f"{field}.public_key", str(exc)) from None
+        return
+    for name in ("audience", "email"):
+        value = getattr(auth, name)
+        if value is None:
+            needs = f"the google-pubsub mode needs the push token's {name}"
+            raise _refuse(f"{field}.{name}", needs)
+        if not value.isprintable() or value != value.strip():
+            raise _refuse(f"{field}.{name}", "must be printable text without surrounding spaces")
+    if auth.jwks_url is not None:
+        # Where it leads is the ingress's to check, at each fetch (its allow list).
+        try:
+            parse_url(auth.jwks_url)
+        except OutboundRefused as exc:
+            raise _refuse(f"{field}.jwks_url", str(exc)) from None
 
 
 def _check_secret(field: str, mode: str, secret: str) -> None:

@@ -42,6 +42,14 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
 
     # The ingress's public base URL, shown in `GET /v1/flows/{id}/webhook`.
     runner_webhook_base_url: str = "http://127.0.0.1:8080"
+    # The same URL as the ingress's setting of that name (one variable for a deployment);
+    # when set it wins over FLOWHOOKS_RUNNER_WEBHOOK_BASE_URL.
+    ingress_public_url: str | None = None
+
+    def webhook_base_url(self) -> str:
+        """The base of the webhook URL the flows API shows."""
+        return self.ingress_public_url or self.runner_webhook_base_url
+
     # Upper bound for a flow's `webhook.timeout_s`.
     runner_max_timeout_s: float = Field(default=300.0, gt=0)
     # Messages of webhook requests (each holds one or many) taken from the broker at once

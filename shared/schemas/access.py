@@ -27,9 +27,16 @@ class SigningSettings(BaseModel):
     content: str = "{body}"
     # The handshake modes' own fields (`header` above is also `okta`'s: the header whose
     # value must equal a secret). `meta`: the sealed `verify_token` its GET handshake
-    # must carry; `discord`: the application's Ed25519 public key (hex), not a secret.
+    # must carry.
     verify_token: str | None = None
+    # A public key, not a secret, so not sealed: `discord`'s Ed25519 key (hex), or
+    # `sendgrid`'s ECDSA P-256 key as SendGrid shows it (base64 DER).
     public_key: str | None = None
+    # `google-pubsub`: the push token's `aud` and `email` claims, and where its signing
+    # keys are (None: Google's).
+    audience: str | None = None
+    email: str | None = None
+    jwks_url: str | None = None
 
 
 class DedupSettings(BaseModel):

@@ -82,6 +82,14 @@ SigningMode = Literal[
     "okta",
     "twitch",
     "discord",
+    # Signed over the public URL (FLOWHOOKS_INGRESS_PUBLIC_URL), or HMAC (paddle).
+    "twilio",
+    "square",
+    "hubspot",
+    "paddle",
+    # Public-key modes: no secrets (services/ingress/public_keys.py, pubsub.py).
+    "sendgrid",
+    "google-pubsub",
 ]
 # `webhook.auth.mode` as a flow is saved: a bearer token (the default) or a signature.
 WebhookAuthMode = Literal["bearer", SigningMode]

@@ -377,7 +377,7 @@ def refusal(auth: dict[str, Any]) -> str:
         ),
         (
             {"mode": "github", "secrets": ["a" * 8], "verify_token": "b" * 8},
-            "webhook.auth.verify_token: only the meta mode takes it",
+            "webhook.auth.verify_token: the github mode does not take it",
         ),
         (
             {"mode": "meta", "secrets": ["a" * 8], "verify_token": "short"},
@@ -412,7 +412,7 @@ def refusal(auth: dict[str, Any]) -> str:
         ),
         (
             {"mode": "slack", "secrets": ["a" * 8], "public_key": "ab" * 32},
-            "webhook.auth.public_key: only the discord mode takes it",
+            "webhook.auth.public_key: the slack mode does not take it",
         ),
         ({"mode": "zoom"}, "webhook.auth.secrets: the zoom mode needs one or two secrets"),
     ],

@@ -7,7 +7,8 @@ import tomllib
 from pathlib import Path
 from typing import get_args
 
-from services.ingress.signatures import READERS
+from services.ingress.signatures import READERS, URL_READERS
+from services.ingress.signing import TOKEN_AND_KEY_MODES
 from shared.schemas import vocabulary
 from shared.schemas.vocabulary import RECORDED_OUTCOMES, SigningMode, WebhookAuthMode
 
@@ -81,5 +82,9 @@ def test_every_place_with_another_meaning_still_has_it() -> None:
 
 def test_the_ingress_verifies_every_signing_mode_and_no_other() -> None:
     """A signing mode added to the vocabulary must come with its verifier."""
-    assert set(READERS) == set(get_args(SigningMode))
+    # HMAC over headers and body (READERS), HMAC over the public URL too (URL_READERS),
+    # public keys and tokens (signing.py): each mode in exactly one.
+    registries = [set(READERS), set(URL_READERS), set(TOKEN_AND_KEY_MODES)]
+    assert set().union(*registries) == set(get_args(SigningMode))
+    assert sum(len(registry) for registry in registries) == len(get_args(SigningMode))
     assert set(get_args(WebhookAuthMode)) == {"bearer", *get_args(SigningMode)}
