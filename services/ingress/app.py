@@ -5,6 +5,7 @@ from aiohttp import web
 
 from services.ingress.access_cache import AccessCache
 from services.ingress.dedup import Deduplicator
+from services.ingress.learned_secrets import SecretLearner
 from services.ingress.metrics import IngressMetrics
 from services.ingress.pubsub import JwksCache
 from services.ingress.settings import IngressSettings
@@ -19,6 +20,7 @@ from shared.messaging.contracts import (
     CLAIM_DEDUP_KEY,
     FLOW_ACCESS_CHANGED,
     GET_RUN_STATUS,
+    LEARN_WEBHOOK_SECRET,
     REQUEST_DEDUPLICATED,
     REQUEST_HANDSHAKE,
     REQUEST_QUEUED,
@@ -69,7 +71,17 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
     dedup = Deduplicator(kernel.rpc, kernel.broker, settings.ingress_dedup_max_waiting)
     webhook = kernel.provide(
         WEBHOOK,
-        WebhookHandler(cache, runner, kernel.broker, settings, signatures, dedup, metrics),
+        WebhookHandler(
+            cache,
+            runner,
+            kernel.broker,
+            settings,
+            signatures,
+            dedup,
+            metrics,
+            # An asana flow's first handshake: the runner keeps the secret it gives.
+            learner=SecretLearner(kernel.rpc, signatures.box),
+        ),
     )
     metrics.watch(webhook)
     # The same per-process queue also receives the runners' reports of this replica's
@@ -140,7 +152,7 @@ SERVICE = ServiceSpec(
                 addressed=(naming.runs_drained_key,),
             ),
         ),
-        calls=(AUTHORIZE_WEBHOOK, CLAIM_DEDUP_KEY, GET_RUN_STATUS),
+        calls=(AUTHORIZE_WEBHOOK, CLAIM_DEDUP_KEY, GET_RUN_STATUS, LEARN_WEBHOOK_SECRET),
         sends=(SYNC_RUNS, ASYNC_RUNS),
         publishes=(REQUEST_REJECTED, REQUEST_DEDUPLICATED, REQUEST_QUEUED, REQUEST_HANDSHAKE),
     ),

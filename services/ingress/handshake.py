@@ -10,10 +10,11 @@ request is not a handshake (an event: the flow runs), or raises `BadRequest` /
 `Unauthorized` with the reason. Two kinds of handshake:
 - signed ones (slack, zoom, twitch, discord) are signed like the mode's events: they
   pass the verify stage first, so an unsigned or forged one is 401 and echoes nothing;
-- unsigned ones (microsoft-graph, meta, twitter, dropbox, okta) carry no signature:
-  `arrives_unsigned` recognises them from the method, query and headers alone, and
-  the verify stage is skipped for them. Meta's is judged by its verify token, Twitter's
-  answer proves that we hold the secret; the others prove only that the URL answers.
+- unsigned ones (microsoft-graph, meta, twitter, dropbox, okta, asana) carry no
+  signature: `arrives_unsigned` recognises them from the method, query and headers
+  alone, and the verify stage is skipped for them. Meta's is judged by its verify token,
+  Twitter's answer proves that we hold the secret; the others prove only that the URL
+  answers, except Asana's, which gives the flow its secret (only while it holds none).
 
 Every value echoed is capped (`MAX_ECHO_CHARS`), and a body over
 `MAX_HANDSHAKE_BODY_BYTES` is never a handshake (providers send a few hundred bytes):
@@ -28,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from services.ingress.learned_secrets import already_held
 from services.ingress.signatures import Check, signing_secret
 from shared.errors import BadRequest, Unauthorized
 from shared.schemas.vocabulary import JSON, SigningMode
@@ -53,12 +55,16 @@ class Probe:
 
 @dataclass(frozen=True)
 class HandshakeAnswer:
-    """What the sender is answered. `content_type` None: no body (204)."""
+    """What the sender is answered. `content_type` None: no body (twitch's 204, asana's
+    200 with only its header)."""
 
     status: int
     content_type: str | None
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    # A secret the flow must hold before this answer is sent (asana's: the webhook
+    # handler has the runner store it first, `learned_secrets.py`).
+    learned_secret: str | None = None
 
 
 def _json_answer(document: dict[str, Any]) -> HandshakeAnswer:
@@ -188,6 +194,23 @@ def answer_discord(check: Check, probe: Probe, now: float) -> HandshakeAnswer | 
     return _json_answer({"type": 1})
 
 
+ASANA_SECRET_HEADER = "X-Hook-Secret"
+
+
+def answer_asana(check: Check, probe: Probe, now: float) -> HandshakeAnswer | None:
+    """POST with `X-Hook-Secret: S` → 200 echoing `X-Hook-Secret: S`, S becoming the
+    flow's secret; only while the flow holds none. Asana sends it once, when a webhook
+    is created: another one means someone created a second webhook to this URL, or
+    someone else found it; refusing it keeps the secret the first one gave (the
+    operator re-arms by clearing the flow's secrets)."""
+    if probe.method != "POST" or ASANA_SECRET_HEADER not in probe.headers:
+        return None
+    if check.secrets:
+        raise already_held(check.mode)
+    secret = _echoed(probe.headers[ASANA_SECRET_HEADER], ASANA_SECRET_HEADER)
+    return HandshakeAnswer(200, None, b"", {ASANA_SECRET_HEADER: secret}, learned_secret=secret)
+
+
 Answerer = Callable[[Check, Probe, float], HandshakeAnswer | None]
 # Whether a request is the mode's unsigned handshake, from its method, query and headers.
 Recogniser = Callable[[str, Mapping[str, str], Mapping[str, str]], bool]
@@ -221,6 +244,10 @@ HANDSHAKES: dict[SigningMode, Handshake] = {
     ),
     "twitch": Handshake(answer_twitch),
     "discord": Handshake(answer_discord),
+    "asana": Handshake(
+        answer_asana,
+        lambda method, query, headers: method == "POST" and ASANA_SECRET_HEADER in headers,
+    ),
 }
 
 

@@ -404,6 +404,21 @@ def read_paddle(check: Check, headers: Mapping[str, str], now: float) -> Signed 
     )
 
 
+def read_asana(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
+    """`X-Hook-Signature: <hex HMAC-SHA256 of the body>`, under the secret Asana gave in
+    its handshake (`X-Hook-Secret`). Until a handshake has armed the flow, nothing but
+    that handshake is accepted."""
+    if not check.secrets:
+        return (
+            "this asana flow holds no secret yet: only Asana's handshake (X-Hook-Secret)"
+            " is accepted until one arms it"
+        )
+    value = _header(headers, "X-Hook-Signature")
+    if value is None:
+        return "no X-Hook-Signature header"
+    return Signed(b"", b"", _unhex([value]), "the X-Hook-Signature does not match")
+
+
 READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | str]] = {
     "stripe": read_stripe,
     "github": read_github,
@@ -421,6 +436,7 @@ READERS: dict[SigningMode, Callable[[Check, Mapping[str, str], float], Signed | 
     "twitch": read_twitch,
     "discord": read_discord,
     "paddle": read_paddle,
+    "asana": read_asana,
 }
 
 

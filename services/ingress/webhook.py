@@ -18,6 +18,7 @@ from services.ingress.access_cache import AccessCache
 from services.ingress.backlog import WorkspaceBacklog
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
 from services.ingress.form_body import multi_dict
+from services.ingress.learned_secrets import SecretLearner
 from services.ingress.metrics import IngressMetrics, error_outcome
 from services.ingress.normalise import (
     BodyLimits,
@@ -53,6 +54,7 @@ from shared.messaging.contracts import (
     REQUEST_REJECTED,
 )
 from shared.messaging.runner_client import RunnerClient
+from shared.redaction import redact_headers
 from shared.schemas.access import FlowWebhookSettings, TokenIdentity
 from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
@@ -111,6 +113,12 @@ def _handshake_input(normalised: WebhookRequest, limits: BodyLimits) -> Any:
         return None
 
 
+def _without_secrets(normalised: WebhookRequest) -> WebhookRequest:
+    """A handshake's request as recorded: secret headers (Asana's `X-Hook-Secret`: the
+    flow's secret itself) redacted before it crosses the broker."""
+    return normalised.model_copy(update={"headers": redact_headers(normalised.headers)})
+
+
 class _RefusedUnread(Exception):
     """A large body refused before it was read: answered without draining it."""
 
@@ -154,8 +162,11 @@ class WebhookHandler:
         signatures: SignatureChecks,
         dedup: Deduplicator,
         metrics: IngressMetrics | None = None,
+        learner: SecretLearner | None = None,
     ) -> None:
         self.access = access
+        # Keeps the secret an asana flow's first handshake gives (runner RPC).
+        self.learner = learner
         self.metrics = metrics if metrics is not None else IngressMetrics()
         self.signatures = signatures
         self.rate_limiter = FlowRateLimiter(
@@ -328,7 +339,9 @@ class WebhookHandler:
     ) -> web.Response | None:
         """A provider's handshake, answered at once and recorded as `handshake` (the flow
         is not run); None for any other request. A refused handshake (400, 401) is
-        recorded as `rejected`, so that a failing subscription shows in the debugger."""
+        recorded as `rejected`, so that a failing subscription shows in the debugger.
+        A handshake that gives the flow its secret (asana) is answered only once the
+        runner keeps it; its records carry no secret header in the clear."""
         assert flow.signing is not None
         check = self.signatures.check_for(flow, flow.signing)
         probe = handshake.Probe(request.method, request.query, request.headers, body)
@@ -336,12 +349,14 @@ class WebhookHandler:
             answered = handshake.answer(check, probe, time.time())
             if answered is None and unsigned:  # cannot happen: recognised as one
                 raise Unauthorized(f"invalid {flow.signing.mode} signature: not a handshake")
-        except (BadRequest, Unauthorized) as error:
-            await self._record_rejected(normalised, error)
+            if answered is not None and answered.learned_secret is not None:
+                await self._learn(flow, answered.learned_secret)
+        except (BadRequest, Unauthorized, NotFound) as error:
+            await self._record_rejected(_without_secrets(normalised), error)
             raise
         if answered is None:
             return None
-        await self._record_handshake(normalised, answered)
+        await self._record_handshake(_without_secrets(normalised), answered)
         response = web.Response(
             body=answered.body or None, status=answered.status, headers=answered.headers
         )
@@ -362,7 +377,8 @@ class WebhookHandler:
             status_code=answered.status,
             content_type=answered.content_type or "",
             body=answered.body.decode(),
-            headers=dict(answered.headers),
+            # Asana's answer echoes the flow's new secret: recorded as `[redacted]`.
+            headers=redact_headers(answered.headers),
             started_at=normalised.received_at,
             finished_at=now,
         )
@@ -373,6 +389,15 @@ class WebhookHandler:
             )
         except Unavailable:
             log.warning("handshake_not_recorded", request_id=normalised.request_id)
+
+    async def _learn(self, flow: FlowWebhookSettings, secret: str) -> None:
+        """The runner keeps `secret` as the flow's (or refuses: 401 held, 404, 400, 503).
+        This replica forgets its cached copy of the flow at once; auth's change event
+        brings every replica the new version within the usual bound."""
+        if self.learner is None:
+            raise Unavailable("this ingress cannot keep handshake secrets")
+        await self.learner.learn(flow, secret)
+        self.access.forget(flow_id=flow.flow_id)
 
     async def _start(
         self,

@@ -24,6 +24,7 @@ from services.runner.flows_api import (
     FlowVisibility,
     WebhookInfo,
 )
+from services.runner.learned_secrets import SecretLearning
 from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService, async_window
@@ -43,6 +44,7 @@ from shared.messaging.contracts import (
     FLOW_CHANGED,
     GET_FLOW_OWNER,
     IDENTIFY_TOKEN,
+    LEARN_WEBHOOK_SECRET,
     LIST_FLOW_ACCESS,
     PARKED_RUNS,
     RUN_FINISHED,
@@ -148,6 +150,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.serve(CLAIM_DEDUP_KEY, dedup_keys.claim)
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
     kernel.serve(GET_FLOW_OWNER, access.flow_owner)
+    # An asana flow's first handshake: the secret it gives (learned_secrets.py).
+    kernel.serve(LEARN_WEBHOOK_SECRET, SecretLearning(store, access, secret_box).learn)
     kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)
     kernel.on_command(ASYNC_RUNS, runs.on_async_runs, prefetch=async_prefetch)
     kernel.on_command(CALLBACKS, callbacks.on_callback, prefetch=settings.runner_callback_prefetch)
@@ -178,7 +182,7 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     broker=ServiceAccess(
-        serves=(CLAIM_DEDUP_KEY, LIST_FLOW_ACCESS, GET_FLOW_OWNER),
+        serves=(CLAIM_DEDUP_KEY, LIST_FLOW_ACCESS, GET_FLOW_OWNER, LEARN_WEBHOOK_SECRET),
         consumes=(SYNC_RUNS, ASYNC_RUNS, CALLBACKS),
         # Identifying API tokens.
         calls=(IDENTIFY_TOKEN,),

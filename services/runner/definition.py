@@ -62,6 +62,10 @@ MAX_CALLBACK_URL_CHARS = 2048
 # Modes checked by a public key or a token's claims instead of secrets (`discord`
 # too, checked with the handshake modes): they take no `secrets`.
 KEYLESS_MODES = frozenset({"sendgrid", "google-pubsub"})
+# Modes whose secret the flow learns from the provider's first handshake (Asana's
+# `X-Hook-Secret`, services/runner/learned_secrets.py): saved with no secret (unarmed),
+# and holding one at most.
+LEARNED_SECRET_MODES = frozenset({"asana"})
 # Each mode's own fields besides `secrets` and `tolerance_s` (the `hmac` ones are below;
 # `okta` takes `header`): refused on every other mode, and shown only by their modes.
 MODE_FIELDS = {
@@ -298,6 +302,9 @@ def _check_auth(auth: WebhookAuth) -> None:
     if auth.mode in KEYLESS_MODES:
         _check_keyless(auth)
         return
+    if auth.mode in LEARNED_SECRET_MODES:
+        _check_learned_secret_mode(auth)
+        return
     if not auth.secrets:
         raise _refuse(f"{field}.secrets", f"the {auth.mode} mode needs one or two secrets")
     for index, secret in enumerate(auth.secrets):
@@ -408,6 +415,28 @@ def _check_keyless(auth: WebhookAuth) -> None:
             parse_url(auth.jwks_url)
         except OutboundRefused as exc:
             raise _refuse(f"{field}.jwks_url", str(exc)) from None
+
+
+def _check_learned_secret_mode(auth: WebhookAuth) -> None:
+    """`asana`: no secret (its first handshake arms the flow), the one it holds (its
+    hint, as GET shows it) or, when moving a webhook whose secret you kept, that secret;
+    never two: Asana has no rotation (clear the secret and create the webhook again)."""
+    field = "webhook.auth.secrets"
+    if len(auth.secrets) > 1:
+        raise _refuse(
+            field,
+            f"the {auth.mode} mode holds one secret, the one its handshake gave: there is"
+            " no rotation (save [] to re-arm the flow, then create the webhook again)",
+        )
+    for index, secret in enumerate(auth.secrets):
+        if isinstance(secret, str) and not secret.startswith(HINT_MARK):
+            _check_secret(f"{field}[{index}]", auth.mode, secret)
+
+
+def check_learned_secret(mode: str, secret: str, field: str) -> None:
+    """A secret a handshake gave (`runner.learn_webhook_secret`), by the rules of a
+    secret saved through the API: 400 `bad_request` naming `field` otherwise."""
+    _check_secret(field, mode, secret)
 
 
 def _check_secret(field: str, mode: str, secret: str) -> None:

@@ -16,6 +16,7 @@ from services.runner.webhook_secrets import (
     held_callback_secret,
     held_secrets,
     held_verify_token,
+    keep_learned_secret,
     seal_callback_secret,
     seal_secrets,
     seal_verify_token,
@@ -118,6 +119,7 @@ class FlowsApi:
         """Validate, write and publish `flow.changed` in one transaction."""
         definition = parse_definition(raw, self.templates, self.max_timeout_s)
         held = held_secrets(flow.definition["webhook"] if flow is not None else None)
+        keep_learned_secret(definition, flow.definition["webhook"] if flow is not None else None)
         seal_secrets(definition, held, self.secret_box, workspace_id)
         stored_webhook = flow.definition["webhook"] if flow is not None else None
         seal_verify_token(

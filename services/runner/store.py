@@ -172,6 +172,37 @@ class FlowStore:
         )
         return _row(record) if record else None
 
+    @staticmethod
+    async def learn_secret(
+        conn: asyncpg.Connection,
+        flow_id: str,
+        workspace_id: str,
+        mode: str,
+        stored_secret: dict[str, str],
+    ) -> FlowRow | None:
+        """A new version holding `stored_secret` as its only signing secret, only if the
+        flow (of this workspace, in `mode`) holds none: one statement, so of two
+        concurrent handshakes one wins (the other's update finds the row changed and
+        matches nothing). None: no such flow, another mode, or a secret already held."""
+        key, workspace = _uuid(flow_id), _uuid(workspace_id)
+        if key is None or workspace is None:
+            return None
+        record = await conn.fetchrow(
+            "UPDATE runner.flows SET definition = jsonb_set(definition,"
+            " '{webhook,auth,secrets}', jsonb_build_array($4::jsonb)),"
+            " version = version + 1, updated_at = now()"
+            " WHERE id = $1 AND workspace_id = $2"
+            " AND definition #>> '{webhook,auth,mode}' = $3"
+            " AND jsonb_array_length(COALESCE(definition #> '{webhook,auth,secrets}',"
+            " '[]'::jsonb)) = 0"
+            f" RETURNING {_COLUMNS}",
+            key,
+            workspace,
+            mode,
+            orjson.dumps(stored_secret).decode(),
+        )
+        return _row(record) if record else None
+
     async def claim_token_ring(self, fingerprint: str) -> tuple[int, bool]:
         """The generation of this ring, a new one if the last ring announced differs;
         and whether every flow has been announced under it already."""

@@ -15,7 +15,12 @@ recoverable too, and it is never shown again (GET: its hint).
 
 from typing import Any
 
-from services.runner.definition import HINT_MARK, FlowDefinition, SealedSecret
+from services.runner.definition import (
+    HINT_MARK,
+    LEARNED_SECRET_MODES,
+    FlowDefinition,
+    SealedSecret,
+)
 from shared.errors import BadRequest
 from shared.secret_box import SecretBox
 
@@ -31,6 +36,19 @@ def held_secrets(stored_webhook: dict[str, Any] | None) -> list[SealedSecret]:
         for item in auth.get("secrets", [])
         if isinstance(item, dict)
     ]
+
+
+def keep_learned_secret(definition: FlowDefinition, stored_webhook: dict[str, Any] | None) -> None:
+    """`asana`: a save that leaves `secrets` out keeps the secret the flow learned from
+    its handshake (the operator never knows it, so a definition from a file cannot
+    carry it); only `"secrets": []` given clears it, which re-arms the flow. In place."""
+    auth = definition.webhook.auth
+    if auth is None or auth.mode not in LEARNED_SECRET_MODES:
+        return
+    stored_auth = (stored_webhook or {}).get("auth") or {}
+    if "secrets" in auth.model_fields_set or stored_auth.get("mode") != auth.mode:
+        return
+    auth.secrets = list(held_secrets(stored_webhook))
 
 
 def seal_secrets(

@@ -35,6 +35,7 @@ from shared.schemas.access import (
 from shared.schemas.backlog import RunsDrained
 from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
+from shared.schemas.learned_secrets import LearnWebhookSecret, WebhookSecretLearned
 from shared.schemas.runs import RunsFinished, RunsProgressed, StartRuns
 
 Request = TypeVar("Request", bound=BaseModel)
@@ -89,6 +90,11 @@ GET_FLOW_OWNER: Rpc[FlowOwnerQuery, FlowOwner] = Rpc(
 # The ingress, for flows with `webhook.dedup` only: is this request the first of its key?
 CLAIM_DEDUP_KEY: Rpc[ClaimDedupKey, DedupClaim] = Rpc(
     "runner.claim_dedup_key", topology.RUNNER_RPC, ClaimDedupKey, DedupClaim
+)
+# The ingress, for an asana flow's handshake: keep the secret it gives, if the flow holds
+# none (the runner owns flows; a conditional update, so that one handshake wins).
+LEARN_WEBHOOK_SECRET: Rpc[LearnWebhookSecret, WebhookSecretLearned] = Rpc(
+    "runner.learn_webhook_secret", topology.RUNNER_RPC, LearnWebhookSecret, WebhookSecretLearned
 )
 # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
 GET_RUN_STATUS: Rpc[GetRunStatus, RunStatus] = Rpc(

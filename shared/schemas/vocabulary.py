@@ -90,6 +90,8 @@ SigningMode = Literal[
     # Public-key modes: no secrets (services/ingress/public_keys.py, pubsub.py).
     "sendgrid",
     "google-pubsub",
+    # Its secret learned from its first handshake (services/ingress/learned_secrets.py).
+    "asana",
 ]
 # `webhook.auth.mode` as a flow is saved: a bearer token (the default) or a signature.
 WebhookAuthMode = Literal["bearer", SigningMode]
