@@ -165,6 +165,8 @@ def _signed_headers(mode: str, body: bytes, now: int) -> CIMultiDict[str] | None
     if mode == "square":
         digest = mac(PUBLIC_URL.encode() + body)
         return CIMultiDict({"x-square-hmacsha256-signature": base64.b64encode(digest).decode()})
+    if mode == "asana":
+        return CIMultiDict({"X-Hook-Signature": mac(body).hex()})
     if mode == "hubspot":
         ms = str(now * 1000)
         digest = mac(f"POST{PUBLIC_URL}".encode() + body + ms.encode())

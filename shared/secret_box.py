@@ -3,6 +3,8 @@
 An HMAC secret must be recoverable by whoever verifies a signature, so unlike webhook
 tokens it cannot be stored as a hash. It is sealed by the runner when a flow is saved
 and opened only by the ingress, the verifier; both hold `FLOWHOOKS_WEBHOOK_SECRETS_KEY`.
+The one secret the ingress receives itself (Asana's, from its handshake) is sealed by
+the ingress before it asks the runner to keep it (`runner.learn_webhook_secret`).
 The runner's table, `flow.changed`, auth's copy and the RPC answer to the ingress carry
 the sealed form only, so neither a database dump, nor auth, nor a reader of the broker
 learns a secret. The workspace id is bound in as associated data: a sealed secret
