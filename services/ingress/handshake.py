@@ -208,6 +208,10 @@ def answer_asana(check: Check, probe: Probe, now: float) -> HandshakeAnswer | No
     if check.secrets:
         raise already_held(check.mode)
     secret = _echoed(probe.headers[ASANA_SECRET_HEADER], ASANA_SECRET_HEADER)
+    if not (secret.isascii() and secret.isprintable()):
+        # Sealed and echoed as it is: undecodable bytes (kept as lone surrogates) would
+        # fail both. The runner judges the rest (its length) as for a saved secret.
+        raise BadRequest(f"handshake: the {ASANA_SECRET_HEADER} is not printable ASCII")
     return HandshakeAnswer(200, None, b"", {ASANA_SECRET_HEADER: secret}, learned_secret=secret)
 
 

@@ -109,6 +109,11 @@ def test_an_empty_or_oversized_secret_is_refused_400() -> None:
         BadRequest, match="handshake: the X-Hook-Secret is longer than 4096 characters"
     ):
         handshake.answer(armed(), probe(X_Hook_Secret="s" * 4097), NOW)
+    # Bytes that are not UTF-8 reach the handler as lone surrogates: neither sealed nor
+    # echoed (no 500), and no other control or non-ASCII character either.
+    for odd in ("secret-\udcff-0001", "secret-\u00e9-00001", "secret\twith-tab"):
+        with pytest.raises(BadRequest, match="handshake: the X-Hook-Secret is not printable ASCII"):
+            handshake.answer(armed(), probe(X_Hook_Secret=odd), NOW)
 
 
 # Events -------------------------------------------------------------------------------
