@@ -9,12 +9,15 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+import stripe
 from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook
 
 from harness.client import Api, eventually
 from harness.system import System, running_system
@@ -182,6 +185,38 @@ async def test_signing_mode(api: Api, mode: str) -> None:
     token = (await api.webhook_info(flow_id))["token"]
     status, _, answer = await api.send(flow_id, token, json={"n": 9})
     assert (status, answer) == (200, b'{"n": 9}')
+
+
+async def test_signed_by_the_providers_sdks(api: Api) -> None:
+    """Headers made by the providers' own SDKs, over HTTP: `standardwebhooks` (as Svix
+    and others sign) and `stripe`'s helper for signing test events."""
+    body = b'{"n": 21}'
+    now = datetime.now(UTC)
+    standard = await api.create_flow(signed_flow("standard-webhooks", STANDARD_OLD))
+    sdk_headers = {
+        "webhook-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(STANDARD_OLD).sign(
+            "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", now, body
+        ),
+    }
+    status, _, answer = await send_signed(api, standard["id"], body, sdk_headers)
+    assert (status, answer) == (200, b'{"n": 21}')
+    signed_by_stripe = await api.create_flow(signed_flow("stripe", OLD["stripe"]))
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), OLD["stripe"])
+    status, _, answer = await send_signed(
+        api, signed_by_stripe["id"], body, {"Stripe-Signature": header}
+    )
+    assert (status, answer) == (200, b'{"n": 21}')
+    # Signed by the SDK with another secret: refused like any mismatch.
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), NEW["stripe"])
+    status, _, answer = await send_signed(
+        api, signed_by_stripe["id"], body, {"Stripe-Signature": header}
+    )
+    assert (status, orjson.loads(answer)["message"]) == (
+        401,
+        "invalid stripe signature: the Stripe-Signature does not match",
+    )
 
 
 async def test_get_shows_hints_only(api: Api) -> None:
