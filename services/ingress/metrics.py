@@ -4,7 +4,10 @@
 the flow's (`sync`, `async`), or `unknown` when the answer came before the flow was
 known (no or a bad bearer). `outcome` is one of `OUTCOMES`.
 `flowhooks_webhook_rate_limited_total{reason}`: the `rate_limited` answers by the bound
-that refused them (`RATE_LIMIT_REASONS`), counted by the components that keep them."""
+that refused them (`RATE_LIMIT_REASONS`), counted by the components that keep them.
+`flowhooks_webhook_refusal_records_total{result}`: requests refused 401 by their
+signature, `recorded` in the debugger or `skipped` (past the flow's budget of records,
+refusals.py)."""
 
 from typing import TYPE_CHECKING
 
@@ -44,6 +47,8 @@ RATE_LIMIT_REASONS = (
     "sync_requests",
     "dedup_waiting",
 )
+# What became of a request refused by its signature: recorded, or past the flow's budget.
+REFUSAL_RECORD_RESULTS = ("recorded", "skipped")
 
 
 def error_outcome(status: int) -> str:
@@ -96,7 +101,18 @@ class IngressMetrics:
                             "sync_requests": backlog.refused_sync,
                             "dedup_waiting": webhook.dedup.waiters_refused,
                         },
-                    )
+                    ),
+                    (
+                        "flowhooks_webhook_refusal_records",
+                        "Webhook requests refused 401 by their signature, recorded in the"
+                        " debugger or skipped past the flow's budget of records",
+                        "result",
+                        REFUSAL_RECORD_RESULTS,
+                        lambda: {
+                            "recorded": webhook.refusals.budget.taken,
+                            "skipped": webhook.refusals.budget.refused,
+                        },
+                    ),
                 ]
             )
         )

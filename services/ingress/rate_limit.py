@@ -1,5 +1,5 @@
-"""Per-flow token buckets, in each ingress replica: the request rate limit, and the
-budget of failed signature checks.
+"""Per-flow token buckets, in each ingress replica: the request rate limit, the
+budget of failed signature checks, and the budget of refused requests recorded.
 
 The limits are per replica (N replicas admit up to N times the rate); that keeps the
 webhook path free of a shared store. A request over a limit gets 429 with
@@ -99,3 +99,27 @@ class BadSignatureBudget(_Buckets):
             return
         bucket = self._bucket(flow_id, now)
         bucket.tokens = min(float(self.burst), bucket.tokens + 1)
+
+
+class RefusalRecordBudget(_Buckets):
+    """Requests refused by their signature that a flow may have recorded in the
+    debugger: `burst` at once, then `rate_per_s`. Past it a refusal is only counted
+    (`refused`), so a flood of forgeries floods neither the debugger nor the ingress's
+    publishing. `rate_per_s` 0: none is recorded."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_flows: int = 100_000) -> None:
+        super().__init__(rate_per_s, burst, max_flows)
+        self.taken = 0  # refusals recorded, for metrics
+
+    def take(self, flow_id: str, now: float | None = None) -> bool:
+        """Whether this refusal of `flow_id` may be recorded (one token taken)."""
+        if self.rate_per_s <= 0:
+            self.refused += 1
+            return False
+        bucket = self._bucket(flow_id, now)
+        if bucket.tokens < 1:
+            self.refused += 1
+            return False
+        bucket.tokens -= 1
+        self.taken += 1
+        return True

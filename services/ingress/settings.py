@@ -29,6 +29,11 @@ class IngressSettings(WebhookSecretsSettings):
     # Bodies up to this size are always read and checked (cheap), so a flood cannot lock
     # the real sender's usual deliveries out, and their failures do not spend the budget.
     ingress_bad_signature_small_body_bytes: int = Field(default=64 * 1024, ge=0)
+    # Requests refused 401 by their signature that each replica records in the debugger
+    # (outcome `rejected`), per flow: a second (0: none) and at once. Past it they are
+    # only counted (`flowhooks_webhook_refusal_records_total{result="skipped"}`).
+    ingress_refused_records_per_s: float = Field(default=5.0, ge=0)
+    ingress_refused_records_burst: int = Field(default=20, ge=1)
     # Sync duplicates of one flow that may wait at once for their first request (one
     # poller per key asks the runner for all of them); past it 429 with Retry-After.
     ingress_dedup_max_waiting: int = Field(default=1000, ge=1)

@@ -28,6 +28,7 @@ from services.ingress.normalise import (
 )
 from services.ingress.pubsub import is_jwt_bearer
 from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
+from services.ingress.refusals import RefusalRecorder
 from services.ingress.settings import IngressSettings
 from services.ingress.signatures import RequestLine
 from services.ingress.signing import SignatureChecks
@@ -176,6 +177,10 @@ class WebhookHandler:
             settings.ingress_bad_signature_rate_per_s, settings.ingress_bad_signature_burst
         )
         self.small_body_bytes = settings.ingress_bad_signature_small_body_bytes
+        # Requests refused by their signature, recorded in the debugger (bounded per flow).
+        self.refusals = RefusalRecorder(
+            broker, settings.ingress_refused_records_per_s, settings.ingress_refused_records_burst
+        )
         self.runner = runner
         self.broker = broker
         self.dedup = dedup
@@ -226,7 +231,7 @@ class WebhookHandler:
         answer.mode = RunMode.of(flow.is_async)
         signed_sender = self._by_signature(request, flow)
         if signed_sender:
-            body, unsigned_handshake = await self._verify(request, flow)
+            body, unsigned_handshake = await self._verify(request, flow, received_at)
             # Judged before anything else about the flow (paused) shows, and before the
             # body is parsed or published.
             if flow.status == "paused":
@@ -306,7 +311,9 @@ class WebhookHandler:
             mode=RunMode.of(flow.is_async),
         )
 
-    async def _verify(self, request: web.Request, flow: FlowWebhookSettings) -> tuple[bytes, bool]:
+    async def _verify(
+        self, request: web.Request, flow: FlowWebhookSettings, received_at: datetime
+    ) -> tuple[bytes, bool]:
         """A signing flow's sender: the body once its signature holds, or, for the
         mode's unsigned handshake (a GET challenge, Graph's validationToken), its small
         body unverified (the handshake stage judges it). And whether it was that."""
@@ -320,7 +327,7 @@ class WebhookHandler:
             request.body_exists,
         )
         if not unsigned:
-            return await self._read_signed_body(request, flow), False
+            return await self._read_signed_body(request, flow, received_at), False
         self.rate_limiter.check(flow.flow_id)
         body = await read_body(
             request,
@@ -351,8 +358,15 @@ class WebhookHandler:
                 raise Unauthorized(f"invalid {flow.signing.mode} signature: not a handshake")
             if answered is not None and answered.learned_secret is not None:
                 await self._learn(flow, answered.learned_secret)
-        except (BadRequest, Unauthorized, NotFound) as error:
+        except (BadRequest, NotFound) as error:
             await self._record_rejected(_without_secrets(normalised), error)
+            raise
+        except Unauthorized as error:
+            # A forged handshake (or Asana's second one): recorded within the flow's
+            # budget, like any refusal, its secret headers redacted.
+            self.refusals.record(
+                flow.flow_id, lambda: _without_secrets(normalised), error, body_read=True
+            )
             raise
         if answered is None:
             return None
@@ -575,12 +589,14 @@ class WebhookHandler:
             raise NotFound("no such flow")
         return access.flow
 
-    async def _read_signed_body(self, request: web.Request, flow: FlowWebhookSettings) -> bytes:
+    async def _read_signed_body(
+        self, request: web.Request, flow: FlowWebhookSettings, received_at: datetime
+    ) -> bytes:
         """The body of an unauthenticated request to a signing flow, once its signature
         holds. Everything that can refuse it without the body does so first, so a flood
         of forged bodies costs no reads: the headers (401), the flow's budget of failed
         checks for a large body (429), its rate limit (429). A large body refused so is
-        not drained either (`_RefusedUnread`)."""
+        not drained either (`_RefusedUnread`). A 401 is recorded (`_record_refusal`)."""
         length = request.content_length
         # Chunked bodies (no length) count as large: their size shows only once read.
         large = request.body_exists and (length is None or length > self.small_body_bytes)
@@ -598,16 +614,43 @@ class WebhookHandler:
                     self.bad_signatures.refund(flow.flow_id)
                 raise
         except (Unauthorized, RateLimited) as error:
+            if isinstance(error, Unauthorized):
+                self._record_refusal(request, flow, received_at, error, None)
             if large:
                 raise _RefusedUnread(error) from None
             raise
         body = await self._read_body(request)
-        await self.signatures.verify(
-            flow, request.headers, body, self.parser, self.parse_inline_max_bytes, line
-        )
+        try:
+            await self.signatures.verify(
+                flow, request.headers, body, self.parser, self.parse_inline_max_bytes, line
+            )
+        except Unauthorized as error:
+            self._record_refusal(request, flow, received_at, error, body)
+            raise
         if large:
             self.bad_signatures.refund(flow.flow_id)  # it holds: no failed check
         return body
+
+    def _record_refusal(
+        self,
+        request: web.Request,
+        flow: FlowWebhookSettings,
+        received_at: datetime,
+        error: Unauthorized,
+        body: bytes | None,
+    ) -> None:
+        """A request refused by its signature, recorded as `rejected` with its body, or
+        an empty one marked as not read (`body` None: refused on its headers). Bounded
+        per flow and never awaited (refusals.py). Not for a paused flow: its requests
+        are never stored (contract)."""
+        if flow.status == "paused":
+            return
+        self.refusals.record(
+            flow.flow_id,
+            lambda: _without_secrets(self._normalise(request, flow, body or b"", received_at)),
+            error,
+            body_read=body is not None,
+        )
 
     async def _read_body(self, request: web.Request) -> bytes:
         return await read_body(

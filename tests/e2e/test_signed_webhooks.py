@@ -1,6 +1,7 @@
 """Signed webhooks end to end (issue 12): every verification mode against the four
 services, the raw body byte for byte in the debugger, secrets shown as hints only,
-and templated response headers."""
+and templated response headers. Requests refused by their signature are recorded,
+within each flow's budget of records (issue 22)."""
 
 import asyncio
 import base64
@@ -8,10 +9,15 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+import stripe
+from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks.webhooks import Webhook
 
 from harness.client import Api, eventually
 from harness.system import System, running_system
@@ -40,6 +46,11 @@ UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="flowhooks"'}
 # Failed checks of large bodies a flow may have: 10 at once, then one each 5 s (slow, so
 # that the budget cannot refill between two steps of a test on a busy machine).
 BAD_SIGNATURE_BURST, BAD_SIGNATURE_RATE_PER_S = 10, 0.2
+# Refused requests a flow may have recorded: 5 at once, then one each 5 s (likewise slow).
+REFUSED_RECORDS_BURST, REFUSED_RECORDS_PER_S = 5, 0.2
+# Appended to the record's error of a request refused on its headers alone
+# (services/ingress/refusals.py).
+BODY_NOT_READ = " (refused on its headers: the body was not read)"
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +58,8 @@ def system() -> Iterator[System]:
     with running_system(
         FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY,
         FLOWHOOKS_INGRESS_BAD_SIGNATURE_RATE_PER_S=str(BAD_SIGNATURE_RATE_PER_S),
+        FLOWHOOKS_INGRESS_REFUSED_RECORDS_PER_S=str(REFUSED_RECORDS_PER_S),
+        FLOWHOOKS_INGRESS_REFUSED_RECORDS_BURST=str(REFUSED_RECORDS_BURST),
     ) as running:
         yield running
 
@@ -172,6 +185,38 @@ async def test_signing_mode(api: Api, mode: str) -> None:
     token = (await api.webhook_info(flow_id))["token"]
     status, _, answer = await api.send(flow_id, token, json={"n": 9})
     assert (status, answer) == (200, b'{"n": 9}')
+
+
+async def test_signed_by_the_providers_sdks(api: Api) -> None:
+    """Headers made by the providers' own SDKs, over HTTP: `standardwebhooks` (as Svix
+    and others sign) and `stripe`'s helper for signing test events."""
+    body = b'{"n": 21}'
+    now = datetime.now(UTC)
+    standard = await api.create_flow(signed_flow("standard-webhooks", STANDARD_OLD))
+    sdk_headers = {
+        "webhook-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(STANDARD_OLD).sign(
+            "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", now, body
+        ),
+    }
+    status, _, answer = await send_signed(api, standard["id"], body, sdk_headers)
+    assert (status, answer) == (200, b'{"n": 21}')
+    signed_by_stripe = await api.create_flow(signed_flow("stripe", OLD["stripe"]))
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), OLD["stripe"])
+    status, _, answer = await send_signed(
+        api, signed_by_stripe["id"], body, {"Stripe-Signature": header}
+    )
+    assert (status, answer) == (200, b'{"n": 21}')
+    # Signed by the SDK with another secret: refused like any mismatch.
+    header = stripe.WebhookSignature.generate_signature_header(body.decode(), NEW["stripe"])
+    status, _, answer = await send_signed(
+        api, signed_by_stripe["id"], body, {"Stripe-Signature": header}
+    )
+    assert (status, orjson.loads(answer)["message"]) == (
+        401,
+        "invalid stripe signature: the Stripe-Signature does not match",
+    )
 
 
 async def test_get_shows_hints_only(api: Api) -> None:
@@ -501,3 +546,120 @@ async def test_bad_signature_flood_is_refused_before_the_body_is_read(api: Api) 
     signature = sign("github", OLD["github"], large)
     status, _, answer = await send_signed(api, other["id"], large, signature)
     assert (status, answer) == (200, b'{"n": 3}')
+
+
+async def stored_record(api: Api, request_id: str) -> dict[str, Any]:
+    async def stored() -> dict[str, Any] | None:
+        status, record = await api.debugger(f"/v1/requests/{request_id}")
+        return dict(record) if status == 200 else None
+
+    return await eventually(stored)
+
+
+async def test_refused_signatures_are_recorded(api: Api) -> None:
+    """A forged delivery is answered 401 and recorded as `rejected` with the 401 it was
+    answered and its body; one refused on its headers alone with an empty body, marked
+    as not read (a large one too: it was never read)."""
+    flow = await api.create_flow(signed_flow("github", OLD["github"]))
+    flow_id = flow["id"]
+    body = b'{"n": 11}'
+    message = "invalid github signature: the X-Hub-Signature-256 does not match"
+    status, headers, answer = await send_signed(
+        api, flow_id, body, sign("github", NEW["github"], body)
+    )
+    assert (status, orjson.loads(answer)) == (401, envelope(401, "unauthorized", message))
+    record = await stored_record(api, headers["X-Request-Id"])
+    assert (record["outcome"], record["error"], record["raw_body"]) == (
+        "rejected",
+        message,
+        body.decode(),
+    )
+    assert record["response"]["status_code"] == 401
+    assert orjson.loads(record["response"]["body"]) == envelope(401, "unauthorized", message)
+    assert record["input"] is None and record["steps"] == []  # never parsed nor run
+    assert (
+        record["headers"]["x-hub-signature-256"]
+        == sign("github", NEW["github"], body)["X-Hub-Signature-256"]
+    )
+
+    # No signature header: refused before the body is read.
+    missing = "invalid github signature: no X-Hub-Signature-256 header of the form sha256=<hex>"
+    status, headers, answer = await send_signed(api, flow_id, body, {})
+    assert (status, orjson.loads(answer)) == (401, envelope(401, "unauthorized", missing))
+    record = await stored_record(api, headers["X-Request-Id"])
+    assert (record["outcome"], record["error"], record["raw_body"]) == (
+        "rejected",
+        missing + BODY_NOT_READ,
+        "",
+    )
+    assert record["response"]["status_code"] == 401
+    assert orjson.loads(record["response"]["body"]) == envelope(401, "unauthorized", missing)
+
+    # A 10 MB body announced and never sent: answered, and recorded, without it.
+    status_line, answer_headers = await headers_only(api, flow_id, {})
+    assert status_line == "HTTP/1.1 401 Unauthorized"
+    record = await stored_record(api, answer_headers["x-request-id"])
+    assert (record["outcome"], record["error"], record["raw_body"]) == (
+        "rejected",
+        missing + BODY_NOT_READ,
+        "",
+    )
+
+    # A paused flow's requests are never stored, refused ones neither.
+    await api.patch_flow(flow_id, {"status": "paused"})
+    status, headers, _ = await send_signed(api, flow_id, body, {})
+    assert status == 401
+    paused_id = headers["X-Request-Id"]
+    await api.patch_flow(flow_id, {"status": "live"})
+    status, headers, _ = await send_signed(api, flow_id, body, {})
+    assert status == 401
+    await stored_record(api, headers["X-Request-Id"])  # recorded after the paused one would be
+    status, _ = await api.debugger(f"/v1/requests/{paused_id}")
+    assert status == 404
+
+
+async def ingress_refusal_records(api: Api) -> dict[str, float]:
+    """`flowhooks_webhook_refusal_records_total` by result, summed over the ingresses."""
+    counts = {"recorded": 0.0, "skipped": 0.0}
+    async with aiohttp.ClientSession() as session:
+        for process in api.system.processes["ingress"]:
+            async with session.get(f"{process.ops_url}/metrics") as answer:
+                assert answer.status == 200
+                text = await answer.text()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "flowhooks_webhook_refusal_records_total":
+                        counts[sample.labels["result"]] += sample.value
+    return counts
+
+
+async def test_refused_signature_records_are_bounded(api: Api) -> None:
+    """A flood of forgeries is refused each time, but the flow has at most its burst
+    (and what refilled meanwhile) recorded; the rest is only counted."""
+    flow = await api.create_flow(signed_flow("github", OLD["github"]))
+    flow_id = flow["id"]
+    body = b'{"n": 12}'
+    forged = {"X-Hub-Signature-256": "sha256=" + "00" * 32}
+    before = await ingress_refusal_records(api)
+    started, sent = time.monotonic(), 30
+    answers = await asyncio.gather(*(send_signed(api, flow_id, body, forged) for _ in range(sent)))
+    assert [status for status, _, _ in answers] == [401] * sent
+    refills = int((time.monotonic() - started) * REFUSED_RECORDS_PER_S) + 1
+    after = await ingress_refusal_records(api)
+    recorded = int(after["recorded"] - before["recorded"])
+    assert REFUSED_RECORDS_BURST <= recorded <= REFUSED_RECORDS_BURST + refills
+    assert after["skipped"] - before["skipped"] == sent - recorded
+
+    async def stored_count() -> int | None:
+        status, stats = await api.debugger(f"/v1/flows/{flow_id}/stats")
+        assert status == 200
+        count = int(stats["by_outcome"].get("rejected", 0))
+        return count if count >= recorded else None
+
+    assert await eventually(stored_count) == recorded
+    # Nothing more arrives later (the rest was never published).
+    await asyncio.sleep(1.0)
+    status, listed = await api.debugger(f"/v1/flows/{flow_id}/requests?limit=500")
+    assert status == 200
+    assert [item["outcome"] for item in listed["items"]] == ["rejected"] * recorded
+    assert {item["status_code"] for item in listed["items"]} == {401}

@@ -1,6 +1,6 @@
 import pytest
 
-from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
+from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter, RefusalRecordBudget
 from shared.errors import RateLimited
 
 
@@ -61,3 +61,24 @@ def test_bad_signature_budget_off_at_zero() -> None:
     budget = BadSignatureBudget(rate_per_s=0, burst=1)
     for _ in range(5):
         budget.take("f1")
+
+
+def test_refusal_records_bounded_per_flow_burst_then_rate() -> None:
+    """At most `burst` refusals recorded at once, then `rate_per_s`; the rest counted."""
+    budget = RefusalRecordBudget(rate_per_s=5, burst=20)
+    recorded = [budget.take("f1", now=100.0) for _ in range(50)]
+    assert recorded == [True] * 20 + [False] * 30
+    assert budget.take("f2", now=100.0) is True  # flows are independent
+    # A flood over one second more: five come back, no more.
+    flood = [budget.take("f1", now=100.0 + i / 100) for i in range(1, 101)]
+    assert sum(flood) == 5
+    assert flood[19] is True and flood[18] is False  # the first back after 0.2 s
+    assert (budget.taken, budget.refused) == (26, 125)  # counted for the metrics
+    # Quiet for a while: the burst is back, never more.
+    assert [budget.take("f1", now=1000.0) for _ in range(21)] == [True] * 20 + [False]
+
+
+def test_refusal_records_none_at_zero_rate() -> None:
+    budget = RefusalRecordBudget(rate_per_s=0, burst=20)
+    assert [budget.take("f1", now=0.0) for _ in range(3)] == [False] * 3
+    assert (budget.taken, budget.refused) == (0, 3)

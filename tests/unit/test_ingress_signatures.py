@@ -1,13 +1,18 @@
 """The signature check of each verification mode (services/ingress/signatures.py):
-published examples where the provider's documentation gives one, and signatures
-computed here with each provider's documented algorithm."""
+published examples where the provider's documentation gives one, signatures computed
+here with each provider's documented algorithm, and signatures made (or checked) by
+the provider's own SDK where one is on the package index (`standardwebhooks`,
+`stripe`)."""
 
 import base64
 import hashlib
 import hmac
+from datetime import UTC, datetime
 
 import pytest
+import stripe
 from multidict import CIMultiDict
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.ingress.signatures import Check, precheck, secret_key, verify
 from shared.secret_box import SealError, SecretBox
@@ -305,4 +310,103 @@ def test_precheck_refuses_from_the_headers_alone() -> None:
     assert precheck(stripe, stale, NOW) == "a signature timestamp more than 300 s away from now"
     assert precheck(stripe, headers(Stripe_Signature=f"t={int(NOW)}"), NOW) == (
         "the Stripe-Signature does not match"
+    )
+
+
+# Signed, or checked, with the providers' own SDKs -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"type": "invoice.paid", "amount": 4200}', "Zoë ✓".encode(), b"\xff\xfe not UTF-8"],
+)
+def test_standard_webhooks_signed_by_its_sdk(body: bytes) -> None:
+    """`standardwebhooks.Webhook.sign`, as Svix and the other senders sign: the ingress
+    verifies it, byte for byte (a body that is not UTF-8 too), and refuses it once the
+    body, the id or the timestamp changed."""
+    secret = "whsec_" + base64.b64encode(b"standard-sdk-key-0123456789abcd").decode()
+    msg_id, timestamp = "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", int(NOW)
+    signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, UTC), body)
+    sent = headers(webhook_id=msg_id, webhook_timestamp=str(timestamp), webhook_signature=signature)
+    standard = check("standard-webhooks", secret)
+    assert verify(standard, sent, body, NOW) is None
+    mismatch = "the webhook-signature does not match"
+    assert verify(standard, sent, body + b" ", NOW) == mismatch
+    assert verify(standard, {**sent, "webhook-id": "msg_other"}, body, NOW) == mismatch
+    later = {**sent, "webhook-timestamp": str(timestamp + 1)}
+    assert verify(standard, later, body, NOW) == mismatch
+    # The SDK signs with the key the secret's base64 holds, as the ingress does.
+    other = "whsec_" + base64.b64encode(b"another-sdk-key-0123456789abcde").decode()
+    assert verify(check("standard-webhooks", other), sent, body, NOW) == mismatch
+
+
+def test_standard_webhooks_sdk_and_the_ingress_agree() -> None:
+    """What the SDK's own verifier accepts and refuses, the ingress does too (signed
+    now: the SDK checks the timestamp against the clock)."""
+    secret = "whsec_" + base64.b64encode(b"standard-sdk-key-0123456789abcd").decode()
+    body, now = b'{"n": 1}', datetime.now(UTC)
+    sdk = Webhook(secret)
+    sent = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": "v1,Zm9v " + sdk.sign("msg_1", now, body),  # any of several
+    }
+    assert sdk.verify(body, sent) == {"n": 1}
+    assert (
+        verify(check("standard-webhooks", secret), headers(**sent), body, now.timestamp()) is None
+    )
+    with pytest.raises(WebhookVerificationError):
+        sdk.verify(body + b" ", sent)
+    assert verify(
+        check("standard-webhooks", secret), headers(**sent), body + b" ", now.timestamp()
+    ) == ("the webhook-signature does not match")
+
+
+def test_stripe_header_from_its_sdk() -> None:
+    """`stripe.WebhookSignature.generate_signature_header` (the SDK's helper for signing
+    test payloads, as Stripe signs events): the ingress verifies it, and the SDK's own
+    verifier (`verify_header`, what `construct_event` calls) accepts it too."""
+    secret = "whsec_test_sdk_0123456789abcdef"
+    body = '{"id": "evt_1NG8Du2eZvKYlo2CUI79vXWy", "object": "event", "type": "charge.succeeded"}'
+    header = stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=int(NOW))
+    assert header.startswith(f"t={int(NOW)},v1=")
+    sent = headers(Stripe_Signature=header)
+    assert verify(check("stripe", secret), sent, body.encode(), NOW) is None
+    assert stripe.WebhookSignature.verify_header(body, header, secret) is True
+    # Both refuse a changed body or another secret.
+    changed = body.replace("succeeded", "refunded")
+    assert verify(check("stripe", secret), sent, changed.encode(), NOW) == (
+        "the Stripe-Signature does not match"
+    )
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.WebhookSignature.verify_header(changed, header, secret)
+    assert verify(check("stripe", "whsec_other"), sent, body.encode(), NOW) == (
+        "the Stripe-Signature does not match"
+    )
+    with pytest.raises(stripe.SignatureVerificationError):
+        stripe.WebhookSignature.verify_header(body, header, "whsec_other")
+
+
+def test_stripe_sdk_accepts_the_header_as_stripe_sends_it() -> None:
+    """A header as Stripe sends it (documented form: `t`, the `v1` signature, a `v0`
+    beside it; two `v1` while a secret rolls), signed here: the SDK's `construct_event`
+    accepts it and reads the event, and the ingress agrees."""
+    secret, rolled = "whsec_test_current_0123456789", "whsec_test_previous_987654"
+    body = b'{"id": "evt_1", "object": "event", "type": "charge.succeeded", "data": {}}'
+    timestamp = int(datetime.now(UTC).timestamp())
+    header = stripe_header(secret, body, timestamp)
+    old_v1 = hex_hmac(rolled.encode(), f"{timestamp}.".encode() + body)
+    header = header.replace(",v0=", f",v1={old_v1},v0=")
+    event = stripe.Webhook.construct_event(body, header, secret)
+    assert (event["id"], event["type"]) == ("evt_1", "charge.succeeded")
+    assert stripe.WebhookSignature.verify_header(body, header, rolled, tolerance=300) is True
+    sent = headers(Stripe_Signature=header)
+    assert verify(check("stripe", secret), sent, body, float(timestamp)) is None
+    assert verify(check("stripe", rolled), sent, body, float(timestamp)) is None
+    # Stale for both past the tolerance (Stripe's default: 300 s, like ours).
+    stale = stripe_header(secret, body, timestamp - 310)
+    with pytest.raises(stripe.SignatureVerificationError, match="tolerance"):
+        stripe.Webhook.construct_event(body, stale, secret)
+    assert verify(check("stripe", secret), headers(Stripe_Signature=stale), body, timestamp) == (
+        "a signature timestamp more than 300 s away from now"
     )

@@ -75,11 +75,13 @@ def service_registry(service: str) -> CollectorRegistry:
         refused_bytes=0,
         refused_sync=0,
         waiters_refused=0,
+        taken=0,
     )
     # The components one reaches through another (the senders' guards, the webhook's
     # limiters, backlog and deduplicator).
     zeros.guard = zeros.rate_limiter = zeros.bad_signatures = zeros
     zeros.backlog = zeros.dedup = zeros
+    zeros.refusals = zeros.budget = zeros  # the webhook's refusal recorder and its budget
     if service == "ingress":
         IngressMetrics(registry).watch(zeros)
     elif service == "runner":

@@ -8,7 +8,10 @@ whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, id msg_p5jXN8AQM9LWM0D4loKWxJek, timesta
 HMAC-SHA256, `v1,<base64>`, space-separated list) is spec/standard-webhooks.md of the
 same repository."""
 
+from datetime import UTC, datetime
+
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shared import standard_webhooks as sw
 
@@ -110,3 +113,24 @@ def test_new_secrets_round_trip() -> None:
 def test_bad_secrets_are_refused(secret: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sw.secret_key(secret)
+
+
+def test_the_reference_sdk_agrees_both_ways() -> None:
+    """The `standardwebhooks` package (the reference library): it accepts what we sign
+    (our completion callbacks and alert notices), and we accept what it signs."""
+    secret, body = sw.new_secret(), b'{"request_id": "r1", "outcome": "succeeded"}'
+    sdk = Webhook(secret)
+    assert sdk.verify(body, sw.signed_headers(secret, "msg_1", body)) == {
+        "request_id": "r1",
+        "outcome": "succeeded",
+    }
+    with pytest.raises(WebhookVerificationError):
+        sdk.verify(body, sw.signed_headers(sw.new_secret(), "msg_1", body))
+    now = datetime.now(UTC)
+    theirs = {
+        "webhook-id": "msg_2",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": sdk.sign("msg_2", now, body),
+    }
+    assert sw.sign(secret, "msg_2", int(now.timestamp()), body) == theirs["webhook-signature"]
+    sw.verify(secret, theirs, body)
