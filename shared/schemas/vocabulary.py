@@ -90,6 +90,8 @@ SigningMode = Literal[
     # Public-key modes: no secrets (services/ingress/public_keys.py, pubsub.py).
     "sendgrid",
     "google-pubsub",
+    # AWS SNS: signed by AWS's certificate inside the body, no secrets (services/ingress/sns.py).
+    "sns",
 ]
 # `webhook.auth.mode` as a flow is saved: a bearer token (the default) or a signature.
 WebhookAuthMode = Literal["bearer", SigningMode]
