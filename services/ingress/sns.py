@@ -103,7 +103,13 @@ def precheck_sns(headers: Mapping[str, str], topic_arns: list[str] | None) -> st
     if message_type(headers) is None:
         return f"no {TYPE_HEADER} header of {', '.join(MESSAGE_TYPES[:-1])} or {MESSAGE_TYPES[-1]}"
     length = headers.get("Content-Length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+    # ASCII digits only: str.isdigit also accepts "¹²³", which int() refuses.
+    if (
+        length is not None
+        and length.isascii()
+        and length.isdigit()
+        and int(length) > MAX_BODY_BYTES
+    ):
         return f"the body is larger than any SNS message ({MAX_BODY_BYTES} bytes)"
     topic = headers.get(TOPIC_HEADER)
     return None if topic is None else _topic_refusal(topic, topic_arns)

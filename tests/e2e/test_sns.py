@@ -186,6 +186,18 @@ async def test_forged_and_foreign_messages_are_refused(api: Api) -> None:
         f"invalid sns signature: the message's SigningCertURL {elsewhere} is not one that"
         " FLOWHOOKS_SNS_CERT_URL_PATTERN allows",
     )
+    # Malformed: not JSON; no message type header at all.
+    status, _, answer = await api.send(flow_id, None, data=b"not json", headers=aws.headers(forged))
+    assert (status, orjson.loads(answer)["message"]) == (
+        401,
+        "invalid sns signature: the body is not JSON (SNS sends a JSON message)",
+    )
+    status, _, answer = await api.send(flow_id, None, data=orjson.dumps(forged))
+    assert (status, orjson.loads(answer)["message"]) == (
+        401,
+        "invalid sns signature: no x-amz-sns-message-type header of Notification,"
+        " SubscriptionConfirmation or UnsubscribeConfirmation",
+    )
 
 
 async def test_an_unsubscribe_confirmation_is_recorded_not_run(api: Api, fake_sns: FakeSns) -> None:
