@@ -5,10 +5,13 @@ case: they are opened once per flow version), the cached lookup in front of it, 
 the one-off opening of two sealed secrets. `sendgrid` is measured through
 `public_key_signatures.py` (an ECDSA P-256 verification), `google-pubsub` through
 `pubsub.py` (an RS256 JWT check with its JWKS cached: the token signs no body, so both
-sizes cost the same). Beside them, the public-key verifications these modes rest on,
-measured on `cryptography`'s primitives directly (Ed25519: Discord; ECDSA P-256:
-SendGrid; RSA-SHA256 and RSA-SHA1: AWS SNS's signature versions 2 and 1, Google
-Pub/Sub's RS256 token), so the figures exist whatever reads the headers around them,
+sizes cost the same), `sns` through `sns.py` (the message read from its JSON body and
+its RSA signature checked, versions 1 and 2, the certificate cached; the body just
+under sns.py's 1 MiB cap, though SNS itself sends at most 256 KiB). Beside them, the
+public-key verifications these modes rest on, measured on `cryptography`'s primitives
+directly (Ed25519: Discord; ECDSA P-256: SendGrid; RSA-SHA256 and RSA-SHA1: AWS SNS's
+signature versions 2 and 1, Google Pub/Sub's RS256 token), so the figures exist
+whatever reads the headers around them,
 and what loading each kind of key costs (once per key: it is cached).
 
 Every figure is also a ratio to the bearer baseline of the same run: what a request
@@ -41,10 +44,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
+from harness import sns as aws
 from services.ingress import pubsub
 from services.ingress.public_key_signatures import verify_sendgrid
 from services.ingress.signatures import URL_READERS, Check, RequestLine, secret_key, verify
 from services.ingress.signing import SignatureChecks
+from services.ingress.sns import DEFAULT_CERT_URL_PATTERN, SnsCertificates, read_message
+from services.ingress.sns import verify_signature as verify_sns
 from shared.bearer import bearer_from_header, hash_token
 from shared.schemas.access import FlowWebhookSettings, SigningSettings
 from shared.schemas.vocabulary import SigningMode
@@ -253,10 +259,36 @@ def _pubsub_us(args: argparse.Namespace, now: int) -> float:
     return asyncio.run(run())
 
 
+def _sns_us(args: argparse.Namespace, version: str) -> list[float]:
+    """`read_message` and the signature's check (sns.py), as the verify stage runs them
+    with the certificate's key cached (a 2048-bit RSA key, as AWS's)."""
+    signer = aws.SnsSigner()
+    cert_url = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-bench.pem"
+    certificates = SnsCertificates(None, DEFAULT_CERT_URL_PATTERN, 1, 3600, 5, 65536)  # type: ignore[arg-type]
+    key = signer.key.public_key()
+    figures = []
+    for size in SIZES.values():
+        envelope = aws.notification(cert_url, "")
+        overhead = len(orjson.dumps(signer.sign(envelope, version)))
+        text = base64.b64encode(os.urandom(size)).decode()[: size - overhead]
+        message = signer.sign({**envelope, "Message": text}, version)
+        body = orjson.dumps(message)
+        headers = CIMultiDict(aws.headers(message))
+
+        def call(b: bytes = body, h: CIMultiDict[str] = headers) -> None:
+            read = read_message(b, h, None, certificates, 300, time.time())
+            assert not isinstance(read, str), read
+            assert verify_sns(key, read) is None
+
+        figures.append(_per_call_us(call, _rounds(args, size), args.seconds))
+    return figures
+
+
 def _modes(args: argparse.Namespace, now: int, baseline_us: float) -> None:
     print("Each mode: services/ingress/signatures.py `verify`, two secrets (the signing one")
     print("second: a rotation's worst case), secrets opened; URL modes with a public URL;")
-    print("sendgrid: public_key_signatures.py, google-pubsub: pubsub.py (JWKS cached)")
+    print("sendgrid: public_key_signatures.py, google-pubsub: pubsub.py (JWKS cached),")
+    print("sns: sns.py (the JSON message read, RSA checked, certificate cached)")
     print(_header())
     for mode in get_args(SigningMode):
         if mode == "sendgrid":
@@ -265,6 +297,10 @@ def _modes(args: argparse.Namespace, now: int, baseline_us: float) -> None:
         if mode == "google-pubsub":
             cost = _pubsub_us(args, now)  # the token signs no body: one figure for both
             print(_row("google-pubsub (RS256 JWT)", [cost] * len(SIZES), baseline_us))
+            continue
+        if mode == "sns":
+            print(_row("sns v1 (SHA1withRSA)", _sns_us(args, "1"), baseline_us))
+            print(_row("sns v2 (SHA256withRSA)", _sns_us(args, "2"), baseline_us))
             continue
         line = RequestLine("POST", PUBLIC_URL) if mode in URL_READERS else None
         check = _check(mode)

@@ -34,9 +34,8 @@ PART_SEPARATOR = re.compile(r" \+ (?=(?:header|json):)")
 MAX_KEY_PARTS = 4
 
 # Mode -> where its deliveries' id is (contract: "More verification modes", the
-# defaults). Keyed by `webhook.auth.mode` as stored: `SigningMode` values, and the
-# contract's modes that are not built yet ("sns": it applies once the mode exists, with
-# no change here). Modes whose deliveries carry no id (`hmac`, `discord`, ...) have none.
+# defaults). Keyed by `webhook.auth.mode` as stored (`SigningMode` values). Modes whose
+# deliveries carry no id (`hmac`, `discord`, ...) have none.
 PROVIDER_DEFAULT_KEYS: Mapping[str, str] = {
     "github": "header:X-GitHub-Delivery",
     "stripe": "json:/id",

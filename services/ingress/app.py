@@ -10,6 +10,7 @@ from services.ingress.metrics import IngressMetrics
 from services.ingress.pubsub import JwksCache
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
+from services.ingress.sns import SnsCertificates, SubscribeVisits
 from services.ingress.webhook import Accepted, WebhookHandler
 from shared.http_api import Route
 from shared.messaging import naming
@@ -52,7 +53,8 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
     kernel.broker.reconnected.append(cache.clear)
     runner = RunnerClient(kernel.broker, kernel.rpc, max_items=settings.ingress_run_batch)
     key = settings.webhook_secrets_key
-    # The ingress's own outgoing requests (JWKS), behind the outgoing-request rules.
+    # The ingress's own outgoing requests (JWKS, SNS certificates and SubscribeURLs),
+    # behind the outgoing-request rules.
     outbound = OutboundHttp(AddressPolicy(list(settings.ingress_http_allow_networks)))
     jwks = JwksCache(
         outbound,
@@ -62,11 +64,22 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         max_bytes=settings.ingress_jwks_max_bytes,
         failure_ttl_s=settings.ingress_jwks_failure_ttl_s,
     )
+    sns_certificates = SnsCertificates(
+        outbound,
+        settings.sns_cert_url_pattern,
+        max_entries=settings.ingress_sns_cert_cache_size,
+        ttl_s=settings.ingress_sns_cert_ttl_s,
+        timeout_s=settings.ingress_sns_cert_timeout_s,
+        max_bytes=settings.ingress_sns_cert_max_bytes,
+        failure_ttl_s=settings.ingress_sns_cert_failure_ttl_s,
+    )
+    sns_visits = SubscribeVisits(outbound, sns_certificates)
     signatures = SignatureChecks(
         SecretBox(key.get_secret_value()) if key is not None else None,
         settings.ingress_access_cache_size,
         public_url=settings.ingress_public_url,
         jwks=jwks,
+        sns_certificates=sns_certificates,
     )
     dedup = Deduplicator(kernel.rpc, kernel.broker, settings.ingress_dedup_max_waiting)
     webhook = kernel.provide(
@@ -79,6 +92,7 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
             signatures,
             dedup,
             metrics,
+            sns_visits,
             # An asana flow's first handshake: the runner keeps the secret it gives.
             learner=SecretLearner(kernel.rpc, signatures.box),
         ),
@@ -104,6 +118,7 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         await runner.drain()
         await dedup.drain()
         webhook.close()
+        await sns_visits.drain()
         await outbound.close()
 
     kernel.on_shutdown(close)

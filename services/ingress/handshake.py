@@ -8,7 +8,7 @@ One pure answerer per mode (`HANDSHAKES`): it takes the flow's `Check` (secrets
 opened), the request as a `Probe` and the time, and returns the answer, None when the
 request is not a handshake (an event: the flow runs), or raises `BadRequest` /
 `Unauthorized` with the reason. Two kinds of handshake:
-- signed ones (slack, zoom, twitch, discord) are signed like the mode's events: they
+- signed ones (slack, zoom, twitch, discord, sns) are signed like the mode's events: they
   pass the verify stage first, so an unsigned or forged one is 401 and echoes nothing;
 - unsigned ones (microsoft-graph, meta, twitter, dropbox, okta, asana) carry no
   signature: `arrives_unsigned` recognises them from the method, query and headers
@@ -32,7 +32,7 @@ import orjson
 from services.ingress.learned_secrets import already_held
 from services.ingress.signatures import Check, signing_secret
 from shared.errors import BadRequest, Unauthorized
-from shared.schemas.vocabulary import JSON, SigningMode
+from shared.schemas.vocabulary import JSON, SigningMode, envelope
 
 # The longest value (challenge, token) echoed back; providers send tens of characters.
 MAX_ECHO_CHARS = 4096
@@ -56,7 +56,8 @@ class Probe:
 @dataclass(frozen=True)
 class HandshakeAnswer:
     """What the sender is answered. `content_type` None: no body (twitch's 204, asana's
-    200 with only its header)."""
+    200 with only its header). `visit`: a URL the ingress GETs in the background once
+    answered (SNS's SubscribeURL)."""
 
     status: int
     content_type: str | None
@@ -65,6 +66,7 @@ class HandshakeAnswer:
     # A secret the flow must hold before this answer is sent (asana's: the webhook
     # handler has the runner store it first, `learned_secrets.py`).
     learned_secret: str | None = None
+    visit: str | None = None
 
 
 def _json_answer(document: dict[str, Any]) -> HandshakeAnswer:
@@ -215,6 +217,28 @@ def answer_asana(check: Check, probe: Probe, now: float) -> HandshakeAnswer | No
     return HandshakeAnswer(200, None, b"", {ASANA_SECRET_HEADER: secret}, learned_secret=secret)
 
 
+SNS_TYPE_HEADER = "x-amz-sns-message-type"
+
+
+def answer_sns(check: Check, probe: Probe, now: float) -> HandshakeAnswer | None:
+    """A signed SubscriptionConfirmation → 200, and its `SubscribeURL` visited in the
+    background (the handler, services/ingress/sns.py `SubscribeVisits`); a signed
+    UnsubscribeConfirmation → 200, recorded. Their signature, topic and URLs were
+    checked by the verify stage (sns.py `read_message`)."""
+    kind = probe.headers.get(SNS_TYPE_HEADER)
+    if kind not in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
+        return None
+    document = _json_body(probe)
+    if document is None:
+        raise BadRequest(f"handshake: an SNS {kind} is a JSON object of at most 64 KiB")
+    data = {"type": kind, "topic_arn": document.get("TopicArn")}
+    if kind == "UnsubscribeConfirmation":
+        return _json_answer(envelope(200, None, "unsubscribed: recorded, not run", data))
+    subscribe_url = _echoed(document.get("SubscribeURL"), "SubscribeURL")
+    answer = _json_answer(envelope(200, None, "confirming the subscription", data))
+    return HandshakeAnswer(answer.status, answer.content_type, answer.body, visit=subscribe_url)
+
+
 Answerer = Callable[[Check, Probe, float], HandshakeAnswer | None]
 # Whether a request is the mode's unsigned handshake, from its method, query and headers.
 Recogniser = Callable[[str, Mapping[str, str], Mapping[str, str]], bool]
@@ -252,6 +276,7 @@ HANDSHAKES: dict[SigningMode, Handshake] = {
         answer_asana,
         lambda method, query, headers: method == "POST" and ASANA_SECRET_HEADER in headers,
     ),
+    "sns": Handshake(answer_sns),
 }
 
 

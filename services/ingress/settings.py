@@ -1,8 +1,11 @@
+import re
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from yarl import URL
 
 from services import registry
+from services.ingress.sns import DEFAULT_CERT_URL_PATTERN
 from shared.settings import WebhookSecretsSettings
 
 
@@ -80,7 +83,8 @@ class IngressSettings(WebhookSecretsSettings):
     # and query as received. Unset: those modes are answered 503 naming this setting.
     # The runner shows the webhook URL with it too (FLOWHOOKS_INGRESS_PUBLIC_URL there).
     ingress_public_url: str | None = None
-    # Networks the ingress's own outgoing requests (a google-pubsub flow's JWKS) may reach
+    # Networks the ingress's own outgoing requests (a google-pubsub flow's JWKS, SNS's
+    # certificates and SubscribeURLs) may reach
     # although they are private, loopback or link-local (JSON list of CIDRs, like
     # FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS). Empty: only public addresses.
     ingress_http_allow_networks: tuple[str, ...] = ()
@@ -92,6 +96,27 @@ class IngressSettings(WebhookSecretsSettings):
     ingress_jwks_timeout_s: float = Field(default=5.0, gt=0, le=60)
     ingress_jwks_max_bytes: int = Field(default=64 * 1024, ge=1024)
     ingress_jwks_failure_ttl_s: float = Field(default=5.0, ge=0)
+    # AWS SNS (the `sns` mode): the certificate URLs (`SigningCertURL`) and SubscribeURLs
+    # the ingress will fetch, a regular expression matched from the URL's start
+    # (FLOWHOOKS_SNS_CERT_URL_PATTERN, as the contract names it; default: https on
+    # sns.<region>.amazonaws.com). Certificates kept, by URL, and for how long; a fetch's
+    # bounds (the whole request, the certificate's size); a failed fetch remembered this
+    # long (answered at once meanwhile).
+    sns_cert_url_pattern: str = DEFAULT_CERT_URL_PATTERN
+    ingress_sns_cert_cache_size: int = Field(default=100, ge=1)
+    ingress_sns_cert_ttl_s: float = Field(default=86_400.0, gt=0)
+    ingress_sns_cert_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    ingress_sns_cert_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    ingress_sns_cert_failure_ttl_s: float = Field(default=5.0, ge=0)
+
+    @field_validator("sns_cert_url_pattern")
+    @classmethod
+    def _cert_url_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @field_validator("ingress_public_url")
     @classmethod

@@ -334,6 +334,10 @@ def _fresh_rfc3339(timestamp: str | None, now: float, tolerance_s: int) -> str |
     return None
 
 
+# For the modules of the other kinds of checks (sns.py).
+fresh_rfc3339 = _fresh_rfc3339
+
+
 def read_twitch(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """`Twitch-Eventsub-Message-Signature: sha256=<hex HMAC-SHA256 of id + timestamp +
     body>`, the id and timestamp (RFC 3339) from their own headers."""

@@ -29,6 +29,14 @@ from services.ingress.signatures import (
     secret_key,
     verify,
 )
+from services.ingress.sns import (
+    CertificateRefused,
+    CertificateUnavailable,
+    SnsCertificates,
+    precheck_sns,
+    read_message,
+    verify_signature,
+)
 from shared.errors import Unauthorized, Unavailable
 from shared.public_keys import load_ecdsa_public_key
 from shared.schemas.access import FlowWebhookSettings, SigningSettings
@@ -38,8 +46,9 @@ log = structlog.get_logger(__name__)
 
 CacheKey = tuple[str, int, tuple[str, ...]]  # flow, version, sealed values
 # The modes checked by a public key or a token here, not by an HMAC reader of
-# signatures.py: `sendgrid` (public_key_signatures.py), `google-pubsub` (pubsub.py).
-TOKEN_AND_KEY_MODES = frozenset({"sendgrid", "google-pubsub"})
+# signatures.py: `sendgrid` (public_key_signatures.py), `google-pubsub` (pubsub.py),
+# `sns` (sns.py: AWS's certificate).
+TOKEN_AND_KEY_MODES = frozenset({"sendgrid", "google-pubsub", "sns"})
 
 
 class SignatureChecks:
@@ -49,12 +58,14 @@ class SignatureChecks:
         max_entries: int,
         public_url: str | None = None,
         jwks: JwksCache | None = None,
+        sns_certificates: SnsCertificates | None = None,
     ) -> None:
         self.box = box
         self.max_entries = max(1, max_entries)
         # FLOWHOOKS_INGRESS_PUBLIC_URL, without its trailing slash.
         self.public_url = public_url.rstrip("/") if public_url else None
         self.jwks = jwks
+        self.sns_certificates = sns_certificates
         # Keyed by the sealed values themselves: a new secret is a new sealed value (a
         # fresh nonce), so an entry can never outlive the secrets it was opened from.
         self._checks: OrderedDict[CacheKey, Check] = OrderedDict()
@@ -157,6 +168,8 @@ class SignatureChecks:
             refusal = await self._check_push_token(signing, headers)
         elif signing.mode == "sendgrid":
             refusal = precheck_sendgrid(headers, check.tolerance_s, now)
+        elif signing.mode == "sns":
+            refusal = precheck_sns(headers, signing.topic_arns)
         else:
             refusal = precheck(check, headers, now, self._public_line(signing.mode, line))
         if refusal is not None:
@@ -196,6 +209,9 @@ class SignatureChecks:
             return  # the token signs no body: checked in full by `precheck`
         check = self.check_for(flow, flow.signing)
         now = time.time()
+        if mode == "sns":
+            await self._verify_sns(flow.signing, headers, body, executor, inline_max_bytes, now)
+            return
         if mode == "sendgrid":
             assert isinstance(check.public_key, ec.EllipticCurvePublicKey)
             job = partial(verify_sendgrid, check.public_key, headers, body, check.tolerance_s, now)
@@ -207,3 +223,37 @@ class SignatureChecks:
             refusal = await asyncio.get_running_loop().run_in_executor(executor, job)
         if refusal is not None:
             raise Unauthorized(f"invalid {flow.signing.mode} signature: {refusal}")
+
+    async def _verify_sns(
+        self,
+        signing: SigningSettings,
+        headers: Mapping[str, str],
+        body: bytes,
+        executor: Executor,
+        inline_max_bytes: int,
+        now: float,
+    ) -> None:
+        """An SNS message: read from the body, its certificate fetched (cached), its
+        signature checked; 401 naming what is wrong, 503 when the certificate cannot be
+        fetched now (SNS retries). A large body is read and hashed on `executor`."""
+        certificates = self.sns_certificates
+        if certificates is None:
+            raise Unavailable("this ingress cannot check sns signatures (no certificate client)")
+        loop = asyncio.get_running_loop()
+        large = len(body) > inline_max_bytes
+        read = partial(
+            read_message, body, headers, signing.topic_arns, certificates, signing.tolerance_s, now
+        )
+        message = await loop.run_in_executor(executor, read) if large else read()
+        if isinstance(message, str):
+            raise Unauthorized(f"invalid sns signature: {message}")
+        try:
+            key = await certificates.key(message.cert_url)
+        except CertificateRefused as exc:
+            raise Unauthorized(f"invalid sns signature: {exc}") from None
+        except CertificateUnavailable as exc:
+            raise Unavailable(f"cannot check the sns signature now: {exc}") from None
+        check = partial(verify_signature, key, message)
+        refusal = await loop.run_in_executor(executor, check) if large else check()
+        if refusal is not None:
+            raise Unauthorized(f"invalid sns signature: {refusal}")

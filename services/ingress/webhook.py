@@ -32,6 +32,7 @@ from services.ingress.refusals import RefusalRecorder
 from services.ingress.settings import IngressSettings
 from services.ingress.signatures import RequestLine
 from services.ingress.signing import SignatureChecks
+from services.ingress.sns import SubscribeVisits, parse_sns_input
 from services.ingress.text import replace_undecodable
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
@@ -64,6 +65,7 @@ from shared.schemas.runs import (
     RunResult,
     RunsFinished,
     StartRun,
+    StepTrace,
     WebhookRequest,
     error_result,
 )
@@ -163,9 +165,12 @@ class WebhookHandler:
         signatures: SignatureChecks,
         dedup: Deduplicator,
         metrics: IngressMetrics | None = None,
+        sns_visits: SubscribeVisits | None = None,
         learner: SecretLearner | None = None,
     ) -> None:
         self.access = access
+        # SNS SubscribeURLs visited in the background (None: answered, never visited).
+        self.sns_visits = sns_visits
         # Keeps the secret an asana flow's first handshake gives (runner RPC).
         self.learner = learner
         self.metrics = metrics if metrics is not None else IngressMetrics()
@@ -253,6 +258,7 @@ class WebhookHandler:
                 answer.outcome = Outcome.HANDSHAKE
                 return handshake_answer
         push = flow.signing is not None and flow.signing.mode == "google-pubsub"
+        sns = flow.signing is not None and flow.signing.mode == "sns"
         try:
             normalised.input = await self._parse(
                 request.method,
@@ -260,6 +266,7 @@ class WebhookHandler:
                 normalised.content_type,
                 body,
                 push_envelope=push,
+                sns_envelope=sns,
             )
         except BadRequest as error:
             await self._record_rejected(normalised, error)
@@ -370,7 +377,15 @@ class WebhookHandler:
             raise
         if answered is None:
             return None
-        await self._record_handshake(_without_secrets(normalised), answered)
+        recorded = _without_secrets(normalised)
+        if answered.visit is not None and self.sns_visits is not None:
+            # Visited after answering, in the background; recorded with the visit's
+            # outcome as its step once it is done (within 10 s).
+            self.sns_visits.start(
+                answered.visit, partial(self._record_handshake, recorded, answered)
+            )
+        else:
+            await self._record_handshake(recorded, answered)
         response = web.Response(
             body=answered.body or None, status=answered.status, headers=answered.headers
         )
@@ -379,10 +394,15 @@ class WebhookHandler:
         return response
 
     async def _record_handshake(
-        self, normalised: WebhookRequest, answered: handshake.HandshakeAnswer
+        self,
+        normalised: WebhookRequest,
+        answered: handshake.HandshakeAnswer,
+        visit: StepTrace | None = None,
     ) -> None:
         """Recorded like a rejected body: the request and the answer it was given. Best
-        effort: the provider is waiting for its answer, which does not depend on this."""
+        effort: the provider is waiting for its answer, which does not depend on this.
+        `visit`: SNS's SubscribeURL visit, recorded as the one step (its error, if it
+        failed, as the record's error)."""
         normalised.input = _handshake_input(normalised, self.limits)
         now = datetime.now(UTC)
         result = RunResult(
@@ -393,6 +413,8 @@ class WebhookHandler:
             body=answered.body.decode(),
             # Asana's answer echoes the flow's new secret: recorded as `[redacted]`.
             headers=redact_headers(answered.headers),
+            steps=[] if visit is None else [visit],
+            error=None if visit is None else visit.error,
             started_at=normalised.received_at,
             finished_at=now,
         )
@@ -489,12 +511,16 @@ class WebhookHandler:
         body: bytes,
         *,
         push_envelope: bool = False,
+        sns_envelope: bool = False,
     ) -> Any:
         """The flow's input. A large body is parsed on a worker thread: its parse (bounded
         and linear, but up to the body size) must not hold up the event loop and with it
         every other request on this ingress. `push_envelope`: a Pub/Sub push's, its
-        `message.data` decoded (normalise.parse_push_input)."""
+        `message.data` decoded (normalise.parse_push_input); `sns_envelope`: an SNS
+        message's, its `Message` parsed when JSON (sns.parse_sns_input)."""
         parser = parse_push_input if push_envelope else parse_input
+        if sns_envelope:
+            parser = parse_sns_input
         parse = partial(parser, method, query, content_type, body, self.limits)
         if method == "GET" or len(body) <= self.parse_inline_max_bytes:
             return parse()

@@ -61,7 +61,7 @@ HINT_MARK = "\u2026"
 MAX_CALLBACK_URL_CHARS = 2048
 # Modes checked by a public key or a token's claims instead of secrets (`discord`
 # too, checked with the handshake modes): they take no `secrets`.
-KEYLESS_MODES = frozenset({"sendgrid", "google-pubsub"})
+KEYLESS_MODES = frozenset({"sendgrid", "google-pubsub", "sns"})
 # Modes whose secret the flow learns from the provider's first handshake (Asana's
 # `X-Hook-Secret`, services/runner/learned_secrets.py): saved with no secret (unarmed),
 # and holding one at most.
@@ -73,12 +73,17 @@ MODE_FIELDS = {
     "google-pubsub": ("audience", "email", "jwks_url"),
     "meta": ("verify_token",),
     "discord": ("public_key",),
+    "sns": ("topic_arns",),
 }
 # A public key as a mode takes it (Discord's Ed25519 key is 64 hex characters, SendGrid's
 # P-256 key about 124 characters of base64 DER).
 MAX_PUBLIC_KEY_CHARS = 1024
 ED25519_PUBLIC_KEY_BYTES = 32
 MAX_CLAIM_CHARS = 512
+# `sns`'s topic allow-list: an SNS topic's ARN (`arn:<partition>:sns:<region>:<account>:
+# <name>`, the name at most 256 characters, `.fifo` for a FIFO topic).
+SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+MAX_TOPIC_ARNS = 100
 
 
 class SealedSecret(BaseModel):
@@ -116,6 +121,8 @@ class WebhookAuth(BaseModel):
     audience: str | None = Field(default=None, min_length=1, max_length=MAX_CLAIM_CHARS)
     email: str | None = Field(default=None, min_length=3, max_length=MAX_CLAIM_CHARS)
     jwks_url: str | None = Field(default=None, max_length=MAX_CALLBACK_URL_CHARS)
+    # `sns`: the topics whose messages the flow takes (None: any topic AWS signs for).
+    topic_arns: list[str] | None = Field(default=None, max_length=MAX_TOPIC_ARNS)
 
 
 class ResponseConfig(BaseModel):
@@ -386,8 +393,12 @@ def _ed25519_public_key(field: str, value: str) -> str:
 
 
 def _check_keyless(auth: WebhookAuth) -> None:
-    """`sendgrid` and `google-pubsub`: a public key or a token's claims, no secrets."""
+    """`sendgrid`, `google-pubsub` and `sns`: a public key, a token's claims or AWS's
+    certificate, no secrets."""
     field = "webhook.auth"
+    if auth.mode == "sns":
+        _check_sns(auth)
+        return
     if auth.secrets:
         raise _refuse(
             f"{field}.secrets",
@@ -437,6 +448,28 @@ def check_learned_secret(mode: str, secret: str, field: str) -> None:
     """A secret a handshake gave (`runner.learn_webhook_secret`), by the rules of a
     secret saved through the API: 400 `bad_request` naming `field` otherwise."""
     _check_secret(field, mode, secret)
+
+
+def _check_sns(auth: WebhookAuth) -> None:
+    """`sns`: signed by AWS (the certificate named in each message), no secrets; an
+    optional allow-list of topic ARNs."""
+    field = "webhook.auth"
+    if auth.secrets:
+        raise _refuse(
+            f"{field}.secrets",
+            "the sns mode takes no secrets: AWS signs each message with its certificate"
+            " (optionally give topic_arns)",
+        )
+    if auth.topic_arns is None:
+        return
+    if not auth.topic_arns:
+        raise _refuse(f"{field}.topic_arns", "give at least one topic ARN, or leave it out")
+    for index, arn in enumerate(auth.topic_arns):
+        if SNS_TOPIC_ARN.match(arn) is None:
+            raise _refuse(
+                f"{field}.topic_arns[{index}]",
+                "not an SNS topic ARN (arn:aws:sns:<region>:<account id>:<topic name>)",
+            )
 
 
 def _check_secret(field: str, mode: str, secret: str) -> None:

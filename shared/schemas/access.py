@@ -37,6 +37,8 @@ class SigningSettings(BaseModel):
     audience: str | None = None
     email: str | None = None
     jwks_url: str | None = None
+    # `sns`: the topics whose messages the flow takes (None: any topic).
+    topic_arns: list[str] | None = None
 
 
 class DedupSettings(BaseModel):

@@ -92,6 +92,8 @@ SigningMode = Literal[
     "google-pubsub",
     # Its secret learned from its first handshake (services/ingress/learned_secrets.py).
     "asana",
+    # AWS SNS: signed by AWS's certificate inside the body, no secrets (services/ingress/sns.py).
+    "sns",
 ]
 # `webhook.auth.mode` as a flow is saved: a bearer token (the default) or a signature.
 WebhookAuthMode = Literal["bearer", SigningMode]
