@@ -52,6 +52,9 @@ class RunBounds(BaseModel):
     http_allow_networks: tuple[str, ...] = ()
     # Largest response body an `http` step reads.
     http_max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Longest wait an `http` step's retry gives an answer's `Retry-After` (a longer wish
+    # waits this long; the run's own timeout bounds every wait too).
+    http_retry_after_max_s: float = Field(default=60.0, ge=0)
     # Most items a `loop` step iterates over.
     loop_max_items: int = Field(default=10_000, ge=1)
     # Compiled templates kept per process.

@@ -15,6 +15,7 @@ import resource
 import signal
 import socket
 import sys
+import time
 from collections import OrderedDict
 from datetime import UTC, datetime
 
@@ -126,6 +127,7 @@ class Worker:
     async def _execute(self, item: WorkItem, state: RunState) -> RunResult:
         flow = self.flow(item.flow)
         started_at = datetime.now(UTC)
+        state.deadline = time.monotonic() + item.timeout_s
         try:
             async with asyncio.timeout(item.timeout_s):
                 result = await self.engine.run(flow, item.request, state)

@@ -2,6 +2,7 @@
 allowed by the operator's allow list) and fail on purpose; outgoing requests to
 private and metadata addresses refused; hostile templates fail the run, not the runner."""
 
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -31,7 +32,9 @@ def system() -> Iterator[System]:
 
 @pytest.fixture
 async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """A CRM stand-in: records what it receives; /flaky fails twice, then answers."""
+    """A CRM stand-in: records what it receives; /flaky fails twice, then answers;
+    /busy answers 503 with `Retry-After: 1` once, then 200, and records when each request
+    came (monotonic, in `received`); /closed always answers 503 with `Retry-After: 30`."""
     received: list[dict[str, Any]] = []
     flaky_calls = {"n": 0}
 
@@ -45,6 +48,16 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
             return web.Response(status=503)
         return web.json_response({"after": flaky_calls["n"]})
 
+    async def busy(request: web.Request) -> web.Response:
+        received.append({"busy_at": time.monotonic()})
+        if len(received) == 1:
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.json_response({"after": len(received)})
+
+    async def closed(request: web.Request) -> web.Response:
+        received.append({"closed_at": time.monotonic()})
+        return web.Response(status=503, headers={"Retry-After": "30"})
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
 
@@ -52,6 +65,8 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app.router.add_post("/contacts", contacts)
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/redirect", redirect)
+    app.router.add_get("/busy", busy)
+    app.router.add_get("/closed", closed)
     async with serving(app, ENDPOINT_HOST) as base:
         yield base, received
 
@@ -153,6 +168,46 @@ async def test_retries_then_succeeds(api: Api, endpoint: tuple[str, list[dict[st
     assert status == 200, answer
     assert answer["data"]["status"] == 200
     assert answer["data"]["body"] == {"after": 3}
+
+
+async def test_a_retry_waits_for_retry_after(
+    api: Api, endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """503 with `Retry-After: 1`: the retry comes at least 1 s later (the policy alone
+    would wait 0.01 s), and the run succeeds."""
+    base, received = endpoint
+    step = {"ref_id": "call", "type": "http", "url": base + "/busy", "retries": 2}
+    status, answer = await send(api, {"steps": [{**step, "retry_backoff_s": 0.01}]}, {})
+    assert status == 200, answer
+    assert answer["data"]["body"] == {"after": 2}
+    assert len(received) == 2
+    assert received[1]["busy_at"] - received[0]["busy_at"] >= 1.0
+
+
+async def test_a_retry_after_past_the_flows_timeout_fails_the_step_at_once(
+    api: Api, endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """`Retry-After: 30` in a flow of 5 s: no retry, the step fails at once with a
+    message naming Retry-After and the time left (not a 504 at the timeout)."""
+    base, received = endpoint
+    started = time.monotonic()
+    status, answer = await send(
+        api,
+        {
+            "webhook": {"timeout_s": 5},
+            "steps": [{"ref_id": "call", "type": "http", "url": base + "/closed", "retries": 3}],
+        },
+        {},
+    )
+    assert (status, answer["error"]) == (500, "flow_error"), answer
+    assert len(received) == 1
+    assert time.monotonic() - started < 5
+    assert re.fullmatch(
+        r"step 'call' failed: steps\[0\]: GET http://127\.0\.0\.2:\d+/closed answered HTTP 503"
+        r" with Retry-After of 30 s: waiting 30 s would pass the run's timeout"
+        r" \([0-5]\.\d s left\), so it is not retried \(after attempt 1 of 4\)",
+        answer["message"],
+    ), answer
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """condition, loop and fail, through the engine (no services)."""
 
 import re
+import time
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
+from services.runner.steps.base import RunState
 from services.runner.templates import TemplateEngine
 from shared.errors import BadRequest
 from shared.outbound import AddressPolicy, OutboundHttp
@@ -447,3 +449,81 @@ async def test_the_http_steps_fields_share_one_render_budget() -> None:
         orjson.loads(result.body)["message"],
     ), result.body
     assert http.calls == []
+
+
+# --- http step: Retry-After (issue 25) -------------------------------------------------
+
+
+class BusyHttp(FakeHttp):
+    """Answers 503 with `retry_after` (as `Retry-After`) `failures` times, then 200;
+    records when each request came (monotonic)."""
+
+    def __init__(self, retry_after: str, failures: int = 1) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+        self.failures = failures
+        self.times: list[float] = []
+
+    async def request(
+        self, method: str, url: str, **kwargs: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        await super().request(method, url, **kwargs)
+        self.times.append(time.monotonic())
+        if self.failures:
+            self.failures -= 1
+            return 503, {"retry-after": self.retry_after}, b"busy"
+        return 200, {}, b"ok"
+
+
+async def run_with_deadline(
+    http: Any, step: dict[str, Any], timeout_s: float | None, limits: RunBounds | None = None
+) -> RunResult:
+    flow = Flow("f1", "w1", 1, parse_definition({"name": "t", "steps": [step]}, TEMPLATES, 300))
+    state = RunState(limits or RunBounds())
+    if timeout_s is not None:  # as the worker sets it
+        state.deadline = time.monotonic() + timeout_s
+    request = webhook_request({}, request_id="r1", flow_id="f1")
+    return await Engine(TEMPLATES, limits, http).run(flow, request, state)
+
+
+async def test_a_retry_waits_what_retry_after_asks_within_the_bound() -> None:
+    """Retry-After: 3600 on a run without a deadline: the wait is capped at the bound
+    (0.3 s here), not the policy's 0 s."""
+    http = BusyHttp("3600")
+    limits = RunBounds(http_retry_after_max_s=0.3)
+    result = await run_with_deadline(http, call("c", retries=1), None, limits)
+    assert result.outcome == "succeeded", result.body
+    assert len(http.times) == 2
+    assert 0.3 <= http.times[1] - http.times[0] < 3
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "1.5", ""])
+async def test_a_malformed_retry_after_is_ignored(value: str) -> None:
+    """The policy's delay (0 s) applies, and the deadline check is not made."""
+    http = BusyHttp(value)
+    result = await run_with_deadline(http, call("c", retries=1), 0.5)
+    assert result.outcome == "succeeded", result.body
+    assert len(http.times) == 2 and http.times[1] - http.times[0] < 0.3
+
+
+async def test_a_retry_after_past_the_runs_timeout_fails_the_step_at_once() -> None:
+    http = BusyHttp("30", failures=5)
+    result = await run_with_deadline(http, call("c", retries=3), 5.0)
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert len(http.calls) == 1
+    message = orjson.loads(result.body)["message"]
+    assert re.fullmatch(
+        r"step 'c' failed: steps\[0\]: GET https://api\.example\.com/ answered HTTP 503 with"
+        r" Retry-After of 30 s: waiting 30 s would pass the run's timeout \([45]\.\d s"
+        r" left\), so it is not retried \(after attempt 1 of 4\)",
+        message,
+    ), message
+    assert result.steps[0].error == message.removeprefix("step 'c' failed: ")
+
+
+async def test_the_last_attempt_returns_its_answer_whatever_its_retry_after() -> None:
+    """Out of retries, the answer is the step's output, as before: nothing to wait for."""
+    http = BusyHttp("30")
+    result = await run_with_deadline(http, call("c", retries=0), 5.0)
+    assert result.outcome == "succeeded", result.body
+    assert data(result)["status"] == 503

@@ -1,5 +1,6 @@
 """The uniform interface of a step type."""
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -49,6 +50,13 @@ class RunState:
     loop_iterations: int = 0
     dropped_steps: int = 0  # steps past `max_trace_steps`, not in the trace
     output_sizes: dict[int, int] = field(default_factory=dict)  # id(entry) -> bytes
+    # When the run's timeout ends (time.monotonic()): a step that would wait past it fails
+    # at once instead. None: no deadline (an engine run outside a worker).
+    deadline: float | None = None
+
+    def remaining_s(self) -> float | None:
+        """Seconds left before the run's deadline (None: no deadline)."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def record(self, entry: Any) -> bool:
         """Adds a step to the trace unless the trace is full (then only counts it)."""

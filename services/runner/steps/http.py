@@ -1,6 +1,10 @@
 """`http`: an outgoing HTTP request. Templated `method`, `url`, `headers` and `body`
 (a body that renders to a JSON object or list is sent as JSON, anything else as text);
-`timeout_s`; `retries` on connection errors, 5xx and 429 with exponential backoff.
+`timeout_s`; `retries` on connection errors, 5xx and 429 with exponential backoff; an
+answer retried that carries `Retry-After` (delta-seconds or an HTTP-date) waits at least
+what it asks, at most FLOWHOOKS_RUNNER_HTTP_RETRY_AFTER_MAX_S, and a wait that would
+pass the run's timeout fails the step at once, naming Retry-After and the time left
+(rather than the run being ended by its timeout while it sleeps).
 Output `{"status", "headers", "body"}` (the body parsed when it is JSON). Private and
 metadata addresses are refused (shared/outbound.py).
 
@@ -19,6 +23,7 @@ response headers; an error message names the URL by scheme, host, port and path 
 that is not valid is a clean step failure."""
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -38,7 +43,7 @@ from shared.redaction import (
     safe_url,
     scrub_urls,
 )
-from shared.retry import RetryPolicy
+from shared.retry import RetryPolicy, parse_retry_after, retry_after_wait_s
 
 __all__ = ["HTTP", "IDEMPOTENCY_KEY", "REDACTED", "SECRET_HEADERS", "HttpStep", "redact"]
 
@@ -99,6 +104,13 @@ def _problem(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _retry_after_s(headers: dict[str, str]) -> float | None:
+    """What the answer's `Retry-After` asks to wait (None: no such header, or one that is
+    not valid: the retry policy's delay applies)."""
+    value = next((v for name, v in headers.items() if name.lower() == "retry-after"), None)
+    return None if value is None else parse_retry_after(value, datetime.now(UTC))
+
+
 async def run(step: HttpStep, ctx: RunContext) -> Any:
     if ctx.http is None:
         raise TemplateFailure(f"{ctx.path}: outgoing HTTP is not available in this runner")
@@ -139,6 +151,7 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
             if not is_retryable(status) or attempt >= step.retries:
                 break
             problem = f"HTTP {status}"
+            retry_after_s = _retry_after_s(response_headers)
         except OutboundRefused as exc:
             raise TemplateFailure(f"{ctx.path}.url: {scrub_urls(str(exc))}") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -148,6 +161,7 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
                     f" attempts: {_problem(exc)}"
                 ) from None
             problem = type(exc).__name__
+            retry_after_s = None
         except Exception as exc:
             # Whatever else the request refuses (a method or header value aiohttp will
             # not send, ...): this step's failure, never the runner's.
@@ -155,8 +169,21 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
                 f"{ctx.path}: {method[:16]} {safe_url(url)} could not be sent: {_problem(exc)}"
             ) from None
         attempt += 1
-        log.info("http_step_retry", step=step.ref_id, attempt=attempt, problem=problem)
-        await asyncio.sleep(retry.delay_s(attempt))
+        wait_s = retry_after_wait_s(
+            retry.delay_s(attempt), retry_after_s, ctx.limits.http_retry_after_max_s
+        )
+        remaining_s = ctx.state.remaining_s()
+        if retry_after_s is not None and remaining_s is not None and wait_s >= remaining_s:
+            raise TemplateFailure(
+                f"{ctx.path}: {method[:16]} {safe_url(url)} answered {problem} with"
+                f" Retry-After of {retry_after_s:g} s: waiting {wait_s:g} s would pass the"
+                f" run's timeout ({max(remaining_s, 0.0):.1f} s left), so it is not"
+                f" retried (after attempt {attempt} of {step.retries + 1})"
+            )
+        log.info(
+            "http_step_retry", step=step.ref_id, attempt=attempt, problem=problem, wait_s=wait_s
+        )
+        await asyncio.sleep(wait_s)
     text = raw.decode(errors="replace")
     content_type = response_headers.get("Content-Type", "")
     parsed = parse_if_json(text) if "json" in content_type else text
