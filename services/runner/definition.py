@@ -22,6 +22,11 @@ from shared.schemas.access import FlowStatus
 from shared.schemas.vocabulary import WebhookAuthMode
 
 RESERVED_REF_IDS = frozenset({"request", "loop"})
+# The failure `on_error` steps see: a ref-id of its own only in flows that have them
+# (flows saved before `on_error` existed may name a step `error`).
+ERROR_NAME = "error"
+# Top-level steps of a flow, `steps` and `on_error` together.
+MAX_STEPS = 200
 # Step lists inside each other (`condition` and `loop` steps), the top level being 1.
 # Fixed, not a setting: a stored flow must stay valid for every runner, and far deeper
 # definitions cannot even be encoded (orjson stops at 255 levels of JSON: 500 on save).
@@ -189,7 +194,10 @@ class FlowDefinition(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     status: FlowStatus = "draft"
     webhook: WebhookTrigger = Field(default_factory=WebhookTrigger)
-    steps: list[Any] = Field(default_factory=list, max_length=200)
+    steps: list[Any] = Field(default_factory=list, max_length=MAX_STEPS)
+    # Run when a step fails (services/runner/engine.py `_recover`), with `error` in the
+    # context; then the flow's response, if it has one, answers. Empty: none.
+    on_error: list[Any] = Field(default_factory=list, max_length=MAX_STEPS)
 
     def public(self) -> dict[str, Any]:
         webhook = self.webhook.model_dump(by_alias=True)
@@ -208,12 +216,15 @@ class FlowDefinition(BaseModel):
             del webhook["on_timeout"]
         if webhook["response"] is not None and not webhook["response"]["headers"]:
             del webhook["response"]["headers"]
-        return {
+        public = {
             "name": self.name,
             "status": self.status,
             "webhook": webhook,
             "steps": [step.model_dump(by_alias=True) for step in self.steps],
         }
+        if self.on_error:  # left out while unused, like the webhook's optional fields
+            public["on_error"] = [step.model_dump(by_alias=True) for step in self.on_error]
+        return public
 
 
 def _path(loc: tuple[int | str, ...], prefix: str = "") -> str:
@@ -262,11 +273,17 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
     if not isinstance(raw, dict):
         raise BadRequest("the flow must be a JSON object")
     try:
-        definition = FlowDefinition.model_validate({**raw, "steps": []})
+        definition = FlowDefinition.model_validate({**raw, "steps": [], "on_error": []})
     except ValidationError as exc:
         error = exc.errors()[0]
         raise _refuse(_path(tuple(error["loc"])), error["msg"]) from None
     definition.steps = _parse_steps(raw.get("steps", []), "steps")
+    definition.on_error = _parse_steps(raw.get("on_error", []), "on_error")
+    if len(definition.steps) + len(definition.on_error) > MAX_STEPS:
+        raise _refuse(
+            "on_error",
+            f"a flow has at most {MAX_STEPS} steps, steps and on_error together",
+        )
     if definition.webhook.timeout_s > max_timeout_s:
         raise _refuse("webhook.timeout_s", f"must be at most {max_timeout_s:g} seconds")
     if definition.webhook.auth is not None:
@@ -586,6 +603,10 @@ def _check_references(definition: FlowDefinition, engine: TemplateEngine) -> Non
             path = f"{prefix}[{index}]"
             if step.ref_id in RESERVED_REF_IDS:
                 raise _refuse(f"{path}.ref_id", f"{step.ref_id!r} is reserved")
+            if step.ref_id == ERROR_NAME and definition.on_error:
+                raise _refuse(
+                    f"{path}.ref_id", f"{ERROR_NAME!r} is reserved in a flow with on_error"
+                )
             if step.ref_id in seen:
                 raise _refuse(f"{path}.ref_id", f"duplicate ref-id {step.ref_id!r}")
             seen.add(step.ref_id)
@@ -601,6 +622,12 @@ def _check_references(definition: FlowDefinition, engine: TemplateEngine) -> Non
         return known
 
     known = walk(definition.steps, "steps", {webhook_ref})
+    if definition.on_error:
+        # A step that failed leaves the steps after it undefined: on_error's templates
+        # may name any of them (and should test `is defined`), and `error`; the response,
+        # rendered after recovery too, may name on_error's steps and `error` (null when
+        # no step failed).
+        known |= walk(definition.on_error, "on_error", known | {ERROR_NAME}) | {ERROR_NAME}
     if definition.webhook.response is not None:
         check_template("webhook.response.body", definition.webhook.response.body, known)
         for name, template in definition.webhook.response.headers.items():

@@ -6,7 +6,17 @@ The response's templates (its body and each header) render as one unit: one rend
 budget (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S of CPU time) for all of them together, and a
 pause (a pass through the event loop) before each, so that no slice of the run holds
 its worker past the slice bound however many templates the response has: past the
-budget the run fails with `flow_error`, and no worker is killed."""
+budget the run fails with `flow_error`, and no worker is killed.
+
+A flow's `on_error` steps run when a step fails (`_recover`): a `fail` step, an `http`
+step that could not be sent or was refused, a template's error, a value past its bound,
+whatever else a step raises. Not when the run is stopped from outside (its timeout, its
+CPU or memory bound, its worker killed), nor after a failure that used up one of the
+run's own budgets (a render past FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S, memory), nor when
+the response itself fails. They see the context so far plus `error` (`step`: the
+failed step's ref-id, `message`, `status`: what the server answered an `http` step, or
+null); then the flow's response, if it has one, is the answer. The run stays `failed`
+with the step's error: the sender got an answer, but a step did fail (alerts count it)."""
 
 import asyncio
 import time
@@ -17,12 +27,12 @@ from typing import Any
 import orjson
 
 from services.runner.bounds import BoundExceeded, RunBounds, bound_trace, json_value
-from services.runner.definition import FlowDefinition
+from services.runner.definition import ERROR_NAME, FlowDefinition
 from services.runner.render_budget import RenderBudget
 from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import RunContext, RunState
 from services.runner.steps.fail import StepFailed
-from services.runner.templates import TemplateEngine, TemplateFailure
+from services.runner.templates import RenderBudgetFailure, TemplateEngine, TemplateFailure
 from shared.errors import FlowError
 from shared.outbound import OutboundHttp
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest, error_result
@@ -113,10 +123,15 @@ class Engine:
                 raise
             except (TemplateFailure, BoundExceeded) as exc:
                 entry.error = str(exc)
-                raise StepFailed(step.ref_id, str(exc)) from None
+                raise StepFailed(
+                    step.ref_id,
+                    str(exc),
+                    answered_status=getattr(exc, "answered_status", None),
+                    recoverable=not isinstance(exc, RenderBudgetFailure),
+                ) from None
             except MemoryError:
                 entry.error = _OUT_OF_MEMORY
-                raise StepFailed(step.ref_id, _OUT_OF_MEMORY) from None
+                raise StepFailed(step.ref_id, _OUT_OF_MEMORY, recoverable=False) from None
             except Exception as exc:
                 # Whatever else a flow provokes (RecursionError from a recursive macro,
                 # a bug in a step) is this run's failure, never the runner's.
@@ -137,6 +152,8 @@ class Engine:
         state.request_id = request.request_id
         started_at = datetime.now(UTC)
         values = self.context(flow, request)
+        if flow.definition.on_error:
+            values[ERROR_NAME] = None  # the response may test it: no step failed
         try:
             last = await self.run_steps(flow.definition.steps, values, "steps", state)
             budget = self.templates.budget("the response's body and headers")
@@ -144,6 +161,8 @@ class Engine:
             headers = await self._headers(flow, values, budget)
         except StepFailed as exc:
             error = FlowError(f"step {exc.ref_id!r} failed: {exc.message}", status=exc.status)
+            if flow.definition.on_error and exc.recoverable:
+                return await self._recover(flow, request, values, exc, error, state, started_at)
             return error_result(
                 request.request_id, error, Outcome.FAILED, started_at, self.trace(state)
             )
@@ -158,6 +177,60 @@ class Engine:
             status_code=status_code,
             content_type=content_type,
             body=body,
+            headers=headers,
+            steps=self.trace(state),
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+        )
+
+    async def _recover(
+        self,
+        flow: Flow,
+        request: WebhookRequest,
+        values: dict[str, Any],
+        failure: StepFailed,
+        error: FlowError,
+        state: RunState,
+        started_at: datetime,
+    ) -> RunResult:
+        """After `failure`: the flow's `on_error` steps (once: one that fails ends the run
+        with both errors, answered with its `fail` status if it is one), then the flow's
+        response if it has one (else the step's `flow_error` answer). Always `failed`,
+        with the step's error."""
+        values[ERROR_NAME] = {
+            "step": failure.ref_id,
+            "message": failure.message,
+            "status": failure.answered_status,
+        }
+        try:
+            await self.run_steps(flow.definition.on_error, values, "on_error", state)
+            if flow.definition.webhook.response is None:
+                return error_result(
+                    request.request_id, error, Outcome.FAILED, started_at, self.trace(state)
+                )
+            budget = self.templates.budget("the response's body and headers")
+            status_code, content_type, body = await self._response(flow, values, None, budget)
+            headers = await self._headers(flow, values, budget)
+        except StepFailed as exc:
+            both = FlowError(
+                f"{error.message}; then on_error step {exc.ref_id!r} failed: {exc.message}",
+                status=exc.status if exc.status is not None else failure.status,
+            )
+            return error_result(
+                request.request_id, both, Outcome.FAILED, started_at, self.trace(state)
+            )
+        except (TemplateFailure, BoundExceeded) as exc:
+            both = FlowError(f"{error.message}; then the webhook response failed: {exc}")
+            return error_result(
+                request.request_id, both, Outcome.FAILED, started_at, self.trace(state)
+            )
+        return RunResult(
+            request_id=request.request_id,
+            outcome=Outcome.FAILED,
+            status_code=status_code,
+            content_type=content_type,
+            body=body,
+            error=error.message,
             headers=headers,
             steps=self.trace(state),
             started_at=started_at,

@@ -108,6 +108,10 @@ class TemplateFailure(Exception):
     """A template could not be compiled or rendered; the message names the field."""
 
 
+class RenderBudgetFailure(TemplateFailure):
+    """A render used up its CPU-time budget (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)."""
+
+
 @dataclass(frozen=True)
 class CompiledTemplate:
     source: str
@@ -194,11 +198,11 @@ class TemplateEngine:
             yield
         except RenderTimeout:
             if budget is not None:
-                raise TemplateFailure(
+                raise RenderBudgetFailure(
                     f"{field}: rendering {budget.what} took longer than {budget.seconds:g} s"
                     " of CPU time in all (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)"
                 ) from None
-            raise TemplateFailure(
+            raise RenderBudgetFailure(
                 f"{field}: rendering took longer than {self.render_timeout_s:g} s of CPU"
                 " time (FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S)"
             ) from None

@@ -130,7 +130,8 @@ class RunResult(BaseModel):
     body: str
     error: str | None = None
     # The flow's response headers (`webhook.response.headers`, rendered), besides
-    # Content-Type; set only on a run that succeeded.
+    # Content-Type; set only on a run that succeeded, or one that its `on_error` steps
+    # answered with the flow's response.
     headers: dict[str, str] = {}
     steps: list[StepTrace] = []
     started_at: datetime

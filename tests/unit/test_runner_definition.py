@@ -197,3 +197,102 @@ def test_a_tab_and_non_ascii_text_are_fine_in_header_values() -> None:
     }
     definition = parse({"name": "x", "webhook": {"response": response}})
     assert definition.webhook.response.headers["X-Order"] == "a\tb {{ web1.id }}"
+
+
+# --- on_error (issue 25) ----------------------------------------------------------------
+
+HANDLER = {"ref_id": "h", "type": "template", "template": "{{ error.step }} {{ res1 is defined }}"}
+
+
+def test_on_error_is_parsed_like_steps_and_shown_only_when_given() -> None:
+    raw = {
+        "name": "x",
+        "webhook": {"response": {"body": "{{ error.message if error else h.value }}"}},
+        "steps": [STEP],
+        "on_error": [
+            HANDLER,
+            {
+                "ref_id": "c",
+                "type": "condition",
+                "if": "{{ error.status }}",
+                "then": [
+                    {"ref_id": "f", "type": "fail", "message": "{{ h.value }}", "status_code": 503}
+                ],
+            },
+        ],
+    }
+    public = parse(raw).public()
+    assert [step["ref_id"] for step in public["on_error"]] == ["h", "c"]
+    assert public["on_error"][1]["then"][0]["status_code"] == 503
+    assert parse(public).public() == public  # as stored, read back by the workers
+    assert "on_error" not in parse({"name": "x", "steps": [STEP]}).public()
+    assert "on_error" not in parse({"name": "x", "on_error": []}).public()
+    # Without on_error, `error` is an ordinary ref-id, as before.
+    parse({"name": "x", "steps": [{**STEP, "ref_id": "error"}]})
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        ({"on_error": {"ref_id": "h"}}, "on_error", "must be a list of steps"),
+        ({"on_error": [{"ref_id": "h", "type": "nope"}]}, "on_error[0].type", "unknown step type"),
+        (
+            {"on_error": [{"ref_id": "h", "type": "template"}]},
+            "on_error[0].template",
+            "Field required",
+        ),
+        (
+            {"on_error": [{**HANDLER, "ref_id": "res1"}]},
+            "on_error[0].ref_id",
+            "duplicate ref-id 'res1'",
+        ),
+        (
+            {"steps": [STEP, {**STEP, "ref_id": "error"}], "on_error": [HANDLER]},
+            "steps[1].ref_id",
+            "'error' is reserved in a flow with on_error",
+        ),
+        (
+            {"steps": [{**STEP, "template": "{{ error }}"}], "on_error": [HANDLER]},
+            "steps[0].template",
+            "unknown name 'error'",
+        ),
+        (
+            {
+                "on_error": [
+                    {**HANDLER, "template": "{{ later.value }}"},
+                    {**STEP, "ref_id": "later"},
+                ]
+            },
+            "on_error[0].template",
+            "unknown name 'later'",
+        ),
+        (
+            {"webhook": {"response": {"body": "{{ error }}"}}},
+            "webhook.response.body",
+            "unknown name 'error'",
+        ),
+        (
+            {"on_error": [{**HANDLER, "status_code": 100, "type": "fail", "message": "m"}]},
+            "on_error[0].template",
+            "Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_on_error_refusals_point_at_the_field(raw: Any, field: str, message: str) -> None:
+    text, data = refusal({"name": "x", "steps": [STEP], **raw})
+    assert data == {"field": field}
+    assert message in text, text
+
+
+def test_steps_and_on_error_share_the_step_count_and_depth_bounds() -> None:
+    steps = [STEP, *({**STEP, "ref_id": f"s{index}"} for index in range(149))]
+    handlers = [{**HANDLER, "ref_id": f"h{index}"} for index in range(50)]
+    parse({"name": "x", "steps": steps, "on_error": handlers})
+    text, data = refusal({"name": "x", "steps": steps, "on_error": [*handlers, HANDLER]})
+    assert (text, data) == (
+        "on_error: a flow has at most 200 steps, steps and on_error together",
+        {"field": "on_error"},
+    )
+    text, data = refusal({"name": "x", "on_error": nested(MAX_STEP_DEPTH + 1)["steps"]})
+    assert data is not None and data["field"].startswith("on_error[0].")
+    assert f"nested deeper than {MAX_STEP_DEPTH} levels" in text

@@ -1,15 +1,18 @@
 import asyncio
 import itertools
 import re
+import time
 from typing import Any
 
 import orjson
 import pytest
 
 from harness.factories import webhook_request
+from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
 from services.runner.render_budget import RenderBudget
+from services.runner.steps.base import RunState
 from services.runner.templates import TemplateEngine
 from shared.schemas.runs import RunResult, StartRun, StartRuns, WebhookRequest
 from tests.cpu_templates import burning
@@ -217,3 +220,173 @@ async def test_response_templates_past_their_one_budget_fail_the_run() -> None:
         envelope["message"],
     ), envelope["message"]
     assert result.error == envelope["message"]
+
+
+# --- on_error (issue 25) ----------------------------------------------------------------
+
+NEVER = {"ref_id": "never", "type": "template", "template": "x"}
+RECOVERING: dict[str, Any] = {
+    "webhook": {
+        "response": {
+            "status_code": 200,
+            "body": '{"recovered": {{ (error is not none) | tojson }},'
+            ' "step": {{ error.step | tojson if error else "null" }},'
+            ' "status": {{ error.status | tojson if error else "null" }},'
+            ' "note": {{ note | tojson if note is defined else "null" }}}',
+            "headers": {"X-Failed-Step": "{{ error.step if error else '' }}"},
+        }
+    },
+    "steps": [
+        {"ref_id": "a", "type": "template", "template": "{{ web1.n }}"},
+        {"ref_id": "boom", "type": "fail", "message": "no {{ a.value }}", "status_code": 422},
+        NEVER,
+    ],
+    "on_error": [
+        {
+            "ref_id": "note",
+            "type": "template",
+            "template": "{{ error.message }} after {{ a.value }};"
+            " never ran: {{ never is not defined }}",
+        }
+    ],
+}
+
+
+async def test_on_error_steps_see_the_error_and_the_response_answers() -> None:
+    result = await run(RECOVERING, {"n": 7})
+    assert (result.outcome, result.status_code, result.content_type) == (
+        "failed",
+        200,
+        "application/json",
+    )
+    assert orjson.loads(result.body) == {
+        "recovered": True,
+        "step": "boom",
+        "status": None,  # a `fail` step: no server answered
+        "note": {"value": "no 7 after 7; never ran: True"},
+    }
+    assert result.headers == {"X-Failed-Step": "boom"}
+    assert result.error == "step 'boom' failed: no 7"  # the step's error, kept
+    assert [(s.ref_id, s.error) for s in result.steps] == [
+        ("a", None),
+        ("boom", "no 7"),
+        ("note", None),
+    ]
+
+
+async def test_a_flow_with_on_error_whose_steps_succeed_answers_as_before() -> None:
+    raw = {**RECOVERING, "steps": [RECOVERING["steps"][0], NEVER]}  # no `fail` step
+    result = await run(raw, {"n": 1})
+    assert (result.outcome, result.status_code) == ("succeeded", 200)
+    assert orjson.loads(result.body) == {
+        "recovered": False,
+        "step": None,
+        "status": None,
+        "note": None,
+    }
+    assert [s.ref_id for s in result.steps] == ["a", "never"]
+
+
+async def test_on_error_without_a_response_keeps_the_flow_error_answer() -> None:
+    raw = {**RECOVERING, "webhook": {}}
+    result = await run(raw, {"n": 7})
+    assert (result.outcome, result.status_code) == ("failed", 422)
+    assert orjson.loads(result.body) == {
+        "status": 422,
+        "error": "flow_error",
+        "data": None,
+        "message": "step 'boom' failed: no 7",
+    }
+    assert [s.ref_id for s in result.steps] == ["a", "boom", "note"]
+
+
+async def test_an_on_error_step_that_fails_ends_the_run_with_both_errors() -> None:
+    raw = {
+        **RECOVERING,
+        "webhook": {"response": {"body": "{{ error.step }}"}},
+        "on_error": [
+            {"ref_id": "first", "type": "template", "template": "{{ error.step }}"},
+            {"ref_id": "again", "type": "fail", "message": "handler {{ first.value }}"},
+            {"ref_id": "skipped", "type": "template", "template": "x"},
+        ],
+    }
+    result = await run(raw, {"n": 7})
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    message = "step 'boom' failed: no 7; then on_error step 'again' failed: handler boom"
+    assert orjson.loads(result.body) == {
+        "status": 500,
+        "error": "flow_error",
+        "data": None,
+        "message": message,
+    }
+    assert result.error == message
+    # Once: the handler's failure runs no handler again.
+    assert [s.ref_id for s in result.steps] == ["a", "boom", "first", "again"]
+
+
+async def test_a_response_that_fails_after_recovery_names_both() -> None:
+    raw = {
+        **RECOVERING,
+        "webhook": {"response": {"body": "{{ error.step.nope }}"}},
+    }
+    result = await run(raw, {"n": 7})
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert orjson.loads(result.body)["message"] == (
+        "step 'boom' failed: no 7; then the webhook response failed: webhook.response.body:"
+        " 'str object' has no attribute 'nope'"
+    )
+
+
+class AnsweringHttp:
+    """Stands in for OutboundHttp: answers `status` with `Retry-After: 30`."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    async def request(self, method: str, url: str, **_: Any) -> tuple[int, dict[str, str], bytes]:
+        return self.status, {"Retry-After": "30"}, b"busy"
+
+
+async def test_error_status_is_what_the_server_answered_a_failed_http_step() -> None:
+    """A 503 whose Retry-After would pass the run's deadline fails the step at once: the
+    answered status reaches on_error; a template's failure gives null."""
+    raw = {
+        **RECOVERING,
+        "steps": [
+            {"ref_id": "a", "type": "template", "template": "{{ web1.n }}"},
+            {"ref_id": "call", "type": "http", "url": "https://api.example.com/", "retries": 2},
+            NEVER,
+        ],
+    }
+    state = RunState(RunBounds())
+    state.deadline = time.monotonic() + 5
+    engine = Engine(TEMPLATES, None, AnsweringHttp(503))  # type: ignore[arg-type]
+    result = await engine.run(flow(raw), request({"n": 7}), state)
+    assert (result.outcome, result.status_code) == ("failed", 200), result.body
+    body = orjson.loads(result.body)
+    assert (body["recovered"], body["step"], body["status"]) == (True, "call", 503)
+
+    undefined = {
+        **RECOVERING,
+        "steps": [
+            RECOVERING["steps"][0],
+            {"ref_id": "t", "type": "template", "template": "{{ web1.x }}"},
+            NEVER,
+        ],
+    }
+    result = await run(undefined, {"n": 7})
+    body = orjson.loads(result.body)
+    assert (result.status_code, body["step"], body["status"]) == (200, "t", None)
+
+
+async def test_a_render_past_its_budget_runs_no_on_error() -> None:
+    """Such a failure used up one of the run's own budgets: the flow_error answer."""
+    templates = TemplateEngine(render_timeout_s=0.1)
+    raw = {
+        **RECOVERING,
+        "steps": [{"ref_id": "a", "type": "template", "template": burning(0.5) + "x"}, NEVER],
+    }
+    result = await Engine(templates).run(flow(raw), request({}))
+    assert (result.outcome, result.status_code) == ("failed", 500)
+    assert orjson.loads(result.body)["error"] == "flow_error"
+    assert [s.ref_id for s in result.steps] == ["a"]

@@ -52,6 +52,15 @@ log = structlog.get_logger(__name__)
 IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
+class HttpStepFailed(TemplateFailure):
+    """The step failed although the server answered: `answered_status` is its status
+    (what a flow's `on_error` steps see as `error.status`)."""
+
+    def __init__(self, message: str, answered_status: int) -> None:
+        super().__init__(message)
+        self.answered_status = answered_status
+
+
 class HttpStep(StepModel):
     type: Literal["http"]
     method: str = "GET"
@@ -174,11 +183,12 @@ async def run(step: HttpStep, ctx: RunContext) -> Any:
         )
         remaining_s = ctx.state.remaining_s()
         if retry_after_s is not None and remaining_s is not None and wait_s >= remaining_s:
-            raise TemplateFailure(
+            raise HttpStepFailed(
                 f"{ctx.path}: {method[:16]} {safe_url(url)} answered {problem} with"
                 f" Retry-After of {retry_after_s:g} s: waiting {wait_s:g} s would pass the"
                 f" run's timeout ({max(remaining_s, 0.0):.1f} s left), so it is not"
-                f" retried (after attempt {attempt} of {step.retries + 1})"
+                f" retried (after attempt {attempt} of {step.retries + 1})",
+                status,
             )
         log.info(
             "http_step_retry", step=step.ref_id, attempt=attempt, problem=problem, wait_s=wait_s
