@@ -278,7 +278,9 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
         error = exc.errors()[0]
         raise _refuse(_path(tuple(error["loc"])), error["msg"]) from None
     definition.steps = _parse_steps(raw.get("steps", []), "steps")
-    definition.on_error = _parse_steps(raw.get("on_error", []), "on_error")
+    # null (a patch's way to remove them) is none, as left out.
+    on_error = raw.get("on_error")
+    definition.on_error = [] if on_error is None else _parse_steps(on_error, "on_error")
     if len(definition.steps) + len(definition.on_error) > MAX_STEPS:
         raise _refuse(
             "on_error",

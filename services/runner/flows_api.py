@@ -54,6 +54,8 @@ class FlowView(BaseModel):
     status: FlowStatus
     webhook: dict[str, Any]
     steps: list[Any]
+    # Left out of the answer while the flow has none (the kernel leaves unset fields out).
+    on_error: list[Any] | None = None
     version: int
     created_at: datetime
     updated_at: datetime
@@ -138,6 +140,8 @@ class FlowsApi:
             seal_callback_secret(definition, held_callback, self.secret_box, workspace_id)
         public = definition.public()
         stored = {"webhook": public["webhook"], "steps": public["steps"]}
+        if "on_error" in public:
+            stored["on_error"] = public["on_error"]
         async with self.store.pool.acquire() as conn, conn.transaction():
             current_key = self.access.ring.current.key_id
             if flow is None:

@@ -17,7 +17,7 @@ class FlowRow:
     workspace_id: str
     name: str
     status: str
-    definition: dict[str, Any]  # webhook and steps, as saved
+    definition: dict[str, Any]  # webhook, steps and on_error (if any), as saved
     version: int
     token_nonce: str
     # The ring key that was current when the nonce was picked (None: before the ring).
@@ -26,7 +26,7 @@ class FlowRow:
     updated_at: datetime
 
     def public(self) -> dict[str, Any]:
-        return {
+        public = {
             "id": self.id,
             "workspace_id": self.workspace_id,
             "name": self.name,
@@ -38,6 +38,9 @@ class FlowRow:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
+        if "on_error" in self.definition:  # shown only by the flows that have them
+            public["on_error"] = self.definition["on_error"]
+        return public
 
 
 _COLUMNS = (

@@ -34,7 +34,8 @@ def system() -> Iterator[System]:
 async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A CRM stand-in: records what it receives; /flaky fails twice, then answers;
     /busy answers 503 with `Retry-After: 1` once, then 200, and records when each request
-    came (monotonic, in `received`); /closed always answers 503 with `Retry-After: 30`."""
+    came (monotonic, in `received`); /closed always answers 503 with `Retry-After: 30`;
+    /broken always answers 500."""
     received: list[dict[str, Any]] = []
     flaky_calls = {"n": 0}
 
@@ -58,6 +59,10 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         received.append({"closed_at": time.monotonic()})
         return web.Response(status=503, headers={"Retry-After": "30"})
 
+    async def broken(request: web.Request) -> web.Response:
+        received.append({"broken": True})
+        return web.json_response({"error": "down"}, status=500)
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
 
@@ -67,6 +72,7 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/busy", busy)
     app.router.add_get("/closed", closed)
+    app.router.add_get("/broken", broken)
     async with serving(app, ENDPOINT_HOST) as base:
         yield base, received
 
@@ -208,6 +214,58 @@ async def test_a_retry_after_past_the_flows_timeout_fails_the_step_at_once(
         r" \([0-5]\.\d s left\), so it is not retried \(after attempt 1 of 4\)",
         answer["message"],
     ), answer
+
+
+async def test_on_error_answers_with_the_flows_response_and_the_run_stays_failed(
+    api: Api, endpoint: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """The backend answers 500, a `fail` step fails the run on it; the flow's on_error
+    step runs and its response answers the caller 200; the debugger keeps the run as
+    `failed` with the step's error, and the on_error step in its trace."""
+    base, received = endpoint
+    definition = {
+        "webhook": {
+            "response": {
+                "status_code": 200,
+                "body": '{% if error %}{"recovered": true, "step": "{{ error.step }}"}'
+                '{% else %}{"recovered": false}{% endif %}',
+            }
+        },
+        "steps": [
+            {"ref_id": "call", "type": "http", "url": base + "/broken", "retries": 0},
+            {
+                "ref_id": "check",
+                "type": "condition",
+                "if": "{{ call.status >= 500 }}",
+                "then": [{"ref_id": "down", "type": "fail", "message": "HTTP {{ call.status }}"}],
+            },
+        ],
+        "on_error": [
+            {"ref_id": "note", "type": "template", "template": "{{ error.message }}"},
+        ],
+    }
+    shown = await api.create_flow({"name": "shown", **definition})
+    assert shown["on_error"] == definition["on_error"]  # stored and shown as saved
+    assert "on_error" not in await api.create_flow({"name": "none", "steps": []})
+    status, answer, request_id = await send_with_id(api, definition, {})
+    assert (status, answer) == (200, {"recovered": True, "step": "down"})
+    assert received == [{"broken": True}]
+
+    async def detail() -> dict[str, Any] | None:
+        status, record = await api.debugger(f"/v1/requests/{request_id}")
+        return record if status == 200 else None
+
+    record = await eventually(detail)
+    assert record["outcome"] == "failed"
+    assert record["error"] == "step 'down' failed: HTTP 500"
+    assert record["response"]["status_code"] == 200
+    assert record["response"]["body"] == '{"recovered": true, "step": "down"}'
+    assert [(step["ref_id"], step["error"]) for step in record["steps"]] == [
+        ("call", None),
+        ("check", "HTTP 500"),
+        ("down", "HTTP 500"),
+        ("note", None),
+    ], record["steps"]
 
 
 @pytest.mark.parametrize(

@@ -227,6 +227,7 @@ def test_on_error_is_parsed_like_steps_and_shown_only_when_given() -> None:
     assert parse(public).public() == public  # as stored, read back by the workers
     assert "on_error" not in parse({"name": "x", "steps": [STEP]}).public()
     assert "on_error" not in parse({"name": "x", "on_error": []}).public()
+    assert "on_error" not in parse({"name": "x", "on_error": None}).public()
     # Without on_error, `error` is an ordinary ref-id, as before.
     parse({"name": "x", "steps": [{**STEP, "ref_id": "error"}]})
 
