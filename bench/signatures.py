@@ -244,7 +244,7 @@ def _pubsub_us(args: argparse.Namespace, now: int) -> float:
     token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "k"})
     url = "https://keys.example.com/certs"
     cache = pubsub.JwksCache(None, max_entries=1, ttl_s=3600, timeout_s=5, max_bytes=65536)  # type: ignore[arg-type]
-    cache._entries[url] = pubsub._Keys({"k": private.public_key()}, time.monotonic(), 0.0)
+    cache.fetched.keep(url, pubsub._Keys({"k": private.public_key()}, time.monotonic(), 0.0))
 
     async def run() -> float:
         assert await pubsub.verify_push_token(token, "a", "e@example.com", url, cache) is None

@@ -11,9 +11,7 @@ the same JWKS wait on one fetch; a fetch that fails is remembered for a few seco
 that a host that hangs or fails costs one fetch, not one per webhook, and only this
 mode's flows wait (up to the fetch's timeout), never the other webhooks."""
 
-import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +22,7 @@ import orjson
 import structlog
 from jwt.algorithms import RSAAlgorithm
 
+from services.ingress.fetched import MAX_FETCHES_IN_FLIGHT, FetchedByUrl
 from shared.outbound import OutboundHttp, OutboundRefused
 from shared.redaction import safe_url
 
@@ -78,6 +77,10 @@ class _Keys:
 
 
 class JwksCache:
+    """JWKS by URL (services/ingress/fetched.py: bounded, one shared fetch per URL, a
+    bounded number of URLs fetched at once); fresh for `ttl_s`, a failure remembered
+    for `failure_ttl_s` while the last good keys still answer for their key ids."""
+
     def __init__(
         self,
         http: OutboundHttp,
@@ -89,23 +92,29 @@ class JwksCache:
         refetch_after_s: float = 60.0,
     ) -> None:
         self.http = http
-        self.max_entries = max(1, max_entries)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.failure_ttl_s = failure_ttl_s
         # An unknown key id refetches the JWKS (Google rotates keys), at most this often.
         self.refetch_after_s = refetch_after_s
-        self._entries: OrderedDict[str, _Keys] = OrderedDict()
-        self._fetches: dict[str, asyncio.Task[_Keys]] = {}
+        self.fetched: FetchedByUrl[_Keys] = FetchedByUrl(
+            self._fetch,
+            max_entries=max_entries,
+            wait_s=timeout_s + 1,
+            max_in_flight=MAX_FETCHES_IN_FLIGHT,
+            timed_out=lambda url: self._unavailable(
+                f"the JWKS at {safe_url(url)} did not answer in time"
+            ),
+            busy=lambda url: self._unavailable("too many JWKS are being fetched now"),
+        )
 
     async def key(self, url: str, key_id: str) -> Any | None:
         """The public key `key_id` of the JWKS at `url`; None: the JWKS has no such key.
         Raises JwksUnavailable."""
         now = time.monotonic()
-        entry = self._entries.get(url)
+        entry = self.fetched.cached(url)
         if entry is not None:
-            self._entries.move_to_end(url)
             age = now - entry.fetched_at
             if entry.error is not None and age < self.failure_ttl_s:
                 if key_id in entry.keys:
@@ -114,26 +123,17 @@ class JwksCache:
             if entry.error is None and age < self.ttl_s:
                 if key_id in entry.keys or age < self.refetch_after_s:
                     return entry.keys.get(key_id)
-        fresh = await self._fetch_shared(url)
+        fresh = await self.fetched.fetch(url)
         if key_id in fresh.keys:
             return fresh.keys[key_id]
         if fresh.error is not None:
             raise JwksUnavailable(fresh.error)
         return None
 
-    async def _fetch_shared(self, url: str) -> _Keys:
-        """One fetch per URL at a time; every request that needs it waits on it, each for
-        at most the fetch's timeout (shield: one waiter's end does not cancel it)."""
-        task = self._fetches.get(url)
-        if task is None:
-            task = asyncio.create_task(self._fetch(url))
-            self._fetches[url] = task
-            task.add_done_callback(lambda _: self._fetches.pop(url, None))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), self.timeout_s + 1)
-        except TimeoutError:
-            now = time.monotonic()
-            return _Keys({}, now, now, f"the JWKS at {safe_url(url)} did not answer in time")
+    @staticmethod
+    def _unavailable(error: str) -> _Keys:
+        now = time.monotonic()
+        return _Keys({}, now, now, error)
 
     async def _fetch(self, url: str) -> _Keys:
         try:
@@ -152,25 +152,20 @@ class JwksCache:
             if not keys:
                 raise JwksUnavailable(f"the JWKS at {safe_url(url)} holds no RS256 key")
             now = time.monotonic()
-            entry = _Keys(keys, now, now)
+            return _Keys(keys, now, now)
         except (JwksUnavailable, OutboundRefused, OSError, ValueError, aiohttp.ClientError) as exc:
             detail = str(exc) or type(exc).__name__
             if isinstance(exc, TimeoutError):
                 detail = f"no answer within {self.timeout_s:g} s"
             if not isinstance(exc, JwksUnavailable):
                 detail = f"the JWKS at {safe_url(url)} failed: {detail}"
-            entry = self._failed(url, detail)
-        self._entries[url] = entry
-        self._entries.move_to_end(url)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-        return entry
+            return self._failed(url, detail)
 
     def _failed(self, url: str, error: str) -> _Keys:
         """A failed fetch, keeping the last good keys (not too old) for their key ids."""
         log.warning("jwks_fetch_failed", url=safe_url(url), error=error)
         now = time.monotonic()
-        previous = self._entries.get(url)
+        previous = self.fetched.cached(url)
         if previous is not None and now - previous.good_at < STALE_KEYS_MAX_S:
             return _Keys(previous.keys, now, previous.good_at, error)
         return _Keys({}, now, now, error)

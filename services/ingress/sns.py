@@ -22,7 +22,6 @@ import base64
 import binascii
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from services.ingress.fetched import MAX_FETCHES_IN_FLIGHT, FetchedByUrl
 from services.ingress.normalise import BodyLimits, looks_like_json, parse_input, parse_json
 from services.ingress.signatures import fresh_rfc3339
 from shared.errors import BadRequest
@@ -81,9 +81,6 @@ SUBSCRIBE_VISIT_TIMEOUT_S = 10.0
 MAX_VISIT_ANSWER_BYTES = 64 * 1024
 # Visits at once (confirmations are rare: one per subscription).
 MAX_VISITS_IN_FLIGHT = 16
-# Certificates fetched at once (one per URL, shared): beyond it, 503 at once, so that
-# forgeries naming many certificate URLs cannot queue fetches without end.
-MAX_FETCHES_IN_FLIGHT = 8
 MIN_RSA_KEY_BITS = 2048
 
 
@@ -270,13 +267,22 @@ class SnsCertificates:
     ) -> None:
         self.http = http
         self.pattern = re.compile(pattern)
-        self.max_entries = max(1, max_entries)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.failure_ttl_s = failure_ttl_s
-        self._entries: OrderedDict[str, _Certificate] = OrderedDict()
-        self._fetches: dict[str, asyncio.Task[_Certificate]] = {}
+        self.fetched: FetchedByUrl[_Certificate] = FetchedByUrl(
+            self._fetch,
+            max_entries=max_entries,
+            wait_s=timeout_s + 1,
+            max_in_flight=MAX_FETCHES_IN_FLIGHT,
+            timed_out=lambda url: _Certificate(
+                None, None, None, 0.0, f"the certificate at {safe_url(url)} did not come in time"
+            ),
+            busy=lambda url: _Certificate(
+                None, None, None, 0.0, "too many SNS certificates are being fetched now"
+            ),
+        )
 
     def refusal(self, url: str, name: str = "SigningCertURL") -> str | None:
         """Why the ingress will not fetch `url`, or None."""
@@ -296,12 +302,10 @@ class SnsCertificates:
     async def key(self, url: str, now: datetime | None = None) -> rsa.RSAPublicKey:
         """The public key of the certificate at `url` (which `refusal` allows). Raises
         CertificateRefused or CertificateUnavailable."""
-        entry = self._entries.get(url)
+        entry = self.fetched.cached(url)
         lifetime = self.ttl_s if entry is None or entry.error is None else self.failure_ttl_s
-        if entry is not None and time.monotonic() - entry.fetched_at < lifetime:
-            self._entries.move_to_end(url)
-        else:
-            entry = await self._fetch_shared(url)
+        if entry is None or time.monotonic() - entry.fetched_at >= lifetime:
+            entry = await self.fetched.fetch(url)
         if entry.error is not None:
             if entry.refused:
                 raise CertificateRefused(entry.error)
@@ -311,25 +315,6 @@ class SnsCertificates:
         if not entry.not_before <= moment <= entry.not_after:
             raise CertificateRefused(f"the certificate at {safe_url(url)} is not valid now")
         return entry.key
-
-    async def _fetch_shared(self, url: str) -> _Certificate:
-        """One fetch per URL at a time; every request that needs it waits on it, each for
-        at most the fetch's timeout (shield: one waiter's end does not cancel it)."""
-        task = self._fetches.get(url)
-        if task is None:
-            if len(self._fetches) >= MAX_FETCHES_IN_FLIGHT:
-                return _Certificate(
-                    None, None, None, 0.0, "too many SNS certificates are being fetched now"
-                )
-            task = asyncio.create_task(self._fetch(url))
-            self._fetches[url] = task
-            task.add_done_callback(lambda _: self._fetches.pop(url, None))
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), self.timeout_s + 1)
-        except TimeoutError:
-            return _Certificate(
-                None, None, None, 0.0, f"the certificate at {safe_url(url)} did not come in time"
-            )
 
     async def _fetch(self, url: str) -> _Certificate:
         shown = safe_url(url)
@@ -361,10 +346,6 @@ class SnsCertificates:
             if not isinstance(exc, CertificateUnavailable):
                 detail = f"the certificate at {shown} could not be fetched: {detail}"
             entry = self._failed(url, detail, refused=False)
-        self._entries[url] = entry
-        self._entries.move_to_end(url)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
         return entry
 
     def _failed(self, url: str, error: str, *, refused: bool) -> _Certificate:

@@ -158,7 +158,9 @@ async def test_googles_own_tokens_must_come_from_googles_issuer(
     # The default JWKS (Google's) is looked up under its own URL: preload the cache's
     # fetch with the local server's document by asking through that URL's entry.
     await cache.key(jwks_server.url, "k1")
-    cache._entries["https://www.googleapis.com/oauth2/v3/certs"] = cache._entries[jwks_server.url]
+    loaded = cache.fetched.cached(jwks_server.url)
+    assert loaded is not None
+    cache.fetched.keep("https://www.googleapis.com/oauth2/v3/certs", loaded)
     forged = token(key, iss="https://attacker.example.com")
     assert await verify_push_token(forged, AUDIENCE, EMAIL, None, cache) == (
         "the token is not issued by Google"
@@ -244,7 +246,7 @@ async def test_the_cache_is_bounded(
     cache = make_cache(max_entries=2)
     for index in range(4):
         await cache.key(f"{jwks_server.url}?n={index}", "k1")
-    assert list(cache._entries) == [f"{jwks_server.url}?n=2", f"{jwks_server.url}?n=3"]
+    assert cache.fetched.urls() == [f"{jwks_server.url}?n=2", f"{jwks_server.url}?n=3"]
 
 
 def test_jwt_bearers_are_told_from_flowhooks_tokens() -> None:
@@ -291,7 +293,7 @@ async def test_signature_checks_answer_401_and_503(
     )
     jwks_server.status = 503
     unknown = token(key, "k9")
-    checks.jwks._entries.clear()  # type: ignore[union-attr]
+    checks.jwks.fetched.clear()  # type: ignore[union-attr]
     with pytest.raises(Unavailable) as unavailable:
         await checks.precheck(flow, CIMultiDict({"Authorization": f"Bearer {unknown}"}))
     assert unavailable.value.message == (

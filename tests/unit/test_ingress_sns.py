@@ -411,7 +411,7 @@ async def test_the_certificate_cache_is_bounded(
     certificates = make_certificates(max_entries=2)
     for index in range(4):
         await certificates.key(f"{server.cert_url}?n={index}")
-    assert list(certificates._entries) == [f"{server.cert_url}?n=2", f"{server.cert_url}?n=3"]
+    assert certificates.fetched.urls() == [f"{server.cert_url}?n=2", f"{server.cert_url}?n=3"]
 
 
 async def test_the_subscribe_url_visit(
