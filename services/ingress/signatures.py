@@ -157,18 +157,27 @@ class Signed:
     messages: Callable[[bytes], list[bytes] | str] | None = None
 
 
+def _timestamped(
+    value: str, separator: str, time_key: str, signature_key: str
+) -> tuple[str | None, list[str]]:
+    """A `<time_key>=<t><sep><signature_key>=<sig>[<sep>...]` header (Stripe's, Paddle's):
+    its timestamp (the last given) and its signatures (several while a secret rolls)."""
+    timestamp, signatures = None, []
+    for item in value.split(separator):
+        key, _, given = item.strip().partition("=")
+        if key == time_key:
+            timestamp = given
+        elif key == signature_key:
+            signatures.append(given)
+    return timestamp, signatures
+
+
 def read_stripe(check: Check, headers: Mapping[str, str], now: float) -> Signed | str:
     """`Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>...]`, HMAC-SHA256 of `<t>.<body>`."""
     value = _header(headers, "Stripe-Signature")
     if value is None:
         return "no Stripe-Signature header"
-    timestamp, signatures = None, []
-    for item in value.split(","):
-        key, _, val = item.strip().partition("=")
-        if key == "t":
-            timestamp = val
-        elif key == "v1":
-            signatures.append(val)
+    timestamp, signatures = _timestamped(value, ",", "t", "v1")
     stale = _fresh(timestamp, now, check.tolerance_s)
     if stale is not None:
         return stale
@@ -393,13 +402,7 @@ def read_paddle(check: Check, headers: Mapping[str, str], now: float) -> Signed 
     value = _header(headers, "Paddle-Signature")
     if value is None:
         return "no Paddle-Signature header"
-    timestamp, signatures = None, []
-    for item in value.split(";"):
-        key, _, val = item.strip().partition("=")
-        if key == "ts":
-            timestamp = val
-        elif key == "h1":
-            signatures.append(val)
+    timestamp, signatures = _timestamped(value, ";", "ts", "h1")
     stale = _fresh(timestamp, now, check.tolerance_s)
     if stale is not None:
         return stale
