@@ -111,19 +111,34 @@ def seal_callback_secret(
             " FLOWHOOKS_WEBHOOK_SECRETS_KEY",
             data={"field": "webhook.callback"},
         )
-    secret = callback.secret
-    if isinstance(secret, SealedSecret):
-        if secret != held:
-            raise BadRequest(f"{field}: not the secret of this flow", data={"field": field})
-    elif secret.startswith(HINT_MARK):
-        if held is None or held.hint != secret:
+    callback.secret = _stored_one(
+        callback.secret, held, box, workspace_id, field, "secret", "the secret itself"
+    )
+
+
+def _stored_one(
+    given: str | SealedSecret,
+    held: SealedSecret | None,
+    box: SecretBox,
+    workspace_id: str,
+    field: str,
+    what: str,
+    send: str,
+) -> SealedSecret:
+    """One secret of a flow (a callback's, `meta`'s verify token) as it is stored: the
+    one held (given back sealed, or named by its hint), or the new one sealed."""
+    if isinstance(given, SealedSecret):
+        if given != held:
+            raise BadRequest(f"{field}: not the {what} of this flow", data={"field": field})
+        return given
+    if given.startswith(HINT_MARK):
+        if held is None or held.hint != given:
             raise BadRequest(
-                f"{field}: {secret!r} names no secret this flow holds; send the secret itself",
+                f"{field}: {given!r} names no {what} this flow holds; send {send}",
                 data={"field": field},
             )
-        callback.secret = held
-    else:
-        callback.secret = SealedSecret(sealed=box.seal(secret, workspace_id), hint=hint(secret))
+        return held
+    return SealedSecret(sealed=box.seal(given, workspace_id), hint=hint(given))
 
 
 def held_verify_token(stored_webhook: dict[str, Any] | None) -> SealedSecret | None:
@@ -151,19 +166,9 @@ def seal_verify_token(
             " FLOWHOOKS_WEBHOOK_SECRETS_KEY",
             data={"field": "webhook.auth"},
         )
-    token = auth.verify_token
-    if isinstance(token, SealedSecret):
-        if token != held:
-            raise BadRequest(f"{field}: not the verify token of this flow", data={"field": field})
-    elif token.startswith(HINT_MARK):
-        if held is None or held.hint != token:
-            raise BadRequest(
-                f"{field}: {token!r} names no verify token this flow holds; send the token itself",
-                data={"field": field},
-            )
-        auth.verify_token = held
-    else:
-        auth.verify_token = SealedSecret(sealed=box.seal(token, workspace_id), hint=hint(token))
+    auth.verify_token = _stored_one(
+        auth.verify_token, held, box, workspace_id, field, "verify token", "the token itself"
+    )
 
 
 def public_webhook(stored_webhook: dict[str, Any]) -> dict[str, Any]:
