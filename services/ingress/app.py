@@ -118,7 +118,6 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         await runner.drain()
         await dedup.drain()
         webhook.close()
-        await sns_visits.drain()
         await outbound.close()
 
     kernel.on_shutdown(close)

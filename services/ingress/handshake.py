@@ -221,8 +221,9 @@ SNS_TYPE_HEADER = "x-amz-sns-message-type"
 
 
 def answer_sns(check: Check, probe: Probe, now: float) -> HandshakeAnswer | None:
-    """A signed SubscriptionConfirmation → 200, and its `SubscribeURL` visited in the
-    background (the handler, services/ingress/sns.py `SubscribeVisits`); a signed
+    """A signed SubscriptionConfirmation → 200 once its `SubscribeURL` is visited (the
+    handler visits it before answering, services/ingress/sns.py `SubscribeVisits`;
+    `unconfirmed` if the visit fails); a signed
     UnsubscribeConfirmation → 200, recorded. Their signature, topic and URLs were
     checked by the verify stage (sns.py `read_message`)."""
     kind = probe.headers.get(SNS_TYPE_HEADER)
@@ -235,8 +236,15 @@ def answer_sns(check: Check, probe: Probe, now: float) -> HandshakeAnswer | None
     if kind == "UnsubscribeConfirmation":
         return _json_answer(envelope(200, None, "unsubscribed: recorded, not run", data))
     subscribe_url = _echoed(document.get("SubscribeURL"), "SubscribeURL")
-    answer = _json_answer(envelope(200, None, "confirming the subscription", data))
+    answer = _json_answer(envelope(200, None, "subscription confirmed", data))
     return HandshakeAnswer(answer.status, answer.content_type, answer.body, visit=subscribe_url)
+
+
+def unconfirmed(error: str) -> HandshakeAnswer:
+    """A SubscriptionConfirmation whose `SubscribeURL` visit failed: 503, so that SNS
+    sends it again (nothing is left to a process that may stop)."""
+    document = envelope(503, "unavailable", f"the SNS subscription is not confirmed: {error}")
+    return HandshakeAnswer(503, JSON, orjson.dumps(document))
 
 
 Answerer = Callable[[Check, Probe, float], HandshakeAnswer | None]

@@ -17,12 +17,11 @@ A SubscriptionConfirmation is then answered by the handshake stage, and its
 `SubscribeURL` visited in the background (`SubscribeVisits`, within 10 s); a
 Notification runs the flow with `Message` parsed when it is JSON (`sns_input`)."""
 
-import asyncio
 import base64
 import binascii
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -379,31 +378,18 @@ def _read_certificate(body: bytes, shown: str) -> _Certificate:
 
 
 # What the handler does with a visit's trace once it is done (records it).
-VisitDone = Callable[[StepTrace], Awaitable[None]]
 
 
 class SubscribeVisits:
-    """A SubscriptionConfirmation's `SubscribeURL` visited in the background (its sender
-    is answered at once): a GET through the outgoing-request rules, no redirects,
-    within `SUBSCRIBE_VISIT_TIMEOUT_S`; its outcome logged and handed to `done` as a
-    step trace (the handler records it with the handshake)."""
+    """A SubscriptionConfirmation's `SubscribeURL` visited before its sender is answered:
+    a GET through the outgoing-request rules, no redirects, within
+    `SUBSCRIBE_VISIT_TIMEOUT_S`, at most `MAX_VISITS_IN_FLIGHT` at once; its outcome
+    logged and returned as a step trace (the handler records it with the handshake)."""
 
     def __init__(self, http: OutboundHttp, certificates: SnsCertificates) -> None:
         self.http = http
         self.certificates = certificates
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def start(self, url: str, done: VisitDone) -> None:
-        task = asyncio.create_task(self._visit_and_record(url, done))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _visit_and_record(self, url: str, done: VisitDone) -> None:
-        trace = await self.visit(url)
-        try:
-            await done(trace)
-        except Exception:  # best effort, like every handshake record
-            log.exception("sns_subscribe_visit_not_recorded")
+        self._in_flight = 0
 
     async def visit(self, url: str) -> StepTrace:
         started = datetime.now(UTC)
@@ -411,9 +397,10 @@ class SubscribeVisits:
         shown = safe_url(url)
         output: dict[str, Any] | None = None
         error: str | None = self.certificates.refusal(url, "SubscribeURL")
-        if error is None and len(self._tasks) > MAX_VISITS_IN_FLIGHT:
+        if error is None and self._in_flight >= MAX_VISITS_IN_FLIGHT:
             error = f"more than {MAX_VISITS_IN_FLIGHT} SubscribeURL visits at once"
         if error is None:
+            self._in_flight += 1
             try:
                 status, _, body = await self.http.request(
                     "GET",
@@ -432,6 +419,8 @@ class SubscribeVisits:
                 if isinstance(exc, TimeoutError):
                     detail = f"no answer within {SUBSCRIBE_VISIT_TIMEOUT_S:g} s"
                 error = f"the SubscribeURL could not be visited: {detail}"
+            finally:
+                self._in_flight -= 1
         if error is None:
             log.info("sns_subscription_confirmed", url=shown)
         else:
@@ -445,8 +434,3 @@ class SubscribeVisits:
             started_at=started,
             duration_ms=(time.monotonic() - clock) * 1000,
         )
-
-    async def drain(self, timeout_s: float = SUBSCRIBE_VISIT_TIMEOUT_S + 1) -> None:
-        """At shutdown: let the visits in flight end (each is bounded)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)

@@ -378,14 +378,15 @@ class WebhookHandler:
         if answered is None:
             return None
         recorded = _without_secrets(normalised)
+        visit = None
         if answered.visit is not None and self.sns_visits is not None:
-            # Visited after answering, in the background; recorded with the visit's
-            # outcome as its step once it is done (within 10 s).
-            self.sns_visits.start(
-                answered.visit, partial(self._record_handshake, recorded, answered)
-            )
-        else:
-            await self._record_handshake(recorded, answered)
+            # Confirmed before answering (within 10 s, inside SNS's 15 s): answered 200
+            # only once AWS took the confirmation, else 503 and SNS sends it again. A
+            # visit left to the background would be lost with this process.
+            visit = await self.sns_visits.visit(answered.visit)
+            if visit.error is not None:
+                answered = handshake.unconfirmed(visit.error)
+        await self._record_handshake(recorded, answered, visit)
         response = web.Response(
             body=answered.body or None, status=answered.status, headers=answered.headers
         )

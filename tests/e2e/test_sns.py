@@ -45,6 +45,14 @@ class _Sns(http.server.BaseHTTPRequestHandler):
         else:
             FAKE.visits.append(self.path)
             body, kind = b"<ConfirmSubscriptionResponse/>", "text/xml"
+            if "Token=refused-" in self.path:  # AWS refusing the confirmation
+                body, kind = b"<ErrorResponse/>", "text/xml"
+                self.send_response(400)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
         self.send_response(200)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
@@ -120,12 +128,12 @@ async def test_a_subscription_is_confirmed_and_recorded(api: Api, fake_sns: Fake
         {
             "status": 200,
             "error": None,
-            "message": "confirming the subscription",
+            "message": "subscription confirmed",
             "data": {"type": "SubscriptionConfirmation", "topic_arn": aws.TOPIC_ARN},
         },
     )
-    # Visited within 10 s (the contract), once.
-    await eventually(lambda: _visited(fake_sns, token), timeout_s=10)
+    # Visited before the answer (within 10 s, the contract), once.
+    assert await _visited(fake_sns, token)
     stored = await record(api, headers["X-Request-Id"], has_steps=True)
     assert stored["outcome"] == "handshake"
     assert stored["response"]["status_code"] == 200
@@ -139,6 +147,31 @@ async def test_a_subscription_is_confirmed_and_recorded(api: Api, fake_sns: Fake
     assert [path for path in fake_sns.visits if token in path] == [
         f"/?Action=ConfirmSubscription&Token={token}"
     ]
+
+
+async def test_a_confirmation_aws_refuses_is_503_so_sns_sends_it_again(
+    api: Api, fake_sns: FakeSns
+) -> None:
+    flow_id = await sns_flow(api)
+    token = "refused-token-0001"
+    message = SIGNER.sign(aws.confirmation(fake_sns.cert_url, fake_sns.subscribe_url(token)))
+    status, headers, answer = await deliver(api, flow_id, message)
+    error = "the SubscribeURL answered 400 (redirects are not followed)"
+    assert (status, answer) == (
+        503,
+        {
+            "status": 503,
+            "error": "unavailable",
+            "message": f"the SNS subscription is not confirmed: {error}",
+            "data": None,
+        },
+    )
+    stored = await record(api, headers["X-Request-Id"], has_steps=True)
+    assert (stored["outcome"], stored["response"]["status_code"], stored["error"]) == (
+        "handshake",
+        503,
+        error,
+    )
 
 
 async def _visited(fake_sns: FakeSns, token: str) -> bool | None:

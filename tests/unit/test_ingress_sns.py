@@ -434,15 +434,19 @@ async def test_the_subscribe_url_visit(
         "the message's SubscribeURL https://attacker.example/confirm is not one that"
         " FLOWHOOKS_SNS_CERT_URL_PATTERN allows"
     )
-    # In the background: `done` gets the trace.
-    done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    assert server.visits == 2  # the refused URL was not fetched
 
-    async def record(trace: Any) -> None:
-        done.set_result(trace)
 
-    visits.start(server.subscribe_url, record)
-    assert (await asyncio.wait_for(done, 5)).error is None
-    await visits.drain()
+def test_a_failed_visit_is_answered_503_for_sns_to_send_it_again() -> None:
+    answer = handshake.unconfirmed("the SubscribeURL answered 400 (redirects are not followed)")
+    assert (answer.status, answer.content_type, answer.visit) == (503, "application/json", None)
+    assert orjson.loads(answer.body) == {
+        "status": 503,
+        "error": "unavailable",
+        "message": "the SNS subscription is not confirmed: the SubscribeURL answered 400"
+        " (redirects are not followed)",
+        "data": None,
+    }
 
 
 def test_the_handshake_answers() -> None:
@@ -461,7 +465,7 @@ def test_the_handshake_answers() -> None:
     assert orjson.loads(answer.body) == {
         "status": 200,
         "error": None,
-        "message": "confirming the subscription",
+        "message": "subscription confirmed",
         "data": {"type": "SubscriptionConfirmation", "topic_arn": aws.TOPIC_ARN},
     }
     unsubscribed = {**confirmation, "Type": "UnsubscribeConfirmation"}
