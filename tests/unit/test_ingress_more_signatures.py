@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hubspot.utils.signature import Signature
 from multidict import CIMultiDict
+from paddle_billing.Notifications import PaddleSignature, Secret
 from sendgrid.helpers.eventwebhook import EventWebhook
 from square.utils.webhooks_helper import verify_signature as square_verify
 from twilio.request_validator import RequestValidator
@@ -199,6 +200,19 @@ def test_paddle() -> None:
     assert precheck(paddle, headers({"Paddle-Signature": "h1=00"}), NOW) == (
         "a missing or malformed signature timestamp"
     )
+
+
+def test_paddle_headers_are_judged_as_paddles_own_sdk_judges_them() -> None:
+    """paddle-python-sdk's `PaddleSignature.verify` (its webhook Verifier's check) and ours
+    agree: on the header as we sign it, on a changed body, on another secret."""
+    secret = "pdl_ntfset_01h8secret"
+    body = b'{"event_id": "evt_01h8", "event_type": "transaction.completed"}'
+    cases = [(body, secret, True), (body + b" ", secret, False), (body, "pdl_other", False)]
+    for signed_body, key, holds in cases:
+        header = paddle_header(key, signed_body, int(NOW))
+        assert PaddleSignature().verify(header, body.decode(), Secret(secret)) is holds
+        ours = verify(check("paddle", secret), headers({"Paddle-Signature": header}), body, NOW)
+        assert (ours is None) is holds
 
 
 # --- sendgrid --------------------------------------------------------------------------
