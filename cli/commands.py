@@ -336,6 +336,52 @@ async def requests_tail(client: ApiClient, args: argparse.Namespace) -> None:
             print(request_line(data), flush=True)
 
 
+# The debugger's chart windows (services/debugger/stats.py WINDOWS; it refuses others).
+SERIES_WINDOWS = ("1h", "24h", "7d")
+
+
+def series_text(series: dict[str, Any]) -> str:
+    """`requests stats`: the window's totals, then one line per non-empty bucket."""
+    latency = series.get("latency_ms") or {}
+    by_outcome = series.get("by_outcome") or {}
+    lines = [
+        f"window:   {series['window']} ({short_time(series['since'])} to"
+        f" {short_time(series['until'])} UTC, buckets of {series['bucket_s']} s)",
+        f"requests: {series['total']}"
+        + "".join(f"  {name} {count}" for name, count in sorted(by_outcome.items())),
+        "latency:  "
+        + (
+            "  ".join(f"{name} {latency[name]} ms" for name in ("p50", "p95", "p99"))
+            if latency
+            else "-"
+        ),
+    ]
+    rows = [
+        (
+            short_time(bucket["start"]),
+            bucket["total"],
+            bucket["per_minute"],
+            *((bucket.get("latency_ms") or {}).get(name) for name in ("p50", "p95", "p99")),
+            ",".join(f"{k}={v}" for k, v in sorted(bucket["by_outcome"].items())),
+        )
+        for bucket in series["buckets"]
+        if bucket["total"]
+    ]
+    if rows:
+        lines += ["", table(("START", "N", "PER_MIN", "P50", "P95", "P99", "OUTCOMES"), rows)]
+    return "\n".join(lines)
+
+
+async def requests_stats(client: ApiClient, args: argparse.Namespace) -> None:
+    series = await client.call(
+        "debugger",
+        "GET",
+        f"/v1/flows/{args.flow_id}/stats/series",
+        params=[("window", args.window)],
+    )
+    emit_json(series) if args.json else print(series_text(series))
+
+
 async def requests_replay(client: ApiClient, args: argparse.Namespace) -> None:
     body: dict[str, Any] = {}
     if args.body_file:
@@ -532,6 +578,14 @@ def register(
         requests.add_parser("tail", help="a flow's new requests as they arrive, until Ctrl-C"),
         requests_tail,
     ).add_argument("flow_id")
+    stats = _with_common(
+        requests.add_parser(
+            "stats", help="a flow's requests by outcome and p50/p95/p99 latency over time"
+        ),
+        requests_stats,
+    )
+    stats.add_argument("flow_id")
+    stats.add_argument("--window", choices=SERIES_WINDOWS, default="1h")
     replay = _with_common(
         requests.add_parser("replay", help="run a stored request again"), requests_replay
     )

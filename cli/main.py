@@ -17,6 +17,7 @@ FLOWHOOKS_DEBUGGER_URL; --json for scripts:
 flowhooks flows list|show ID|apply -f FILE|pause ID|resume ID|rotate-token ID
 flowhooks requests list FLOW_ID [--outcome O --mode M --match JSON --limit N --cursor C]
 flowhooks requests show ID|tail FLOW_ID|replay ID [--body-file F] [--force]
+flowhooks requests stats FLOW_ID [--window 1h|24h|7d]
 flowhooks tokens list|create --scope S [--name N]|revoke ID
 """
 

@@ -18,11 +18,13 @@ from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
 from services.debugger.replays import NewReplayJob, ReplayApi, ReplayEdit, ReplayJob, ReplayResult
 from services.debugger.requests_api import (
     EventStream,
+    FlowSeriesView,
     FlowStats,
     RequestDetail,
     RequestList,
     RequestListQuery,
     RequestsApi,
+    SeriesQuery,
     StatsQuery,
     seconds_after,
 )
@@ -234,7 +236,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
     kernel.serve(GET_RUN_STATUS, RunStatuses(pools.rpc).get, prefetch=32)
     # The web page (ui.py): a static shell that calls the JSON API above.
-    kernel.provide(UI, DebuggerUi(pools.api))
+    kernel.provide(UI, DebuggerUi(pools.api, kernel.app[REQUESTS_API].limiter))
 
 
 SERVICE = ServiceSpec(
@@ -348,6 +350,20 @@ SERVICE = ServiceSpec(
             tags=REQUESTS,
         ),
         Route(
+            "GET",
+            "/v1/flows/{flow_id}/stats/series",
+            REQUESTS_API,
+            lambda api: api.series,
+            "A flow's requests by outcome and latency over time",
+            FlowSeriesView,
+            scope=DEBUGGER_READ,
+            resource=FLOW,
+            query=SeriesQuery,
+            description="`window`: 1h (60 buckets of a minute), 24h (96 of 15 minutes) or"
+            " 7d (168 of an hour); the last bucket is the current one.",
+            tags=REQUESTS,
+        ),
+        Route(
             "PUT",
             "/v1/flows/{flow_id}/alert",
             ALERTS_API,
@@ -392,8 +408,9 @@ SERVICE = ServiceSpec(
             "List the workspace's flows the debugger knows",
             KnownFlows,
             scope=DEBUGGER_READ,
-            description="Ids only (names live in the runner, `GET /v1/flows` there); at most"
-            " 500, newest request first.",
+            description="Name and status as the runner last announced them, and each"
+            " flow's requests and failures per hour over the last 24 h; at most 500,"
+            " newest request first.",
             tags=REQUESTS,
         ),
         # The page, its redirect and its files: for people, not part of the API (no

@@ -312,6 +312,8 @@ def flow_from_event(body: bytes) -> FlowRow:
         uuid.UUID(change.workspace_id),
         change.version,
         change.deleted,
+        change.name,
+        change.settings.status,
     )
 
 

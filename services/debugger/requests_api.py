@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, m
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.replay_jobs import replays_of
 from services.debugger.search import parse_headers, parse_match
+from services.debugger.stats import WINDOWS, FlowSeries
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail, sse
 from services.debugger.workspace_limiter import WorkspaceLimiter
@@ -144,6 +145,49 @@ class StatsQuery(BaseModel):
         return window_s
 
 
+class SeriesQuery(BaseModel):
+    window: str = Field(default="1h", description="1h (by minute), 24h (by 15 min), 7d (by hour)")
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> str:
+        if value not in WINDOWS:
+            raise BadRequest(
+                f"window must be one of {', '.join(WINDOWS)}", data={"field": "window"}
+            )
+        return str(value)
+
+
+class LatencyPercentiles(BaseModel):
+    p50: float
+    p95: float
+    p99: float
+
+
+class SeriesBucket(BaseModel):
+    start: datetime
+    total: int
+    per_minute: float
+    by_outcome: dict[str, int]
+    latency_ms: LatencyPercentiles | None
+
+
+class FlowSeriesView(BaseModel):
+    """Requests by outcome and duration percentiles per bucket over the window (every
+    bucket present, oldest first), and the window's totals"""
+
+    flow_id: str
+    window: str
+    window_s: int
+    bucket_s: int
+    since: datetime
+    until: datetime
+    total: int
+    by_outcome: dict[str, int]
+    latency_ms: LatencyPercentiles | None
+    buckets: list[SeriesBucket]
+
+
 class RequestSummary(BaseModel):
     """One request in a list"""
 
@@ -204,6 +248,7 @@ class RequestsApi:
         statement_timeout_ms: int,
     ) -> None:
         self.store = store
+        self.series_store = FlowSeries(store.pool)
         self.tail = tail
         self.heartbeat_s = heartbeat_s
         self.limiter = limiter
@@ -298,6 +343,16 @@ class RequestsApi:
             # The window is the caller's choice, as a search is.
             raise self._too_long("window_s", "ask for a shorter window_s") from None
         return FlowStats.model_validate({"flow_id": str(flow_id), "window_s": window_s, **stats})
+
+    async def series(self, call: Call[SeriesQuery, None]) -> FlowSeriesView:
+        """Requests per bucket by outcome and p50/p95/p99 over `?window=` (stats.py)."""
+        caller, flow_id, window = call.caller, call.resource, WINDOWS[call.query.window]
+        try:
+            async with self.limiter.slot(caller.workspace_id):
+                series = await self.series_store.series(flow_id, caller.workspace_id, window)
+        except asyncpg.QueryCanceledError:
+            raise self._too_long("window", "ask for a shorter window") from None
+        return FlowSeriesView.model_validate({"flow_id": str(flow_id), **series})
 
     async def stream(self, call: Call[None, None]) -> web.StreamResponse:
         """Server-sent events: one `request` event per new request of the flow."""

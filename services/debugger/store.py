@@ -57,6 +57,9 @@ class FlowRow(NamedTuple):
     workspace_id: uuid.UUID
     version: int
     deleted: bool
+    # For people (the page's list of flows); None from an older runner.
+    name: str | None = None
+    status: str | None = None
 
 
 COLUMNS = RequestRow._fields
@@ -91,9 +94,12 @@ UPSERT_STAGED = (
     " WHERE debugger.requests.source_rank <= EXCLUDED.source_rank"
 )
 UPSERT_FLOW = (
-    "INSERT INTO debugger.flows (flow_id, workspace_id, version, deleted) VALUES ($1, $2, $3, $4)"
+    "INSERT INTO debugger.flows (flow_id, workspace_id, version, deleted, name, status)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
     " ON CONFLICT (flow_id) DO UPDATE SET workspace_id = EXCLUDED.workspace_id,"
-    " version = EXCLUDED.version, deleted = EXCLUDED.deleted"
+    " version = EXCLUDED.version, deleted = EXCLUDED.deleted,"
+    " name = coalesce(EXCLUDED.name, debugger.flows.name),"
+    " status = coalesce(EXCLUDED.status, debugger.flows.status)"
     " WHERE debugger.flows.version < EXCLUDED.version"
 )
 # A flow known only from its requests (its flow.changed came before the debugger

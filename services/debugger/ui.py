@@ -9,9 +9,11 @@ responses carry a strict Content-Security-Policy (no inline script or style at a
 a stored body can never run in an operator's browser.
 
 `GET /v1/debugger/flows` (JSON, `debugger.read`): the caller's workspace's flows as the
-debugger knows them (`debugger.flows`), newest request first; the page's list of flows.
-Not the runner's `GET /v1/flows` (the flows themselves, with their definitions): the
-flows' names live in the runner, whose API the page cannot call across origins.
+debugger knows them (`debugger.flows`: name and status as `flow.changed` last said),
+newest request first, each with its last 24 h by hour (requests and failures, for the
+page's sparklines; stats.py); the page's list of flows. Not the runner's `GET
+/v1/flows` (the flows themselves, with their definitions), which the page cannot call
+across origins.
 """
 
 import uuid
@@ -24,6 +26,8 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
+from services.debugger.stats import FlowSeries
+from services.debugger.workspace_limiter import WorkspaceLimiter
 from shared.errors import NotFound
 from shared.http_api import Call
 from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
@@ -48,7 +52,7 @@ SECURITY_HEADERS = {
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 LIST_FLOWS = (
-    "SELECT f.flow_id::text AS id,"
+    "SELECT f.flow_id::text AS id, f.name, f.status,"
     " (SELECT max(r.received_at) FROM debugger.requests r WHERE r.flow_id = f.flow_id)"
     " AS last_request_at"
     " FROM debugger.flows f WHERE f.workspace_id = $1 AND NOT f.deleted"
@@ -56,9 +60,20 @@ LIST_FLOWS = (
 )
 
 
+class Sparkline(BaseModel):
+    """Requests and failures per hour over the last 24 h, oldest first"""
+
+    requests: list[int]
+    failed: list[int]
+
+
 class KnownFlow(BaseModel):
     id: str
+    # None: not heard from the runner since the debugger began keeping names.
+    name: str | None
+    status: str | None
     last_request_at: datetime | None
+    sparkline: Sparkline
 
 
 class KnownFlows(BaseModel):
@@ -88,8 +103,11 @@ def _load_static(folder: Path) -> dict[str, Static]:
 
 
 class DebuggerUi:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, limiter: WorkspaceLimiter) -> None:
         self.pool = pool
+        self.series = FlowSeries(pool)
+        # The sparklines read every listed flow's last day: a slot like any listing.
+        self.limiter = limiter
         env = Environment(
             loader=FileSystemLoader(ASSETS / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -123,7 +141,19 @@ class DebuggerUi:
         )
 
     async def flows(self, call: Call[None, None]) -> KnownFlows:
-        rows = await self.pool.fetch(LIST_FLOWS, uuid.UUID(call.caller.workspace_id), MAX_FLOWS)
+        workspace_id = call.caller.workspace_id
+        async with self.limiter.slot(workspace_id):
+            rows = await self.pool.fetch(LIST_FLOWS, uuid.UUID(workspace_id), MAX_FLOWS)
+            lines = await self.series.sparklines([r["id"] for r in rows], workspace_id)
         return KnownFlows(
-            items=[KnownFlow(id=r["id"], last_request_at=r["last_request_at"]) for r in rows]
+            items=[
+                KnownFlow(
+                    id=r["id"],
+                    name=r["name"],
+                    status=r["status"],
+                    last_request_at=r["last_request_at"],
+                    sparkline=Sparkline(**lines[r["id"]]),
+                )
+                for r in rows
+            ]
         )

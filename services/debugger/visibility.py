@@ -53,7 +53,14 @@ class FlowVisibility:
         if not owner.found or owner.workspace_id is None or owner.version is None:
             return None
         await self.store.remember_flow(
-            FlowRow(flow_id, uuid.UUID(owner.workspace_id), owner.version, False)
+            FlowRow(
+                flow_id,
+                uuid.UUID(owner.workspace_id),
+                owner.version,
+                False,
+                owner.name,
+                owner.status,
+            )
         )
         # Read back: a deletion stored meanwhile with a higher version is the answer.
         return await self.store.flow_owner(flow_id)

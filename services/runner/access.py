@@ -123,6 +123,7 @@ class FlowAccess:
             token_hashes=self.token_hashes(flow),
             ring=self.ring_state,
             deleted=deleted,
+            name=flow.name,
             settings=FlowWebhookSettings(
                 flow_id=flow.id,
                 workspace_id=flow.workspace_id,
@@ -174,5 +175,10 @@ class FlowAccess:
         if flow is None:
             return FlowOwner(flow_id=query.flow_id, found=False)
         return FlowOwner(
-            flow_id=flow.id, found=True, workspace_id=flow.workspace_id, version=flow.version
+            flow_id=flow.id,
+            found=True,
+            workspace_id=flow.workspace_id,
+            version=flow.version,
+            name=flow.name,
+            status=flow.status,
         )

@@ -114,6 +114,9 @@ class FlowChanged(BaseModel):
     token_hashes: dict[str, str] = {}
     # The runner's key ring when it published this; None from an older runner.
     ring: TokenRingState | None = None
+    # The flow's name, for people (the debugger's page lists flows by it); None from an
+    # older runner.
+    name: str | None = None
 
 
 class ListFlowAccess(BaseModel):
@@ -152,6 +155,9 @@ class FlowOwner(BaseModel):
     found: bool
     workspace_id: str | None = None
     version: int | None = None
+    # For the debugger's list of flows; None from an older runner.
+    name: str | None = None
+    status: FlowStatus | None = None
 
 
 class AccessTokenRevoked(BaseModel):
