@@ -63,7 +63,7 @@ SERIES = (
 # Requests and failures per flow and hour, for up to the page's flows at once.
 SPARKLINES = (
     "SELECT flow_id::text AS flow_id, date_bin(make_interval(secs => $5), received_at, $6)"
-    " AS bucket, count(*) AS n, count(*) FILTER (WHERE outcome = ANY($7::text[])) AS failed"
+    " AS bucket, count(*) AS n, count(*) FILTER (WHERE outcome = ANY($7::text[])) AS failures"
     " FROM debugger.requests WHERE flow_id = ANY($1::uuid[]) AND workspace_id = $2"
     " AND received_at >= $3 AND received_at < $4 GROUP BY 1, 2"
 )
@@ -149,7 +149,8 @@ class FlowSeries:
     async def sparklines(
         self, flow_ids: Sequence[str], workspace_id: str, now: datetime | None = None
     ) -> dict[str, dict[str, list[int]]]:
-        """Per flow: `requests` and `failed` per hour over the last 24 h, oldest first."""
+        """Per flow: `requests` and `failures` (FAILED_OUTCOMES) per hour over the last
+        24 h, oldest first."""
         window = SPARKLINE
         since, until = bounds(window, now or datetime.now(UTC))
         rows = await self.pool.fetch(
@@ -163,7 +164,7 @@ class FlowSeries:
             [str(outcome) for outcome in FAILED_OUTCOMES],
         )
         lines = {
-            flow_id: {"requests": [0] * window.buckets, "failed": [0] * window.buckets}
+            flow_id: {"requests": [0] * window.buckets, "failures": [0] * window.buckets}
             for flow_id in flow_ids
         }
         for row in rows:
@@ -171,5 +172,5 @@ class FlowSeries:
             line = lines.get(row["flow_id"])
             if line is not None and 0 <= i < window.buckets:
                 line["requests"][i] = row["n"]
-                line["failed"][i] = row["failed"]
+                line["failures"][i] = row["failures"]
         return lines

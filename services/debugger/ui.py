@@ -30,7 +30,12 @@ from services.debugger.stats import FlowSeries
 from services.debugger.workspace_limiter import WorkspaceLimiter
 from shared.errors import NotFound
 from shared.http_api import Call
-from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
+from shared.schemas.vocabulary import (
+    FAILED_OUTCOMES,
+    RECORDED_OUTCOMES,
+    REPLAY_FILTER_OUTCOMES,
+    RunMode,
+)
 
 ASSETS = Path(__file__).parent / "ui"
 MAX_FLOWS = 500
@@ -64,7 +69,7 @@ class Sparkline(BaseModel):
     """Requests and failures per hour over the last 24 h, oldest first"""
 
     requests: list[int]
-    failed: list[int]
+    failures: list[int]
 
 
 class KnownFlow(BaseModel):
@@ -114,7 +119,10 @@ class DebuggerUi:
         )
         # Rendered once: the shell is the same for everyone and holds no data.
         self.index_html = env.get_template("index.html").render(
-            outcomes=sorted(RECORDED_OUTCOMES), modes=tuple(RunMode)
+            outcomes=sorted(RECORDED_OUTCOMES),
+            modes=tuple(RunMode),
+            replay_outcomes=sorted(REPLAY_FILTER_OUTCOMES),
+            failed_outcomes=",".join(FAILED_OUTCOMES),
         )
         self.static = _load_static(ASSETS / "static")
 
