@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install services run test unit lint bench chaos clean
+.PHONY: install services run test unit lint bench chaos screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench: services
 CHAOS_ARGS ?=
 chaos: install
 	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
+
+# The debugger page's views, pictured in Debian's chromium into docs/screenshots/
+# (tests/e2e/test_debugger_pages.py drives the page with real data and takes them).
+screenshots: services
+	FLOWHOOKS_UI_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -p no:randomly -q \
+		tests/e2e/test_debugger_pages.py -k views
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

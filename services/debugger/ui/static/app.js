@@ -23,6 +23,7 @@
     tail: null,
     requestId: null,
     record: null,
+    series: null,
     flows: [],
     job: null,
   };
@@ -246,7 +247,12 @@
 
   // The chart: requests per minute by outcome (stacked bars) and p50/p95/p99.
 
-  const CHART = { width: 720, height: 180, left: 44, bottom: 20, top: 8, right: 8 };
+  // The drawing's width is its container's, so text and lines are never stretched.
+  const CHART = { width: 720, height: 180, left: 48, bottom: 20, top: 8, right: 8 };
+
+  function fitChart(container) {
+    CHART.width = Math.max(280, Math.round(container.clientWidth || 720));
+  }
 
   function niceMax(value) {
     if (value <= 0) return 1;
@@ -279,11 +285,12 @@
     }
     const n = series.buckets.length;
     const step = (width - left - right) / n;
-    for (const i of [0, Math.floor(n / 2), n - 1]) {
+    for (const [i, anchor] of [[0, "start"], [Math.floor(n / 2), "middle"], [n - 1, "end"]]) {
+      const x = anchor === "start" ? left + i * step : anchor === "end" ? left + (i + 1) * step : left + i * step + step / 2;
       picture.append(
         svg(
           "text",
-          { x: left + i * step + step / 2, y: height - 4, "text-anchor": "middle", class: "axis" },
+          { x: x, y: height - 4, "text-anchor": anchor, class: "axis" },
           bucketLabel(series.buckets[i].start, series.window)
         )
       );
@@ -296,12 +303,12 @@
       class: "chart-svg",
       role: "img",
       "aria-label": label,
-      preserveAspectRatio: "none",
     });
     return picture;
   }
 
   function drawRequests(series) {
+    fitChart($("chart"));
     const { width, height, left, bottom, top, right } = CHART;
     const minutes = series.bucket_s / 60;
     const seen = new Set();
@@ -364,6 +371,7 @@
   }
 
   function drawLatency(series) {
+    fitChart($("latency-chart"));
     const { width, height, left, bottom, top, right } = CHART;
     const plotHeight = height - bottom - top;
     const step = (width - left - right) / series.buckets.length;
@@ -377,14 +385,21 @@
     axes(picture, max, " ms", series);
     for (const name of ["p50", "p95", "p99"]) {
       const points = [];
+      const dots = svg("g", { class: "dots " + name });
       series.buckets.forEach((bucket, i) => {
         if (!bucket.latency_ms) return;
         const x = left + i * step + step / 2;
         const y = top + plotHeight * (1 - bucket.latency_ms[name] / max);
         points.push(x.toFixed(1) + "," + y.toFixed(1));
+        // A dot per bucket: a lone bucket is seen too, and it names its value on hover.
+        const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5 });
+        dot.append(
+          svg("title", {}, new Date(bucket.start).toLocaleString() + " " + name + " " + humanDuration(bucket.latency_ms[name]))
+        );
+        dots.append(dot);
       });
-      if (points.length === 1) points.push(points[0]);
-      if (points.length) picture.append(svg("polyline", { points: points.join(" "), class: "line " + name }));
+      if (points.length > 1) picture.append(svg("polyline", { points: points.join(" "), class: "line " + name }));
+      picture.append(dots);
     }
     $("latency-chart").replaceChildren(picture);
   }
@@ -418,6 +433,7 @@
     try {
       const series = await api(flowPath(flowId, "/stats/series?window=" + encodeURIComponent(windowName)));
       if (state.flowId !== flowId || state.window !== windowName) return;
+      state.series = series;
       drawTotals(series);
       drawRequests(series);
       drawLatency(series);
@@ -494,6 +510,7 @@
       stopTail();
       stopJobWatch();
       state.flowId = flowId;
+      state.series = null;
       const flow = knownFlow(flowId);
       $("flow-title").textContent = flow ? flowName(flow) : flowId;
       $("flow-id").textContent = flow && flow.name ? flowId : "";
@@ -644,6 +661,17 @@
     }, 1500);
   }
 
+  // A response's body is text; a JSON one is shown (and compared) parsed.
+  function readableResponse(response) {
+    if (!response || typeof response.body !== "string") return response;
+    if (!/json/i.test(response.content_type || "")) return response;
+    try {
+      return Object.assign({}, response, { body: JSON.parse(response.body) });
+    } catch (e) {
+      return response;
+    }
+  }
+
   // One request in full.
 
   function summaryEntry(list, name, value) {
@@ -786,7 +814,7 @@
     $("error").textContent = pretty(row.error);
     // A handshake's response is the answer given to the provider's challenge.
     $("response-title").firstChild.textContent = row.outcome === "handshake" ? "Handshake answer " : "Response ";
-    showJson($("response"), row.response);
+    showJson($("response"), readableResponse(row.response));
     showJson($("callback"), row.callback || null);
     stepTimeline(row);
     const replays = $("replays");
@@ -879,7 +907,7 @@
     link.textContent = original.id;
     link.href = flowLink(original.flow_id) + "&request=" + encodeURIComponent(original.id);
     showDiff($("diff-input"), original.input, replay.input);
-    showDiff($("diff-response"), original.response, replay.response);
+    showDiff($("diff-response"), readableResponse(original.response), readableResponse(replay.response));
     $("compare").hidden = false;
   }
 
@@ -1116,6 +1144,16 @@
       }
     });
     window.addEventListener("hashchange", route);
+    let resizing = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(resizing);
+      resizing = setTimeout(() => {
+        if (state.series && !$("flow-panel").hidden) {
+          drawRequests(state.series);
+          drawLatency(state.series);
+        }
+      }, 150);
+    });
     if (token()) signIn(token());
   });
 })();
