@@ -354,6 +354,11 @@ def series_text(series: dict[str, Any]) -> str:
             "  ".join(f"{name} {latency[name]} ms" for name in ("p50", "p95", "p99"))
             if latency
             else "-"
+        )
+        + (
+            f"  (over a sample of {series['latency_sample']:.1%} of the requests)"
+            if series.get("latency_sample", 1) < 1
+            else ""
         ),
     ]
     rows = [

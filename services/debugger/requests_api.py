@@ -185,6 +185,10 @@ class FlowSeriesView(BaseModel):
     total: int
     by_outcome: dict[str, int]
     latency_ms: LatencyPercentiles | None
+    latency_sample: float = Field(
+        description="The share of the window's requests the percentiles are taken over:"
+        " 1 up to 100,000 requests, a fixed sample of about that many past it"
+    )
     buckets: list[SeriesBucket]
 
 

@@ -8,6 +8,10 @@ the window through the listing index `(flow_id, received_at, ...)`. The statemen
 plain reads of `debugger.requests` by flow and time range, so they keep working when
 the table is partitioned by time (issue 28): the range prunes partitions.
 
+Counts are exact. Percentiles are exact up to `SAMPLE_ROWS` requests in the window;
+past that they are taken over a fixed hash sample of about that many (sorting a
+million durations is what would not fit the statement timeout; counting them does).
+
 Durations are `finished_at - received_at` (what the sender waited, or the run took for
 an async request), as the totals of `GET /v1/flows/{flow_id}/stats` count them.
 """
@@ -16,7 +20,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -48,18 +52,25 @@ SPARKLINE = Window("24h", 86400, 3600)
 # Bucket boundaries are whole multiples of the bucket from this origin (UTC).
 ORIGIN = datetime(2001, 1, 1, tzinfo=UTC)
 
-# One statement, three grouping sets: counts per bucket and outcome, percentiles per
-# bucket, and the window's own percentiles (the same rows, read once).
-SERIES = (
-    "SELECT GROUPING(bucket, outcome) AS level, bucket, outcome, count(*) AS n,"
-    " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms)"
-    " FILTER (WHERE duration_ms IS NOT NULL) AS p"
-    " FROM (SELECT date_bin(make_interval(secs => $5), received_at, $6) AS bucket, outcome,"
-    " extract(epoch FROM finished_at - received_at) * 1000 AS duration_ms"
+_WINDOWED = (
     " FROM debugger.requests WHERE flow_id = $1 AND workspace_id = $2"
-    " AND received_at >= $3 AND received_at < $4) AS windowed"
-    " GROUP BY GROUPING SETS ((bucket, outcome), (bucket), ())"
+    " AND received_at >= $3 AND received_at < $4"
 )
+_BUCKET = "date_bin(make_interval(secs => $5), received_at, $6)"
+# Exact counts per bucket and outcome: a hash aggregate, no sort.
+COUNTS = f"SELECT {_BUCKET} AS bucket, outcome, count(*) AS n{_WINDOWED} GROUP BY 1, 2"
+# Percentiles per bucket and over the window: the sort is what costs, so past
+# `SAMPLE_ROWS` finished requests in the window they are taken over a fixed sample of
+# them (ids whose hash falls in 1 of $7 classes; $7 = 1: every row). Counts stay exact.
+PERCENTILES = (
+    "SELECT GROUPING(bucket) AS level, bucket,"
+    " percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY duration_ms) AS p"
+    f" FROM (SELECT {_BUCKET} AS bucket,"
+    " extract(epoch FROM finished_at - received_at) * 1000 AS duration_ms"
+    f"{_WINDOWED} AND finished_at IS NOT NULL AND abs(hashtext(id) % $7) = 0) AS sampled"
+    " GROUP BY GROUPING SETS ((bucket), ())"
+)
+SAMPLE_ROWS = 100_000
 # Requests and failures per flow and hour, for up to the page's flows at once.
 SPARKLINES = (
     "SELECT flow_id::text AS flow_id, date_bin(make_interval(secs => $5), received_at, $6)"
@@ -83,10 +94,14 @@ def _latency(p: Sequence[float] | None) -> dict[str, float] | None:
     return {"p50": round(p[0], 3), "p95": round(p[1], 3), "p99": round(p[2], 3)}
 
 
+# A statement row, or a dict in the unit tests.
+Row: TypeAlias = asyncpg.Record | dict[str, Any]
+
+
 def series_from_rows(
-    window: Window, since: datetime, rows: Sequence[asyncpg.Record | dict[str, Any]]
+    window: Window, since: datetime, counts: Sequence[Row], percentiles: Sequence[Row]
 ) -> dict[str, Any]:
-    """The statement's rows as the API's answer: every bucket present (zeros where no
+    """The statements' rows as the API's answer: every bucket present (zeros where no
     request came), oldest first."""
     step = timedelta(seconds=window.bucket_s)
     buckets: list[dict[str, Any]] = [
@@ -95,22 +110,20 @@ def series_from_rows(
     ]
     index = {bucket["start"]: bucket for bucket in buckets}
     totals: dict[str, Any] = {"total": 0, "by_outcome": {}, "latency_ms": None}
-    for row in rows:
-        if row["level"] == 3:  # the whole window
-            totals["latency_ms"] = _latency(row["p"])
-            continue
+    for row in counts:
         bucket = index.get(row["bucket"])
         if bucket is None:  # cannot happen: the range is the buckets'
             continue
-        if row["level"] == 1:  # the bucket, all outcomes
-            bucket["total"] = row["n"]
+        outcome, n = row["outcome"], row["n"]
+        bucket["by_outcome"][outcome] = n
+        bucket["total"] += n
+        totals["by_outcome"][outcome] = totals["by_outcome"].get(outcome, 0) + n
+        totals["total"] += n
+    for row in percentiles:
+        if row["level"] == 1:  # the whole window
+            totals["latency_ms"] = _latency(row["p"])
+        elif (bucket := index.get(row["bucket"])) is not None:
             bucket["latency_ms"] = _latency(row["p"])
-        else:
-            bucket["by_outcome"][row["outcome"]] = row["n"]
-            totals["by_outcome"][row["outcome"]] = (
-                totals["by_outcome"].get(row["outcome"], 0) + row["n"]
-            )
-            totals["total"] += row["n"]
     minutes = window.bucket_s / 60
     for bucket in buckets:
         bucket["per_minute"] = round(bucket["total"] / minutes, 3)
@@ -135,16 +148,16 @@ class FlowSeries:
         self, flow_id: uuid.UUID, workspace_id: str, window: Window, now: datetime | None = None
     ) -> dict[str, Any]:
         since, until = bounds(window, now or datetime.now(UTC))
-        rows = await self.pool.fetch(
-            SERIES,
-            flow_id,
-            uuid.UUID(workspace_id),
-            since,
-            until,
-            float(window.bucket_s),
-            ORIGIN,
-        )
-        return series_from_rows(window, since, rows)
+        args = (flow_id, uuid.UUID(workspace_id), since, until, float(window.bucket_s), ORIGIN)
+        async with self.pool.acquire() as conn:
+            counts = await conn.fetch(COUNTS, *args)
+            total = sum(row["n"] for row in counts)
+            classes = max(1, -(-total // SAMPLE_ROWS))
+            percentiles = await conn.fetch(PERCENTILES, *args, classes)
+        series = series_from_rows(window, since, counts, percentiles)
+        # How many of the window's requests the percentiles are taken over (1: all).
+        series["latency_sample"] = 1 / classes
+        return series
 
     async def sparklines(
         self, flow_ids: Sequence[str], workspace_id: str, now: datetime | None = None

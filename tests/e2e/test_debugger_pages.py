@@ -74,6 +74,7 @@ async def test_series_api_and_named_flows(api: Api) -> None:
     assert len(series["buckets"]) == 60
     assert (series["total"], series["by_outcome"]) == (3, {"succeeded": 2, "failed": 1})
     assert set(series["latency_ms"]) == {"p50", "p95", "p99"}
+    assert series["latency_sample"] == 1  # every request, below 100,000
     busy = [b for b in series["buckets"] if b["total"]]
     assert sum(b["total"] for b in busy) == 3
     assert all(b["per_minute"] == b["total"] for b in busy)  # a bucket is one minute

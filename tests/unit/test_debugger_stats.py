@@ -30,15 +30,17 @@ def test_rows_become_every_bucket_with_totals() -> None:
     window = WINDOWS["1h"]
     since, _ = bounds(window, NOW)
     last = since + timedelta(minutes=59)
-    rows = [
-        {"level": 0, "bucket": since, "outcome": "succeeded", "n": 2, "p": None},
-        {"level": 0, "bucket": last, "outcome": "succeeded", "n": 1, "p": None},
-        {"level": 0, "bucket": last, "outcome": "failed", "n": 3, "p": None},
-        {"level": 1, "bucket": since, "outcome": None, "n": 2, "p": [10.0, 20.0, 30.0]},
-        {"level": 1, "bucket": last, "outcome": None, "n": 4, "p": [1.23456, 2.0, 3.0]},
-        {"level": 3, "bucket": None, "outcome": None, "n": 6, "p": [2.0, 25.0, 29.5]},
+    counts = [
+        {"bucket": since, "outcome": "succeeded", "n": 2},
+        {"bucket": last, "outcome": "succeeded", "n": 1},
+        {"bucket": last, "outcome": "failed", "n": 3},
     ]
-    series = series_from_rows(window, since, rows)
+    percentiles = [
+        {"level": 0, "bucket": since, "p": [10.0, 20.0, 30.0]},
+        {"level": 0, "bucket": last, "p": [1.23456, 2.0, 3.0]},
+        {"level": 1, "bucket": None, "p": [2.0, 25.0, 29.5]},
+    ]
+    series = series_from_rows(window, since, counts, percentiles)
     assert (series["total"], series["by_outcome"]) == (6, {"succeeded": 3, "failed": 3})
     assert series["latency_ms"] == {"p50": 2.0, "p95": 25.0, "p99": 29.5}
     assert len(series["buckets"]) == 60
@@ -62,23 +64,22 @@ def test_rows_become_every_bucket_with_totals() -> None:
     # 15-minute buckets: the rate is per minute.
     day = WINDOWS["24h"]
     day_since, _ = bounds(day, NOW)
-    rows = [
-        {"level": 0, "bucket": day_since, "outcome": "succeeded", "n": 30, "p": None},
-        {"level": 1, "bucket": day_since, "outcome": None, "n": 30, "p": None},
-    ]
-    assert series_from_rows(day, day_since, rows)["buckets"][0]["per_minute"] == 2.0
+    counts = [{"bucket": day_since, "outcome": "succeeded", "n": 30}]
+    assert series_from_rows(day, day_since, counts, [])["buckets"][0]["per_minute"] == 2.0
 
 
 def test_cli_text_of_a_series() -> None:
     window = WINDOWS["1h"]
     since, _ = bounds(window, NOW)
-    rows = [
-        {"level": 0, "bucket": since, "outcome": "succeeded", "n": 2, "p": None},
-        {"level": 0, "bucket": since, "outcome": "failed", "n": 1, "p": None},
-        {"level": 1, "bucket": since, "outcome": None, "n": 3, "p": [10.0, 20.0, 30.0]},
-        {"level": 3, "bucket": None, "outcome": None, "n": 3, "p": [10.0, 20.0, 30.0]},
+    counts = [
+        {"bucket": since, "outcome": "succeeded", "n": 2},
+        {"bucket": since, "outcome": "failed", "n": 1},
     ]
-    series = series_from_rows(window, since, rows)
+    percentiles = [
+        {"level": 0, "bucket": since, "p": [10.0, 20.0, 30.0]},
+        {"level": 1, "bucket": None, "p": [10.0, 20.0, 30.0]},
+    ]
+    series = series_from_rows(window, since, counts, percentiles)
     as_json = {
         **series,
         "since": series["since"].isoformat(),
