@@ -770,6 +770,8 @@
     }
     if (state.requestId !== requestId) return;
     state.record = row;
+    // Keyboard and screen reader users land on what they opened.
+    $("detail-title").focus();
     $("detail-outcome").replaceWith(Object.assign(badge(row.outcome), { id: "detail-outcome" }));
     const summary = $("summary");
     summary.replaceChildren();
