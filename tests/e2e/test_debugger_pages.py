@@ -9,6 +9,7 @@ another workspace's flow).
 `FLOWHOOKS_UI_SCREENSHOTS=docs/screenshots` (`make screenshots`) writes a picture of
 each view there, at 1280 px and at 390 px."""
 
+import json
 import os
 from typing import Any
 
@@ -18,6 +19,7 @@ from playwright.async_api import Page, expect
 from harness.client import Api, eventually
 from harness.system import REPO
 from tests.e2e import test_debugger_ui as ui_module
+from tests.e2e.test_cli import cli
 from tests.e2e.test_debugger_ui import IMG, SCRIPT, screenshot_on_failure
 
 # test_debugger_ui.py's browser set-up (Debian's chromium), shared rather than copied.
@@ -82,6 +84,16 @@ async def test_series_api_and_named_flows(api: Api) -> None:
     assert (status, day["bucket_s"], len(day["buckets"]), day["total"]) == (200, 900, 96, 3)
     status, week = await api.debugger(f"/v1/flows/{flow_id}/stats/series?window=7d")
     assert (status, week["bucket_s"], len(week["buckets"]), week["total"]) == (200, 3600, 168, 3)
+
+    # The CLI prints the API's numbers (`flowhooks requests stats`).
+    printed = cli(api.system, api.token, "requests", "stats", flow_id, "--window", "7d", "--json")
+    assert printed.returncode == 0, printed.stderr
+    by_cli = json.loads(printed.stdout)
+    assert (by_cli["total"], by_cli["by_outcome"], by_cli["latency_ms"]) == (
+        week["total"],
+        week["by_outcome"],
+        week["latency_ms"],
+    )
 
     status, refused = await api.debugger(f"/v1/flows/{flow_id}/stats/series?window=30d")
     assert status == 400
