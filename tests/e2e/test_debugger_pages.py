@@ -235,6 +235,24 @@ async def check_views(api: Api, page: Page) -> None:
     await expect(page.locator("#links")).to_contain_text("Replay of " + xss_id)
     await shoot("replay-diff")
 
+    # Bulk replay of the failures, its progress to the end; the alert settings.
+    await page.click("#flow-tools summary")
+    await expect(page.locator("#alert-status")).to_have_text("No alert set.")
+    await page.select_option("#bulk-outcome", "failed")
+    await page.click("#bulk-form button[type=submit]")
+    await expect(page.locator("#bulk-status")).to_contain_text(
+        ": finished, 2 of 2 replayed (0 succeeded, 2 failed, 0 skipped)", timeout=30_000
+    )
+    await expect(page.locator("#bulk-progress")).to_have_attribute("value", "2")
+    await page.fill("#alert-url", "http://127.0.0.1:9/hook")
+    await page.fill("#alert-rate", "0.5")
+    await page.fill("#alert-window", "300")
+    await page.fill("#alert-min", "10")
+    await page.click("#alert-form button[type=submit]")
+    # Loopback is refused by the alert's address policy: the API's reason is shown.
+    await expect(page.locator("#alert-status")).to_contain_text("Not saved: ")
+    await shoot("flow-tools")
+
     # Keyboard: Escape closes the detail, and nothing hostile ever ran.
     await page.keyboard.press("Escape")
     await expect(detail).to_be_hidden()
@@ -242,8 +260,6 @@ async def check_views(api: Api, page: Page) -> None:
     assert await page.evaluate("typeof window.__xss") == "undefined"
     assert await page.evaluate("window.__csp") == []
     if shots:
-        await page.click("#flow-tools summary")
-        await shoot("flow-tools")
         await page.set_viewport_size({"width": 390, "height": 844})
         # The charts are drawn again to the new width (after a short debounce).
         await page.wait_for_timeout(400)

@@ -969,7 +969,7 @@
       "Job " + job.id + ": " + job.status + ", " + (job.done || 0) + " of " + (job.total || 0) +
       " replayed (" + (job.succeeded || 0) + " succeeded, " + (job.failed || 0) + " failed, " +
       (job.skipped || 0) + " skipped)" + (job.reason ? " — " + job.reason : "");
-    const running = job.status === "running" || job.status === "queued" || job.status === "pending";
+    const running = job.status === "running";
     $("bulk-cancel").hidden = !running;
     return running;
   }
