@@ -1146,6 +1146,12 @@
       }
     });
     window.addEventListener("hashchange", route);
+    // Relative times stay true while the page is open.
+    setInterval(() => {
+      for (const node of document.querySelectorAll("time[datetime]")) {
+        node.textContent = relativeTime(node.dateTime);
+      }
+    }, 30000);
     let resizing = null;
     window.addEventListener("resize", () => {
       clearTimeout(resizing);
