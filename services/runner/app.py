@@ -158,7 +158,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         max_in_flight=settings.runner_paced_max_in_flight or workers.max_workers * workers.slots,
         poll_s=settings.runner_paced_poll_s,
     )
-    runs.on_paced = dispatcher.wake
+    runs.on_paced = dispatcher.wake_at
     kernel.background(dispatcher.run_forever())
     kernel.periodic("paced_leases", settings.runner_paced_lease_s / 3, dispatcher.renew_leases)
     kernel.periodic("paced_starts_prune", 60.0, paced.prune)

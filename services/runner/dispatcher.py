@@ -10,6 +10,7 @@ infrastructure reason (the broker or database away) keep their row: their lease 
 and they are claimed again."""
 
 import asyncio
+from datetime import UTC, datetime
 
 import structlog
 
@@ -34,6 +35,15 @@ class PacedDispatcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_at(self, due: datetime) -> None:
+        """Runs inserted here may start at `due` (their delay, or the settle window):
+        looked for then, not at the next poll."""
+        delay_s = (due - datetime.now(UTC)).total_seconds()
+        if delay_s <= 0:
+            self.wake()
+        else:
+            asyncio.get_running_loop().call_later(delay_s, self.wake)
 
     async def run_forever(self) -> None:
         while True:

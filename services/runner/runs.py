@@ -247,8 +247,9 @@ class RunService:
         # `run.waiting`, confirmed before a paced run is inserted (so before it can be
         # `running`): the debugger shows `waiting`.
         self.waiting = waiting
-        # Called once paced runs were inserted (wakes this replica's dispatcher).
-        self.on_paced: Callable[[], None] = lambda: None
+        # Called once paced runs were inserted, with when the first of them may start
+        # (wakes this replica's dispatcher then).
+        self.on_paced: Callable[[datetime], None] = lambda due: None
 
     async def on_sync_runs(self, runs: StartRuns, delivery: Delivery) -> None:
         await self._take(runs.items, delivery, reply_to=delivery.reply_to)
@@ -333,7 +334,10 @@ class RunService:
         except Exception as exc:
             log.warning("paced_runs_not_held", count=len(held), error=repr(exc))
             raise Retry(f"{len(held)} paced runs not stored: {exc!r}") from exc
-        self.on_paced()
+        settle = timedelta(seconds=self.paced.settle_s)
+        self.on_paced(
+            min(max(lane.not_before, start.request.received_at + settle) for start, lane in held)
+        )
         return others
 
     async def run_paced(self, start: StartRun) -> None:
