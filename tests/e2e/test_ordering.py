@@ -146,13 +146,15 @@ async def test_per_key_fifo_holds_across_replicas_when_one_is_killed(
 
 
 async def test_concurrency_limit_is_reached_and_never_passed(api: Api, sink: Ledger) -> None:
-    flow_id, token = await paced_flow(api, sink, "limit", concurrency={"limit": 3})
+    # All queued before the first may start; each run holds the sink long enough for
+    # three to overlap.
+    flow_id, token = await paced_flow(api, sink, "limit", concurrency={"limit": 3}, delay_s=0.5)
     accepted = await asyncio.gather(
-        *(send(api, flow_id, token, {"k": f"k{n}", "n": n}) for n in range(24))
+        *(send(api, flow_id, token, {"k": f"k{n}", "n": n, "hold": 0.4}) for n in range(9))
     )
     rows = await all_recorded(api.system, flow_id, accepted)
     assert {row["outcome"] for row in rows.values()} == {"succeeded"}
-    assert sorted(entry.n for entry in sink.entries["limit"]) == list(range(24))
+    assert sorted(entry.n for entry in sink.entries["limit"]) == list(range(9))
     assert sink.most["limit"] == 3  # waited, not refused; the limit and never more
 
 
@@ -166,10 +168,10 @@ async def test_a_hot_key_does_not_starve_another(api: Api, sink: Ledger) -> None
         "hot",
         ordering={"key": "json:/k", "concurrency": 5},
         concurrency={"limit": 1},
-        delay_s=1,  # all are queued before the first starts
+        delay_s=0.5,  # all are queued before the first starts
     )
     hot = await asyncio.gather(
-        *(send(api, flow_id, token, {"k": "hot", "n": n, "hold": 0.1}) for n in range(12))
+        *(send(api, flow_id, token, {"k": "hot", "n": n, "hold": 0.1}) for n in range(8))
     )
     cold = await send(api, flow_id, token, {"k": "cold", "n": 100})
     rows = await all_recorded(api.system, flow_id, [*hot, cold])
@@ -220,7 +222,7 @@ async def test_delayed_and_throttled_runs_wait_then_all_run(api: Api, sink: Ledg
         api,
         sink,
         "throttle",
-        throttle={"key": "json:/k", "limit": 2, "period_s": 1},
+        throttle={"key": "json:/k", "limit": 2, "period_s": 0.5},
         delay_s=1,
     )
     accepted = [await send(api, flow_id, token, {"k": "t", "n": n}) for n in range(5)]
@@ -239,20 +241,21 @@ async def test_delayed_and_throttled_runs_wait_then_all_run(api: Api, sink: Ledg
     assert sink.entries.get("throttle", []) == []  # not before its delay
     rows = await all_recorded(system, flow_id, accepted)
     assert {row["outcome"] for row in rows.values()} == {"succeeded"}  # delayed, not dropped
-    assert sink.of_key("throttle", "t") == list(range(5))
+    # Claimed in order; two claimed together may reach the sink either way round.
+    assert sorted(sink.of_key("throttle", "t")) == list(range(5))
     starts = sorted(row["started_at"] for row in rows.values())
     # At most two starts in any period: the third of a window comes a period later.
     for first, third in zip(starts, starts[2:], strict=False):
-        assert (third - first).total_seconds() >= 0.95
+        assert (third - first).total_seconds() >= 0.45
 
 
 async def test_a_key_read_from_a_huge_value_is_bounded(api: Api, sink: Ledger) -> None:
-    """The key spec reads a 1 MB string: stored as its SHA-256 (as dedup keys are), the
-    runs of that key still in order."""
+    """The key spec reads a 200 KB string: stored as its SHA-256 (as dedup keys are),
+    the runs of that key still in order."""
     flow_id, token = await paced_flow(
         api, sink, "huge", ordering={"key": "json:/big", "concurrency": 1}, delay_s=0.3
     )
-    big = "x" * 1_000_000
+    big = "x" * 200_000
     accepted = [await send(api, flow_id, token, {"k": "h", "n": n, "big": big}) for n in range(3)]
     conn = await asyncpg.connect(api.system.database_url)
     try:
