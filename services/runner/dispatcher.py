@@ -19,6 +19,9 @@ from services.runner.runs import REPEATED_AFTER_CRASH, RunService
 
 log = structlog.get_logger(__name__)
 
+# Runs due further ahead than this are left to the poll.
+MAX_TIMER_S = 5.0
+
 
 class PacedDispatcher:
     def __init__(
@@ -42,8 +45,9 @@ class PacedDispatcher:
         delay_s = (due - datetime.now(UTC)).total_seconds()
         if delay_s <= 0:
             self.wake()
-        else:
+        elif delay_s <= MAX_TIMER_S:
             asyncio.get_running_loop().call_later(delay_s, self.wake)
+        # Later ones are found by the poll (within `poll_s`): no timer kept for days.
 
     async def run_forever(self) -> None:
         while True:
