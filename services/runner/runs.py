@@ -4,6 +4,11 @@ acked only after their outcomes were published. The flows themselves run in the 
 pool (`pool.py`), never here. Either way `run.finished` carries the request, the result
 and the step trace to the debugger.
 
+Async runs of paced flows (`webhook.ordering`, ...; pacing.py) are not run from their
+message: they are inserted into `runner.paced_runs` and the message is acked after the
+commit; every replica's dispatcher (dispatcher.py) claims them in their turn and runs
+them here (`run_paced`).
+
 Async runs and the prefetch window. A message stays unacked while any run in it waits
 or runs, and the runner takes at most `FLOWHOOKS_RUNNER_ASYNC_PREFETCH` messages at
 once: if runs waiting for their workspace's share kept their message, one workspace's
