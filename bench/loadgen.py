@@ -4,9 +4,12 @@ Closed loop: `concurrency` workers send back to back for `seconds` (or until
 `max_requests`). Open loop: `rate` requests a second are started on schedule whatever
 the answers do (latency then includes queueing, as a real sender sees it). Loopback
 only; bounded in time and count. Prints one JSON line: count, per-status counts,
-requests a second, latency p50/p90/p99/max in ms, the request ids answered 200."""
+requests a second, latency p50/p90/p99/max in ms, the request ids answered 200.
+`key_count`: `%KEY%` in the body becomes `k<n mod key_count>` (n: the request's number),
+for flows ordered or paced by a key read from the body."""
 
 import asyncio
+import itertools
 import sys
 import time
 from typing import Any
@@ -39,12 +42,17 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     errors = 0
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+        key_count = int(spec.get("key_count", 0))
+        numbered = itertools.count()
 
         async def one() -> None:
             nonlocal errors
             started = time.perf_counter()
+            data = body
+            if key_count:
+                data = body.replace(b"%KEY%", f"k{next(numbered) % key_count}".encode())
             try:
-                async with session.post(url, data=body, headers=headers) as answer:
+                async with session.post(url, data=data, headers=headers) as answer:
                     await answer.read()
                     statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
                     if answer.status == 200 and spec.get("collect_ids"):

@@ -1,7 +1,9 @@
 """From the events the debugger receives to the rows it stores.
 
 - `request.queued` (ingress) and `run.started` (runner), async only, batched and best
-  effort: outcome `queued` (rank 0) and `running` (rank 1).
+  effort: outcome `queued` (rank 0) and `running` (rank 1). `run.waiting` (runner, a
+  paced flow's run held back): `waiting`, rank 1 too: it is confirmed before the run
+  can start, so its `running` comes after it, and a late `queued` cannot hide it.
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
   original `StartRun`, or a `StartRuns` (many runs in one message, dead-lettered
   whole): each request never got an outcome of its own (rank 2); one row per item.
@@ -53,6 +55,7 @@ T = TypeVar("T", bound=BaseModel)
 
 # A later stage never yields to an earlier one, whatever order events arrive in.
 RANK_QUEUED, RANK_RUNNING, RANK_DEAD_LETTER, RANK_OUTCOME = 0, 1, 2, 3
+RANK_WAITING = RANK_RUNNING
 # What the reduced form of a row leaves out (see `reduced_row`).
 _LEFT_OUT = ("raw_body", "input", "steps", "response_body", "headers", "query")
 
@@ -112,6 +115,7 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> Reque
             source_rank=run.rank,
             replay_of=request.replay_of,
             duplicate_of=request.duplicate_of,
+            debounced_by=request.debounced_by,
             repeated=run.repeated,
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
@@ -175,6 +179,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         replay_of=request.replay_of,
         truncated=orjson.dumps(truncated).decode() if truncated else None,
         duplicate_of=request.duplicate_of,
+        debounced_by=request.debounced_by,
         repeated=cut_text(run.repeated, redaction.max_error_bytes)[0] if run.repeated else None,
         response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
         if run.response_headers
@@ -354,6 +359,15 @@ def _running_rows(
     ]
 
 
+def _waiting_rows(
+    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
+) -> list[RequestRow]:
+    return [
+        _progress_row(item.request, redaction, Progress.WAITING, None, RANK_WAITING)
+        for item in _items(body, RunsProgressed, RunProgress, routing_key)
+    ]
+
+
 def _finished_rows(
     routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
 ) -> list[RequestRow]:
@@ -508,6 +522,7 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
 ROWS_BY_EVENT: dict[str, RowBuilder] = {
     contracts.REQUEST_QUEUED.routing_key: _queued_rows,
     contracts.RUN_STARTED.routing_key: _running_rows,
+    contracts.RUN_WAITING.routing_key: _waiting_rows,
     contracts.RUN_FINISHED.routing_key: _finished_rows,
     contracts.REQUEST_REJECTED.routing_key: _finished_rows,
     contracts.REQUEST_DEDUPLICATED.routing_key: _finished_rows,

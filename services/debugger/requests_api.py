@@ -226,6 +226,10 @@ class RequestDetail(BaseModel):
         description="Why the run was run again (its worker process or its runner stopped"
         " while it ran, so its side effects may have happened twice); null: it ran once",
     )
+    debounced_by: str | None = Field(
+        default=None,
+        description="For a `debounced` request: the request of its burst that ran in its place",
+    )
 
 
 class FlowStats(BaseModel):

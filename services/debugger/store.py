@@ -48,6 +48,8 @@ class RequestRow(NamedTuple):
     response_headers: str | None = None
     # Why the run was run again (RunResult.repeated); None: it ran once.
     repeated: str | None = None
+    # The request that ran in this one's place, for a `debounced` (`webhook.debounce`).
+    debounced_by: str | None = None
 
 
 class FlowRow(NamedTuple):
@@ -114,7 +116,7 @@ _SELECT = (
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
-    " response_headers::text, repeated FROM debugger.requests"
+    " response_headers::text, repeated, debounced_by FROM debugger.requests"
 )
 
 

@@ -14,6 +14,7 @@ from services.runner.access import FlowAccess
 from services.runner.callbacks import CALLBACK_DELIVERY, CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import FlowDefinition
+from services.runner.dispatcher import PacedDispatcher
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import (
@@ -26,6 +27,7 @@ from services.runner.flows_api import (
 )
 from services.runner.learned_secrets import SecretLearning
 from services.runner.metrics import RunnerMetrics
+from services.runner.paced_runs import PacedRuns
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
@@ -49,6 +51,7 @@ from shared.messaging.contracts import (
     PARKED_RUNS,
     RUN_FINISHED,
     RUN_STARTED,
+    RUN_WAITING,
     SYNC_RUNS,
 )
 from shared.messaging.permissions import ServiceAccess
@@ -127,6 +130,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
     kernel.periodic("drain_reports", settings.runner_drain_report_interval_s, drain_reports.flush)
     kernel.on_shutdown(drain_reports.flush)
+    paced = PacedRuns(kernel.pool, settings.runner_paced_lease_s, settings.runner_paced_settle_s)
     runs = RunService(
         kernel.broker,
         FlowCache(store),
@@ -143,7 +147,22 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         waiting_messages_per_workspace=settings.runner_async_waiting_messages,
         # At least three quarters of the window stay for runs that start at once.
         waiting_messages_max=max(1, async_prefetch // 4),
+        paced=paced,
+        waiting=BatchPublisher(kernel.broker, RUN_WAITING),
     )
+    # Paced flows' runs (webhook.ordering, ...): claimed from the database by every
+    # replica's dispatcher (dispatcher.py).
+    dispatcher = PacedDispatcher(
+        paced,
+        runs,
+        max_in_flight=settings.runner_paced_max_in_flight or workers.max_workers * workers.slots,
+        poll_s=settings.runner_paced_poll_s,
+    )
+    runs.on_paced = dispatcher.wake_at
+    kernel.background(dispatcher.run_forever())
+    kernel.periodic("paced_leases", settings.runner_paced_lease_s / 3, dispatcher.renew_leases)
+    kernel.periodic("paced_starts_prune", 60.0, paced.prune)
+    kernel.on_shutdown(dispatcher.drain)  # before the events, replies and workers stop
     metrics.watch(workers, callbacks, runs)
     kernel.periodic("finished_runs_prune", 60.0, finished_runs.prune)
     kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
@@ -190,7 +209,7 @@ SERVICE = ServiceSpec(
         # while their workspace is at its share; callbacks enqueued, and parked in the
         # wait ladder between attempts.
         sends=(SYNC_RUNS, ASYNC_RUNS, PARKED_RUNS, CALLBACKS, *topology.CALLBACK_WAITS),
-        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, CALLBACK_ATTEMPTED),
+        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, RUN_WAITING, CALLBACK_ATTEMPTED),
         # To the ingress process that queued them: its async runs that finished.
         publishes_to_processes=(naming.runs_drained_key,),
     ),

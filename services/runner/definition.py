@@ -10,6 +10,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.runner.pacing import (
+    MAX_DELAY_S,
+    PACING_FIELDS,
+    ConcurrencyConfig,
+    DebounceConfig,
+    OrderingConfig,
+    ThrottleConfig,
+)
 from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import REF_ID_PATTERN
 from services.runner.templates import TemplateEngine
@@ -184,6 +192,12 @@ class WebhookTrigger(BaseModel):
     on_timeout: Literal["error", "accept"] = "error"
     # None: no completion callback (async flows only).
     callback: WebhookCallback | None = None
+    # Ordering and pacing of async runs (services/runner/pacing.py); None: not paced.
+    ordering: OrderingConfig | None = None
+    concurrency: ConcurrencyConfig | None = None
+    debounce: DebounceConfig | None = None
+    throttle: ThrottleConfig | None = None
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
 
 
 class FlowDefinition(BaseModel):
@@ -204,7 +218,7 @@ class FlowDefinition(BaseModel):
         # Left out while unused, so flows saved before they existed read the same; but
         # `"dedup": null` given is kept: it turns the mode's default dedup off.
         dedup_off = "dedup" in self.webhook.model_fields_set and self.webhook.dedup is None
-        for name in ("auth", "dedup", "callback"):
+        for name in ("auth", "dedup", "callback", *PACING_FIELDS):
             if webhook[name] is None and not (name == "dedup" and dedup_off):
                 del webhook[name]
         if webhook.get("auth") is not None:
@@ -295,6 +309,7 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
         _check_response_headers(definition.webhook.response)
     if definition.webhook.callback is not None:
         _check_callback(definition.webhook)
+    _check_pacing(definition.webhook)
     _check_references(definition, engine)
     return definition
 
@@ -525,6 +540,17 @@ def _check_callback(webhook: WebhookTrigger) -> None:
                 raise ValueError("the secret must be whsec_ followed by base64")
         except ValueError as exc:
             raise _refuse("webhook.callback.secret", str(exc)) from None
+
+
+def _check_pacing(webhook: WebhookTrigger) -> None:
+    """Pacing holds runs back for seconds or days: a sync caller cannot wait for that
+    (its answer is due within `timeout_s`), so it is for async flows only."""
+    for name in PACING_FIELDS:
+        if getattr(webhook, name) is not None and not webhook.is_async:
+            raise _refuse(
+                f"webhook.{name}",
+                "ordering and pacing apply to async flows only (set webhook.async to true)",
+            )
 
 
 def _check_final_status(field: str, status_code: int) -> None:

@@ -4,6 +4,11 @@ acked only after their outcomes were published. The flows themselves run in the 
 pool (`pool.py`), never here. Either way `run.finished` carries the request, the result
 and the step trace to the debugger.
 
+Async runs of paced flows (`webhook.ordering`, ...; pacing.py) are not run from their
+message: they are inserted into `runner.paced_runs` and the message is acked after the
+commit; every replica's dispatcher (dispatcher.py) claims them in their turn and runs
+them here (`run_paced`).
+
 Async runs and the prefetch window. A message stays unacked while any run in it waits
 or runs, and the runner takes at most `FLOWHOOKS_RUNNER_ASYNC_PREFETCH` messages at
 once: if runs waiting for their workspace's share kept their message, one workspace's
@@ -33,10 +38,12 @@ many there can be."""
 import asyncio
 import itertools
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import structlog
 
 from services.runner.callbacks import CallbackSender
@@ -45,6 +52,8 @@ from services.runner.definition import WebhookCallback, WebhookTrigger
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.metrics import RunnerMetrics
+from services.runner.paced_runs import PacedRuns
+from services.runner.pacing import Lane, Pacing
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
 from services.runner.worker_protocol import FlowSnapshot
@@ -63,7 +72,7 @@ from shared.schemas.runs import (
     StartRuns,
     error_result,
 )
-from shared.schemas.vocabulary import Outcome
+from shared.schemas.vocabulary import JSON, Outcome, envelope
 from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
@@ -133,6 +142,8 @@ class CachedFlow:
     timeout_s: float
     # `webhook.callback` as stored (secret sealed); None: no completion callback.
     callback: WebhookCallback | None = None
+    # Its ordering and pacing (pacing.py); None: its async runs start at once.
+    pacing: Pacing | None = None
 
 
 class FlowCache:
@@ -165,7 +176,7 @@ class FlowCache:
             definition={"name": row.name, "status": row.status, **without_auth(row.definition)},
         )
         trigger = WebhookTrigger.model_validate(row.definition.get("webhook", {}))
-        flow = CachedFlow(snapshot, trigger.timeout_s, trigger.callback)
+        flow = CachedFlow(snapshot, trigger.timeout_s, trigger.callback, Pacing.of(trigger))
         self._flows[flow_id] = flow
         if len(self._flows) > self.size:
             self._flows.popitem(last=False)
@@ -204,6 +215,8 @@ class RunService:
         drain_reports: DrainReports | None = None,
         waiting_messages_per_workspace: int = 1,
         waiting_messages_max: int = 16,
+        paced: PacedRuns | None = None,
+        waiting: BatchPublisher[RunProgress] | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = metrics if metrics is not None else RunnerMetrics()
@@ -233,6 +246,15 @@ class RunService:
         # go together in the next message, so under load a backlog of one-run messages
         # comes back as a few large ones (less churn per TTL).
         self._parking: BatchPublisher[StartRun] = BatchPublisher(broker, PARKED_RUNS)
+        # Async runs of paced flows wait in the database (paced_runs.py) until a
+        # dispatcher (dispatcher.py) claims them; None: no pacing (every run at once).
+        self.paced = paced
+        # `run.waiting`, confirmed before a paced run is inserted (so before it can be
+        # `running`): the debugger shows `waiting`.
+        self.waiting = waiting
+        # Called once paced runs were inserted, with when the first of them may start
+        # (wakes this replica's dispatcher then).
+        self.on_paced: Callable[[datetime], None] = lambda due: None
 
     async def on_sync_runs(self, runs: StartRuns, delivery: Delivery) -> None:
         await self._take(runs.items, delivery, reply_to=delivery.reply_to)
@@ -254,6 +276,10 @@ class RunService:
             ]
             if len(starts) > 1:
                 await self._split(delivery, starts)
+                return
+        if reply_to is None and self.paced is not None:
+            starts = await self._hold_paced(starts)
+            if not starts:
                 return
         if reply_to is not None:
             await asyncio.gather(
@@ -281,6 +307,67 @@ class RunService:
                 if failed
                 else f"{len(batch.parked)} async runs not parked"
             )
+
+    async def _hold_paced(self, starts: list[StartRun]) -> list[StartRun]:
+        """Inserts the runs of paced flows into `runner.paced_runs` (their message is
+        acked after the commit); returns the others. A flow's cached copy says whether
+        it is paced: flows that are not pay no database round trip here."""
+        held: list[tuple[StartRun, Lane]] = []
+        others: list[StartRun] = []
+        for start in starts:
+            flow = await self.flows.get(start.request.flow_id, start.flow_version)
+            if flow is None or flow.pacing is None:
+                others.append(start)
+                continue
+            # It never ran from a message: a redelivery does not make it a repeat.
+            held.append(
+                (start.model_copy(update={"repeated": None}), flow.pacing.lane(start.request))
+            )
+        if not held:
+            return starts
+        assert self.paced is not None
+        try:
+            if self.waiting is not None:
+                now = datetime.now(UTC)
+                await asyncio.gather(
+                    *(
+                        self.waiting.publish(RunProgress(request=start.request, at=now))
+                        for start, _ in held
+                    )
+                )
+            await self.paced.add(held)
+        except Exception as exc:
+            log.warning("paced_runs_not_held", count=len(held), error=repr(exc))
+            raise Retry(f"{len(held)} paced runs not stored: {exc!r}") from exc
+        settle = timedelta(seconds=self.paced.settle_s)
+        self.on_paced(
+            min(max(lane.not_before, start.request.received_at + settle) for start, lane in held)
+        )
+        return others
+
+    async def run_paced(self, start: StartRun) -> None:
+        """A paced run claimed by the dispatcher: run, record (confirmed), callback, as
+        any async run. Raises only for infrastructure failures."""
+        await self._one(start, None)
+
+    async def record_debounced(self, start: StartRun, debounced_by: str) -> None:
+        """A request of a debounced burst that a later one ran in place of: recorded
+        `debounced`, linked to it (confirmed)."""
+        now = datetime.now(UTC)
+        request = start.request.model_copy(update={"debounced_by": debounced_by})
+        answer = envelope(200, None, Outcome.DEBOUNCED, {"request_id": debounced_by})
+        result = RunResult(
+            request_id=request.request_id,
+            outcome=Outcome.DEBOUNCED,
+            status_code=200,
+            content_type=JSON,
+            body=orjson.dumps(answer).decode(),
+            started_at=now,
+            finished_at=now,
+        )
+        await self.finished.publish(RunFinished(request=request, result=result))
+        if self.drain_reports is not None:
+            self.drain_reports.finished(start.origin, request.request_id)
 
     async def _not_done(self, starts: list[StartRun], parkable: bool) -> list[StartRun]:
         """Those of `starts` not recorded yet, nor parked from this very message."""

@@ -98,6 +98,16 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
     runner_event_batch: int = Field(default=200, ge=1)
     # Tell the debugger when an async run starts (outcome `running`).
     runner_record_started: bool = True
+    # Paced flows (webhook.ordering, ...; services/runner/paced_runs.py): a claimed run's
+    # lease (renewed every third of it while it runs; a dead replica's runs are taken
+    # over once it lapses), how long a run waits for earlier runs of its key still on
+    # their way to the table, how often an idle dispatcher looks for runs another
+    # replica made eligible, and how many paced runs one replica runs at once (0: its
+    # pool's slots).
+    runner_paced_lease_s: float = Field(default=15.0, gt=0)
+    runner_paced_settle_s: float = Field(default=0.2, ge=0)
+    runner_paced_poll_s: float = Field(default=0.25, gt=0)
+    runner_paced_max_in_flight: int = Field(default=0, ge=0)
     # Completion callbacks (`webhook.callback`, services/runner/callbacks.py): besides
     # these, the fields of `_CallbackDelivery` (shared/delivery.py, `DeliverySettings`):
     # FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS, _TIMEOUT_S, _CONNECT_TIMEOUT_S,

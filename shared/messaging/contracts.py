@@ -122,6 +122,7 @@ REQUEST_DEDUPLICATED: Event[RunsFinished] = Event(naming.REQUEST_DEDUPLICATED, R
 REQUEST_HANDSHAKE: Event[RunsFinished] = Event(naming.REQUEST_HANDSHAKE, RunsFinished)
 REQUEST_QUEUED: Event[RunsProgressed] = Event(naming.REQUEST_QUEUED, RunsProgressed)
 RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)
+RUN_WAITING: Event[RunsProgressed] = Event(naming.RUN_WAITING, RunsProgressed)
 # Dead-lettered by the broker: the StartRuns (or a single StartRun) it gave up on.
 RUN_EXPIRED: Event[StartRuns] = Event(naming.RUN_EXPIRED, StartRuns)
 RUN_DEAD_LETTERED: Event[StartRuns] = Event(naming.RUN_DEAD_LETTERED, StartRuns)

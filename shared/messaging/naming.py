@@ -39,6 +39,7 @@ REQUEST_DEDUPLICATED = "request.deduplicated"
 REQUEST_HANDSHAKE = "request.handshake"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
 RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
+RUN_WAITING = "run.waiting"  # runner -> debugger: paced async runs wait for their turn
 # Dead-lettered by the broker itself (body: the StartRun), for the debugger:
 RUN_EXPIRED = "run.expired"  # a sync run nobody picked up before its caller gave up
 RUN_DEAD_LETTERED = "run.dead_lettered"  # an async run that failed its delivery limit

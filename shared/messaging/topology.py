@@ -40,6 +40,7 @@ DEBUGGER_EVENTS = QueueSpec(
         naming.REQUEST_HANDSHAKE,
         naming.REQUEST_QUEUED,
         naming.RUN_STARTED,
+        naming.RUN_WAITING,
         naming.RUN_EXPIRED,
         naming.RUN_DEAD_LETTERED,
         # Which workspace owns each flow (the debugger keeps its own copy).

@@ -38,6 +38,9 @@ class WebhookRequest(BaseModel):
     # Set on a request that was not run because its dedup key was seen (`webhook.dedup`):
     # the first request's id.
     duplicate_of: str | None = None
+    # Set on a request not run because a later one of its burst ran in its place
+    # (`webhook.debounce`): that request's id.
+    debounced_by: str | None = None
     raw_body_encoding: Literal["utf-8", "base64"] = "utf-8"
 
     def raw_body_bytes(self) -> bytes:
@@ -188,6 +191,7 @@ class RunsProgressed(BaseModel):
     """The body of `request.queued` (ingress, once async requests are durably queued)
     and `run.started` (runner, as it starts async runs); both batched and best effort:
     what is guaranteed is the run's outcome (`run.finished`); these only let the
-    debugger show `queued` and `running` meanwhile."""
+    debugger show `queued` and `running` meanwhile. Also `run.waiting` (runner, as a
+    paced flow's run is held back for its turn; confirmed before it can start)."""
 
     items: list[RunProgress]

@@ -19,7 +19,8 @@ class Outcome(StrEnum):
     `duplicate`: not run, answered with the first request's result (`webhook.dedup`);
     `rejected`: a body the ingress could not parse; `expired`: no runner started the run
     before its sync caller gave up; `handshake`: a provider's handshake (a challenge, a
-    URL check) the ingress answered itself, the flow not run."""
+    URL check) the ingress answered itself, the flow not run; `debounced`: not run, a
+    later request of its burst ran in its place (`webhook.debounce`)."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -28,6 +29,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
     HANDSHAKE = "handshake"
+    DEBOUNCED = "debounced"
 
 
 class Progress(StrEnum):
@@ -35,6 +37,9 @@ class Progress(StrEnum):
 
     QUEUED = "queued"
     RUNNING = "running"
+    # Accepted and held back until its turn: its key's order or limits, a throttle, a
+    # delay or a debounce (webhook.ordering, ...; services/runner/paced_runs.py).
+    WAITING = "waiting"
 
 
 # What the debugger shows as a request's outcome: one of either.
@@ -42,7 +47,8 @@ RECORDED_OUTCOMES: frozenset[str] = frozenset({*Outcome, *Progress})
 PENDING: frozenset[str] = frozenset(Progress)
 # A run that did not do its work: it counts against a flow's failure rate (alerts), and
 # is never replayed to the duplicates of its dedup key (the runner lets go of the key).
-# `rejected` is the sender's fault, not the flow's; `duplicate` and `handshake` were not run.
+# `rejected` is the sender's fault, not the flow's; `duplicate`, `handshake` and
+# `debounced` were not run.
 FAILED_OUTCOMES: tuple[Outcome, ...] = (Outcome.FAILED, Outcome.TIMEOUT, Outcome.EXPIRED)
 # A run that finished, well or not: what a failure rate is a share of.
 FINISHED_OUTCOMES: tuple[Outcome, ...] = (Outcome.SUCCEEDED, *FAILED_OUTCOMES)

@@ -115,6 +115,7 @@ def test_write(name: str, write: set[str]) -> None:
         (naming.FLOW_CHANGED, {"runner"}),
         (naming.RUN_FINISHED, {"runner"}),
         (naming.RUN_STARTED, {"runner"}),
+        (naming.RUN_WAITING, {"runner"}),
         (naming.CALLBACK_ATTEMPTED, {"runner"}),
         (naming.FLOW_ACCESS_CHANGED, {"auth"}),
         (naming.ACCESS_TOKEN_REVOKED, {"auth"}),
@@ -163,7 +164,7 @@ def test_exact_regexes() -> None:
     )
     assert topic_permissions("runner") == TopicPermissions(
         exchange="flowhooks.events",
-        write=r"^(callback\.attempted|flow\.changed|run\.finished|run\.started"
+        write=r"^(callback\.attempted|flow\.changed|run\.finished|run\.started|run\.waiting"
         r"|runs\.drained\.[A-Za-z0-9_-]+)$",
         read="^$",
     )
