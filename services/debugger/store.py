@@ -48,6 +48,10 @@ class RequestRow(NamedTuple):
     response_headers: str | None = None
     # Why the run was run again (RunResult.repeated); None: it ran once.
     repeated: str | None = None
+    # When a `respond` step answered the sender (RunResult.answered_at); None: at the end.
+    answered_at: datetime | None = None
+    # When a run waiting in a `delay` step resumes; None: not waiting.
+    resume_at: datetime | None = None
 
 
 class FlowRow(NamedTuple):
@@ -74,6 +78,8 @@ _STAGING_TYPES = {
     "started_at": "timestamptz",
     "finished_at": "timestamptz",
     "source_rank": "smallint",
+    "answered_at": "timestamptz",
+    "resume_at": "timestamptz",
 }
 STAGING = "debugger_requests_batch"
 CREATE_STAGING = (
@@ -108,7 +114,7 @@ _SELECT = (
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
-    " response_headers::text, repeated FROM debugger.requests"
+    " response_headers::text, repeated, answered_at, resume_at FROM debugger.requests"
 )
 
 

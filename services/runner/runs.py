@@ -33,6 +33,7 @@ many there can be."""
 import asyncio
 import itertools
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,7 +48,7 @@ from services.runner.finished import FinishedRuns
 from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.worker_protocol import FlowSnapshot
+from services.runner.worker_protocol import FlowSnapshot, WorkAnswered
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
@@ -85,10 +86,30 @@ def async_window(capacity: int) -> int:
     return max(64, capacity + capacity // 2)
 
 
+def early_result(request_id: str, answer: WorkAnswered) -> RunResult:
+    """What a sync caller is sent when a `respond` step answers it: the answer, the run
+    still going (its own outcome is recorded when it ends)."""
+    return RunResult(
+        request_id=request_id,
+        outcome=Outcome.SUCCEEDED,
+        status_code=answer.status_code,
+        content_type=answer.content_type,
+        body=answer.body,
+        headers=answer.headers,
+        started_at=answer.at,
+        finished_at=answer.at,
+        answered_at=answer.at,
+    )
+
+
 def park_mark(request_id: str, generation: int) -> str:
     """The `finished_runs` key saying that the run's copy parked for the `generation`th
     time was published (its original message must not run it again)."""
     return f"{request_id}#parked{generation}"
+
+
+class _AnsweredNotRecorded(Exception):
+    """A sync run that a `respond` step answered could not be recorded."""
 
 
 class _Parked(Exception):
@@ -256,9 +277,14 @@ class RunService:
                 await self._split(delivery, starts)
                 return
         if reply_to is not None:
-            await asyncio.gather(
+            outcomes = await asyncio.gather(
                 *(self._one(start, reply_to) for start in starts), return_exceptions=True
             )
+            unrecorded = [o for o in outcomes if isinstance(o, _AnsweredNotRecorded)]
+            if unrecorded:
+                # Answered early, so its caller cannot be told to retry: the message
+                # comes again instead (the broker or the database is away).
+                raise Retry(f"{len(unrecorded)} sync runs answered early not recorded")
             return
         batch = _Batch(len(starts))
         runs = asyncio.gather(
@@ -361,9 +387,27 @@ class RunService:
         failures (the broker or the database away)."""
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        early: list[WorkAnswered] = []
+
+        def answer_early(answer: WorkAnswered) -> None:
+            # A `respond` step answered: the caller gets it now, the run goes on. Once
+            # (a run repeated after its worker died answers again).
+            if early or reply_to is None:
+                return
+            early.append(answer)
+            self.replies.send(
+                reply_to,
+                request_id,
+                RESULT,
+                early_result(request_id, answer).model_dump_json().encode(),
+            )
+
         try:
             result = await self._execute(
-                start, ticket, announce=reply_to is None or start.accept_on_timeout
+                start,
+                ticket,
+                announce=reply_to is None or start.accept_on_timeout,
+                on_answer=answer_early if reply_to is not None else None,
             )
         except _Parked:
             assert ticket is not None
@@ -387,7 +431,13 @@ class RunService:
         )
         if start.repeated is not None and result.repeated is None:
             result = result.model_copy(update={"repeated": start.repeated})
-        if reply_to is None:
+        if early:
+            try:
+                await self._record(start, result)
+            except Unavailable as exc:
+                raise _AnsweredNotRecorded(request_id) from exc
+            reply_to = None  # answered already
+        elif reply_to is None:
             await self._record(start, result)
         elif not await self._record_while_awaited(start, result):
             # A 200 for a run the debugger never gets would be a loss: the caller is told
@@ -402,10 +452,10 @@ class RunService:
             await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result)
         if reply_to is not None:
             self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
-        if reply_to is None:
+        if reply_to is None and not early:
             await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
-        if reply_to is None and self.drain_reports is not None:
+        if reply_to is None and not early and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
 
     async def _record_while_awaited(self, start: StartRun, result: RunResult) -> bool:
@@ -457,10 +507,16 @@ class RunService:
             raise Retry("the split runs were not all published") from exc
 
     async def _execute(
-        self, start: StartRun, ticket: _Ticket | None = None, announce: bool = False
+        self,
+        start: StartRun,
+        ticket: _Ticket | None = None,
+        announce: bool = False,
+        on_answer: Callable[[WorkAnswered], None] | None = None,
     ) -> RunResult:
         """`ticket`: an async run, admitted (`_admit`) just before it goes to the pool.
-        `announce`: publish `run.started` once it does."""
+        `announce`: publish `run.started` once it does. `on_answer`: a sync run's, told
+        when a `respond` step answers (the run then has the budget of a run nobody
+        waits for, `accept_run_timeout_s`)."""
         request = start.request
         started_at = datetime.now(UTC)
         if start.deadline is not None and start.deadline <= started_at:
@@ -493,7 +549,9 @@ class RunService:
             # Best effort, batched, not awaited: lets the debugger show `running`.
             self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
         try:
-            return await self.pool.run(request, flow.snapshot, timeout_s)
+            return await self.pool.run(
+                request, flow.snapshot, timeout_s, on_answer, self.accept_run_timeout_s
+            )
         finally:
             if held:
                 assert ticket is not None

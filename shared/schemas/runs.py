@@ -140,6 +140,10 @@ class RunResult(BaseModel):
     # ran; its side effects may have happened twice), e.g. "its worker process stopped
     # (killed by signal 9) while it ran; run again (attempt 2 of 3)". None: it ran once.
     repeated: str | None = None
+    # Set when a `respond` step answered the sender before the run ended: then
+    # `status_code`, `content_type`, `body` and `headers` are that answer (what the
+    # sender got), `outcome` and `error` how the run ended after it.
+    answered_at: datetime | None = None
 
 
 def error_result(
@@ -182,6 +186,9 @@ class RunProgress(BaseModel):
 
     request: WebhookRequest
     at: datetime
+    # Set on `run.started` when the run stopped in a `delay` step: it is `waiting` and
+    # resumes then (services/runner/delays.py).
+    resume_at: datetime | None = None
 
 
 class RunsProgressed(BaseModel):

@@ -31,10 +31,13 @@ class Outcome(StrEnum):
 
 
 class Progress(StrEnum):
-    """Where a request is on its way to an outcome (async runs, `on_timeout: accept`)."""
+    """Where a request is on its way to an outcome (async runs, `on_timeout: accept`,
+    a run in a `delay` step)."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    # Stored by a `delay` step until its resume time (services/runner/delays.py).
+    WAITING = "waiting"
 
 
 # What the debugger shows as a request's outcome: one of either.

@@ -7,10 +7,11 @@ from services.runner.steps.condition import CONDITION
 from services.runner.steps.fail import FAIL
 from services.runner.steps.http import HTTP
 from services.runner.steps.loop import LOOP
+from services.runner.steps.respond import RESPOND
 from services.runner.steps.template import TEMPLATE
 
 STEP_TYPES: dict[str, StepType] = {
-    step_type.name: step_type for step_type in (TEMPLATE, HTTP, CONDITION, LOOP, FAIL)
+    step_type.name: step_type for step_type in (TEMPLATE, HTTP, CONDITION, LOOP, FAIL, RESPOND)
 }
 
 __all__ = ["STEP_TYPES", "StepModel", "StepType"]
