@@ -14,6 +14,7 @@ from services.runner.access import FlowAccess
 from services.runner.callbacks import CALLBACK_DELIVERY, CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import FlowDefinition
+from services.runner.delays import DelayedRuns
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import (
@@ -127,6 +128,14 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
     kernel.periodic("drain_reports", settings.runner_drain_report_interval_s, drain_reports.flush)
     kernel.on_shutdown(drain_reports.flush)
+    delays = DelayedRuns(
+        kernel.pool,
+        kernel.broker,
+        max_waiting_runs=settings.runner_delay_max_waiting_runs,
+        max_state_bytes=settings.runner_delay_max_state_bytes,
+        resume_batch=settings.runner_delay_resume_batch,
+    )
+    kernel.periodic("delays_resume", settings.runner_delay_poll_s, delays.resume_due)
     runs = RunService(
         kernel.broker,
         FlowCache(store),
@@ -143,6 +152,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         waiting_messages_per_workspace=settings.runner_async_waiting_messages,
         # At least three quarters of the window stay for runs that start at once.
         waiting_messages_max=max(1, async_prefetch // 4),
+        delays=delays,
     )
     metrics.watch(workers, callbacks, runs)
     kernel.periodic("finished_runs_prune", 60.0, finished_runs.prune)

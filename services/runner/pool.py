@@ -51,6 +51,8 @@ from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import (
     FlowSnapshot,
     FrameTooLarge,
+    Resumed,
+    Suspension,
     WorkAnswered,
     WorkItem,
     frame,
@@ -71,7 +73,7 @@ class _Run:
     workspace: str
     timeout_s: float
     encoded: bytes  # the WorkItem, encoded once
-    result: "asyncio.Future[RunResult]"
+    result: "asyncio.Future[RunResult | Suspension]"
     deadline: float = 0.0  # monotonic; set when placed on a worker
     placed_at: float = 0.0  # monotonic
     attempts: int = 0  # times a worker stopped while running it, counted against it
@@ -223,10 +225,12 @@ class WorkerPool:
         timeout_s: float,
         on_answer: Callable[[WorkAnswered], None] | None = None,
         after_answer_s: float | None = None,
-    ) -> RunResult:
-        """The run's result; never raises for anything the run does. `on_answer`: told
-        at once when a `respond` step answers (the run goes on, within `after_answer_s`
-        from its start)."""
+        resume: Resumed | None = None,
+    ) -> RunResult | Suspension:
+        """The run's result (or, stopped in a `delay` step, its state to store); never
+        raises for anything the run does. `on_answer`: told at once when a `respond`
+        step answers (the run goes on, within `after_answer_s` from its start).
+        `resume`: a run going on after a `delay`."""
         key = next(self._keys)
         item = WorkItem(
             key=key,
@@ -234,6 +238,7 @@ class WorkerPool:
             flow=flow,
             timeout_s=timeout_s,
             after_answer_s=after_answer_s if on_answer is not None else None,
+            resume=resume,
         )
         run = _Run(
             key,
@@ -539,6 +544,16 @@ class WorkerPool:
     def _finished(self, worker: _Worker, done: dict[str, object]) -> None:
         run = worker.runs.pop(int(done["key"]), None)  # type: ignore[call-overload]
         if run is None or run.result.done():
+            return
+        if "suspended" in done:  # stopped in a `delay` step: its state, to store
+            try:
+                suspension = Suspension.model_validate(done["suspended"])
+            except ValidationError:
+                error = FlowError("the run's state for its delay could not be read")
+                self._settle(run, error_result(run.request_id, error, Outcome.FAILED, _now()))
+                return
+            suspension.repeated = run.repeated
+            run.result.set_result(suspension)
             return
         try:
             result = RunResult.model_validate(done["result"])

@@ -43,12 +43,19 @@ import structlog
 from services.runner.callbacks import CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import WebhookCallback, WebhookTrigger
+from services.runner.delays import (
+    DelayedRuns,
+    WaitingBoundExceeded,
+    bound_failure,
+    resumed_of,
+    waiting_mark,
+)
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.worker_protocol import FlowSnapshot, WorkAnswered
+from services.runner.worker_protocol import FlowSnapshot, Suspension, WorkAnswered
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
@@ -64,7 +71,7 @@ from shared.schemas.runs import (
     StartRuns,
     error_result,
 )
-from shared.schemas.vocabulary import Outcome
+from shared.schemas.vocabulary import Outcome, RunMode
 from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
@@ -225,6 +232,7 @@ class RunService:
         drain_reports: DrainReports | None = None,
         waiting_messages_per_workspace: int = 1,
         waiting_messages_max: int = 16,
+        delays: DelayedRuns | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = metrics if metrics is not None else RunnerMetrics()
@@ -246,6 +254,8 @@ class RunService:
         self.drain_reports = drain_reports
         # Async messages of the window that may hold runs waiting for their workspace's
         # share, per workspace and in all; past them such runs are parked.
+        # Runs stopped in a `delay` step: stored, resumed (None: not wired).
+        self.delays = delays
         self.waiting_messages_per_workspace = waiting_messages_per_workspace
         self.waiting_messages_max = waiting_messages_max
         self._waiting_messages: Counter[str] = Counter()
@@ -276,6 +286,10 @@ class RunService:
             if len(starts) > 1:
                 await self._split(delivery, starts)
                 return
+        elif reply_to is None and self.delays is not None:
+            # A resumed run published twice (a database failover between its confirm
+            # and the claim's commit) goes on once.
+            starts = await self.delays.fresh_copies(starts)
         if reply_to is not None:
             outcomes = await asyncio.gather(
                 *(self._one(start, reply_to) for start in starts), return_exceptions=True
@@ -315,11 +329,17 @@ class RunService:
             start.request.request_id: park_mark(start.request.request_id, start.parked + 1)
             for start in starts
         }
-        done = await self.finished_runs.which(ids + (list(marks.values()) if parkable else []))
+        # Stored by a `delay` step from this message: it resumes from there instead.
+        waiting = [waiting_mark(start) for start in starts]
+        done = await self.finished_runs.which(
+            ids + waiting + (list(marks.values()) if parkable else [])
+        )
         return [
             start
             for start in starts
-            if start.request.request_id not in done and marks[start.request.request_id] not in done
+            if start.request.request_id not in done
+            and marks[start.request.request_id] not in done
+            and waiting_mark(start) not in done
         ]
 
     async def _one_async(self, start: StartRun, ticket: _Ticket) -> None:
@@ -426,6 +446,11 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
+        if isinstance(result, Suspension):
+            stored = await self._store_waiting(start, result, answered=bool(early))
+            if stored is None:
+                return
+            result = stored  # not stored: the run fails, naming the bound
         self.metrics.run_duration.labels(result.outcome).observe(
             (result.finished_at - result.started_at).total_seconds()
         )
@@ -457,6 +482,30 @@ class RunService:
         await self.finished_runs.mark(request_id)
         if reply_to is None and not early and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
+
+    async def _store_waiting(
+        self, start: StartRun, suspension: Suspension, answered: bool
+    ) -> RunResult | None:
+        """A run stopped in a `delay` step: stored (delays.py), and, if async, reported
+        to its ingress as out of its queue. None once stored; the failed result when
+        its workspace is past a bound. Raises when the database is away: the message
+        comes again (a sync run, answered already, as `_AnsweredNotRecorded`)."""
+        request_id = start.request.request_id
+        if self.delays is None:  # a runner wired without delays: no such flow can run
+            error = FlowError("this runner cannot store runs for delay steps")
+            return error_result(request_id, error, Outcome.FAILED, suspension.state.started_at)
+        try:
+            await self.delays.store(start, suspension)
+        except WaitingBoundExceeded as exc:
+            log.warning("waiting_run_refused", reason=str(exc))
+            return bound_failure(start, suspension, str(exc))
+        except Unavailable as exc:
+            if answered:
+                raise _AnsweredNotRecorded(request_id) from exc
+            raise
+        if start.request.mode == RunMode.ASYNC and self.drain_reports is not None:
+            self.drain_reports.finished(start.origin, request_id)
+        return None
 
     async def _record_while_awaited(self, start: StartRun, result: RunResult) -> bool:
         """A sync run's `run.finished`, tried again while the broker fails over (a node
@@ -512,7 +561,7 @@ class RunService:
         ticket: _Ticket | None = None,
         announce: bool = False,
         on_answer: Callable[[WorkAnswered], None] | None = None,
-    ) -> RunResult:
+    ) -> RunResult | Suspension:
         """`ticket`: an async run, admitted (`_admit`) just before it goes to the pool.
         `announce`: publish `run.started` once it does. `on_answer`: a sync run's, told
         when a `respond` step answers (the run then has the budget of a run nobody
@@ -537,6 +586,14 @@ class RunService:
                 data={"flow_id": request.flow_id},
             )
         timeout_s = self.accept_run_timeout_s if start.accept_on_timeout else flow.timeout_s
+        resume = resumed_of(start)
+        snapshot = flow.snapshot
+        if resume is not None:
+            # After a delay: the flow as the run began; a run whose caller a `respond`
+            # step answered has the budget of a run nobody waits for.
+            snapshot = resume.flow
+            if resume.answered is not None:
+                timeout_s = self.accept_run_timeout_s
         if start.deadline is not None:
             timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())
         held = False
@@ -550,7 +607,7 @@ class RunService:
             self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
         try:
             return await self.pool.run(
-                request, flow.snapshot, timeout_s, on_answer, self.accept_run_timeout_s
+                request, snapshot, timeout_s, on_answer, self.accept_run_timeout_s, resume
             )
         finally:
             if held:

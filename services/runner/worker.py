@@ -28,13 +28,18 @@ from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
 from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
 from services.runner.steps.base import EarlyAnswer, RunState
+from services.runner.steps.delay import RunSuspended
 from services.runner.steps.respond import with_answer
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import (
+    Answered,
     FlowSnapshot,
+    Resumed,
+    Suspension,
     WorkAnswered,
     WorkDone,
     WorkItem,
+    WorkSuspended,
     frame,
     frame_of,
     read_frame,
@@ -109,10 +114,19 @@ class Worker:
             return
         structlog.contextvars.bind_contextvars(request_id=item.request.request_id)
         state = RunState(self.bounds)
+        if item.resume is not None:  # after a `delay`: the run as it was stored
+            state.trace = list(item.resume.trace)
+            state.loop_iterations = item.resume.loop_iterations
+            state.dropped_steps = item.resume.dropped_steps
+            if item.resume.answered is not None:
+                state.answered = EarlyAnswer(**dict(item.resume.answered))
         try:
             result = await MeteredRun(
                 self._execute(item, state), key, self.marker, self.bounds.run_cpu_s
             )
+        except RunSuspended as suspended:
+            self._suspend(key, item, state, suspended, started_at)
+            return
         except CpuBudgetExceeded:
             error = FlowError(
                 f"the run used more than {self.bounds.run_cpu_s:g} s of CPU time"
@@ -148,7 +162,7 @@ class Worker:
                         )
 
                 state.on_answer = answered
-                result = await self.engine.run(flow, item.request, state)
+                result = await self.engine.run(flow, item.request, state, item.resume)
         except TimeoutError:
             result = None
         # A run whose last slice ran past the deadline is late too: the record says what
@@ -164,6 +178,50 @@ class Worker:
                 request_id, error, Outcome.TIMEOUT, started_at, self.engine.trace(state)
             )
         return result
+
+    def _suspend(
+        self,
+        key: int,
+        item: WorkItem,
+        state: RunState,
+        suspended: RunSuspended,
+        started_at: datetime,
+    ) -> None:
+        """The run stopped in a `delay` step: its state goes to the supervisor, which
+        stores it (services/runner/delays.py)."""
+        steps = self.flow(item.flow).definition.steps
+        next_step = 1 + next(i for i, step in enumerate(steps) if step.ref_id == suspended.ref_id)
+        if state.trace and state.trace[-1].ref_id == suspended.ref_id:
+            state.trace[-1].output = {"resume_at": suspended.resume_at.isoformat()}
+        answered = state.answered
+        try:
+            resumed = Resumed(
+                next_step=next_step,
+                values=suspended.values,
+                trace=self.engine.trace(state),
+                started_at=item.resume.started_at if item.resume else started_at,
+                answered=Answered(**answered.__dict__) if answered is not None else None,
+                loop_iterations=state.loop_iterations,
+                dropped_steps=state.dropped_steps,
+                flow=item.flow,
+            )
+            suspension = Suspension(
+                request_id=item.request.request_id, resume_at=suspended.resume_at, state=resumed
+            )
+            encoded = WorkSuspended(key=key, suspended=suspension).model_dump_json().encode()
+        except ValueError as exc:  # a value pydantic cannot encode: a lone surrogate
+            error = FlowError(f"the run's state cannot be stored for its delay: {str(exc)[:300]}")
+            result = error_result(
+                item.request.request_id,
+                error,
+                Outcome.FAILED,
+                started_at,
+                self.engine.trace(state),
+            )
+            self._finish(key, with_answer(result, answered))
+            return
+        self._done.append(encoded)
+        self._has_done.set()
 
     def _answer(self, key: int, answer: EarlyAnswer) -> None:
         encoded = WorkAnswered(

@@ -85,6 +85,9 @@ class StartRun(BaseModel):
     # Set when the run may have run before (its runner stopped while it ran): carried
     # into `RunResult.repeated`.
     repeated: str | None = None
+    # A run going on after a `delay` step: its stored state, the runner's own
+    # (services/runner/delays.py; no other service reads it). None: a new run.
+    resume: dict[str, Any] | None = None
 
 
 class StartRuns(BaseModel):

@@ -5,10 +5,12 @@ another runner after a SIGKILL, without sending a completed `http` step again (t
 ledger). One system for the module."""
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -21,12 +23,15 @@ pytestmark = pytest.mark.e2e
 
 SINK_HOST = "127.0.0.2"
 SLOW_S = 2.5
+MAX_WAITING = 2  # per workspace
 
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     with running_system(
         FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS=f'["{SINK_HOST}/32"]',
+        FLOWHOOKS_RUNNER_DELAY_POLL_S="0.2",
+        FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS=str(MAX_WAITING),
     ) as running:
         yield running
 
@@ -134,3 +139,108 @@ async def test_a_step_failing_after_respond_fails_the_run(api: Api) -> None:
     assert record["response"]["status_code"] == 200
     assert record["response"]["body"] == "thanks"
     assert "answered_at" in record["response"]
+
+
+async def get_status(api: Api, flow_id: str, request_id: str, token: str) -> tuple[int, Any]:
+    async with api.session.get(
+        f"{api.system.url('ingress')}/v1/flow-webhook/{flow_id}/runs/{request_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as answer:
+        return answer.status, orjson.loads(await answer.read())
+
+
+def http_step(ref_id: str, url: str) -> dict[str, Any]:
+    return {"ref_id": ref_id, "type": "http", "method": "POST", "url": url, "body": "{{ web1 }}"}
+
+
+async def test_a_sync_flow_answers_then_waits_then_goes_on(
+    api: Api, sink: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, ledger = sink
+    flow_id, token = await create(
+        api,
+        {
+            "steps": [
+                {"ref_id": "ack", "type": "respond", "status_code": 202, "body": "later"},
+                {"ref_id": "wait", "type": "delay", "seconds": 1},
+                http_step("after", base + "/after-sync"),
+            ]
+        },
+    )
+    status, headers, raw = await api.send(flow_id, token, json={"n": 1})
+    assert (status, raw) == (202, b"later")
+    record = await record_of(api, headers["X-Request-Id"], ("succeeded", "failed"))
+    assert record["outcome"] == "succeeded", record
+    assert [entry["path"] for entry in ledger] == ["/after-sync"]
+    assert (record["response"]["status_code"], record["response"]["body"]) == (202, "later")
+    assert [step["ref_id"] for step in record["steps"]] == ["ack", "wait", "after"]
+
+
+async def test_past_the_waiting_bound_a_run_fails_naming_it(system: System) -> None:
+    """Its own workspace: `MAX_WAITING` runs wait, the next one fails."""
+    token = system.create_token("globex", "automation")
+    async with aiohttp.ClientSession() as session:
+        api = Api(system, session, token)
+        flow_id, webhook = await create(
+            api,
+            {
+                "webhook": {"async": True},
+                "steps": [{"ref_id": "wait", "type": "delay", "seconds": 2}],
+            },
+        )
+        ids = []
+        for _ in range(MAX_WAITING + 1):
+            status, headers, _ = await api.send(flow_id, webhook, json={})
+            assert status == 200  # scheduled
+            ids.append(headers["X-Request-Id"])
+            # One after the other: which one is refused is then known.
+            await record_of(api, ids[-1], ("waiting", "failed"))
+        records = [await record_of(api, i, ("waiting", "failed")) for i in ids]
+        assert [r["outcome"] for r in records] == ["waiting"] * MAX_WAITING + ["failed"]
+        assert records[-1]["error"] == (
+            f"the workspace has {MAX_WAITING} runs waiting in delay steps, its bound"
+            " (FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS)"
+        )
+        for request_id in ids[:MAX_WAITING]:  # and the others resume
+            assert (await record_of(api, request_id, ("succeeded",)))["outcome"] == "succeeded"
+
+
+async def test_a_delay_survives_its_runner_killed_and_resumes_once(
+    api: Api, system: System, sink: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """An async run calls the sink, waits 2 s, calls it again. While it waits its runner
+    is SIGKILLed (another runner is up): the run is `waiting` with its resume time in the
+    debugger and the status URL, then resumes once on the other runner; the sink's
+    ledger has each call once."""
+    base, ledger = sink
+    flow_id, token = await create(
+        api,
+        {
+            "webhook": {"async": True},
+            "steps": [
+                http_step("before", base + "/before"),
+                {"ref_id": "wait", "type": "delay", "seconds": 2},
+                http_step("after", base + "/after"),
+            ],
+        },
+    )
+    first = system.processes["runner"][0]
+    system.start("runner")
+    status, headers, _ = await api.send(flow_id, token, json={"n": 2})
+    assert status == 200  # scheduled
+    request_id = headers["X-Request-Id"]
+    waiting = await record_of(api, request_id, ("waiting",))
+    status, body = await get_status(api, flow_id, request_id, token)
+    assert (status, body["message"]) == (202, "waiting")
+    assert body["data"]["resume_at"] == waiting["resume_at"].replace("Z", "+00:00")
+    system.stop(first, signal.SIGKILL)
+    record = await record_of(api, request_id, ("succeeded", "failed"))
+    assert record["outcome"] == "succeeded", record
+    assert record.get("repeated") is None
+    assert "resume_at" not in record
+    assert [(entry["path"], entry["key"]) for entry in ledger] == [
+        ("/before", f"{request_id}:before"),
+        ("/after", f"{request_id}:after"),
+    ]
+    assert [step["ref_id"] for step in record["steps"]] == ["before", "wait", "after"]
+    assert record["steps"][1]["output"] == {"resume_at": waiting["resume_at"]}

@@ -1,0 +1,256 @@
+"""Runs waiting in a `delay` step: stored in `runner.waiting_runs`, resumed by any runner.
+
+Storing (`store`, when a worker reports a run stopped in a `delay`): one transaction
+inserts the row (the `StartRun` to publish again, its `resume` holding the run's
+context, next step, trace and early answer, and the flow as the run began), adds it to
+the workspace's totals (past a bound, the transaction is undone and the run fails
+naming the bound), and marks the message it came from (`waiting_mark`): a runner
+killed before that message is acked has it delivered again, and the redelivery skips
+the run instead of running its steps again. Only then is the message acked and the
+worker slot long free.
+
+Resuming (`resume_due`, every FLOWHOOKS_RUNNER_DELAY_POLL_S on every replica): one
+transaction claims due rows (`FOR UPDATE SKIP LOCKED`: replicas share the work, never
+the same row), publishes each as an async run through the broker and waits for the
+broker's confirms, then deletes the rows and commits. So:
+- a runner killed mid-claim: its transaction rolls back, the rows are claimed again;
+- the broker away or failing over: no confirm, rollback, claimed again next time;
+- the database failing over after the confirm, before the commit: the row stays and is
+  published a second time. Each stored state has a `token`; the first copy a runner
+  takes marks it (`resume_copy_mark`) and a later copy is dropped (`fresh_copies`), so
+  the run goes on once. A copy delivered again because its runner died is not a second
+  copy: it runs again, as any async run does (its steps after the delay may repeat,
+  marked `repeated`; those before it never do, they are in the stored state).
+A completed `http` step before the delay is never sent again: its output is in the
+stored context and the run resumes after it."""
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from services.runner.worker_protocol import Resumed, Suspension
+from shared import db
+from shared.errors import FlowError, Unavailable
+from shared.messaging.batching import BatchPublisher
+from shared.messaging.connection import Broker
+from shared.messaging.contracts import ASYNC_RUNS, RUN_STARTED
+from shared.schemas.runs import RunProgress, RunResult, StartRun, error_result
+from shared.schemas.vocabulary import Outcome
+
+log = structlog.get_logger(__name__)
+
+
+class WaitingBoundExceeded(Exception):
+    """Storing the run would put its workspace past a bound; the message names it."""
+
+
+def waiting_mark(start: StartRun) -> str:
+    """The `finished_runs` key saying that this message's run is stored waiting (its
+    redelivery must not run it)."""
+    resume = start.resume or {}
+    return f"{start.request.request_id}#waiting-from{resume.get('next_step', 0)}"
+
+
+def resume_copy_mark(start: StartRun) -> str:
+    return f"{start.request.request_id}#resumed-{(start.resume or {}).get('token', '')}"
+
+
+def is_first_copy_candidate(start: StartRun) -> bool:
+    """A resumed run as the scheduler published it (not parked since, nor split from a
+    message delivered again): the copies `fresh_copies` judges."""
+    return start.resume is not None and start.parked == 0 and start.repeated is None
+
+
+class DelayedRuns:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        *,
+        max_waiting_runs: int,
+        max_state_bytes: int,
+        resume_batch: int = 500,
+    ) -> None:
+        self.pool = pool
+        self.max_waiting_runs = max_waiting_runs
+        self.max_state_bytes = max_state_bytes
+        self.resume_batch = resume_batch
+        # Resumed runs to the async-runs queue, many to a message, each confirmed.
+        self._resumes: BatchPublisher[StartRun] = BatchPublisher(broker, ASYNC_RUNS)
+        # `waiting` with the resume time, for the debugger and the status URL.
+        self._waiting: BatchPublisher[RunProgress] = BatchPublisher(broker, RUN_STARTED)
+        self.resumed = 0  # for metrics, tests and the bench
+
+    async def store(self, start: StartRun, suspension: Suspension) -> None:
+        """Stores the run (see the module's doc); raises `WaitingBoundExceeded`, or
+        `Unavailable` when the database is away (the message comes again)."""
+        resumed = suspension.state.model_copy(update={"token": uuid.uuid4().hex})
+        stored = start.model_copy(
+            update={
+                "resume": resumed.model_dump(mode="json"),
+                "flow_version": resumed.flow.version,
+                "deadline": None,  # nobody waits: the run's budget is its flow's
+                "origin": None,  # its ingress was told at the store (drain report)
+                "parked": 0,
+                "repeated": None,
+                "accept_on_timeout": False,
+                "dedup_key": None,
+            }
+        )
+        encoded = stored.model_dump_json().encode()
+        workspace = start.request.workspace_id
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetchval(
+                    "INSERT INTO runner.waiting_runs"
+                    " (request_id, workspace_id, resume_at, start, state_bytes)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING"
+                    " RETURNING true",
+                    start.request.request_id,
+                    workspace,
+                    suspension.resume_at,
+                    encoded,
+                    len(encoded),
+                )
+                if inserted:
+                    totals = await conn.fetchrow(
+                        "INSERT INTO runner.waiting_totals (workspace_id, runs, state_bytes)"
+                        " VALUES ($1, 1, $2) ON CONFLICT (workspace_id) DO UPDATE SET"
+                        " runs = waiting_totals.runs + 1,"
+                        " state_bytes = waiting_totals.state_bytes + EXCLUDED.state_bytes"
+                        " RETURNING runs, state_bytes",
+                        workspace,
+                        len(encoded),
+                    )
+                    self._check_bounds(totals["runs"], totals["state_bytes"], len(encoded))
+                await conn.execute(
+                    "INSERT INTO runner.finished_runs (request_id) VALUES ($1)"
+                    " ON CONFLICT DO NOTHING",
+                    waiting_mark(start),
+                )
+        except db.UNAVAILABLE as exc:
+            raise Unavailable(f"the waiting run could not be stored: {exc!r}") from exc
+        try:
+            await self._waiting.publish(
+                RunProgress(
+                    request=start.request, at=datetime.now(UTC), resume_at=suspension.resume_at
+                )
+            )
+        except Exception as exc:  # best effort: what is guaranteed is the outcome
+            log.warning("waiting_not_reported", error=repr(exc))
+
+    def _check_bounds(self, runs: int, state_bytes: int, size: int) -> None:
+        if runs > self.max_waiting_runs:
+            raise WaitingBoundExceeded(
+                f"the workspace has {self.max_waiting_runs} runs waiting in delay steps,"
+                " its bound (FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS)"
+            )
+        if state_bytes > self.max_state_bytes:
+            raise WaitingBoundExceeded(
+                f"the run's state of {size} bytes would put the workspace's waiting runs"
+                f" past their bound of {self.max_state_bytes} bytes in all"
+                " (FLOWHOOKS_RUNNER_DELAY_MAX_STATE_BYTES)"
+            )
+
+    async def resume_due(self) -> int:
+        """Publishes every due run (in claims of `resume_batch`); returns how many."""
+        total = 0
+        while True:
+            claimed = await self._resume_some()
+            total += claimed
+            if claimed < self.resume_batch:
+                return total
+
+    async def _resume_some(self) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT request_id, workspace_id, state_bytes, start FROM runner.waiting_runs"
+                " WHERE resume_at <= now() ORDER BY resume_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.resume_batch,
+            )
+            if not rows:
+                return 0
+            starts = [StartRun.model_validate_json(row["start"]) for row in rows]
+            # Raises if any is not confirmed: the transaction is undone, the rows stay
+            # (those confirmed meanwhile are second copies later: `fresh_copies`).
+            await asyncio.gather(*(self._resumes.publish(start) for start in starts))
+            runs: Counter[str] = Counter()
+            sizes: Counter[str] = Counter()
+            for row in rows:
+                runs[row["workspace_id"]] += 1
+                sizes[row["workspace_id"]] += row["state_bytes"]
+            await conn.execute(
+                "DELETE FROM runner.waiting_runs WHERE request_id = ANY($1::text[])",
+                [row["request_id"] for row in rows],
+            )
+            await conn.execute(
+                "UPDATE runner.waiting_totals AS t SET runs = t.runs - d.runs,"
+                " state_bytes = t.state_bytes - d.bytes FROM (SELECT unnest($1::text[]) AS w,"
+                " unnest($2::int[]) AS runs, unnest($3::bigint[]) AS bytes) AS d"
+                " WHERE t.workspace_id = d.w",
+                list(runs),
+                list(runs.values()),
+                [sizes[w] for w in runs],
+            )
+        self.resumed += len(rows)
+        return len(rows)
+
+    async def fresh_copies(self, starts: list[StartRun]) -> list[StartRun]:
+        """Those of `starts` to run: a resumed run's first copy (its mark inserted now),
+        never a second copy of the same stored state. Every run, if the database cannot
+        say (at least once)."""
+        judged = [start for start in starts if is_first_copy_candidate(start)]
+        if not judged:
+            return starts
+        try:
+            rows = await self.pool.fetch(
+                "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
+                " ON CONFLICT DO NOTHING RETURNING request_id",
+                [resume_copy_mark(start) for start in judged],
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("resume_copy_check_failed", error=repr(exc))
+            return starts
+        first = {row["request_id"] for row in rows}
+        kept = [
+            start
+            for start in starts
+            if not is_first_copy_candidate(start) or resume_copy_mark(start) in first
+        ]
+        if len(kept) < len(starts):
+            log.warning("resume_copies_dropped", count=len(starts) - len(kept))
+        return kept
+
+
+def resumed_of(start: StartRun) -> Resumed | None:
+    return Resumed.model_validate(start.resume) if start.resume is not None else None
+
+
+def bound_failure(start: StartRun, suspension: Suspension, message: str) -> RunResult:
+    """The run that could not be stored for its delay: failed, naming the bound, with
+    its trace, and the answer a `respond` step gave its caller (if any)."""
+    state = suspension.state
+    result = error_result(
+        start.request.request_id,
+        FlowError(message),
+        Outcome.FAILED,
+        state.started_at,
+        list(state.trace),
+    )
+    if state.answered is not None:
+        answered = state.answered
+        result = result.model_copy(
+            update={
+                "status_code": answered.status_code,
+                "content_type": answered.content_type,
+                "body": answered.body,
+                "headers": answered.headers,
+                "answered_at": answered.at,
+            }
+        )
+    return result.model_copy(update={"repeated": suspension.repeated})
+
