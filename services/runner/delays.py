@@ -83,7 +83,8 @@ class DelayedRuns:
         self._resumes: BatchPublisher[StartRun] = BatchPublisher(broker, ASYNC_RUNS)
         # `waiting` with the resume time, for the debugger and the status URL.
         self._waiting: BatchPublisher[RunProgress] = BatchPublisher(broker, RUN_STARTED)
-        self.resumed = 0  # for metrics, tests and the bench
+        self.stored = 0  # for metrics, tests and the bench
+        self.resumed = 0
 
     async def store(self, start: StartRun, suspension: Suspension) -> None:
         """Stores the run (see the module's doc); raises `WaitingBoundExceeded`, or
@@ -134,6 +135,7 @@ class DelayedRuns:
                 )
         except db.UNAVAILABLE as exc:
             raise Unavailable(f"the waiting run could not be stored: {exc!r}") from exc
+        self.stored += 1
         try:
             await self._waiting.publish(
                 RunProgress(
@@ -253,4 +255,3 @@ def bound_failure(start: StartRun, suspension: Suspension, message: str) -> RunR
             }
         )
     return result.model_copy(update={"repeated": suspension.repeated})
-
