@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import structlog
 
 from services.runner.callbacks import CallbackSender
@@ -71,7 +72,7 @@ from shared.schemas.runs import (
     StartRuns,
     error_result,
 )
-from shared.schemas.vocabulary import Outcome, RunMode
+from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
 from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
@@ -106,6 +107,23 @@ def early_result(request_id: str, answer: WorkAnswered) -> RunResult:
         started_at=answer.at,
         finished_at=answer.at,
         answered_at=answer.at,
+    )
+
+
+def waiting_result(request_id: str, suspension: Suspension) -> RunResult:
+    """A replay's answer when its run stopped in a `delay` step: 202, `waiting`, with
+    the resume time (the run's own outcome is recorded when it ends)."""
+    now = datetime.now(UTC)
+    data = {"request_id": request_id, "resume_at": suspension.resume_at.isoformat()}
+    return RunResult(
+        request_id=request_id,
+        outcome=Outcome.SUCCEEDED,
+        status_code=202,
+        content_type=JSON,
+        body=orjson.dumps(envelope(202, None, Progress.WAITING, data)).decode(),
+        started_at=suspension.state.started_at,
+        finished_at=now,
+        answered_at=now,
     )
 
 
@@ -449,6 +467,13 @@ class RunService:
         if isinstance(result, Suspension):
             stored = await self._store_waiting(start, result, answered=bool(early))
             if stored is None:
+                if reply_to is not None and not early:
+                    # Not answered by a respond step: only a replay (a sync flow's
+                    # delay comes after its respond). It is told the run waits.
+                    answer = waiting_result(request_id, result)
+                    self.replies.send(
+                        reply_to, request_id, RESULT, answer.model_dump_json().encode()
+                    )
                 return
             result = stored  # not stored: the run fails, naming the bound
         self.metrics.run_duration.labels(result.outcome).observe(

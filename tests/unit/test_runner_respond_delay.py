@@ -3,14 +3,17 @@ respond step answers and what the run's record says after it."""
 
 from typing import Any
 
+import orjson
 import pytest
 
 from harness.factories import webhook_request
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
 from services.runner.steps.base import EarlyAnswer, RunState
+from services.runner.steps.delay import RunSuspended
 from services.runner.steps.respond import with_answer
 from services.runner.templates import TemplateEngine
+from services.runner.worker_protocol import FlowSnapshot, Resumed
 from shared.errors import BadRequest
 
 TEMPLATES = TemplateEngine()
@@ -86,3 +89,65 @@ async def test_a_second_respond_fails_the_run() -> None:
     assert result.error == (
         "step 'again' failed: the caller was answered already, by an earlier respond"
     )
+
+
+DELAY = {"ref_id": "wait", "type": "delay", "seconds": 5}
+
+
+def test_where_a_delay_may_stand() -> None:
+    assert parse({"webhook": {"async": True}, "steps": [DELAY]}).steps[0].seconds == 5
+    assert [s.type for s in parse({"steps": [RESPOND, DELAY]}).steps] == ["respond", "delay"]
+    message, data = refusal({"steps": [DELAY, RESPOND]})
+    assert data == {"field": "steps[0]"}
+    assert message == (
+        "steps[0]: a delay in a sync flow must come after a respond step (at the top level"
+        " of steps): its caller is answered before the run waits"
+    )
+    loop = {"ref_id": "each", "type": "loop", "over": "{{ [1] }}", "steps": [DELAY]}
+    _, data = refusal({"webhook": {"async": True}, "steps": [loop]})
+    assert data == {"field": "steps[0].steps[0]"}
+    _, data = refusal({"webhook": {"async": True}, "steps": [], "on_error": [DELAY]})
+    assert data == {"field": "on_error[0]"}
+
+
+@pytest.mark.parametrize("seconds", [0, 7 * 86_400 + 1])
+def test_a_delay_is_one_second_to_seven_days(seconds: int) -> None:
+    _, data = refusal({"webhook": {"async": True}, "steps": [{**DELAY, "seconds": seconds}]})
+    assert data == {"field": "steps[0].seconds"}
+
+
+async def test_a_run_stops_at_its_delay_and_goes_on_from_the_stored_state() -> None:
+    raw = {
+        "webhook": {"async": True},
+        "steps": [
+            {"ref_id": "first", "type": "template", "template": "{{ web1.n + 1 }}"},
+            DELAY,
+            {"ref_id": "last", "type": "template", "template": "{{ first.value * 10 }}"},
+        ],
+    }
+    definition = parse(raw)
+    flow = Flow("f1", "w1", 1, definition)
+    request = webhook_request({"n": 1}, request_id="r1", flow_id="f1", workspace_id="w1")
+    engine = Engine(TEMPLATES)
+    state = RunState(engine.limits)
+    with pytest.raises(RunSuspended) as stopped:
+        await engine.run(flow, request, state)
+    assert stopped.value.ref_id == "wait"
+    assert stopped.value.values["first"] == {"value": 2}
+    assert [entry.ref_id for entry in state.trace] == ["first", "wait"]
+    # As the worker stores it and a runner resumes it: the steps before are not run again.
+    stored = Resumed.model_validate_json(
+        Resumed(
+            next_step=2,
+            values=stopped.value.values,
+            trace=engine.trace(state),
+            started_at=state.trace[0].started_at,
+            flow=FlowSnapshot(id="f1", workspace_id="w1", version=1, definition=raw),
+        ).model_dump_json()
+    )
+    resumed_state = RunState(engine.limits)
+    resumed_state.trace = list(stored.trace)
+    result = await engine.run(flow, request, resumed_state, stored)
+    assert (result.outcome, orjson.loads(result.body)["data"]) == ("succeeded", {"value": 20})
+    assert [step.ref_id for step in result.steps] == ["first", "wait", "last"]
+    assert result.started_at == stored.started_at
