@@ -65,6 +65,24 @@ def is_first_copy_candidate(start: StartRun) -> bool:
     return start.resume is not None and start.parked == 0 and start.repeated is None
 
 
+def check_bounds(
+    runs: int, state_bytes: int, size: int, max_waiting_runs: int, max_state_bytes: int
+) -> None:
+    """Raises `WaitingBoundExceeded` when a workspace's totals, this run counted in, are
+    past a bound; `size`: this run's stored bytes."""
+    if runs > max_waiting_runs:
+        raise WaitingBoundExceeded(
+            f"the workspace has {max_waiting_runs} runs waiting in delay steps,"
+            " its bound (FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS)"
+        )
+    if state_bytes > max_state_bytes:
+        raise WaitingBoundExceeded(
+            f"the run's state of {size} bytes would put the workspace's waiting runs"
+            f" past their bound of {max_state_bytes} bytes in all"
+            " (FLOWHOOKS_RUNNER_DELAY_MAX_STATE_BYTES)"
+        )
+
+
 class DelayedRuns:
     def __init__(
         self,
@@ -127,7 +145,13 @@ class DelayedRuns:
                         workspace,
                         len(encoded),
                     )
-                    self._check_bounds(totals["runs"], totals["state_bytes"], len(encoded))
+                    check_bounds(
+                        totals["runs"],
+                        totals["state_bytes"],
+                        len(encoded),
+                        self.max_waiting_runs,
+                        self.max_state_bytes,
+                    )
                 await conn.execute(
                     "INSERT INTO runner.finished_runs (request_id) VALUES ($1)"
                     " ON CONFLICT DO NOTHING",
@@ -144,19 +168,6 @@ class DelayedRuns:
             )
         except Exception as exc:  # best effort: what is guaranteed is the outcome
             log.warning("waiting_not_reported", error=repr(exc))
-
-    def _check_bounds(self, runs: int, state_bytes: int, size: int) -> None:
-        if runs > self.max_waiting_runs:
-            raise WaitingBoundExceeded(
-                f"the workspace has {self.max_waiting_runs} runs waiting in delay steps,"
-                " its bound (FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS)"
-            )
-        if state_bytes > self.max_state_bytes:
-            raise WaitingBoundExceeded(
-                f"the run's state of {size} bytes would put the workspace's waiting runs"
-                f" past their bound of {self.max_state_bytes} bytes in all"
-                " (FLOWHOOKS_RUNNER_DELAY_MAX_STATE_BYTES)"
-            )
 
     async def resume_due(self) -> int:
         """Publishes every due run (in claims of `resume_batch`); returns how many."""

@@ -8,6 +8,13 @@ import pytest
 
 from harness.factories import webhook_request
 from services.runner.definition import parse_definition
+from services.runner.delays import (
+    WaitingBoundExceeded,
+    check_bounds,
+    is_first_copy_candidate,
+    resume_copy_mark,
+    waiting_mark,
+)
 from services.runner.engine import Engine, Flow
 from services.runner.steps.base import EarlyAnswer, RunState
 from services.runner.steps.delay import RunSuspended
@@ -15,6 +22,7 @@ from services.runner.steps.respond import with_answer
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import FlowSnapshot, Resumed
 from shared.errors import BadRequest
+from shared.schemas.runs import StartRun
 
 TEMPLATES = TemplateEngine()
 RESPOND = {"ref_id": "ack", "type": "respond", "status_code": 202, "body": '{"a": {{ web1.a }}}'}
@@ -151,3 +159,32 @@ async def test_a_run_stops_at_its_delay_and_goes_on_from_the_stored_state() -> N
     assert (result.outcome, orjson.loads(result.body)["data"]) == ("succeeded", {"value": 20})
     assert [step.ref_id for step in result.steps] == ["first", "wait", "last"]
     assert result.started_at == stored.started_at
+
+
+def test_the_waiting_bounds_name_themselves() -> None:
+    check_bounds(2, 100, 50, max_waiting_runs=2, max_state_bytes=100)  # at them: stored
+    with pytest.raises(WaitingBoundExceeded) as runs:
+        check_bounds(3, 100, 50, max_waiting_runs=2, max_state_bytes=100)
+    assert str(runs.value) == (
+        "the workspace has 2 runs waiting in delay steps, its bound"
+        " (FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS)"
+    )
+    with pytest.raises(WaitingBoundExceeded) as size:
+        check_bounds(1, 101, 60, max_waiting_runs=2, max_state_bytes=100)
+    assert str(size.value) == (
+        "the run's state of 60 bytes would put the workspace's waiting runs past their"
+        " bound of 100 bytes in all (FLOWHOOKS_RUNNER_DELAY_MAX_STATE_BYTES)"
+    )
+
+
+def test_which_copies_of_a_resumed_run_are_judged_and_how_they_are_marked() -> None:
+    request = webhook_request({}, request_id="r1", flow_id="f1", workspace_id="w1")
+    new = StartRun(request=request, flow_version=1)
+    resumed = new.model_copy(update={"resume": {"next_step": 2, "token": "t1"}})
+    assert waiting_mark(new) == "r1#waiting-from0"
+    assert waiting_mark(resumed) == "r1#waiting-from2"  # a second delay's message
+    assert resume_copy_mark(resumed) == "r1#resumed-t1"
+    assert [is_first_copy_candidate(s) for s in (new, resumed)] == [False, True]
+    # Parked since, or split from a message delivered again: the same copy, not judged.
+    assert not is_first_copy_candidate(resumed.model_copy(update={"parked": 1}))
+    assert not is_first_copy_candidate(resumed.model_copy(update={"repeated": "again"}))

@@ -259,7 +259,7 @@
     const summary = $("summary");
     summary.replaceChildren();
     for (const name of [
-      "flow_id", "received_at", "method", "path", "content_type", "mode", "outcome",
+      "flow_id", "received_at", "method", "path", "content_type", "mode", "outcome", "resume_at",
       "started_at", "finished_at", "replay_of", "duplicate_of", "raw_body_encoding",
       "raw_body_truncated", "truncated", "callback",
     ]) {
