@@ -118,8 +118,11 @@ def wait_for(database_url: str, query: str, target: int, max_wait_s: float) -> f
     """Seconds until `query` counts `target` (bounded)."""
     started = time.monotonic()
     while time.monotonic() - started < max_wait_s:
-        if asyncio.run(scalar(database_url, query)) == target:
-            return time.monotonic() - started
+        try:
+            if asyncio.run(scalar(database_url, query)) == target:
+                return time.monotonic() - started
+        except (OSError, asyncpg.PostgresError) as exc:  # a restart of the shared server
+            print(f"database: {exc!r}; asking again", flush=True)
         time.sleep(0.2)
     raise TimeoutError(f"{query!r} did not reach {target} within {max_wait_s} s")
 

@@ -133,6 +133,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         kernel.broker,
         max_waiting_runs=settings.runner_delay_max_waiting_runs,
         max_state_bytes=settings.runner_delay_max_state_bytes,
+        max_run_state_bytes=settings.runner_delay_max_run_state_bytes,
         resume_batch=settings.runner_delay_resume_batch,
     )
     kernel.periodic("delays_resume", settings.runner_delay_poll_s, delays.resume_due)

@@ -65,6 +65,17 @@ def is_first_copy_candidate(start: StartRun) -> bool:
     return start.resume is not None and start.parked == 0 and start.repeated is None
 
 
+def check_run_bound(size: int, max_run_state_bytes: int) -> None:
+    """Raises `WaitingBoundExceeded` for one run's state past its own bound (before any
+    write: such a state is never stored)."""
+    if size > max_run_state_bytes:
+        raise WaitingBoundExceeded(
+            f"the run's state of {size} bytes is larger than the bound of"
+            f" {max_run_state_bytes} bytes for one waiting run"
+            " (FLOWHOOKS_RUNNER_DELAY_MAX_RUN_STATE_BYTES)"
+        )
+
+
 def check_bounds(
     runs: int, state_bytes: int, size: int, max_waiting_runs: int, max_state_bytes: int
 ) -> None:
@@ -91,9 +102,11 @@ class DelayedRuns:
         *,
         max_waiting_runs: int,
         max_state_bytes: int,
+        max_run_state_bytes: int = 8 * 1024 * 1024,
         resume_batch: int = 500,
     ) -> None:
         self.pool = pool
+        self.max_run_state_bytes = max_run_state_bytes
         self.max_waiting_runs = max_waiting_runs
         self.max_state_bytes = max_state_bytes
         self.resume_batch = resume_batch
@@ -121,6 +134,7 @@ class DelayedRuns:
             }
         )
         encoded = stored.model_dump_json().encode()
+        check_run_bound(len(encoded), self.max_run_state_bytes)
         workspace = start.request.workspace_id
         try:
             async with self.pool.acquire() as conn, conn.transaction():

@@ -11,6 +11,7 @@ from services.runner.definition import parse_definition
 from services.runner.delays import (
     WaitingBoundExceeded,
     check_bounds,
+    check_run_bound,
     is_first_copy_candidate,
     resume_copy_mark,
     waiting_mark,
@@ -174,6 +175,13 @@ def test_the_waiting_bounds_name_themselves() -> None:
     assert str(size.value) == (
         "the run's state of 60 bytes would put the workspace's waiting runs past their"
         " bound of 100 bytes in all (FLOWHOOKS_RUNNER_DELAY_MAX_STATE_BYTES)"
+    )
+    check_run_bound(2048, 2048)
+    with pytest.raises(WaitingBoundExceeded) as one:
+        check_run_bound(2049, 2048)
+    assert str(one.value) == (
+        "the run's state of 2049 bytes is larger than the bound of 2048 bytes for one"
+        " waiting run (FLOWHOOKS_RUNNER_DELAY_MAX_RUN_STATE_BYTES)"
     )
 
 
