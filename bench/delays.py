@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.__main__ import RESULTS, loadgen
+from bench.__main__ import RESULTS, loadgen, rss_mib
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
 
@@ -181,6 +181,7 @@ def main() -> None:
 
             before = {
                 "runner_processes": processes(runner_pid),
+                "supervisor_rss_mib": rss_mib(runner_pid),
                 "runner_rss_mib": tree_rss_mib(runner_pid),
                 "runner_schema_bytes": asyncio.run(scalar(database_url, RUNNER_BYTES)),
                 "database_bytes": asyncio.run(scalar(database_url, DATABASE_BYTES)),
@@ -192,6 +193,7 @@ def main() -> None:
             assert stored_s < args.delay, "runs came due before all were stored: raise --delay"
             waiting = {
                 "runner_processes": processes(runner_pid),
+                "supervisor_rss_mib": rss_mib(runner_pid),
                 "runner_rss_mib": tree_rss_mib(runner_pid),
                 "waiting_runs_bytes": asyncio.run(
                     scalar(database_url, "SELECT pg_total_relation_size('runner.waiting_runs')")
@@ -205,6 +207,15 @@ def main() -> None:
                 "before": before,
                 "all_waiting": waiting,
                 "runner_rss_ratio": round(waiting["runner_rss_mib"] / before["runner_rss_mib"], 3),
+                "supervisor_rss_ratio": round(
+                    waiting["supervisor_rss_mib"] / before["supervisor_rss_mib"], 3
+                ),
+                "supervisor_rss_kib_per_run": round(
+                    (waiting["supervisor_rss_mib"] - before["supervisor_rss_mib"])
+                    * 1024
+                    / args.runs,
+                    3,
+                ),
                 "runner_rss_kib_per_run": round(
                     (waiting["runner_rss_mib"] - before["runner_rss_mib"]) * 1024 / args.runs, 3
                 ),
@@ -242,6 +253,7 @@ def main() -> None:
                 # would be given back (or was never taken).
                 "after": {
                     "runner_processes": processes(runner_pid),
+                    "supervisor_rss_mib": rss_mib(runner_pid),
                     "runner_rss_mib": tree_rss_mib(runner_pid),
                 },
             }

@@ -1,6 +1,7 @@
 """Runs waiting in a `delay` step: stored in `runner.waiting_runs`, resumed by any runner.
 
-Storing (`store`, when a worker reports a run stopped in a `delay`): one transaction
+Storing (`store`, when a worker reports a run stopped in a `delay`; group-committed:
+the runs stopped while one transaction runs go together in the next): one transaction
 inserts the row (the `StartRun` to publish again, its `resume` holding the run's
 context, next step, trace and early answer, and the flow as the run began), adds it to
 the workspace's totals (past a bound, the transaction is undone and the run fails
@@ -27,6 +28,7 @@ stored context and the run resumes after it."""
 import asyncio
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -35,6 +37,7 @@ import structlog
 from services.runner.worker_protocol import Resumed, Suspension
 from shared import db
 from shared.errors import FlowError, Unavailable
+from shared.group_commit import GroupCommit
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import ASYNC_RUNS, RUN_STARTED
@@ -94,6 +97,15 @@ def check_bounds(
         )
 
 
+@dataclass(frozen=True)
+class _ToStore:
+    request_id: str
+    workspace: str
+    resume_at: datetime
+    encoded: bytes  # the StartRun to publish again
+    mark: str  # `waiting_mark` of the message it came from
+
+
 class DelayedRuns:
     def __init__(
         self,
@@ -114,6 +126,9 @@ class DelayedRuns:
         self._resumes: BatchPublisher[StartRun] = BatchPublisher(broker, ASYNC_RUNS)
         # `waiting` with the resume time, for the debugger and the status URL.
         self._waiting: BatchPublisher[RunProgress] = BatchPublisher(broker, RUN_STARTED)
+        self._stores: GroupCommit[_ToStore] = GroupCommit(
+            self._store_batch, max_items=500, max_size=32 * 1024 * 1024, size=_size
+        )
         self.stored = 0  # for metrics, tests and the bench
         self.resumed = 0
 
@@ -135,42 +150,15 @@ class DelayedRuns:
         )
         encoded = stored.model_dump_json().encode()
         check_run_bound(len(encoded), self.max_run_state_bytes)
-        workspace = start.request.workspace_id
+        item = _ToStore(
+            start.request.request_id,
+            start.request.workspace_id,
+            suspension.resume_at,
+            encoded,
+            waiting_mark(start),
+        )
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                inserted = await conn.fetchval(
-                    "INSERT INTO runner.waiting_runs"
-                    " (request_id, workspace_id, resume_at, start, state_bytes)"
-                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING"
-                    " RETURNING true",
-                    start.request.request_id,
-                    workspace,
-                    suspension.resume_at,
-                    encoded,
-                    len(encoded),
-                )
-                if inserted:
-                    totals = await conn.fetchrow(
-                        "INSERT INTO runner.waiting_totals (workspace_id, runs, state_bytes)"
-                        " VALUES ($1, 1, $2) ON CONFLICT (workspace_id) DO UPDATE SET"
-                        " runs = waiting_totals.runs + 1,"
-                        " state_bytes = waiting_totals.state_bytes + EXCLUDED.state_bytes"
-                        " RETURNING runs, state_bytes",
-                        workspace,
-                        len(encoded),
-                    )
-                    check_bounds(
-                        totals["runs"],
-                        totals["state_bytes"],
-                        len(encoded),
-                        self.max_waiting_runs,
-                        self.max_state_bytes,
-                    )
-                await conn.execute(
-                    "INSERT INTO runner.finished_runs (request_id) VALUES ($1)"
-                    " ON CONFLICT DO NOTHING",
-                    waiting_mark(start),
-                )
+            await self._stores.add(item)
         except db.UNAVAILABLE as exc:
             raise Unavailable(f"the waiting run could not be stored: {exc!r}") from exc
         self.stored += 1
@@ -182,6 +170,79 @@ class DelayedRuns:
             )
         except Exception as exc:  # best effort: what is guaranteed is the outcome
             log.warning("waiting_not_reported", error=repr(exc))
+
+    async def _store_batch(self, items: list["_ToStore"]) -> list[BaseException | None]:
+        """One transaction for the runs stopped meanwhile (group commit: stores of one
+        workspace are ordered by its totals row, so one at a time they would queue):
+        each workspace's totals locked, each run checked against them in order (a run
+        refused leaves nothing), the rest inserted with their marks."""
+        workspaces = sorted({item.workspace for item in items})
+        results: list[BaseException | None] = [None] * len(items)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO runner.waiting_totals (workspace_id, runs, state_bytes)"
+                " SELECT unnest($1::text[]), 0, 0 ON CONFLICT (workspace_id) DO NOTHING",
+                workspaces,
+            )
+            rows = await conn.fetch(
+                "SELECT workspace_id, runs, state_bytes FROM runner.waiting_totals"
+                " WHERE workspace_id = ANY($1::text[]) ORDER BY workspace_id FOR UPDATE",
+                workspaces,
+            )
+            totals = {row["workspace_id"]: [row["runs"], row["state_bytes"]] for row in rows}
+            stored_already = {
+                row["request_id"]
+                for row in await conn.fetch(
+                    "SELECT request_id FROM runner.waiting_runs WHERE request_id = ANY($1::text[])",
+                    [item.request_id for item in items],
+                )
+            }
+            accepted: list[_ToStore] = []
+            for index, item in enumerate(items):
+                if item.request_id in stored_already:
+                    continue  # a redelivery's: stored by its first delivery
+                total = totals[item.workspace]
+                size = len(item.encoded)
+                try:
+                    check_bounds(
+                        total[0] + 1,
+                        total[1] + size,
+                        size,
+                        self.max_waiting_runs,
+                        self.max_state_bytes,
+                    )
+                except WaitingBoundExceeded as exc:
+                    results[index] = exc
+                    continue
+                total[0] += 1
+                total[1] += size
+                stored_already.add(item.request_id)
+                accepted.append(item)
+            await conn.execute(
+                "INSERT INTO runner.waiting_runs"
+                " (request_id, workspace_id, resume_at, start, state_bytes)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bytea[],"
+                " $5::int[]) ON CONFLICT (request_id) DO NOTHING",
+                [item.request_id for item in accepted],
+                [item.workspace for item in accepted],
+                [item.resume_at for item in accepted],
+                [item.encoded for item in accepted],
+                [len(item.encoded) for item in accepted],
+            )
+            await conn.execute(
+                "UPDATE runner.waiting_totals AS t SET runs = d.runs, state_bytes = d.bytes"
+                " FROM (SELECT unnest($1::text[]) AS w, unnest($2::int[]) AS runs,"
+                " unnest($3::bigint[]) AS bytes) AS d WHERE t.workspace_id = d.w",
+                list(totals),
+                [total[0] for total in totals.values()],
+                [total[1] for total in totals.values()],
+            )
+            await conn.execute(
+                "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
+                " ON CONFLICT DO NOTHING",
+                [item.mark for item, result in zip(items, results, strict=True) if result is None],
+            )
+        return results
 
     async def resume_due(self) -> int:
         """Publishes every due run (in claims of `resume_batch`); returns how many."""
@@ -251,6 +312,10 @@ class DelayedRuns:
         if len(kept) < len(starts):
             log.warning("resume_copies_dropped", count=len(starts) - len(kept))
         return kept
+
+
+def _size(item: _ToStore) -> int:
+    return len(item.encoded)
 
 
 def resumed_of(start: StartRun) -> Resumed | None:

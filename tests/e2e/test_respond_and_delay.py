@@ -24,6 +24,7 @@ pytestmark = pytest.mark.e2e
 SINK_HOST = "127.0.0.2"
 SLOW_S = 2.5
 MAX_WAITING = 2  # per workspace
+STORED = "flowhooks_runner_runs_stored_waiting_total"
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +237,8 @@ async def test_a_delay_survives_its_runner_killed_and_resumes_once(
         },
     )
     system.wait_all_ready(system.processes["runner"])
+    runners = list(system.processes["runner"])
+    stored_before = [await metric(api, runner.ops_url, STORED) for runner in runners]
     status, headers, _ = await api.send(flow_id, token, json={"n": 2})
     assert status == 200  # scheduled
     request_id = headers["X-Request-Id"]
@@ -246,8 +249,8 @@ async def test_a_delay_survives_its_runner_killed_and_resumes_once(
     # The runner that ran the first part and stored the run (its metrics say which).
     stored = [
         runner
-        for runner in system.processes["runner"]
-        if await metric(api, runner.ops_url, "flowhooks_runner_runs_stored_waiting_total") >= 1
+        for runner, before in zip(runners, stored_before, strict=True)
+        if await metric(api, runner.ops_url, STORED) > before
     ]
     assert len(stored) == 1
     system.stop(stored[0], signal.SIGKILL)
