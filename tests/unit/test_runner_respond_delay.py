@@ -1,6 +1,7 @@
 """`respond` and `delay` steps (issue 25) without services: where they may stand, what a
 respond step answers and what the run's record says after it."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -17,11 +18,12 @@ from services.runner.delays import (
     waiting_mark,
 )
 from services.runner.engine import Engine, Flow
+from services.runner.runs import waiting_result
 from services.runner.steps.base import EarlyAnswer, RunState
 from services.runner.steps.delay import RunSuspended
 from services.runner.steps.respond import with_answer
 from services.runner.templates import TemplateEngine
-from services.runner.worker_protocol import FlowSnapshot, Resumed
+from services.runner.worker_protocol import FlowSnapshot, Resumed, Suspension
 from shared.errors import BadRequest
 from shared.schemas.runs import StartRun
 
@@ -196,3 +198,22 @@ def test_which_copies_of_a_resumed_run_are_judged_and_how_they_are_marked() -> N
     # Parked since, or split from a message delivered again: the same copy, not judged.
     assert not is_first_copy_candidate(resumed.model_copy(update={"parked": 1}))
     assert not is_first_copy_candidate(resumed.model_copy(update={"repeated": "again"}))
+
+
+def test_a_replay_that_stops_in_a_delay_is_told_it_waits() -> None:
+    resume_at = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    state = Resumed(
+        next_step=1,
+        values={},
+        trace=[],
+        started_at=resume_at,
+        flow=FlowSnapshot(id="f1", workspace_id="w1", version=1, definition={}),
+    )
+    answer = waiting_result("r1", Suspension(request_id="r1", resume_at=resume_at, state=state))
+    assert (answer.status_code, answer.content_type) == (202, "application/json")
+    assert orjson.loads(answer.body) == {
+        "status": 202,
+        "error": None,
+        "message": "waiting",
+        "data": {"request_id": "r1", "resume_at": "2026-12-07T10:00:00+00:00"},
+    }
