@@ -90,6 +90,8 @@ class RunReport:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     repeated: str | None = None  # why the run was run again
+    answered_at: datetime | None = None  # a `respond` step answered the sender then
+    resume_at: datetime | None = None  # `waiting` in a `delay` step until then
 
 
 def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> RequestRow:
@@ -117,6 +119,8 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> Reque
             duplicate_of=request.duplicate_of,
             debounced_by=request.debounced_by,
             repeated=run.repeated,
+            answered_at=run.answered_at,
+            resume_at=run.resume_at,
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -184,6 +188,8 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
         if run.response_headers
         else None,
+        answered_at=run.answered_at,
+        resume_at=run.resume_at,
     )
 
 
@@ -355,6 +361,12 @@ def _running_rows(
 ) -> list[RequestRow]:
     return [
         _progress_row(item.request, redaction, Progress.RUNNING, item.at, RANK_RUNNING)
+        if item.resume_at is None
+        else _row(
+            item.request,
+            redaction,
+            RunReport(Progress.WAITING, RANK_RUNNING, resume_at=item.resume_at),
+        )
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
     ]
 
@@ -513,6 +525,7 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
         started_at=result.started_at,
         finished_at=result.finished_at,
         repeated=result.repeated,
+        answered_at=result.answered_at,
     )
     return _row(finished.request, redaction, run)
 

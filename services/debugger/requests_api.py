@@ -333,6 +333,11 @@ class RequestsApi:
         headers = row.pop("response_headers")
         if headers:  # left out while none, so records read as before
             response["headers"] = headers
+        answered_at = row.pop("answered_at", None)
+        if answered_at is not None:  # a `respond` step answered before the run ended
+            response["answered_at"] = answered_at
+        if row.get("resume_at") is None:
+            row.pop("resume_at", None)  # shown only while the run waits in a `delay`
         row["replays"] = await replays_of(self.store.pool, row["id"], caller.workspace_id)
         callback = await CallbackAttempts(self.store.pool).of_request(
             row["id"], caller.workspace_id

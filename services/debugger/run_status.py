@@ -31,7 +31,7 @@ class RunStatuses:
         try:
             row = await self.pool.fetchrow(
                 "SELECT flow_id::text, outcome, status_code, response_content_type,"
-                " response_body, response_headers::text, error, truncated::text"
+                " response_body, response_headers::text, error, truncated::text, resume_at"
                 " FROM debugger.requests WHERE id = $1",
                 query.request_id,
             )
@@ -43,7 +43,7 @@ class RunStatuses:
             return RunStatus(state="unknown")
         outcome = row["outcome"]
         if outcome in PENDING:
-            return RunStatus(state="pending", outcome=outcome)
+            return RunStatus(state="pending", outcome=outcome, resume_at=row["resume_at"])
         truncated = orjson.loads(row["truncated"]) if row["truncated"] else {}
         status_code, body = row["status_code"], row["response_body"]
         if status_code is None or body is None:

@@ -50,6 +50,10 @@ class RequestRow(NamedTuple):
     repeated: str | None = None
     # The request that ran in this one's place, for a `debounced` (`webhook.debounce`).
     debounced_by: str | None = None
+    # When a `respond` step answered the sender (RunResult.answered_at); None: at the end.
+    answered_at: datetime | None = None
+    # When a run waiting in a `delay` step resumes; None: not waiting.
+    resume_at: datetime | None = None
 
 
 class FlowRow(NamedTuple):
@@ -79,6 +83,8 @@ _STAGING_TYPES = {
     "started_at": "timestamptz",
     "finished_at": "timestamptz",
     "source_rank": "smallint",
+    "answered_at": "timestamptz",
+    "resume_at": "timestamptz",
 }
 STAGING = "debugger_requests_batch"
 CREATE_STAGING = (
@@ -116,7 +122,7 @@ _SELECT = (
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
-    " response_headers::text, repeated, debounced_by FROM debugger.requests"
+    " response_headers::text, repeated, debounced_by, answered_at, resume_at FROM debugger.requests"
 )
 
 

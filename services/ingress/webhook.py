@@ -493,6 +493,8 @@ class WebhookHandler:
         if status.state == "pending" or status.result is None:
             body = accepted_body(flow.flow_id, request_id)
             body["message"] = status.outcome or Progress.QUEUED
+            if status.resume_at is not None:  # `waiting` in a `delay` step until then
+                body["data"]["resume_at"] = status.resume_at.isoformat()  # type: ignore[index]
             return json_response(body, status=202)
         if status.body_truncated:
             raise ResultTooLarge(

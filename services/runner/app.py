@@ -15,6 +15,7 @@ from services.runner.callbacks import CALLBACK_DELIVERY, CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import FlowDefinition
 from services.runner.dispatcher import PacedDispatcher
+from services.runner.delays import DelayedRuns
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import (
@@ -131,6 +132,15 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.periodic("drain_reports", settings.runner_drain_report_interval_s, drain_reports.flush)
     kernel.on_shutdown(drain_reports.flush)
     paced = PacedRuns(kernel.pool, settings.runner_paced_lease_s, settings.runner_paced_settle_s)
+    delays = DelayedRuns(
+        kernel.pool,
+        kernel.broker,
+        max_waiting_runs=settings.runner_delay_max_waiting_runs,
+        max_state_bytes=settings.runner_delay_max_state_bytes,
+        max_run_state_bytes=settings.runner_delay_max_run_state_bytes,
+        resume_batch=settings.runner_delay_resume_batch,
+    )
+    kernel.periodic("delays_resume", settings.runner_delay_poll_s, delays.resume_due)
     runs = RunService(
         kernel.broker,
         FlowCache(store),
@@ -149,6 +159,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         waiting_messages_max=max(1, async_prefetch // 4),
         paced=paced,
         waiting=BatchPublisher(kernel.broker, RUN_WAITING),
+        delays=delays,
     )
     # Paced flows' runs (webhook.ordering, ...): claimed from the database by every
     # replica's dispatcher (dispatcher.py).

@@ -18,6 +18,7 @@ from services.runner.pacing import (
     OrderingConfig,
     ThrottleConfig,
 )
+from services.runner.step_placement import check_step_placement
 from services.runner.steps import STEP_TYPES, StepModel
 from services.runner.steps.base import REF_ID_PATTERN
 from services.runner.templates import TemplateEngine
@@ -300,6 +301,7 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
             "on_error",
             f"a flow has at most {MAX_STEPS} steps, steps and on_error together",
         )
+    check_step_placement(definition.steps, definition.on_error, definition.webhook.is_async)
     if definition.webhook.timeout_s > max_timeout_s:
         raise _refuse("webhook.timeout_s", f"must be at most {max_timeout_s:g} seconds")
     if definition.webhook.auth is not None:

@@ -22,7 +22,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,6 +37,9 @@ from shared.errors import FlowError
 from shared.outbound import OutboundHttp
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest, error_result
 from shared.schemas.vocabulary import JSON, Outcome, envelope
+
+if TYPE_CHECKING:
+    from services.runner.worker_protocol import Resumed
 
 _OUT_OF_MEMORY = "the run went over its worker's memory bound (FLOWHOOKS_RUNNER_WORKER_MEMORY_MB)"
 TEXT = "text/plain; charset=utf-8"
@@ -144,18 +147,26 @@ class Engine:
         return output
 
     async def run(
-        self, flow: Flow, request: WebhookRequest, state: RunState | None = None
+        self,
+        flow: Flow,
+        request: WebhookRequest,
+        state: RunState | None = None,
+        resume: "Resumed | None" = None,
     ) -> RunResult:
         """The run's result. `state` (the caller's, so that it can read the trace of a
-        run it had to stop) collects the trace."""
+        run it had to stop) collects the trace. `resume`: a run going on after a `delay`
+        step (its context as stored; its trace is in `state` already)."""
         state = state if state is not None else RunState(self.limits)
         state.request_id = request.request_id
-        started_at = datetime.now(UTC)
-        values = self.context(flow, request)
+        started_at = datetime.now(UTC) if resume is None else resume.started_at
+        values = self.context(flow, request) if resume is None else resume.values
+        steps = (
+            flow.definition.steps if resume is None else flow.definition.steps[resume.next_step :]
+        )
         if flow.definition.on_error:
             values[ERROR_NAME] = None  # the response may test it: no step failed
         try:
-            last = await self.run_steps(flow.definition.steps, values, "steps", state)
+            last = await self.run_steps(steps, values, "steps", state)
             budget = self.templates.budget("the response's body and headers")
             status_code, content_type, body = await self._response(flow, values, last, budget)
             headers = await self._headers(flow, values, budget)

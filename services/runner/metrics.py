@@ -68,6 +68,16 @@ class RunnerMetrics:
                         lambda: runs.runs_parked,
                     ),
                     (
+                        "flowhooks_runner_runs_stored_waiting",
+                        "Runs stopped in a delay step and stored by this runner",
+                        lambda: runs.delays.stored if runs.delays is not None else 0,
+                    ),
+                    (
+                        "flowhooks_runner_runs_resumed",
+                        "Waiting runs this runner republished when their delay was over",
+                        lambda: runs.delays.resumed if runs.delays is not None else 0,
+                    ),
+                    (
                         "flowhooks_callback_attempts_failed",
                         "Completion callback attempts that did not get a 2xx",
                         lambda: callbacks.attempts_failed,

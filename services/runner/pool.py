@@ -37,6 +37,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,6 +51,9 @@ from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import (
     FlowSnapshot,
     FrameTooLarge,
+    Resumed,
+    Suspension,
+    WorkAnswered,
     WorkItem,
     frame,
     frame_of,
@@ -69,10 +73,15 @@ class _Run:
     workspace: str
     timeout_s: float
     encoded: bytes  # the WorkItem, encoded once
-    result: "asyncio.Future[RunResult]"
+    result: "asyncio.Future[RunResult | Suspension]"
     deadline: float = 0.0  # monotonic; set when placed on a worker
+    placed_at: float = 0.0  # monotonic
     attempts: int = 0  # times a worker stopped while running it, counted against it
     repeated: str | None = None  # why it was run again (the last time)
+    # Told of a `respond` step's early answer (None: nobody); the run's budget from its
+    # start once answered (its deadline moves to it).
+    on_answer: Callable[[WorkAnswered], None] | None = None
+    after_answer_s: float | None = None
 
 
 @dataclass
@@ -209,10 +218,28 @@ class WorkerPool:
                 return False
         return self.fair_share.must_wait(workspace_id)
 
-    async def run(self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float) -> RunResult:
-        """The run's result; never raises for anything the run does."""
+    async def run(
+        self,
+        request: WebhookRequest,
+        flow: FlowSnapshot,
+        timeout_s: float,
+        on_answer: Callable[[WorkAnswered], None] | None = None,
+        after_answer_s: float | None = None,
+        resume: Resumed | None = None,
+    ) -> RunResult | Suspension:
+        """The run's result (or, stopped in a `delay` step, its state to store); never
+        raises for anything the run does. `on_answer`: told at once when a `respond`
+        step answers (the run goes on, within `after_answer_s` from its start).
+        `resume`: a run going on after a `delay`."""
         key = next(self._keys)
-        item = WorkItem(key=key, request=request, flow=flow, timeout_s=timeout_s)
+        item = WorkItem(
+            key=key,
+            request=request,
+            flow=flow,
+            timeout_s=timeout_s,
+            after_answer_s=after_answer_s if on_answer is not None else None,
+            resume=resume,
+        )
         run = _Run(
             key,
             request.request_id,
@@ -220,6 +247,8 @@ class WorkerPool:
             timeout_s,
             item.model_dump_json().encode(),
             asyncio.get_running_loop().create_future(),
+            on_answer=on_answer,
+            after_answer_s=item.after_answer_s,
         )
         tenant = self._tenant(run.workspace)
         tenant.queue.append(run)
@@ -268,6 +297,7 @@ class WorkerPool:
 
     def _place(self, run: _Run, worker: _Worker) -> None:
         run.deadline = time.monotonic() + run.timeout_s + self.deadline_grace_s
+        run.placed_at = time.monotonic()
         worker.runs[run.key] = run
         worker.outbox.append(run.encoded)
         worker.has_outbox.set()
@@ -494,6 +524,8 @@ class WorkerPool:
         try:
             while True:
                 message = await read_frame(worker.reader)
+                for answered in message.get("answered", ()):
+                    self._answered(worker, answered)
                 for done in message.get("done", ()):
                     self._finished(worker, done)
                 # Freed slots to the workspace's waiting runs; an emptied worker lingers.
@@ -513,12 +545,39 @@ class WorkerPool:
         run = worker.runs.pop(int(done["key"]), None)  # type: ignore[call-overload]
         if run is None or run.result.done():
             return
+        if "suspended" in done:  # stopped in a `delay` step: its state, to store
+            try:
+                suspension = Suspension.model_validate(done["suspended"])
+            except ValidationError:
+                error = FlowError("the run's state for its delay could not be read")
+                self._settle(run, error_result(run.request_id, error, Outcome.FAILED, _now()))
+                return
+            suspension.repeated = run.repeated
+            run.result.set_result(suspension)
+            return
         try:
             result = RunResult.model_validate(done["result"])
         except ValidationError:
             error = FlowError("the run's result could not be read")
             result = error_result(run.request_id, error, Outcome.FAILED, _now())
         self._settle(run, result)
+
+    def _answered(self, worker: _Worker, raw: dict[str, object]) -> None:
+        try:
+            answer = WorkAnswered.model_validate(raw)
+        except ValidationError:
+            log.error("early_answer_unreadable", worker=worker.number)
+            return
+        run = worker.runs.get(answer.key)
+        if run is None or run.result.done() or run.on_answer is None:
+            return
+        if run.after_answer_s is not None and run.after_answer_s > run.timeout_s:
+            run.timeout_s = run.after_answer_s
+            run.deadline = run.placed_at + run.after_answer_s + self.deadline_grace_s
+        try:
+            run.on_answer(answer)
+        except Exception:  # the caller's side: never the worker's protocol
+            log.exception("early_answer_not_sent")
 
     def _settle(self, run: _Run, result: RunResult) -> None:
         if run.repeated is not None:

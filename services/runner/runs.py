@@ -49,6 +49,13 @@ import structlog
 from services.runner.callbacks import CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import WebhookCallback, WebhookTrigger
+from services.runner.delays import (
+    DelayedRuns,
+    WaitingBoundExceeded,
+    bound_failure,
+    resumed_of,
+    waiting_mark,
+)
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.metrics import RunnerMetrics
@@ -56,7 +63,7 @@ from services.runner.paced_runs import PacedRuns
 from services.runner.pacing import Lane, Pacing
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.worker_protocol import FlowSnapshot
+from services.runner.worker_protocol import FlowSnapshot, Suspension, WorkAnswered
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
@@ -72,7 +79,7 @@ from shared.schemas.runs import (
     StartRuns,
     error_result,
 )
-from shared.schemas.vocabulary import JSON, Outcome, envelope
+from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
 from shared.service import Delivery, Retry
 
 log = structlog.get_logger(__name__)
@@ -94,10 +101,47 @@ def async_window(capacity: int) -> int:
     return max(64, capacity + capacity // 2)
 
 
+def early_result(request_id: str, answer: WorkAnswered) -> RunResult:
+    """What a sync caller is sent when a `respond` step answers it: the answer, the run
+    still going (its own outcome is recorded when it ends)."""
+    return RunResult(
+        request_id=request_id,
+        outcome=Outcome.SUCCEEDED,
+        status_code=answer.status_code,
+        content_type=answer.content_type,
+        body=answer.body,
+        headers=answer.headers,
+        started_at=answer.at,
+        finished_at=answer.at,
+        answered_at=answer.at,
+    )
+
+
+def waiting_result(request_id: str, suspension: Suspension) -> RunResult:
+    """A replay's answer when its run stopped in a `delay` step: 202, `waiting`, with
+    the resume time (the run's own outcome is recorded when it ends)."""
+    now = datetime.now(UTC)
+    data = {"request_id": request_id, "resume_at": suspension.resume_at.isoformat()}
+    return RunResult(
+        request_id=request_id,
+        outcome=Outcome.SUCCEEDED,
+        status_code=202,
+        content_type=JSON,
+        body=orjson.dumps(envelope(202, None, Progress.WAITING, data)).decode(),
+        started_at=suspension.state.started_at,
+        finished_at=now,
+        answered_at=now,
+    )
+
+
 def park_mark(request_id: str, generation: int) -> str:
     """The `finished_runs` key saying that the run's copy parked for the `generation`th
     time was published (its original message must not run it again)."""
     return f"{request_id}#parked{generation}"
+
+
+class _AnsweredNotRecorded(Exception):
+    """A sync run that a `respond` step answered could not be recorded."""
 
 
 class _Parked(Exception):
@@ -217,6 +261,7 @@ class RunService:
         waiting_messages_max: int = 16,
         paced: PacedRuns | None = None,
         waiting: BatchPublisher[RunProgress] | None = None,
+        delays: DelayedRuns | None = None,
     ) -> None:
         self.broker = broker
         self.metrics = metrics if metrics is not None else RunnerMetrics()
@@ -238,6 +283,8 @@ class RunService:
         self.drain_reports = drain_reports
         # Async messages of the window that may hold runs waiting for their workspace's
         # share, per workspace and in all; past them such runs are parked.
+        # Runs stopped in a `delay` step: stored, resumed (None: not wired).
+        self.delays = delays
         self.waiting_messages_per_workspace = waiting_messages_per_workspace
         self.waiting_messages_max = waiting_messages_max
         self._waiting_messages: Counter[str] = Counter()
@@ -277,14 +324,23 @@ class RunService:
             if len(starts) > 1:
                 await self._split(delivery, starts)
                 return
+        elif reply_to is None and self.delays is not None:
+            # A resumed run published twice (a database failover between its confirm
+            # and the claim's commit) goes on once.
+            starts = await self.delays.fresh_copies(starts)
         if reply_to is None and self.paced is not None:
             starts = await self._hold_paced(starts)
             if not starts:
                 return
         if reply_to is not None:
-            await asyncio.gather(
+            outcomes = await asyncio.gather(
                 *(self._one(start, reply_to) for start in starts), return_exceptions=True
             )
+            unrecorded = [o for o in outcomes if isinstance(o, _AnsweredNotRecorded)]
+            if unrecorded:
+                # Answered early, so its caller cannot be told to retry: the message
+                # comes again instead (the broker or the database is away).
+                raise Retry(f"{len(unrecorded)} sync runs answered early not recorded")
             return
         batch = _Batch(len(starts))
         runs = asyncio.gather(
@@ -316,7 +372,8 @@ class RunService:
         others: list[StartRun] = []
         for start in starts:
             flow = await self.flows.get(start.request.flow_id, start.flow_version)
-            if flow is None or flow.pacing is None:
+            # A run resumed after its `delay` step was admitted when it began.
+            if flow is None or flow.pacing is None or start.resume is not None:
                 others.append(start)
                 continue
             # It never ran from a message: a redelivery does not make it a repeat.
@@ -376,11 +433,17 @@ class RunService:
             start.request.request_id: park_mark(start.request.request_id, start.parked + 1)
             for start in starts
         }
-        done = await self.finished_runs.which(ids + (list(marks.values()) if parkable else []))
+        # Stored by a `delay` step from this message: it resumes from there instead.
+        waiting = [waiting_mark(start) for start in starts]
+        done = await self.finished_runs.which(
+            ids + waiting + (list(marks.values()) if parkable else [])
+        )
         return [
             start
             for start in starts
-            if start.request.request_id not in done and marks[start.request.request_id] not in done
+            if start.request.request_id not in done
+            and marks[start.request.request_id] not in done
+            and waiting_mark(start) not in done
         ]
 
     async def _one_async(self, start: StartRun, ticket: _Ticket) -> None:
@@ -448,9 +511,27 @@ class RunService:
         failures (the broker or the database away)."""
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        early: list[WorkAnswered] = []
+
+        def answer_early(answer: WorkAnswered) -> None:
+            # A `respond` step answered: the caller gets it now, the run goes on. Once
+            # (a run repeated after its worker died answers again).
+            if early or reply_to is None:
+                return
+            early.append(answer)
+            self.replies.send(
+                reply_to,
+                request_id,
+                RESULT,
+                early_result(request_id, answer).model_dump_json().encode(),
+            )
+
         try:
             result = await self._execute(
-                start, ticket, announce=reply_to is None or start.accept_on_timeout
+                start,
+                ticket,
+                announce=reply_to is None or start.accept_on_timeout,
+                on_answer=answer_early if reply_to is not None else None,
             )
         except _Parked:
             assert ticket is not None
@@ -469,12 +550,30 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
+        if isinstance(result, Suspension):
+            stored = await self._store_waiting(start, result, answered=bool(early))
+            if stored is None:
+                if reply_to is not None and not early:
+                    # Not answered by a respond step: only a replay (a sync flow's
+                    # delay comes after its respond). It is told the run waits.
+                    answer = waiting_result(request_id, result)
+                    self.replies.send(
+                        reply_to, request_id, RESULT, answer.model_dump_json().encode()
+                    )
+                return
+            result = stored  # not stored: the run fails, naming the bound
         self.metrics.run_duration.labels(result.outcome).observe(
             (result.finished_at - result.started_at).total_seconds()
         )
         if start.repeated is not None and result.repeated is None:
             result = result.model_copy(update={"repeated": start.repeated})
-        if reply_to is None:
+        if early:
+            try:
+                await self._record(start, result)
+            except Unavailable as exc:
+                raise _AnsweredNotRecorded(request_id) from exc
+            reply_to = None  # answered already
+        elif reply_to is None:
             await self._record(start, result)
         elif not await self._record_while_awaited(start, result):
             # A 200 for a run the debugger never gets would be a loss: the caller is told
@@ -489,11 +588,35 @@ class RunService:
             await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result)
         if reply_to is not None:
             self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
-        if reply_to is None:
+        if reply_to is None and not early:
             await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
-        if reply_to is None and self.drain_reports is not None:
+        if reply_to is None and not early and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
+
+    async def _store_waiting(
+        self, start: StartRun, suspension: Suspension, answered: bool
+    ) -> RunResult | None:
+        """A run stopped in a `delay` step: stored (delays.py), and, if async, reported
+        to its ingress as out of its queue. None once stored; the failed result when
+        its workspace is past a bound. Raises when the database is away: the message
+        comes again (a sync run, answered already, as `_AnsweredNotRecorded`)."""
+        request_id = start.request.request_id
+        if self.delays is None:  # a runner wired without delays: no such flow can run
+            error = FlowError("this runner cannot store runs for delay steps")
+            return error_result(request_id, error, Outcome.FAILED, suspension.state.started_at)
+        try:
+            await self.delays.store(start, suspension)
+        except WaitingBoundExceeded as exc:
+            log.warning("waiting_run_refused", reason=str(exc))
+            return bound_failure(start, suspension, str(exc))
+        except Unavailable as exc:
+            if answered:
+                raise _AnsweredNotRecorded(request_id) from exc
+            raise
+        if start.request.mode == RunMode.ASYNC and self.drain_reports is not None:
+            self.drain_reports.finished(start.origin, request_id)
+        return None
 
     async def _record_while_awaited(self, start: StartRun, result: RunResult) -> bool:
         """A sync run's `run.finished`, tried again while the broker fails over (a node
@@ -544,10 +667,16 @@ class RunService:
             raise Retry("the split runs were not all published") from exc
 
     async def _execute(
-        self, start: StartRun, ticket: _Ticket | None = None, announce: bool = False
-    ) -> RunResult:
+        self,
+        start: StartRun,
+        ticket: _Ticket | None = None,
+        announce: bool = False,
+        on_answer: Callable[[WorkAnswered], None] | None = None,
+    ) -> RunResult | Suspension:
         """`ticket`: an async run, admitted (`_admit`) just before it goes to the pool.
-        `announce`: publish `run.started` once it does."""
+        `announce`: publish `run.started` once it does. `on_answer`: a sync run's, told
+        when a `respond` step answers (the run then has the budget of a run nobody
+        waits for, `accept_run_timeout_s`)."""
         request = start.request
         started_at = datetime.now(UTC)
         if start.deadline is not None and start.deadline <= started_at:
@@ -568,6 +697,14 @@ class RunService:
                 data={"flow_id": request.flow_id},
             )
         timeout_s = self.accept_run_timeout_s if start.accept_on_timeout else flow.timeout_s
+        resume = resumed_of(start)
+        snapshot = flow.snapshot
+        if resume is not None:
+            # After a delay: the flow as the run began; a run whose caller a `respond`
+            # step answered has the budget of a run nobody waits for.
+            snapshot = resume.flow
+            if resume.answered is not None:
+                timeout_s = self.accept_run_timeout_s
         if start.deadline is not None:
             timeout_s = min(timeout_s, (start.deadline - started_at).total_seconds())
         held = False
@@ -580,7 +717,9 @@ class RunService:
             # Best effort, batched, not awaited: lets the debugger show `running`.
             self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
         try:
-            return await self.pool.run(request, flow.snapshot, timeout_s)
+            return await self.pool.run(
+                request, snapshot, timeout_s, on_answer, self.accept_run_timeout_s, resume
+            )
         finally:
             if held:
                 assert ticket is not None

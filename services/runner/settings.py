@@ -52,6 +52,16 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
 
     # Upper bound for a flow's `webhook.timeout_s`.
     runner_max_timeout_s: float = Field(default=300.0, gt=0)
+    # Runs waiting in `delay` steps (services/runner/delays.py): how often each replica
+    # looks for due ones, how many it claims per transaction, and each workspace's
+    # bounds on its waiting runs and their stored state (past them a run fails, naming
+    # the bound).
+    runner_delay_poll_s: float = Field(default=1.0, gt=0)
+    runner_delay_resume_batch: int = Field(default=500, ge=1)
+    runner_delay_max_waiting_runs: int = Field(default=100_000, ge=0)
+    runner_delay_max_state_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    # One waiting run's stored state (its context and trace), at most.
+    runner_delay_max_run_state_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Messages of webhook requests (each holds one or many) taken from the broker at once
     # per runner process, per queue. Runs beyond the free slots wait in the runner, in
     # their workspace's turn; the window must be well above the slots (workers x slots)

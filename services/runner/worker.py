@@ -27,12 +27,19 @@ from services.runner.bounds import RunBounds
 from services.runner.definition import parse_definition
 from services.runner.engine import Engine, Flow
 from services.runner.run_meter import CpuBudgetExceeded, MeteredRun, SliceMarker
-from services.runner.steps.base import RunState
+from services.runner.steps.base import EarlyAnswer, RunState
+from services.runner.steps.delay import RunSuspended
+from services.runner.steps.respond import with_answer
 from services.runner.templates import TemplateEngine
 from services.runner.worker_protocol import (
+    Answered,
     FlowSnapshot,
+    Resumed,
+    Suspension,
+    WorkAnswered,
     WorkDone,
     WorkItem,
+    WorkSuspended,
     frame,
     frame_of,
     read_frame,
@@ -59,6 +66,7 @@ class Worker:
         self.engine = Engine(self.templates, bounds, self.http)
         self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
         self._done: list[bytes] = []
+        self._answered: list[bytes] = []  # early answers, sent before any `done`
         self._has_done = asyncio.Event()
         self._runs: set[asyncio.Task[None]] = set()
 
@@ -106,10 +114,19 @@ class Worker:
             return
         structlog.contextvars.bind_contextvars(request_id=item.request.request_id)
         state = RunState(self.bounds)
+        if item.resume is not None:  # after a `delay`: the run as it was stored
+            state.trace = list(item.resume.trace)
+            state.loop_iterations = item.resume.loop_iterations
+            state.dropped_steps = item.resume.dropped_steps
+            if item.resume.answered is not None:
+                state.answered = EarlyAnswer(**dict(item.resume.answered))
         try:
             result = await MeteredRun(
                 self._execute(item, state), key, self.marker, self.bounds.run_cpu_s
             )
+        except RunSuspended as suspended:
+            self._suspend(key, item, state, suspended, started_at)
+            return
         except CpuBudgetExceeded:
             error = FlowError(
                 f"the run used more than {self.bounds.run_cpu_s:g} s of CPU time"
@@ -122,30 +139,101 @@ class Worker:
             log.warning("run_crashed", error=repr(exc)[:500])
             error = FlowError(f"the run failed: {type(exc).__name__}: {str(exc)[:500]}")
             result = error_result(item.request.request_id, error, Outcome.FAILED, started_at)
-        self._finish(key, result)
+        self._finish(key, with_answer(result, state.answered))
 
     async def _execute(self, item: WorkItem, state: RunState) -> RunResult:
         flow = self.flow(item.flow)
-        started_at = datetime.now(UTC)
-        state.deadline = time.monotonic() + item.timeout_s
+        started_at, started = datetime.now(UTC), time.monotonic()
+        timeout_s = item.timeout_s
+        state.deadline = started + timeout_s
         try:
-            async with asyncio.timeout(item.timeout_s):
-                result = await self.engine.run(flow, item.request, state)
+            async with asyncio.timeout(timeout_s) as scope:
+
+                def answered(answer: EarlyAnswer) -> None:
+                    # The caller has its answer: the run is no longer held to its
+                    # deadline, only to the budget of a run nobody waits for.
+                    nonlocal timeout_s
+                    self._answer(item.key, answer)
+                    if item.after_answer_s is not None and item.after_answer_s > timeout_s:
+                        timeout_s = item.after_answer_s
+                        state.deadline = started + timeout_s
+                        scope.reschedule(
+                            asyncio.get_running_loop().time() + state.deadline - time.monotonic()
+                        )
+
+                state.on_answer = answered
+                result = await self.engine.run(flow, item.request, state, item.resume)
         except TimeoutError:
             result = None
         # A run whose last slice ran past the deadline is late too: the record says what
         # the sender got.
         elapsed = (datetime.now(UTC) - started_at).total_seconds()
-        if result is None or elapsed > item.timeout_s:
+        if result is None or elapsed > timeout_s:
             request_id = item.request.request_id
             error = Timeout(
-                f"the flow did not finish within {item.timeout_s:g} s (request {request_id})",
+                f"the flow did not finish within {timeout_s:g} s (request {request_id})",
                 data={"request_id": request_id},
             )
             return error_result(
                 request_id, error, Outcome.TIMEOUT, started_at, self.engine.trace(state)
             )
         return result
+
+    def _suspend(
+        self,
+        key: int,
+        item: WorkItem,
+        state: RunState,
+        suspended: RunSuspended,
+        started_at: datetime,
+    ) -> None:
+        """The run stopped in a `delay` step: its state goes to the supervisor, which
+        stores it (services/runner/delays.py)."""
+        steps = self.flow(item.flow).definition.steps
+        next_step = 1 + next(i for i, step in enumerate(steps) if step.ref_id == suspended.ref_id)
+        if state.trace and state.trace[-1].ref_id == suspended.ref_id:
+            state.trace[-1].output = {"resume_at": suspended.resume_at.isoformat()}
+        answered = state.answered
+        try:
+            resumed = Resumed(
+                next_step=next_step,
+                values=suspended.values,
+                trace=self.engine.trace(state),
+                started_at=item.resume.started_at if item.resume else started_at,
+                answered=Answered(**answered.__dict__) if answered is not None else None,
+                loop_iterations=state.loop_iterations,
+                dropped_steps=state.dropped_steps,
+                flow=item.flow,
+            )
+            suspension = Suspension(
+                request_id=item.request.request_id, resume_at=suspended.resume_at, state=resumed
+            )
+            encoded = WorkSuspended(key=key, suspended=suspension).model_dump_json().encode()
+        except ValueError as exc:  # a value pydantic cannot encode: a lone surrogate
+            error = FlowError(f"the run's state cannot be stored for its delay: {str(exc)[:300]}")
+            result = error_result(
+                item.request.request_id,
+                error,
+                Outcome.FAILED,
+                started_at,
+                self.engine.trace(state),
+            )
+            self._finish(key, with_answer(result, answered))
+            return
+        self._done.append(encoded)
+        self._has_done.set()
+
+    def _answer(self, key: int, answer: EarlyAnswer) -> None:
+        encoded = WorkAnswered(
+            key=key,
+            status_code=answer.status_code,
+            content_type=answer.content_type,
+            body=answer.body,
+            headers=answer.headers,
+            at=answer.at,
+        )
+        self._answered.append(encoded.model_dump_json().encode())
+        self._has_done.set()
 
     def _finish(self, key: int, result: RunResult) -> None:
         try:
@@ -162,8 +250,12 @@ class Worker:
         while True:
             await self._has_done.wait()
             self._has_done.clear()
+            answered, self._answered = self._answered, []
+            if answered:  # first: a run answered and done since is told in this order
+                writer.write(frame_of("answered", answered))
             done, self._done = self._done, []
-            writer.write(frame_of("done", done))
+            if done:
+                writer.write(frame_of("done", done))
             await writer.drain()
 
 

@@ -3,16 +3,19 @@ frames over a socket pair. The supervisor's first frame is the runner's `RunBoun
 (services/runner/bounds.py), as they are; the worker answers `{"ready": true}`. Then
 the supervisor sends `{"runs": [WorkItem, ...]}` and the worker
 `{"done": [WorkDone, ...]}`, each frame carrying as many as were ready at once (one
-write and one wake-up for many runs)."""
+write and one wake-up for many runs). A run that a `respond` step answered early is
+told first, in `{"answered": [WorkAnswered, ...]}`, while it goes on. A run that
+stopped in a `delay` step is done as `{"key", "suspended"}` (`WorkSuspended`)."""
 
 import asyncio
 import struct
+from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
 
-from shared.schemas.runs import RunResult, WebhookRequest
+from shared.schemas.runs import RunResult, StepTrace, WebhookRequest
 
 _LENGTH = struct.Struct(">I")
 # A worker bounds every result well below this; a larger frame means a broken worker.
@@ -32,16 +35,74 @@ class FlowSnapshot(BaseModel):
     definition: dict[str, Any]  # name, status, webhook, steps
 
 
+class Answered(BaseModel):
+    """A `respond` step's answer, kept across a delay (the record shows it at the end)."""
+
+    status_code: int
+    content_type: str
+    body: str
+    headers: dict[str, str]
+    at: datetime
+
+
+class Resumed(BaseModel):
+    """A run stored by a `delay` step, as it goes on: at top-level step `next_step`,
+    with its context, trace and early answer as they were. Travels in
+    `StartRun.resume` (the runner's own; no other service reads it)."""
+
+    next_step: int
+    values: dict[str, Any]
+    trace: list[StepTrace]
+    started_at: datetime
+    answered: Answered | None = None
+    loop_iterations: int = 0
+    dropped_steps: int = 0
+    # The flow as the run started (a run resumes with the version it began with).
+    flow: "FlowSnapshot"
+    # Told apart from another copy of the same resume (services/runner/delays.py).
+    token: str = ""
+
+
 class WorkItem(BaseModel):
     key: int  # the supervisor's id for this run, unique per runner process
     request: WebhookRequest
     flow: FlowSnapshot
     timeout_s: float
+    # The run's budget from its start once a `respond` step answered its caller (the
+    # caller no longer waits; the flows API's maximum). None: `timeout_s` stands.
+    after_answer_s: float | None = None
+    # A run going on after a `delay` step (None: from its first step).
+    resume: Resumed | None = None
+
+
+class WorkAnswered(BaseModel):
+    """A `respond` step's answer, sent at once; the run goes on."""
+
+    key: int
+    status_code: int
+    content_type: str
+    body: str
+    headers: dict[str, str]
+    at: datetime
 
 
 class WorkDone(BaseModel):
     key: int
     result: RunResult
+
+
+class Suspension(BaseModel):
+    """A run that stopped in a `delay` step (`WorkSuspended`): what is stored."""
+
+    request_id: str
+    resume_at: datetime
+    state: Resumed
+    repeated: str | None = None
+
+
+class WorkSuspended(BaseModel):
+    key: int
+    suspended: Suspension
 
 
 def frame(payload: bytes) -> bytes:

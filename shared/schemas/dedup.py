@@ -1,6 +1,7 @@
 """Deduplication (`runner.claim_dedup_key`, ingress -> runner) and run status
 (`debugger.get_run_status`, ingress -> debugger)."""
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
@@ -72,3 +73,5 @@ class RunStatus(BaseModel):
     result: StoredResult | None = None
     body_truncated: bool = False
     body_size: int | None = None
+    # A `waiting` run's resume time (a `delay` step).
+    resume_at: datetime | None = None

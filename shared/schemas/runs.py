@@ -88,6 +88,9 @@ class StartRun(BaseModel):
     # Set when the run may have run before (its runner stopped while it ran): carried
     # into `RunResult.repeated`.
     repeated: str | None = None
+    # A run going on after a `delay` step: its stored state, the runner's own
+    # (services/runner/delays.py; no other service reads it). None: a new run.
+    resume: dict[str, Any] | None = None
 
 
 class StartRuns(BaseModel):
@@ -143,6 +146,10 @@ class RunResult(BaseModel):
     # ran; its side effects may have happened twice), e.g. "its worker process stopped
     # (killed by signal 9) while it ran; run again (attempt 2 of 3)". None: it ran once.
     repeated: str | None = None
+    # Set when a `respond` step answered the sender before the run ended: then
+    # `status_code`, `content_type`, `body` and `headers` are that answer (what the
+    # sender got), `outcome` and `error` how the run ended after it.
+    answered_at: datetime | None = None
 
 
 def error_result(
@@ -185,6 +192,9 @@ class RunProgress(BaseModel):
 
     request: WebhookRequest
     at: datetime
+    # Set on `run.started` when the run stopped in a `delay` step: it is `waiting` and
+    # resumes then (services/runner/delays.py).
+    resume_at: datetime | None = None
 
 
 class RunsProgressed(BaseModel):

@@ -33,12 +33,14 @@ class Outcome(StrEnum):
 
 
 class Progress(StrEnum):
-    """Where a request is on its way to an outcome (async runs, `on_timeout: accept`)."""
+    """Where a request is on its way to an outcome (async runs, `on_timeout: accept`,
+    a run in a `delay` step)."""
 
     QUEUED = "queued"
     RUNNING = "running"
     # Accepted and held back until its turn: its key's order or limits, a throttle, a
-    # delay or a debounce (webhook.ordering, ...; services/runner/paced_runs.py).
+    # delay or a debounce (webhook.ordering, ...; services/runner/paced_runs.py); or
+    # stored by a `delay` step until its resume time (services/runner/delays.py).
     WAITING = "waiting"
 
 

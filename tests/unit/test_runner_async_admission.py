@@ -44,7 +44,9 @@ class FakePool:
         self.asked[workspace_id] += 1
         return workspace_id in self.full
 
-    async def run(self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float) -> RunResult:
+    async def run(
+        self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float, *_: Any
+    ) -> RunResult:
         self.started.append(request.request_id)
         gate = self.gates.setdefault(request.request_id, asyncio.Event())
         await gate.wait()

@@ -3,6 +3,7 @@
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,17 @@ class StepModel(BaseModel):
         return {name: getattr(self, attribute) for name, attribute in self.NESTED.items()}
 
 
+@dataclass(frozen=True)
+class EarlyAnswer:
+    """What a `respond` step answered the sender, and when (steps/respond.py)."""
+
+    status_code: int
+    content_type: str
+    body: str
+    headers: dict[str, str]
+    at: datetime
+
+
 @dataclass
 class RunState:
     """What one run has used so far, against its limits."""
@@ -53,6 +65,10 @@ class RunState:
     # When the run's timeout ends (time.monotonic()): a step that would wait past it fails
     # at once instead. None: no deadline (an engine run outside a worker).
     deadline: float | None = None
+    # The answer a `respond` step gave (None: not answered yet), and whom the worker
+    # tells at once (None: nobody, an engine run outside a worker).
+    answered: EarlyAnswer | None = None
+    on_answer: Callable[[EarlyAnswer], None] | None = None
 
     def remaining_s(self) -> float | None:
         """Seconds left before the run's deadline (None: no deadline)."""

@@ -792,6 +792,16 @@
     summaryEntry(summary, "ran again", row.repeated);
     summaryEntry(summary, "raw body", row.raw_body_encoding !== "utf-8" ? row.raw_body_encoding : null);
     summaryEntry(summary, "cut when stored", row.truncated);
+    if (row.resume_at) {
+      const resumes = el("span");
+      resumes.append(timeElement(row.resume_at), el("span", "  " + row.resume_at, "muted"));
+      summaryEntry(summary, "resumes", resumes);
+    }
+    if (row.answered_at) {
+      const answered = el("span");
+      answered.append(timeElement(row.answered_at), el("span", "  " + row.answered_at, "muted"));
+      summaryEntry(summary, "answered", answered);
+    }
     if (row.raw_body_truncated) summaryEntry(summary, "raw body cut", "yes");
     // Source and route (issue 23), wait and resume time (issues 24/25) and the trace id
     // with its tracing UI link (issue 26) are added here when those fields exist.
@@ -800,6 +810,7 @@
     links.replaceChildren();
     if (row.replay_of) links.append("Replay of ", requestLink(row.flow_id, row.replay_of), ". ");
     if (row.duplicate_of) links.append("Duplicate of ", requestLink(row.flow_id, row.duplicate_of), ". ");
+    if (row.debounced_by) links.append("Debounced by ", requestLink(row.flow_id, row.debounced_by), ". ");
 
     const headers = $("headers").tBodies[0];
     headers.replaceChildren();
