@@ -14,8 +14,8 @@ from services.runner.access import FlowAccess
 from services.runner.callbacks import CALLBACK_DELIVERY, CallbackSender
 from services.runner.dedup import DedupKeys
 from services.runner.definition import FlowDefinition
-from services.runner.dispatcher import PacedDispatcher
 from services.runner.delays import DelayedRuns
+from services.runner.dispatcher import PacedDispatcher
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
 from services.runner.flows_api import (
