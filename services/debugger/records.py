@@ -5,8 +5,8 @@
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
   original `StartRun`, or a `StartRuns` (many runs in one message, dead-lettered
   whole): each request never got an outcome of its own (rank 2); one row per item.
-- `run.finished`, `request.rejected`, `request.deduplicated` and `request.handshake`
-  carry `RunsFinished` (requests and their outcomes): rank 3.
+- `run.finished`, `request.rejected`, `request.deduplicated`, `request.handshake` and
+  `request.filtered` carry `RunsFinished` (requests and their outcomes): rank 3.
 A row is only ever replaced by an event of the same or a higher rank, so the final
 record is right whatever order the events arrive in.
 """
@@ -510,6 +510,7 @@ ROWS_BY_EVENT: dict[str, RowBuilder] = {
     contracts.REQUEST_REJECTED.routing_key: _finished_rows,
     contracts.REQUEST_DEDUPLICATED.routing_key: _finished_rows,
     contracts.REQUEST_HANDSHAKE.routing_key: _finished_rows,
+    contracts.REQUEST_FILTERED.routing_key: _finished_rows,
     contracts.RUN_EXPIRED.routing_key: _dead_letter_rows,
     contracts.RUN_DEAD_LETTERED.routing_key: _dead_letter_rows,
 }

@@ -23,6 +23,7 @@ from shared.messaging.contracts import (
     GET_RUN_STATUS,
     LEARN_WEBHOOK_SECRET,
     REQUEST_DEDUPLICATED,
+    REQUEST_FILTERED,
     REQUEST_HANDSHAKE,
     REQUEST_QUEUED,
     REQUEST_REJECTED,
@@ -168,7 +169,13 @@ SERVICE = ServiceSpec(
         ),
         calls=(AUTHORIZE_WEBHOOK, CLAIM_DEDUP_KEY, GET_RUN_STATUS, LEARN_WEBHOOK_SECRET),
         sends=(SYNC_RUNS, ASYNC_RUNS),
-        publishes=(REQUEST_REJECTED, REQUEST_DEDUPLICATED, REQUEST_QUEUED, REQUEST_HANDSHAKE),
+        publishes=(
+            REQUEST_REJECTED,
+            REQUEST_DEDUPLICATED,
+            REQUEST_QUEUED,
+            REQUEST_HANDSHAKE,
+            REQUEST_FILTERED,
+        ),
     ),
     routes=(
         *(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),

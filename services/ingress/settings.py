@@ -37,6 +37,9 @@ class IngressSettings(WebhookSecretsSettings):
     # only counted (`flowhooks_webhook_refusal_records_total{result="skipped"}`).
     ingress_refused_records_per_s: float = Field(default=5.0, ge=0)
     ingress_refused_records_burst: int = Field(default=20, ge=1)
+    # Work one request's filters may cost (shared/filters.py: characters searched and list
+    # elements compared); past it a filter does not match.
+    ingress_filter_budget: int = Field(default=4_000_000, ge=1_000)
     # Sync duplicates of one flow that may wait at once for their first request (one
     # poller per key asks the runner for all of them); past it 429 with Retry-After.
     ingress_dedup_max_waiting: int = Field(default=1000, ge=1)

@@ -17,6 +17,7 @@ from services.ingress import handshake
 from services.ingress.access_cache import AccessCache
 from services.ingress.backlog import WorkspaceBacklog
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
+from services.ingress.filtering import Filters
 from services.ingress.form_body import multi_dict
 from services.ingress.learned_secrets import SecretLearner
 from services.ingress.metrics import IngressMetrics, error_outcome
@@ -189,6 +190,7 @@ class WebhookHandler:
         self.runner = runner
         self.broker = broker
         self.dedup = dedup
+        self.filters = Filters(broker, settings.ingress_filter_budget)
         # Per-workspace bounds on what this replica has queued (429 past them); runners'
         # `runs.drained` reports reach it through app.py's wiring.
         self.backlog = WorkspaceBacklog(
@@ -229,8 +231,8 @@ class WebhookHandler:
 
     async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
         """The pipeline, stage by stage: authorise, verify (a signing flow's sender) and
-        read the body, answer a paused flow, answer a provider's handshake, parse, then
-        deduplicate and run or queue."""
+        read the body, answer a paused flow, answer a provider's handshake, parse, filter
+        (`webhook.filter`), then deduplicate and run or queue."""
         received_at = datetime.now(UTC)
         flow = await self._authorize(request, request.match_info["flow_id"])
         answer.mode = RunMode.of(flow.is_async)
@@ -271,6 +273,13 @@ class WebhookHandler:
         except BadRequest as error:
             await self._record_rejected(normalised, error)
             raise
+        if flow.filter is not None and not self.filters.match(
+            flow.filter, self.filters.document(normalised), flow.flow_id
+        ):
+            # Before dedup and the runner: a request the flow does not want costs neither.
+            answer.outcome = Outcome.FILTERED
+            body = self.filters.record(normalised)
+            return web.Response(body=body, content_type="application/json")
         key = request_key(flow, normalised)
         if key is None:
             return await self._start(flow, normalised, None, answer)

@@ -120,6 +120,7 @@ RUN_FINISHED: Event[RunsFinished] = Event(naming.RUN_FINISHED, RunsFinished)
 REQUEST_REJECTED: Event[RunsFinished] = Event(naming.REQUEST_REJECTED, RunsFinished)
 REQUEST_DEDUPLICATED: Event[RunsFinished] = Event(naming.REQUEST_DEDUPLICATED, RunsFinished)
 REQUEST_HANDSHAKE: Event[RunsFinished] = Event(naming.REQUEST_HANDSHAKE, RunsFinished)
+REQUEST_FILTERED: Event[RunsFinished] = Event(naming.REQUEST_FILTERED, RunsFinished)
 REQUEST_QUEUED: Event[RunsProgressed] = Event(naming.REQUEST_QUEUED, RunsProgressed)
 RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)
 # Dead-lettered by the broker: the StartRuns (or a single StartRun) it gave up on.

@@ -37,6 +37,8 @@ REQUEST_REJECTED = "request.rejected"  # ingress -> debugger: a body that could 
 REQUEST_DEDUPLICATED = "request.deduplicated"
 # ingress -> debugger: a provider's handshake the ingress answered itself (`handshake`)
 REQUEST_HANDSHAKE = "request.handshake"
+# ingress -> debugger: a request its filter (or every route of its source) left out
+REQUEST_FILTERED = "request.filtered"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
 RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
 # Dead-lettered by the broker itself (body: the StartRun), for the debugger:

@@ -38,6 +38,7 @@ DEBUGGER_EVENTS = QueueSpec(
         naming.REQUEST_REJECTED,
         naming.REQUEST_DEDUPLICATED,
         naming.REQUEST_HANDSHAKE,
+        naming.REQUEST_FILTERED,
         naming.REQUEST_QUEUED,
         naming.RUN_STARTED,
         naming.RUN_EXPIRED,

@@ -19,7 +19,8 @@ class Outcome(StrEnum):
     `duplicate`: not run, answered with the first request's result (`webhook.dedup`);
     `rejected`: a body the ingress could not parse; `expired`: no runner started the run
     before its sync caller gave up; `handshake`: a provider's handshake (a challenge, a
-    URL check) the ingress answered itself, the flow not run."""
+    URL check) the ingress answered itself, the flow not run; `filtered`: matched no
+    filter (`webhook.filter`, or no route of a source), answered 200, never run."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -28,6 +29,7 @@ class Outcome(StrEnum):
     REJECTED = "rejected"
     DUPLICATE = "duplicate"
     HANDSHAKE = "handshake"
+    FILTERED = "filtered"
 
 
 class Progress(StrEnum):
