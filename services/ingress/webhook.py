@@ -3,6 +3,7 @@ the body, then either run the flow over RPC (sync) or queue it durably (async)."
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,13 @@ class Accepted(BaseModel):
 
 log = structlog.get_logger(__name__)
 
+# The pipeline's first stage (who the request is for, as the flow settings it is taken
+# under) and last (take it: run, queue, or fan out; with its dedup key, if any).
+Authorize = Callable[[web.Request], Awaitable[FlowWebhookSettings]]
+Start = Callable[
+    [FlowWebhookSettings, WebhookRequest, "str | None", "Answer"], Awaitable[web.Response]
+]
+
 # The original product's answer for a paused flow, byte for byte (contract).
 PAUSED_BODY = (
     b'{"status": 200, "error": "biz_logic", "message": "Flow status is `paused`. '
@@ -146,7 +154,7 @@ async def _answer_unread(request: web.Request, error: ApiError) -> web.Response:
     return response
 
 
-class _Answer:
+class Answer:
     """What one webhook answer is counted as (`IngressMetrics.webhook`)."""
 
     __slots__ = ("mode", "outcome")
@@ -213,10 +221,18 @@ class WebhookHandler:
         self.parser.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Every answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
-        answer = _Answer()
+        """`/v1/flow-webhook/{flow_id}`."""
+        return await self.handle_with(request, self._authorize_flow, self._start)
+
+    async def handle_with(
+        self, request: web.Request, authorize: Authorize, start: Start
+    ) -> web.Response:
+        """The pipeline with its first and last stages given: who the request is for
+        (a flow; a source, services/ingress/sources.py), and what taking it means. Every
+        answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
+        answer = Answer()
         try:
-            response = await self._handle(request, answer)
+            response = await self._handle(request, answer, authorize, start)
         except _RefusedUnread as refused:
             self.metrics.webhook(error_outcome(refused.error.status_code), answer.mode)
             return await _answer_unread(request, refused.error)
@@ -229,12 +245,17 @@ class WebhookHandler:
         self.metrics.webhook(answer.outcome, answer.mode)
         return response
 
-    async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
+    async def _authorize_flow(self, request: web.Request) -> FlowWebhookSettings:
+        return await self._authorize(request, request.match_info["flow_id"])
+
+    async def _handle(
+        self, request: web.Request, answer: Answer, authorize: Authorize, start: Start
+    ) -> web.Response:
         """The pipeline, stage by stage: authorise, verify (a signing flow's sender) and
         read the body, answer a paused flow, answer a provider's handshake, parse, filter
         (`webhook.filter`), then deduplicate and run or queue."""
         received_at = datetime.now(UTC)
-        flow = await self._authorize(request, request.match_info["flow_id"])
+        flow = await authorize(request)
         answer.mode = RunMode.of(flow.is_async)
         signed_sender = self._by_signature(request, flow)
         if signed_sender:
@@ -282,13 +303,13 @@ class WebhookHandler:
             return web.Response(body=body, content_type="application/json")
         key = request_key(flow, normalised)
         if key is None:
-            return await self._start(flow, normalised, None, answer)
+            return await start(flow, normalised, None, answer)
         claim = await self.dedup.claim(flow, normalised.request_id, key)
         if claim.state != "first":
             answer.outcome = Outcome.DUPLICATE
             return await self.dedup.answer(flow, normalised, key, claim, received_at)
         try:
-            return await self._start(flow, normalised, key, answer)
+            return await start(flow, normalised, key, answer)
         except Timeout:
             raise  # the run may still finish: the runner records it, or lets go of the key
         except Exception:
@@ -450,7 +471,7 @@ class WebhookHandler:
         flow: FlowWebhookSettings,
         normalised: WebhookRequest,
         key: str | None,
-        answer: _Answer,
+        answer: Answer,
     ) -> web.Response:
         """Queue (async) or run (sync) the request; `key`: its dedup key, as its first."""
         received_at = normalised.received_at
@@ -548,7 +569,7 @@ class WebhookHandler:
         return json_response(scheduled_body(start.request.request_id))
 
     async def _run_or_accept(
-        self, start: StartRun, timeout_s: float, answer: _Answer
+        self, start: StartRun, timeout_s: float, answer: Answer
     ) -> web.Response:
         """`on_timeout: "accept"`: the run's answer if it comes within the flow's
         timeout, else 202 with the status URL; the run goes on."""
@@ -563,7 +584,7 @@ class WebhookHandler:
             return json_response(accepted_body(request.flow_id, request.request_id), status=202)
 
     async def _run_sync(
-        self, start: StartRun, timeout_s: float, answer: _Answer, *, keep_queued: bool = False
+        self, start: StartRun, timeout_s: float, answer: Answer, *, keep_queued: bool = False
     ) -> web.Response:
         with self.backlog.sync_request(start.request.workspace_id):  # 429 past its bound
             result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)

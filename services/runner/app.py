@@ -29,6 +29,17 @@ from services.runner.metrics import RunnerMetrics
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
+from services.runner.source_store import SourceStore
+from services.runner.sources import (
+    RouteBody,
+    RouteList,
+    RouteView,
+    SourceBody,
+    SourceList,
+    SourcesApi,
+    SourceView,
+    SourceVisibility,
+)
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.api_auth import MANAGE
@@ -43,12 +54,14 @@ from shared.messaging.contracts import (
     CLAIM_DEDUP_KEY,
     FLOW_CHANGED,
     GET_FLOW_OWNER,
+    GET_SOURCE,
     IDENTIFY_TOKEN,
     LEARN_WEBHOOK_SECRET,
     LIST_FLOW_ACCESS,
     PARKED_RUNS,
     RUN_FINISHED,
     RUN_STARTED,
+    SOURCE_CHANGED,
     SYNC_RUNS,
 )
 from shared.messaging.permissions import ServiceAccess
@@ -60,6 +73,8 @@ from shared.service import Database, Kernel, ServiceSpec
 
 FLOWS_API = web.AppKey("flows_api", FlowsApi)
 FLOW = web.AppKey("flow", FlowVisibility)  # the path's flow, in the caller's workspace
+SOURCES_API = web.AppKey("sources_api", SourcesApi)
+SOURCE = web.AppKey("source", SourceVisibility)  # the path's source, in the caller's workspace
 DATABASE = Database("runner", Path(__file__).parent / "migrations")
 
 
@@ -74,6 +89,21 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     callback_delivery = settings.callback_delivery()
     callback_policy = AddressPolicy(callback_delivery.allow_networks)
     kernel.provide(FLOW, FlowVisibility(store))
+    source_store = SourceStore(kernel.pool)
+    sources = kernel.provide(
+        SOURCES_API,
+        SourcesApi(
+            source_store,
+            store,
+            access,
+            kernel.broker,
+            templates,
+            settings.webhook_base_url(),
+            secret_box,
+        ),
+    )
+    kernel.provide(SOURCE, SourceVisibility(source_store))
+    kernel.serve(GET_SOURCE, sources.get_source)
     kernel.provide(
         FLOWS_API,
         FlowsApi(
@@ -84,6 +114,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
             settings.webhook_base_url(),
             secret_box,
             callback_policy,
+            after_change=sources.flow_changed,
         ),
     )
 
@@ -171,6 +202,99 @@ def _flow_route(
     )
 
 
+def _source_route(
+    method: str,
+    path: str,
+    pick: Callable[[SourcesApi], Any],
+    summary: str,
+    response: type[BaseModel] | None,
+    **declared: Any,
+) -> Route[SourcesApi]:
+    """A sources API route: a manage scope, the sources tag."""
+    return Route(
+        method,
+        path,
+        SOURCES_API,
+        pick,
+        summary,
+        response,
+        scope=MANAGE,
+        tags=("sources",),
+        **declared,
+    )
+
+
+SOURCE_ROUTES = (
+    _source_route(
+        "POST",
+        "/v1/sources",
+        lambda api: api.create,
+        "Create a source: one URL whose requests are routed to many flows",
+        SourceView,
+        status=201,
+        body=SourceBody,
+        body_as_json=True,
+    ),
+    _source_route(
+        "GET", "/v1/sources", lambda api: api.list, "List sources", SourceList, query=FlowListQuery
+    ),
+    _source_route(
+        "GET",
+        "/v1/sources/{source_id}",
+        lambda api: api.get,
+        "Read a source",
+        SourceView,
+        resource=SOURCE,
+    ),
+    _source_route(
+        "PATCH",
+        "/v1/sources/{source_id}",
+        lambda api: api.patch,
+        "Change some of a source's fields",
+        SourceView,
+        resource=SOURCE,
+        partial=True,
+        body=SourceBody,
+        body_as_json=True,
+    ),
+    _source_route(
+        "DELETE",
+        "/v1/sources/{source_id}",
+        lambda api: api.delete,
+        "Delete a source and its routes",
+        None,
+        status=204,
+        resource=SOURCE,
+    ),
+    _source_route(
+        "GET",
+        "/v1/sources/{source_id}/routes",
+        lambda api: api.routes,
+        "The flows the source routes to",
+        RouteList,
+        resource=SOURCE,
+    ),
+    _source_route(
+        "PUT",
+        "/v1/sources/{source_id}/routes/{flow_id}",
+        lambda api: api.put_route,
+        "Route the source's requests that match the filter to a flow of the same workspace",
+        RouteView,
+        resource=SOURCE,
+        body=RouteBody,
+        body_required=False,
+    ),
+    _source_route(
+        "DELETE",
+        "/v1/sources/{source_id}/routes/{flow_id}",
+        lambda api: api.delete_route,
+        "Stop routing the source's requests to the flow",
+        None,
+        status=204,
+        resource=SOURCE,
+    ),
+)
+
 TAGS = ("flows",)
 # A flow definition, decoded by the kernel and judged by `parse_definition` (templates
 # compile against this service's engine; a PATCH is merged over the stored flow first).
@@ -182,7 +306,13 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     broker=ServiceAccess(
-        serves=(CLAIM_DEDUP_KEY, LIST_FLOW_ACCESS, GET_FLOW_OWNER, LEARN_WEBHOOK_SECRET),
+        serves=(
+            CLAIM_DEDUP_KEY,
+            LIST_FLOW_ACCESS,
+            GET_FLOW_OWNER,
+            LEARN_WEBHOOK_SECRET,
+            GET_SOURCE,
+        ),
         consumes=(SYNC_RUNS, ASYNC_RUNS, CALLBACKS),
         # Identifying API tokens.
         calls=(IDENTIFY_TOKEN,),
@@ -190,11 +320,12 @@ SERVICE = ServiceSpec(
         # while their workspace is at its share; callbacks enqueued, and parked in the
         # wait ladder between attempts.
         sends=(SYNC_RUNS, ASYNC_RUNS, PARKED_RUNS, CALLBACKS, *topology.CALLBACK_WAITS),
-        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, CALLBACK_ATTEMPTED),
+        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, CALLBACK_ATTEMPTED, SOURCE_CHANGED),
         # To the ingress process that queued them: its async runs that finished.
         publishes_to_processes=(naming.runs_drained_key,),
     ),
     routes=(
+        *SOURCE_ROUTES,
         _flow_route(
             "POST",
             "/v1/flows",

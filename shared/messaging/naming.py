@@ -39,6 +39,8 @@ REQUEST_DEDUPLICATED = "request.deduplicated"
 REQUEST_HANDSHAKE = "request.handshake"
 # ingress -> debugger: a request its filter (or every route of its source) left out
 REQUEST_FILTERED = "request.filtered"
+# runner -> every ingress: a source, its routes or a routed flow changed (drop cached answers)
+SOURCE_CHANGED = "source.changed"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
 RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
 # Dead-lettered by the broker itself (body: the StartRun), for the debugger:

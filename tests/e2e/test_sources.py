@@ -2,13 +2,16 @@
 answers what it leaves out 200 `filtered` and records it without a run; a source fans
 one request out to every matching route, each its own async run."""
 
+import time
 from typing import Any
 
 import orjson
 import pytest
+from nacl.signing import SigningKey
 
 from harness.client import Api, eventually
 
+PENDING = ("queued", "running")
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
 TAGS_ONLY = {
@@ -20,7 +23,7 @@ TAGS_ONLY = {
 async def record(api: Api, request_id: str) -> dict[str, Any]:
     async def stored() -> dict[str, Any] | None:
         status, found = await api.debugger(f"/v1/requests/{request_id}")
-        return dict(found) if status == 200 and found["outcome"] != "queued" else None
+        return dict(found) if status == 200 and found["outcome"] not in PENDING else None
 
     return await eventually(stored, timeout_s=20)
 
@@ -73,3 +76,198 @@ async def test_a_filter_is_checked_on_save(api: Api) -> None:
         body = await answer.json()
     assert body["error"] == "invalid_input"
     assert body["data"] == {"field": "webhook.filter.body.ref.$regex"}
+
+
+DISCORD_KEY = SigningKey(b"\x07" * 32)
+
+
+def discord_signed(body: bytes, key: SigningKey = DISCORD_KEY) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    signature = key.sign(timestamp.encode() + body).signature.hex()
+    return {"X-Signature-Ed25519": signature, "X-Signature-Timestamp": timestamp}
+
+
+def flow_of(name: str, **webhook: Any) -> dict[str, Any]:
+    return {"name": name, "status": "live", "webhook": webhook, "steps": []}
+
+
+async def runner(
+    api: Api, method: str, path: str, body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    async with api.session.request(
+        method,
+        f"{api.system.url('runner')}{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {token or api.token}"},
+    ) as answer:
+        return answer.status, (await answer.json() if answer.status != 204 else None)
+
+
+async def to_source(
+    api: Api, source_id: str, token: str | None, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any, Any]:
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    async with api.session.post(
+        f"{api.system.url('ingress')}/v1/source-webhook/{source_id}",
+        data=body if isinstance(body, bytes) else orjson.dumps(body),
+        headers={"Content-Type": "application/json", **sent},
+    ) as answer:
+        return answer.status, answer.headers, orjson.loads(await answer.read())
+
+
+async def test_a_source_fans_out_to_every_matching_route(api: Api) -> None:
+    pushes = await api.create_flow(flow_of("pushes"))
+    positive = await api.create_flow(flow_of("positive n"))
+    releases = await api.create_flow(flow_of("releases"))
+    paused = await api.create_flow({**flow_of("paused"), "status": "paused"})
+    status, source = await runner(api, "POST", "/v1/sources", {"name": "github app"})
+    assert status == 201, source
+    assert source["url"].endswith(f"/v1/source-webhook/{source['id']}")
+    routes = {
+        pushes["id"]: {"headers": {"x-github-event": "push"}},
+        positive["id"]: {"body": {"n": {"$gt": 0}}},
+        releases["id"]: {"headers": {"x-github-event": "release"}},
+        paused["id"]: None,
+    }
+    for flow_id, filter_ in routes.items():
+        status, route = await runner(
+            api, "PUT", f"/v1/sources/{source['id']}/routes/{flow_id}", {"filter": filter_}
+        )
+        assert (status, route["flow_id"], route["filter"]) == (200, flow_id, filter_)
+    status, listed = await runner(api, "GET", f"/v1/sources/{source['id']}/routes")
+    assert [item["flow_id"] for item in listed["items"]] == list(routes)
+
+    status, headers, answer = await to_source(
+        api, source["id"], source["token"], {"n": 1}, {"X-GitHub-Event": "push"}
+    )
+    request_id = headers["X-Request-Id"]
+    assert (status, answer) == (
+        200,
+        {
+            "status": 200,
+            "error": None,
+            "message": "accepted",
+            "data": {"request_id": request_id, "routed": 2},
+        },
+    )
+    # Each run its own request, recorded with its flow, linked to the source request.
+    runs = [await record(api, f"{request_id}-{n}") for n in (1, 2)]
+    assert [(run["flow_id"], run["outcome"]) for run in runs] == [
+        (pushes["id"], "succeeded"),
+        (positive["id"], "succeeded"),
+    ]
+    assert [run["input"] for run in runs] == [{"n": 1}, {"n": 1}]
+
+    # Nothing matches (the paused flow would, but is skipped): 200 filtered.
+    status, headers, answer = await to_source(
+        api, source["id"], source["token"], {"n": 0}, {"X-GitHub-Event": "ping"}
+    )
+    assert (status, answer["message"], answer["data"]) == (
+        200,
+        "filtered",
+        {"request_id": headers["X-Request-Id"], "routed": 0, "paused": 1},
+    )
+
+    # A route removed is gone from every ingress at once (source.changed).
+    status, _ = await runner(api, "DELETE", f"/v1/sources/{source['id']}/routes/{pushes['id']}")
+    assert status == 204
+
+    async def routed_once() -> bool | None:
+        _, _, again = await to_source(
+            api, source["id"], source["token"], {"n": 1}, {"X-GitHub-Event": "push"}
+        )
+        return True if again["data"]["routed"] == 1 else None
+
+    await eventually(routed_once, timeout_s=5)
+    # A pause reaches the source's routes too (the flow changed).
+    await api.patch_flow(positive["id"], {"status": "paused"})
+
+    async def none_routed() -> bool | None:
+        _, _, again = await to_source(
+            api, source["id"], source["token"], {"n": 1}, {"X-GitHub-Event": "push"}
+        )
+        return True if again["message"] == "filtered" else None
+
+    await eventually(none_routed, timeout_s=5)
+
+
+async def test_source_tokens_workspaces_and_bad_filters(api: Api) -> None:
+    status, source = await runner(api, "POST", "/v1/sources", {"name": "tokens"})
+    assert status == 201
+    status, _, answer = await to_source(api, source["id"], "fhw_not-the-token", {})
+    assert (status, answer["error"]) == (401, "unauthorized")
+    status, _, answer = await to_source(api, source["id"], None, {})
+    assert status == 401
+    status, _, answer = await to_source(api, "0" * 32, source["token"], {})
+    assert status == 404
+    # Another workspace's flow cannot be routed; its caller cannot see the source.
+    other_token = api.system.create_token("globex", "automation")
+    status, other_flow = await runner(api, "POST", "/v1/flows", flow_of("globex's"), other_token)
+    assert status == 201
+    status, answer = await runner(
+        api, "PUT", f"/v1/sources/{source['id']}/routes/{other_flow['id']}", {}
+    )
+    assert (status, answer["error"]) == (404, "not_found")
+    status, answer = await runner(api, "GET", f"/v1/sources/{source['id']}", token=other_token)
+    assert status == 404
+    own = await api.create_flow(flow_of("own"))
+    status, answer = await runner(
+        api,
+        "PUT",
+        f"/v1/sources/{source['id']}/routes/{own['id']}",
+        {"filter": {"body": {"$or": [{"a": {"$like": 1}}]}}},
+    )
+    assert (status, answer["error"], answer["data"]) == (
+        400,
+        "invalid_input",
+        {"field": "filter.body.$or[0].a.$like"},
+    )
+
+
+async def test_a_signed_source_answers_its_handshake_and_dedups(api: Api) -> None:
+    """Discord (Ed25519, a public key: no secrets key needed): its PING answered once for
+    the source, events verified once and routed, a redelivery (the source's dedup key)
+    answered with the first's id and not run again."""
+    flow = await api.create_flow(flow_of("signed target"))
+    public_key = bytes(DISCORD_KEY.verify_key).hex()
+    status, source = await runner(
+        api,
+        "POST",
+        "/v1/sources",
+        {
+            "name": "signed",
+            "auth": {"mode": "discord", "public_key": public_key},
+            "dedup": {"key": "json:/id"},
+        },
+    )
+    assert status == 201, source
+    assert (source["auth"]["mode"], source["dedup"]) == (
+        "discord",
+        {"key": "json:/id", "window_s": 86400},
+    )
+    status, _ = await runner(api, "PUT", f"/v1/sources/{source['id']}/routes/{flow['id']}", {})
+    assert status == 200
+    ping = b'{"type": 1}'
+    status, _, answer = await to_source(api, source["id"], None, ping, discord_signed(ping))
+    assert (status, answer) == (200, {"type": 1})
+
+    body = b'{"type": 2, "id": "interaction-1"}'
+    status, first_headers, first = await to_source(
+        api, source["id"], None, body, discord_signed(body)
+    )
+    assert (status, first["data"]["routed"]) == (200, 1), first
+    first_id = first_headers["X-Request-Id"]
+    status, headers_again, again = await to_source(
+        api, source["id"], None, body, discord_signed(body)
+    )
+    assert (status, again["data"]["request_id"]) == (200, first_id)
+    assert headers_again["Idempotent-Replayed"] == "true"
+    # Forged: 401, nothing routed.
+    status, _, _ = await to_source(
+        api, source["id"], None, body, discord_signed(body, SigningKey(b"\x08" * 32))
+    )
+    assert status == 401
+    run = await record(api, f"{first_id}-1")
+    assert (run["flow_id"], run["outcome"]) == (flow["id"], "succeeded")
