@@ -5,8 +5,9 @@
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
   original `StartRun`, or a `StartRuns` (many runs in one message, dead-lettered
   whole): each request never got an outcome of its own (rank 2); one row per item.
-- `run.finished`, `request.rejected`, `request.deduplicated`, `request.handshake` and
-  `request.filtered` carry `RunsFinished` (requests and their outcomes): rank 3.
+- `run.finished`, `request.rejected`, `request.deduplicated`, `request.handshake`,
+  `request.filtered` and `request.routed` carry `RunsFinished` (requests and their
+  outcomes): rank 3.
 A row is only ever replaced by an event of the same or a higher rank, so the final
 record is right whatever order the events arrive in.
 """
@@ -113,6 +114,7 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> Reque
             replay_of=request.replay_of,
             duplicate_of=request.duplicate_of,
             repeated=run.repeated,
+            source_request_id=request.source_request_id,
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -179,6 +181,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
         if run.response_headers
         else None,
+        source_request_id=request.source_request_id,
     )
 
 
@@ -511,6 +514,7 @@ ROWS_BY_EVENT: dict[str, RowBuilder] = {
     contracts.REQUEST_DEDUPLICATED.routing_key: _finished_rows,
     contracts.REQUEST_HANDSHAKE.routing_key: _finished_rows,
     contracts.REQUEST_FILTERED.routing_key: _finished_rows,
+    contracts.REQUEST_ROUTED.routing_key: _finished_rows,
     contracts.RUN_EXPIRED.routing_key: _dead_letter_rows,
     contracts.RUN_DEAD_LETTERED.routing_key: _dead_letter_rows,
 }

@@ -29,6 +29,7 @@ from shared.messaging.contracts import (
     REQUEST_HANDSHAKE,
     REQUEST_QUEUED,
     REQUEST_REJECTED,
+    REQUEST_ROUTED,
     RUNS_DRAINED,
     SOURCE_CHANGED,
     SYNC_RUNS,
@@ -226,6 +227,7 @@ SERVICE = ServiceSpec(
             REQUEST_QUEUED,
             REQUEST_HANDSHAKE,
             REQUEST_FILTERED,
+            REQUEST_ROUTED,
         ),
     ),
     routes=(

@@ -31,12 +31,20 @@ from services.ingress.webhook import Answer, WebhookHandler
 from shared.bearer import bearer_from_header, hash_token, same_hash
 from shared.errors import NotFound, PayloadTooLarge, Timeout, Unauthorized, Unavailable
 from shared.messaging import topology
-from shared.messaging.contracts import GET_SOURCE
+from shared.messaging.batching import BatchPublisher
+from shared.messaging.contracts import GET_SOURCE, REQUEST_ROUTED
 from shared.messaging.rpc import RpcClient
 from shared.schemas.access import FlowWebhookSettings
-from shared.schemas.runs import RunProgress, StartRun, StartRuns, WebhookRequest
+from shared.schemas.runs import (
+    RunFinished,
+    RunProgress,
+    RunResult,
+    StartRun,
+    StartRuns,
+    WebhookRequest,
+)
 from shared.schemas.sources import GetSource, SourceAccess, SourceChanged
-from shared.schemas.vocabulary import Outcome, Progress, RunMode, envelope
+from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
 from shared.web import json_response
 
 log = structlog.get_logger(__name__)
@@ -122,6 +130,9 @@ class SourceWebhook:
         self.cache = cache
         self.max_message_bytes = max_message_bytes
         self.metrics = metrics if metrics is not None else SourceMetrics()
+        # The source's request itself, recorded `routed` once its runs are queued
+        # (batched, never awaited: each run is recorded by its runner anyway).
+        self.routed: BatchPublisher[RunFinished] = BatchPublisher(webhook.broker, REQUEST_ROUTED)
 
     async def handle(self, request: web.Request) -> web.Response:
         source = await self._find(request.match_info["source_id"])
@@ -210,10 +221,25 @@ class SourceWebhook:
         ]
         await self._schedule_all(starts)
         answer.outcome = Progress.QUEUED
-        self.metrics.requests.labels(source.source_id, "routed").inc()
+        self.metrics.requests.labels(source.source_id, Outcome.ROUTED).inc()
         self.metrics.runs.labels(source.source_id, "started").inc(len(starts))
         data = {"request_id": request.request_id, "routed": len(starts)}
-        return json_response(envelope(200, None, "accepted", data))
+        accepted = envelope(200, None, "accepted", data)
+        self._record_routed(request, accepted)
+        return json_response(accepted)
+
+    def _record_routed(self, request: WebhookRequest, body: dict[str, object]) -> None:
+        now = datetime.now(UTC)
+        result = RunResult(
+            request_id=request.request_id,
+            outcome=Outcome.ROUTED,
+            status_code=200,
+            content_type=JSON,
+            body=orjson.dumps(body).decode(),
+            started_at=request.received_at,
+            finished_at=now,
+        )
+        self.routed.publish_soon(RunFinished(request=request, result=result))
 
     async def _schedule_all(self, starts: list[StartRun]) -> None:
         """All the runs in one confirmed message, or none (`Unavailable`, 503). Counted

@@ -67,6 +67,7 @@ from shared.messaging.contracts import (
 from shared.messaging.permissions import ServiceAccess
 from shared.messaging.rpc import GroupedReplies
 from shared.outbound import AddressPolicy, OutboundHttp
+from shared.schemas.access import FlowOwner, FlowOwnerQuery
 from shared.schemas.runs import RunFinished
 from shared.secret_box import SecretBox
 from shared.service import Database, Kernel, ServiceSpec
@@ -180,7 +181,12 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
     kernel.serve(CLAIM_DEDUP_KEY, dedup_keys.claim)
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
-    kernel.serve(GET_FLOW_OWNER, access.flow_owner)
+
+    async def flow_or_source_owner(query: FlowOwnerQuery) -> FlowOwner:
+        owner = await access.flow_owner(query)
+        return owner if owner.found else await sources.owner(query)
+
+    kernel.serve(GET_FLOW_OWNER, flow_or_source_owner)
     # An asana flow's first handshake: the secret it gives (learned_secrets.py).
     kernel.serve(LEARN_WEBHOOK_SECRET, SecretLearning(store, access, secret_box).learn)
     kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)

@@ -126,6 +126,7 @@ REQUEST_REJECTED: Event[RunsFinished] = Event(naming.REQUEST_REJECTED, RunsFinis
 REQUEST_DEDUPLICATED: Event[RunsFinished] = Event(naming.REQUEST_DEDUPLICATED, RunsFinished)
 REQUEST_HANDSHAKE: Event[RunsFinished] = Event(naming.REQUEST_HANDSHAKE, RunsFinished)
 REQUEST_FILTERED: Event[RunsFinished] = Event(naming.REQUEST_FILTERED, RunsFinished)
+REQUEST_ROUTED: Event[RunsFinished] = Event(naming.REQUEST_ROUTED, RunsFinished)
 SOURCE_CHANGED: Event[SourceChanged] = Event(naming.SOURCE_CHANGED, SourceChanged)
 REQUEST_QUEUED: Event[RunsProgressed] = Event(naming.REQUEST_QUEUED, RunsProgressed)
 RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)

@@ -39,6 +39,8 @@ REQUEST_DEDUPLICATED = "request.deduplicated"
 REQUEST_HANDSHAKE = "request.handshake"
 # ingress -> debugger: a request its filter (or every route of its source) left out
 REQUEST_FILTERED = "request.filtered"
+# ingress -> debugger: a source's request and the runs it was fanned out to (`routed`)
+REQUEST_ROUTED = "request.routed"
 # runner -> every ingress: a source, its routes or a routed flow changed (drop cached answers)
 SOURCE_CHANGED = "source.changed"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)

@@ -39,6 +39,7 @@ DEBUGGER_EVENTS = QueueSpec(
         naming.REQUEST_DEDUPLICATED,
         naming.REQUEST_HANDSHAKE,
         naming.REQUEST_FILTERED,
+        naming.REQUEST_ROUTED,
         naming.REQUEST_QUEUED,
         naming.RUN_STARTED,
         naming.RUN_EXPIRED,

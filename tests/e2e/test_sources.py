@@ -159,6 +159,15 @@ async def test_a_source_fans_out_to_every_matching_route(api: Api) -> None:
         (positive["id"], "succeeded"),
     ]
     assert [run["input"] for run in runs] == [{"n": 1}, {"n": 1}]
+    assert {run["source_request_id"] for run in runs} == {request_id}
+    # The source's request, with its links to the runs.
+    routed = await record(api, request_id)
+    assert (routed["outcome"], routed["flow_id"], routed["runs"]) == (
+        "routed",
+        source["id"],
+        [f"{request_id}-1", f"{request_id}-2"],
+    )
+    assert "source_request_id" not in routed
 
     # Nothing matches (the paused flow would, but is skipped): 200 filtered.
     status, headers, answer = await to_source(
@@ -169,6 +178,16 @@ async def test_a_source_fans_out_to_every_matching_route(api: Api) -> None:
         "filtered",
         {"request_id": headers["X-Request-Id"], "routed": 0, "paused": 1},
     )
+
+    filtered = await record(api, headers["X-Request-Id"])
+    assert (filtered["outcome"], filtered["input"], "runs" in filtered) == (
+        "filtered",
+        {"n": 0},
+        False,
+    )
+    # The source's requests are searchable like a flow's.
+    status, found = await api.debugger(f"/v1/flows/{source['id']}/requests?outcome=routed")
+    assert (status, [item["id"] for item in found["items"]]) == (200, [request_id])
 
     # A route removed is gone from every ingress at once (source.changed).
     status, _ = await runner(api, "DELETE", f"/v1/sources/{source['id']}/routes/{pushes['id']}")
