@@ -486,6 +486,12 @@ def _dead_letter_row(
     return _row(start.request, redaction, failed)
 
 
+def finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
+    """The row of a request with its outcome (what the debugger itself records: a
+    source request it replayed)."""
+    return _finished_row(finished, redaction)
+
+
 def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
     result = finished.result
     run = RunReport(

@@ -200,6 +200,28 @@ async def test_a_source_fans_out_to_every_matching_route(api: Api) -> None:
         return True if again["data"]["routed"] == 1 else None
 
     await eventually(routed_once, timeout_s=5)
+    # Replaying the first request routes it with today's routes: the push route is gone.
+    async with api.session.post(
+        f"{api.system.url('debugger')}/v1/requests/{request_id}/replay",
+        headers={"Authorization": f"Bearer {api.token}"},
+    ) as answer:
+        replayed = await answer.json()
+        assert answer.status == 200, replayed
+    new_id = replayed["request_id"]
+    assert (replayed["replay_of"], replayed["outcome"]) == (request_id, "routed")
+    assert orjson.loads(replayed["response"]["body"])["data"] == {"request_id": new_id, "routed": 1}
+    rerun = await record(api, f"{new_id}-1")
+    assert (rerun["flow_id"], rerun["outcome"], rerun["source_request_id"]) == (
+        positive["id"],
+        "succeeded",
+        new_id,
+    )
+    again = await record(api, new_id)
+    assert (again["outcome"], again["replay_of"], again["runs"]) == (
+        "routed",
+        request_id,
+        [f"{new_id}-1"],
+    )
     # A pause reaches the source's routes too (the flow changed).
     await api.patch_flow(positive["id"], {"status": "paused"})
 
