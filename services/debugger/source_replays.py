@@ -17,8 +17,8 @@ from shared.messaging.connection import Broker
 from shared.messaging.contracts import GET_SOURCE
 from shared.messaging.rpc import RpcClient
 from shared.schemas.runs import RunFinished, RunResult, StartRun, StartRuns, WebhookRequest
-from shared.schemas.sources import GetSource, SourceAccess
-from shared.schemas.vocabulary import JSON, Outcome, RunMode, envelope
+from shared.schemas.sources import GetSource, SourceAccess, source_answer
+from shared.schemas.vocabulary import JSON, Outcome, RunMode
 
 
 class SourceReplays:
@@ -77,8 +77,7 @@ class SourceReplays:
                 message_type=StartRuns.__name__,
             )
         outcome = Outcome.ROUTED if starts else Outcome.FILTERED
-        data = {"request_id": request.request_id, "routed": len(starts)}
-        body = envelope(200, None, "accepted" if starts else outcome, data)
+        body = source_answer(request.request_id, len(starts))
         now = datetime.now(UTC)
         result = RunResult(
             request_id=request.request_id,

@@ -39,7 +39,7 @@ class IngressSettings(WebhookSecretsSettings):
     ingress_refused_records_burst: int = Field(default=20, ge=1)
     # Work one request's filters may cost (shared/filters.py: characters searched and list
     # elements compared); past it a filter does not match.
-    ingress_filter_budget: int = Field(default=4_000_000, ge=1_000)
+    ingress_filter_budget: int = Field(default=1_000_000, ge=1_000)
     # Sources (services/ingress/sources.py): cached answers of `runner.get_source`
     # (evicted by `source.changed`; the TTL is a backstop), and the bound of the one
     # message that carries a request's runs to every route (413 past it).

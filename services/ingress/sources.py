@@ -43,8 +43,8 @@ from shared.schemas.runs import (
     StartRuns,
     WebhookRequest,
 )
-from shared.schemas.sources import GetSource, SourceAccess, SourceChanged
-from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
+from shared.schemas.sources import GetSource, SourceAccess, SourceChanged, source_answer
+from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode
 from shared.web import json_response
 
 log = structlog.get_logger(__name__)
@@ -203,7 +203,8 @@ class SourceWebhook:
         if not running:
             answer.outcome = Outcome.FILTERED
             self.metrics.requests.labels(source.source_id, Outcome.FILTERED).inc()
-            body = filters.record(request, {"routed": 0, "paused": paused})
+            answered = source_answer(request.request_id, 0, paused=paused)
+            body = filters.record(request, answered["data"])
             return web.Response(body=body, content_type="application/json")
         starts = [
             StartRun(
@@ -223,8 +224,7 @@ class SourceWebhook:
         answer.outcome = Progress.QUEUED
         self.metrics.requests.labels(source.source_id, Outcome.ROUTED).inc()
         self.metrics.runs.labels(source.source_id, "started").inc(len(starts))
-        data = {"request_id": request.request_id, "routed": len(starts)}
-        accepted = envelope(200, None, "accepted", data)
+        accepted = source_answer(request.request_id, len(starts))
         self._record_routed(request, accepted)
         return json_response(accepted)
 

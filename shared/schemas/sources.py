@@ -6,6 +6,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.schemas.access import DedupSettings, SigningSettings
+from shared.schemas.vocabulary import Outcome, envelope
+
+
+def source_answer(request_id: str, routed: int, **more: int) -> dict[str, Any]:
+    """The answer to a source's request (contract): `accepted` with the number of runs
+    it started (`routed`), or `filtered` when it started none."""
+    message = "accepted" if routed else Outcome.FILTERED
+    return envelope(200, None, message, {"request_id": request_id, "routed": routed, **more})
 
 
 class GetSource(BaseModel):
