@@ -5,9 +5,11 @@ The request goes through the flow webhook's pipeline (services/ingress/webhook.p
 token; else its `auth` mode, handshakes included), parsed once, deduplicated on the
 source's key, and then fanned out: every route whose filter matches gets its own async
 run with the same input. The runs of one request travel in ONE message on the async
-runs queue, so the broker takes all of them or none: 200 only once that message is
-confirmed, 503 otherwise (the source's dedup key let go, so the sender's retry runs
-them once). A request no route takes is answered 200 `filtered` and recorded so.
+runs queue (group-committed with other requests' runs as one unit that is never split
+apart: `BatchPublisher.publish_together`), so the broker takes all of them or none:
+200 only once that message is confirmed, 503 otherwise (the source's dedup key let go,
+so the sender's retry runs them once). A request no route takes is answered 200
+`filtered` and recorded so.
 
 What a source is (its verification, dedup and routes with their filters) comes from the
 runner (`runner.get_source`) and is cached here per source, like auth's answers in
@@ -30,7 +32,6 @@ from services.ingress.pubsub import is_jwt_bearer
 from services.ingress.webhook import Answer, WebhookHandler
 from shared.bearer import bearer_from_header, hash_token, same_hash
 from shared.errors import NotFound, PayloadTooLarge, Timeout, Unauthorized, Unavailable
-from shared.messaging import topology
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import GET_SOURCE, REQUEST_ROUTED
 from shared.messaging.rpc import RpcClient
@@ -40,7 +41,6 @@ from shared.schemas.runs import (
     RunProgress,
     RunResult,
     StartRun,
-    StartRuns,
     WebhookRequest,
 )
 from shared.schemas.sources import GetSource, SourceAccess, SourceChanged, source_answer
@@ -251,16 +251,17 @@ class SourceWebhook:
                 await counted.enter_async_context(
                     webhook.backlog.scheduling(start, origin=broker.instance)
                 )
-            body = orjson.dumps(StartRuns(items=starts).model_dump(mode="json"))
-            if len(body) > self.max_message_bytes:
+            # The runs differ only in their ids: one's size says all of theirs.
+            size = len(starts[0].model_dump_json()) * len(starts)
+            if size > self.max_message_bytes:
                 raise PayloadTooLarge(
-                    f"this request routed to {len(starts)} flows takes {len(body)} bytes, more"
+                    f"this request routed to {len(starts)} flows takes {size} bytes, more"
                     f" than {self.max_message_bytes}"
                     " (FLOWHOOKS_INGRESS_SOURCE_MAX_MESSAGE_BYTES): send a smaller body"
                 )
-            await broker.publish(
-                body, routing_key=topology.ASYNC_RUNS.name, message_type=StartRuns.__name__
-            )
+            # Batched with other requests' runs (group commit), but as one unit: the
+            # message holding them all is confirmed, or none of them is queued.
+            await webhook.runner.schedule_together(starts)
         if webhook.record_queued:
             now = datetime.now(UTC)
             for start in starts:

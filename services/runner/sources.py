@@ -11,6 +11,7 @@ tokens of the workspace, `automation` or `automation.manage`, own workspace only
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -324,7 +325,14 @@ class SourcesApi:
     async def flow_changed(self, flow_id: str) -> None:
         """A flow was saved or deleted: the ingresses forget the sources routing to it
         (its version, its pause)."""
-        if await self.store.routing(flow_id):
+        try:
+            routed = await self.store.routing(flow_id)
+        except (asyncpg.PostgresError, OSError) as exc:
+            # The flow's change is committed and answered; the ingresses' TTL still
+            # bounds how long they route with the flow's previous state.
+            log.warning("source_routes_unread", flow_id=flow_id, error=repr(exc))
+            return
+        if routed:
             await self.changed(SourceChanged(flow_id=flow_id))
 
 
