@@ -251,8 +251,12 @@ class SourceWebhook:
                 await counted.enter_async_context(
                     webhook.backlog.scheduling(start, origin=broker.instance)
                 )
-            # The runs differ only in their ids: one's size says all of theirs.
-            size = len(starts[0].model_dump_json()) * len(starts)
+            # The runs differ only in their ids; each carries the body twice (raw and
+            # parsed, about as long for JSON) and its headers: an estimate, without
+            # encoding them a second time.
+            request = starts[0].request
+            one = 2 * len(request.raw_body) + sum(map(len, request.headers.values())) + 4096
+            size = one * len(starts)
             if size > self.max_message_bytes:
                 raise PayloadTooLarge(
                     f"this request routed to {len(starts)} flows takes {size} bytes, more"
