@@ -312,3 +312,39 @@ async def test_a_signed_source_answers_its_handshake_and_dedups(api: Api) -> Non
     assert status == 401
     run = await record(api, f"{first_id}-1")
     assert (run["flow_id"], run["outcome"]) == (flow["id"], "succeeded")
+
+
+async def test_source_crud_and_a_deleted_source_is_gone_from_the_ingress(api: Api) -> None:
+    status, source = await runner(api, "POST", "/v1/sources", {"name": "crud"})
+    assert status == 201
+    assert (source["auth"], source["dedup"], source["version"]) == (None, None, 1)
+    assert source["token"].startswith("fhw_")
+    status, listed = await runner(api, "GET", "/v1/sources")
+    assert status == 200 and source["id"] in [item["id"] for item in listed["items"]]
+    status, patched = await runner(
+        api,
+        "PATCH",
+        f"/v1/sources/{source['id']}",
+        {"name": "renamed", "dedup": {"key": "header:x-id"}},
+    )
+    assert (status, patched["name"], patched["dedup"], patched["version"]) == (
+        200,
+        "renamed",
+        {"key": "header:x-id", "window_s": 86400},
+        2,
+    )
+    assert patched["token"] == source["token"]
+    status, answer = await runner(api, "PATCH", f"/v1/sources/{source['id']}", {"colour": "red"})
+    assert (status, answer["data"]) == (400, {"field": "colour"})
+    status, _, _ = await to_source(api, source["id"], source["token"], {})
+    assert status == 200  # no routes: filtered
+    status, _ = await runner(api, "DELETE", f"/v1/sources/{source['id']}")
+    assert status == 204
+    status, _ = await runner(api, "GET", f"/v1/sources/{source['id']}")
+    assert status == 404
+
+    async def gone() -> bool | None:
+        status, _, _ = await to_source(api, source["id"], source["token"], {})
+        return True if status == 404 else None
+
+    await eventually(gone, timeout_s=5)
