@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cli.commands import FILTER_VALUES_HELP
 from cli.commands import register as register_api_commands
+from cli.sources import register as register_source_commands
 from services import registry
 from shared.db import ensure_database, migrate
 from shared.settings import DatabaseSettings, QueueBoundsSettings
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # flows list|show|apply|..., requests ..., tokens ...: through the HTTP APIs.
     register_api_commands(sub, flows)
+    register_source_commands(sub)  # sources list|show|apply|route|unroute
     flows.add_parser(
         "rotate-all-tokens",
         help="a new webhook token for every flow; every token shown before is refused",

@@ -3,6 +3,7 @@
 
     ApiError
      ├── BadRequest            400 bad_request
+ │    └── InvalidInput      400 invalid_input (a filter that cannot be evaluated: names its path)
      ├── Unauthorized          401 unauthorized (with WWW-Authenticate: Bearer)
      ├── Forbidden             403 forbidden
      ├── NotFound              404 not_found
@@ -47,6 +48,10 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, kind = 400, "bad_request"
+
+
+class InvalidInput(BadRequest):
+    status, kind = 400, "invalid_input"
 
 
 class Unauthorized(ApiError):
@@ -122,6 +127,7 @@ _BY_KIND: dict[str, type[ApiError]] = {
     cls.kind: cls
     for cls in (
         BadRequest,
+        InvalidInput,
         Unauthorized,
         Forbidden,
         NotFound,

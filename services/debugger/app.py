@@ -31,6 +31,7 @@ from services.debugger.requests_api import (
 from services.debugger.retention import Retention
 from services.debugger.run_status import RunStatuses
 from services.debugger.settings import DebuggerSettings
+from services.debugger.source_replays import SourceReplays
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
 from services.debugger.ui import DebuggerUi, Html, KnownFlows
@@ -41,9 +42,11 @@ from shared.delivery import DeliveryEngine
 from shared.http_api import Route
 from shared.messaging import naming, topology
 from shared.messaging.contracts import (
+    ASYNC_RUNS,
     CALLBACK_ATTEMPTED,
     GET_FLOW_OWNER,
     GET_RUN_STATUS,
+    GET_SOURCE,
     IDENTIFY_TOKEN,
     SYNC_RUNS,
 )
@@ -161,7 +164,18 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     )
     kernel.provide(
         REPLAY_API,
-        ReplayApi(replayer, replay_jobs, replay_worker),
+        ReplayApi(
+            replayer,
+            replay_jobs,
+            replay_worker,
+            SourceReplays(
+                kernel.rpc,
+                kernel.broker,
+                RequestStore(kernel.pool),
+                redaction(settings),
+                settings.debugger_replay_filter_budget,
+            ),
+        ),
     )
     kernel.background(replay_worker.run_forever())
     # Alerts (alerts.py): evaluated off the ingest path, delivered from an outbox.
@@ -251,8 +265,9 @@ SERVICE = ServiceSpec(
         own_queues=(ProcessQueue(naming.tail_queue_name, topology.DEBUGGER_EVENTS.bindings),),
         # Identifying API tokens; asking the runner who owns a flow it has not heard of
         # yet; replays, each a sync run (`RunnerClient.run`).
-        calls=(IDENTIFY_TOKEN, GET_FLOW_OWNER),
-        sends=(SYNC_RUNS,),
+        calls=(IDENTIFY_TOKEN, GET_FLOW_OWNER, GET_SOURCE),
+        # A source's request replayed: its runs, async, in one message.
+        sends=(SYNC_RUNS, ASYNC_RUNS),
     ),
     routes=(
         Route(

@@ -7,8 +7,9 @@
 - `run.expired` and `run.dead_lettered` are dead-lettered by the broker and carry the
   original `StartRun`, or a `StartRuns` (many runs in one message, dead-lettered
   whole): each request never got an outcome of its own (rank 2); one row per item.
-- `run.finished`, `request.rejected`, `request.deduplicated` and `request.handshake`
-  carry `RunsFinished` (requests and their outcomes): rank 3.
+- `run.finished`, `request.rejected`, `request.deduplicated`, `request.handshake`,
+  `request.filtered` and `request.routed` carry `RunsFinished` (requests and their
+  outcomes): rank 3.
 A row is only ever replaced by an event of the same or a higher rank, so the final
 record is right whatever order the events arrive in.
 """
@@ -121,6 +122,7 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> Reque
             repeated=run.repeated,
             answered_at=run.answered_at,
             resume_at=run.resume_at,
+            source_request_id=request.source_request_id,
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -190,6 +192,7 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         else None,
         answered_at=run.answered_at,
         resume_at=run.resume_at,
+        source_request_id=request.source_request_id,
     )
 
 
@@ -511,6 +514,12 @@ def _dead_letter_row(
     return _row(start.request, redaction, failed)
 
 
+def finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
+    """The row of a request with its outcome (what the debugger itself records: a
+    source request it replayed)."""
+    return _finished_row(finished, redaction)
+
+
 def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
     result = finished.result
     run = RunReport(
@@ -540,6 +549,8 @@ ROWS_BY_EVENT: dict[str, RowBuilder] = {
     contracts.REQUEST_REJECTED.routing_key: _finished_rows,
     contracts.REQUEST_DEDUPLICATED.routing_key: _finished_rows,
     contracts.REQUEST_HANDSHAKE.routing_key: _finished_rows,
+    contracts.REQUEST_FILTERED.routing_key: _finished_rows,
+    contracts.REQUEST_ROUTED.routing_key: _finished_rows,
     contracts.RUN_EXPIRED.routing_key: _dead_letter_rows,
     contracts.RUN_DEAD_LETTERED.routing_key: _dead_letter_rows,
 }

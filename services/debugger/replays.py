@@ -35,10 +35,11 @@ from services.debugger.replay_edit import (
     replay_request,
 )
 from services.debugger.replay_jobs import ReplayJobs, ReplayWorker, job_view
+from services.debugger.source_replays import SourceReplays
 from shared.errors import BadRequest, NotFound
 from shared.http_api import Call
 from shared.openapi import AnyJson
-from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES, ReplayFilterOutcome
+from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES, Outcome, ReplayFilterOutcome
 
 
 class ReplayEdit(BaseModel):
@@ -129,8 +130,16 @@ class ReplayJob(BaseModel):
 
 
 class ReplayApi:
-    def __init__(self, replayer: Replayer, jobs: ReplayJobs, worker: ReplayWorker) -> None:
+    def __init__(
+        self,
+        replayer: Replayer,
+        jobs: ReplayJobs,
+        worker: ReplayWorker,
+        sources: SourceReplays | None = None,
+    ) -> None:
         self.replayer = replayer
+        # A source's request is routed again (source_replays.py), not run.
+        self.sources = sources
         self.jobs = jobs
         self.worker = worker
 
@@ -140,7 +149,14 @@ class ReplayApi:
         row = call.resource
         edit = call.body.edit if call.body is not None else parse_edit(None)
         replayed = replay_request(row, edit, uuid.uuid4().hex, datetime.now(UTC))
-        result = await self.replayer.run(replayed, force=edit.force)
+        source = None
+        if self.sources is not None and row["outcome"] in (Outcome.ROUTED, Outcome.FILTERED):
+            source = await self.sources.source_of(row["flow_id"], call.caller.workspace_id)
+        if source is not None:
+            assert self.sources is not None
+            result = await self.sources.replay(source, replayed)
+        else:
+            result = await self.replayer.run(replayed, force=edit.force)
         return ReplayResult(
             request_id=replayed.request_id,
             replay_of=row["id"],

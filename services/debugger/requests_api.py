@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, m
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.replay_jobs import replays_of
 from services.debugger.search import parse_headers, parse_match
+from services.debugger.source_links import runs_of
 from services.debugger.stats import WINDOWS, FlowSeries
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail, sse
@@ -230,6 +231,12 @@ class RequestDetail(BaseModel):
         default=None,
         description="For a `debounced` request: the request of its burst that ran in its place",
     )
+    source_request_id: str | None = Field(
+        default=None, description="A run a source fanned out: the source's request"
+    )
+    runs: list[str] | None = Field(
+        default=None, description="A source's request: the runs it was fanned out to"
+    )
 
 
 class FlowStats(BaseModel):
@@ -339,6 +346,10 @@ class RequestsApi:
         if row.get("resume_at") is None:
             row.pop("resume_at", None)  # shown only while the run waits in a `delay`
         row["replays"] = await replays_of(self.store.pool, row["id"], caller.workspace_id)
+        if row["outcome"] == Outcome.ROUTED:  # a source's request: the runs it started
+            row["runs"] = await runs_of(self.store.pool, row["id"], caller.workspace_id)
+        if row["source_request_id"] is None:  # left out but for a source's runs
+            del row["source_request_id"]
         callback = await CallbackAttempts(self.store.pool).of_request(
             row["id"], caller.workspace_id
         )

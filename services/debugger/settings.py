@@ -82,6 +82,8 @@ class DebuggerSettings(DatabaseSettings, _AlertDelivery):
     debugger_retention_batch: int = Field(default=1000, ge=1)
     # How long a replay of a sync request may run.
     debugger_replay_timeout_s: float = Field(default=30.0, gt=0)
+    # A source's request replayed: the work its routes' filters may cost (shared/filters.py).
+    debugger_replay_filter_budget: int = Field(default=1_000_000, ge=1_000)
     # Bulk replay jobs. Replays go one by one through the sync run path, so these bound
     # what a job can take from live webhooks: replays awaiting their outcome at once
     # (per debugger process, all jobs together), and replays started a second per job.

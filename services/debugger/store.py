@@ -54,6 +54,8 @@ class RequestRow(NamedTuple):
     answered_at: datetime | None = None
     # When a run waiting in a `delay` step resumes; None: not waiting.
     resume_at: datetime | None = None
+    # A run a source fanned out: the source request's id.
+    source_request_id: str | None = None
 
 
 class FlowRow(NamedTuple):
@@ -122,7 +124,8 @@ _SELECT = (
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
-    " response_headers::text, repeated, debounced_by, answered_at, resume_at FROM debugger.requests"
+    " response_headers::text, repeated, debounced_by, answered_at, resume_at,"
+    " source_request_id FROM debugger.requests"
 )
 
 

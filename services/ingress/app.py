@@ -11,6 +11,7 @@ from services.ingress.pubsub import JwksCache
 from services.ingress.settings import IngressSettings
 from services.ingress.signing import SignatureChecks
 from services.ingress.sns import SnsCertificates, SubscribeVisits
+from services.ingress.sources import SourceCache, SourceMetrics, SourceWebhook
 from services.ingress.webhook import Accepted, WebhookHandler
 from shared.http_api import Route
 from shared.messaging import naming
@@ -21,12 +22,16 @@ from shared.messaging.contracts import (
     CLAIM_DEDUP_KEY,
     FLOW_ACCESS_CHANGED,
     GET_RUN_STATUS,
+    GET_SOURCE,
     LEARN_WEBHOOK_SECRET,
     REQUEST_DEDUPLICATED,
+    REQUEST_FILTERED,
     REQUEST_HANDSHAKE,
     REQUEST_QUEUED,
     REQUEST_REJECTED,
+    REQUEST_ROUTED,
     RUNS_DRAINED,
+    SOURCE_CHANGED,
     SYNC_RUNS,
     Event,
 )
@@ -38,6 +43,7 @@ from shared.secret_box import SecretBox
 from shared.service import Kernel, ServiceSpec
 
 WEBHOOK = web.AppKey("webhook", WebhookHandler)
+SOURCE_WEBHOOK = web.AppKey("source_webhook", SourceWebhook)
 
 
 async def wire(kernel: Kernel[IngressSettings]) -> None:
@@ -98,6 +104,20 @@ async def wire(kernel: Kernel[IngressSettings]) -> None:
         ),
     )
     metrics.watch(webhook)
+    sources = SourceCache(
+        kernel.rpc, settings.ingress_source_cache_size, settings.ingress_source_cache_ttl_s
+    )
+    kernel.broker.reconnected.append(sources.clear)  # changes may have been missed
+    cache.changes.on(SOURCE_CHANGED, sources.changed, published_by=settings.runner_user)
+    kernel.provide(
+        SOURCE_WEBHOOK,
+        SourceWebhook(
+            webhook,
+            sources,
+            settings.ingress_source_max_message_bytes,
+            SourceMetrics(kernel.metrics.registry),
+        ),
+    )
     # The same per-process queue also receives the runners' reports of this replica's
     # async runs that finished (routed to it alone), for its per-workspace queued bounds.
     cache.changes.on(
@@ -153,6 +173,29 @@ def _webhook_route(method: str) -> Route[WebhookHandler]:
     )
 
 
+def _source_webhook_route(method: str) -> Route[SourceWebhook]:
+    """A source's URL: read like the flow webhook (`raw`), answered `accepted` with the
+    number of runs started, or `filtered`."""
+    return Route(
+        method,
+        "/v1/source-webhook/{source_id}",
+        SOURCE_WEBHOOK,
+        lambda webhook: webhook.handle,
+        f"Route the request to every flow subscribed to the source ({method})",
+        AnyJson,
+        raw=True,
+        body=None if method == "GET" else AnyJson,
+        body_required=False,
+        response_media="*/*",
+        description="The source's token as a bearer (`GET /v1/sources/{id}` on the runner),"
+        " or the signature its `auth` mode names. Every route whose filter matches gets its"
+        " own async run; 200 `accepted` with `routed` (the number of runs) once the broker"
+        " took them all, `filtered` when none matched, 503 when the broker took none.",
+        tags=("sources",),
+        secured=True,
+    )
+
+
 SERVICE = ServiceSpec(
     name="ingress",
     settings=IngressSettings,
@@ -161,17 +204,35 @@ SERVICE = ServiceSpec(
         own_queues=(
             ProcessQueue(
                 naming.cache_invalidation_queue_name,
-                (FLOW_ACCESS_CHANGED.routing_key, ACCESS_TOKEN_REVOKED.routing_key),
+                (
+                    FLOW_ACCESS_CHANGED.routing_key,
+                    ACCESS_TOKEN_REVOKED.routing_key,
+                    SOURCE_CHANGED.routing_key,
+                ),
                 # Its own async runs that finished (its per-workspace queued bounds).
                 addressed=(naming.runs_drained_key,),
             ),
         ),
-        calls=(AUTHORIZE_WEBHOOK, CLAIM_DEDUP_KEY, GET_RUN_STATUS, LEARN_WEBHOOK_SECRET),
+        calls=(
+            AUTHORIZE_WEBHOOK,
+            CLAIM_DEDUP_KEY,
+            GET_RUN_STATUS,
+            LEARN_WEBHOOK_SECRET,
+            GET_SOURCE,
+        ),
         sends=(SYNC_RUNS, ASYNC_RUNS),
-        publishes=(REQUEST_REJECTED, REQUEST_DEDUPLICATED, REQUEST_QUEUED, REQUEST_HANDSHAKE),
+        publishes=(
+            REQUEST_REJECTED,
+            REQUEST_DEDUPLICATED,
+            REQUEST_QUEUED,
+            REQUEST_HANDSHAKE,
+            REQUEST_FILTERED,
+            REQUEST_ROUTED,
+        ),
     ),
     routes=(
         *(_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),
+        *(_source_webhook_route(method) for method in ("POST", "GET", "PUT", "PATCH")),
         # A run's status (on_timeout "accept", async runs).
         Route(
             "GET",

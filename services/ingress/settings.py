@@ -37,6 +37,15 @@ class IngressSettings(WebhookSecretsSettings):
     # only counted (`flowhooks_webhook_refusal_records_total{result="skipped"}`).
     ingress_refused_records_per_s: float = Field(default=5.0, ge=0)
     ingress_refused_records_burst: int = Field(default=20, ge=1)
+    # Work one request's filters may cost (shared/filters.py: characters searched and list
+    # elements compared); past it a filter does not match.
+    ingress_filter_budget: int = Field(default=1_000_000, ge=1_000)
+    # Sources (services/ingress/sources.py): cached answers of `runner.get_source`
+    # (evicted by `source.changed`; the TTL is a backstop), and the bound of the one
+    # message that carries a request's runs to every route (413 past it).
+    ingress_source_cache_size: int = Field(default=10_000, ge=0)
+    ingress_source_cache_ttl_s: float = Field(default=5.0, gt=0)
+    ingress_source_max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Sync duplicates of one flow that may wait at once for their first request (one
     # poller per key asks the runner for all of them); past it 429 with Retry-After.
     ingress_dedup_max_waiting: int = Field(default=1000, ge=1)

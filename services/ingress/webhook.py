@@ -3,6 +3,7 @@ the body, then either run the flow over RPC (sync) or queue it durably (async)."
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from services.ingress import handshake
 from services.ingress.access_cache import AccessCache
 from services.ingress.backlog import WorkspaceBacklog
 from services.ingress.dedup import Deduplicator, accepted_body, request_key, scheduled_body
+from services.ingress.filtering import Filters
 from services.ingress.form_body import multi_dict
 from services.ingress.learned_secrets import SecretLearner
 from services.ingress.metrics import IngressMetrics, error_outcome
@@ -85,6 +87,13 @@ class Accepted(BaseModel):
 
 log = structlog.get_logger(__name__)
 
+# The pipeline's first stage (who the request is for, as the flow settings it is taken
+# under) and last (take it: run, queue, or fan out; with its dedup key, if any).
+Authorize = Callable[[web.Request], Awaitable[FlowWebhookSettings]]
+Start = Callable[
+    [FlowWebhookSettings, WebhookRequest, "str | None", "Answer"], Awaitable[web.Response]
+]
+
 # The original product's answer for a paused flow, byte for byte (contract).
 PAUSED_BODY = (
     b'{"status": 200, "error": "biz_logic", "message": "Flow status is `paused`. '
@@ -145,7 +154,7 @@ async def _answer_unread(request: web.Request, error: ApiError) -> web.Response:
     return response
 
 
-class _Answer:
+class Answer:
     """What one webhook answer is counted as (`IngressMetrics.webhook`)."""
 
     __slots__ = ("mode", "outcome")
@@ -189,6 +198,7 @@ class WebhookHandler:
         self.runner = runner
         self.broker = broker
         self.dedup = dedup
+        self.filters = Filters(broker, settings.ingress_filter_budget)
         # Per-workspace bounds on what this replica has queued (429 past them); runners'
         # `runs.drained` reports reach it through app.py's wiring.
         self.backlog = WorkspaceBacklog(
@@ -211,10 +221,18 @@ class WebhookHandler:
         self.parser.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Every answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
-        answer = _Answer()
+        """`/v1/flow-webhook/{flow_id}`."""
+        return await self.handle_with(request, self._authorize_flow, self._start)
+
+    async def handle_with(
+        self, request: web.Request, authorize: Authorize, start: Start
+    ) -> web.Response:
+        """The pipeline with its first and last stages given: who the request is for
+        (a flow; a source, services/ingress/sources.py), and what taking it means. Every
+        answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
+        answer = Answer()
         try:
-            response = await self._handle(request, answer)
+            response = await self._handle(request, answer, authorize, start)
         except _RefusedUnread as refused:
             self.metrics.webhook(error_outcome(refused.error.status_code), answer.mode)
             return await _answer_unread(request, refused.error)
@@ -227,12 +245,17 @@ class WebhookHandler:
         self.metrics.webhook(answer.outcome, answer.mode)
         return response
 
-    async def _handle(self, request: web.Request, answer: _Answer) -> web.Response:
+    async def _authorize_flow(self, request: web.Request) -> FlowWebhookSettings:
+        return await self._authorize(request, request.match_info["flow_id"])
+
+    async def _handle(
+        self, request: web.Request, answer: Answer, authorize: Authorize, start: Start
+    ) -> web.Response:
         """The pipeline, stage by stage: authorise, verify (a signing flow's sender) and
-        read the body, answer a paused flow, answer a provider's handshake, parse, then
-        deduplicate and run or queue."""
+        read the body, answer a paused flow, answer a provider's handshake, parse, filter
+        (`webhook.filter`), then deduplicate and run or queue."""
         received_at = datetime.now(UTC)
-        flow = await self._authorize(request, request.match_info["flow_id"])
+        flow = await authorize(request)
         answer.mode = RunMode.of(flow.is_async)
         signed_sender = self._by_signature(request, flow)
         if signed_sender:
@@ -271,15 +294,22 @@ class WebhookHandler:
         except BadRequest as error:
             await self._record_rejected(normalised, error)
             raise
+        if flow.filter is not None and not self.filters.match(
+            flow.filter, self.filters.document(normalised), flow.flow_id
+        ):
+            # Before dedup and the runner: a request the flow does not want costs neither.
+            answer.outcome = Outcome.FILTERED
+            body = self.filters.record(normalised)
+            return web.Response(body=body, content_type="application/json")
         key = request_key(flow, normalised)
         if key is None:
-            return await self._start(flow, normalised, None, answer)
+            return await start(flow, normalised, None, answer)
         claim = await self.dedup.claim(flow, normalised.request_id, key)
         if claim.state != "first":
             answer.outcome = Outcome.DUPLICATE
             return await self.dedup.answer(flow, normalised, key, claim, received_at)
         try:
-            return await self._start(flow, normalised, key, answer)
+            return await start(flow, normalised, key, answer)
         except Timeout:
             raise  # the run may still finish: the runner records it, or lets go of the key
         except Exception:
@@ -441,7 +471,7 @@ class WebhookHandler:
         flow: FlowWebhookSettings,
         normalised: WebhookRequest,
         key: str | None,
-        answer: _Answer,
+        answer: Answer,
     ) -> web.Response:
         """Queue (async) or run (sync) the request; `key`: its dedup key, as its first."""
         received_at = normalised.received_at
@@ -541,7 +571,7 @@ class WebhookHandler:
         return json_response(scheduled_body(start.request.request_id))
 
     async def _run_or_accept(
-        self, start: StartRun, timeout_s: float, answer: _Answer
+        self, start: StartRun, timeout_s: float, answer: Answer
     ) -> web.Response:
         """`on_timeout: "accept"`: the run's answer if it comes within the flow's
         timeout, else 202 with the status URL; the run goes on."""
@@ -556,7 +586,7 @@ class WebhookHandler:
             return json_response(accepted_body(request.flow_id, request.request_id), status=202)
 
     async def _run_sync(
-        self, start: StartRun, timeout_s: float, answer: _Answer, *, keep_queued: bool = False
+        self, start: StartRun, timeout_s: float, answer: Answer, *, keep_queued: bool = False
     ) -> web.Response:
         with self.backlog.sync_request(start.request.workspace_id):  # 429 past its bound
             result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)

@@ -138,6 +138,7 @@ class FlowAccess:
                 on_timeout=webhook.get("on_timeout", "error"),
                 # Saved `"dedup": null`: not even the signing mode's default key.
                 dedup_default=not ("dedup" in webhook and webhook["dedup"] is None),
+                filter=webhook.get("filter"),
             ),
         )
 

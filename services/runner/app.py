@@ -32,6 +32,17 @@ from services.runner.paced_runs import PacedRuns
 from services.runner.pool import WorkerPool
 from services.runner.runs import FlowCache, RunService, async_window
 from services.runner.settings import RunnerSettings
+from services.runner.source_store import SourceStore
+from services.runner.sources import (
+    RouteBody,
+    RouteList,
+    RouteView,
+    SourceBody,
+    SourceList,
+    SourcesApi,
+    SourceView,
+    SourceVisibility,
+)
 from services.runner.store import FlowStore
 from services.runner.templates import TemplateEngine
 from shared.api_auth import MANAGE
@@ -46,6 +57,7 @@ from shared.messaging.contracts import (
     CLAIM_DEDUP_KEY,
     FLOW_CHANGED,
     GET_FLOW_OWNER,
+    GET_SOURCE,
     IDENTIFY_TOKEN,
     LEARN_WEBHOOK_SECRET,
     LIST_FLOW_ACCESS,
@@ -53,17 +65,21 @@ from shared.messaging.contracts import (
     RUN_FINISHED,
     RUN_STARTED,
     RUN_WAITING,
+    SOURCE_CHANGED,
     SYNC_RUNS,
 )
 from shared.messaging.permissions import ServiceAccess
 from shared.messaging.rpc import GroupedReplies
 from shared.outbound import AddressPolicy, OutboundHttp
+from shared.schemas.access import FlowOwner, FlowOwnerQuery
 from shared.schemas.runs import RunFinished
 from shared.secret_box import SecretBox
 from shared.service import Database, Kernel, ServiceSpec
 
 FLOWS_API = web.AppKey("flows_api", FlowsApi)
 FLOW = web.AppKey("flow", FlowVisibility)  # the path's flow, in the caller's workspace
+SOURCES_API = web.AppKey("sources_api", SourcesApi)
+SOURCE = web.AppKey("source", SourceVisibility)  # the path's source, in the caller's workspace
 DATABASE = Database("runner", Path(__file__).parent / "migrations")
 
 
@@ -78,6 +94,21 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     callback_delivery = settings.callback_delivery()
     callback_policy = AddressPolicy(callback_delivery.allow_networks)
     kernel.provide(FLOW, FlowVisibility(store))
+    source_store = SourceStore(kernel.pool)
+    sources = kernel.provide(
+        SOURCES_API,
+        SourcesApi(
+            source_store,
+            store,
+            access,
+            kernel.broker,
+            templates,
+            settings.webhook_base_url(),
+            secret_box,
+        ),
+    )
+    kernel.provide(SOURCE, SourceVisibility(source_store))
+    kernel.serve(GET_SOURCE, sources.get_source)
     kernel.provide(
         FLOWS_API,
         FlowsApi(
@@ -88,6 +119,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
             settings.webhook_base_url(),
             secret_box,
             callback_policy,
+            after_change=sources.flow_changed,
         ),
     )
 
@@ -179,7 +211,12 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.periodic("dedup_keys_prune", 60.0, dedup_keys.prune)
     kernel.serve(CLAIM_DEDUP_KEY, dedup_keys.claim)
     kernel.serve(LIST_FLOW_ACCESS, access.list_flow_access)
-    kernel.serve(GET_FLOW_OWNER, access.flow_owner)
+
+    async def flow_or_source_owner(query: FlowOwnerQuery) -> FlowOwner:
+        owner = await access.flow_owner(query)
+        return owner if owner.found else await sources.owner(query)
+
+    kernel.serve(GET_FLOW_OWNER, flow_or_source_owner)
     # An asana flow's first handshake: the secret it gives (learned_secrets.py).
     kernel.serve(LEARN_WEBHOOK_SECRET, SecretLearning(store, access, secret_box).learn)
     kernel.on_command(SYNC_RUNS, runs.on_sync_runs, prefetch=settings.runner_sync_prefetch)
@@ -201,6 +238,99 @@ def _flow_route(
     )
 
 
+def _source_route(
+    method: str,
+    path: str,
+    pick: Callable[[SourcesApi], Any],
+    summary: str,
+    response: type[BaseModel] | None,
+    **declared: Any,
+) -> Route[SourcesApi]:
+    """A sources API route: a manage scope, the sources tag."""
+    return Route(
+        method,
+        path,
+        SOURCES_API,
+        pick,
+        summary,
+        response,
+        scope=MANAGE,
+        tags=("sources",),
+        **declared,
+    )
+
+
+SOURCE_ROUTES = (
+    _source_route(
+        "POST",
+        "/v1/sources",
+        lambda api: api.create,
+        "Create a source: one URL whose requests are routed to many flows",
+        SourceView,
+        status=201,
+        body=SourceBody,
+        body_as_json=True,
+    ),
+    _source_route(
+        "GET", "/v1/sources", lambda api: api.list, "List sources", SourceList, query=FlowListQuery
+    ),
+    _source_route(
+        "GET",
+        "/v1/sources/{source_id}",
+        lambda api: api.get,
+        "Read a source",
+        SourceView,
+        resource=SOURCE,
+    ),
+    _source_route(
+        "PATCH",
+        "/v1/sources/{source_id}",
+        lambda api: api.patch,
+        "Change some of a source's fields",
+        SourceView,
+        resource=SOURCE,
+        partial=True,
+        body=SourceBody,
+        body_as_json=True,
+    ),
+    _source_route(
+        "DELETE",
+        "/v1/sources/{source_id}",
+        lambda api: api.delete,
+        "Delete a source and its routes",
+        None,
+        status=204,
+        resource=SOURCE,
+    ),
+    _source_route(
+        "GET",
+        "/v1/sources/{source_id}/routes",
+        lambda api: api.routes,
+        "The flows the source routes to",
+        RouteList,
+        resource=SOURCE,
+    ),
+    _source_route(
+        "PUT",
+        "/v1/sources/{source_id}/routes/{flow_id}",
+        lambda api: api.put_route,
+        "Route the source's requests that match the filter to a flow of the same workspace",
+        RouteView,
+        resource=SOURCE,
+        body=RouteBody,
+        body_required=False,
+    ),
+    _source_route(
+        "DELETE",
+        "/v1/sources/{source_id}/routes/{flow_id}",
+        lambda api: api.delete_route,
+        "Stop routing the source's requests to the flow",
+        None,
+        status=204,
+        resource=SOURCE,
+    ),
+)
+
 TAGS = ("flows",)
 # A flow definition, decoded by the kernel and judged by `parse_definition` (templates
 # compile against this service's engine; a PATCH is merged over the stored flow first).
@@ -212,7 +342,13 @@ SERVICE = ServiceSpec(
     wire=wire,
     database=DATABASE,
     broker=ServiceAccess(
-        serves=(CLAIM_DEDUP_KEY, LIST_FLOW_ACCESS, GET_FLOW_OWNER, LEARN_WEBHOOK_SECRET),
+        serves=(
+            CLAIM_DEDUP_KEY,
+            LIST_FLOW_ACCESS,
+            GET_FLOW_OWNER,
+            LEARN_WEBHOOK_SECRET,
+            GET_SOURCE,
+        ),
         consumes=(SYNC_RUNS, ASYNC_RUNS, CALLBACKS),
         # Identifying API tokens.
         calls=(IDENTIFY_TOKEN,),
@@ -220,11 +356,19 @@ SERVICE = ServiceSpec(
         # while their workspace is at its share; callbacks enqueued, and parked in the
         # wait ladder between attempts.
         sends=(SYNC_RUNS, ASYNC_RUNS, PARKED_RUNS, CALLBACKS, *topology.CALLBACK_WAITS),
-        publishes=(FLOW_CHANGED, RUN_FINISHED, RUN_STARTED, RUN_WAITING, CALLBACK_ATTEMPTED),
+        publishes=(
+            FLOW_CHANGED,
+            RUN_FINISHED,
+            RUN_STARTED,
+            RUN_WAITING,
+            CALLBACK_ATTEMPTED,
+            SOURCE_CHANGED,
+        ),
         # To the ingress process that queued them: its async runs that finished.
         publishes_to_processes=(naming.runs_drained_key,),
     ),
     routes=(
+        *SOURCE_ROUTES,
         _flow_route(
             "POST",
             "/v1/flows",

@@ -25,6 +25,7 @@ from services.runner.templates import TemplateEngine
 from shared import standard_webhooks
 from shared.dedup_keys import parse_key_spec
 from shared.errors import BadRequest
+from shared.filters import check_filter
 from shared.outbound import OutboundRefused, parse_url
 from shared.public_keys import load_ecdsa_public_key
 from shared.schemas.access import FlowStatus
@@ -199,6 +200,9 @@ class WebhookTrigger(BaseModel):
     debounce: DebounceConfig | None = None
     throttle: ThrottleConfig | None = None
     delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
+    # None: every request runs; else only those it matches (shared/filters.py), the
+    # others answered 200 `filtered` by the ingress.
+    filter: dict[str, Any] | None = None
 
 
 class FlowDefinition(BaseModel):
@@ -219,7 +223,7 @@ class FlowDefinition(BaseModel):
         # Left out while unused, so flows saved before they existed read the same; but
         # `"dedup": null` given is kept: it turns the mode's default dedup off.
         dedup_off = "dedup" in self.webhook.model_fields_set and self.webhook.dedup is None
-        for name in ("auth", "dedup", "callback", *PACING_FIELDS):
+        for name in ("auth", "dedup", "callback", "filter", *PACING_FIELDS):
             if webhook[name] is None and not (name == "dedup" and dedup_off):
                 del webhook[name]
         if webhook.get("auth") is not None:
@@ -312,6 +316,8 @@ def parse_definition(raw: Any, engine: TemplateEngine, max_timeout_s: float) -> 
     if definition.webhook.callback is not None:
         _check_callback(definition.webhook)
     _check_pacing(definition.webhook)
+    if definition.webhook.filter is not None:
+        check_filter(definition.webhook.filter, "webhook.filter")
     _check_references(definition, engine)
     return definition
 

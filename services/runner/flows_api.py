@@ -1,6 +1,7 @@
 """The flows API: `/v1/flows...`. Personal tokens with `automation` or
 `automation.manage`, own workspace only (anything else is 404: `FlowVisibility`)."""
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -105,8 +106,11 @@ class FlowsApi:
         webhook_base_url: str,
         secret_box: SecretBox | None = None,
         callback_policy: AddressPolicy | None = None,
+        after_change: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.secret_box = secret_box
+        # Told the flow's id once a change is committed (the sources routing to it).
+        self.after_change = after_change
         # Where `webhook.callback.url` may lead (FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS).
         self.callback_policy = callback_policy or AddressPolicy([])
         self.store = store
@@ -167,6 +171,8 @@ class FlowsApi:
                     raise BadRequest("the flow was changed meanwhile; read it and try again")
                 saved = updated
             await self.access.publish(saved)
+        if self.after_change is not None:
+            await self.after_change(saved.id)
         return saved
 
     def webhook_info(self, flow: FlowRow) -> WebhookInfo:
@@ -215,6 +221,8 @@ class FlowsApi:
             if not await self.store.delete(conn, flow):
                 raise BadRequest("the flow was changed meanwhile; read it and try again")
             await self.access.publish(flow, deleted=True)
+        if self.after_change is not None:
+            await self.after_change(flow.id)
 
     async def webhook(self, call: Call[None, None]) -> WebhookInfo:
         return self.webhook_info(call.resource)

@@ -19,6 +19,7 @@ stands alone, so only its own caller hears of it.
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -78,6 +79,13 @@ class BatchPublisher(Generic[Item]):
         waits for the item after that; a message whose every item has such a time
         expires in the queue at the latest of them (dead-lettered, not run late)."""
         await asyncio.shield(self._messages.submit(_encode(item, expires_in_s)))
+
+    async def publish_together(self, items: Sequence[Item]) -> None:
+        """Every item in the same message, or none (a source's runs: services/ingress/
+        sources.py): they join a batch as one unit, which a refused batch is never split
+        through, and their caller hears the fate of that one message."""
+        parts = [_encode(item, None).encoded for item in items]
+        await asyncio.shield(self._messages.submit(_Encoded(b",".join(parts), None)))
 
     def publish_soon(self, item: Item) -> None:
         """Best effort: batched like `publish`, but nobody waits, and a failure is only

@@ -37,6 +37,7 @@ from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
 from shared.schemas.learned_secrets import LearnWebhookSecret, WebhookSecretLearned
 from shared.schemas.runs import RunsFinished, RunsProgressed, StartRuns
+from shared.schemas.sources import GetSource, SourceAccess, SourceChanged
 
 Request = TypeVar("Request", bound=BaseModel)
 Response = TypeVar("Response", bound=BaseModel)
@@ -96,6 +97,10 @@ CLAIM_DEDUP_KEY: Rpc[ClaimDedupKey, DedupClaim] = Rpc(
 LEARN_WEBHOOK_SECRET: Rpc[LearnWebhookSecret, WebhookSecretLearned] = Rpc(
     "runner.learn_webhook_secret", topology.RUNNER_RPC, LearnWebhookSecret, WebhookSecretLearned
 )
+# The ingress, for `/v1/source-webhook/{source_id}` (cached, evicted by `source.changed`).
+GET_SOURCE: Rpc[GetSource, SourceAccess] = Rpc(
+    "runner.get_source", topology.RUNNER_RPC, GetSource, SourceAccess
+)
 # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
 GET_RUN_STATUS: Rpc[GetRunStatus, RunStatus] = Rpc(
     "debugger.get_run_status", topology.DEBUGGER_RPC, GetRunStatus, RunStatus
@@ -120,6 +125,9 @@ RUN_FINISHED: Event[RunsFinished] = Event(naming.RUN_FINISHED, RunsFinished)
 REQUEST_REJECTED: Event[RunsFinished] = Event(naming.REQUEST_REJECTED, RunsFinished)
 REQUEST_DEDUPLICATED: Event[RunsFinished] = Event(naming.REQUEST_DEDUPLICATED, RunsFinished)
 REQUEST_HANDSHAKE: Event[RunsFinished] = Event(naming.REQUEST_HANDSHAKE, RunsFinished)
+REQUEST_FILTERED: Event[RunsFinished] = Event(naming.REQUEST_FILTERED, RunsFinished)
+REQUEST_ROUTED: Event[RunsFinished] = Event(naming.REQUEST_ROUTED, RunsFinished)
+SOURCE_CHANGED: Event[SourceChanged] = Event(naming.SOURCE_CHANGED, SourceChanged)
 REQUEST_QUEUED: Event[RunsProgressed] = Event(naming.REQUEST_QUEUED, RunsProgressed)
 RUN_STARTED: Event[RunsProgressed] = Event(naming.RUN_STARTED, RunsProgressed)
 RUN_WAITING: Event[RunsProgressed] = Event(naming.RUN_WAITING, RunsProgressed)

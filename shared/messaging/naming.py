@@ -37,6 +37,12 @@ REQUEST_REJECTED = "request.rejected"  # ingress -> debugger: a body that could 
 REQUEST_DEDUPLICATED = "request.deduplicated"
 # ingress -> debugger: a provider's handshake the ingress answered itself (`handshake`)
 REQUEST_HANDSHAKE = "request.handshake"
+# ingress -> debugger: a request its filter (or every route of its source) left out
+REQUEST_FILTERED = "request.filtered"
+# ingress -> debugger: a source's request and the runs it was fanned out to (`routed`)
+REQUEST_ROUTED = "request.routed"
+# runner -> every ingress: a source, its routes or a routed flow changed (drop cached answers)
+SOURCE_CHANGED = "source.changed"
 REQUEST_QUEUED = "request.queued"  # ingress -> debugger: async requests queued (best effort)
 RUN_STARTED = "run.started"  # runner -> debugger: async runs have started (best effort)
 RUN_WAITING = "run.waiting"  # runner -> debugger: paced async runs wait for their turn

@@ -33,6 +33,10 @@ class RunnerClient:
     async def schedule(self, start: StartRun) -> None:
         await self._async_runs.publish(start)
 
+    async def schedule_together(self, starts: list[StartRun]) -> None:
+        """All of `starts` confirmed in one message, or `Unavailable` and none queued."""
+        await self._async_runs.publish_together(starts)
+
     async def run(
         self, start: StartRun, timeout_s: float, *, keep_queued: bool = False
     ) -> RunResult:

@@ -38,6 +38,8 @@ DEBUGGER_EVENTS = QueueSpec(
         naming.REQUEST_REJECTED,
         naming.REQUEST_DEDUPLICATED,
         naming.REQUEST_HANDSHAKE,
+        naming.REQUEST_FILTERED,
+        naming.REQUEST_ROUTED,
         naming.REQUEST_QUEUED,
         naming.RUN_STARTED,
         naming.RUN_WAITING,

@@ -1,7 +1,7 @@
 """Who may do what: the auth service's RPCs and the access-change events."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -70,6 +70,8 @@ class FlowWebhookSettings(BaseModel):
     # False: the flow saved `"dedup": null`, so no default key either. True by default:
     # runners before the defaults never stored a null.
     dedup_default: bool = True
+    # `webhook.filter` (shared/filters.py, checked on save): None, every request runs.
+    filter: dict[str, Any] | None = None
 
     def dedup_of(self) -> DedupSettings | None:
         """The flow's dedup: its own `webhook.dedup`; none saved, its signing mode's

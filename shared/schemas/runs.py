@@ -42,6 +42,9 @@ class WebhookRequest(BaseModel):
     # (`webhook.debounce`): that request's id.
     debounced_by: str | None = None
     raw_body_encoding: Literal["utf-8", "base64"] = "utf-8"
+    # Set on a run a source fanned out (services/ingress/sources.py): the source
+    # request's id.
+    source_request_id: str | None = None
 
     def raw_body_bytes(self) -> bytes:
         if self.raw_body_encoding == "base64":

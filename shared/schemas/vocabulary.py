@@ -20,7 +20,9 @@ class Outcome(StrEnum):
     `rejected`: a body the ingress could not parse; `expired`: no runner started the run
     before its sync caller gave up; `handshake`: a provider's handshake (a challenge, a
     URL check) the ingress answered itself, the flow not run; `debounced`: not run, a
-    later request of its burst ran in its place (`webhook.debounce`)."""
+    later request of its burst ran in its place (`webhook.debounce`); `filtered`: matched no
+    filter (`webhook.filter`, or no route of a source), answered 200, never run;
+    `routed`: a source's request, fanned out to its flows (each run recorded apart)."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -30,6 +32,8 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     HANDSHAKE = "handshake"
     DEBOUNCED = "debounced"
+    FILTERED = "filtered"
+    ROUTED = "routed"
 
 
 class Progress(StrEnum):

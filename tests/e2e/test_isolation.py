@@ -854,6 +854,36 @@ async def test_parser_bombs_are_refused_without_stalling_the_ingress(
         await assert_recorded(attacker, answer.request_id, "rejected", 400, word)
 
 
+async def test_a_pathological_filter_cannot_stall_the_ingress(api: Api, attacker: Api) -> None:
+    """The costliest filter a save allows (every operand a substring search) on large
+    bodies: each evaluation stops at its budget (not matched: `filtered`, recorded),
+    and the victims are served as always."""
+    victim = await make_victim(api)
+    needles = {"$or": [{"s": {"$contains": f"needle{i}"}} for i in range(60)]}
+    flow_id, token = await new_flow(
+        attacker, {"webhook": {"filter": {"body": needles}}, "steps": []}
+    )
+    # Near-misses everywhere: each search does its most work; 60 of them would scan
+    # 60 MB, the budget stops the evaluation after a few.
+    body = orjson.dumps({"s": "needl" * 200_000})
+
+    async def attack() -> list[Answer]:
+        return list(
+            await asyncio.gather(*(hit(attacker, flow_id, token, data=body) for _ in range(6)))
+        )
+
+    answers, calls = await under_attack(victim, attack())
+    await assert_victims_unharmed(victim, calls)
+    for answer in answers:
+        assert (answer.status, answer.envelope["message"]) == (200, "filtered")
+
+    async def recorded() -> dict[str, Any] | None:
+        status, record = await attacker.debugger(f"/v1/requests/{answers[0].request_id}")
+        return record if status == 200 else None
+
+    assert (await eventually(recorded))["outcome"] == "filtered"
+
+
 # --- row 7: odd inputs that used to be 500 internal_error ----------------------------------
 
 

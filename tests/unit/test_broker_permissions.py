@@ -165,7 +165,7 @@ def test_exact_regexes() -> None:
     assert topic_permissions("runner") == TopicPermissions(
         exchange="flowhooks.events",
         write=r"^(callback\.attempted|flow\.changed|run\.finished|run\.started|run\.waiting"
-        r"|runs\.drained\.[A-Za-z0-9_-]+)$",
+        r"|runs\.drained\.[A-Za-z0-9_-]+|source\.changed)$",
         read="^$",
     )
 

@@ -23,6 +23,7 @@ OTHER_MEANINGS = {
     ("services/debugger/records.py", "rejected"): "RabbitMQ's x-death reason",
     ("services/debugger/replay_jobs.py", "running"): "a replay job's status",
     ("services/debugger/alerts.py", "failed"): "a field of the failure-rate notice",
+    ("shared/schemas/sources.py", "routed"): "the source answer's `data.routed`, a count",
 }
 
 
