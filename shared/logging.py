@@ -1,16 +1,29 @@
 """Structured JSON logs through structlog. The request id is bound with
 `structlog.contextvars.bind_contextvars(request_id=...)` and appears on every line
-logged while that request is handled."""
+logged while that request is handled; the current span's `trace_id` and `span_id`
+(shared/tracing.py) likewise, when traces are on."""
 
 import logging
 import sys
 
 import orjson
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+from shared import tracing
 
 
 def _dumps(obj: object, default: object = None) -> str:
     return orjson.dumps(obj, default=str).decode()
+
+
+def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """The trace and span a line was logged in, so logs join the trace."""
+    if tracing.enabled():
+        ids = tracing.current_ids()
+        if ids is not None:
+            event["trace_id"], event["span_id"] = ids
+    return event
 
 
 def configure_logging(service: str, level: str = "info") -> None:
@@ -22,6 +35,7 @@ def configure_logging(service: str, level: str = "info") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

@@ -34,6 +34,7 @@ from services.debugger.redact import (
 )
 from services.debugger.store import COLUMNS, FlowRow, RequestRow
 from shared import redaction as secrets
+from shared import tracing
 from shared.errors import Timeout
 from shared.messaging import contracts, naming, topology
 from shared.schemas.access import FlowChanged
@@ -113,6 +114,8 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> Reque
             replay_of=request.replay_of,
             duplicate_of=request.duplicate_of,
             repeated=run.repeated,
+            trace_id=tracing.trace_id_of(request.trace),
+            trace_parent=tracing.traceparent_of(request.trace),
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -176,6 +179,8 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         truncated=orjson.dumps(truncated).decode() if truncated else None,
         duplicate_of=request.duplicate_of,
         repeated=cut_text(run.repeated, redaction.max_error_bytes)[0] if run.repeated else None,
+        trace_id=tracing.trace_id_of(request.trace),
+        trace_parent=tracing.traceparent_of(request.trace),
         response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
         if run.response_headers
         else None,

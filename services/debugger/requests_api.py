@@ -178,6 +178,11 @@ class RequestDetail(BaseModel):
         description="Why the run was run again (its worker process or its runner stopped"
         " while it ran, so its side effects may have happened twice); null: it ran once",
     )
+    trace_id: str | None = Field(
+        default=None,
+        description="The request's OpenTelemetry trace (32 hex digits: find it in Jaeger,"
+        " Tempo...); null: traces were off",
+    )
 
 
 class FlowStats(BaseModel):
@@ -278,6 +283,7 @@ class RequestsApi:
             "body": row.pop("response_body"),
         }
         headers = row.pop("response_headers")
+        row.pop("trace_parent", None)  # the debugger's own link to the trace, not shown
         if headers:  # left out while none, so records read as before
             response["headers"] = headers
         row["replays"] = await replays_of(self.store.pool, row["id"], caller.workspace_id)

@@ -48,6 +48,10 @@ class RequestRow(NamedTuple):
     response_headers: str | None = None
     # Why the run was run again (RunResult.repeated); None: it ran once.
     repeated: str | None = None
+    # The request's OpenTelemetry trace, and the `traceparent` of the span that handed
+    # it on; None: traces were off.
+    trace_id: str | None = None
+    trace_parent: str | None = None
 
 
 class FlowRow(NamedTuple):
@@ -108,7 +112,7 @@ _SELECT = (
     " headers::text, content_type, raw_body, raw_body_truncated, input::text, mode, outcome,"
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
-    " response_headers::text, repeated FROM debugger.requests"
+    " response_headers::text, repeated, trace_id, trace_parent FROM debugger.requests"
 )
 
 

@@ -39,6 +39,10 @@ class WebhookRequest(BaseModel):
     # the first request's id.
     duplicate_of: str | None = None
     raw_body_encoding: Literal["utf-8", "base64"] = "utf-8"
+    # The W3C trace context (`traceparent`, `tracestate`) of the span that handed the
+    # request on (shared/tracing.py): each request of a batched message continues its
+    # own trace. Empty when traces are off.
+    trace: dict[str, str] = {}
 
     def raw_body_bytes(self) -> bytes:
         if self.raw_body_encoding == "base64":
