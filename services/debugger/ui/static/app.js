@@ -261,7 +261,7 @@
     for (const name of [
       "flow_id", "received_at", "method", "path", "content_type", "mode", "outcome",
       "started_at", "finished_at", "replay_of", "duplicate_of", "raw_body_encoding",
-      "raw_body_truncated", "truncated", "callback",
+      "raw_body_truncated", "truncated", "callback", "trace_id",
     ]) {
       summaryEntry(summary, name, row[name]);
     }
