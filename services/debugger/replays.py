@@ -140,7 +140,9 @@ class ReplayApi:
         row = call.resource
         edit = call.body.edit if call.body is not None else parse_edit(None)
         replayed = replay_request(row, edit, uuid.uuid4().hex, datetime.now(UTC))
-        result = await self.replayer.run(replayed, force=edit.force)
+        result = await self.replayer.run(
+            replayed, force=edit.force, original_trace=row.get("trace_parent")
+        )
         return ReplayResult(
             request_id=replayed.request_id,
             replay_of=row["id"],

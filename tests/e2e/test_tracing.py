@@ -154,6 +154,25 @@ async def test_sync_webhook_continues_the_senders_trace(
     assert record["trace_id"] == trace_id
     assert "trace_parent" not in record
 
+    # A replay is a trace of its own, linked to the original's.
+    async with api.session.post(
+        f"{api.system.url('debugger')}/v1/requests/{headers['X-Request-Id']}/replay",
+        headers={"Authorization": f"Bearer {api.token}"},
+    ) as answer:
+        replayed = await answer.json()
+        assert answer.status == 200, replayed
+    code, replay_record = await api.debugger(f"/v1/requests/{replayed['request_id']}")
+    replay_trace = replay_record["trace_id"]
+    assert replay_trace not in (None, trace_id)
+    replay_spans = await whole_trace(receiver, replay_trace)
+    replay = one(replay_spans, "flowhooks-debugger", "replay")
+    assert replay.parent_span_id == ""
+    assert replay.links == [(trace_id, path["runner"].span_id)]
+    assert (
+        one(replay_spans, "flowhooks-runner", "process flowhooks.runner.sync-runs").parent_span_id
+        == replay.span_id
+    )
+
 
 async def test_async_webhook_starts_a_trace(
     api: Api, receiver: OtlpReceiver, endpoint: list[dict[str, str]]
