@@ -32,6 +32,9 @@ def configure_logging(service: str, level: str = "info") -> None:
     # aio-pika/aiormq log every reconnect attempt at length; keep their warnings only.
     for noisy in ("aio_pika", "aiormq", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    # OpenTelemetry warns of every malformed `tracestate` a sender sends (then ignores
+    # it): a flood of them must not flood the logs.
+    logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

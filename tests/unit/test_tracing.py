@@ -72,11 +72,11 @@ def exported() -> Iterator[InMemorySpanExporter]:
         trace.set_tracer_provider(provider)
     processor = SimpleSpanProcessor(exporter)
     provider.add_span_processor(processor)
-    tracing._Switch.on = True
+    tracing.switch(True)
     try:
         yield exporter
     finally:
-        tracing._Switch.on = False
+        tracing.switch(False)
         processor.shutdown()
 
 
