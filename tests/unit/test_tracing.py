@@ -170,3 +170,42 @@ async def test_a_batch_message_links_to_each_items_trace(exported: InMemorySpanE
     assert [link.context.span_id for link in send.links] == [a.context.span_id, b.context.span_id]
     assert send.attributes["messaging.batch.message_count"] == 2
     assert sent[0]["headers"]["traceparent"].split("-")[2] == format(send.context.span_id, "016x")
+
+
+async def test_a_callback_attempt_continues_its_runs_trace(
+    exported: InMemorySpanExporter,
+) -> None:
+    """The run's context travels in `CallbackRequested` (an attempt may come hours
+    later, from another runner); each attempt is a span of that trace."""
+    from datetime import UTC, datetime
+
+    from services.runner.definition import SealedSecret, WebhookCallback
+    from tests.unit.test_runner_callbacks import (
+        BOX,
+        DELIVERY,
+        SECRET,
+        FakeBroker,
+        FakeHttp,
+        message,
+        result,
+        sender,
+        webhook_request,
+    )
+
+    broker = FakeBroker()
+    request = webhook_request(request_id="abc").model_copy(
+        update={"trace": {"traceparent": SENDER}}
+    )
+    sealed = SealedSecret(sealed=BOX.seal(SECRET, request.workspace_id), hint="…abcd")
+    callback = WebhookCallback(url="https://example.com/cb", secret=sealed)
+    await sender(broker, FakeHttp()).enqueue(request, result(request_id="abc"), callback)
+    [(_, queued)] = broker.published
+    assert queued.trace == {"traceparent": SENDER}
+
+    now = datetime.now(UTC)
+    traced = message(first_at=now, due_at=now, trace={"traceparent": SENDER})
+    await sender(FakeBroker(), FakeHttp(200)).on_callback(traced, DELIVERY)
+    (attempt,) = exported.get_finished_spans()
+    assert attempt.name == "callback"
+    assert format(attempt.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert attempt.attributes["flowhooks.callback.attempt"] == 1
