@@ -132,7 +132,7 @@ def inject(headers: dict[str, Any]) -> None:
         headers.update(carrier())
 
 
-def incoming(headers: Mapping[str, str]) -> Carrier:
+def incoming(headers: Mapping[str, Any]) -> Carrier:
     """The W3C context of received headers (any case), bounded: what a sender sends is
     only honoured if well formed (the propagator checks), and never kept whole."""
     if not _Switch.on:
@@ -142,6 +142,8 @@ def incoming(headers: Mapping[str, str]) -> Carrier:
         value = headers.get(name)
         if value is None:
             value = headers.get(name.title())
+        if isinstance(value, bytes):  # an AMQP header may arrive as bytes
+            value = value.decode(errors="replace")
         if isinstance(value, str) and len(value) <= 512:
             found[name] = value
     return found

@@ -146,6 +146,11 @@ async def test_sync_webhook_continues_the_senders_trace(
     spans = await whole_trace(receiver, trace_id)
     path = assert_path(spans, "flowhooks.runner.sync-runs")
     assert path["ingress"].parent_span_id == sender_span
+    # The flow's first webhook asks auth (an RPC: its context in the message's headers).
+    asked = one(spans, "flowhooks-ingress", "auth.authorize_webhook")
+    assert asked.kind == "client" and asked.parent_span_id == path["ingress"].span_id
+    served = one(spans, "flowhooks-auth", "auth.authorize_webhook")
+    assert served.kind == "server" and served.parent_span_id == asked.span_id
     # The sender's trace reached the step's endpoint, as the client span's child.
     assert endpoint[0]["traceparent"] == f"00-{trace_id}-{path['client'].span_id}-01"
     assert endpoint[0]["tracestate"] == "vendor=x"
@@ -161,8 +166,12 @@ async def test_sync_webhook_continues_the_senders_trace(
     ) as answer:
         replayed = await answer.json()
         assert answer.status == 200, replayed
-    code, replay_record = await api.debugger(f"/v1/requests/{replayed['request_id']}")
-    replay_trace = replay_record["trace_id"]
+
+    async def replay_stored() -> dict[str, Any] | None:
+        code, stored = await api.debugger(f"/v1/requests/{replayed['request_id']}")
+        return stored if code == 200 and stored["outcome"] == "succeeded" else None
+
+    replay_trace = (await eventually(replay_stored))["trace_id"]
     assert replay_trace not in (None, trace_id)
     replay_spans = await whole_trace(receiver, replay_trace)
     replay = one(replay_spans, "flowhooks-debugger", "replay")
