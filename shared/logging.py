@@ -1,7 +1,7 @@
 """Structured JSON logs through structlog. The request id is bound with
 `structlog.contextvars.bind_contextvars(request_id=...)` and appears on every line
 logged while that request is handled; the current span's `trace_id` and `span_id`
-(shared/tracing.py) likewise, when traces are on."""
+(shared/tracing.py) likewise, whether traces are exported or not."""
 
 import logging
 import sys
@@ -19,10 +19,9 @@ def _dumps(obj: object, default: object = None) -> str:
 
 def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """The trace and span a line was logged in, so logs join the trace."""
-    if tracing.enabled():
-        ids = tracing.current_ids()
-        if ids is not None:
-            event["trace_id"], event["span_id"] = ids
+    ids = tracing.current_ids()
+    if ids is not None:
+        event["trace_id"], event["span_id"] = ids
     return event
 
 

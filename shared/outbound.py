@@ -226,12 +226,8 @@ class OutboundHttp:
                 "url.scheme": target.scheme,
             },
         ) as span:
-            if span is not None:
-                headers = {
-                    name: value
-                    for name, value in headers.items()
-                    if name.lower() not in ("traceparent", "tracestate")
-                }
+            if tracing.carrier():  # off too: the request's own context passes through
+                headers = dict(headers)
                 tracing.inject(headers)
             answer = await self._request(
                 method,

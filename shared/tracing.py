@@ -8,8 +8,10 @@ over OTLP/HTTP; `OTEL_SERVICE_NAME` (default `flowhooks-<service>`),
 `OTEL_EXPORTER_OTLP_HEADERS`... `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
 turn it off whatever the endpoint.
 
-Off, every helper here returns at its first line (one boolean): no span, no context
-attached, empty carriers; the SDK is not even imported.
+Off, nothing is recorded and the SDK is not even imported, but the W3C context is
+still carried (the contract's trace ids in every record and log line): the sender's
+`traceparent`, or a new trace's random ids, stays current through every hop and goes
+out on outgoing requests, unchanged (no span of ours to name).
 
 Context crosses processes as W3C trace-context carriers (`traceparent`, `tracestate`):
 in HTTP headers, in AMQP message headers (a batch message's own send span), and in each
@@ -109,9 +111,8 @@ def switch(on: bool) -> None:
 
 
 def carrier() -> Carrier:
-    """The current span's W3C context, to hand on ({} when off or outside a span)."""
-    if not _Switch.on:
-        return {}
+    """The current span's W3C context, to hand on ({} outside any); off, the context
+    the request came with (`span` keeps it current without recording)."""
     # Formatted here rather than by the configured propagator: W3C trace context is the
     # one format spoken (as the contract says), and this is a tenth of its cost.
     span_context = trace.get_current_span().get_span_context()
@@ -127,16 +128,18 @@ def carrier() -> Carrier:
 
 
 def inject(headers: dict[str, Any]) -> None:
-    """Add the current span's `traceparent` (and `tracestate`) to outgoing headers."""
-    if _Switch.on:
-        headers.update(carrier())
+    """Add the current span's `traceparent` (and `tracestate`) to outgoing headers, in
+    place of any the caller set; nothing outside a span."""
+    handed = carrier()
+    if handed:
+        for name in [name for name in headers if name.lower() in _CARRIED]:
+            del headers[name]
+        headers.update(handed)
 
 
 def incoming(headers: Mapping[str, Any]) -> Carrier:
     """The W3C context of received headers (any case), bounded: what a sender sends is
     only honoured if well formed (the propagator checks), and never kept whole."""
-    if not _Switch.on:
-        return {}
     found: Carrier = {}
     for name in _CARRIED:
         value = headers.get(name)
@@ -175,6 +178,13 @@ def _span_context(parent: Mapping[str, str]) -> SpanContext | None:
         is_remote=True,
         trace_flags=TraceFlags(int(found.group(4), 16) & TraceFlags.SAMPLED),
         trace_state=TraceState.from_header([state]) if state else None,
+    )
+
+
+def _new_trace() -> SpanContext:
+    """A trace started without the SDK (off): random ids, not sampled."""
+    return SpanContext(
+        int.from_bytes(os.urandom(16)) or 1, int.from_bytes(os.urandom(8)) or 1, is_remote=False
     )
 
 
@@ -241,12 +251,26 @@ def span(
     links: Sequence[Link | None] = (),
     attributes: Mapping[str, str | int | float | bool] | None = None,
 ) -> Iterator[Span | None]:
-    """A span, current inside the block; None when off. `parent`: a carrier (a new
-    trace if it names no span); None: the current span is the parent. An exception
+    """A span, current inside the block; None when off (then `parent`'s context is
+    made current, recording nothing). `parent`: a carrier (a new trace if it names no
+    span); None: the current span is the parent. An exception
     leaving the block marks the span as an error (its type only: messages may hold
     data)."""
     if not _Switch.on:
-        yield None
+        # Nothing recorded; the context is still carried: the request's own (the
+        # sender's, or a new trace's) stays current, for the hops, logs and outgoing
+        # requests after this one.
+        if parent is None:
+            yield None
+            return
+        span_context = _span_context(parent) or _new_trace()
+        token = otel_context.attach(
+            trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
+        )
+        try:
+            yield None
+        finally:
+            otel_context.detach(token)
         return
     with tracer().start_as_current_span(
         name,
@@ -270,10 +294,12 @@ T = TypeVar("T")
 
 def handed_on(item: T) -> T:
     """A copy of a pydantic model with a `trace` field, carrying the current span's
-    context (what the next hop continues); the item itself when off."""
-    if not _Switch.on:
+    context (what the next hop continues); the item itself if it carries that already
+    (off, a hop adds no span)."""
+    handed = carrier()
+    if handed == item.trace:  # type: ignore[attr-defined]
         return item
-    return item.model_copy(update={"trace": carrier()})  # type: ignore[attr-defined,no-any-return]
+    return item.model_copy(update={"trace": handed})  # type: ignore[attr-defined,no-any-return]
 
 
 def failed(current: Span | None, error_type: str) -> None:
@@ -297,7 +323,7 @@ def processing(
     """A consumer's span for one item of a message from `destination`, continuing the
     item's own trace (messaging semantic conventions)."""
     if not _Switch.on:
-        return contextlib.nullcontext()
+        return span("", parent=parent)  # the item's context carried, nothing recorded
     return span(
         f"process {destination}",
         kind=CONSUMER,

@@ -233,7 +233,7 @@ class CallbackSender:
                 return
             with tracing.span(
                 "callback",
-                parent=message.trace,
+                parent=message.trace or None,
                 attributes={
                     "flowhooks.request_id": message.request_id,
                     "flowhooks.callback.attempt": message.attempt,

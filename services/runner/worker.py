@@ -135,7 +135,7 @@ class Worker:
                 # The runner's span for the request is the parent of its steps' spans.
                 with tracing.span(
                     "flowhooks.run",
-                    parent=item.request.trace,
+                    parent=item.request.trace or None,
                     attributes=_run_attributes(item),
                 ):
                     result = await self.engine.run(flow, item.request, state)

@@ -131,7 +131,7 @@ def _encode(item: BaseModel, expires_in_s: float | None) -> _Encoded:
     except ValueError as exc:  # pydantic's serialisation error is one
         raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
     expires_at = time.monotonic() + expires_in_s if expires_in_s is not None else None
-    return _Encoded(encoded, expires_at, tracing.carrier())
+    return _Encoded(encoded, expires_at, tracing.carrier() if tracing.enabled() else {})
 
 
 def _send_span(
@@ -157,8 +157,8 @@ def _send_span(
 
 
 def _trace_headers() -> dict[str, object] | None:
-    """The send span's context in the AMQP headers (None when traces are off)."""
-    return dict(tracing.carrier()) or None
+    """The send span's context in the AMQP headers (None when traces are off: no span)."""
+    return (dict(tracing.carrier()) or None) if tracing.enabled() else None
 
 
 def _refused(exc: BaseException) -> bool:

@@ -176,7 +176,7 @@ class RpcServer:
         with tracing.span(
             message.type or "rpc",
             kind=tracing.SERVER,
-            parent=tracing.incoming(message.headers or {}),
+            parent=tracing.incoming(message.headers or {}) or None,
             attributes={"rpc.system": "rabbitmq", "rpc.method": message.type or ""},
         ):
             reply_type, body = await self._dispatch(message)

@@ -5,7 +5,7 @@ write, each the child of the hop before; the sender's `traceparent` is honoured 
 reaches the step's endpoint; the record carries the trace id."""
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -75,20 +75,32 @@ def one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
     return found[0]
 
 
-async def whole_trace(receiver: OtlpReceiver, trace_id: str) -> list[ReceivedSpan]:
-    """The trace once its last hop, the debugger's write of the finished run, is in."""
+Check = Callable[[list[ReceivedSpan]], dict[str, ReceivedSpan]]
 
-    async def complete() -> list[ReceivedSpan] | None:
+
+async def whole_trace(
+    receiver: OtlpReceiver, trace_id: str, check: Check
+) -> tuple[list[ReceivedSpan], dict[str, ReceivedSpan]]:
+    """The trace once `check` passes on it: each process exports on its own, in
+    batches (the worker's last steps may come after the debugger's write)."""
+
+    async def complete() -> tuple[list[ReceivedSpan], dict[str, ReceivedSpan]] | None:
         spans = receiver.trace(trace_id)
-        stored = [
-            span
-            for span in spans
-            if span.name == "store debugger.requests"
-            and span.attributes.get("flowhooks.outcome") == "succeeded"
-        ]
-        return spans if stored and any(s.name == "work" for s in spans) else None
+        try:
+            return spans, check(spans)
+        except (AssertionError, KeyError):
+            return None
 
     return await eventually(complete, timeout_s=15)
+
+
+def replay_path(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+    replay = one(spans, "flowhooks-debugger", "replay")
+    runner = one(spans, "flowhooks-runner", "process flowhooks.runner.sync-runs")
+    assert runner.parent_span_id == replay.span_id
+    one(spans, "flowhooks-runner", "work")
+    assert any(span.name == "store debugger.requests" for span in spans)
+    return {"replay": replay}
 
 
 def assert_path(spans: list[ReceivedSpan], queue: str) -> dict[str, ReceivedSpan]:
@@ -143,14 +155,17 @@ async def test_sync_webhook_continues_the_senders_trace(
     )
     assert status == 200
 
-    spans = await whole_trace(receiver, trace_id)
-    path = assert_path(spans, "flowhooks.runner.sync-runs")
+    def sync_path(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
+        path = assert_path(spans, "flowhooks.runner.sync-runs")
+        # The flow's first webhook asks auth (an RPC: its context in the message's headers).
+        asked = one(spans, "flowhooks-ingress", "auth.authorize_webhook")
+        assert asked.kind == "client" and asked.parent_span_id == path["ingress"].span_id
+        served = one(spans, "flowhooks-auth", "auth.authorize_webhook")
+        assert served.kind == "server" and served.parent_span_id == asked.span_id
+        return path
+
+    _, path = await whole_trace(receiver, trace_id, sync_path)
     assert path["ingress"].parent_span_id == sender_span
-    # The flow's first webhook asks auth (an RPC: its context in the message's headers).
-    asked = one(spans, "flowhooks-ingress", "auth.authorize_webhook")
-    assert asked.kind == "client" and asked.parent_span_id == path["ingress"].span_id
-    served = one(spans, "flowhooks-auth", "auth.authorize_webhook")
-    assert served.kind == "server" and served.parent_span_id == asked.span_id
     # The sender's trace reached the step's endpoint, as the client span's child.
     assert endpoint[0]["traceparent"] == f"00-{trace_id}-{path['client'].span_id}-01"
     assert endpoint[0]["tracestate"] == "vendor=x"
@@ -173,14 +188,9 @@ async def test_sync_webhook_continues_the_senders_trace(
 
     replay_trace = (await eventually(replay_stored))["trace_id"]
     assert replay_trace not in (None, trace_id)
-    replay_spans = await whole_trace(receiver, replay_trace)
-    replay = one(replay_spans, "flowhooks-debugger", "replay")
-    assert replay.parent_span_id == ""
-    assert replay.links == [(trace_id, path["runner"].span_id)]
-    assert (
-        one(replay_spans, "flowhooks-runner", "process flowhooks.runner.sync-runs").parent_span_id
-        == replay.span_id
-    )
+    _, replay_path_spans = await whole_trace(receiver, replay_trace, replay_path)
+    assert replay_path_spans["replay"].parent_span_id == ""
+    assert replay_path_spans["replay"].links == [(trace_id, path["runner"].span_id)]
 
 
 async def test_async_webhook_starts_a_trace(
@@ -200,7 +210,8 @@ async def test_async_webhook_starts_a_trace(
     record = await eventually(finished, timeout_s=15)
     trace_id = record["trace_id"]
     assert isinstance(trace_id, str) and len(trace_id) == 32
-    spans = await whole_trace(receiver, trace_id)
-    path = assert_path(spans, "flowhooks.runner.async-runs")
+    _, path = await whole_trace(
+        receiver, trace_id, lambda found: assert_path(found, "flowhooks.runner.async-runs")
+    )
     assert path["ingress"].parent_span_id == ""  # no traceparent: the trace starts here
     assert endpoint[0]["traceparent"].split("-")[1] == trace_id

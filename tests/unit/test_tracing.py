@@ -36,17 +36,65 @@ def test_only_the_standard_variables_turn_traces_on(environ: dict[str, str], on:
     assert tracing.wanted(environ) is on
 
 
-def test_off_every_helper_is_inert() -> None:
+def test_off_nothing_is_recorded_but_the_context_is_carried() -> None:
+    """Export off: no span, yet the sender's context (or a new trace's) stays current
+    through the hops, unchanged, so records and logs carry its trace id and outgoing
+    requests pass it on."""
     assert not tracing.enabled()
-    with tracing.span("x", parent={"traceparent": SENDER}) as span:
+    assert tracing.carrier() == {}
+    received = tracing.incoming({"traceparent": SENDER, "tracestate": "v=1"})
+    with tracing.span("ingress", parent=received) as span:
         assert span is None
-        assert tracing.carrier() == {}
-    assert tracing.incoming({"traceparent": SENDER}) == {}
-    headers: dict[str, Any] = {}
-    tracing.inject(headers)
-    assert headers == {}
-    item = Item()
-    assert tracing.handed_on(item) is item
+        assert tracing.carrier() == {"traceparent": SENDER, "tracestate": "v=1"}
+        item = tracing.handed_on(Item())
+        assert tracing.handed_on(item) is item  # a hop adds no span: nothing to copy
+        headers: dict[str, Any] = {"TraceParent": "00-forged", "x": "1"}
+        tracing.inject(headers)
+        assert headers == {"x": "1", "traceparent": SENDER, "tracestate": "v=1"}
+        assert tracing.current_ids() == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert tracing.carrier() == {}
+    with tracing.processing("q", item.trace):
+        assert tracing.carrier() == item.trace
+    with tracing.span("no sender", parent={}):
+        started = tracing.carrier()["traceparent"]
+    assert tracing.trace_id_of({"traceparent": started}) is not None
+    assert started.endswith("-00")  # not sampled: nothing of it is recorded
+    with tracing.span("inside", parent=None) as span:
+        assert span is None and tracing.carrier() == {}
+    assert tracing.link_to({"traceparent": SENDER}) is None
+
+
+async def test_off_an_outgoing_request_passes_the_senders_context_on() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from shared.outbound import AddressPolicy, OutboundHttp
+
+    seen: list[dict[str, str]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/", record)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    http = OutboundHttp(AddressPolicy(["127.0.0.1/32"]))
+    try:
+        url = f"http://127.0.0.1:{server.port}/"
+        given = {"traceparent": "00-mine"}
+        await http.request("GET", url, headers=given, data=None, timeout_s=5, max_response_bytes=99)
+        with tracing.span("run", parent={"traceparent": SENDER}):
+            await http.request(
+                "GET", url, headers=given, data=None, timeout_s=5, max_response_bytes=99
+            )
+    finally:
+        await http.close()
+        await server.close()
+    assert seen[0]["traceparent"] == "00-mine"  # outside any trace: the flow's own header
+    assert seen[1]["traceparent"] == SENDER
+    assert given == {"traceparent": "00-mine"}  # the caller's headers untouched
 
 
 def test_stored_ids_are_read_only_from_well_formed_traceparents() -> None:
