@@ -51,9 +51,9 @@ INTERNAL = SpanKind.INTERNAL
 
 
 class _Switch:
-    """Whether this process exports traces: set once at start by `configure_tracing`,
-    like the OpenTelemetry API's own global provider; and its tracer (the SDK makes a
-    new one, at some cost, on every `get_tracer`)."""
+    """Whether this process records and exports spans: set once at start by
+    `configure_tracing`, like the OpenTelemetry API's own global provider; and its
+    tracer (the SDK makes a new one, at some cost, on every `get_tracer`)."""
 
     on = False
     tracer: trace.Tracer | None = None
@@ -138,8 +138,8 @@ def inject(headers: dict[str, Any]) -> None:
 
 
 def incoming(headers: Mapping[str, Any]) -> Carrier:
-    """The W3C context of received headers (any case), bounded: what a sender sends is
-    only honoured if well formed (the propagator checks), and never kept whole."""
+    """The W3C context of received headers (any case), bounded in size; a sender's
+    `traceparent` is only followed if well formed (`_parsed`: else a new trace)."""
     found: Carrier = {}
     for name in _CARRIED:
         value = headers.get(name)
@@ -253,9 +253,8 @@ def span(
 ) -> Iterator[Span | None]:
     """A span, current inside the block; None when off (then `parent`'s context is
     made current, recording nothing). `parent`: a carrier (a new trace if it names no
-    span); None: the current span is the parent. An exception
-    leaving the block marks the span as an error (its type only: messages may hold
-    data)."""
+    span); None: the current span is the parent. An exception leaving the block marks
+    the span as an error (its type only: messages may hold data)."""
     if not _Switch.on:
         # Nothing recorded; the context is still carried: the request's own (the
         # sender's, or a new trace's) stays current, for the hops, logs and outgoing
