@@ -143,6 +143,8 @@ def request_text(record: dict[str, Any]) -> str:
     ]
     if record.get("replay_of"):
         lines.append(f"replay of: {record['replay_of']}")
+    if record.get("trace_id"):
+        lines.append(f"trace:     {cell(record['trace_id'])}")
     if record.get("error"):
         lines.append(f"error:     {cell(record['error'])}")
     lines += ["input:", _indented(json.dumps(record.get("input"), indent=2, ensure_ascii=False))]

@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from shared import tracing
 from shared.redaction import is_secret_header, safe_url
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -213,6 +214,50 @@ class OutboundHttp:
         destination that accepts and then stalls (a tarpit) is given up on early and
         counted by the circuit breaker (shared/delivery_guard.py); None: only the total."""
         target = parse_url(url)
+        # A client span (never the path or query: a URL may hold a secret) whose context
+        # the destination receives as `traceparent`.
+        with tracing.span(
+            method,
+            kind=tracing.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "server.address": target.host or "",
+                "server.port": target.port or 0,
+                "url.scheme": target.scheme,
+            },
+        ) as span:
+            if tracing.carrier():  # off too: the request's own context passes through
+                headers = dict(headers)
+                tracing.inject(headers)
+            answer = await self._request(
+                method,
+                target,
+                headers,
+                data,
+                timeout_s,
+                max_response_bytes,
+                follow_redirects,
+                connect_timeout_s,
+                first_byte_timeout_s,
+            )
+            if span is not None:
+                span.set_attribute("http.response.status_code", answer[0])
+                if answer[0] >= 500:
+                    tracing.failed(span, str(answer[0]))
+            return answer
+
+    async def _request(
+        self,
+        method: str,
+        target: URL,
+        headers: dict[str, str],
+        data: bytes | None,
+        timeout_s: float,
+        max_response_bytes: int,
+        follow_redirects: bool,
+        connect_timeout_s: float | None,
+        first_byte_timeout_s: float | None,
+    ) -> tuple[int, dict[str, str], bytes]:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         for _ in range(self.MAX_REDIRECTS + 1):
             self.policy.check_literal(target)

@@ -62,6 +62,7 @@ from shared.messaging.topology import QueueSpec
 from shared.metrics import KernelMetrics
 from shared.openapi import add_docs_routes
 from shared.settings import DatabaseSettings, ServiceSettings
+from shared.tracing import configure_tracing
 from shared.web import BODY_TIMEOUT_S, OPS, base_app, run_service, watch_readiness
 
 log = structlog.get_logger(__name__)
@@ -470,4 +471,5 @@ class ServiceSpec(Generic[S]):
         SIGTERM."""
         settings = self.settings()
         configure_logging(self.name, settings.log_level)
+        configure_tracing(self.name)
         run_service(self.create_app(settings), settings, settings.port)

@@ -58,6 +58,7 @@ import structlog
 
 from services.debugger.records import RANK_DEAD_LETTER
 from services.debugger.store import RequestRow
+from shared import tracing
 from shared.delivery import DeliveryEngine, DeliveryKind
 from shared.delivery_guard import Deferred, DeliveryGuard
 from shared.redaction import safe_url
@@ -519,9 +520,15 @@ class AlertSender:
             log.debug("alert_deferred", notice=notice["id"], why=permit.why, retry_in_s=back_in)
             return
         secret: str = notice["secret"]
-        attempted = await self.engine.attempt(
-            permit, notice["url"], notice["id"], notice["body"].encode(), lambda: secret
-        )
+        # A trace of its own (it is about many requests), sent as its `traceparent`.
+        with tracing.span(
+            "alert notice",
+            parent={},
+            attributes={"flowhooks.flow_id": str(notice["flow_id"])},
+        ):
+            attempted = await self.engine.attempt(
+                permit, notice["url"], notice["id"], notice["body"].encode(), lambda: secret
+            )
         if attempted.status is not None and attempted.delivered:
             await self.store.delivered(notice["id"], attempted.status)
             log.info("alert_delivered", notice=notice["id"], attempts=notice["attempts"])

@@ -29,6 +29,7 @@ intake of everyone):
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -39,6 +40,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from services.debugger.metrics import DebuggerMetrics, dead_letter_reason
 from services.debugger.records import Redaction, flow_from_event, reduced_row, rows_from_event
 from services.debugger.store import FlowRow, RequestRow, RequestStore
+from shared import tracing
 from shared.messaging import naming
 from shared.messaging.trust import check_publisher
 from shared.retry import RetryPolicy
@@ -89,6 +91,28 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, UNAVAILABLE):
         return "unavailable"
     return "unknown"
+
+
+def _trace_stored(rows: Sequence[RequestRow], started_ns: int) -> None:
+    """Each request's share of the batch's write, as a span of its own trace (one
+    transaction wrote them all: the same times)."""
+    if not tracing.enabled():
+        return
+    for row in rows:
+        tracing.recorded_span(
+            "store debugger.requests",
+            row.trace_parent,
+            started_ns,
+            kind=tracing.CONSUMER,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.operation.name": "INSERT",
+                "db.collection.name": "debugger.requests",
+                "db.operation.batch.size": len(rows),
+                "flowhooks.request_id": row.id,
+                "flowhooks.outcome": row.outcome,
+            },
+        )
 
 
 class _Abandoned(Exception):
@@ -305,10 +329,12 @@ class BatchIngest:
                     rows[row.id] = row
         unknown = 0
         failures = 0
+        started_ns = time.time_ns()
         while True:
             try:
                 written = list(rows.values())
                 await self.store.write(written, list(flows.values()))
+                _trace_stored(written, started_ns)
                 self.stored += len(rows)
                 self.metrics.committed(written)
                 if self.after_write is not None and written:

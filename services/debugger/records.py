@@ -37,6 +37,7 @@ from services.debugger.redact import (
 )
 from services.debugger.store import COLUMNS, FlowRow, RequestRow
 from shared import redaction as secrets
+from shared import tracing
 from shared.errors import Timeout
 from shared.messaging import contracts, naming, topology
 from shared.schemas.access import FlowChanged
@@ -123,6 +124,8 @@ def _row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> Reque
             answered_at=run.answered_at,
             resume_at=run.resume_at,
             source_request_id=request.source_request_id,
+            trace_id=tracing.trace_id_of(request.trace),
+            trace_parent=tracing.traceparent_of(request.trace),
         )
         return reduced_row(RequestRow(**skeleton), _describe(exc))
 
@@ -187,6 +190,8 @@ def _full_row(request: WebhookRequest, redaction: Redaction, run: RunReport) -> 
         duplicate_of=request.duplicate_of,
         debounced_by=request.debounced_by,
         repeated=cut_text(run.repeated, redaction.max_error_bytes)[0] if run.repeated else None,
+        trace_id=tracing.trace_id_of(request.trace),
+        trace_parent=tracing.traceparent_of(request.trace),
         response_headers=capped_json(run.response_headers, redaction.max_input_bytes)[0]
         if run.response_headers
         else None,

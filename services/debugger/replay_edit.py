@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from shared import tracing
 from shared.errors import BadRequest
 from shared.messaging.runner_client import RunnerClient
 from shared.redaction import REDACTED
@@ -154,13 +155,25 @@ class Replayer:
         self.runner = runner
         self.timeout_s = timeout_s
 
-    async def run(self, request: WebhookRequest, *, force: bool) -> RunResult:
+    async def run(
+        self, request: WebhookRequest, *, force: bool, original_trace: str | None = None
+    ) -> RunResult:
         """Raises `Conflict` (the flow is paused and `force` is false), `Timeout`,
-        `Unavailable`."""
-        start = StartRun(
-            request=request,
-            flow_version=CURRENT_VERSION,
-            deadline=request.received_at + timedelta(seconds=self.timeout_s),
-            unless_paused=not force,
-        )
-        return await self.runner.run(start, self.timeout_s)
+        `Unavailable`. `original_trace`: the stored `traceparent` of the original, which
+        the replay's own new trace links to."""
+        with tracing.span(
+            "replay",
+            parent={},
+            links=[tracing.link_to({"traceparent": original_trace or ""})],
+            attributes={
+                "flowhooks.request_id": request.request_id,
+                "flowhooks.replay_of": request.replay_of or "",
+            },
+        ):
+            start = StartRun(
+                request=tracing.handed_on(request),
+                flow_version=CURRENT_VERSION,
+                deadline=request.received_at + timedelta(seconds=self.timeout_s),
+                unless_paused=not force,
+            )
+            return await self.runner.run(start, self.timeout_s)

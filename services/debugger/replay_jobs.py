@@ -623,7 +623,9 @@ class ReplayWorker:
         except BadRequest:
             return SKIPPED  # rejected, or stored truncated: nothing whole to replay
         try:
-            result = await self.replayer.run(request, force=job.force)
+            result = await self.replayer.run(
+                request, force=job.force, original_trace=row.get("trace_parent")
+            )
         except Timeout:
             return Outcome.TIMEOUT
         except Unavailable:

@@ -156,7 +156,9 @@ class ReplayApi:
             assert self.sources is not None
             result = await self.sources.replay(source, replayed)
         else:
-            result = await self.replayer.run(replayed, force=edit.force)
+            result = await self.replayer.run(
+                replayed, force=edit.force, original_trace=row.get("trace_parent")
+            )
         return ReplayResult(
             request_id=replayed.request_id,
             replay_of=row["id"],

@@ -237,6 +237,11 @@ class RequestDetail(BaseModel):
     runs: list[str] | None = Field(
         default=None, description="A source's request: the runs it was fanned out to"
     )
+    trace_id: str | None = Field(
+        default=None,
+        description="The request's OpenTelemetry trace (32 hex digits: find it in Jaeger,"
+        " Tempo...); null: traces were off",
+    )
 
 
 class FlowStats(BaseModel):
@@ -338,6 +343,7 @@ class RequestsApi:
             "body": row.pop("response_body"),
         }
         headers = row.pop("response_headers")
+        row.pop("trace_parent", None)  # the debugger's own link to the trace, not shown
         if headers:  # left out while none, so records read as before
             response["headers"] = headers
         answered_at = row.pop("answered_at", None)

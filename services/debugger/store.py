@@ -56,6 +56,10 @@ class RequestRow(NamedTuple):
     resume_at: datetime | None = None
     # A run a source fanned out: the source request's id.
     source_request_id: str | None = None
+    # The request's OpenTelemetry trace, and the `traceparent` of the span that handed
+    # it on; None: traces were off.
+    trace_id: str | None = None
+    trace_parent: str | None = None
 
 
 class FlowRow(NamedTuple):
@@ -125,7 +129,7 @@ _SELECT = (
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
     " response_headers::text, repeated, debounced_by, answered_at, resume_at,"
-    " source_request_id FROM debugger.requests"
+    " source_request_id, trace_id, trace_parent FROM debugger.requests"
 )
 
 

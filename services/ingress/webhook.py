@@ -36,6 +36,7 @@ from services.ingress.signatures import RequestLine
 from services.ingress.signing import SignatureChecks
 from services.ingress.sns import SubscribeVisits, parse_sns_input
 from services.ingress.text import replace_undecodable
+from shared import tracing
 from shared.bearer import bearer_from_header, hash_token
 from shared.errors import (
     ApiError,
@@ -164,6 +165,34 @@ class Answer:
         self.outcome = "error"
 
 
+def _route_of(request: web.Request) -> str:
+    """The route's template (a flow's or a source's webhook), never the ids in it."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else request.path
+
+
+def _span_attributes(request: web.Request) -> dict[str, str | int | float | bool]:
+    """HTTP semantic conventions; never the query (it may hold a token) nor a header."""
+    if not tracing.enabled():
+        return {}
+    return {
+        "http.request.method": request.method,
+        "http.route": _route_of(request),
+        "url.path": request.path,
+        "url.scheme": request.scheme,
+        "flowhooks.request_id": str(request.get(REQUEST_ID, "")),
+        "flowhooks.flow_id": request.match_info.get("flow_id", ""),
+        "flowhooks.source_id": request.match_info.get("source_id", ""),
+    }
+
+
+def _answered(span: tracing.Span | None, status: int) -> None:
+    if span is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            tracing.failed(span, str(status))
+
+
 class WebhookHandler:
     def __init__(
         self,
@@ -231,19 +260,29 @@ class WebhookHandler:
         (a flow; a source, services/ingress/sources.py), and what taking it means. Every
         answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
         answer = Answer()
-        try:
-            response = await self._handle(request, answer, authorize, start)
-        except _RefusedUnread as refused:
-            self.metrics.webhook(error_outcome(refused.error.status_code), answer.mode)
-            return await _answer_unread(request, refused.error)
-        except ApiError as error:
-            self.metrics.webhook(error_outcome(error.status_code), answer.mode)
-            raise
-        except Exception:
-            self.metrics.webhook("error", answer.mode)
-            raise
-        self.metrics.webhook(answer.outcome, answer.mode)
-        return response
+        # The sender's `traceparent` is honoured; without one the trace starts here.
+        with tracing.span(
+            f"{request.method} {_route_of(request)}",
+            kind=tracing.SERVER,
+            parent=tracing.incoming(request.headers),
+            attributes=_span_attributes(request),
+        ) as span:
+            try:
+                response = await self._handle(request, answer, authorize, start)
+            except _RefusedUnread as refused:
+                self.metrics.webhook(error_outcome(refused.error.status_code), answer.mode)
+                _answered(span, refused.error.status_code)
+                return await _answer_unread(request, refused.error)
+            except ApiError as error:
+                self.metrics.webhook(error_outcome(error.status_code), answer.mode)
+                _answered(span, error.status_code)
+                raise
+            except Exception:
+                self.metrics.webhook("error", answer.mode)
+                raise
+            self.metrics.webhook(answer.outcome, answer.mode)
+            _answered(span, response.status)
+            return response
 
     async def _authorize_flow(self, request: web.Request) -> FlowWebhookSettings:
         return await self._authorize(request, request.match_info["flow_id"])
@@ -333,7 +372,7 @@ class WebhookHandler:
             (replace_undecodable(key), replace_undecodable(value))
             for key, value in request.query.items()
         )
-        return webhook_request(
+        normalised = webhook_request(
             request_id=request[REQUEST_ID],
             flow_id=flow.flow_id,
             workspace_id=flow.workspace_id,
@@ -347,6 +386,7 @@ class WebhookHandler:
             parsed_input=None,
             mode=RunMode.of(flow.is_async),
         )
+        return tracing.handed_on(normalised)
 
     async def _verify(
         self, request: web.Request, flow: FlowWebhookSettings, received_at: datetime

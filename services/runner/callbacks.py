@@ -67,6 +67,7 @@ import orjson
 import structlog
 
 from services.runner.definition import SealedSecret, WebhookCallback
+from shared import tracing
 from shared.delivery import (
     Attempted,
     DeliveryEngine,
@@ -151,8 +152,6 @@ def ladder_step(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDE
     return max(fitting) if fitting else None
 
 
-
-
 def judge(
     attempted: Attempted,
     message: CallbackRequested,
@@ -203,6 +202,7 @@ class CallbackSender:
             payload=callback_payload(request, result),
             first_at=now,
             due_at=now,
+            trace=request.trace,
         )
         await self._publish(message, CALLBACKS.queue.name)
 
@@ -231,13 +231,21 @@ class CallbackSender:
             if isinstance(permit, Deferred):
                 await self._defer(message, permit, now)
                 return
-            attempted = await self.engine.attempt(
-                permit,
-                message.url,
-                message.webhook_id,
-                message.payload.encode(),
-                lambda: self._open_secret(message),
-            )
+            with tracing.span(
+                "callback",
+                parent=message.trace or None,
+                attributes={
+                    "flowhooks.request_id": message.request_id,
+                    "flowhooks.callback.attempt": message.attempt,
+                },
+            ):
+                attempted = await self.engine.attempt(
+                    permit,
+                    message.url,
+                    message.webhook_id,
+                    message.payload.encode(),
+                    lambda: self._open_secret(message),
+                )
             judged_at = datetime.now(UTC)
             verdict = judge(attempted, message, judged_at, self.engine.retry, self.engine.rng)
             next_attempt_at = (

@@ -37,6 +37,7 @@ from shared.errors import FlowError
 from shared.outbound import OutboundHttp
 from shared.schemas.runs import RunResult, StepTrace, WebhookRequest, error_result
 from shared.schemas.vocabulary import JSON, Outcome, envelope
+from shared.tracing import traced_step
 
 if TYPE_CHECKING:
     from services.runner.worker_protocol import Resumed
@@ -119,7 +120,10 @@ class Engine:
                     iterations,
                 )
                 output, state.output_sizes[id(entry)] = json_value(
-                    await STEP_TYPES[step.type].run(step, context), self.limits.max_value_bytes
+                    await traced_step(
+                        step.ref_id, step.type, STEP_TYPES[step.type].run(step, context)
+                    ),
+                    self.limits.max_value_bytes,
                 )
             except StepFailed as exc:
                 entry.error = exc.message

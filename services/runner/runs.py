@@ -64,7 +64,9 @@ from services.runner.pacing import Lane, Pacing
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
 from services.runner.worker_protocol import FlowSnapshot, Suspension, WorkAnswered
+from shared import tracing
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
+from shared.messaging import naming
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import PARKED_RUNS
@@ -505,6 +507,23 @@ class RunService:
             del self._waiting_messages[workspace]
 
     async def _one(
+        self, start: StartRun, reply_to: str | None, ticket: _Ticket | None = None
+    ) -> None:
+        """`_run_one` in the request's span on this hop: its own trace goes on, through
+        the worker's steps to the debugger's record (`request.trace`)."""
+        with tracing.processing(
+            naming.ASYNC_RUNS_QUEUE if reply_to is None else naming.SYNC_RUNS_QUEUE,
+            start.request.trace,
+            **{
+                "flowhooks.request_id": start.request.request_id,
+                "flowhooks.flow_id": start.request.flow_id,
+            },
+        ):
+            if tracing.enabled():
+                start = start.model_copy(update={"request": tracing.handed_on(start.request)})
+            await self._run_one(start, reply_to, ticket)
+
+    async def _run_one(
         self, start: StartRun, reply_to: str | None, ticket: _Ticket | None = None
     ) -> None:
         """Run, record and (sync) answer one request. Raises only for infrastructure

@@ -44,11 +44,13 @@ from services.runner.worker_protocol import (
     frame_of,
     read_frame,
 )
+from shared import tracing
 from shared.errors import FlowError, Timeout
 from shared.logging import configure_logging
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.runs import RunResult, error_result
 from shared.schemas.vocabulary import Outcome
+from shared.tracing import configure_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -162,7 +164,13 @@ class Worker:
                         )
 
                 state.on_answer = answered
-                result = await self.engine.run(flow, item.request, state, item.resume)
+                # The runner's span for the request is the parent of its steps' spans.
+                with tracing.span(
+                    "flowhooks.run",
+                    parent=item.request.trace or None,
+                    attributes=_run_attributes(item),
+                ):
+                    result = await self.engine.run(flow, item.request, state, item.resume)
         except TimeoutError:
             result = None
         # A run whose last slice ran past the deadline is late too: the record says what
@@ -259,6 +267,16 @@ class Worker:
             await writer.drain()
 
 
+def _run_attributes(item: WorkItem) -> dict[str, str | int | float | bool]:
+    if not tracing.enabled():
+        return {}
+    return {
+        "flowhooks.request_id": item.request.request_id,
+        "flowhooks.flow_id": item.flow.id,
+        "flowhooks.flow_version": item.flow.version,
+    }
+
+
 def _die_with_parent() -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -284,6 +302,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging("runner-worker", os.environ.get("FLOWHOOKS_LOG_LEVEL", "info"))
+    # Its steps' spans go out from here, under the runner's service name.
+    configure_tracing("runner")
     uvloop.run(_main(int(sys.argv[1]), int(sys.argv[2])))
 
 

@@ -18,6 +18,7 @@ stands alone, so only its own caller hears of it.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from shared import tracing
 from shared.errors import Unavailable
 from shared.group_commit import FlushResult, GroupCommit
 from shared.messaging.connection import Broker
@@ -41,6 +43,7 @@ class Unencodable(ValueError):
 class _Encoded:
     encoded: bytes
     expires_at: float | None  # monotonic: when its sender stops waiting
+    trace: tracing.Carrier  # its publisher's span, which the message's send span links to
 
 
 class BatchPublisher(Generic[Item]):
@@ -85,7 +88,8 @@ class BatchPublisher(Generic[Item]):
         sources.py): they join a batch as one unit, which a refused batch is never split
         through, and their caller hears the fate of that one message."""
         parts = [_encode(item, None).encoded for item in items]
-        await asyncio.shield(self._messages.submit(_Encoded(b",".join(parts), None)))
+        trace = tracing.carrier() if tracing.enabled() else {}
+        await asyncio.shield(self._messages.submit(_Encoded(b",".join(parts), None, trace)))
 
     def publish_soon(self, item: Item) -> None:
         """Best effort: batched like `publish`, but nobody waits, and a failure is only
@@ -102,14 +106,16 @@ class BatchPublisher(Generic[Item]):
             max(0.001, max(deadlines) - time.monotonic()) if len(deadlines) == len(batch) else None
         )
         try:
-            await self.broker.publish(
-                body,
-                routing_key=self.routing_key,
-                to_events=not self.to_queue,
-                message_type=self.message_type,
-                reply_to=self.reply_to,
-                expiration_s=expiration_s,
-            )
+            with _send_span(self.routing_key, batch):
+                await self.broker.publish(
+                    body,
+                    routing_key=self.routing_key,
+                    to_events=not self.to_queue,
+                    message_type=self.message_type,
+                    reply_to=self.reply_to,
+                    expiration_s=expiration_s,
+                    headers=_trace_headers(),
+                )
         except Exception as exc:  # Unavailable, or a bug: every waiter must hear
             if len(batch) > 1 and _refused(exc):
                 # Perhaps one event the broker will not take (too large, ...): split, so
@@ -134,7 +140,34 @@ def _encode(item: BaseModel, expires_in_s: float | None) -> _Encoded:
     except ValueError as exc:  # pydantic's serialisation error is one
         raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
     expires_at = time.monotonic() + expires_in_s if expires_in_s is not None else None
-    return _Encoded(encoded, expires_at)
+    return _Encoded(encoded, expires_at, tracing.carrier() if tracing.enabled() else {})
+
+
+def _send_span(
+    routing_key: str, batch: list[_Encoded]
+) -> "contextlib.AbstractContextManager[object]":
+    """The message's send span: a child of its one item's span, or (many items of many
+    traces) a trace of its own linked to each item's (messaging semantic conventions)."""
+    if not tracing.enabled():
+        return contextlib.nullcontext()
+    alone = len(batch) == 1
+    return tracing.span(
+        f"{routing_key} publish",
+        kind=tracing.PRODUCER,
+        parent=batch[0].trace if alone else {},
+        links=() if alone else [tracing.link_to(event.trace) for event in batch],
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": routing_key,
+            "messaging.batch.message_count": len(batch),
+        },
+    )
+
+
+def _trace_headers() -> dict[str, object] | None:
+    """The send span's context in the AMQP headers (None when traces are off: no span)."""
+    return (dict(tracing.carrier()) or None) if tracing.enabled() else None
 
 
 def _refused(exc: BaseException) -> bool:

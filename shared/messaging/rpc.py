@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Histogram
 from pydantic import BaseModel, ValidationError
 
+from shared import tracing
 from shared.errors import ApiError, BadRequest, InternalError, Timeout, Unavailable, error_from_kind
 from shared.messaging import naming
 from shared.messaging.connection import Broker
@@ -131,18 +132,20 @@ class RpcClient:
         future = self.expect(correlation_id)
         started = time.perf_counter()
         try:
-            await self.broker.publish(
-                request.model_dump_json().encode(),
-                routing_key=rpc.queue.name,
-                message_type=rpc.method,
-                correlation_id=correlation_id,
-                reply_to=self.reply_queue,
-                expiration_s=timeout,
-            )
-            try:
-                reply = await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                raise Timeout(f"{rpc.method} did not answer within {timeout:g} s") from None
+            with tracing.span(rpc.method, kind=tracing.CLIENT, attributes=_rpc_attributes(rpc)):
+                await self.broker.publish(
+                    request.model_dump_json().encode(),
+                    routing_key=rpc.queue.name,
+                    message_type=rpc.method,
+                    correlation_id=correlation_id,
+                    reply_to=self.reply_queue,
+                    expiration_s=timeout,
+                    headers=dict(tracing.carrier()) or None,
+                )
+                try:
+                    reply = await asyncio.wait_for(future, timeout)
+                except TimeoutError:
+                    raise Timeout(f"{rpc.method} did not answer within {timeout:g} s") from None
         finally:
             self.forget(correlation_id)
             if self.duration is not None:  # errors and timeouts too: they are the slow ones
@@ -169,7 +172,14 @@ class RpcServer:
 
     async def on_call(self, message: AbstractIncomingMessage) -> None:
         structlog.contextvars.bind_contextvars(request_id=message.correlation_id)
-        reply_type, body = await self._dispatch(message)
+        # The caller's span, from the message's headers (an RPC message is one call).
+        with tracing.span(
+            message.type or "rpc",
+            kind=tracing.SERVER,
+            parent=tracing.incoming(message.headers or {}) or None,
+            attributes={"rpc.system": "rabbitmq", "rpc.method": message.type or ""},
+        ):
+            reply_type, body = await self._dispatch(message)
         if message.reply_to:
             try:
                 await self.broker.publish(
@@ -203,6 +213,16 @@ class RpcServer:
             log.exception("rpc_handler_crashed", method=message.type)
             error = InternalError("internal error")
         return ERROR, error_body(error)
+
+
+def _rpc_attributes(rpc: Rpc[Any, Any]) -> dict[str, str | int | float | bool]:
+    if not tracing.enabled():
+        return {}
+    return {
+        "rpc.system": "rabbitmq",
+        "rpc.method": rpc.method,
+        "messaging.destination.name": rpc.queue.name,
+    }
 
 
 def error_body(error: ApiError) -> bytes:

@@ -34,6 +34,9 @@ class CallbackRequested(BaseModel):
     # Not attempted before this time: a message back from a wait step before it is
     # parked again (services/runner/callbacks.py, "the ladder").
     due_at: datetime
+    # The run's W3C trace context (shared/tracing.py): each attempt is a span of the
+    # run's trace, and the receiver gets its `traceparent`.
+    trace: dict[str, str] = {}
 
 
 class CallbackAttempted(BaseModel):

@@ -45,6 +45,10 @@ class WebhookRequest(BaseModel):
     # Set on a run a source fanned out (services/ingress/sources.py): the source
     # request's id.
     source_request_id: str | None = None
+    # The W3C trace context (`traceparent`, `tracestate`) of the span that handed the
+    # request on (shared/tracing.py): each request of a batched message continues its
+    # own trace. Empty when traces are off.
+    trace: dict[str, str] = {}
 
     def raw_body_bytes(self) -> bytes:
         if self.raw_body_encoding == "base64":

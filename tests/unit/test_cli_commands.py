@@ -17,6 +17,7 @@ from cli.commands import (
     flows_table,
     load_definition,
     request_line,
+    request_text,
     resolve_token,
     short_time,
     table,
@@ -235,3 +236,10 @@ def test_request_filters_name_the_vocabularys_values(capsys: pytest.CaptureFixtu
         main(["requests", "list", "f1", "--outcome", "timed_out"])
     assert refused.value.code == 2
     assert "invalid choice: 'timed_out'" in capsys.readouterr().err
+
+
+def test_request_text_shows_the_trace_id_when_there_is_one() -> None:
+    record = {"id": "r1", "flow_id": "f1", "outcome": "succeeded", "response": {}}
+    assert "trace:" not in request_text(record)
+    traced = request_text({**record, "trace_id": "0af7651916cd43dd8448eb211c80319c"})
+    assert "trace:     0af7651916cd43dd8448eb211c80319c" in traced.splitlines()

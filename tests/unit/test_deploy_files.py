@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from services import registry
+from shared import tracing
 from shared.settings import env_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,7 @@ def test_compose_services_and_settings() -> None:
         "broker-setup",
         "migrate",
         *SERVICES,
+        *TRACING,
     }
     for name in SERVICES:
         service = compose["services"][name]
@@ -332,3 +334,23 @@ def test_auth_and_debugger_trust_the_runners_broker_user() -> None:
         deployment = of_kind(documents, "Deployment")[name]
         sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         assert {"configMapRef": {"name": "flowhooks"}} in sources, name
+
+
+TRACING = ("otel-collector", "jaeger")
+
+
+def test_compose_tracing_profile_is_optional_and_off_by_default() -> None:
+    """The collector and Jaeger start only with `--profile tracing`; the services export
+    only once OTEL_EXPORTER_OTLP_ENDPOINT is set (empty: off, shared/tracing.py)."""
+    compose = rendered_compose()["services"]
+    for name in TRACING:
+        assert compose[name]["profiles"] == ["tracing"], name
+    assert compose["jaeger"]["ports"] == ["127.0.0.1:16686:16686"]
+    collector = yaml.safe_load((REPO / "deploy/tracing/collector.yaml").read_text())
+    assert collector["service"]["pipelines"]["traces"]["exporters"] == ["otlp/jaeger"]
+    assert collector["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    for name in SERVICES:
+        env = compose[name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""
+        assert not tracing.wanted(env)
+        assert tracing.wanted({**env, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318"})

@@ -803,14 +803,25 @@
       summaryEntry(summary, "answered", answered);
     }
     if (row.raw_body_truncated) summaryEntry(summary, "raw body cut", "yes");
-    // Source and route (issue 23), wait and resume time (issues 24/25) and the trace id
-    // with its tracing UI link (issue 26) are added here when those fields exist.
+    if (row.trace_id) summaryEntry(summary, "trace id", el("span", row.trace_id, "mono"));
 
     const links = $("links");
     links.replaceChildren();
     if (row.replay_of) links.append("Replay of ", requestLink(row.flow_id, row.replay_of), ". ");
     if (row.duplicate_of) links.append("Duplicate of ", requestLink(row.flow_id, row.duplicate_of), ". ");
     if (row.debounced_by) links.append("Debounced by ", requestLink(row.flow_id, row.debounced_by), ". ");
+    // A source's request and its runs are opened by id (the detail reads /v1/requests/{id}).
+    if (row.source_request_id) {
+      links.append("Routed by source request ", requestLink(row.flow_id, row.source_request_id), ". ");
+    }
+    if (row.runs && row.runs.length) {
+      links.append("Runs: ");
+      row.runs.forEach((runId, index) => {
+        if (index) links.append(", ");
+        links.append(requestLink(row.flow_id, runId));
+      });
+      links.append(". ");
+    }
 
     const headers = $("headers").tBodies[0];
     headers.replaceChildren();
