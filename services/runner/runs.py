@@ -63,7 +63,7 @@ from services.runner.paced_runs import PacedRuns
 from services.runner.pacing import Lane, Pacing
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.worker_protocol import FlowSnapshot, Suspension, WorkAnswered
+from services.runner.worker_protocol import Answered, FlowSnapshot, Suspension, WorkAnswered
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
@@ -101,7 +101,7 @@ def async_window(capacity: int) -> int:
     return max(64, capacity + capacity // 2)
 
 
-def early_result(request_id: str, answer: WorkAnswered) -> RunResult:
+def early_result(request_id: str, answer: WorkAnswered | Answered) -> RunResult:
     """What a sync caller is sent when a `respond` step answers it: the answer, the run
     still going (its own outcome is recorded when it ends)."""
     return RunResult(
@@ -550,7 +550,12 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
-        if isinstance(result, Suspension):
+        if isinstance(result, Suspension) and result.answers and reply_to is not None:
+            handed_over = await self._hand_over(start, result, reply_to)
+            if handed_over is None:
+                return
+            result = handed_over  # not stored: the run fails, naming the bound
+        elif isinstance(result, Suspension):
             stored = await self._store_waiting(start, result, answered=bool(early))
             if stored is None:
                 if reply_to is not None and not early:
@@ -593,6 +598,40 @@ class RunService:
         await self.finished_runs.mark(request_id)
         if reply_to is None and not early and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
+
+    async def _hand_over(
+        self, start: StartRun, suspension: Suspension, reply_to: str
+    ) -> RunResult | None:
+        """A `respond` step answered: the rest of the run is stored first (as a
+        zero-second delay, committed with the mark that makes a redelivery of this
+        message skip it), so that nothing after the answer can be lost; only then is the
+        caller answered (and the dedup key given the answer). The message is acked
+        after. None when done; the failed result (without the answer: the caller was
+        not answered) when the workspace is past a waiting bound."""
+        request_id = start.request.request_id
+        answered = suspension.state.answered
+        assert answered is not None
+        try:
+            refused = await self._store_waiting(start, suspension, answered=False)
+        except Unavailable as exc:
+            # Nothing was answered yet: the caller may try again (a dedup key makes
+            # that safe); the steps before the respond ran and are not recorded.
+            log.error("run_not_handed_over", error=repr(exc))
+            error = Unavailable("the run could not be handed over; try again")
+            self.replies.send(reply_to, request_id, ERROR, error_body(error))
+            return None
+        if refused is not None:
+            return refused
+        if self.delays is not None:
+            self.delays.kick()  # due now: resumed at once, not at the next poll
+        answer = early_result(request_id, answered)
+        if start.dedup_key is not None and self.dedup_keys is not None:
+            try:
+                await self.dedup_keys.record(start.request.flow_id, start.dedup_key, answer)
+            except Exception as exc:  # the key's lease lapses: a duplicate then runs
+                log.warning("dedup_answer_not_recorded", error=repr(exc))
+        self.replies.send(reply_to, request_id, RESULT, answer.model_dump_json().encode())
+        return None
 
     async def _store_waiting(
         self, start: StartRun, suspension: Suspension, answered: bool

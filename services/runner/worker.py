@@ -187,12 +187,13 @@ class Worker:
         suspended: RunSuspended,
         started_at: datetime,
     ) -> None:
-        """The run stopped in a `delay` step: its state goes to the supervisor, which
-        stores it (services/runner/delays.py)."""
+        """The run stopped in a `delay` step, or handed over at a `respond` step: its
+        state goes to the supervisor, which stores it (services/runner/delays.py) and,
+        for a `respond`, then answers the caller."""
         steps = self.flow(item.flow).definition.steps
         next_step = 1 + next(i for i, step in enumerate(steps) if step.ref_id == suspended.ref_id)
         if state.trace and state.trace[-1].ref_id == suspended.ref_id:
-            state.trace[-1].output = {"resume_at": suspended.resume_at.isoformat()}
+            state.trace[-1].output = suspended.output
         answered = state.answered
         try:
             resumed = Resumed(
@@ -206,7 +207,10 @@ class Worker:
                 flow=item.flow,
             )
             suspension = Suspension(
-                request_id=item.request.request_id, resume_at=suspended.resume_at, state=resumed
+                request_id=item.request.request_id,
+                resume_at=suspended.resume_at,
+                state=resumed,
+                answers=suspended.answers,
             )
             encoded = WorkSuspended(key=key, suspended=suspension).model_dump_json().encode()
         except ValueError as exc:  # a value pydantic cannot encode: a lone surrogate

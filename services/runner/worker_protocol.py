@@ -98,6 +98,8 @@ class Suspension(BaseModel):
     resume_at: datetime
     state: Resumed
     repeated: str | None = None
+    # Handed over at a `respond` step: once stored, its caller gets `state.answered`.
+    answers: bool = False
 
 
 class WorkSuspended(BaseModel):
