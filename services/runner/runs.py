@@ -289,6 +289,7 @@ class RunService:
         self.waiting_messages_max = waiting_messages_max
         self._waiting_messages: Counter[str] = Counter()
         self.runs_parked = 0  # for metrics and tests
+        self.runs_running = 0  # in the worker pool now (running or waiting for a slot)
         # Parked runs, group-committed: those parked while a publish awaits its confirm
         # go together in the next message, so under load a backlog of one-run messages
         # comes back as a few large ones (less churn per TTL).
@@ -755,11 +756,13 @@ class RunService:
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
             self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
+        self.runs_running += 1
         try:
             return await self.pool.run(
                 request, snapshot, timeout_s, on_answer, self.accept_run_timeout_s, resume
             )
         finally:
+            self.runs_running -= 1
             if held:
                 assert ticket is not None
                 self._release(ticket.batch, request.workspace_id)
