@@ -36,7 +36,6 @@ from services.runner.worker_protocol import (
     FlowSnapshot,
     Resumed,
     Suspension,
-    WorkAnswered,
     WorkDone,
     WorkItem,
     WorkSuspended,
@@ -66,7 +65,6 @@ class Worker:
         self.engine = Engine(self.templates, bounds, self.http)
         self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
         self._done: list[bytes] = []
-        self._answered: list[bytes] = []  # early answers, sent before any `done`
         self._has_done = asyncio.Event()
         self._runs: set[asyncio.Task[None]] = set()
 
@@ -147,21 +145,7 @@ class Worker:
         timeout_s = item.timeout_s
         state.deadline = started + timeout_s
         try:
-            async with asyncio.timeout(timeout_s) as scope:
-
-                def answered(answer: EarlyAnswer) -> None:
-                    # The caller has its answer: the run is no longer held to its
-                    # deadline, only to the budget of a run nobody waits for.
-                    nonlocal timeout_s
-                    self._answer(item.key, answer)
-                    if item.after_answer_s is not None and item.after_answer_s > timeout_s:
-                        timeout_s = item.after_answer_s
-                        state.deadline = started + timeout_s
-                        scope.reschedule(
-                            asyncio.get_running_loop().time() + state.deadline - time.monotonic()
-                        )
-
-                state.on_answer = answered
+            async with asyncio.timeout(timeout_s):
                 result = await self.engine.run(flow, item.request, state, item.resume)
         except TimeoutError:
             result = None
@@ -227,18 +211,6 @@ class Worker:
         self._done.append(encoded)
         self._has_done.set()
 
-    def _answer(self, key: int, answer: EarlyAnswer) -> None:
-        encoded = WorkAnswered(
-            key=key,
-            status_code=answer.status_code,
-            content_type=answer.content_type,
-            body=answer.body,
-            headers=answer.headers,
-            at=answer.at,
-        )
-        self._answered.append(encoded.model_dump_json().encode())
-        self._has_done.set()
-
     def _finish(self, key: int, result: RunResult) -> None:
         try:
             encoded = WorkDone(key=key, result=result).model_dump_json().encode()
@@ -254,9 +226,6 @@ class Worker:
         while True:
             await self._has_done.wait()
             self._has_done.clear()
-            answered, self._answered = self._answered, []
-            if answered:  # first: a run answered and done since is told in this order
-                writer.write(frame_of("answered", answered))
             done, self._done = self._done, []
             if done:
                 writer.write(frame_of("done", done))
