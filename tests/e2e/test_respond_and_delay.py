@@ -325,6 +325,7 @@ async def test_the_rest_after_respond_survives_its_runner_killed(
     record = await record_of(api, request_id, ("succeeded", "failed", "expired", "timeout"))
     assert record["outcome"] == "succeeded", record
     assert record["repeated"]  # the rest ran again from the respond step: that is said
+    assert "resume_at" not in record  # `waiting` only until the rest resumed
     response = record["response"]
     assert (response["status_code"], response["body"]) == (201, "taken")
     assert response["answered_at"] < record["finished_at"]
