@@ -131,6 +131,8 @@ class DelayedRuns:
         )
         self.stored = 0  # for metrics, tests and the bench
         self.resumed = 0
+        self._kicked: asyncio.Task[None] | None = None
+        self._kicked_again = False
 
     async def store(self, start: StartRun, suspension: Suspension) -> None:
         """Stores the run (see the module's doc); raises `WaitingBoundExceeded`, or
@@ -244,6 +246,26 @@ class DelayedRuns:
             )
         return results
 
+    def kick(self) -> None:
+        """Resumes the due runs soon rather than at the next poll (a run handed over at
+        its `respond` step is due at once). One claim at a time: kicks meanwhile make
+        one more."""
+        if self._kicked is not None and not self._kicked.done():
+            self._kicked_again = True
+            return
+        self._kicked = asyncio.create_task(self._resume_kicked())
+
+    async def _resume_kicked(self) -> None:
+        while True:
+            self._kicked_again = False
+            try:
+                await self.resume_due()
+            except Exception as exc:  # the poll takes them later
+                log.warning("kicked_resume_failed", error=repr(exc))
+                return
+            if not self._kicked_again:
+                return
+
     async def resume_due(self) -> int:
         """Publishes every due run (in claims of `resume_batch`); returns how many."""
         total = 0
@@ -324,7 +346,8 @@ def resumed_of(start: StartRun) -> Resumed | None:
 
 def bound_failure(start: StartRun, suspension: Suspension, message: str) -> RunResult:
     """The run that could not be stored for its delay: failed, naming the bound, with
-    its trace, and the answer a `respond` step gave its caller (if any)."""
+    its trace, and the answer a `respond` step gave its caller (if any: a run handed
+    over at its `respond` step was not answered yet, its caller gets this failure)."""
     state = suspension.state
     result = error_result(
         start.request.request_id,
@@ -333,7 +356,7 @@ def bound_failure(start: StartRun, suspension: Suspension, message: str) -> RunR
         state.started_at,
         list(state.trace),
     )
-    if state.answered is not None:
+    if state.answered is not None and not suspension.answers:
         answered = state.answered
         result = result.model_copy(
             update={

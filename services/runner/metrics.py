@@ -101,6 +101,11 @@ class RunnerMetrics:
                 ],
                 gauges=[
                     (
+                        "flowhooks_runner_runs_in_pool",
+                        "Runs in this runner's worker pool now (running or waiting for a slot)",
+                        lambda: runs.runs_running,
+                    ),
+                    (
                         "flowhooks_runner_workers_alive",
                         "Worker processes alive (assigned, idle or retiring)",
                         lambda: len(pool.worker_pids),

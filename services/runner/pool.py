@@ -37,7 +37,6 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -53,7 +52,6 @@ from services.runner.worker_protocol import (
     FrameTooLarge,
     Resumed,
     Suspension,
-    WorkAnswered,
     WorkItem,
     frame,
     frame_of,
@@ -78,10 +76,6 @@ class _Run:
     placed_at: float = 0.0  # monotonic
     attempts: int = 0  # times a worker stopped while running it, counted against it
     repeated: str | None = None  # why it was run again (the last time)
-    # Told of a `respond` step's early answer (None: nobody); the run's budget from its
-    # start once answered (its deadline moves to it).
-    on_answer: Callable[[WorkAnswered], None] | None = None
-    after_answer_s: float | None = None
 
 
 @dataclass
@@ -223,21 +217,17 @@ class WorkerPool:
         request: WebhookRequest,
         flow: FlowSnapshot,
         timeout_s: float,
-        on_answer: Callable[[WorkAnswered], None] | None = None,
-        after_answer_s: float | None = None,
         resume: Resumed | None = None,
     ) -> RunResult | Suspension:
-        """The run's result (or, stopped in a `delay` step, its state to store); never
-        raises for anything the run does. `on_answer`: told at once when a `respond`
-        step answers (the run goes on, within `after_answer_s` from its start).
-        `resume`: a run going on after a `delay`."""
+        """The run's result (or, stopped in a `delay` step or handed over at a `respond`
+        step, its state to store); never raises for anything the run does. `resume`: a
+        run going on after a `delay` or a `respond`."""
         key = next(self._keys)
         item = WorkItem(
             key=key,
             request=request,
             flow=flow,
             timeout_s=timeout_s,
-            after_answer_s=after_answer_s if on_answer is not None else None,
             resume=resume,
         )
         run = _Run(
@@ -247,8 +237,6 @@ class WorkerPool:
             timeout_s,
             item.model_dump_json().encode(),
             asyncio.get_running_loop().create_future(),
-            on_answer=on_answer,
-            after_answer_s=item.after_answer_s,
         )
         tenant = self._tenant(run.workspace)
         tenant.queue.append(run)
@@ -524,8 +512,6 @@ class WorkerPool:
         try:
             while True:
                 message = await read_frame(worker.reader)
-                for answered in message.get("answered", ()):
-                    self._answered(worker, answered)
                 for done in message.get("done", ()):
                     self._finished(worker, done)
                 # Freed slots to the workspace's waiting runs; an emptied worker lingers.
@@ -561,23 +547,6 @@ class WorkerPool:
             error = FlowError("the run's result could not be read")
             result = error_result(run.request_id, error, Outcome.FAILED, _now())
         self._settle(run, result)
-
-    def _answered(self, worker: _Worker, raw: dict[str, object]) -> None:
-        try:
-            answer = WorkAnswered.model_validate(raw)
-        except ValidationError:
-            log.error("early_answer_unreadable", worker=worker.number)
-            return
-        run = worker.runs.get(answer.key)
-        if run is None or run.result.done() or run.on_answer is None:
-            return
-        if run.after_answer_s is not None and run.after_answer_s > run.timeout_s:
-            run.timeout_s = run.after_answer_s
-            run.deadline = run.placed_at + run.after_answer_s + self.deadline_grace_s
-        try:
-            run.on_answer(answer)
-        except Exception:  # the caller's side: never the worker's protocol
-            log.exception("early_answer_not_sent")
 
     def _settle(self, run: _Run, result: RunResult) -> None:
         if run.repeated is not None:

@@ -63,7 +63,7 @@ from services.runner.paced_runs import PacedRuns
 from services.runner.pacing import Lane, Pacing
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.worker_protocol import FlowSnapshot, Suspension, WorkAnswered
+from services.runner.worker_protocol import Answered, FlowSnapshot, Suspension
 from shared import tracing
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging import naming
@@ -103,9 +103,9 @@ def async_window(capacity: int) -> int:
     return max(64, capacity + capacity // 2)
 
 
-def early_result(request_id: str, answer: WorkAnswered) -> RunResult:
-    """What a sync caller is sent when a `respond` step answers it: the answer, the run
-    still going (its own outcome is recorded when it ends)."""
+def early_result(request_id: str, answer: Answered) -> RunResult:
+    """What a sync caller is sent when a `respond` step answers it: the answer, the rest
+    of the run handed over (its own outcome is recorded when it ends)."""
     return RunResult(
         request_id=request_id,
         outcome=Outcome.SUCCEEDED,
@@ -140,10 +140,6 @@ def park_mark(request_id: str, generation: int) -> str:
     """The `finished_runs` key saying that the run's copy parked for the `generation`th
     time was published (its original message must not run it again)."""
     return f"{request_id}#parked{generation}"
-
-
-class _AnsweredNotRecorded(Exception):
-    """A sync run that a `respond` step answered could not be recorded."""
 
 
 class _Parked(Exception):
@@ -291,6 +287,7 @@ class RunService:
         self.waiting_messages_max = waiting_messages_max
         self._waiting_messages: Counter[str] = Counter()
         self.runs_parked = 0  # for metrics and tests
+        self.runs_running = 0  # in the worker pool now (running or waiting for a slot)
         # Parked runs, group-committed: those parked while a publish awaits its confirm
         # go together in the next message, so under load a backlog of one-run messages
         # comes back as a few large ones (less churn per TTL).
@@ -335,14 +332,9 @@ class RunService:
             if not starts:
                 return
         if reply_to is not None:
-            outcomes = await asyncio.gather(
+            await asyncio.gather(
                 *(self._one(start, reply_to) for start in starts), return_exceptions=True
             )
-            unrecorded = [o for o in outcomes if isinstance(o, _AnsweredNotRecorded)]
-            if unrecorded:
-                # Answered early, so its caller cannot be told to retry: the message
-                # comes again instead (the broker or the database is away).
-                raise Retry(f"{len(unrecorded)} sync runs answered early not recorded")
             return
         batch = _Batch(len(starts))
         runs = asyncio.gather(
@@ -530,27 +522,9 @@ class RunService:
         failures (the broker or the database away)."""
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        early: list[WorkAnswered] = []
-
-        def answer_early(answer: WorkAnswered) -> None:
-            # A `respond` step answered: the caller gets it now, the run goes on. Once
-            # (a run repeated after its worker died answers again).
-            if early or reply_to is None:
-                return
-            early.append(answer)
-            self.replies.send(
-                reply_to,
-                request_id,
-                RESULT,
-                early_result(request_id, answer).model_dump_json().encode(),
-            )
-
         try:
             result = await self._execute(
-                start,
-                ticket,
-                announce=reply_to is None or start.accept_on_timeout,
-                on_answer=answer_early if reply_to is not None else None,
+                start, ticket, announce=reply_to is None or start.accept_on_timeout
             )
         except _Parked:
             assert ticket is not None
@@ -569,11 +543,16 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
-        if isinstance(result, Suspension):
-            stored = await self._store_waiting(start, result, answered=bool(early))
+        if isinstance(result, Suspension) and result.answers and reply_to is not None:
+            handed_over = await self._hand_over(start, result, reply_to)
+            if handed_over is None:
+                return
+            result = handed_over  # not stored: the run fails, naming the bound
+        elif isinstance(result, Suspension):
+            stored = await self._store_waiting(start, result)
             if stored is None:
-                if reply_to is not None and not early:
-                    # Not answered by a respond step: only a replay (a sync flow's
+                if reply_to is not None:
+                    # Not handed over by a respond step: only a replay (a sync flow's
                     # delay comes after its respond). It is told the run waits.
                     answer = waiting_result(request_id, result)
                     self.replies.send(
@@ -586,13 +565,7 @@ class RunService:
         )
         if start.repeated is not None and result.repeated is None:
             result = result.model_copy(update={"repeated": start.repeated})
-        if early:
-            try:
-                await self._record(start, result)
-            except Unavailable as exc:
-                raise _AnsweredNotRecorded(request_id) from exc
-            reply_to = None  # answered already
-        elif reply_to is None:
+        if reply_to is None:
             await self._record(start, result)
         elif not await self._record_while_awaited(start, result):
             # A 200 for a run the debugger never gets would be a loss: the caller is told
@@ -607,19 +580,51 @@ class RunService:
             await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result)
         if reply_to is not None:
             self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
-        if reply_to is None and not early:
+        if reply_to is None:
             await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
-        if reply_to is None and not early and self.drain_reports is not None:
+        if reply_to is None and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
 
-    async def _store_waiting(
-        self, start: StartRun, suspension: Suspension, answered: bool
+    async def _hand_over(
+        self, start: StartRun, suspension: Suspension, reply_to: str
     ) -> RunResult | None:
-        """A run stopped in a `delay` step: stored (delays.py), and, if async, reported
-        to its ingress as out of its queue. None once stored; the failed result when
-        its workspace is past a bound. Raises when the database is away: the message
-        comes again (a sync run, answered already, as `_AnsweredNotRecorded`)."""
+        """A `respond` step answered: the rest of the run is stored first (as a
+        zero-second delay, committed with the mark that makes a redelivery of this
+        message skip it), so that nothing after the answer can be lost; only then is the
+        caller answered (and the dedup key given the answer). The message is acked
+        after. None when done; the failed result (without the answer: the caller was
+        not answered) when the workspace is past a waiting bound."""
+        request_id = start.request.request_id
+        answered = suspension.state.answered
+        assert answered is not None
+        try:
+            refused = await self._store_waiting(start, suspension)
+        except Unavailable as exc:
+            # Nothing was answered yet: the caller may try again (a dedup key makes
+            # that safe); the steps before the respond ran and are not recorded.
+            log.error("run_not_handed_over", error=repr(exc))
+            error = Unavailable("the run could not be handed over; try again")
+            self.replies.send(reply_to, request_id, ERROR, error_body(error))
+            return None
+        if refused is not None:
+            return refused
+        if self.delays is not None:
+            self.delays.kick()  # due now: resumed at once, not at the next poll
+        answer = early_result(request_id, answered)
+        if start.dedup_key is not None and self.dedup_keys is not None:
+            try:
+                await self.dedup_keys.record(start.request.flow_id, start.dedup_key, answer)
+            except Exception as exc:  # the key's lease lapses: a duplicate then runs
+                log.warning("dedup_answer_not_recorded", error=repr(exc))
+        self.replies.send(reply_to, request_id, RESULT, answer.model_dump_json().encode())
+        return None
+
+    async def _store_waiting(self, start: StartRun, suspension: Suspension) -> RunResult | None:
+        """A run stopped in a `delay` step (or handed over at a `respond` step): stored
+        (delays.py), and, if async, reported to its ingress as out of its queue. None
+        once stored; the failed result when its workspace is past a bound. Raises
+        `Unavailable` when the database is away."""
         request_id = start.request.request_id
         if self.delays is None:  # a runner wired without delays: no such flow can run
             error = FlowError("this runner cannot store runs for delay steps")
@@ -629,10 +634,6 @@ class RunService:
         except WaitingBoundExceeded as exc:
             log.warning("waiting_run_refused", reason=str(exc))
             return bound_failure(start, suspension, str(exc))
-        except Unavailable as exc:
-            if answered:
-                raise _AnsweredNotRecorded(request_id) from exc
-            raise
         if start.request.mode == RunMode.ASYNC and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
         return None
@@ -690,12 +691,9 @@ class RunService:
         start: StartRun,
         ticket: _Ticket | None = None,
         announce: bool = False,
-        on_answer: Callable[[WorkAnswered], None] | None = None,
     ) -> RunResult | Suspension:
         """`ticket`: an async run, admitted (`_admit`) just before it goes to the pool.
-        `announce`: publish `run.started` once it does. `on_answer`: a sync run's, told
-        when a `respond` step answers (the run then has the budget of a run nobody
-        waits for, `accept_run_timeout_s`)."""
+        `announce`: publish `run.started` once it does."""
         request = start.request
         started_at = datetime.now(UTC)
         if start.deadline is not None and start.deadline <= started_at:
@@ -735,11 +733,11 @@ class RunService:
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
             self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
+        self.runs_running += 1
         try:
-            return await self.pool.run(
-                request, snapshot, timeout_s, on_answer, self.accept_run_timeout_s, resume
-            )
+            return await self.pool.run(request, snapshot, timeout_s, resume)
         finally:
+            self.runs_running -= 1
             if held:
                 assert ticket is not None
                 self._release(ticket.batch, request.workspace_id)

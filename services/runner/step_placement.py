@@ -3,7 +3,10 @@ definition is parsed).
 
 - `respond` answers a sync caller early; refused in async flows, whose caller was
   answered `202` when the request was queued: nobody would get the answer, and a flow
-  author who wrote one expects an effect that cannot happen.
+  author who wrote one expects an effect that cannot happen. Only at the top level of
+  `steps`: before its answer is sent, the run is handed over as a resumed run (stored
+  like a zero-second `delay`, services/runner/delays.py), whose position is one index
+  into `steps`; inside a loop, a condition or `on_error` it would not be.
 - `delay` stores the run and frees its worker (services/runner/delays.py). Only at the
   top level of `steps`: a run resumes at the step after it, which is one index into
   one list (a delay inside a loop or a condition would need the loop's position and
@@ -16,6 +19,10 @@ from typing import Any
 from shared.errors import BadRequest
 
 RESPOND, DELAY = "respond", "delay"
+_RESPOND_TOP_LEVEL = (
+    "a respond step may stand only at the top level of steps: the rest of the run is"
+    " handed over at it, and resumes at the step after it"
+)
 
 
 def check_step_placement(steps: list[Any], on_error: list[Any], is_async: bool) -> None:
@@ -34,6 +41,8 @@ def check_step_placement(steps: list[Any], on_error: list[Any], is_async: bool) 
         path = f"on_error[{index}]"
         if step.type == DELAY:
             raise _refuse(path, "a delay may stand only at the top level of steps")
+        if step.type == RESPOND and not is_async:
+            raise _refuse(path, _RESPOND_TOP_LEVEL)
         _check_nested(step, path, is_async)
     if is_async:
         for index, step in enumerate(steps):
@@ -48,6 +57,8 @@ def _check_nested(step: Any, path: str, is_async: bool) -> None:
             inner_path = f"{path}.{name}[{index}]"
             if inner.type == DELAY:
                 raise _refuse(inner_path, "a delay may stand only at the top level of steps")
+            if inner.type == RESPOND and not is_async:
+                raise _refuse(inner_path, _RESPOND_TOP_LEVEL)
             _check_nested(inner, inner_path, is_async)
 
 

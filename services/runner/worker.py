@@ -36,7 +36,6 @@ from services.runner.worker_protocol import (
     FlowSnapshot,
     Resumed,
     Suspension,
-    WorkAnswered,
     WorkDone,
     WorkItem,
     WorkSuspended,
@@ -68,7 +67,6 @@ class Worker:
         self.engine = Engine(self.templates, bounds, self.http)
         self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
         self._done: list[bytes] = []
-        self._answered: list[bytes] = []  # early answers, sent before any `done`
         self._has_done = asyncio.Event()
         self._runs: set[asyncio.Task[None]] = set()
 
@@ -149,21 +147,7 @@ class Worker:
         timeout_s = item.timeout_s
         state.deadline = started + timeout_s
         try:
-            async with asyncio.timeout(timeout_s) as scope:
-
-                def answered(answer: EarlyAnswer) -> None:
-                    # The caller has its answer: the run is no longer held to its
-                    # deadline, only to the budget of a run nobody waits for.
-                    nonlocal timeout_s
-                    self._answer(item.key, answer)
-                    if item.after_answer_s is not None and item.after_answer_s > timeout_s:
-                        timeout_s = item.after_answer_s
-                        state.deadline = started + timeout_s
-                        scope.reschedule(
-                            asyncio.get_running_loop().time() + state.deadline - time.monotonic()
-                        )
-
-                state.on_answer = answered
+            async with asyncio.timeout(timeout_s):
                 # The runner's span for the request is the parent of its steps' spans.
                 with tracing.span(
                     "flowhooks.run",
@@ -195,12 +179,13 @@ class Worker:
         suspended: RunSuspended,
         started_at: datetime,
     ) -> None:
-        """The run stopped in a `delay` step: its state goes to the supervisor, which
-        stores it (services/runner/delays.py)."""
+        """The run stopped in a `delay` step, or handed over at a `respond` step: its
+        state goes to the supervisor, which stores it (services/runner/delays.py) and,
+        for a `respond`, then answers the caller."""
         steps = self.flow(item.flow).definition.steps
         next_step = 1 + next(i for i, step in enumerate(steps) if step.ref_id == suspended.ref_id)
         if state.trace and state.trace[-1].ref_id == suspended.ref_id:
-            state.trace[-1].output = {"resume_at": suspended.resume_at.isoformat()}
+            state.trace[-1].output = suspended.output
         answered = state.answered
         try:
             resumed = Resumed(
@@ -214,7 +199,10 @@ class Worker:
                 flow=item.flow,
             )
             suspension = Suspension(
-                request_id=item.request.request_id, resume_at=suspended.resume_at, state=resumed
+                request_id=item.request.request_id,
+                resume_at=suspended.resume_at,
+                state=resumed,
+                answers=suspended.answers,
             )
             encoded = WorkSuspended(key=key, suspended=suspension).model_dump_json().encode()
         except ValueError as exc:  # a value pydantic cannot encode: a lone surrogate
@@ -229,18 +217,6 @@ class Worker:
             self._finish(key, with_answer(result, answered))
             return
         self._done.append(encoded)
-        self._has_done.set()
-
-    def _answer(self, key: int, answer: EarlyAnswer) -> None:
-        encoded = WorkAnswered(
-            key=key,
-            status_code=answer.status_code,
-            content_type=answer.content_type,
-            body=answer.body,
-            headers=answer.headers,
-            at=answer.at,
-        )
-        self._answered.append(encoded.model_dump_json().encode())
         self._has_done.set()
 
     def _finish(self, key: int, result: RunResult) -> None:
@@ -258,9 +234,6 @@ class Worker:
         while True:
             await self._has_done.wait()
             self._has_done.clear()
-            answered, self._answered = self._answered, []
-            if answered:  # first: a run answered and done since is told in this order
-                writer.write(frame_of("answered", answered))
             done, self._done = self._done, []
             if done:
                 writer.write(frame_of("done", done))

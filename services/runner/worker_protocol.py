@@ -3,9 +3,8 @@ frames over a socket pair. The supervisor's first frame is the runner's `RunBoun
 (services/runner/bounds.py), as they are; the worker answers `{"ready": true}`. Then
 the supervisor sends `{"runs": [WorkItem, ...]}` and the worker
 `{"done": [WorkDone, ...]}`, each frame carrying as many as were ready at once (one
-write and one wake-up for many runs). A run that a `respond` step answered early is
-told first, in `{"answered": [WorkAnswered, ...]}`, while it goes on. A run that
-stopped in a `delay` step is done as `{"key", "suspended"}` (`WorkSuspended`)."""
+write and one wake-up for many runs). A run that stopped in a `delay` step, or is
+handed over at a `respond` step, is done as `{"key", "suspended"}` (`WorkSuspended`)."""
 
 import asyncio
 import struct
@@ -68,22 +67,8 @@ class WorkItem(BaseModel):
     request: WebhookRequest
     flow: FlowSnapshot
     timeout_s: float
-    # The run's budget from its start once a `respond` step answered its caller (the
-    # caller no longer waits; the flows API's maximum). None: `timeout_s` stands.
-    after_answer_s: float | None = None
     # A run going on after a `delay` step (None: from its first step).
     resume: Resumed | None = None
-
-
-class WorkAnswered(BaseModel):
-    """A `respond` step's answer, sent at once; the run goes on."""
-
-    key: int
-    status_code: int
-    content_type: str
-    body: str
-    headers: dict[str, str]
-    at: datetime
 
 
 class WorkDone(BaseModel):
@@ -98,6 +83,8 @@ class Suspension(BaseModel):
     resume_at: datetime
     state: Resumed
     repeated: str | None = None
+    # Handed over at a `respond` step: once stored, its caller gets `state.answered`.
+    answers: bool = False
 
 
 class WorkSuspended(BaseModel):

@@ -25,6 +25,7 @@ SINK_HOST = "127.0.0.2"
 SLOW_S = 2.5
 MAX_WAITING = 2  # per workspace
 STORED = "flowhooks_runner_runs_stored_waiting_total"
+IN_POOL = "flowhooks_runner_runs_in_pool"
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +35,30 @@ def system() -> Iterator[System]:
         FLOWHOOKS_RUNNER_DELAY_POLL_S="0.2",
         FLOWHOOKS_RUNNER_DELAY_MAX_WAITING_RUNS=str(MAX_WAITING),
     ) as running:
-        # A second runner, ready by the time the kill test needs it (its start overlaps
-        # the tests before).
+        # Two more runners, ready by the time the kill tests need them (their starts
+        # overlap the tests before): each kill test kills one and needs another.
+        running.launch("runner")
         running.launch("runner")
         yield running
 
 
+class Ledger(list[dict[str, Any]]):
+    """The requests the sink answered; `arrived`: the paths of every request as it came
+    (a slow one before its answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: list[str] = []
+
+
 @pytest.fixture
-async def sink() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
-    """Records every request (path, Idempotency-Key, body, when); /slow answers after
-    `SLOW_S`."""
-    ledger: list[dict[str, Any]] = []
+async def sink() -> AsyncIterator[tuple[str, Ledger]]:
+    """Records every request (path, Idempotency-Key, body, when, whether its caller was
+    still there for the answer); /slow answers after `SLOW_S`."""
+    ledger = Ledger()
 
     async def record(request: web.Request) -> web.Response:
+        ledger.arrived.append(request.path)
         entry = {
             "path": request.path,
             "key": request.headers.get("Idempotency-Key"),
@@ -55,6 +67,8 @@ async def sink() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         if request.path == "/slow":
             await asyncio.sleep(SLOW_S)
         entry["at"] = time.monotonic()
+        # A caller killed meanwhile (its worker died with its runner) never completed it.
+        entry["completed"] = request.transport is not None and not request.transport.is_closing()
         ledger.append(entry)
         return web.json_response({"ok": True})
 
@@ -62,6 +76,14 @@ async def sink() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     app.router.add_post("/{name}", record)
     async with serving(app, SINK_HOST) as base:
         yield base, ledger
+
+
+def two_runners(system: System) -> None:
+    """Two runners ready: a test that kills one needs the other (a test before it may
+    have killed one already)."""
+    if len(system.processes["runner"]) < 2:
+        system.launch("runner")
+    system.wait_all_ready(system.processes["runner"])
 
 
 async def create(api: Api, definition: dict[str, Any]) -> tuple[str, str]:
@@ -78,7 +100,7 @@ async def record_of(api: Api, request_id: str, outcomes: tuple[str, ...]) -> dic
 
 
 async def test_respond_answers_before_a_slow_step_and_the_run_goes_on(
-    api: Api, sink: tuple[str, list[dict[str, Any]]]
+    api: Api, sink: tuple[str, Ledger]
 ) -> None:
     """The flow's timeout (1.5 s) is shorter than its slow step (2.5 s): the caller is
     answered within it, by the respond step, and the run then finishes past it."""
@@ -164,7 +186,7 @@ def http_step(ref_id: str, url: str) -> dict[str, Any]:
 
 
 async def test_a_sync_flow_answers_then_waits_then_goes_on(
-    api: Api, sink: tuple[str, list[dict[str, Any]]]
+    api: Api, sink: tuple[str, Ledger]
 ) -> None:
     base, ledger = sink
     flow_id, token = await create(
@@ -218,7 +240,7 @@ async def test_past_the_waiting_bound_a_run_fails_naming_it(system: System) -> N
 
 
 async def test_a_delay_survives_its_runner_killed_and_resumes_once(
-    api: Api, system: System, sink: tuple[str, list[dict[str, Any]]]
+    api: Api, system: System, sink: tuple[str, Ledger]
 ) -> None:
     """An async run calls the sink, waits 2 s, calls it again. While it waits, the runner
     that ran and stored it is SIGKILLed (another runner is up): the run is `waiting` with
@@ -236,7 +258,7 @@ async def test_a_delay_survives_its_runner_killed_and_resumes_once(
             ],
         },
     )
-    system.wait_all_ready(system.processes["runner"])
+    two_runners(system)
     runners = list(system.processes["runner"])
     stored_before = [await metric(api, runner.ops_url, STORED) for runner in runners]
     status, headers, _ = await api.send(flow_id, token, json={"n": 2})
@@ -264,3 +286,53 @@ async def test_a_delay_survives_its_runner_killed_and_resumes_once(
     ]
     assert [step["ref_id"] for step in record["steps"]] == ["before", "wait", "after"]
     assert record["steps"][1]["output"] == {"resume_at": waiting["resume_at"]}
+
+
+async def test_the_rest_after_respond_survives_its_runner_killed(
+    api: Api, system: System, sink: tuple[str, Ledger]
+) -> None:
+    """The caller got its 2xx from the respond step; the runner running the slow step
+    after it is SIGKILLed mid-call: the rest of the run completes on the other runner,
+    each of its calls completed once (the ledger), those before the respond never
+    again, and the record ends `succeeded` with the answer given. The flow's timeout
+    (1.5 s) is shorter than the slow step: the sync deadline no longer applies."""
+    base, ledger = sink
+    two_runners(system)
+    flow_id, token = await create(
+        api,
+        {
+            "webhook": {"timeout_s": 1.5},
+            "steps": [
+                http_step("before", base + "/before-answer"),
+                {"ref_id": "ack", "type": "respond", "status_code": 201, "body": "taken"},
+                {**http_step("slow", base + "/slow"), "timeout_s": 5},
+                http_step("after", base + "/after-slow"),
+            ],
+        },
+    )
+    status, headers, raw = await api.send(flow_id, token, json={"n": 3})
+    assert (status, raw) == (201, b"taken")
+    request_id = headers["X-Request-Id"]
+
+    async def running_the_slow_step() -> Any:
+        if "/slow" not in ledger.arrived:
+            return None
+        runners = list(system.processes["runner"])
+        busy = [r for r in runners if await metric(api, r.ops_url, IN_POOL) > 0]
+        return busy[0] if len(busy) == 1 else None
+
+    system.stop(await eventually(running_the_slow_step, timeout_s=10), signal.SIGKILL)
+    record = await record_of(api, request_id, ("succeeded", "failed", "expired", "timeout"))
+    assert record["outcome"] == "succeeded", record
+    assert record["repeated"]  # the rest ran again from the respond step: that is said
+    assert "resume_at" not in record  # `waiting` only until the rest resumed
+    response = record["response"]
+    assert (response["status_code"], response["body"]) == (201, "taken")
+    assert response["answered_at"] < record["finished_at"]
+    assert [step["ref_id"] for step in record["steps"]] == ["before", "ack", "slow", "after"]
+    assert ledger.arrived == ["/before-answer", "/slow", "/slow", "/after-slow"]
+    assert [(entry["path"], entry["key"]) for entry in ledger if entry["completed"]] == [
+        ("/before-answer", f"{request_id}:before"),
+        ("/slow", f"{request_id}:slow"),
+        ("/after-slow", f"{request_id}:after"),
+    ]

@@ -11,6 +11,7 @@ from harness.factories import webhook_request
 from services.runner.definition import parse_definition
 from services.runner.delays import (
     WaitingBoundExceeded,
+    bound_failure,
     check_bounds,
     check_run_bound,
     is_first_copy_candidate,
@@ -23,7 +24,7 @@ from services.runner.steps.base import EarlyAnswer, RunState
 from services.runner.steps.delay import RunSuspended
 from services.runner.steps.respond import with_answer
 from services.runner.templates import TemplateEngine
-from services.runner.worker_protocol import FlowSnapshot, Resumed, Suspension
+from services.runner.worker_protocol import Answered, FlowSnapshot, Resumed, Suspension
 from shared.errors import BadRequest
 from shared.schemas.runs import StartRun
 
@@ -54,7 +55,21 @@ def test_respond_refused_in_async_flows_even_nested() -> None:
     nested = {"ref_id": "c", "type": "condition", "if": "{{ true }}", "then": [RESPOND]}
     _, data = refusal({"webhook": {"async": True}, "steps": [nested]})
     assert data == {"field": "steps[0].then[0]"}
-    assert parse({"steps": [nested]}).steps[0].then[0].type == "respond"
+
+
+def test_respond_stands_only_at_the_top_level_of_steps() -> None:
+    """The rest of the run is handed over at it: its position must be one index."""
+    nested = {"ref_id": "c", "type": "condition", "if": "{{ true }}", "then": [RESPOND]}
+    message, data = refusal({"steps": [nested]})
+    assert (message, data) == (
+        "steps[0].then[0]: a respond step may stand only at the top level of steps: the"
+        " rest of the run is handed over at it, and resumes at the step after it",
+        {"field": "steps[0].then[0]"},
+    )
+    loop = {"ref_id": "each", "type": "loop", "over": "{{ [1] }}", "steps": [RESPOND]}
+    assert refusal({"steps": [loop]})[1] == {"field": "steps[0].steps[0]"}
+    fail = {"ref_id": "boom", "type": "fail", "message": "x"}
+    assert refusal({"steps": [fail], "on_error": [RESPOND]})[1] == {"field": "on_error[0]"}
 
 
 def test_respond_status_is_final() -> None:
@@ -62,43 +77,121 @@ def test_respond_status_is_final() -> None:
     assert data == {"field": "steps[0].status_code"}
 
 
-async def test_respond_answers_at_once_and_the_record_keeps_the_answer() -> None:
-    told: list[EarlyAnswer] = []
-    state = RunState(Engine(TEMPLATES).limits)
-    state.on_answer = told.append
+async def hand_over(raw: dict[str, Any], body: Any) -> tuple[RunSuspended, RunState, Resumed]:
+    """Runs the flow to its respond step; returns the hand-over, the state and the run as
+    stored (through JSON, as a runner resumes it)."""
+    engine = Engine(TEMPLATES)
+    state = RunState(engine.limits)
+    with pytest.raises(RunSuspended) as stopped:
+        await run(raw, body, state)
+    state.trace[-1].output = stopped.value.output  # as the worker stores it
+    answered = state.answered
+    assert answered is not None
+    stored = Resumed(
+        next_step=1 + [s["ref_id"] for s in raw["steps"]].index(stopped.value.ref_id),
+        values=stopped.value.values,
+        trace=engine.trace(state),
+        started_at=state.trace[0].started_at,
+        answered=Answered(**answered.__dict__),
+        flow=FlowSnapshot(id="f1", workspace_id="w1", version=1, definition=raw),
+    )
+    return stopped.value, state, Resumed.model_validate_json(stored.model_dump_json())
+
+
+async def resume(raw: dict[str, Any], body: Any, stored: Resumed) -> tuple[Any, RunState]:
+    engine = Engine(TEMPLATES)
+    state = RunState(engine.limits)
+    state.trace = list(stored.trace)
+    assert stored.answered is not None
+    state.answered = EarlyAnswer(**dict(stored.answered))
+    flow = Flow("f1", "w1", 1, parse(raw))
+    request = webhook_request(body, request_id="r1", flow_id="f1", workspace_id="w1")
+    return await engine.run(flow, request, state, stored), state
+
+
+async def test_respond_hands_the_run_over_and_the_record_keeps_the_answer() -> None:
+    """The respond step stops the run (a hand-over, due at once) with its answer; the
+    run resumed from the stored state runs the steps after it, with the step's output
+    in its context, and its record is what the sender got with how the run ended."""
     raw = {
         "steps": [
             {**RESPOND, "headers": {"X-Id": "{{ request.id }}"}},
-            {"ref_id": "after", "type": "fail", "message": "late", "status_code": 502},
+            {
+                "ref_id": "after",
+                "type": "fail",
+                "message": "{{ ack.status_code }}",
+                "status_code": 502,
+            },
         ]
     }
-    result = await run(raw, {"a": 1}, state)
-    assert [(a.status_code, a.content_type, a.body, a.headers) for a in told] == [
-        (202, "application/json", '{"a": 1}', {"X-Id": "r1"})
-    ]
+    stopped, state, stored = await hand_over(raw, {"a": 1})
+    answer = state.answered
+    assert answer is not None
+    assert (stopped.ref_id, stopped.answers, stopped.resume_at) == ("ack", True, answer.at)
+    assert (answer.status_code, answer.content_type, answer.body, answer.headers) == (
+        202,
+        "application/json",
+        '{"a": 1}',
+        {"X-Id": "r1"},
+    )
+    output = {"status_code": 202, "answered_at": answer.at.isoformat()}
+    assert stopped.output == stopped.values["ack"] == output
+    assert stored.next_step == 1
+    result, resumed_state = await resume(raw, {"a": 1}, stored)
     assert (result.outcome, result.status_code, result.error) == (
         "failed",
         502,
-        "step 'after' failed: late",
+        "step 'after' failed: 202",
     )
-    recorded = with_answer(result, state.answered)
+    assert [(step.ref_id, step.output) for step in result.steps] == [
+        ("ack", output),
+        ("after", None),
+    ]
+    recorded = with_answer(result, resumed_state.answered)
     assert (recorded.outcome, recorded.status_code, recorded.body, recorded.headers) == (
         "failed",
         202,
         '{"a": 1}',
         {"X-Id": "r1"},
     )
-    assert recorded.answered_at == told[0].at
+    assert recorded.answered_at == answer.at
     assert with_answer(result, None) is result
 
 
 async def test_a_second_respond_fails_the_run() -> None:
-    state = RunState(Engine(TEMPLATES).limits)
     raw = {"steps": [RESPOND, {**RESPOND, "ref_id": "again"}]}
-    result = await run(raw, {"a": 1}, state)
+    _, _, stored = await hand_over(raw, {"a": 1})
+    result, _ = await resume(raw, {"a": 1}, stored)
     assert result.outcome == "failed"
     assert result.error == (
         "step 'again' failed: the caller was answered already, by an earlier respond"
+    )
+
+
+def test_a_hand_over_refused_by_a_bound_fails_without_the_answer() -> None:
+    """Its caller was not answered yet: it gets the failure, not the respond's answer."""
+    at = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    answered = Answered(status_code=202, content_type="text/plain", body="ok", headers={}, at=at)
+    state = Resumed(
+        next_step=1,
+        values={},
+        trace=[],
+        started_at=at,
+        answered=answered,
+        flow=FlowSnapshot(id="f1", workspace_id="w1", version=1, definition={}),
+    )
+    request = webhook_request({}, request_id="r1", flow_id="f1", workspace_id="w1")
+    start = StartRun(request=request, flow_version=1)
+    over = Suspension(request_id="r1", resume_at=at, state=state, answers=True)
+    failed = bound_failure(start, over, "past the bound")
+    assert (failed.outcome, failed.status_code, failed.answered_at) == ("failed", 500, None)
+    assert failed.error == "past the bound"
+    waited = bound_failure(start, over.model_copy(update={"answers": False}), "past the bound")
+    assert (waited.outcome, waited.status_code, waited.body, waited.answered_at) == (
+        "failed",
+        202,
+        "ok",
+        at,
     )
 
 

@@ -65,10 +65,8 @@ class RunState:
     # When the run's timeout ends (time.monotonic()): a step that would wait past it fails
     # at once instead. None: no deadline (an engine run outside a worker).
     deadline: float | None = None
-    # The answer a `respond` step gave (None: not answered yet), and whom the worker
-    # tells at once (None: nobody, an engine run outside a worker).
+    # The answer a `respond` step gave (None: not answered yet).
     answered: EarlyAnswer | None = None
-    on_answer: Callable[[EarlyAnswer], None] | None = None
 
     def remaining_s(self) -> float | None:
         """Seconds left before the run's deadline (None: no deadline)."""

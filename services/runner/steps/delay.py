@@ -19,14 +19,25 @@ MAX_DELAY_S = 7 * 86_400
 
 
 class RunSuspended(BaseException):
-    """The run stops at the `delay` step `ref_id` until `resume_at`; `values` is the
-    run's context so far (its top-level step outputs, `request`, the webhook's input)."""
+    """The run stops at the top-level step `ref_id` until `resume_at`; `values` is the
+    run's context so far (its top-level step outputs, `request`, the webhook's input).
+    `output`: the step's own, in the trace. `answers`: a `respond` step's hand-over,
+    whose answer the caller gets once the run is stored (steps/respond.py)."""
 
-    def __init__(self, ref_id: str, resume_at: datetime, values: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        ref_id: str,
+        resume_at: datetime,
+        values: dict[str, Any],
+        output: dict[str, Any] | None = None,
+        answers: bool = False,
+    ) -> None:
         super().__init__(ref_id)
         self.ref_id = ref_id
         self.resume_at = resume_at
         self.values = values
+        self.output = output if output is not None else {"resume_at": resume_at.isoformat()}
+        self.answers = answers
 
 
 class DelayStep(StepModel):

@@ -1,8 +1,14 @@
 """`respond`: answers a sync flow's caller at this point, with `status_code`, a templated
 `body` (its content type as the flow's response: `content_type`, else JSON when the body
 is JSON, else text) and templated `headers`; the steps after it go on running, and the
-caller does not wait for them (the worker tells the supervisor at once, which answers
-the caller's RPC; services/runner/runs.py). Output `{"status_code", "answered_at"}`.
+caller does not wait for them. Output `{"status_code", "answered_at"}`.
+
+The rest of the run is handed over durably before the answer is sent: the step raises
+`RunSuspended` (as a zero-second `delay`), the worker sends the run's state, and the
+supervisor stores it (services/runner/delays.py), then answers the caller and acks the
+sync message (services/runner/runs.py). Any runner resumes it at the next step, as an
+async run, so a runner killed after the answer loses nothing and the record gets the
+run's real outcome. Hence only at the top level of `steps` (step_placement.py).
 
 Once per run: a second `respond` that runs fails the run (its caller has its answer).
 Refused on save in async flows (definition.py): their caller was answered `202` when
@@ -19,6 +25,7 @@ from pydantic import Field
 
 from services.runner.bounds import BoundExceeded
 from services.runner.steps.base import EarlyAnswer, RunContext, StepModel, StepType
+from services.runner.steps.delay import RunSuspended
 from services.runner.steps.fail import StepFailed
 from shared.schemas.runs import RunResult
 
@@ -70,9 +77,10 @@ async def run(step: RespondStep, ctx: RunContext) -> Any:
     content_type = step.content_type or (JSON if is_json(body) else TEXT)
     answer = EarlyAnswer(step.status_code, content_type, body, headers, datetime.now(UTC))
     ctx.state.answered = answer
-    if ctx.state.on_answer is not None:
-        ctx.state.on_answer(answer)
-    return {"status_code": step.status_code, "answered_at": answer.at.isoformat()}
+    output = {"status_code": step.status_code, "answered_at": answer.at.isoformat()}
+    # The step's output is part of the stored context: steps after it may use it.
+    ctx.values[step.ref_id] = output
+    raise RunSuspended(step.ref_id, answer.at, ctx.values, output=output, answers=True)
 
 
 def with_answer(result: RunResult, answer: EarlyAnswer | None) -> RunResult:
