@@ -215,8 +215,12 @@
     const query = $("flow-search").value.trim().toLowerCase();
     const list = $("flows");
     list.replaceChildren();
+    // A source's requests are kept under its id like a flow's, so the debugger may list
+    // it among the flows (nameless): it is shown under Sources instead.
     const shown = state.flows.filter(
-      (flow) => !query || flowName(flow).toLowerCase().includes(query) || flow.id.includes(query)
+      (flow) =>
+        !knownSource(flow.id) &&
+        (!query || flowName(flow).toLowerCase().includes(query) || flow.id.includes(query))
     );
     for (const flow of shown) {
       const item = el("li");
@@ -292,8 +296,9 @@
       $("sources-empty").textContent = "Sources: " + e.message;
     }
     // A deep link to a source (or to a source's requests) is named once they are known.
+    renderFlows();
     if (state.sourceId) openSource(state.sourceId);
-    const source = state.flowId && !knownFlow(state.flowId) ? knownSource(state.flowId) : null;
+    const source = state.flowId ? knownSource(state.flowId) : null;
     if (source) {
       $("flow-title").textContent = "Source " + source.name;
       $("flow-id").textContent = source.id;
@@ -613,8 +618,8 @@
       stopJobWatch();
       state.flowId = flowId;
       state.series = null;
-      const flow = knownFlow(flowId);
-      const source = flow ? null : knownSource(flowId);
+      const source = knownSource(flowId);
+      const flow = source ? null : knownFlow(flowId);
       $("flow-title").textContent = flow ? flowName(flow) : source ? "Source " + source.name : flowId;
       $("flow-id").textContent = (flow && flow.name) || source ? flowId : "";
       $("waiting-link").href = flowLink(flowId, { outcome: $("app").dataset.waiting });
