@@ -311,6 +311,7 @@ async def check_source_and_waiting_views(api: Api, page: Page, traced: ServicePr
     delayed = await api.create_flow(
         {
             "name": "delayed-flow",
+            "status": "live",
             "webhook": {"async": True},
             "steps": [{"ref_id": "later", "type": "delay", "seconds": 3600}],
         }

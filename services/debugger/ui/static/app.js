@@ -12,7 +12,7 @@
   // Stacking order and legend of the chart; any other outcome is drawn after these.
   const OUTCOME_ORDER = [
     "succeeded", "failed", "timeout", "expired", "rejected", "duplicate", "handshake",
-    "queued", "running",
+    "debounced", "filtered", "routed", "queued", "running", "waiting",
   ];
   const WINDOW_LABELS = { "1h": "last hour", "24h": "last 24 hours", "7d": "last 7 days" };
   const state = {
