@@ -31,6 +31,7 @@ from services.debugger.requests_api import (
 from services.debugger.retention import Retention
 from services.debugger.run_status import RunStatuses
 from services.debugger.settings import DebuggerSettings
+from services.debugger.source_list import KnownSources, SourceList
 from services.debugger.source_replays import SourceReplays
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail
@@ -48,6 +49,7 @@ from shared.messaging.contracts import (
     GET_RUN_STATUS,
     GET_SOURCE,
     IDENTIFY_TOKEN,
+    LIST_SOURCES,
     SYNC_RUNS,
 )
 from shared.messaging.dispatch import EventHandlers
@@ -60,6 +62,7 @@ REQUESTS_API = web.AppKey("requests_api", RequestsApi)
 REPLAY_API = web.AppKey("replay_api", ReplayApi)
 ALERTS_API = web.AppKey("alerts_api", AlertsApi)
 UI = web.AppKey("ui", DebuggerUi)
+SOURCE_LIST = web.AppKey("source_list", SourceList)
 # The path's flow or stored request, as the caller may see it (visibility.py).
 FLOW = web.AppKey("flow", FlowVisibility)
 STORED_REQUEST = web.AppKey("stored_request", StoredRequests)
@@ -250,7 +253,14 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
     kernel.serve(GET_RUN_STATUS, RunStatuses(pools.rpc).get, prefetch=32)
     # The web page (ui.py): a static shell that calls the JSON API above.
-    kernel.provide(UI, DebuggerUi(pools.api, kernel.app[REQUESTS_API].limiter))
+    kernel.provide(
+        UI,
+        DebuggerUi(
+            pools.api, kernel.app[REQUESTS_API].limiter, settings.debugger_trace_url_template
+        ),
+    )
+    # The page's sources and routes, asked of the runner (source_list.py).
+    kernel.provide(SOURCE_LIST, SourceList(pools.api, kernel.rpc, kernel.app[REQUESTS_API].limiter))
 
 
 SERVICE = ServiceSpec(
@@ -264,8 +274,8 @@ SERVICE = ServiceSpec(
         # The live tail binds (a subset of) what the durable intake receives.
         own_queues=(ProcessQueue(naming.tail_queue_name, topology.DEBUGGER_EVENTS.bindings),),
         # Identifying API tokens; asking the runner who owns a flow it has not heard of
-        # yet; replays, each a sync run (`RunnerClient.run`).
-        calls=(IDENTIFY_TOKEN, GET_FLOW_OWNER, GET_SOURCE),
+        # yet; replays, each a sync run (`RunnerClient.run`); the page's sources.
+        calls=(IDENTIFY_TOKEN, GET_FLOW_OWNER, GET_SOURCE, LIST_SOURCES),
         # A source's request replayed: its runs, async, in one message.
         sends=(SYNC_RUNS, ASYNC_RUNS),
     ),
@@ -426,6 +436,20 @@ SERVICE = ServiceSpec(
             description="Name and status as the runner last announced them, and each"
             " flow's requests and failures per hour over the last 24 h; at most 500,"
             " newest request first.",
+            tags=REQUESTS,
+        ),
+        Route(
+            "GET",
+            "/v1/debugger/sources",
+            SOURCE_LIST,
+            lambda sources: sources.list,
+            "List the workspace's sources, their routes and their last 24 h",
+            KnownSources,
+            scope=DEBUGGER_READ,
+            description="Asked of the runner: name, URL, auth mode and routes (each"
+            " flow's name as the debugger knows it, and its filter), and how many of the"
+            " source's requests were routed and filtered over the last 24 h (null when"
+            " not counted in time); at most 200, oldest id first.",
             tags=REQUESTS,
         ),
         # The page, its redirect and its files: for people, not part of the API (no

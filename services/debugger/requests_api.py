@@ -204,6 +204,11 @@ class RequestSummary(BaseModel):
     outcome: str
     status_code: int | None
     duration_ms: float | None
+    resume_at: datetime | None = Field(
+        default=None,
+        description="A `waiting` run stored by a `delay` step: when it resumes (left out"
+        " otherwise, and for a run held by its flow's ordering or pacing)",
+    )
 
 
 class RequestList(Page):
@@ -325,6 +330,8 @@ class RequestsApi:
                 outcome=row["outcome"],
                 status_code=row["status_code"],
                 duration_ms=_duration_ms(row["received_at"], row["finished_at"]),
+                # Set only when known, so other requests' items read as before.
+                **({"resume_at": row["resume_at"]} if row["resume_at"] is not None else {}),
             )
             for row in rows
         ]

@@ -1,6 +1,6 @@
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings
 
 from services import registry
@@ -130,6 +130,21 @@ class DebuggerSettings(DatabaseSettings, _AlertDelivery):
     # Notices claimed and in flight at once per process (claimed round robin across
     # workspaces).
     debugger_alert_concurrency: int = Field(default=32, ge=1)
+
+    # The debugger page links a request's trace id to a tracing UI with this template,
+    # `{trace_id}` replaced by the id (e.g. https://jaeger.example/trace/{trace_id});
+    # unset: the id is shown as text.
+    debugger_trace_url_template: str | None = None
+
+    @field_validator("debugger_trace_url_template")
+    @classmethod
+    def _trace_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        # Only a web address: never `javascript:` or `data:` in the page's link.
+        if not value.startswith(("https://", "http://")) or "{trace_id}" not in value:
+            raise ValueError("an http(s) URL containing {trace_id}")
+        return value
 
     def alert_delivery(self) -> DeliverySettings:
         return section(self, DeliverySettings, "debugger_alert_")

@@ -227,7 +227,7 @@ class RequestStore:
         args.append(limit)
         rows: list[asyncpg.Record] = await self.pool.fetch(
             "SELECT id, flow_id::text, received_at, method, mode, outcome, status_code,"
-            " started_at, finished_at FROM debugger.requests"
+            " started_at, finished_at, resume_at FROM debugger.requests"
             f" WHERE {' AND '.join(where)}"
             f" ORDER BY received_at DESC, id DESC LIMIT ${len(args)}",
             *args,

@@ -34,6 +34,7 @@ from shared.schemas.vocabulary import (
     FAILED_OUTCOMES,
     RECORDED_OUTCOMES,
     REPLAY_FILTER_OUTCOMES,
+    Progress,
     RunMode,
 )
 
@@ -108,7 +109,9 @@ def _load_static(folder: Path) -> dict[str, Static]:
 
 
 class DebuggerUi:
-    def __init__(self, pool: asyncpg.Pool, limiter: WorkspaceLimiter) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, limiter: WorkspaceLimiter, trace_url_template: str | None = None
+    ) -> None:
         self.pool = pool
         self.series = FlowSeries(pool)
         # The sparklines read every listed flow's last day: a slot like any listing.
@@ -123,6 +126,10 @@ class DebuggerUi:
             modes=tuple(RunMode),
             replay_outcomes=sorted(REPLAY_FILTER_OUTCOMES),
             failed_outcomes=",".join(FAILED_OUTCOMES),
+            # An attribute value, escaped by the template; the script only fills in the
+            # id (URL-encoded) and links only http(s) (settings.py checks it too).
+            trace_url_template=trace_url_template or "",
+            waiting=Progress.WAITING,
         )
         self.static = _load_static(ASSETS / "static")
 

@@ -61,6 +61,7 @@ from shared.messaging.contracts import (
     IDENTIFY_TOKEN,
     LEARN_WEBHOOK_SECRET,
     LIST_FLOW_ACCESS,
+    LIST_SOURCES,
     PARKED_RUNS,
     RUN_FINISHED,
     RUN_STARTED,
@@ -109,6 +110,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     )
     kernel.provide(SOURCE, SourceVisibility(source_store))
     kernel.serve(GET_SOURCE, sources.get_source)
+    kernel.serve(LIST_SOURCES, sources.listed)
     kernel.provide(
         FLOWS_API,
         FlowsApi(
@@ -348,6 +350,7 @@ SERVICE = ServiceSpec(
             GET_FLOW_OWNER,
             LEARN_WEBHOOK_SECRET,
             GET_SOURCE,
+            LIST_SOURCES,
         ),
         consumes=(SYNC_RUNS, ASYNC_RUNS, CALLBACKS),
         # Identifying API tokens.

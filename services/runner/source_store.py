@@ -48,7 +48,7 @@ def _source(record: asyncpg.Record) -> SourceRow:
     return SourceRow(**values)
 
 
-def _route(record: asyncpg.Record) -> RouteRow:
+def _route(record: asyncpg.Record | dict[str, Any]) -> RouteRow:
     values = dict(record)
     values["filter"] = orjson.loads(values["filter"]) if values["filter"] is not None else None
     return RouteRow(**values)
@@ -136,6 +136,21 @@ class SourceStore:
             uuid.UUID(source_id),
         )
         return [_route(r) for r in records]
+
+    async def routes_of(self, source_ids: list[str]) -> dict[str, list[RouteRow]]:
+        """The routes of many sources in one statement (each at most `MAX_ROUTES`)."""
+        records = await self.pool.fetch(
+            "SELECT r.source_id::text, r.flow_id::text, r.filter::text AS filter, r.created_at,"
+            " f.version AS flow_version, f.status AS flow_status"
+            " FROM runner.source_routes r LEFT JOIN runner.flows f ON f.id = r.flow_id"
+            " WHERE r.source_id = ANY($1::uuid[]) ORDER BY r.created_at, r.flow_id",
+            [uuid.UUID(source_id) for source_id in source_ids],
+        )
+        routes: dict[str, list[RouteRow]] = {source_id: [] for source_id in source_ids}
+        for record in records:
+            values = dict(record)
+            routes[values.pop("source_id")].append(_route(values))
+        return routes
 
     async def put_route(
         self, source_id: str, flow_id: str, filter_: dict[str, Any] | None

@@ -38,7 +38,16 @@ from shared.messaging.connection import Broker
 from shared.messaging.contracts import SOURCE_CHANGED
 from shared.openapi import Page
 from shared.schemas.access import DedupSettings, FlowOwner, FlowOwnerQuery, TokenIdentity
-from shared.schemas.sources import GetSource, SourceAccess, SourceChanged, SourceRoute
+from shared.schemas.sources import (
+    GetSource,
+    ListedRoute,
+    ListedSource,
+    ListedSources,
+    ListSources,
+    SourceAccess,
+    SourceChanged,
+    SourceRoute,
+)
 from shared.secret_box import SecretBox
 
 log = structlog.get_logger(__name__)
@@ -299,6 +308,34 @@ class SourcesApi:
                 for row in routes
                 if row.flow_version is not None
             ],
+        )
+
+    async def listed(self, query: ListSources) -> ListedSources:
+        """`runner.list_sources`: the debugger page's sources and their routes, two
+        statements for the whole list. Nothing secret: no token, no secret or its hint."""
+        sources = await self.store.in_workspace(query.workspace_id, None, query.limit + 1)
+        shown = sources[: query.limit]
+        routes = await self.store.routes_of([source.id for source in shown])
+        return ListedSources(
+            items=[
+                ListedSource(
+                    id=source.id,
+                    name=source.name,
+                    url=f"{self.webhook_base_url}/v1/source-webhook/{source.id}",
+                    auth_mode=(source.definition.get("auth") or {}).get("mode"),
+                    routes=[
+                        ListedRoute(
+                            flow_id=row.flow_id,
+                            filter=row.filter,
+                            paused=row.flow_status == "paused",
+                        )
+                        for row in routes[source.id]
+                        if row.flow_version is not None  # its flow deleted
+                    ],
+                )
+                for source in shown
+            ],
+            more=len(sources) > query.limit,
         )
 
     async def owner(self, query: FlowOwnerQuery) -> FlowOwner:

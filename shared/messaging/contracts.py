@@ -37,7 +37,13 @@ from shared.schemas.callbacks import CallbackAttempted, CallbackRequested
 from shared.schemas.dedup import ClaimDedupKey, DedupClaim, GetRunStatus, RunStatus
 from shared.schemas.learned_secrets import LearnWebhookSecret, WebhookSecretLearned
 from shared.schemas.runs import RunsFinished, RunsProgressed, StartRuns
-from shared.schemas.sources import GetSource, SourceAccess, SourceChanged
+from shared.schemas.sources import (
+    GetSource,
+    ListedSources,
+    ListSources,
+    SourceAccess,
+    SourceChanged,
+)
 
 Request = TypeVar("Request", bound=BaseModel)
 Response = TypeVar("Response", bound=BaseModel)
@@ -100,6 +106,11 @@ LEARN_WEBHOOK_SECRET: Rpc[LearnWebhookSecret, WebhookSecretLearned] = Rpc(
 # The ingress, for `/v1/source-webhook/{source_id}` (cached, evicted by `source.changed`).
 GET_SOURCE: Rpc[GetSource, SourceAccess] = Rpc(
     "runner.get_source", topology.RUNNER_RPC, GetSource, SourceAccess
+)
+# The debugger page's sources and their routes (`GET /v1/debugger/sources`): the
+# sources live in the runner, the page talks to the debugger only.
+LIST_SOURCES: Rpc[ListSources, ListedSources] = Rpc(
+    "runner.list_sources", topology.RUNNER_RPC, ListSources, ListedSources
 )
 # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
 GET_RUN_STATUS: Rpc[GetRunStatus, RunStatus] = Rpc(

@@ -3,7 +3,7 @@ the event that tells every ingress replica to forget what it cached."""
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from shared.schemas.access import DedupSettings, SigningSettings
 from shared.schemas.vocabulary import Outcome, envelope
@@ -52,3 +52,40 @@ class SourceChanged(BaseModel):
 
     source_id: str | None = None
     flow_id: str | None = None
+
+
+# The debugger page's list of sources (`runner.list_sources`): at most this many.
+MAX_LISTED_SOURCES = 200
+
+
+class ListSources(BaseModel):
+    """debugger -> runner: the workspace's sources, for the debugger page."""
+
+    workspace_id: str
+    limit: int = Field(default=MAX_LISTED_SOURCES, ge=1, le=MAX_LISTED_SOURCES)
+
+
+class ListedRoute(BaseModel):
+    """A route as the debugger page shows it: the flow, its filter, its flow paused."""
+
+    flow_id: str
+    filter: dict[str, Any] | None = None
+    paused: bool = False
+
+
+class ListedSource(BaseModel):
+    """A source as the debugger page shows it: never its token, secrets or hints."""
+
+    id: str
+    name: str
+    url: str
+    # `auth.mode` (None: no verification but the source's bearer token).
+    auth_mode: str | None = None
+    routes: list[ListedRoute] = []
+
+
+class ListedSources(BaseModel):
+    """`runner.list_sources`: oldest id first; `more`: the workspace has more than listed."""
+
+    items: list[ListedSource]
+    more: bool = False

@@ -9,6 +9,7 @@ another workspace's flow).
 `FLOWHOOKS_UI_SCREENSHOTS=docs/screenshots` (`make screenshots`) writes a picture of
 each view there, at 1280 px and at 390 px."""
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from harness.client import Api, eventually
-from harness.system import REPO
+from harness.system import REPO, ServiceProcess
 from tests.e2e import test_debugger_ui as ui_module
 from tests.e2e.test_cli import cli
 from tests.e2e.test_debugger_ui import IMG, SCRIPT, screenshot_on_failure
@@ -264,3 +265,173 @@ async def check_views(api: Api, page: Page) -> None:
         # The charts are drawn again to the new width (after a short debounce).
         await page.wait_for_timeout(400)
         await shoot("narrow")
+
+
+TRACE_URL = "https://jaeger.example/trace/{trace_id}?from=flowhooks"
+
+
+async def runner_call(api: Api, method: str, path: str, body: Any = None) -> Any:
+    async with api.session.request(
+        method,
+        f"{api.system.url('runner')}{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {api.token}"},
+    ) as answer:
+        assert answer.status in (200, 201), await answer.text()
+        return await answer.json()
+
+
+async def to_source(api: Api, source: dict[str, Any], body: dict[str, Any]) -> str:
+    async with api.session.post(
+        source["url"], json=body, headers={"Authorization": f"Bearer {source['token']}"}
+    ) as answer:
+        assert answer.status == 200, await answer.text()
+        return answer.headers["X-Request-Id"]
+
+
+async def test_source_and_waiting_views(api: Api, page: Page) -> None:
+    # A second debugger beside the shared one, given a tracing UI: the page links trace
+    # ids there only (started first, so that it starts while the data is made).
+    traced = api.system.launch("debugger", FLOWHOOKS_DEBUGGER_TRACE_URL_TEMPLATE=TRACE_URL)
+    try:
+        async with screenshot_on_failure(page, "test_source_and_waiting_views"):
+            await check_source_and_waiting_views(api, page, traced)
+    finally:
+        await asyncio.to_thread(api.system.stop, traced)
+
+
+async def check_source_and_waiting_views(api: Api, page: Page, traced: ServiceProcess) -> None:
+    shots = os.environ.get("FLOWHOOKS_UI_SCREENSHOTS")
+
+    async def shoot(name: str) -> None:
+        if shots:
+            await page.screenshot(path=str(REPO / shots / f"{name}.png"), full_page=True)
+
+    routed_id, _ = await make_flow(api, "routed-flow")
+    delayed = await api.create_flow(
+        {
+            "name": "delayed-flow",
+            "status": "live",
+            "webhook": {"async": True},
+            "steps": [{"ref_id": "later", "type": "delay", "seconds": 3600}],
+        }
+    )
+    delayed_token = (await api.webhook_info(delayed["id"]))["token"]
+    source = await runner_call(api, "POST", "/v1/sources", {"name": "hooks " + IMG})
+    only_positive = {"body": {"n": {"$gt": 0}}}
+    await runner_call(
+        api, "PUT", f"/v1/sources/{source['id']}/routes/{routed_id}", {"filter": only_positive}
+    )
+    await to_source(api, source, {"n": 1})  # routed to routed-flow
+    await to_source(api, source, {"n": 0})  # filtered
+    status, _, _ = await api.send(delayed["id"], delayed_token, json={"n": 1})
+    assert status == 200  # accepted (async)
+
+    async def waiting() -> dict[str, Any] | None:
+        _, listed = await api.debugger(f"/v1/flows/{delayed['id']}/requests?outcome=waiting")
+        return listed["items"][0] if listed["items"] else None
+
+    async def source_requests() -> list[str] | None:
+        _, listed = await api.debugger(f"/v1/flows/{source['id']}/requests")
+        outcomes = sorted(item["outcome"] for item in listed["items"])
+        return outcomes if outcomes == ["filtered", "routed"] else None
+
+    held = await eventually(waiting, timeout_s=20)
+    assert held["resume_at"] is not None and set(held) == {
+        "id",
+        "flow_id",
+        "received_at",
+        "method",
+        "mode",
+        "outcome",
+        "status_code",
+        "duration_ms",
+        "resume_at",
+    }
+    await eventually(source_requests, timeout_s=20)
+
+    # The API: the runner's sources with the debugger's names and 24 h counts.
+    status, sources = await api.debugger("/v1/debugger/sources")
+    assert (status, sources) == (
+        200,
+        {
+            "items": [
+                {
+                    "id": source["id"],
+                    "name": "hooks " + IMG,
+                    "url": source["url"],
+                    "auth_mode": None,
+                    "routes": [
+                        {
+                            "flow_id": routed_id,
+                            "flow_name": "routed-flow",
+                            "filter": only_positive,
+                            "paused": False,
+                        }
+                    ],
+                    "routed_24h": 1,
+                    "filtered_24h": 1,
+                }
+            ],
+            "more": False,
+        },
+    )
+    other = api.system.create_token("globex", "debugger.read")
+    assert await api.debugger("/v1/debugger/sources", token=other) == (
+        200,
+        {"items": [], "more": False},
+    )
+
+    # The page: the source in the list (its hostile name as text), its routes, requests.
+    await sign_in(api, page)
+    source_link = page.locator(f"#sources a[href='#source={source['id']}']")
+    await expect(source_link).to_have_text("hooks " + IMG)
+    await expect(page.locator("#sources li").first).to_contain_text("1 routed / 1 filtered")
+    await source_link.click()
+    await expect(page.locator("#source-title")).to_have_text("hooks " + IMG)
+    await expect(page.locator("#source-auth")).to_have_text("bearer token")
+    routes = page.locator("#routes tbody tr")
+    await expect(routes).to_have_count(1)
+    await expect(routes.locator("a")).to_have_text("routed-flow")
+    await expect(routes.locator("a")).to_have_attribute("href", f"#flow={routed_id}")
+    await expect(routes).to_contain_text("$gt: 0")  # folded JSON, as text
+    await expect(page.locator("#flow-panel")).to_be_hidden()
+    await shoot("sources")
+    await page.click("#source-requests")
+    await expect(page.locator("#flow-title")).to_have_text("Source hooks " + IMG)
+    await expect(page.locator("#requests tbody tr")).to_have_count(2)
+    await expect(page.locator("#source-panel")).to_be_hidden()
+
+    # Waiting runs: the flow's requests filtered on `waiting`, each with its resume time.
+    await page.goto(f"{api.system.url('debugger')}/ui/#flow={delayed['id']}")
+    await page.click("#waiting-link")
+    await expect(page.locator("#f-outcome")).to_have_value("waiting")
+    rows = page.locator("#requests tbody tr")
+    await expect(rows).to_have_count(1)
+    await expect(rows.locator(".badge")).to_have_text("waiting")
+    resume = rows.locator(".resume time")
+    await expect(resume).to_have_text("in 60 min")
+    assert await resume.get_attribute("datetime") == held["resume_at"]
+    await shoot("waiting")
+
+    # The trace id: text here (no tracing UI configured)...
+    await rows.locator("a").click()
+    _, detail = await api.debugger(f"/v1/requests/{held['id']}")
+    await expect(page.locator("#summary")).to_contain_text(detail["trace_id"])
+    assert await page.locator("#trace-link").count() == 0
+    assert await page.locator("main img, main script").count() == 0
+    assert await page.evaluate("typeof window.__xss") == "undefined"
+    assert await page.evaluate("window.__csp") == []
+
+    # ... a link on the debugger given a tracing UI (another origin: signed in again).
+    await asyncio.to_thread(api.system.wait_ready, traced)
+    await page.goto(f"{traced.url}/ui/#flow={delayed['id']}&request={held['id']}")
+    await page.fill("#token", api.token)
+    await page.click("#sign-in-form button[type=submit]")
+    trace_link = page.locator("#trace-link")
+    await expect(trace_link).to_have_text(detail["trace_id"])
+    await expect(trace_link).to_have_attribute(
+        "href", TRACE_URL.replace("{trace_id}", detail["trace_id"])
+    )
+    await expect(trace_link).to_have_attribute("rel", "noopener noreferrer")
+    assert await page.evaluate("window.__csp") == []

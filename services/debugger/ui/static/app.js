@@ -12,11 +12,12 @@
   // Stacking order and legend of the chart; any other outcome is drawn after these.
   const OUTCOME_ORDER = [
     "succeeded", "failed", "timeout", "expired", "rejected", "duplicate", "handshake",
-    "queued", "running",
+    "debounced", "filtered", "routed", "queued", "running", "waiting",
   ];
   const WINDOW_LABELS = { "1h": "last hour", "24h": "last 24 hours", "7d": "last 7 days" };
   const state = {
     flowId: null,
+    sourceId: null,
     filterKey: null,
     window: "1h",
     cursor: null,
@@ -25,6 +26,7 @@
     record: null,
     series: null,
     flows: [],
+    sources: [],
     job: null,
   };
 
@@ -165,6 +167,8 @@
       if (e.status !== 401) signOut(e.message);
       return;
     }
+    // Asked of the runner: the page works without them if it does not answer.
+    loadSources();
     $("sign-in").hidden = true;
     $("sign-in-error").textContent = "";
     $("app").hidden = false;
@@ -211,8 +215,12 @@
     const query = $("flow-search").value.trim().toLowerCase();
     const list = $("flows");
     list.replaceChildren();
+    // A source's requests are kept under its id like a flow's, so the debugger may list
+    // it among the flows (nameless): it is shown under Sources instead.
     const shown = state.flows.filter(
-      (flow) => !query || flowName(flow).toLowerCase().includes(query) || flow.id.includes(query)
+      (flow) =>
+        !knownSource(flow.id) &&
+        (!query || flowName(flow).toLowerCase().includes(query) || flow.id.includes(query))
     );
     for (const flow of shown) {
       const item = el("li");
@@ -243,6 +251,100 @@
 
   function knownFlow(flowId) {
     return state.flows.find((flow) => flow.id === flowId);
+  }
+
+  // Sources (asked of the runner by the debugger) and their routes.
+
+  function sourceLink(sourceId) {
+    return "#source=" + encodeURIComponent(sourceId);
+  }
+
+  function dayCounts(source) {
+    if (source.routed_24h === null || source.routed_24h === undefined) return "counts unavailable";
+    return source.routed_24h + " routed / " + source.filtered_24h + " filtered";
+  }
+
+  function renderSources() {
+    const list = $("sources");
+    list.replaceChildren();
+    for (const source of state.sources) {
+      const item = el("li");
+      const current = source.id === state.sourceId;
+      if (current) item.className = "current";
+      const link = el("a", source.name);
+      link.href = sourceLink(source.id);
+      if (current) link.setAttribute("aria-current", "page");
+      const top = el("div", null, "flow-top");
+      top.append(link, el("span", source.routes.length + " route" + (source.routes.length === 1 ? "" : "s"), "muted small"));
+      item.append(top, el("div", dayCounts(source), "muted small"));
+      list.append(item);
+    }
+    $("sources-empty").hidden = state.sources.length > 0;
+  }
+
+  async function loadSources() {
+    try {
+      const page = await api("/v1/debugger/sources");
+      state.sources = page.items;
+      renderSources();
+      $("sources-empty").textContent = "No sources.";
+      if (page.more) $("sources-empty").textContent = "More sources than listed here.";
+      $("sources-empty").hidden = !page.more && state.sources.length > 0;
+    } catch (e) {
+      state.sources = [];
+      renderSources();
+      $("sources-empty").textContent = "Sources: " + e.message;
+    }
+    // A deep link to a source (or to a source's requests) is named once they are known.
+    renderFlows();
+    if (state.sourceId) openSource(state.sourceId);
+    const source = state.flowId ? knownSource(state.flowId) : null;
+    if (source) {
+      $("flow-title").textContent = "Source " + source.name;
+      $("flow-id").textContent = source.id;
+    }
+  }
+
+  function knownSource(sourceId) {
+    return state.sources.find((source) => source.id === sourceId);
+  }
+
+  function openSource(sourceId) {
+    state.sourceId = sourceId;
+    renderSources();
+    const source = knownSource(sourceId);
+    $("source-panel").hidden = false;
+    $("source-title").textContent = source ? source.name : sourceId;
+    $("source-id").textContent = sourceId;
+    $("source-auth").textContent = source ? source.auth_mode || "bearer token" : "";
+    $("source-requests").href = flowLink(sourceId);
+    const summary = $("source-summary");
+    summary.replaceChildren();
+    const rows = $("routes").tBodies[0];
+    rows.replaceChildren();
+    if (!source) {
+      summaryEntry(summary, "source", "not found in this workspace");
+      $("routes-empty").hidden = true;
+      return;
+    }
+    summaryEntry(summary, "URL", el("span", source.url, "mono"));
+    summaryEntry(summary, "last 24 h", dayCounts(source));
+    for (const route of source.routes) {
+      const line = el("tr");
+      const flowCell = el("td");
+      const link = el("a", route.flow_name || route.flow_id);
+      link.href = flowLink(route.flow_id);
+      flowCell.append(link);
+      const status = el("td");
+      const shown = route.paused ? "paused" : "live";
+      status.append(el("span", shown, "badge status-" + shown));
+      const filter = el("td", null, "json");
+      if (route.filter === null || route.filter === undefined) filter.append(el("span", "every request", "muted"));
+      else filter.append(jsonNode(route.filter, null, 0));
+      line.append(flowCell, status, filter);
+      rows.append(line);
+    }
+    $("routes-empty").hidden = source.routes.length > 0;
   }
 
   // The chart: requests per minute by outcome (stacked bars) and p50/p95/p99.
@@ -467,6 +569,11 @@
     received.append(timeElement(item.received_at));
     const outcome = el("td");
     outcome.append(badge(item.outcome));
+    if (item.resume_at) {
+      const resumes = el("span", " resumes ", "muted small resume");
+      resumes.append(timeElement(item.resume_at));
+      outcome.append(resumes);
+    }
     row.append(
       received,
       outcome,
@@ -511,9 +618,11 @@
       stopJobWatch();
       state.flowId = flowId;
       state.series = null;
-      const flow = knownFlow(flowId);
-      $("flow-title").textContent = flow ? flowName(flow) : flowId;
-      $("flow-id").textContent = flow && flow.name ? flowId : "";
+      const source = knownSource(flowId);
+      const flow = source ? null : knownFlow(flowId);
+      $("flow-title").textContent = flow ? flowName(flow) : source ? "Source " + source.name : flowId;
+      $("flow-id").textContent = (flow && flow.name) || source ? flowId : "";
+      $("waiting-link").href = flowLink(flowId, { outcome: $("app").dataset.waiting });
       $("flow-status").textContent = (flow && flow.status) || "";
       $("flow-status").className = "badge status-" + ((flow && flow.status) || "none");
       $("flow-status").hidden = !(flow && flow.status);
@@ -688,6 +797,19 @@
     return Object.entries(headers);
   }
 
+  // A link to the tracing UI when the debugger is given a URL template
+  // (FLOWHOOKS_DEBUGGER_TRACE_URL_TEMPLATE, an http(s) URL: checked there and here).
+  function traceId(id) {
+    const template = $("app").dataset.traceUrlTemplate || "";
+    if (!/^https?:\/\//.test(template) || !/^[0-9a-f]{32}$/.test(id)) return el("span", id, "mono");
+    const link = el("a", id, "mono");
+    link.id = "trace-link";
+    link.href = template.split("{trace_id}").join(encodeURIComponent(id));
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    return link;
+  }
+
   function requestLink(flowId, requestId, text) {
     const link = el("a", text || requestId, "mono");
     link.href = flowLink(flowId) + "&request=" + encodeURIComponent(requestId);
@@ -803,7 +925,7 @@
       summaryEntry(summary, "answered", answered);
     }
     if (row.raw_body_truncated) summaryEntry(summary, "raw body cut", "yes");
-    if (row.trace_id) summaryEntry(summary, "trace id", el("span", row.trace_id, "mono"));
+    if (row.trace_id) summaryEntry(summary, "trace id", traceId(row.trace_id));
 
     const links = $("links");
     links.replaceChildren();
@@ -1093,8 +1215,22 @@
     if (!token()) return;
     const params = hashParams();
     const flowId = params.get("flow");
+    const sourceId = params.get("source");
     const requestId = params.get("request");
-    if (flowId) openFlow(flowId);
+    if (sourceId && !flowId) {
+      stopTail();
+      state.flowId = null;
+      $("flow-panel").hidden = true;
+      openSource(sourceId);
+    } else {
+      state.sourceId = null;
+      $("source-panel").hidden = true;
+      if (state.sources.length) renderSources();
+    }
+    if (flowId) {
+      openFlow(flowId);
+      $("flow-panel").hidden = false;
+    }
     if (requestId) {
       if (requestId !== state.requestId) openRequest(requestId);
     } else {
