@@ -38,6 +38,7 @@ from services.debugger.replay_jobs import ReplayJobs, ReplayWorker, job_view
 from shared.errors import BadRequest, NotFound
 from shared.http_api import Call
 from shared.openapi import AnyJson
+from shared.request_ids import new_request_id
 from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES, ReplayFilterOutcome
 
 
@@ -139,7 +140,8 @@ class ReplayApi:
         new request that points at the original (`replay_of`)."""
         row = call.resource
         edit = call.body.edit if call.body is not None else parse_edit(None)
-        replayed = replay_request(row, edit, uuid.uuid4().hex, datetime.now(UTC))
+        now = datetime.now(UTC)
+        replayed = replay_request(row, edit, new_request_id(now), now)
         result = await self.replayer.run(replayed, force=edit.force)
         return ReplayResult(
             request_id=replayed.request_id,

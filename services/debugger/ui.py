@@ -24,6 +24,7 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
+from services.debugger.legacy_copy import LegacyRequests, requests_source
 from shared.errors import NotFound
 from shared.http_api import Call
 from shared.schemas.vocabulary import RECORDED_OUTCOMES, RunMode
@@ -47,9 +48,10 @@ SECURITY_HEADERS = {
 }
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
+# {requests}: the partitioned table (and the old one while it is being moved).
 LIST_FLOWS = (
     "SELECT f.flow_id::text AS id,"
-    " (SELECT max(r.received_at) FROM debugger.requests r WHERE r.flow_id = f.flow_id)"
+    " (SELECT max(r.received_at) FROM {requests} r WHERE r.flow_id = f.flow_id)"
     " AS last_request_at"
     " FROM debugger.flows f WHERE f.workspace_id = $1 AND NOT f.deleted"
     " ORDER BY last_request_at DESC NULLS LAST, f.flow_id LIMIT $2"
@@ -88,8 +90,9 @@ def _load_static(folder: Path) -> dict[str, Static]:
 
 
 class DebuggerUi:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, legacy: LegacyRequests | None = None) -> None:
         self.pool = pool
+        self.legacy = legacy
         env = Environment(
             loader=FileSystemLoader(ASSETS / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -123,7 +126,8 @@ class DebuggerUi:
         )
 
     async def flows(self, call: Call[None, None]) -> KnownFlows:
-        rows = await self.pool.fetch(LIST_FLOWS, uuid.UUID(call.caller.workspace_id), MAX_FLOWS)
+        statement = LIST_FLOWS.replace("{requests}", requests_source(self.legacy))
+        rows = await self.pool.fetch(statement, uuid.UUID(call.caller.workspace_id), MAX_FLOWS)
         return KnownFlows(
             items=[KnownFlow(id=r["id"], last_request_at=r["last_request_at"]) for r in rows]
         )
