@@ -86,7 +86,7 @@ async def partitions(conn: asyncpg.Connection) -> list[tuple[str, Range]]:
         " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,"
         " regexp_match(pg_get_expr(c.relpartbound, c.oid),"
         " 'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)') AS bound"
-        " WHERE i.inhparent = $1::regclass ORDER BY start",
+        " WHERE i.inhparent = $1::regclass AND bound IS NOT NULL ORDER BY start",
         PARENT,
     )
     return [(row["relname"], Range(row["start"], row["end"])) for row in rows]
