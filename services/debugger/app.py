@@ -293,6 +293,11 @@ SERVICE = ServiceSpec(
             scope=DEBUGGER_READ,
             resource=FLOW,
             query=RequestListQuery,
+            description="Newest first, keyset-paginated (`cursor`). A search (`match`,"
+            " `header`) without `since` covers the last 7 days"
+            " (FLOWHOOKS_DEBUGGER_SEARCH_WINDOW_S); with `since` (and `until`) it covers"
+            " exactly that window, up to the retention. A plain listing covers everything"
+            " retained.",
             tags=REQUESTS,
         ),
         Route(
