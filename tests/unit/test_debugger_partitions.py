@@ -2,8 +2,14 @@
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
 
 from services.debugger.partitions import Range, missing_ranges, partition_name, slot_start
+from services.debugger.requests_api import RequestListQuery, RequestsApi
+from services.debugger.workspace_limiter import WorkspaceLimiter
+from shared.http_api import Call
 from shared.request_ids import (
     AFTER_ID,
     BEFORE_ID,
@@ -12,6 +18,7 @@ from shared.request_ids import (
     received_window,
     request_id_time,
 )
+from shared.schemas.access import TokenIdentity
 
 DAY = timedelta(days=1)
 AT = datetime(2026, 12, 6, 22, 15, 30, 123000, tzinfo=UTC)
@@ -67,3 +74,52 @@ def test_missing_ranges_fill_every_slot_around_what_exists() -> None:
     # A day partition beside 6-hour ones made earlier: only the gap is created.
     made = [Range(day, day + hours)]
     assert missing_ranges(made, day, day, DAY) == [Range(day + hours, day + DAY)]
+
+
+class Listings:
+    """A store that remembers the window each listing asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    async def list_for_flow(self, *_: Any, **query: Any) -> list[Any]:
+        self.asked.append(query)
+        return []
+
+
+@pytest.mark.parametrize(
+    ("given", "window"),
+    [
+        ({"match": '{"a": 1}'}, "default"),
+        ({"header": ["X-Event:push"]}, "default"),
+        ({"match": '{"a": 1}', "since": "2026-01-01T00:00:00Z"}, "given"),
+        ({}, None),  # a plain listing covers everything retained
+    ],
+)
+async def test_a_search_without_since_covers_the_search_window(
+    given: dict[str, Any], window: str | None
+) -> None:
+    store = Listings()
+    api = RequestsApi(
+        store,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        limiter=WorkspaceLimiter(total=1, per_workspace=1, max_waiting=0, wait_s=0),
+        statement_timeout_ms=1000,
+        search_window_s=3600,
+    )
+    call: Call[RequestListQuery, None] = Call(
+        request=None,  # type: ignore[arg-type]
+        query=RequestListQuery.model_validate(given),
+        body=None,
+        resource=uuid.uuid4(),
+        identity=TokenIdentity(token_id="t", workspace_id=str(uuid.uuid4()), scopes=[]),
+    )
+    before = datetime.now(UTC)
+    await api.list(call)
+    since = store.asked[0]["since"]
+    if window == "default":
+        assert before - timedelta(seconds=3601) < since <= datetime.now(UTC) - timedelta(hours=1)
+    elif window == "given":
+        assert since == datetime(2026, 1, 1, tzinfo=UTC)
+    else:
+        assert since is None
