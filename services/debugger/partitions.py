@@ -102,10 +102,12 @@ class Partitions:
     default_rows: int = 0
 
     async def maintain(self) -> list[str]:
-        """The periodic job: partitions for now and `ahead`, and a home for whatever
+        """The periodic job: partitions from one slot back to `ahead`, and a home for whatever
         landed in the default partition. Returns the partitions it created."""
         now = datetime.now(UTC)
-        created = await self.ensure(now, now + self.ahead)
+        # The slot before now too: on a fresh install, a late event of a request
+        # received just before midnight finds its partition.
+        created = await self.ensure(now - self.interval, now + self.ahead)
         created += await self.move_default()
         return created
 

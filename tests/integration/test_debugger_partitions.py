@@ -99,14 +99,13 @@ async def test_two_replicas_make_each_partition_ahead_once(database_url: str) ->
         async with pools[0].acquire() as conn:
             made = await partitions(conn)
         today = slot_start(datetime.now(UTC), DAY)
-        # The migration's three days, the job's fourth (now + 3 days), each once.
-        assert [bounds.start for _, bounds in made] == [today + n * DAY for n in range(4)]
-        assert [name for _, name in zip(range(4), [n for n, _ in made], strict=False)] == [
-            partition_name(today + n * DAY) for n in range(4)
+        # The migration's four days (yesterday to today + 2), the job's fifth (now + 3
+        # days), each made once.
+        days = [today + n * DAY for n in range(-1, 4)]
+        assert [(name, bounds.start) for name, bounds in made] == [
+            (partition_name(day), day) for day in days
         ]
-        assert sorted(name for names in created for name in names) == [
-            partition_name(today + 3 * DAY)
-        ]
+        assert sorted(name for names in created for name in names) == [partition_name(days[-1])]
     finally:
         for pool in pools:
             await pool.close()

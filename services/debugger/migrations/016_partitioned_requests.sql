@@ -48,12 +48,13 @@ END $$;
 -- ahead): expected empty; the job moves what lands here into its own partition.
 CREATE TABLE debugger.requests_default PARTITION OF debugger.requests DEFAULT;
 
--- Today and the next two days (UTC), so that no row waits for the first run of the job.
+-- Yesterday, today and the next two days (UTC), so that no row waits for the first run
+-- of the job.
 DO $$
 DECLARE
     day date;
 BEGIN
-    FOR day IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date,
+    FOR day IN SELECT generate_series((now() AT TIME ZONE 'UTC')::date - 1,
                                       (now() AT TIME ZONE 'UTC')::date + 2, '1 day')::date
     LOOP
         EXECUTE format(
