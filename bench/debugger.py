@@ -394,7 +394,7 @@ async def partitions_vs_today(records: int, days: int) -> dict[str, object]:
             if name == "today":
                 upsert = upsert.replace("ON CONFLICT (id, received_at)", "ON CONFLICT (id)")
             figures["intake_records_per_s"] = await _intake_rate(pool, upsert, rows, records)
-            store = RequestStore(pool)
+            store = RequestStore(pool, partitions=parts if name == "partitioned" else None)
             figures.update(await _queries(store, hot, now, sampled))
             figures["retention_one_day"] = await _retention_day(pool, name, start, parts)
             results[name] = figures

@@ -139,7 +139,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         log.warning("partitions_not_maintained", error=repr(exc))
     kernel.periodic("partitions", settings.debugger_partition_check_interval_s, partitions.maintain)
     kernel.background(legacy.run_forever())
-    store = RequestStore(pools.api, legacy)
+    store = RequestStore(pools.api, legacy, partitions)
     redact = redaction(settings)
     timeout_ms = settings.debugger_api_statement_timeout_ms
     kernel.provide(FLOW, FlowVisibility(store, kernel.rpc))

@@ -12,6 +12,7 @@ transaction: readers see them in one place or the other, never in both or neithe
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import asyncpg
 import structlog
@@ -100,6 +101,28 @@ class Partitions:
     max_age: timedelta
     # Rows in the default partition at the last look (a gauge: expected 0).
     default_rows: int = 0
+    # The one contiguous range the partitions cover, as of the last look; None when
+    # there are gaps (see `listing_bounds`).
+    covered: Range | None = None
+
+    def listing_bounds(self) -> Range | None:
+        """Bounds a listing may add as constants, so that PostgreSQL prunes the default
+        partition when it plans: with it pruned the partitions are read newest first and
+        the scan stops at the page (an ordered Append); with it, every partition's index
+        is merged (measured 2-4x slower, docs/performance.md). Only while they hide
+        nothing: the partitions contiguous, the default partition empty at the last
+        look, and their end well after now."""
+        covered = self.covered
+        if covered is None or self.default_rows:
+            return None
+        if covered.end < datetime.now(UTC) + timedelta(hours=1):
+            return None
+        return covered
+
+    async def _look(self, conn: asyncpg.Connection) -> None:
+        ranges = [bounds for _, bounds in await partitions(conn)]
+        contiguous = all(a.end == b.start for a, b in pairwise(ranges))
+        self.covered = Range(ranges[0].start, ranges[-1].end) if ranges and contiguous else None
 
     async def maintain(self) -> list[str]:
         """The periodic job: partitions from one slot back to `ahead`, and a home for whatever
@@ -120,6 +143,7 @@ class Partitions:
             existing = [bounds for _, bounds in await partitions(conn)]
             missing = missing_ranges(existing, since, until, self.interval)
             if not missing:
+                await self._look(conn)
                 return []
             names = await columns(conn, PARENT)
             listed = ", ".join(f'"{name}"' for name in names)
@@ -146,6 +170,7 @@ class Partitions:
                 rows = int(moved.split()[-1])
                 log.info("partition_created", partition=name, moved_from_default=rows)
                 created.append(name)
+            await self._look(conn)
             return created
 
     async def move_default(self) -> list[str]:
@@ -186,4 +211,5 @@ class Partitions:
                     await conn.execute(f'DROP TABLE IF EXISTS debugger."{name}"')
                 log.info("partition_dropped", partition=name, until=bounds.end.isoformat())
                 dropped.append(name)
+            await self._look(conn)
         return dropped

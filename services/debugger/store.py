@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 
 from services.debugger.legacy_copy import LegacyRequests
-from services.debugger.partitions import PARENT
+from services.debugger.partitions import PARENT, Partitions
 from shared.request_ids import received_window
 
 
@@ -126,8 +126,15 @@ def _decode(record: asyncpg.Record) -> dict[str, Any]:
 
 
 class RequestStore:
-    def __init__(self, pool: asyncpg.Pool, legacy: LegacyRequests | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        legacy: LegacyRequests | None = None,
+        partitions: Partitions | None = None,
+    ) -> None:
         self.pool = pool
+        # What the partitions cover (listing_bounds): constants a listing adds.
+        self.partitions = partitions
         # While the old, unpartitioned table still has rows (legacy_copy.py): read both,
         # and move a request's old row before writing it again.
         self.legacy = legacy
@@ -223,6 +230,14 @@ class RequestStore:
             # row comparison does not prune).
             condition("received_at <= {}", before[0])
             condition("(received_at, id) < ({}, {})", before[0], before[1])
+        bounds = self.partitions.listing_bounds() if self.partitions is not None else None
+        if bounds is not None:
+            # Constants, not parameters: pruned when planned (see listing_bounds). The
+            # text changes when partitions come and go: a new prepared statement a day.
+            where.append(
+                f"received_at >= '{bounds.start.isoformat()}'"
+                f" AND received_at < '{bounds.end.isoformat()}'"
+            )
         if input_match is not None:
             condition("input @> {}::jsonb", input_match)
         if headers_match is not None:

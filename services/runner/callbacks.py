@@ -151,8 +151,6 @@ def ladder_step(wait_s: float, ladder_s: Sequence[int] = topology.CALLBACK_LADDE
     return max(fitting) if fitting else None
 
 
-
-
 def judge(
     attempted: Attempted,
     message: CallbackRequested,

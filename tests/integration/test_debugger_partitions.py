@@ -131,6 +131,19 @@ async def test_a_record_without_its_partition_waits_in_the_default_and_is_moved(
         await parts.maintain()
         assert parts.default_rows == 0
         assert await pool.fetchval("SELECT count(*) FROM debugger.requests") == 1
+        # Its partition is apart from the others: listings add no bounds, and find it.
+        assert parts.covered is None and parts.listing_bounds() is None
+        listed = await RequestStore(pool, partitions=parts).list_for_flow(
+            FLOW,
+            WORKSPACE,
+            limit=5,
+            before=None,
+            outcome=None,
+            mode=None,
+            since=None,
+            until=None,
+        )
+        assert [r["id"] for r in listed] == [far]
     finally:
         await pool.close()
 
@@ -175,8 +188,11 @@ async def test_listing_search_lookup_and_stats_span_partitions(database_url: str
     pool = await open_pool(database_url, 4, DATABASE.schema, DATABASE.migrations)
     try:
         now = datetime.now(UTC)
-        await maintainer(pool).ensure(now - 3 * DAY, now)
-        store = RequestStore(pool)
+        parts = maintainer(pool)
+        await parts.ensure(now - 3 * DAY, now)
+        # The listing adds the partitions' range as constants (default partition pruned).
+        assert parts.listing_bounds() is not None
+        store = RequestStore(pool, partitions=parts)
         times = [now - timedelta(hours=9 * n) for n in range(8)]  # over three days
         rows = [row(new_request_id(t), t, input=f'{{"n": {n % 2}}}') for n, t in enumerate(times)]
         old_style = row(uuid.uuid4().hex, now - timedelta(hours=30))  # an id with no time
