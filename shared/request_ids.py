@@ -4,7 +4,6 @@ was received: the time in its id names the partition to read (services/debugger)
 a lookup by id reads one partition, not all of them. Ids without a time (uuid4 hex from
 before, or any other text) stay readable: their lookups read every partition."""
 
-import hashlib
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,13 +18,6 @@ AFTER_ID = timedelta(hours=1)
 def new_request_id(at: datetime | None = None) -> str:
     """A UUIDv7 (hex) with `at` (default: now) in its first 48 bits, in milliseconds."""
     return _v7(at or datetime.now(UTC), os.urandom(10))
-
-
-def derived_request_id(at: datetime, *parts: str) -> str:
-    """A UUIDv7 (hex) at `at` whose other bits come from `parts`: the same parts and
-    time give the same id (a bulk replay's item sent twice is one record)."""
-    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
-    return _v7(at, digest[:10])
 
 
 def _v7(at: datetime, entropy: bytes) -> str:

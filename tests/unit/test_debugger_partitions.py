@@ -13,7 +13,6 @@ from shared.http_api import Call
 from shared.request_ids import (
     AFTER_ID,
     BEFORE_ID,
-    derived_request_id,
     new_request_id,
     received_window,
     request_id_time,
@@ -42,12 +41,6 @@ def test_ids_without_a_time_are_read_everywhere() -> None:
     ):
         assert request_id_time(old) is None
         assert received_window(old) is None
-
-
-def test_a_derived_id_is_the_same_for_the_same_parts_and_time() -> None:
-    assert derived_request_id(AT, "job", "req") == derived_request_id(AT, "job", "req")
-    assert derived_request_id(AT, "job", "req") != derived_request_id(AT, "job", "other")
-    assert request_id_time(derived_request_id(AT, "job", "req")) == AT
 
 
 def test_slots_align_on_the_epoch_and_are_named_by_their_start() -> None:
