@@ -1,5 +1,6 @@
 """Debugger figures: `python -m bench.debugger [--rows 1000000] [--events 20000]
-[--items 1,10,50] [--ingest-only | --listing-only]`.
+[--items 1,10,50] [--ingest-only | --listing-only]`, and
+`python -m bench.debugger --partitions [--records 20000000] [--days 14]`.
 
 1. Ingest rate: with the debugger stopped, `--events` RunFinished records are queued,
    `--items` of them to a message (1: one message per record, the worst case and what
@@ -20,6 +21,15 @@
    evenly, so `{"customer": {"id": k}}` matches 1 % of the hot flow's rows (and 1 % of
    the table); the first page of 50 is timed for k = 0..99 in turn (`search_1pct`),
    and a match that only one row of the table holds (`search_one_row`).
+4. `--partitions` (issue 28): the time-partitioned table (migration 016, one partition a
+   day) against today's unpartitioned one, the same `--records` over `--days` of
+   simulated time COPYed into both in the same run (one hot flow with a fifth of the
+   rows, the rest over 500 flows), then on each: the intake's statement (COPY to the
+   staging table + upsert) for 20,000 more records, the listing's first page and a
+   search (1 % match) in a recent (1 day) and a 7-day window, a page deep in the
+   7-day window by cursor, lookups by id, and retention of the oldest day: `DROP` of
+   its partition vs the batched `DELETE` of today's retention (time, WAL bytes, table
+   and index size after; the DELETE's space only comes back after a VACUUM, timed too).
 """
 
 import argparse
@@ -281,6 +291,256 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
     }
 
 
+async def partitions_vs_today(records: int, days: int) -> dict[str, object]:
+    """Section 4 of the module's doc: both schemas, the same rows, the same queries."""
+    import shutil
+    import tempfile
+
+    from services.debugger import store as store_module
+    from services.debugger.app import DATABASE
+    from services.debugger.partitions import Partitions, slot_start
+    from shared.db import migrate
+    from shared.request_ids import new_request_id
+
+    now = datetime.now(UTC)
+    start = slot_start(now - timedelta(days=days - 1), timedelta(days=1))
+    step = (now - start) / records
+    hot = uuid.uuid4()
+    others = [uuid.uuid4() for _ in range(500)]
+    workspace = uuid.UUID(WORKSPACE)
+
+    sampled: list[str] = []  # ids looked up afterwards: 200 spread over the days
+    every = max(1, records // 200)
+
+    def rows(first: int, count: int) -> list[tuple[Any, ...]]:
+        made = []
+        for i in range(first, first + count):
+            at = start + step * i
+            request_id = new_request_id(at)
+            if i % every == 0 and i < records:
+                sampled.append(request_id)
+            made.append(
+                (
+                    request_id,
+                    hot if i % 5 == 0 else others[i % 500],
+                    workspace,
+                    at,
+                    "POST",
+                    "/v1/x",
+                    "{}",
+                    '{"content-type": "application/json", "x-event": "push"}',
+                    "application/json",
+                    f'{{"n": {i}}}',
+                    False,
+                    f'{{"n": {i}, "customer": {{"id": {(i // 5) % 100}}}}}',
+                    RunMode.SYNC,
+                    Outcome.SUCCEEDED,
+                    200,
+                    "application/json",
+                    '{"ok": true}',
+                    None,
+                    "[]",
+                    at,
+                    at + timedelta(milliseconds=3),
+                    3,
+                )
+            )
+        return made
+
+    columns = COLUMNS[: COLUMNS.index("source_rank") + 1]
+    results: dict[str, object] = {"records": records, "days": days}
+    with contextlib.ExitStack() as stack:
+        urls = {
+            "partitioned": stack.enter_context(fresh_database()),
+            "today": stack.enter_context(fresh_database()),
+        }
+        before_016 = Path(tempfile.mkdtemp())
+        stack.callback(shutil.rmtree, before_016)
+        for path in DATABASE.migrations.glob("*.sql"):
+            if path.name < "016":
+                shutil.copy(path, before_016)
+        await migrate(urls["today"], DATABASE.schema, before_016)
+        await migrate(urls["partitioned"], DATABASE.schema, DATABASE.migrations)
+        pools = {
+            name: await asyncpg.create_pool(url, min_size=1, max_size=4)
+            for name, url in urls.items()
+        }
+        parts = Partitions(
+            pools["partitioned"],
+            interval=timedelta(days=1),
+            ahead=timedelta(days=3),
+            max_age=timedelta(days=days),
+        )
+        await parts.ensure(start, now + timedelta(days=3))
+        # The same rows into both, a batch at a time, each schema timed on its own.
+        fill_s = {name: 0.0 for name in pools}
+        batch = 50_000
+        for first in range(0, records, batch):
+            made = rows(first, min(batch, records - first))
+            for name, pool in pools.items():
+                t0 = time.perf_counter()
+                async with pool.acquire() as conn:
+                    await conn.copy_records_to_table(
+                        "requests", schema_name="debugger", records=made, columns=columns
+                    )
+                fill_s[name] += time.perf_counter() - t0
+            if first // batch % 20 == 0:
+                print(f"filled {first + len(made)} of {records}", flush=True)
+        for pool in pools.values():
+            await pool.execute("ANALYZE debugger.requests")
+        for name, pool in pools.items():
+            figures: dict[str, object] = {"copy_records_per_s": round(records / fill_s[name])}
+            upsert = store_module.UPSERT_STAGED
+            if name == "today":
+                upsert = upsert.replace("ON CONFLICT (id, received_at)", "ON CONFLICT (id)")
+            figures["intake_records_per_s"] = await _intake_rate(pool, upsert, rows, records)
+            store = RequestStore(pool, partitions=parts if name == "partitioned" else None)
+            figures.update(await _queries(store, hot, now, sampled))
+            figures["retention_one_day"] = await _retention_day(pool, name, start, parts)
+            results[name] = figures
+        for pool in pools.values():
+            await pool.close()
+    return results
+
+
+async def _intake_rate(
+    pool: asyncpg.Pool, upsert: str, rows: Any, records: int, count: int = 20_000
+) -> int:
+    """Records a second through the intake's write (COPY to staging, one upsert per
+    batch of 1,000), for `count` new records of now."""
+    from services.debugger.store import CREATE_STAGING, STAGING
+
+    # Whole rows, as the intake stages them (the columns after source_rank at their
+    # defaults).
+    made = [(*row, None, None, "utf-8", None, None, None) for row in rows(records, count)]
+    t0 = time.perf_counter()
+    async with pool.acquire() as conn:
+        for offset in range(0, count, 1000):
+            async with conn.transaction():
+                await conn.execute(CREATE_STAGING)
+                await conn.copy_records_to_table(
+                    STAGING,
+                    records=made[offset : offset + 1000],
+                    columns=COLUMNS,
+                )
+                await conn.execute(upsert)
+    return round(count / (time.perf_counter() - t0))
+
+
+async def _queries(
+    store: RequestStore, hot: uuid.UUID, now: datetime, ids: list[str]
+) -> dict[str, object]:
+    def summary(samples: list[float]) -> dict[str, float]:
+        samples.sort()
+        return {
+            "p50_ms": round(statistics.median(samples), 2),
+            "p99_ms": round(samples[max(0, int(len(samples) * 0.99) - 1)], 2),
+        }
+
+    async def listing(runs: int, **query: Any) -> dict[str, float]:
+        samples = []
+        for k in range(runs):
+            filters: dict[str, Any] = {
+                "before": None,
+                "outcome": None,
+                "mode": None,
+                "since": None,
+                "until": None,
+            }
+            given = {key: value(k) if callable(value) else value for key, value in query.items()}
+            t0 = time.perf_counter()
+            await store.list_for_flow(hot, WORKSPACE, limit=50, **{**filters, **given})
+            samples.append((time.perf_counter() - t0) * 1000)
+        return summary(samples)
+
+    day, week = now - timedelta(days=1), now - timedelta(days=7)
+    deep = await store.list_for_flow(
+        hot,
+        WORKSPACE,
+        limit=1,
+        before=None,
+        outcome=None,
+        mode=None,
+        since=now - timedelta(days=6),
+        until=now - timedelta(days=6) + timedelta(seconds=60),
+    )
+    cursor = (deep[0]["received_at"], deep[0]["id"]) if deep else None
+
+    def match(k: int) -> str:
+        return json.dumps({"customer": {"id": k % 100}})
+
+    figures: dict[str, object] = {
+        "list_recent": await listing(50),
+        "list_7d": await listing(50, since=week),
+        "list_7d_deep_page": await listing(50, since=week, before=cursor),
+        "search_1pct_1d": await listing(50, since=day, input_match=match),
+        "search_1pct_7d": await listing(50, since=week, input_match=match),
+    }
+    samples = []
+    for request_id in ids:
+        t0 = time.perf_counter()
+        found = await store.get(request_id, WORKSPACE)
+        samples.append((time.perf_counter() - t0) * 1000)
+        assert found is not None
+    figures["lookup_by_id"] = summary(samples)
+    return figures
+
+
+async def _retention_day(
+    pool: asyncpg.Pool, name: str, start: datetime, parts: Any
+) -> dict[str, object]:
+    """The oldest day gone: DROP of its partition, or today's batched DELETE."""
+    async with pool.acquire() as conn:
+        size = (
+            "SELECT sum(pg_table_size(c.oid)) AS t, sum(pg_indexes_size(c.oid)) AS i"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'debugger' AND c.relkind = 'r' AND c.relname LIKE 'requests%'"
+        )
+        before = await conn.fetchrow(size)
+        lsn = await conn.fetchval("SELECT pg_current_wal_lsn()")  # an int (asyncpg)
+        delete_wal = 0
+        t0 = time.perf_counter()
+        if name == "partitioned":
+            # What Retention runs: the partitions whose whole range is past the age.
+            parts.max_age = datetime.now(UTC) - (start + timedelta(days=1))
+            dropped = await parts.drop_expired()
+            assert len(dropped) == 1, dropped
+        else:
+            # Today's retention statement, batch by batch; each one's own WAL (EXPLAIN's
+            # count: the server is shared, its WAL position moves with others' work).
+            while True:
+                plan = await conn.fetchval(
+                    "EXPLAIN (ANALYZE, WAL, FORMAT JSON) DELETE FROM debugger.requests"
+                    " WHERE id IN (SELECT id FROM debugger.requests WHERE received_at < $1"
+                    " LIMIT 1000)",
+                    start + timedelta(days=1),
+                )
+                top = json.loads(plan)[0]["Plan"]
+                delete_wal += top.get("WAL Bytes", 0)
+                if not top.get("WAL Records"):  # nothing left to delete
+                    break
+        took = time.perf_counter() - t0
+        # The DROP: the server's WAL position (others' work included: an upper bound).
+        wal = delete_wal or await conn.fetchval("SELECT pg_current_wal_lsn()") - lsn
+        after = await conn.fetchrow(size)
+        figures: dict[str, object] = {
+            "seconds": round(took, 3),
+            "wal_bytes": int(wal),
+            "table_bytes_before": int(before["t"]),
+            "index_bytes_before": int(before["i"]),
+            "table_bytes_after": int(after["t"]),
+            "index_bytes_after": int(after["i"]),
+        }
+        if name == "today":
+            t0 = time.perf_counter()
+            await conn.execute("VACUUM debugger.requests")
+            figures["vacuum_seconds"] = round(time.perf_counter() - t0, 3)
+            vacuumed = await conn.fetchrow(size)
+            figures["table_bytes_after_vacuum"] = int(vacuumed["t"])
+            figures["index_bytes_after_vacuum"] = int(vacuumed["i"])
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -292,10 +552,21 @@ def main() -> None:
     )
     parser.add_argument("--ingest-only", action="store_true", help="skip the listing figures")
     parser.add_argument(
+        "--partitions",
+        action="store_true",
+        help="only the time-partitioned table against today's (section 4)",
+    )
+    parser.add_argument("--records", type=int, default=20_000_000)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument(
         "--listing-only", action="store_true", help="skip the ingest rate (listing and search)"
     )
     args = parser.parse_args()
     results: dict[str, object] = {}
+    if args.partitions:
+        results["partitions"] = asyncio.run(partitions_vs_today(args.records, args.days))
+        print(json.dumps(results, indent=2))
+        return
     if not args.listing_only:
         results["ingest"] = [ingest_rate(args.events, int(i)) for i in args.items.split(",")]
         print(json.dumps(results), flush=True)

@@ -2,16 +2,20 @@
 declared on the service kernel (`shared/service.py`)."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import structlog
 from aiohttp import web
 
 from services.debugger.alerts import ALERT_DELIVERY, AlertEvaluator, AlertSender, AlertStore
 from services.debugger.alerts_api import AlertConfig, AlertsApi, AlertView
 from services.debugger.callbacks import CallbackAttempts
 from services.debugger.ingest import BatchIngest
+from services.debugger.legacy_copy import LegacyRequests
 from services.debugger.metrics import DebuggerMetrics
+from services.debugger.partitions import Partitions
 from services.debugger.records import Redaction
 from services.debugger.replay_edit import Replayer
 from services.debugger.replay_jobs import ReplayJobs, ReplayWorker
@@ -58,6 +62,7 @@ from shared.messaging.runner_client import RunnerClient
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.service import Database, Kernel, ServiceSpec
 
+log = structlog.get_logger(__name__)
 REQUESTS_API = web.AppKey("requests_api", RequestsApi)
 REPLAY_API = web.AppKey("replay_api", ReplayApi)
 ALERTS_API = web.AppKey("alerts_api", AlertsApi)
@@ -119,7 +124,30 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     # A pool per kind of work (kernel.pool serves the background jobs): API load cannot
     # take the intake's or the status RPC's connections.
     pools = await database_pools(kernel)
-    store = RequestStore(pools.api)
+    # Time partitions (partitions.py), and the old unpartitioned table while its rows
+    # are moved over (legacy_copy.py): every reader below reads through `legacy`.
+    partitions = Partitions(
+        kernel.pool,
+        interval=timedelta(seconds=settings.debugger_partition_interval_s),
+        ahead=timedelta(seconds=settings.debugger_partition_ahead_s),
+        max_age=timedelta(seconds=settings.debugger_retention_max_age_s),
+    )
+    legacy = LegacyRequests(
+        kernel.pool,
+        partitions,
+        batch=settings.debugger_legacy_copy_batch,
+        pause_s=settings.debugger_legacy_copy_pause_s,
+    )
+    await legacy.refresh()
+    try:
+        # Before the intake starts: today's partitions exist (the migration made three
+        # days), and any rows of the default partition find theirs.
+        await partitions.maintain()
+    except Exception as exc:  # the periodic job tries again
+        log.warning("partitions_not_maintained", error=repr(exc))
+    kernel.periodic("partitions", settings.debugger_partition_check_interval_s, partitions.maintain)
+    kernel.background(legacy.run_forever())
+    store = RequestStore(pools.api, legacy, partitions)
     redact = redaction(settings)
     timeout_ms = settings.debugger_api_statement_timeout_ms
     kernel.provide(FLOW, FlowVisibility(store, kernel.rpc))
@@ -147,15 +175,16 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
                 time_burst_s=timeout_ms / 1000,
             ),
             statement_timeout_ms=timeout_ms,
+            search_window_s=settings.debugger_search_window_s,
         ),
     )
     # Replays (replays.py): one request, edited or not, and bulk jobs (replay_jobs.py),
     # worked by whichever replica holds a job's lease.
     replayer = Replayer(RunnerClient(kernel.broker, kernel.rpc), settings.debugger_replay_timeout_s)
-    replay_jobs = ReplayJobs(kernel.pool, settings.debugger_replay_max_requests)
+    replay_jobs = ReplayJobs(kernel.pool, settings.debugger_replay_max_requests, legacy)
     replay_worker = ReplayWorker(
         replay_jobs,
-        RequestStore(kernel.pool),  # the originals, read on the background pool
+        RequestStore(kernel.pool, legacy),  # the originals, read on the background pool
         replayer,
         in_flight=settings.debugger_replay_in_flight,
         rate=settings.debugger_replay_rate,
@@ -207,7 +236,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
     kernel.background(alert_sender.run_forever())
     kernel.on_shutdown(alert_http.close)
     ingest = BatchIngest(
-        RequestStore(pools.ingest),
+        RequestStore(pools.ingest, legacy),
         redact,
         settings.debugger_batch_size,
         settings.debugger_batch_linger_ms / 1000,
@@ -218,7 +247,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         after_write=alert_evaluator.note_written,
         metrics=metrics,
     )
-    metrics.watch(ingest, alert_sender, kernel.app[REQUESTS_API].limiter)
+    metrics.watch(ingest, alert_sender, kernel.app[REQUESTS_API].limiter, partitions)
     # The ingest settles its messages itself, one ack per written batch.
     kernel.consume(
         topology.DEBUGGER_EVENTS,
@@ -233,6 +262,7 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         max_age_s=settings.debugger_retention_max_age_s,
         max_per_flow=settings.debugger_retention_max_per_flow,
         batch=settings.debugger_retention_batch,
+        partitions=partitions,
     )
     kernel.periodic("retention", settings.debugger_retention_interval_s, retention.sweep)
     # Completion callback attempts (callbacks.py): their own queue, one row each,
@@ -251,12 +281,15 @@ async def wire(kernel: Kernel[DebuggerSettings]) -> None:
         ),
     )
     # The ingress's status URL (`/v1/flow-webhook/{flow_id}/runs/{request_id}`).
-    kernel.serve(GET_RUN_STATUS, RunStatuses(pools.rpc).get, prefetch=32)
+    kernel.serve(GET_RUN_STATUS, RunStatuses(pools.rpc, legacy).get, prefetch=32)
     # The web page (ui.py): a static shell that calls the JSON API above.
     kernel.provide(
         UI,
         DebuggerUi(
-            pools.api, kernel.app[REQUESTS_API].limiter, settings.debugger_trace_url_template
+            pools.api,
+            kernel.app[REQUESTS_API].limiter,
+            settings.debugger_trace_url_template,
+            legacy,
         ),
     )
     # The page's sources and routes, asked of the runner (source_list.py).
@@ -290,6 +323,11 @@ SERVICE = ServiceSpec(
             scope=DEBUGGER_READ,
             resource=FLOW,
             query=RequestListQuery,
+            description="Newest first, keyset-paginated (`cursor`). A search (`match`,"
+            " `header`) without `since` covers the last 7 days"
+            " (FLOWHOOKS_DEBUGGER_SEARCH_WINDOW_S); with `since` (and `until`) it covers"
+            " exactly that window, up to the retention. A plain listing covers everything"
+            " retained.",
             tags=REQUESTS,
         ),
         Route(

@@ -12,6 +12,7 @@ from shared.metrics import Counters
 if TYPE_CHECKING:  # they import this module
     from services.debugger.alerts import AlertSender
     from services.debugger.ingest import BatchIngest
+    from services.debugger.partitions import Partitions
     from services.debugger.workspace_limiter import WorkspaceLimiter
 
 # Seconds from a request's end (or arrival) to the commit of its row: the batch linger
@@ -57,7 +58,11 @@ class DebuggerMetrics:
             self.ingest_lag.observe((now - (row.finished_at or row.received_at)).total_seconds())
 
     def watch(
-        self, ingest: "BatchIngest", alerts: "AlertSender", limiter: "WorkspaceLimiter"
+        self,
+        ingest: "BatchIngest",
+        alerts: "AlertSender",
+        limiter: "WorkspaceLimiter",
+        partitions: "Partitions | None" = None,
     ) -> None:
         """The counters the ingest (`BatchIngest`), the alert sender and the API's
         per-workspace limiter keep."""
@@ -113,7 +118,13 @@ class DebuggerMetrics:
                         "flowhooks_debugger_ingest_pending",
                         "Events received and not yet written",
                         lambda: ingest.pending,
-                    )
+                    ),
+                    (
+                        "flowhooks_debugger_default_partition_rows",
+                        "Request records in the default partition at the last look (up to"
+                        " 100000): expected 0, a partition was missing for their time",
+                        lambda: partitions.default_rows if partitions is not None else 0,
+                    ),
                 ],
             )
         )

@@ -3,7 +3,7 @@ and how it is sent (`Replayer`). Used by `POST /v1/requests/{id}/replay` and by 
 replay jobs; the rules are in `replays.py`'s docstring."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -173,7 +173,9 @@ class Replayer:
             start = StartRun(
                 request=tracing.handed_on(request),
                 flow_version=CURRENT_VERSION,
-                deadline=request.received_at + timedelta(seconds=self.timeout_s),
+                # From now, not from received_at: a bulk replay sent again keeps the time
+                # of its first attempt (replay_jobs.py).
+                deadline=datetime.now(UTC) + timedelta(seconds=self.timeout_s),
                 unless_paused=not force,
             )
             return await self.runner.run(start, self.timeout_s)

@@ -45,6 +45,8 @@ import asyncpg
 import orjson
 import structlog
 
+from services.debugger.legacy_copy import LegacyRequests, requests_source
+from services.debugger.partitions import PARENT
 from services.debugger.replay_edit import Edit, Replayer, replay_request
 from services.debugger.store import RequestStore
 from shared.errors import BadRequest, Conflict, Timeout, Unavailable
@@ -98,22 +100,33 @@ def replay_id(job_id: uuid.UUID, request_id: str) -> str:
 MAX_LISTED_REPLAYS = 100
 
 
-async def replays_of(pool: asyncpg.Pool, request_id: str, workspace_id: str) -> list[str]:
-    """The ids of a request's replays (index `requests_replay_of`)."""
+async def replays_of(
+    pool: asyncpg.Pool,
+    request_id: str,
+    workspace_id: str,
+    received_at: datetime,
+    source: str = PARENT,
+) -> list[str]:
+    """The ids of a request's replays (index `requests_replay_of`): received after it,
+    so the partitions before it are not read."""
     rows = await pool.fetch(
-        "SELECT id FROM debugger.requests WHERE replay_of = $1 AND workspace_id = $2"
-        " ORDER BY received_at, id LIMIT $3",
+        f"SELECT id FROM {source} WHERE replay_of = $1 AND workspace_id = $2"
+        " AND received_at >= $4 ORDER BY received_at, id LIMIT $3",
         request_id,
         uuid.UUID(workspace_id),
         MAX_LISTED_REPLAYS,
+        received_at,
     )
     return [row["id"] for row in rows]
 
 
 class ReplayJobs:
-    def __init__(self, pool: asyncpg.Pool, max_requests: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, max_requests: int, legacy: LegacyRequests | None = None
+    ) -> None:
         self.pool = pool
         self.max_requests = max_requests
+        self.legacy = legacy
 
     async def create(
         self, flow_id: uuid.UUID, workspace_id: str, filter: JobFilter, force: bool
@@ -149,7 +162,7 @@ class ReplayJobs:
                     status = await conn.execute(
                         "INSERT INTO debugger.replay_items (job_id, seq, request_id)"
                         " SELECT $1, row_number() OVER (ORDER BY received_at, id), id FROM"
-                        " (SELECT received_at, id FROM debugger.requests"
+                        f" (SELECT received_at, id FROM {requests_source(self.legacy)}"
                         f" WHERE {' AND '.join(where)}"
                         f" ORDER BY received_at, id LIMIT ${len(args)}) AS picked",
                         *args,
@@ -299,7 +312,7 @@ class ReplayJobs:
     async def recorded(self, request_ids: list[str]) -> dict[str, str]:
         """The final outcomes already stored for these (replay) request ids."""
         rows = await self.pool.fetch(
-            "SELECT id, outcome FROM debugger.requests WHERE id = ANY($1::text[])"
+            f"SELECT id, outcome FROM {requests_source(self.legacy)} WHERE id = ANY($1::text[])"
             " AND outcome NOT IN ('queued', 'running')",
             request_ids,
         )
@@ -618,8 +631,13 @@ class ReplayWorker:
         row = await self.store.get(request_id, job.workspace_id)
         if row is None:
             return SKIPPED  # deleted by retention meanwhile
+        # A replay sent again (its outcome was not known) keeps the time of its first
+        # record: its key in the time-partitioned table, so it stays one record.
+        replayed_id = replay_id(job.id, request_id)
+        first = await self.store.get(replayed_id, job.workspace_id)
+        received_at = first["received_at"] if first is not None else datetime.now(UTC)
         try:
-            request = replay_request(row, Edit(), replay_id(job.id, request_id), datetime.now(UTC))
+            request = replay_request(row, Edit(), replayed_id, received_at)
         except BadRequest:
             return SKIPPED  # rejected, or stored truncated: nothing whole to replay
         try:

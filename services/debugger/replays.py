@@ -39,6 +39,7 @@ from services.debugger.source_replays import SourceReplays
 from shared.errors import BadRequest, NotFound
 from shared.http_api import Call
 from shared.openapi import AnyJson
+from shared.request_ids import new_request_id
 from shared.schemas.vocabulary import REPLAY_FILTER_OUTCOMES, Outcome, ReplayFilterOutcome
 
 
@@ -148,7 +149,8 @@ class ReplayApi:
         new request that points at the original (`replay_of`)."""
         row = call.resource
         edit = call.body.edit if call.body is not None else parse_edit(None)
-        replayed = replay_request(row, edit, uuid.uuid4().hex, datetime.now(UTC))
+        now = datetime.now(UTC)
+        replayed = replay_request(row, edit, new_request_id(now), now)
         source = None
         if self.sources is not None and row["outcome"] in (Outcome.ROUTED, Outcome.FILTERED):
             source = await self.sources.source_of(row["flow_id"], call.caller.workspace_id)

@@ -14,7 +14,7 @@ too busy."""
 
 import asyncio
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -91,8 +91,16 @@ class RequestListQuery(BaseModel):
     mode: RunMode | None = None
     since: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
     until: datetime | None = Field(default=None, description="ISO 8601 with a time zone")
-    match: str | None = Field(default=None, description="Input match, `path=value`")
-    header: list[str] | None = Field(default=None, description="Header match, `name:value`")
+    match: str | None = Field(
+        default=None,
+        description="Input match (JSON the stored input contains). A search (`match` or"
+        " `header`) without `since` covers the last 7 days"
+        " (FLOWHOOKS_DEBUGGER_SEARCH_WINDOW_S); give `since` to search further back.",
+    )
+    header: list[str] | None = Field(
+        default=None,
+        description="Header match, `name:value`; without `since`, the last 7 days",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -271,6 +279,7 @@ class RequestsApi:
         *,
         limiter: WorkspaceLimiter,
         statement_timeout_ms: int,
+        search_window_s: float = 7 * 86400,
     ) -> None:
         self.store = store
         self.series_store = FlowSeries(store.pool)
@@ -278,6 +287,7 @@ class RequestsApi:
         self.heartbeat_s = heartbeat_s
         self.limiter = limiter
         self.statement_timeout_ms = statement_timeout_ms
+        self.search_window_s = search_window_s
 
     def _too_long(self, chosen: str | None, narrow: str = "") -> BadRequest | Unavailable:
         """The answer to a statement cancelled by the API pool's statement_timeout:
@@ -302,6 +312,12 @@ class RequestsApi:
             if query.headers_match is not None
             else None
         )
+        since = query.since
+        if search_field is not None and since is None:
+            # A search without `since` covers the last `search_window_s` (7 days by
+            # default, FLOWHOOKS_DEBUGGER_SEARCH_WINDOW_S): the partitions before it are
+            # not read at all.
+            since = datetime.now(UTC) - timedelta(seconds=self.search_window_s)
         try:
             async with self.limiter.slot(caller.workspace_id):
                 rows = await self.store.list_for_flow(
@@ -311,7 +327,7 @@ class RequestsApi:
                     before=query.before,
                     outcome=query.outcome,
                     mode=query.mode,
-                    since=query.since,
+                    since=since,
                     until=query.until,
                     input_match=query.match,
                     headers_match=query.headers_match,
@@ -358,9 +374,13 @@ class RequestsApi:
             response["answered_at"] = answered_at
         if row.get("resume_at") is None:
             row.pop("resume_at", None)  # shown only while the run waits in a `delay`
-        row["replays"] = await replays_of(self.store.pool, row["id"], caller.workspace_id)
+        row["replays"] = await replays_of(
+            self.store.pool, row["id"], caller.workspace_id, row["received_at"], self.store.source
+        )
         if row["outcome"] == Outcome.ROUTED:  # a source's request: the runs it started
-            row["runs"] = await runs_of(self.store.pool, row["id"], caller.workspace_id)
+            row["runs"] = await runs_of(
+                self.store.pool, row["id"], caller.workspace_id, row["received_at"], self.store.source
+            )
         if row["source_request_id"] is None:  # left out but for a source's runs
             del row["source_request_id"]
         callback = await CallbackAttempts(self.store.pool).of_request(

@@ -12,8 +12,10 @@ import asyncpg
 import orjson
 import structlog
 
+from services.debugger.legacy_copy import LegacyRequests, requests_source
 from shared import db
 from shared.errors import FlowError, Unavailable
+from shared.request_ids import received_window
 from shared.schemas.dedup import GetRunStatus, RunStatus, StoredResult
 from shared.schemas.vocabulary import JSON, PENDING, error_answer
 
@@ -21,19 +23,27 @@ log = structlog.get_logger(__name__)
 
 
 class RunStatuses:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, legacy: LegacyRequests | None = None) -> None:
         self.pool = pool
+        self.legacy = legacy
 
     async def get(self, query: GetRunStatus) -> RunStatus:
         if "\x00" in query.request_id:
             # Taken from the URL as is; PostgreSQL refuses U+0000 (no request has one).
             return RunStatus(state="unknown")
+        # A time-carrying id reads the partitions of its time only.
+        where, args = "id = $1", [query.request_id]
+        args_typed: list[object] = list(args)
+        window = received_window(query.request_id)
+        if window is not None:
+            where += " AND received_at >= $2 AND received_at < $3"
+            args_typed += window
         try:
             row = await self.pool.fetchrow(
                 "SELECT flow_id::text, outcome, status_code, response_content_type,"
                 " response_body, response_headers::text, error, truncated::text, resume_at"
-                " FROM debugger.requests WHERE id = $1",
-                query.request_id,
+                f" FROM {requests_source(self.legacy)} WHERE {where}",
+                *args_typed,
             )
         except (asyncpg.QueryCanceledError, *db.UNAVAILABLE) as exc:
             log.warning("run_status_unavailable", error=repr(exc))

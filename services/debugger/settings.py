@@ -80,6 +80,19 @@ class DebuggerSettings(DatabaseSettings, _AlertDelivery):
     debugger_retention_max_per_flow: int = Field(default=100_000, ge=1)
     debugger_retention_interval_s: float = Field(default=60.0, gt=0)
     debugger_retention_batch: int = Field(default=1000, ge=1)
+    # Time partitions of the requests (partitions.py): each covers this long (aligned on
+    # the epoch: a day by default, UTC midnight to midnight); a periodic job creates them
+    # `ahead` of need, and moves what landed in the default partition. Retention by age
+    # drops a partition once its whole range is past the age.
+    debugger_partition_interval_s: int = Field(default=86400, ge=60)
+    debugger_partition_ahead_s: int = Field(default=3 * 86400, ge=60)
+    debugger_partition_check_interval_s: float = Field(default=300.0, gt=0)
+    # A search (`match=`, `header=`) without `since` covers this long back.
+    debugger_search_window_s: float = Field(default=7 * 86400, gt=0)
+    # The move of the unpartitioned table (migration 016) into the partitioned one, in
+    # the background: rows per transaction, and the pause between two.
+    debugger_legacy_copy_batch: int = Field(default=2000, ge=1)
+    debugger_legacy_copy_pause_s: float = Field(default=0.05, ge=0)
     # How long a replay of a sync request may run.
     debugger_replay_timeout_s: float = Field(default=30.0, gt=0)
     # A source's request replayed: the work its routes' filters may cost (shared/filters.py).

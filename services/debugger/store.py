@@ -8,6 +8,10 @@ from typing import Any, NamedTuple
 import asyncpg
 import orjson
 
+from services.debugger.legacy_copy import LegacyRequests
+from services.debugger.partitions import PARENT, Partitions
+from shared.request_ids import received_window
+
 
 class RequestRow(NamedTuple):
     """One row of `debugger.requests` as written: jsonb columns as JSON text (built
@@ -104,7 +108,9 @@ _UPDATES = ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])
 UPSERT_STAGED = (
     f"INSERT INTO debugger.requests ({', '.join(COLUMNS)})"
     f" SELECT {_SELECTED} FROM pg_temp.{STAGING} ORDER BY id"
-    f" ON CONFLICT (id) DO UPDATE SET {_UPDATES}, stored_at = now()"
+    # (id, received_at): the partitioned table's key; every event about a request
+    # carries the request's own received_at, so this is the request's one row.
+    f" ON CONFLICT (id, received_at) DO UPDATE SET {_UPDATES}, stored_at = now()"
     " WHERE debugger.requests.source_rank <= EXCLUDED.source_rank"
 )
 UPSERT_FLOW = (
@@ -129,7 +135,7 @@ _SELECT = (
     " status_code, response_content_type, response_body, error, steps::text, started_at,"
     " finished_at, replay_of, truncated::text, raw_body_encoding, duplicate_of,"
     " response_headers::text, repeated, debounced_by, answered_at, resume_at,"
-    " source_request_id, trace_id, trace_parent FROM debugger.requests"
+    " source_request_id, trace_id, trace_parent FROM "
 )
 
 
@@ -141,8 +147,22 @@ def _decode(record: asyncpg.Record) -> dict[str, Any]:
 
 
 class RequestStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        legacy: LegacyRequests | None = None,
+        partitions: Partitions | None = None,
+    ) -> None:
         self.pool = pool
+        # What the partitions cover (listing_bounds): constants a listing adds.
+        self.partitions = partitions
+        # While the old, unpartitioned table still has rows (legacy_copy.py): read both,
+        # and move a request's old row before writing it again.
+        self.legacy = legacy
+
+    @property
+    def source(self) -> str:
+        return self.legacy.source() if self.legacy is not None else PARENT
 
     async def write(self, rows: Sequence[RequestRow], flows: Sequence[FlowRow] = ()) -> None:
         """One transaction per batch: its requests COPYed to the staging table and
@@ -155,6 +175,8 @@ class RequestStore:
             if rows:
                 await conn.execute(CREATE_STAGING)  # once per connection; then a no-op
                 await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
+                if self.legacy is not None:
+                    await self.legacy.adopt(conn, sorted({row.id for row in rows}))
                 # In id order: two writers (replicas) lock the rows they share in the
                 # same order, so they wait for each other instead of deadlocking.
                 await conn.execute(UPSERT_STAGED)
@@ -175,9 +197,15 @@ class RequestStore:
         await self.pool.execute(UPSERT_FLOW, *flow)
 
     async def get(self, request_id: str, workspace_id: str) -> dict[str, Any] | None:
-        record = await self.pool.fetchrow(
-            f"{_SELECT} WHERE id = $1 AND workspace_id = $2", request_id, uuid.UUID(workspace_id)
-        )
+        """One request; a time-carrying id (UUIDv7) reads only the partitions of its
+        time, any other id (older ones) every partition's index."""
+        window = received_window(request_id)
+        where = "id = $1 AND workspace_id = $2"
+        args: list[Any] = [request_id, uuid.UUID(workspace_id)]
+        if window is not None:
+            where += " AND received_at >= $3 AND received_at < $4"
+            args += window
+        record = await self.pool.fetchrow(f"{_SELECT}{self.source} WHERE {where}", *args)
         return _decode(record) if record else None
 
     async def list_for_flow(
@@ -219,7 +247,18 @@ class RequestStore:
         if until is not None:
             condition("received_at < {}", until)
         if before is not None:
+            # The plain bound lets PostgreSQL skip the partitions after the cursor (a
+            # row comparison does not prune).
+            condition("received_at <= {}", before[0])
             condition("(received_at, id) < ({}, {})", before[0], before[1])
+        bounds = self.partitions.listing_bounds() if self.partitions is not None else None
+        if bounds is not None:
+            # Constants, not parameters: pruned when planned (see listing_bounds). The
+            # text changes when partitions come and go: a new prepared statement a day.
+            where.append(
+                f"received_at >= '{bounds.start.isoformat()}'"
+                f" AND received_at < '{bounds.end.isoformat()}'"
+            )
         if input_match is not None:
             condition("input @> {}::jsonb", input_match)
         if headers_match is not None:
@@ -227,7 +266,7 @@ class RequestStore:
         args.append(limit)
         rows: list[asyncpg.Record] = await self.pool.fetch(
             "SELECT id, flow_id::text, received_at, method, mode, outcome, status_code,"
-            " started_at, finished_at, resume_at FROM debugger.requests"
+            f" started_at, finished_at, resume_at FROM {self.source}"
             f" WHERE {' AND '.join(where)}"
             f" ORDER BY received_at DESC, id DESC LIMIT ${len(args)}",
             *args,
@@ -237,7 +276,7 @@ class RequestStore:
     async def stats(self, flow_id: uuid.UUID, workspace_id: str, window_s: float) -> dict[str, Any]:
         async with self.pool.acquire() as conn:
             counts = await conn.fetch(
-                "SELECT outcome, count(*) AS n FROM debugger.requests WHERE flow_id = $1"
+                f"SELECT outcome, count(*) AS n FROM {self.source} WHERE flow_id = $1"
                 " AND workspace_id = $2 AND received_at >= now() - make_interval(secs => $3)"
                 " GROUP BY outcome",
                 flow_id,
@@ -247,7 +286,7 @@ class RequestStore:
             latency = await conn.fetchrow(
                 "SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP"
                 " (ORDER BY extract(epoch FROM finished_at - received_at) * 1000) AS p"
-                " FROM debugger.requests WHERE flow_id = $1 AND workspace_id = $2"
+                f" FROM {self.source} WHERE flow_id = $1 AND workspace_id = $2"
                 " AND received_at >= now() - make_interval(secs => $3)"
                 " AND finished_at IS NOT NULL",
                 flow_id,

@@ -26,6 +26,7 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
+from services.debugger.legacy_copy import LegacyRequests, requests_source
 from services.debugger.stats import FlowSeries
 from services.debugger.workspace_limiter import WorkspaceLimiter
 from shared.errors import NotFound
@@ -57,9 +58,10 @@ SECURITY_HEADERS = {
 }
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
+# {requests}: the partitioned table (and the old one while it is being moved).
 LIST_FLOWS = (
     "SELECT f.flow_id::text AS id, f.name, f.status,"
-    " (SELECT max(r.received_at) FROM debugger.requests r WHERE r.flow_id = f.flow_id)"
+    " (SELECT max(r.received_at) FROM {requests} r WHERE r.flow_id = f.flow_id)"
     " AS last_request_at"
     " FROM debugger.flows f WHERE f.workspace_id = $1 AND NOT f.deleted"
     " ORDER BY last_request_at DESC NULLS LAST, f.flow_id LIMIT $2"
@@ -110,9 +112,14 @@ def _load_static(folder: Path) -> dict[str, Static]:
 
 class DebuggerUi:
     def __init__(
-        self, pool: asyncpg.Pool, limiter: WorkspaceLimiter, trace_url_template: str | None = None
+        self,
+        pool: asyncpg.Pool,
+        limiter: WorkspaceLimiter,
+        trace_url_template: str | None = None,
+        legacy: LegacyRequests | None = None,
     ) -> None:
         self.pool = pool
+        self.legacy = legacy
         self.series = FlowSeries(pool)
         # The sparklines read every listed flow's last day: a slot like any listing.
         self.limiter = limiter
@@ -158,7 +165,8 @@ class DebuggerUi:
     async def flows(self, call: Call[None, None]) -> KnownFlows:
         workspace_id = call.caller.workspace_id
         async with self.limiter.slot(workspace_id):
-            rows = await self.pool.fetch(LIST_FLOWS, uuid.UUID(workspace_id), MAX_FLOWS)
+            statement = LIST_FLOWS.replace("{requests}", requests_source(self.legacy))
+            rows = await self.pool.fetch(statement, uuid.UUID(workspace_id), MAX_FLOWS)
             lines = await self.series.sparklines([r["id"] for r in rows], workspace_id)
         return KnownFlows(
             items=[
