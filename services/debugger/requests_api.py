@@ -379,7 +379,11 @@ class RequestsApi:
         )
         if row["outcome"] == Outcome.ROUTED:  # a source's request: the runs it started
             row["runs"] = await runs_of(
-                self.store.pool, row["id"], caller.workspace_id, row["received_at"], self.store.source
+                self.store.pool,
+                row["id"],
+                caller.workspace_id,
+                row["received_at"],
+                self.store.source,
             )
         if row["source_request_id"] is None:  # left out but for a source's runs
             del row["source_request_id"]

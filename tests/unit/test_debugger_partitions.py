@@ -74,6 +74,7 @@ class Listings:
 
     def __init__(self) -> None:
         self.asked: list[dict[str, Any]] = []
+        self.pool = None  # the API's charts are built on it; never queried here
 
     async def list_for_flow(self, *_: Any, **query: Any) -> list[Any]:
         self.asked.append(query)
