@@ -127,6 +127,7 @@ class BatchPublisher(Generic[Item]):
                 ]
             return [exc] * len(batch)
         self.messages_sent += 1
+        self.broker.count_batch(self.routing_key, len(batch))
         return None
 
     async def drain(self) -> None:

@@ -15,6 +15,7 @@ robust channel, which re-declares the queue and re-consumes after a reconnect; t
 """
 
 import asyncio
+import collections
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -124,6 +125,12 @@ class Broker:
         self.reconnected: list[Callable[[], None]] = []
         # Publishes the broker did not confirm (exported as a metric, shared/metrics.py).
         self.publish_failures = 0
+        # Batched messages sent and the items they held, by hop (a routing key, or
+        # `rpc.REPLY_HOP` for the grouped RPC replies): items per message under load is what
+        # shares a message's cost among requests (docs/performance.md). Exported as
+        # metrics; the hot path only adds.
+        self.batch_messages: collections.Counter[str] = collections.Counter()
+        self.batch_items: collections.Counter[str] = collections.Counter()
         # The routing keys this service declares it publishes on the events exchange (the
         # kernel sets it from its `ServiceSpec`); None: any.
         self.may_publish_event: Callable[[str], object] | None = None
@@ -200,6 +207,10 @@ class Broker:
             and not self._connection.is_closed
             and (self._connection.connected.is_set())
         )
+
+    def count_batch(self, hop: str, items: int) -> None:
+        self.batch_messages[hop] += 1
+        self.batch_items[hop] += items
 
     async def publish(
         self,

@@ -230,6 +230,11 @@ def error_body(error: ApiError) -> bytes:
     return orjson.dumps({"kind": error.kind, "message": error.message, "data": error.data})
 
 
+# The hop label of grouped replies in the broker's batch counters (each caller has a
+# reply queue of its own name).
+REPLY_HOP = "rpc.replies"
+
+
 class GroupedReplies:
     """Replies of a server that takes calls in batches: every reply is sent as soon as
     its call is done, and the replies to one caller that are ready in the same turn of
@@ -266,6 +271,8 @@ class GroupedReplies:
             )
         except Unavailable:
             log.warning("rpc_replies_lost", count=len(items))
+            return
+        self.broker.count_batch(REPLY_HOP, len(items))
 
     async def drain(self) -> None:
         while self._sending or self._flush_scheduled:
