@@ -46,7 +46,7 @@ HOPS = (
 SCENARIOS = ("sync", "async")
 
 
-def measure(seconds: float, concurrency: int, warmup: float) -> dict[str, Any]:
+def measure(seconds: float, concurrency: int, warmup: float, env: dict[str, str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     port = free_port()
     ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=REPO)
@@ -68,6 +68,7 @@ def measure(seconds: float, concurrency: int, warmup: float) -> dict[str, Any]:
             extra_env={
                 "FLOWHOOKS_LOG_LEVEL": "warning",
                 "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
+                **env,
             },
         )
         infrastructure = {
@@ -159,10 +160,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="FLOWHOOKS_X=VALUE",
+        help="a setting for every service (a variant to compare with the default)",
+    )
     parser.add_argument("--warmup", type=float, default=8.0, help="unmeasured seconds first")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results = measure(args.seconds, args.concurrency, args.warmup)
+    env = dict(pair.split("=", 1) for pair in args.env)
+    results = measure(args.seconds, args.concurrency, args.warmup, env)
+    results["env"] = env
     lines = table(results)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H%M%SZ")
     (RESULTS / f"budget-{stamp}.json").write_text(json.dumps(results, indent=2))
