@@ -268,11 +268,10 @@ class GroupedReplies:
                 confirm=False,
                 persistent=False,
                 message_type=REPLIES,
+                batch=(REPLY_HOP, len(items)),
             )
         except Unavailable:
             log.warning("rpc_replies_lost", count=len(items))
-            return
-        self.broker.count_batch(REPLY_HOP, len(items))
 
     async def drain(self) -> None:
         while self._sending or self._flush_scheduled:
