@@ -13,9 +13,12 @@ request stored, and the lag until the last one was).
 import argparse
 import asyncio
 import json
+import re
+import resource
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -107,14 +110,52 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a service: its process and its children (the runner's workers)."""
+def own_cpu_seconds(pid: int) -> float:
+    """CPU time of one process (its threads), not of its children."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0  # gone meanwhile (a worker that was replaced)
-    own = (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
-    return own + sum(cpu_seconds(child) for child in _children(pid))
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a service: its process and its children (the runner's workers)."""
+    return own_cpu_seconds(pid) + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def backends_cpu_seconds(postmaster: int, database: str) -> float:
+    """CPU time of the PostgreSQL backends serving `database` (the server is shared with
+    other databases; its WAL writer and checkpointer, shared too, are not counted)."""
+    total = 0.0
+    for child in _children(postmaster):
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if f" {database} " in title:
+            total += own_cpu_seconds(child)
+    return total
+
+
+BATCH_LINE = re.compile(r'^flowhooks_broker_batch_(messages|items)_total\{hop="([^"]+)"\} (\S+)$')
+
+
+def batch_counts(ops_url: str) -> dict[tuple[str, str], float]:
+    """A service's batched messages and items sent so far, by (kind, hop), from its
+    `/metrics` (shared/metrics.py `BatchCounters`); empty when it has none."""
+    try:
+        # A loopback http URL of our own (harness/system.py).
+        with urllib.request.urlopen(f"{ops_url}/metrics", timeout=10) as answer:  # noqa: S310
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    counts: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        found = BATCH_LINE.match(line)
+        if found:
+            counts[(found[1], found[2])] = float(found[3])
+    return counts
 
 
 def rss_mib(pid: int) -> float:
@@ -160,6 +201,7 @@ class Bench:
         seconds: float,
         concurrency: int,
         infrastructure: dict[str, int] | None = None,
+        database: str | None = None,
     ) -> None:
         self.system = system
         self.seconds = seconds
@@ -167,6 +209,8 @@ class Bench:
         # RabbitMQ's and PostgreSQL's processes, measured like a service (on this machine
         # they serve nothing else while the bench runs).
         self.infrastructure = infrastructure or {}
+        # When set, PostgreSQL's CPU is that of this database's backends only.
+        self.database = database
         self.results: dict[str, Any] = {}
 
     def service_pids(self) -> dict[str, int]:
@@ -180,16 +224,66 @@ class Bench:
         infrastructure = {f"{name}:0": pid for name, pid in self.infrastructure.items()}
         return {**self.service_pids(), **infrastructure}
 
+    def own_cpu(self) -> dict[str, float]:
+        """The runner supervisors' own CPU, without their workers; PostgreSQL's, of the
+        system's own database when it is known."""
+        own = {
+            f"runner_supervisor:{s.port}": own_cpu_seconds(s.process.pid)
+            for s in self.system.processes.get("runner", [])
+        }
+        postmaster = self.infrastructure.get("postgresql")
+        if self.database and postmaster is not None:
+            own["postgresql:0"] = backends_cpu_seconds(postmaster, self.database)
+        return own
+
+    def batches(self) -> dict[tuple[str, str], float]:
+        """Batched messages and items sent so far by every service, by (kind, hop)."""
+        total: dict[tuple[str, str], float] = {}
+        for services in self.system.processes.values():
+            for service in services:
+                for key, value in batch_counts(service.ops_url).items():
+                    total[key] = total.get(key, 0.0) + value
+        return total
+
     def measure(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        before = {k: cpu_seconds(p) for k, p in self.pids().items()}
+        batches_before = self.batches()
+        before = {k: cpu_seconds(p) for k, p in self.pids().items()} | self.own_cpu()
+        # The load generator is the only child waited for meanwhile: its CPU is the
+        # difference in the finished children's usage.
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = loadgen({"seconds": self.seconds, "concurrency": self.concurrency, **spec})
-        after = {k: cpu_seconds(p) for k, p in self.pids().items()}
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        after = {k: cpu_seconds(p) for k, p in self.pids().items()} | self.own_cpu()
+        batches_after = self.batches()
         count = max(1, result["count"])
         # Per service, summed over its replicas (the runners of the scaling scenarios).
         per_service: dict[str, float] = {}
         for key in before:
             service = key.split(":")[0]
             per_service[service] = per_service.get(service, 0.0) + after.get(key, 0.0) - before[key]
+        if "runner_supervisor" in per_service:
+            per_service["runner_workers"] = per_service["runner"] - per_service["runner_supervisor"]
+        per_service["loadgen"] = (
+            children_after.ru_utime
+            + children_after.ru_stime
+            - children_before.ru_utime
+            - children_before.ru_stime
+        )
+        # Mean items per message on every hop that sent messages during the scenario.
+        result["items_per_message"] = {
+            hop: round(
+                (batches_after.get(("items", hop), 0.0) - batches_before.get(("items", hop), 0.0))
+                / sent,
+                2,
+            )
+            for (kind, hop), value in sorted(batches_after.items())
+            if kind == "messages" and (sent := value - batches_before.get((kind, hop), 0.0)) > 0
+        }
+        result["messages_per_request"] = {
+            hop: round((value - batches_before.get(("messages", hop), 0.0)) / count, 4)
+            for (kind, hop), value in sorted(batches_after.items())
+            if kind == "messages" and value > batches_before.get((kind, hop), 0.0)
+        }
         result["cpu_ms_per_request"] = {
             service: round(seconds * 1000 / count, 3) for service, seconds in per_service.items()
         }

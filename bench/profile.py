@@ -1,9 +1,15 @@
-"""Where the CPU goes on the sync webhook path: `python -m bench.profile`.
+"""Where the CPU goes on the webhook path: `python -m bench.profile [--mode async]`.
 
-Starts the system, loads a sync flow with the load generator, and samples the ingress,
-runner and debugger with py-spy (`pip install py-spy`) for `--seconds`. Prints, per
-service, the functions with the most samples on top of the stack (self time) and the
-packages that time belongs to."""
+Starts the system, loads a sync (or async) flow with the load generator, and after a
+warm-up (the runner starts the workers a load needs when it arrives: their imports are
+not the steady state) samples the ingress, the runner (its supervisor and its workers
+apart) and the debugger with py-spy (`pip install py-spy`) for `--seconds`. Prints, per
+process, the functions with the most samples on top of the stack (self time), the
+packages that time belongs to, and flowhooks' functions by inclusive samples.
+
+py-spy samples wall time: on a loaded machine a thread preempted in a system call
+(socket writes, clock reads) is counted there although it is not computing. Check a
+hot spot it shows against CPU per request (`bench.compare`)."""
 
 import argparse
 import asyncio
@@ -12,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.__main__ import SMALL_JSON, api_setup
@@ -48,42 +55,79 @@ def package_of(frame: str) -> str:
 
 
 def top(raw: Path, count: int = 12) -> dict[str, object]:
-    leaves: collections.Counter[str] = collections.Counter()
-    packages: collections.Counter[str] = collections.Counter()
-    total = 0
+    """Per process (`worker`: a stack through services/runner/worker.py, the runner's
+    workers; `main`: the service's own process): share of samples by package of the
+    leaf, the leaves with most samples, and the flowhooks functions with most samples
+    anywhere on the stack (inclusive: what a function and everything it calls costs)."""
+    processes: dict[str, dict[str, collections.Counter[str]]] = {}
+    totals: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
         if not stack or not samples.isdigit():
             continue
         n = int(samples)
-        leaf = stack.split(";")[-1]
-        leaves[leaf] += n
-        packages[package_of(leaf)] += n
-        total += n
+        frames = stack.split(";")
+        process = "worker" if any("(services/runner/worker.py" in f for f in frames) else "main"
+        counters = processes.setdefault(
+            process,
+            {key: collections.Counter() for key in ("leaves", "packages", "inclusive")},
+        )
+        leaf = frames[-1]
+        counters["leaves"][leaf] += n
+        counters["packages"][package_of(leaf)] += n
+        for frame in set(frames):
+            if package_of(frame) == "flowhooks":
+                counters["inclusive"][frame] += n
+        totals[process] += n
     return {
-        "samples": total,
-        "packages": {k: round(100 * v / total, 1) for k, v in packages.most_common()},
-        "top_functions": [
-            f"{round(100 * v / total, 1)}% {k}" for k, v in leaves.most_common(count)
-        ],
+        process: {
+            "samples": totals[process],
+            "packages": {
+                k: round(100 * v / totals[process], 1)
+                for k, v in counters["packages"].most_common()
+            },
+            "top_functions": [
+                f"{round(100 * v / totals[process], 1)}% {k}"
+                for k, v in counters["leaves"].most_common(count)
+            ],
+            "flowhooks_inclusive": [
+                f"{round(100 * v / totals[process], 1)}% {k}"
+                for k, v in counters["inclusive"].most_common(count)
+            ],
+        }
+        for process, counters in processes.items()
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--mode", choices=("sync", "async"), default="sync")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=8.0,
+        help="seconds of load before sampling (the runner starts its workers meanwhile)",
+    )
     args = parser.parse_args()
     with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        system = System(amqp_url, database_url, extra_env={"FLOWHOOKS_LOG_LEVEL": "warning"})
+        system = System(
+            amqp_url,
+            database_url,
+            extra_env={
+                "FLOWHOOKS_LOG_LEVEL": "warning",
+                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
+            },
+        )
         try:
             system.start_all()
             token = system.create_token("bench", "automation")
             flows = asyncio.run(api_setup(system, token))
             spec = {
-                "url": f"{system.url('ingress')}/v1/flow-webhook/{flows['sync']}",
-                "headers": {"Authorization": f"Bearer {flows['sync_token']}"},
+                "url": f"{system.url('ingress')}/v1/flow-webhook/{flows[args.mode]}",
+                "headers": {"Authorization": f"Bearer {flows[args.mode + '_token']}"},
                 "body": SMALL_JSON,
-                "seconds": args.seconds + 4,
+                "seconds": args.warmup + args.seconds + 4,
                 "concurrency": 50,
             }
             load = subprocess.Popen(
@@ -91,6 +135,7 @@ def main() -> None:
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
             )
+            time.sleep(args.warmup)
             out = Path(tempfile.mkdtemp(prefix="flowhooks-profile-"))
             spies = {
                 name: subprocess.Popen(

@@ -61,6 +61,32 @@ class Counters(Collector):
             yield GaugeMetricFamily(name, documentation)
 
 
+class BatchCounters(Collector):
+    """`flowhooks_broker_batch_messages_total{hop}` and `..._batch_items_total{hop}`:
+    batched messages this service sent and the items they held, by hop (a routing key
+    or queue name of the code's own topology, or `rpc.replies`: a closed set). Their
+    ratio is the mean items per message (bench/budget.py)."""
+
+    def __init__(self, read: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        messages, items = self.read()
+        for name, counts in (("messages", messages), ("items", items)):
+            family = CounterMetricFamily(
+                f"flowhooks_broker_batch_{name}",
+                f"Batched messages sent by this service ({name}), by hop",
+                labels=["hop"],
+            )
+            for hop, count in sorted(counts.items()):
+                family.add_metric([hop], count)
+            yield family
+
+    def describe(self) -> Iterable[Metric]:
+        for name in ("messages", "items"):
+            yield CounterMetricFamily(f"flowhooks_broker_batch_{name}", "", labels=["hop"])
+
+
 class KernelMetrics:
     """Created by the service kernel for every service."""
 
@@ -85,8 +111,12 @@ class KernelMetrics:
         )
 
     def watch_broker(
-        self, publish_failures: Callable[[], float], connected: Callable[[], bool]
+        self,
+        publish_failures: Callable[[], float],
+        connected: Callable[[], bool],
+        batches: Callable[[], tuple[Mapping[str, int], Mapping[str, int]]] = lambda: ({}, {}),
     ) -> None:
+        self.registry.register(BatchCounters(batches))
         self.registry.register(
             Counters(
                 counters=[

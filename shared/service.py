@@ -148,7 +148,11 @@ class Kernel(Generic[S]):
         # service's own metrics to `self.metrics.registry`. A bare app (tests): unexported.
         ops = app.get(OPS)
         self.metrics = KernelMetrics(ops.registry if ops is not None else CollectorRegistry())
-        self.metrics.watch_broker(lambda: self.broker.publish_failures, self._broker_connected)
+        self.metrics.watch_broker(
+            lambda: self.broker.publish_failures,
+            self._broker_connected,
+            lambda: (self.broker.batch_messages, self.broker.batch_items),
+        )
         self.rpc = RpcClient(self.broker, settings.rpc_timeout_s, self.metrics.rpc_duration)
         # Who holds a bearer token, for the routes' scopes: auth, over RPC (auth's own
         # `wire` provides its local check instead).

@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
-from shared import db
+from shared import db, heap
 from shared.errors import (
     ApiError,
     BadRequest,
@@ -283,6 +283,7 @@ async def serve(
             await ops_runner.setup()
             await listen(ops_runner, ops_port, ops_guards)
         await listen(runner, port, guards)
+        heap.settle()  # start-up is over: what it made lives as long as the process
         log.info("listening", host=host, port=port, ops_port=ops_port)
         await stop.wait()
     finally:

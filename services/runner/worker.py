@@ -43,7 +43,7 @@ from services.runner.worker_protocol import (
     frame_of,
     read_frame,
 )
-from shared import tracing
+from shared import heap, tracing
 from shared.errors import FlowError, Timeout
 from shared.logging import configure_logging
 from shared.outbound import AddressPolicy, OutboundHttp
@@ -265,7 +265,9 @@ async def _main(sock_fd: int, marker_fd: int) -> None:
     bounds = RunBounds.model_validate(await read_frame(reader))
     limit = bounds.worker_memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    await Worker(bounds, SliceMarker(marker_fd)).serve(reader, writer)
+    worker = Worker(bounds, SliceMarker(marker_fd))
+    heap.settle()  # start-up is over: the imports and the engine live as long as it
+    await worker.serve(reader, writer)
 
 
 def main() -> None:

@@ -115,6 +115,7 @@ class BatchPublisher(Generic[Item]):
                     reply_to=self.reply_to,
                     expiration_s=expiration_s,
                     headers=_trace_headers(),
+                    batch=(self.routing_key, len(batch)),
                 )
         except Exception as exc:  # Unavailable, or a bug: every waiter must hear
             if len(batch) > 1 and _refused(exc):

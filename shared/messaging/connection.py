@@ -15,6 +15,7 @@ robust channel, which re-declares the queue and re-consumes after a reconnect; t
 """
 
 import asyncio
+import collections
 import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -124,6 +125,12 @@ class Broker:
         self.reconnected: list[Callable[[], None]] = []
         # Publishes the broker did not confirm (exported as a metric, shared/metrics.py).
         self.publish_failures = 0
+        # Batched messages sent and the items they held, by hop (`publish`'s `batch`: a
+        # routing key, or `rpc.REPLY_HOP` for the grouped RPC replies): items per message
+        # under load is what shares a message's cost among requests
+        # (docs/performance.md). Exported as metrics; the hot path only adds.
+        self.batch_messages: collections.Counter[str] = collections.Counter()
+        self.batch_items: collections.Counter[str] = collections.Counter()
         # The routing keys this service declares it publishes on the events exchange (the
         # kernel sets it from its `ServiceSpec`); None: any.
         self.may_publish_event: Callable[[str], object] | None = None
@@ -215,10 +222,12 @@ class Broker:
         reply_to: str | None = None,
         message_type: str | None = None,
         headers: dict[str, Any] | None = None,
+        batch: tuple[str, int] | None = None,
     ) -> None:
         """Publish and, with `confirm`, wait for the broker's ack (bounded by the publish
         timeout). Raises `Unavailable` when the broker did not take the message, and
-        `UndeclaredEvent` for an event this service does not declare it publishes."""
+        `UndeclaredEvent` for an event this service does not declare it publishes.
+        `batch`: a batched message's hop and item count, for the batch counters."""
         if to_events and self.may_publish_event and not self.may_publish_event(routing_key):
             raise UndeclaredEvent(f"{self.service} does not declare publishing {routing_key}")
         message = aio_pika.Message(
@@ -262,6 +271,10 @@ class Broker:
             if _is_nack(exc) and channel is self._confirm_channel and self._renewing is None:
                 self._renewing = asyncio.create_task(self._renew_confirm_channel(channel))
             raise Unavailable("the message broker did not accept the request") from exc
+        if batch is not None:
+            hop, items = batch
+            self.batch_messages[hop] += 1
+            self.batch_items[hop] += items
 
     async def _renew_confirm_channel(self, nacked: AbstractRobustChannel) -> None:
         """Publish on a new channel from now on. On RabbitMQ 3.10, once the node that

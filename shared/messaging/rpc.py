@@ -230,6 +230,11 @@ def error_body(error: ApiError) -> bytes:
     return orjson.dumps({"kind": error.kind, "message": error.message, "data": error.data})
 
 
+# The hop label of grouped replies in the broker's batch counters (each caller has a
+# reply queue of its own name).
+REPLY_HOP = "rpc.replies"
+
+
 class GroupedReplies:
     """Replies of a server that takes calls in batches: every reply is sent as soon as
     its call is done, and the replies to one caller that are ready in the same turn of
@@ -263,6 +268,7 @@ class GroupedReplies:
                 confirm=False,
                 persistent=False,
                 message_type=REPLIES,
+                batch=(REPLY_HOP, len(items)),
             )
         except Unavailable:
             log.warning("rpc_replies_lost", count=len(items))
