@@ -13,7 +13,6 @@ from harness.infra import SERVERS, fresh_database, fresh_vhost
 # PostgreSQL pair on private ports, with bounds of seconds, not of a CPU's share: they
 # run in the parallel pass, where their waits for booting nodes overlap other work.)
 SERIAL = {
-    "tests/e2e/test_chaos.py": "kills broker nodes and a PostgreSQL primary under load",
     "tests/e2e/test_isolation*.py": "latency and start bounds beside a hostile workspace",
     "tests/integration/test_broker_restart.py": "restarts the local RabbitMQ",
     "tests/e2e/test_debugger.py::test_postgresql_restart_loses_nothing": (
@@ -29,6 +28,9 @@ SERIAL = {
 # alone while the other process has nothing left; then the other e2e and integration
 # files; the many short unit files last, filling the gaps at the end.
 LONGEST_FIRST = (
+    # Its own RabbitMQ cluster and PostgreSQL pair on private ports (bench/chaos.py): it
+    # kills only those, so it runs beside the others, first, as the longest (about 100 s).
+    "tests/e2e/test_chaos.py",
     "tests/integration/test_broker_failover.py",
     "tests/e2e/test_dev_supervisor.py",
     "tests/e2e/test_replays.py",
@@ -37,6 +39,9 @@ LONGEST_FIRST = (
     "tests/e2e/test_fuzz.py",
     "tests/e2e/test_debugger.py",
     "tests/e2e/test_token_key_ring.py",
+    "tests/e2e/test_ordering.py",
+    "tests/e2e/test_debugger_pages.py",
+    "tests/e2e/test_respond_and_delay.py",
 )
 
 
