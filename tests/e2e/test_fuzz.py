@@ -26,7 +26,9 @@ from harness.system import System
 
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system, pytest.mark.timeout(240)]
 
-MAX_EXAMPLES = 50
+# Every operation within the budget: 50 a route ran out of time once the sources,
+# charts and pacing routes came (about 60 operations across the services).
+MAX_EXAMPLES = 30
 BUDGET_S = 20.0  # per service; the operations share it
 # The stream never ends by itself: fuzzed bodies cannot tell it anything (tested in
 # test_debugger.py); its 4xx answers are the same code path as the other routes'.
