@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 # The advisory lock every claim takes (one claim at a time, across replicas).
 CLAIM_LOCK = 0x70616365  # "pace"
+ANY_WAITING = "SELECT EXISTS (SELECT 1 FROM runner.paced_runs)"
 
 INSERT = """
 INSERT INTO runner.paced_runs (request_id, flow_id, workspace_id, received_at, not_before,
@@ -202,7 +203,17 @@ class PacedRuns:
     async def claim(self, capacity: int) -> Claim:
         """Up to `capacity` runs whose turn it is, leased to this process; and the
         debounced requests to record (leased too, until `forget`)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
+            # Nothing paced waiting (most of the time where no flow is paced): no lock,
+            # so idle replicas, polling every FLOWHOOKS_RUNNER_PACED_POLL_S, neither
+            # queue on one another nor run the claim's statements. A run added just
+            # after this is claimed at the next poll or wake.
+            if not await conn.fetchval(ANY_WAITING):
+                return Claim(runs=[], debounced=[])
+            return await self._claim(conn, capacity)
+
+    async def _claim(self, conn: asyncpg.Connection, capacity: int) -> Claim:
+        async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK)
             rows = (
                 await conn.fetch(CLAIM, self.settle_s, capacity, self.lease_s, self.holder)

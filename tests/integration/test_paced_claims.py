@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.runner.app import DATABASE
-from services.runner.paced_runs import PacedRuns
+from services.runner.paced_runs import CLAIM_LOCK, PacedRuns
 from services.runner.pacing import Lane
 from shared.db import open_pool
 from shared.schemas.runs import StartRun, WebhookRequest
@@ -161,3 +161,20 @@ async def test_a_finished_run_is_not_added_again(replicas: tuple[PacedRuns, Pace
     await a.finish(["f1"])
     await add(a, ["f1"])  # its message delivered again
     assert await claimed(a) == []
+
+
+async def test_an_empty_table_is_claimed_without_the_lock(
+    replicas: tuple[PacedRuns, PacedRuns],
+) -> None:
+    """Idle replicas poll: with nothing paced they must not queue on the claim lock.
+    Another replica holds it here; a claim that took it would wait until the end."""
+    a, _ = replicas
+    async with a.pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", CLAIM_LOCK)
+        empty = await asyncio.wait_for(a.claim(100), 10)
+        assert (empty.runs, empty.debounced) == ([], [])
+        await add(a, ["r1"])
+        waiting = asyncio.create_task(a.claim(100))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # a run waits: the claim does take the lock
+    assert [run.start.request.request_id for run in (await waiting).runs] == ["r1"]
