@@ -46,8 +46,13 @@ lint: install
 	$(BIN)/ruff check services shared cli harness tests bench
 	$(BIN)/mypy services shared cli
 
+# About 4 minutes. wrk drives the closed loops where installed (apt-get install wrk);
+# Node-RED is measured beside flowhooks where FLOWHOOKS_BENCH_NODE_RED names its binary
+# or node-red is on PATH (npm install --prefix /tmp/nodered node-red). BENCH_ARGS, e.g.
+# BENCH_ARGS="--loadgen python --seconds 5".
+BENCH_ARGS ?=
 bench: services
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Its own 3-node RabbitMQ cluster and PostgreSQL pair (private ports, loopback): kills
 # broker nodes, the cluster and the primary under load; fails on anything lost or

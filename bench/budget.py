@@ -5,33 +5,29 @@ Measures the bare-aiohttp ceiling, then the system (four services, RabbitMQ's Er
 PostgreSQL) under the 50-connection closed loop, sync and async, and reports per
 request: the CPU of the ingress, RabbitMQ (beam.smp), the runner supervisor, its
 workers, the debugger, PostgreSQL (the backends of the run's own database) and the load
-generator (from /proc and the load generator's rusage), and the mean items per broker
+generator (wrk when on PATH, else bench/loadgen.py: bench/measure.py; from /proc and
+the load generator's rusage), and the mean items per broker
 message on every hop (the services' batch counters, shared/metrics.py
 `BatchCounters`). The ceiling's own CPU per request is the yardstick: "x ceiling" is
 how many bare-aiohttp requests each hop's share would pay for. The broker's VM serves
 every vhost of the machine: on a shared machine its figure includes others' traffic.
-Writes `bench/results/budget-<date>.json` and `.md`."""
+Writes `bench/results/budget-<date>.json` and `.md`. `make bench` prints the same table
+for its own sync and async scenarios."""
 
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.__main__ import (
+from bench.measure import (
     RESULTS,
     SMALL_JSON,
-    Bench,
     api_setup,
-    broker_pid,
-    loadgen,
-    postgresql_pid,
+    default_generator,
+    measure_ceiling,
+    system_bench,
 )
-from harness.infra import fresh_database, fresh_vhost
-from harness.system import REPO, System, free_port
 
 HOPS = (
     ("ingress", "ingress"),
@@ -47,56 +43,21 @@ SCENARIOS = ("sync", "async")
 
 
 def measure(seconds: float, concurrency: int, warmup: float, env: dict[str, str]) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    port = free_port()
-    ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=REPO)
-    time.sleep(1.5)
-    try:
-        # The ceiling's process is measured like a service, under the name `ingress`.
-        ceiling_bench = Bench(System("", ""), seconds, concurrency, {"ingress": ceiling.pid})
-        results["ceiling"] = ceiling_bench.measure(
-            "ceiling", {"url": f"http://127.0.0.1:{port}/v1/flow-webhook/x", "body": SMALL_JSON}
-        )
-        results["ceiling"].pop("ids", None)
-    finally:
-        ceiling.terminate()
-        ceiling.wait()
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        system = System(
-            amqp_url,
-            database_url,
-            extra_env={
-                "FLOWHOOKS_LOG_LEVEL": "warning",
-                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
-                **env,
-            },
-        )
-        infrastructure = {
-            name: pid
-            for name, pid in (
-                ("rabbitmq", broker_pid()),
-                ("postgresql", asyncio.run(postgresql_pid(database_url))),
-            )
-            if pid is not None
-        }
-        bench = Bench(system, seconds, concurrency, infrastructure, database_url.rsplit("/", 1)[-1])
-        try:
-            system.start_all()
-            flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
-            ingress = system.url("ingress")
-            for scenario in SCENARIOS:
-                load = {
-                    "url": f"{ingress}/v1/flow-webhook/{flows[scenario]}",
-                    "headers": {"Authorization": f"Bearer {flows[scenario + '_token']}"},
-                    "body": SMALL_JSON,
-                }
-                # Unmeasured first: the runner starts the worker processes a load needs
-                # (0.3-0.5 s of CPU each) when the load arrives, which would otherwise
-                # be charged to the first scenario's requests.
-                loadgen({**load, "seconds": warmup, "concurrency": concurrency})
-                bench.measure(scenario, load)
-        finally:
-            system.stop_all()
+    generator = default_generator()
+    # The ceiling's own process is measured like a service, under the name `ceiling`.
+    results: dict[str, Any] = {"ceiling": measure_ceiling(seconds, concurrency, generator)}
+    with system_bench(seconds, concurrency, generator, env) as (bench, _):
+        system = bench.system
+        flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
+        ingress = system.url("ingress")
+        for scenario in SCENARIOS:
+            load = {
+                "url": f"{ingress}/v1/flow-webhook/{flows[scenario]}",
+                "headers": {"Authorization": f"Bearer {flows[scenario + '_token']}"},
+                "body": SMALL_JSON,
+            }
+            bench.warm_up(load, warmup)
+            bench.measure(scenario, load)
     for scenario in SCENARIOS:
         bench.results[scenario].pop("ids", None)
         results[scenario] = bench.results[scenario]
@@ -105,10 +66,11 @@ def measure(seconds: float, concurrency: int, warmup: float, env: dict[str, str]
 
 def table(results: dict[str, Any]) -> list[str]:
     ceiling = results["ceiling"]
-    ceiling_cpu = ceiling["cpu_ms_per_request"].get("ingress", 0.0)
+    ceiling_cpu = ceiling["cpu_ms_per_request"].get("ceiling", 0.0)
     lines = [
         f"ceiling {ceiling['rps']} req/s, {ceiling_cpu} ms of its process's CPU a request"
-        f" (load generator {ceiling['cpu_ms_per_request'].get('loadgen')} ms)",
+        f" (load generator {ceiling['cpu_ms_per_request'].get('loadgen')} ms,"
+        f" {ceiling['generator']})",
         "",
         "| CPU ms per request | " + " | ".join(f"{s} (x ceiling)" for s in SCENARIOS) + " |",
         "|---|" + "---|" * len(SCENARIOS),

@@ -2,9 +2,10 @@
 run. The base revision (default: the commit before the worker pool, `HEAD` otherwise)
 is checked out in a temporary git worktree; the ceiling, then the base system, then
 this checkout's system are measured one after the other with the same load generator
-and the same scenarios (a sequential sync round trip, sync and async under load), each
-as a ratio to the ceiling of the same run, with CPU per request per service (a
-service's CPU includes its child processes: the runner's workers). Writes
+(wrk when on PATH: bench/measure.py) and the same scenarios (a sequential sync round
+trip, sync and async under load), each as a ratio to the ceiling of the same run, with
+CPU per request per service (a service's CPU includes its child processes: the
+runner's workers). Writes
 `bench/results/compare-<date>.json` and `.md`. `--after REV` measures another revision
 instead of this checkout (also from a worktree)."""
 
@@ -12,57 +13,46 @@ import argparse
 import asyncio
 import json
 import subprocess
-import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import RESULTS, SMALL_JSON, Bench, api_setup, loadgen
-from harness.infra import fresh_database, fresh_vhost
-from harness.system import REPO, System, free_port
+from bench.measure import (
+    RESULTS,
+    SMALL_JSON,
+    api_setup,
+    default_generator,
+    measure_ceiling,
+    system_bench,
+)
+from harness.system import REPO
 
 # The last commit whose runner ran flows in its own event loop.
 BEFORE_WORKER_POOL = "793374c"
 
 
 def measure_system(repo: Path, seconds: float, concurrency: int, warmup: float) -> dict[str, Any]:
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        system = System(
-            amqp_url,
-            database_url,
-            repo=repo,
-            extra_env={
-                "FLOWHOOKS_LOG_LEVEL": "warning",
-                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
-            },
+    with system_bench(seconds, concurrency, repo=repo) as (bench, _):
+        system = bench.system
+        flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
+        ingress = system.url("ingress")
+
+        def target(key: str, **extra: Any) -> dict[str, Any]:
+            return {
+                "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
+                "headers": {"Authorization": f"Bearer {flows[key + '_token']}"},
+                "body": SMALL_JSON,
+                **extra,
+            }
+
+        # bench/budget.py measured 1.4 against 0.55 ms a request without the warm-up.
+        bench.warm_up(target("sync"), warmup)
+        bench.measure(
+            "sync_sequential_300", target("sync", concurrency=1, max_requests=300, seconds=60)
         )
-        bench = Bench(system, seconds, concurrency)
-        try:
-            system.start_all()
-            flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
-            ingress = system.url("ingress")
-
-            def target(key: str, **extra: Any) -> dict[str, Any]:
-                return {
-                    "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
-                    "headers": {"Authorization": f"Bearer {flows[key + '_token']}"},
-                    "body": SMALL_JSON,
-                    **extra,
-                }
-
-            # Unmeasured first: the runner starts the worker processes a load needs when
-            # it arrives (0.3-0.5 s of CPU each), which would be charged to the first
-            # loaded scenario (bench/budget.py measured 1.4 against 0.55 ms a request).
-            loadgen({**target("sync"), "seconds": warmup, "concurrency": concurrency})
-            bench.measure(
-                "sync_sequential_300", target("sync", concurrency=1, max_requests=300, seconds=60)
-            )
-            bench.measure("sync", target("sync"))
-            bench.measure("async", target("async"))
-        finally:
-            system.stop_all()
+        bench.measure("sync", target("sync"))
+        bench.measure("async", target("async"))
     return bench.results
 
 
@@ -88,18 +78,9 @@ def main() -> None:
                 capture_output=True,
             )
         try:
-            port = free_port()
-            ceiling = subprocess.Popen([sys.executable, "-m", "bench.ceiling", str(port)], cwd=REPO)
-            time.sleep(1.5)
-            try:
-                ceiling_bench = Bench(System("", ""), args.seconds, args.concurrency)
-                results["ceiling"] = ceiling_bench.measure(
-                    "ceiling",
-                    {"url": f"http://127.0.0.1:{port}/v1/flow-webhook/x", "body": SMALL_JSON},
-                )
-            finally:
-                ceiling.terminate()
-                ceiling.wait()
+            results["ceiling"] = measure_ceiling(
+                args.seconds, args.concurrency, default_generator()
+            )
             if set(results["ceiling"]["statuses"]) != {"200"}:
                 raise SystemExit(
                     f"the ceiling did not answer 200: {results['ceiling']['statuses']}"
@@ -115,7 +96,6 @@ def main() -> None:
                 subprocess.run(
                     ["git", "worktree", "remove", "--force", str(path)], cwd=REPO, check=False
                 )
-    results["ceiling"].pop("ids", None)
     ceiling_rps = results["ceiling"]["rps"]
     lines = [
         f"ceiling: {ceiling_rps} req/s; before = {args.base}, after = {after_label}",

@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.__main__ import RESULTS, loadgen, rss_mib
+from bench.measure import RESULTS, loadgen, rss_mib
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
 

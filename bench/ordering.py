@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.__main__ import RESULTS, loadgen
 from bench.loadgen import percentile
+from bench.measure import RESULTS, loadgen
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
 from shared.schemas.vocabulary import PENDING

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.__main__ import SMALL_JSON, api_setup
+from bench.measure import SMALL_JSON, api_setup
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import REPO, System
 

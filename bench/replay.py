@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.__main__ import RESULTS, SMALL_JSON, SYNC_FLOW, loadgen
+from bench.measure import RESULTS, SMALL_JSON, SYNC_FLOW, loadgen
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
 from shared.schemas.vocabulary import Outcome, RunMode

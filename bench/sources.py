@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.__main__ import cpu_seconds, loadgen
+from bench.measure import cpu_seconds, loadgen
 from harness.system import System, running_system
 
 ROUTES = (1, 5, 25)

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.__main__ import RESULTS, SMALL_JSON, SYNC_FLOW, cpu_seconds, loadgen
+from bench.measure import RESULTS, SMALL_JSON, SYNC_FLOW, cpu_seconds, loadgen
 from harness.otlp import otlp_receiver
 from harness.system import System, running_system
 
