@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from bench import nodered, wrk
@@ -44,6 +45,7 @@ from bench.measure import (
     rss_mib,
     stored_count,
     system_bench,
+    webhook_load,
 )
 from harness.system import REPO, free_port
 
@@ -99,15 +101,7 @@ def run_scenarios(bench: Bench, database_url: str, slow_port: int, warmup: float
     system = bench.system
     rest = {k: rss_mib(p) for k, p in bench.service_pids().items()}
     flows = asyncio.run(api_setup(system, system.create_token("bench", "automation"), slow_port))
-    ingress = system.url("ingress")
-
-    def target(key: str, **extra: Any) -> dict[str, Any]:
-        return {
-            "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
-            "headers": {"Authorization": f"Bearer {flows[key + '_token']}"},
-            "body": SMALL_JSON,
-            **extra,
-        }
+    target = partial(webhook_load, system.url("ingress"), flows)
 
     # Unmeasured: the runner starts the workers the load needs (their start-up CPU
     # would be charged to the first scenario). The sync flow only, so that the async

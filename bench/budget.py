@@ -22,11 +22,11 @@ from typing import Any
 
 from bench.measure import (
     RESULTS,
-    SMALL_JSON,
     api_setup,
     default_generator,
     measure_ceiling,
     system_bench,
+    webhook_load,
 )
 
 HOPS = (
@@ -49,13 +49,8 @@ def measure(seconds: float, concurrency: int, warmup: float, env: dict[str, str]
     with system_bench(seconds, concurrency, generator, env) as (bench, _):
         system = bench.system
         flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
-        ingress = system.url("ingress")
         for scenario in SCENARIOS:
-            load = {
-                "url": f"{ingress}/v1/flow-webhook/{flows[scenario]}",
-                "headers": {"Authorization": f"Bearer {flows[scenario + '_token']}"},
-                "body": SMALL_JSON,
-            }
+            load = webhook_load(system.url("ingress"), flows, scenario)
             bench.warm_up(load, warmup)
             bench.measure(scenario, load)
     for scenario in SCENARIOS:

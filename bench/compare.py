@@ -15,16 +15,17 @@ import json
 import subprocess
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench.measure import (
     RESULTS,
-    SMALL_JSON,
     api_setup,
     default_generator,
     measure_ceiling,
     system_bench,
+    webhook_load,
 )
 from harness.system import REPO
 
@@ -36,15 +37,7 @@ def measure_system(repo: Path, seconds: float, concurrency: int, warmup: float) 
     with system_bench(seconds, concurrency, repo=repo) as (bench, _):
         system = bench.system
         flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
-        ingress = system.url("ingress")
-
-        def target(key: str, **extra: Any) -> dict[str, Any]:
-            return {
-                "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
-                "headers": {"Authorization": f"Bearer {flows[key + '_token']}"},
-                "body": SMALL_JSON,
-                **extra,
-            }
+        target = partial(webhook_load, system.url("ingress"), flows)
 
         # bench/budget.py measured 1.4 against 0.55 ms a request without the warm-up.
         bench.warm_up(target("sync"), warmup)

@@ -320,26 +320,15 @@ class Bench:
         return {**result, "ids": ids}
 
 
-async def api_setup(system: System, token: str, slow_port: int | None = None) -> dict[str, str]:
-    """Flows for the scenarios; returns their ids and webhook tokens."""
+async def create_flows(
+    system: System, token: str, definitions: dict[str, dict[str, Any]]
+) -> dict[str, str]:
+    """The flows by key: returns `{key: id, key_token: webhook token}`."""
     headers = {"Authorization": f"Bearer {token}"}
     runner = system.url("runner")
     out: dict[str, str] = {}
     async with aiohttp.ClientSession() as session:
-        for key, definition in (
-            ("sync", SYNC_FLOW),
-            (
-                "async",
-                {
-                    **SYNC_FLOW,
-                    "name": "bench async",
-                    "webhook": {**SYNC_FLOW["webhook"], "async": True},
-                },
-            ),
-            ("paused", {**SYNC_FLOW, "name": "bench paused", "status": "paused"}),
-            ("xml", XML_FLOW),
-            *((("io", io_flow(slow_port)),) if slow_port is not None else ()),
-        ):
+        for key, definition in definitions.items():
             async with session.post(f"{runner}/v1/flows", json=definition, headers=headers) as r:
                 flow = await r.json()
                 assert r.status == 201, flow
@@ -347,6 +336,33 @@ async def api_setup(system: System, token: str, slow_port: int | None = None) ->
                 out[key] = flow["id"]
                 out[f"{key}_token"] = (await r.json())["token"]
     return out
+
+
+async def api_setup(system: System, token: str, slow_port: int | None = None) -> dict[str, str]:
+    """Flows for the scenarios; returns their ids and webhook tokens."""
+    definitions: dict[str, dict[str, Any]] = {
+        "sync": SYNC_FLOW,
+        "async": {
+            **SYNC_FLOW,
+            "name": "bench async",
+            "webhook": {**SYNC_FLOW["webhook"], "async": True},  # type: ignore[dict-item]
+        },
+        "paused": {**SYNC_FLOW, "name": "bench paused", "status": "paused"},
+        "xml": XML_FLOW,
+    }
+    if slow_port is not None:
+        definitions["io"] = io_flow(slow_port)
+    return await create_flows(system, token, definitions)
+
+
+def webhook_load(ingress: str, flows: dict[str, str], key: str, **extra: Any) -> dict[str, Any]:
+    """A load on the webhook of flow `key` of api_setup's `flows`, with its token."""
+    return {
+        "url": f"{ingress}/v1/flow-webhook/{flows[key]}",
+        "headers": {"Authorization": f"Bearer {flows[key + '_token']}"},
+        "body": SMALL_JSON,
+        **extra,
+    }
 
 
 async def stored_count(database_url: str, flow_id: str) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.measure import RESULTS, SMALL_JSON, SYNC_FLOW, loadgen
+from bench.measure import RESULTS, SMALL_JSON, SYNC_FLOW, create_flows, loadgen
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
 from shared.schemas.vocabulary import Outcome, RunMode
@@ -41,21 +41,6 @@ _COLUMNS = (
     " response_content_type, response_body, error, steps, started_at, finished_at,"
     " source_rank"
 ).split(", ")
-
-
-async def create_flows(system: System, token: str) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {token}"}
-    runner = system.url("runner")
-    out: dict[str, str] = {}
-    async with aiohttp.ClientSession() as session:
-        for key, definition in (("live", SYNC_FLOW), ("replayed", FIXED_FLOW)):
-            async with session.post(f"{runner}/v1/flows", json=definition, headers=headers) as r:
-                flow = await r.json()
-                assert r.status == 201, flow
-            async with session.get(f"{runner}/v1/flows/{flow['id']}/webhook", headers=headers) as r:
-                out[key] = flow["id"]
-                out[f"{key}_token"] = (await r.json())["token"]
-    return out
 
 
 async def seed_failed(database_url: str, flow_id: str, count: int) -> None:
@@ -135,7 +120,9 @@ def main() -> None:
         try:
             system.start_all()
             token = system.create_token("bench", "automation")
-            flows = asyncio.run(create_flows(system, token))
+            flows = asyncio.run(
+                create_flows(system, token, {"live": SYNC_FLOW, "replayed": FIXED_FLOW})
+            )
             asyncio.run(seed_failed(database_url, flows["replayed"], args.requests))
             live = {
                 "url": f"{system.url('ingress')}/v1/flow-webhook/{flows['live']}",
