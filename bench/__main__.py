@@ -158,7 +158,8 @@ def summary(results: dict[str, Any]) -> list[str]:
         lines.append(f"Node-RED: not measured ({node_red.get('error')})")
     else:
         lines.append(
-            f"Node-RED: {node_red['rps']} req/s, ratio {node_red['ratio_to_ceiling']},"
+            f"Node-RED ({node_red['version']}): {node_red['rps']} req/s,"
+            f" ratio {node_red['ratio_to_ceiling']},"
             f" p50 {node_red['p50_ms']} / p99 {node_red['p99_ms']} ms, {node_red['statuses']}"
         )
     for kind, aim in AIMS.items():

@@ -37,6 +37,13 @@ def binary() -> str | None:
     return shutil.which("node-red")
 
 
+def version(node_red: str) -> str:
+    done = subprocess.run(
+        [node_red, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return ", ".join(line.strip() for line in done.stdout.splitlines()[:2])  # Node-RED, Node.js
+
+
 def function_code(token: str) -> str:
     """The function node's body: the sync flow's answer, behind the same bearer check."""
     expected = json.dumps(f"Bearer {token}")
@@ -170,4 +177,4 @@ def measure(seconds: float, concurrency: int, generator: str, warmup: float) -> 
     except (RuntimeError, OSError) as error:
         print(f"Node-RED: not measured: {error}", flush=True)
         return {"installed": True, "binary": node_red, "error": str(error)}
-    return {"installed": True, "binary": node_red, **result}
+    return {"installed": True, "binary": node_red, "version": version(node_red), **result}
