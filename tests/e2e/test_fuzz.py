@@ -5,6 +5,7 @@ no shrinking, a time budget per service."""
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import hypothesis
@@ -104,25 +105,36 @@ def fuzz(system: System, service: str, token: str, known_path: dict[str, str]) -
     headers = {"Authorization": f"Bearer {token}"}
     failures: list[str] = []
     deadline = time.monotonic() + BUDGET_S
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        if (operation.method.upper(), operation.path) in SKIPPED:
-            continue
-        if time.monotonic() > deadline:
-            failures.append(f"{service}: out of time before {operation.label}")
-            break
-        strategy = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(
-            GenerationMode.NEGATIVE
-        )
-        run_operation(operation.label, strategy, base, headers, known_path, failures)
+    # One session for every case: its connections kept open (schemathesis opens a
+    # session, and a connection, per case otherwise).
+    with requests.Session() as session:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if (operation.method.upper(), operation.path) in SKIPPED:
+                continue
+            if time.monotonic() > deadline:
+                failures.append(f"{service}: out of time before {operation.label}")
+                break
+            strategy = operation.as_strategy(GenerationMode.POSITIVE) | operation.as_strategy(
+                GenerationMode.NEGATIVE
+            )
+            run_operation(
+                operation.label, strategy, Target(base, session, headers), known_path, failures
+            )
     return failures
+
+
+@dataclass(frozen=True)
+class Target:
+    base: str
+    session: requests.Session
+    headers: dict[str, str]
 
 
 def run_operation(
     label: str,
     strategy: st.SearchStrategy[Case],
-    base: str,
-    headers: dict[str, str],
+    target: Target,
     known_path: dict[str, str],
     failures: list[str],
 ) -> None:
@@ -144,9 +156,15 @@ def run_operation(
                 if name in known_path:
                     case.path_parameters[name] = known_path[name]
         # The caller's token on every case: fuzzing is of inputs, not of authentication.
-        case.headers = {**(case.headers or {}), **headers}
+        case.headers = {**(case.headers or {}), **target.headers}
         try:
-            case.call_and_validate(base_url=base, headers=headers, checks=CHECKS, timeout=15)
+            case.call_and_validate(
+                base_url=target.base,
+                session=target.session,
+                headers=target.headers,
+                checks=CHECKS,
+                timeout=15,
+            )
         except (AssertionError, FailureGroup) as exc:  # one check failed, or several
             first = str(exc).strip().splitlines()
             key = first[0] if first else repr(exc)
