@@ -10,12 +10,14 @@ from harness.system import System, running_system
 # none of which changes what another module sees (each test's flows and workspaces are
 # its own). A key to store webhook secrets (test_asana, test_handshakes,
 # test_provider_dedup); SNS certificates and subscription pages served on loopback
-# (test_sns). Starting a system costs about 4 s of CPU: a module that can share one
-# should (a module's own settings are the reason to start another).
+# (test_sns); `http` steps to 127.0.0.2 (test_dedup_and_status's endpoint). Starting a
+# system costs about 4 s of CPU: a module that can share one should (a module's own
+# settings are the reason to start another).
 SHARED_SYSTEM_ENV = {
     "FLOWHOOKS_WEBHOOK_SECRETS_KEY": "e2e-shared-webhook-secrets-key-0123456789",
     "FLOWHOOKS_SNS_CERT_URL_PATTERN": r"^http://127\.0\.0\.1:\d+/",
     "FLOWHOOKS_INGRESS_HTTP_ALLOW_NETWORKS": '["127.0.0.1/32"]',
+    "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": '["127.0.0.2/32"]',
 }
 
 
