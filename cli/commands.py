@@ -7,9 +7,11 @@ Exit codes: 0 done, 1 the API (or the network) said no, 2 a usage error."""
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -327,6 +329,17 @@ async def requests_show(client: ApiClient, args: argparse.Namespace) -> None:
 
 
 async def requests_tail(client: ApiClient, args: argparse.Namespace) -> None:
+    """Until the stream ends, or Ctrl-C (SIGINT), which stops it at once."""
+    reading = asyncio.ensure_future(_print_tail(client, args))
+    with _stopped_by_sigint(reading) as stopped:
+        try:
+            await reading
+        except asyncio.CancelledError:
+            if not stopped():
+                raise  # cancelled from outside, not by a signal
+
+
+async def _print_tail(client: ApiClient, args: argparse.Namespace) -> None:
     def opened() -> None:
         print("tailing; Ctrl-C stops", file=sys.stderr, flush=True)
 
@@ -336,6 +349,30 @@ async def requests_tail(client: ApiClient, args: argparse.Namespace) -> None:
             print(json.dumps({"event": event, "data": data}, ensure_ascii=False), flush=True)
         elif event == "request" and isinstance(data, dict):
             print(request_line(data), flush=True)
+
+
+@contextlib.contextmanager
+def _stopped_by_sigint(task: "asyncio.Future[None]") -> Iterator[Callable[[], bool]]:
+    """SIGINT cancels `task` (yields whether it did). Set on the loop whatever the
+    process inherited: started with SIGINT ignored (a background job of a script, a
+    pytest-xdist worker's child), Python and asyncio.run leave Ctrl-C ignored, and the
+    tail read on until the server ended the stream, which it never does."""
+    loop = asyncio.get_running_loop()
+    received: list[bool] = []
+
+    def stop() -> None:
+        received.append(True)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop)
+    except (NotImplementedError, RuntimeError):  # no signals on this loop: Ctrl-C as before
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(received)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 # The debugger's chart windows (services/debugger/stats.py WINDOWS; it refuses others).

@@ -34,7 +34,6 @@ from cli.commands import FILTER_VALUES_HELP
 from cli.commands import register as register_api_commands
 from cli.sources import register as register_source_commands
 from services import registry
-from shared.db import ensure_database, migrate
 from shared.settings import DatabaseSettings, QueueBoundsSettings
 
 DEV_TOKEN_KEY_FILE = Path(".flowhooks/dev-runner-token-key")
@@ -48,6 +47,10 @@ def _serve(name: str) -> int:
 
 async def _migrate_all(database_url: str) -> None:
     """Every service's schema that owns one (`ServiceSpec.database`)."""
+    # Here, not at the top: asyncpg's import would cost every API command a tenth of a
+    # second of CPU, for nothing.
+    from shared.db import ensure_database, migrate
+
     await ensure_database(database_url)
     for spec in registry.specs():
         if spec.database is not None:

@@ -6,12 +6,26 @@ import pytest
 from harness.client import Api
 from harness.system import System, running_system
 
+# The shared system's settings: what the modules sharing it need beyond the defaults,
+# none of which changes what another module sees (each test's flows and workspaces are
+# its own). A key to store webhook secrets (test_asana, test_handshakes,
+# test_provider_dedup); SNS certificates and subscription pages served on loopback
+# (test_sns); `http` steps to 127.0.0.2 and nowhere else (test_dedup_and_status's and
+# test_flow_steps's endpoints). Starting a system costs about 4 s of CPU: a module that
+# can share one should (a module's own settings are the reason to start another).
+SHARED_SYSTEM_ENV = {
+    "FLOWHOOKS_WEBHOOK_SECRETS_KEY": "e2e-shared-webhook-secrets-key-0123456789",
+    "FLOWHOOKS_SNS_CERT_URL_PATTERN": r"^http://127\.0\.0\.1:\d+/",
+    "FLOWHOOKS_INGRESS_HTTP_ALLOW_NETWORKS": '["127.0.0.1/32"]',
+    "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": '["127.0.0.2/32"]',
+}
+
 
 @pytest.fixture(scope="session")
 def shared_system() -> Iterator[System]:
     """One system for every module marked `shared_system` (one per xdist worker),
     started when the first of them runs, stopped at the end of the session."""
-    with running_system() as running:
+    with running_system(**SHARED_SYSTEM_ENV) as running:
         yield running
 
 

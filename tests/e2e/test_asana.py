@@ -9,7 +9,6 @@ verifies it), with the secret of its handshake."""
 import asyncio
 import hashlib
 import hmac
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -17,11 +16,10 @@ import pytest
 from multidict import CIMultiDict
 
 from harness.client import Api, eventually
-from harness.system import System, running_system
 
-pytestmark = pytest.mark.e2e
+# The shared system has a key for webhook secrets (tests/e2e/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
-SECRETS_KEY = "e2e-asana-webhook-secrets-key-0123456789"
 # What Asana sends: 32 hex characters.
 FIRST = "4e6f3c2a1b0d9e8f7a6b5c4d3e2f1a0b"
 SECOND = "9a8b7c6d5e4f30211203f4e5d6c7b8a9"
@@ -45,12 +43,6 @@ HELD = (
     " replace it; to re-arm the flow, save its webhook.auth.secrets as [] through the flows"
     " API, then create the webhook again)"
 )
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY) as running:
-        yield running
 
 
 def signed(body: bytes, secret: str) -> dict[str, str]:

@@ -189,6 +189,10 @@ async def test_pause_resume_and_rotate_token(api: Api, tmp_path: Path) -> None:
     await eventually(rotated_in, timeout_s=3)
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 async def test_requests_list_show_replay_and_tail(api: Api, tmp_path: Path) -> None:
     flow_id, hook_token = await live_flow(api, tmp_path, f"requests {uuid.uuid4().hex[:6]}")
     status, headers, _ = await api.send(flow_id, hook_token, json={"kind": "myResult"})
@@ -275,6 +279,9 @@ async def test_requests_list_show_replay_and_tail(api: Api, tmp_path: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Started with SIGINT ignored, as pytest-xdist's workers and a script's background
+        # jobs start their children: Ctrl-C must still stop the tail at once.
+        preexec_fn=ignore_sigint,
     )
     try:
         assert tail.stderr is not None and tail.stdout is not None

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.client import Api, eventually
 from harness.receiver import serving
-from harness.system import System, running_system
+from harness.system import System
 
 pytestmark = pytest.mark.e2e
 
@@ -24,10 +24,15 @@ ENDPOINT_HOST = "127.0.0.2"
 
 
 @pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS=f'["{ENDPOINT_HOST}/32"]') as running:
-        running.start("ingress")  # a second replica
-        yield running
+def system(shared_system: System) -> Iterator[System]:
+    """The session's shared system (its runners may call ENDPOINT_HOST:
+    tests/e2e/conftest.py), with a second ingress replica for this module."""
+    own = shared_system.with_own_workspaces()
+    second = own.start("ingress")
+    try:
+        yield own
+    finally:
+        assert own.stop(second) == 0
 
 
 class Endpoint:

@@ -4,7 +4,7 @@ private and metadata addresses refused; hostile templates fail the run, not the 
 
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -13,21 +13,12 @@ from aiohttp import web
 
 from harness.client import Api, eventually
 from harness.receiver import serving
-from harness.system import System, running_system
 
-pytestmark = pytest.mark.e2e
+# The shared system (tests/e2e/conftest.py): its runners' `http` steps may reach
+# 127.0.0.2, where the test's own HTTP endpoint listens, and no other address.
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
-# The test's own HTTP endpoint listens on 127.0.0.2; only that address is allowed.
 ENDPOINT_HOST = "127.0.0.2"
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(
-        FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS=f'["{ENDPOINT_HOST}/32"]',
-        FLOWHOOKS_RUNNER_RENDER_TIMEOUT_S="0.3",
-    ) as running:
-        yield running
 
 
 @pytest.fixture

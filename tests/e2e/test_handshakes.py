@@ -7,7 +7,6 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,21 +17,14 @@ from nacl.signing import SigningKey
 from slack_sdk.signature import SignatureVerifier
 
 from harness.client import Api, eventually
-from harness.system import System, running_system
 
-pytestmark = pytest.mark.e2e
+# The shared system has a key for webhook secrets (tests/e2e/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
-SECRETS_KEY = "e2e-webhook-secrets-key-0123456789abcdef"
 SECRET = "handshake-e2e-secret-0001"
 VERIFY_TOKEN = "meta-verify-token-0001"
 DISCORD_KEY = SigningKey(b"\x07" * 32)
 CHALLENGE = "challenge-3eZbrw1aBm2rZgRNFdxV"
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY) as running:
-        yield running
 
 
 def _hmac(message: bytes, secret: str = SECRET) -> bytes:

@@ -40,6 +40,7 @@ VICTIM_BOUND_S = 2.0
 ENDPOINT_HOST = "127.0.0.2"
 OTHER_HOST = "127.0.0.3"
 WORKERS = 2
+RUN_CPU_S = 2
 FINAL = frozenset({"succeeded", "failed", "timeout", "expired", "rejected"})
 ENVELOPE_KEYS = {"status", "error", "message", "data"}
 
@@ -50,6 +51,9 @@ def system() -> Iterator[System]:
         FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS=f'["{ENDPOINT_HOST}/32", "{OTHER_HOST}/32"]',
         # Two workers whatever the machine, so that one killed worker leaves another.
         FLOWHOOKS_RUNNER_WORKERS=str(WORKERS),
+        # A run's CPU budget of 2 s, not 5: the attacks past it burn 2 s of the two
+        # cores each rather than 5 (no run here needs more within its bounds).
+        FLOWHOOKS_RUNNER_RUN_CPU_S=str(RUN_CPU_S),
     ) as running:
         yield running
 
@@ -566,7 +570,7 @@ async def test_slow_render_and_long_run_are_stopped_by_their_budgets(
         attacker, {"steps": [{"ref_id": "spin", "type": "template", "template": endless}]}
     )
     # Renders of a few ms each (250,000 iterations), 2,000 of them: each far within the
-    # render budget and the slice bound, together past the run's CPU budget (5 s).
+    # render budget and the slice bound, together past the run's CPU budget (RUN_CPU_S).
     chunk = "{% for i in range(1000) %}{% for j in range(250) %}{% endfor %}{% endfor %}x"
     long_run = {
         "ref_id": "chunks",

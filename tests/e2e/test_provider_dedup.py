@@ -6,28 +6,20 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 
 from harness.client import Api, eventually
-from harness.system import System, running_system
 
-pytestmark = pytest.mark.e2e
+# The shared system has a key for webhook secrets (tests/e2e/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
-SECRETS_KEY = "e2e-provider-dedup-secrets-key-0123456789"
 GITHUB_SECRET = "github-dedup-secret-a1b2"
 STRIPE_SECRET = "whsec_stripe-dedup-secret-c3d4"
 # The first request's own id in its answer: a replayed answer shows the first's.
 RESPONSE = {"status_code": 201, "body": '{"request": "{{ request.id }}", "n": {{ web1.n }}}'}
-
-
-@pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY) as running:
-        yield running
 
 
 def github_headers(body: bytes, delivery: str) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Replays over HTTP against running services: an edited replay (body and headers,
 redacted headers never sent), a paused flow (409 unless forced), a rejected request, and
-bulk replay jobs (500 failed requests after the flow is fixed, live traffic answered
+bulk replay jobs (hundreds of failed requests after the flow is fixed, live traffic answered
 meanwhile; one job per flow; cancel; resumed after the debugger is killed, each
 original replayed exactly once). Throttle and lease settings are shortened here."""
 
@@ -21,6 +21,11 @@ from harness.system import System, running_system
 pytestmark = pytest.mark.e2e
 
 FAILING = "{{ web1.n + web1.missing }}"
+# A bulk job's failed originals: four chunks of the replay settings below, more than a
+# second's replays at their rate, so a live webhook and a cancel land mid-job.
+JOB_SIZE = 200
+# The debugger is killed once 100 are done: 200 left for the one started after it.
+KILLED_JOB_SIZE = 300
 FIXED = "{{ web1.n * 10 }}"
 
 
@@ -330,7 +335,7 @@ async def test_scopes_and_workspaces(api: Api) -> None:
 
 async def test_bulk_replay_after_the_fix_with_live_traffic(api: Api) -> None:
     flow_id, token = await make_flow(api, FAILING)
-    originals = await send_many(api, flow_id, token, 500)
+    originals = await send_many(api, flow_id, token, JOB_SIZE)
     for original in (originals[0], originals[-1]):
         assert (await stored(api, original))["outcome"] == "failed"
     # Webhooks sent while the fix reaches the ingress (within a second) may fail too:
@@ -352,7 +357,7 @@ async def test_bulk_replay_after_the_fix_with_live_traffic(api: Api) -> None:
     assert status == 202, job
     assert (job["status"], job["total"], job["done"], job["flow_id"]) == (
         "running",
-        500,
+        JOB_SIZE,
         0,
         flow_id,
     )
@@ -369,9 +374,9 @@ async def test_bulk_replay_after_the_fix_with_live_traffic(api: Api) -> None:
     assert live and set(live) == {200}
     assert {k: done[k] for k in ("status", "total", "done", "succeeded", "failed", "skipped")} == {
         "status": "finished",
-        "total": 500,
-        "done": 500,
-        "succeeded": 500,
+        "total": JOB_SIZE,
+        "done": JOB_SIZE,
+        "succeeded": JOB_SIZE,
         "failed": 0,
         "skipped": 0,
     }
@@ -381,7 +386,7 @@ async def test_bulk_replay_after_the_fix_with_live_traffic(api: Api) -> None:
         return counts if all(n == 1 for n in counts.values()) else None
 
     await eventually(all_recorded, timeout_s=20)
-    assert await replay_outcomes(api.system, originals) == {"succeeded": 500}
+    assert await replay_outcomes(api.system, originals) == {"succeeded": JOB_SIZE}
     (replay_id,) = await replays_listed(api, originals[123], 1)
     replay = await stored(api, replay_id)
     assert (replay["replay_of"], replay["input"], replay["outcome"]) == (
@@ -399,7 +404,7 @@ async def test_bulk_replay_after_the_fix_with_live_traffic(api: Api) -> None:
 
 async def test_cancel_stops_the_job(api: Api) -> None:
     flow_id, token = await make_flow(api, FAILING)
-    originals = await send_many(api, flow_id, token, 500)
+    originals = await send_many(api, flow_id, token, JOB_SIZE)
     await all_failed(api.system, originals)
     status, job = await post(api, f"/v1/flows/{flow_id}/replays", {"filter": {"outcome": "failed"}})
     assert status == 202, job
@@ -413,7 +418,7 @@ async def test_cancel_stops_the_job(api: Api) -> None:
     await asyncio.sleep(1.0)
     assert await job_state(api, job["id"]) == settled
     assert settled["status"] == "cancelled"
-    assert 0 < settled["done"] < 500
+    assert 0 < settled["done"] < JOB_SIZE
     assert settled["done"] == settled["failed"]  # the flow still fails
     counts = await replay_counts(api.system, originals)
     assert sum(counts.values()) == settled["done"]
@@ -429,7 +434,7 @@ async def _at_least(api: Api, job_id: str, done: int) -> bool | None:
 async def test_job_resumes_after_the_debugger_is_killed(api: Api) -> None:
     system = api.system
     flow_id, token = await make_flow(api, FAILING)
-    originals = await send_many(api, flow_id, token, 500)
+    originals = await send_many(api, flow_id, token, KILLED_JOB_SIZE)
     await all_failed(api.system, originals)
     await set_template(api, flow_id, FIXED)
     status, job = await post(api, f"/v1/flows/{flow_id}/replays", {"filter": {"outcome": "failed"}})
@@ -441,9 +446,9 @@ async def test_job_resumes_after_the_debugger_is_killed(api: Api) -> None:
     done = await until_over(api, job["id"], timeout_s=90)
     assert {k: done[k] for k in ("status", "total", "done", "succeeded", "failed")} == {
         "status": "finished",
-        "total": 500,
-        "done": 500,
-        "succeeded": 500,
+        "total": KILLED_JOB_SIZE,
+        "done": KILLED_JOB_SIZE,
+        "succeeded": KILLED_JOB_SIZE,
         "failed": 0,
     }
 
@@ -455,4 +460,4 @@ async def test_job_resumes_after_the_debugger_is_killed(api: Api) -> None:
     await asyncio.sleep(1.0)  # anything sent twice would be stored by now
     assert counts == await replay_counts(system, originals)
     assert set(counts.values()) == {1}
-    assert await replay_outcomes(system, originals) == {"succeeded": 500}
+    assert await replay_outcomes(system, originals) == {"succeeded": KILLED_JOB_SIZE}

@@ -15,9 +15,10 @@ import pytest
 
 from harness import sns as aws
 from harness.client import Api, eventually
-from harness.system import System, running_system
 
-pytestmark = pytest.mark.e2e
+# The shared system takes SNS certificates and subscription pages from 127.0.0.1
+# (tests/e2e/conftest.py), where FakeSns serves them.
+pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
 
 SIGNER = aws.SnsSigner()
 
@@ -63,7 +64,7 @@ class _Sns(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def fake_sns() -> Iterator[FakeSns]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sns)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -72,15 +73,6 @@ def fake_sns() -> Iterator[FakeSns]:
     yield FAKE
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture(scope="module")
-def system(fake_sns: FakeSns) -> Iterator[System]:
-    with running_system(
-        FLOWHOOKS_SNS_CERT_URL_PATTERN=r"^http://127\.0\.0\.1:\d+/",
-        FLOWHOOKS_INGRESS_HTTP_ALLOW_NETWORKS='["127.0.0.0/8"]',
-    ) as running:
-        yield running
 
 
 async def sns_flow(api: Api, **auth: Any) -> str:
