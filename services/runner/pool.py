@@ -173,6 +173,8 @@ class WorkerPool:
         self.workers_started = 0
         self.workers_drained = 0  # taken back from a workspace for one waiting
         self.runs_retried = 0
+        self.frames_sent = 0  # of runs, to workers
+        self.frames_received = 0  # of results, from workers
 
     async def start(self) -> None:
         started = await asyncio.gather(*(self._start_worker() for _ in range(self.min_workers)))
@@ -269,13 +271,18 @@ class WorkerPool:
         )
 
     def _fill(self, workspace: str, tenant: _Tenant) -> None:
-        """The workspace's waiting runs into free slots of its own workers, the least
-        busy first; whether it still waits for a worker goes to the fair share."""
+        """The workspace's waiting runs into free slots of its own workers; whether it
+        still waits for a worker goes to the fair share. A run goes where a frame is
+        being filled in this turn of the event loop (runs placed together, e.g. a
+        broker message's, travel in one frame and wake one worker, not one each), else
+        to the least busy worker (runs placed apart spread over the workspace's
+        workers, and its cores)."""
         while tenant.queue:
-            workers = [worker for worker in tenant.workers if self._has_room(worker)]
-            if not workers:
+            free = [worker for worker in tenant.workers if self._has_room(worker)]
+            if not free:
                 break
-            self._place(tenant.queue.popleft(), min(workers, key=lambda w: len(w.runs)))
+            filling = next((worker for worker in free if worker.outbox), None)
+            self._place(tenant.queue.popleft(), filling or min(free, key=lambda w: len(w.runs)))
         if tenant.queue:
             self.fair_share.wait(workspace)
         else:
@@ -504,6 +511,7 @@ class WorkerPool:
                 worker.has_outbox.clear()
                 batch, worker.outbox = worker.outbox, []
                 worker.writer.write(frame_of("runs", batch))
+                self.frames_sent += 1
                 await worker.writer.drain()
         except (ConnectionError, RuntimeError):
             pass  # the worker is gone; `_receive` handles it
@@ -512,6 +520,7 @@ class WorkerPool:
         try:
             while True:
                 message = await read_frame(worker.reader)
+                self.frames_received += 1
                 for done in message.get("done", ()):
                     self._finished(worker, done)
                 # Freed slots to the workspace's waiting runs; an emptied worker lingers.

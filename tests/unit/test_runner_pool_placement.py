@@ -443,3 +443,23 @@ async def test_must_wait_is_true_only_when_a_run_could_not_start(share: float) -
         assert not pool.must_wait("evil")
         await runs.start("evil", "e2")  # full: a second worker if its share allows
         assert pool.must_wait("evil") == (share == 0.5)
+
+
+async def test_runs_placed_together_travel_in_one_frame() -> None:
+    """Runs placed in one turn of the event loop (a broker message's) go to the worker
+    whose frame is being filled while it has room: one frame, one wake-up of one worker;
+    a run placed on its own goes to the least busy worker."""
+    async with fake_pool(slots_per_worker=4, workspace_share=1.0) as pool:
+        runs = Runs(pool)
+        await runs.start("acme", "a1", "a2", "a3", "a4", "a5")
+        first, second = pool.worker_of("a1"), pool.worker_of("a5")
+        assert [pool.worker_of(name) for name in ("a2", "a3", "a4")] == [first] * 3
+        assert second is not first
+        await runs.finish("a1", "a2", "a3")  # one run left on each
+        frames = pool.frames_sent
+        await runs.start("acme", "b1", "b2", "b3")
+        assert [pool.worker_of(name) for name in ("b1", "b2", "b3")] == [first] * 3
+        assert pool.frames_sent == frames + 1
+        await runs.start("acme", "c1")
+        assert pool.worker_of("c1") is second
+        await runs.finish("a4", "a5", "b1", "b2", "b3", "c1")
