@@ -19,8 +19,9 @@ from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
 from services.runner.pool import WorkerPool, _Worker
 from services.runner.run_meter import SliceMarker
-from services.runner.worker_protocol import FlowSnapshot, frame, read_frame
+from services.runner.worker_protocol import FlowSnapshot, RunOutput, frame, read_frame
 from shared.schemas.runs import RunResult
+from shared.schemas.vocabulary import Outcome
 
 CONFIG = RunBounds(
     render_timeout_s=0.5,
@@ -463,3 +464,50 @@ async def test_runs_placed_together_travel_in_one_frame() -> None:
         await runs.start("acme", "c1")
         assert pool.worker_of("c1") is second
         await runs.finish("a4", "a5", "b1", "b2", "b3", "c1")
+
+
+async def test_results_arrive_as_the_workers_bytes_and_a_broken_one_fails_alone() -> None:
+    """A results frame carries each run's `RunResult` as its worker encoded it: the pool
+    hands those very bytes on (`run_encoded`), except a result that is not even JSON
+    (it would spoil the reply and record messages it is spliced into), which fails its
+    own run only."""
+    async with fake_pool(slots_per_worker=4) as pool:
+        tasks = {
+            name: asyncio.create_task(
+                pool.run_encoded(
+                    name,
+                    webhook_request({}, request_id=name).model_dump_json().encode(),
+                    flow("acme"),
+                    flow("acme").model_dump_json().encode(),
+                    30,
+                )
+            )
+            for name in ("good", "broken")
+        }
+        await until(lambda: len(pool.hosted) == 2)
+        worker = pool.worker_of("good")
+        now = datetime.now(UTC)
+        good = RunResult(
+            request_id="good",
+            outcome=Outcome.SUCCEEDED,
+            status_code=200,
+            content_type="text/plain",
+            body="fine",
+            started_at=now,
+            finished_at=now,
+        )
+        encoded = good.model_dump_json().encode()
+        header = [[worker.keys.pop("good"), len(encoded), "succeeded", 0.25]]
+        header.append([worker.keys.pop("broken"), 5, "succeeded", 0.0])
+        payload = b"R" + orjson.dumps(header) + b"\n" + encoded + b'{"a":'
+        assert worker.writer is not None
+        worker.writer.write(frame(payload))
+        output = await asyncio.wait_for(tasks["good"], 2)
+        assert isinstance(output, RunOutput)
+        assert (output.encoded, output.outcome, output.duration_s) == (encoded, "succeeded", 0.25)
+        broken = await asyncio.wait_for(tasks["broken"], 2)
+        assert isinstance(broken, RunOutput)
+        assert (broken.outcome, broken.decoded().error) == (
+            "failed",
+            "the run's result could not be read",
+        )
