@@ -118,3 +118,41 @@ async def test_an_event_the_broker_refuses_fails_alone(amqp_url: str) -> None:
     finally:
         await observer.close()
         await broker.close()
+
+
+async def test_an_event_withdrawn_before_its_message_is_sent_is_left_out(amqp_url: str) -> None:
+    """`withdraw` leaves a `publish_soon` event out while its message is not being sent
+    yet (a run's `run.started` once the run finished); once it is, it is too late; a
+    message whose every event was withdrawn is not sent at all."""
+    broker = Broker(amqp_url, "test")
+    await broker.connect()
+    received: list[Items] = []
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        received.append(Items.model_validate_json(message.body))
+
+    await broker.consume(
+        f"test-withdrawn-{broker.instance}",
+        on_message,
+        prefetch=100,
+        no_ack=True,
+        bindings=("test.withdrawn",),
+    )
+    publisher: BatchPublisher[Item] = BatchPublisher(broker, Event("test.withdrawn", Items))
+    try:
+        kept, left_out = publisher.publish_soon(Item(n=1)), publisher.publish_soon(Item(n=2))
+        assert publisher.withdraw(left_out)  # the sender has not run yet
+        await publisher.drain()
+        assert not publisher.withdraw(kept)  # sent already
+        alone = publisher.publish_soon(Item(n=3))
+        assert publisher.withdraw(alone)
+        await publisher.drain()
+        await publisher.publish(Item(n=4))
+        for _ in range(100):
+            if len(received) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert [[item.n for item in batch.items] for batch in received] == [[1], [4]]
+        assert publisher.messages_sent == 2
+    finally:
+        await broker.close()
