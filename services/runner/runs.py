@@ -746,13 +746,12 @@ class RunService:
                 held = self._admit(start, ticket.batch)
             finally:
                 ticket.decide()
-        started = None
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
-            started = self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
+            self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
         self.runs_running += 1
         try:
-            output = await self.pool.run_encoded(
+            return await self.pool.run_encoded(
                 request.request_id, encoded_request, snapshot, snapshot_encoded, timeout_s, resume
             )
         finally:
@@ -760,12 +759,6 @@ class RunService:
             if held:
                 assert ticket is not None
                 self._release(ticket.batch, request.workspace_id)
-        if started is not None and isinstance(output, RunOutput):
-            # Done before its `run.started` went out (it waits for the message in
-            # flight): its `run.finished` says more, and the debugger takes an outcome
-            # without a `running` before it (services/debugger/records.py, ranks).
-            BatchPublisher.withdraw(started)
-        return output
 
     async def _record(self, request: bytes, result: RunOutput) -> None:
         """`run.finished` (confirmed) of the request and the result, both as encoded:

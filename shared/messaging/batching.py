@@ -39,17 +39,11 @@ class Unencodable(ValueError):
     """An event that cannot be encoded as JSON (it fails alone)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Encoded:
     encoded: bytes
     expires_at: float | None  # monotonic: when its sender stops waiting
     trace: tracing.Carrier  # its publisher's span, which the message's send span links to
-    taken: bool = False  # its message is being sent
-    withdrawn: bool = False  # left out of its message (`withdraw`)
-
-
-# What `publish_soon` hands back: the event, which `withdraw` may still leave out.
-Soon = _Encoded
 
 
 class BatchPublisher(Generic[Item]):
@@ -103,36 +97,14 @@ class BatchPublisher(Generic[Item]):
         trace = tracing.carrier() if tracing.enabled() else {}
         await asyncio.shield(self._messages.submit(_Encoded(b",".join(parts), None, trace)))
 
-    def publish_soon(self, item: Item) -> Soon:
+    def publish_soon(self, item: Item) -> None:
         """Best effort: batched like `publish`, but nobody waits, and a failure is only
         logged by the broker layer."""
-        event = _encode(item, None)
-        confirmed = self._messages.submit(event)
+        confirmed = self._messages.submit(_encode(item, None))
         # Mark a failure as seen: nobody awaits this future.
         confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return event
-
-    @staticmethod
-    def withdraw(event: Soon) -> bool:
-        """Leaves an event of `publish_soon` out if its message is not being sent yet
-        (e.g. a run's `run.started` once the run has finished: its `run.finished`
-        says more); whether it was."""
-        if not event.taken:
-            event.withdrawn = True
-        return event.withdrawn
 
     async def _send(self, batch: list[_Encoded]) -> FlushResult:
-        """One message of `batch` but its withdrawn events; what each event's caller
-        hears."""
-        for event in batch:
-            event.taken = True
-        kept = [event for event in batch if not event.withdrawn]
-        if len(kept) == len(batch):
-            return await self._publish(batch)
-        heard = iter((await self._publish(kept) if kept else None) or [None] * len(kept))
-        return [None if event.withdrawn else next(heard) for event in batch]
-
-    async def _publish(self, batch: list[_Encoded]) -> FlushResult:
         """One message of `batch`; what each event's caller hears."""
         body = b'{"items":[' + b",".join(event.encoded for event in batch) + b"]}"
         deadlines = [event.expires_at for event in batch if event.expires_at is not None]
@@ -157,8 +129,8 @@ class BatchPublisher(Generic[Item]):
                 # that it fails alone.
                 half = len(batch) // 2
                 return [
-                    *(await self._publish(batch[:half]) or [None] * half),
-                    *(await self._publish(batch[half:]) or [None] * (len(batch) - half)),
+                    *(await self._send(batch[:half]) or [None] * half),
+                    *(await self._send(batch[half:]) or [None] * (len(batch) - half)),
                 ]
             return [exc] * len(batch)
         self.messages_sent += 1
