@@ -48,14 +48,18 @@ from services.runner.bounds import RunBounds
 from services.runner.fair_share import FairShare
 from services.runner.run_meter import SliceMarker
 from services.runner.worker_protocol import (
+    RESULTS,
     FlowSnapshot,
     FrameTooLarge,
     Resumed,
+    RunOutput,
     Suspension,
-    WorkItem,
     frame,
     frame_of,
     read_frame,
+    read_payload,
+    read_results,
+    work_item,
 )
 from shared.errors import ApiError, FlowError, Timeout
 from shared.schemas.runs import RunResult, WebhookRequest, error_result
@@ -71,7 +75,7 @@ class _Run:
     workspace: str
     timeout_s: float
     encoded: bytes  # the WorkItem, encoded once
-    result: "asyncio.Future[RunResult | Suspension]"
+    result: "asyncio.Future[RunOutput | Suspension]"
     deadline: float = 0.0  # monotonic; set when placed on a worker
     placed_at: float = 0.0  # monotonic
     attempts: int = 0  # times a worker stopped while running it, counted against it
@@ -173,6 +177,8 @@ class WorkerPool:
         self.workers_started = 0
         self.workers_drained = 0  # taken back from a workspace for one waiting
         self.runs_retried = 0
+        self.frames_sent = 0  # of runs, to workers
+        self.frames_received = 0  # of results, from workers
 
     async def start(self) -> None:
         started = await asyncio.gather(*(self._start_worker() for _ in range(self.min_workers)))
@@ -219,23 +225,38 @@ class WorkerPool:
         timeout_s: float,
         resume: Resumed | None = None,
     ) -> RunResult | Suspension:
-        """The run's result (or, stopped in a `delay` step or handed over at a `respond`
-        step, its state to store); never raises for anything the run does. `resume`: a
-        run going on after a `delay` or a `respond`."""
-        key = next(self._keys)
-        item = WorkItem(
-            key=key,
-            request=request,
-            flow=flow,
-            timeout_s=timeout_s,
-            resume=resume,
+        """`run_encoded`, its result decoded."""
+        output = await self.run_encoded(
+            request.request_id,
+            request.model_dump_json().encode(),
+            flow,
+            flow.model_dump_json().encode(),
+            timeout_s,
+            resume,
         )
+        return output if isinstance(output, Suspension) else output.decoded()
+
+    async def run_encoded(
+        self,
+        request_id: str,
+        request: bytes,
+        flow: FlowSnapshot,
+        flow_encoded: bytes,
+        timeout_s: float,
+        resume: Resumed | None = None,
+    ) -> RunOutput | Suspension:
+        """The run's result as its worker encoded it (or, stopped in a `delay` step or
+        handed over at a `respond` step, its state to store); never raises for anything
+        the run does. `request`: the `WebhookRequest` encoded, `flow_encoded`: `flow`
+        encoded. `resume`: a run going on after a `delay` or a `respond`."""
+        key = next(self._keys)
+        encoded_resume = resume.model_dump_json().encode() if resume is not None else None
         run = _Run(
             key,
-            request.request_id,
+            request_id,
             flow.workspace_id,
             timeout_s,
-            item.model_dump_json().encode(),
+            work_item(key, request, flow_encoded, timeout_s, encoded_resume),
             asyncio.get_running_loop().create_future(),
         )
         tenant = self._tenant(run.workspace)
@@ -269,13 +290,18 @@ class WorkerPool:
         )
 
     def _fill(self, workspace: str, tenant: _Tenant) -> None:
-        """The workspace's waiting runs into free slots of its own workers, the least
-        busy first; whether it still waits for a worker goes to the fair share."""
+        """The workspace's waiting runs into free slots of its own workers; whether it
+        still waits for a worker goes to the fair share. A run goes where a frame is
+        being filled in this turn of the event loop (runs placed together, e.g. a
+        broker message's, travel in one frame and wake one worker, not one each), else
+        to the least busy worker (runs placed apart spread over the workspace's
+        workers, and its cores)."""
         while tenant.queue:
-            workers = [worker for worker in tenant.workers if self._has_room(worker)]
-            if not workers:
+            free = [worker for worker in tenant.workers if self._has_room(worker)]
+            if not free:
                 break
-            self._place(tenant.queue.popleft(), min(workers, key=lambda w: len(w.runs)))
+            filling = next((worker for worker in free if worker.outbox), None)
+            self._place(tenant.queue.popleft(), filling or min(free, key=lambda w: len(w.runs)))
         if tenant.queue:
             self.fair_share.wait(workspace)
         else:
@@ -504,6 +530,7 @@ class WorkerPool:
                 worker.has_outbox.clear()
                 batch, worker.outbox = worker.outbox, []
                 worker.writer.write(frame_of("runs", batch))
+                self.frames_sent += 1
                 await worker.writer.drain()
         except (ConnectionError, RuntimeError):
             pass  # the worker is gone; `_receive` handles it
@@ -511,9 +538,14 @@ class WorkerPool:
     async def _receive(self, worker: _Worker) -> None:
         try:
             while True:
-                message = await read_frame(worker.reader)
-                for done in message.get("done", ()):
-                    self._finished(worker, done)
+                payload = await read_payload(worker.reader)
+                self.frames_received += 1
+                if payload[:1] == RESULTS:
+                    for key, output in read_results(payload):
+                        self._finished_output(worker, key, output)
+                else:
+                    for done in orjson.loads(payload).get("done", ()):
+                        self._finished(worker, done)
                 # Freed slots to the workspace's waiting runs; an emptied worker lingers.
                 tenant = self._tenants.get(worker.workspace or "")
                 if tenant is not None:
@@ -523,7 +555,7 @@ class WorkerPool:
                 self._dispatch()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except (FrameTooLarge, orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+        except (FrameTooLarge, ValueError, AttributeError, TypeError) as exc:
             log.error("worker_protocol_error", worker=worker.number, error=repr(exc))
         await self._lost(worker)
 
@@ -548,10 +580,26 @@ class WorkerPool:
             result = error_result(run.request_id, error, Outcome.FAILED, _now())
         self._settle(run, result)
 
+    def _finished_output(self, worker: _Worker, key: int, output: RunOutput) -> None:
+        run = worker.runs.pop(key, None)
+        if run is None or run.result.done():
+            return
+        try:
+            # Well-formed JSON at least: these bytes are spliced into messages that
+            # hold other runs' replies and records, which a broken one would spoil.
+            orjson.loads(output.encoded)
+            if run.repeated is not None:
+                output = output.with_repeated(run.repeated)
+        except ValueError:  # orjson's and pydantic's errors are ValueErrors
+            error = FlowError("the run's result could not be read")
+            self._settle(run, error_result(run.request_id, error, Outcome.FAILED, _now()))
+            return
+        run.result.set_result(output)
+
     def _settle(self, run: _Run, result: RunResult) -> None:
         if run.repeated is not None:
             result.repeated = run.repeated
-        run.result.set_result(result)
+        run.result.set_result(RunOutput.of(result))
 
     def _kill(self, worker: _Worker, blame: _Blame) -> None:
         if worker.blame is not None:

@@ -15,6 +15,13 @@ render can compute in the event loop is therefore the budget plus the watchdog's
 All state changes happen under one lock, so the exception can only ever be raised while
 its render is armed, and a pending one is cleared on disarm.
 
+The watchdog does not tick: a render cannot use more CPU time than the wall time that
+has passed, so it sleeps until the earliest moment the armed render could be past its
+budget (what is left of it, at least `tick_s`), and, with nothing armed, until a render
+is armed. Renders last micro- to milliseconds against a budget of half a second, so it
+wakes a few times a second under load and never when idle (it ticked every 5 ms in
+every worker, idle or not: a few % of a worker's CPU under load).
+
 Several renders can share one budget (`RenderBudget`: the webhook response's body and
 headers, an `http` step's fields): each is armed with what is left of it and charged
 what it used.
@@ -50,9 +57,12 @@ class RenderBudget:
 
 class RenderWatchdog:
     def __init__(self, tick_s: float = 0.005) -> None:
-        self.tick_s = tick_s
+        self.tick_s = tick_s  # the shortest sleep between two checks of one render
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._armed = False
+        self._idle = False  # the watchdog waits for a render to be armed
+        self._wakes_at = 0.0  # monotonic: when it checks next (if not idle)
         self._budget_ns = 0  # CPU ns the armed render may use
         self._clock = 0  # the rendering thread's CPU clock
         self._started_ns = 0  # that clock when the render was armed
@@ -86,6 +96,8 @@ class RenderWatchdog:
             self._fired = False
             self._armed = True
             started_ns = self._started_ns
+            if self._idle or time.monotonic() + seconds < self._wakes_at:
+                self._wake.notify()  # it would check this render too late
         try:
             yield
         finally:
@@ -99,16 +111,28 @@ class RenderWatchdog:
                 budget.used_s += (time.clock_gettime_ns(clock) - started_ns) / 1e9
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(self.tick_s)
-            with self._lock:
-                if not self._armed or self._fired:
-                    continue
-                try:
-                    used_ns = time.clock_gettime_ns(self._clock) - self._started_ns
-                except OSError:  # the thread is gone (it cannot be while armed)
-                    continue
-                if used_ns > self._budget_ns:
-                    _set_async_exc(self._target, ctypes.py_object(RenderTimeout))
-                    self._fired = True
-                    self.fired_count += 1
+        with self._lock:
+            while True:
+                self._wake.wait(self._check())
+
+    def _check(self) -> float | None:
+        """Under the lock: fires at the armed render if it is past its budget; how long
+        to sleep before the next check (None: until a render is armed)."""
+        self._idle = not self._armed or self._fired
+        if self._idle:
+            return None
+        try:
+            used_ns = time.clock_gettime_ns(self._clock) - self._started_ns
+        except OSError:  # the thread is gone (it cannot be while armed)
+            self._idle = True
+            return None
+        if used_ns > self._budget_ns:
+            _set_async_exc(self._target, ctypes.py_object(RenderTimeout))
+            self._fired = True
+            self.fired_count += 1
+            self._idle = True
+            return None
+        # Its CPU time cannot reach the budget before this much wall time has passed.
+        sleep_s = max(self.tick_s, (self._budget_ns - used_ns) / 1e9)
+        self._wakes_at = time.monotonic() + sleep_s
+        return sleep_s

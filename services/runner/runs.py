@@ -63,11 +63,11 @@ from services.runner.paced_runs import PacedRuns
 from services.runner.pacing import Lane, Pacing
 from services.runner.pool import WorkerPool
 from services.runner.store import FlowStore
-from services.runner.worker_protocol import Answered, FlowSnapshot, Suspension
+from services.runner.worker_protocol import Answered, FlowSnapshot, RunOutput, Suspension
 from shared import tracing
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging import naming
-from shared.messaging.batching import BatchPublisher, Unencodable
+from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import PARKED_RUNS
 from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
@@ -181,6 +181,7 @@ class _Ticket:
 @dataclass(frozen=True)
 class CachedFlow:
     snapshot: FlowSnapshot
+    snapshot_encoded: bytes  # encoded once: it goes to a worker with every run
     timeout_s: float
     # `webhook.callback` as stored (secret sealed); None: no completion callback.
     callback: WebhookCallback | None = None
@@ -218,7 +219,13 @@ class FlowCache:
             definition={"name": row.name, "status": row.status, **without_auth(row.definition)},
         )
         trigger = WebhookTrigger.model_validate(row.definition.get("webhook", {}))
-        flow = CachedFlow(snapshot, trigger.timeout_s, trigger.callback, Pacing.of(trigger))
+        flow = CachedFlow(
+            snapshot,
+            snapshot.model_dump_json().encode(),
+            trigger.timeout_s,
+            trigger.callback,
+            Pacing.of(trigger),
+        )
         self._flows[flow_id] = flow
         if len(self._flows) > self.size:
             self._flows.popitem(last=False)
@@ -522,9 +529,11 @@ class RunService:
         failures (the broker or the database away)."""
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        # Encoded once: for its worker, and for its record (`run.finished`).
+        request = start.request.model_dump_json().encode()
         try:
             result = await self._execute(
-                start, ticket, announce=reply_to is None or start.accept_on_timeout
+                start, request, ticket, announce=reply_to is None or start.accept_on_timeout
             )
         except _Parked:
             assert ticket is not None
@@ -547,7 +556,7 @@ class RunService:
             handed_over = await self._hand_over(start, result, reply_to)
             if handed_over is None:
                 return
-            result = handed_over  # not stored: the run fails, naming the bound
+            result = RunOutput.of(handed_over)  # not stored: the run fails, naming the bound
         elif isinstance(result, Suspension):
             stored = await self._store_waiting(start, result)
             if stored is None:
@@ -559,15 +568,13 @@ class RunService:
                         reply_to, request_id, RESULT, answer.model_dump_json().encode()
                     )
                 return
-            result = stored  # not stored: the run fails, naming the bound
-        self.metrics.run_duration.labels(result.outcome).observe(
-            (result.finished_at - result.started_at).total_seconds()
-        )
+            result = RunOutput.of(stored)  # not stored: the run fails, naming the bound
+        self.metrics.run_duration.labels(result.outcome).observe(result.duration_s)
         if start.repeated is not None and result.repeated is None:
-            result = result.model_copy(update={"repeated": start.repeated})
+            result = result.with_repeated(start.repeated)
         if reply_to is None:
-            await self._record(start, result)
-        elif not await self._record_while_awaited(start, result):
+            await self._record(request, result)
+        elif not await self._record_while_awaited(start, request, result):
             # A 200 for a run the debugger never gets would be a loss: the caller is told
             # to try again instead (the run's effects happened; a dedup key makes the
             # retry safe). Not marked finished: a redelivered batch would run it again.
@@ -577,9 +584,9 @@ class RunService:
             return
         if start.dedup_key is not None and self.dedup_keys is not None:
             # Before the answer: a duplicate sent after the first's answer finds it.
-            await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result)
+            await self.dedup_keys.record(start.request.flow_id, start.dedup_key, result.decoded())
         if reply_to is not None:
-            self.replies.send(reply_to, request_id, RESULT, result.model_dump_json().encode())
+            self.replies.send(reply_to, request_id, RESULT, result.encoded)
         if reply_to is None:
             await self._enqueue_callback(start, result)
         await self.finished_runs.mark(request_id)
@@ -638,14 +645,16 @@ class RunService:
             self.drain_reports.finished(start.origin, request_id)
         return None
 
-    async def _record_while_awaited(self, start: StartRun, result: RunResult) -> bool:
+    async def _record_while_awaited(
+        self, start: StartRun, request: bytes, result: RunOutput
+    ) -> bool:
         """A sync run's `run.finished`, tried again while the broker fails over (a node
         lost: a second or a few), for as long as its caller waits; False if never
         confirmed by then."""
         waits_until = start.deadline or datetime.now(UTC) + SYNC_RECORD_GRACE
         for failures in itertools.count(1):
             try:
-                await self._record(start, result)
+                await self._record(request, result)
                 return True
             except Unavailable:
                 left_s = (waits_until - datetime.now(UTC)).total_seconds()
@@ -656,7 +665,7 @@ class RunService:
                 await asyncio.sleep(delay_s)
         raise AssertionError("unreachable")
 
-    async def _enqueue_callback(self, start: StartRun, result: RunResult) -> None:
+    async def _enqueue_callback(self, start: StartRun, result: RunOutput) -> None:
         """After `run.finished` is confirmed and before the run is marked finished: a
         runner dying in between runs it again and enqueues again (same webhook-id), so a
         callback is never lost. Raises `Unavailable` (the batch is delivered again)."""
@@ -665,7 +674,7 @@ class RunService:
         # The cached copy the run used (a replay's was just read); None: deleted since.
         flow = await self.flows.get(start.request.flow_id, max(start.flow_version, 1))
         if flow is not None and flow.callback is not None:
-            await self.callbacks.enqueue(start.request, result, flow.callback)
+            await self.callbacks.enqueue(start.request, result.decoded(), flow.callback)
 
     async def _split(self, delivery: Delivery, starts: list[StartRun]) -> None:
         """Publish each run as a message of its own (confirmed); the batch is acked
@@ -689,22 +698,28 @@ class RunService:
     async def _execute(
         self,
         start: StartRun,
+        encoded_request: bytes,
         ticket: _Ticket | None = None,
         announce: bool = False,
-    ) -> RunResult | Suspension:
-        """`ticket`: an async run, admitted (`_admit`) just before it goes to the pool.
-        `announce`: publish `run.started` once it does."""
+    ) -> RunOutput | Suspension:
+        """`encoded_request`: `start.request`, encoded. `ticket`: an async run, admitted
+        (`_admit`) just before it goes to the pool. `announce`: publish `run.started`
+        once it does."""
         request = start.request
         started_at = datetime.now(UTC)
         if start.deadline is not None and start.deadline <= started_at:
             error = Timeout(
                 f"the run was not started before its caller gave up (request {request.request_id})"
             )
-            return error_result(request.request_id, error, Outcome.EXPIRED, started_at)
+            return RunOutput.of(
+                error_result(request.request_id, error, Outcome.EXPIRED, started_at)
+            )
         flow = await self.flows.get(request.flow_id, start.flow_version)
         if flow is None:
-            return error_result(
-                request.request_id, NotFound("no such flow"), Outcome.FAILED, started_at
+            return RunOutput.of(
+                error_result(
+                    request.request_id, NotFound("no such flow"), Outcome.FAILED, started_at
+                )
             )
         # Checked on the copy just read (a replay reads the flow afresh), so a flow paused
         # a moment ago is seen: no window between a check and the run.
@@ -715,11 +730,12 @@ class RunService:
             )
         timeout_s = self.accept_run_timeout_s if start.accept_on_timeout else flow.timeout_s
         resume = resumed_of(start)
-        snapshot = flow.snapshot
+        snapshot, snapshot_encoded = flow.snapshot, flow.snapshot_encoded
         if resume is not None:
             # After a delay: the flow as the run began; a run whose caller a `respond`
             # step answered has the budget of a run nobody waits for.
             snapshot = resume.flow
+            snapshot_encoded = snapshot.model_dump_json().encode()
             if resume.answered is not None:
                 timeout_s = self.accept_run_timeout_s
         if start.deadline is not None:
@@ -735,22 +751,18 @@ class RunService:
             self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
         self.runs_running += 1
         try:
-            return await self.pool.run(request, snapshot, timeout_s, resume)
+            return await self.pool.run_encoded(
+                request.request_id, encoded_request, snapshot, snapshot_encoded, timeout_s, resume
+            )
         finally:
             self.runs_running -= 1
             if held:
                 assert ticket is not None
                 self._release(ticket.batch, request.workspace_id)
 
-    async def _record(self, start: StartRun, result: RunResult) -> None:
-        try:
-            await self.finished.publish(RunFinished(request=start.request, result=result))
-        except Unencodable as exc:
-            # Workers send only encodable results, so this is a bug's safety net: the
-            # run is still recorded, as failed, with the reason and without its trace.
-            log.error("run_finished_unencodable", error=str(exc))
-            error = FlowError(f"the run's result cannot be recorded: {exc}")
-            reduced = error_result(
-                start.request.request_id, error, Outcome.FAILED, result.started_at
-            )
-            await self.finished.publish(RunFinished(request=start.request, result=reduced))
+    async def _record(self, request: bytes, result: RunOutput) -> None:
+        """`run.finished` (confirmed) of the request and the result, both as encoded:
+        a `RunFinished` spliced of them."""
+        await self.finished.publish_encoded(
+            b'{"request":' + request + b',"result":' + result.encoded + b"}"
+        )

@@ -36,12 +36,12 @@ from services.runner.worker_protocol import (
     FlowSnapshot,
     Resumed,
     Suspension,
-    WorkDone,
     WorkItem,
     WorkSuspended,
     frame,
     frame_of,
     read_frame,
+    results_frame,
 )
 from shared import heap, tracing
 from shared.errors import FlowError, Timeout
@@ -66,7 +66,8 @@ class Worker:
         self.http = OutboundHttp(AddressPolicy(list(bounds.http_allow_networks)))
         self.engine = Engine(self.templates, bounds, self.http)
         self._flows: OrderedDict[tuple[str, int], Flow] = OrderedDict()
-        self._done: list[bytes] = []
+        self._done: list[bytes] = []  # suspended runs, encoded
+        self._results: list[tuple[int, RunResult, bytes]] = []  # finished runs
         self._has_done = asyncio.Event()
         self._runs: set[asyncio.Task[None]] = set()
 
@@ -221,12 +222,12 @@ class Worker:
 
     def _finish(self, key: int, result: RunResult) -> None:
         try:
-            encoded = WorkDone(key=key, result=result).model_dump_json().encode()
+            encoded = result.model_dump_json().encode()
         except ValueError as exc:  # pydantic's serialisation error: e.g. a lone surrogate
             error = FlowError(f"the run's result cannot be encoded: {str(exc)[:300]}")
-            fallback = error_result(result.request_id, error, Outcome.FAILED, result.started_at)
-            encoded = WorkDone(key=key, result=fallback).model_dump_json().encode()
-        self._done.append(encoded)
+            result = error_result(result.request_id, error, Outcome.FAILED, result.started_at)
+            encoded = result.model_dump_json().encode()
+        self._results.append((key, result, encoded))
         self._has_done.set()
 
     async def _send_done(self, writer: asyncio.StreamWriter) -> None:
@@ -234,7 +235,10 @@ class Worker:
         while True:
             await self._has_done.wait()
             self._has_done.clear()
+            results, self._results = self._results, []
             done, self._done = self._done, []
+            if results:
+                writer.write(results_frame(results))
             if done:
                 writer.write(frame_of("done", done))
             await writer.drain()

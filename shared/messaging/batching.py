@@ -83,6 +83,12 @@ class BatchPublisher(Generic[Item]):
         expires in the queue at the latest of them (dead-lettered, not run late)."""
         await asyncio.shield(self._messages.submit(_encode(item, expires_in_s)))
 
+    async def publish_encoded(self, encoded: bytes) -> None:
+        """`publish` of an item its caller encoded already (an `Item`'s JSON, e.g.
+        spliced from parts that arrived encoded: services/runner/runs.py)."""
+        trace = tracing.carrier() if tracing.enabled() else {}
+        await asyncio.shield(self._messages.submit(_Encoded(encoded, None, trace)))
+
     async def publish_together(self, items: Sequence[Item]) -> None:
         """Every item in the same message, or none (a source's runs: services/ingress/
         sources.py): they join a batch as one unit, which a refused batch is never split

@@ -22,10 +22,10 @@ from services.runner.runs import (
     async_window,
     park_mark,
 )
-from services.runner.worker_protocol import FlowSnapshot
+from services.runner.worker_protocol import FlowSnapshot, RunOutput
 from shared.errors import Unavailable
 from shared.messaging import naming
-from shared.schemas.runs import RunFinished, RunResult, StartRun, StartRuns, WebhookRequest
+from shared.schemas.runs import RunFinished, RunResult, StartRun, StartRuns
 from shared.service import Delivery, Retry
 
 A, B = "workspace-a", "workspace-b"
@@ -44,15 +44,15 @@ class FakePool:
         self.asked[workspace_id] += 1
         return workspace_id in self.full
 
-    async def run(
-        self, request: WebhookRequest, flow: FlowSnapshot, timeout_s: float, *_: Any
-    ) -> RunResult:
-        self.started.append(request.request_id)
-        gate = self.gates.setdefault(request.request_id, asyncio.Event())
+    async def run_encoded(
+        self, request_id: str, request: bytes, flow: FlowSnapshot, *_: Any
+    ) -> RunOutput:
+        self.started.append(request_id)
+        gate = self.gates.setdefault(request_id, asyncio.Event())
         await gate.wait()
         now = datetime.now(UTC)
-        return RunResult(
-            request_id=request.request_id,
+        result = RunResult(
+            request_id=request_id,
             outcome="succeeded",
             status_code=200,
             content_type="application/json",
@@ -60,6 +60,7 @@ class FakePool:
             started_at=now,
             finished_at=now,
         )
+        return RunOutput.of(result)
 
     def finish(self, request_id: str) -> None:
         self.gates.setdefault(request_id, asyncio.Event()).set()
@@ -68,7 +69,7 @@ class FakePool:
 class FakeFlows:
     async def get(self, flow_id: str, min_version: int) -> CachedFlow:
         snapshot = FlowSnapshot(id=flow_id, workspace_id="?", version=1, definition={})
-        return CachedFlow(snapshot, timeout_s=30.0)
+        return CachedFlow(snapshot, snapshot.model_dump_json().encode(), timeout_s=30.0)
 
 
 class FakeBroker:
@@ -106,6 +107,9 @@ class FakeRecords:
 
     async def publish(self, item: RunFinished) -> None:
         self.finished.append(item)
+
+    async def publish_encoded(self, encoded: bytes) -> None:
+        self.finished.append(RunFinished.model_validate_json(encoded))
 
 
 class Runner:

@@ -19,8 +19,9 @@ from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
 from services.runner.pool import WorkerPool, _Worker
 from services.runner.run_meter import SliceMarker
-from services.runner.worker_protocol import FlowSnapshot, frame, read_frame
+from services.runner.worker_protocol import FlowSnapshot, RunOutput, frame, read_frame
 from shared.schemas.runs import RunResult
+from shared.schemas.vocabulary import Outcome
 
 CONFIG = RunBounds(
     render_timeout_s=0.5,
@@ -443,3 +444,70 @@ async def test_must_wait_is_true_only_when_a_run_could_not_start(share: float) -
         assert not pool.must_wait("evil")
         await runs.start("evil", "e2")  # full: a second worker if its share allows
         assert pool.must_wait("evil") == (share == 0.5)
+
+
+async def test_runs_placed_together_travel_in_one_frame() -> None:
+    """Runs placed in one turn of the event loop (a broker message's) go to the worker
+    whose frame is being filled while it has room: one frame, one wake-up of one worker;
+    a run placed on its own goes to the least busy worker."""
+    async with fake_pool(slots_per_worker=4, workspace_share=1.0) as pool:
+        runs = Runs(pool)
+        await runs.start("acme", "a1", "a2", "a3", "a4", "a5")
+        first, second = pool.worker_of("a1"), pool.worker_of("a5")
+        assert [pool.worker_of(name) for name in ("a2", "a3", "a4")] == [first] * 3
+        assert second is not first
+        await runs.finish("a1", "a2", "a3")  # one run left on each
+        frames = pool.frames_sent
+        await runs.start("acme", "b1", "b2", "b3")
+        assert [pool.worker_of(name) for name in ("b1", "b2", "b3")] == [first] * 3
+        assert pool.frames_sent == frames + 1
+        await runs.start("acme", "c1")
+        assert pool.worker_of("c1") is second
+        await runs.finish("a4", "a5", "b1", "b2", "b3", "c1")
+
+
+async def test_results_arrive_as_the_workers_bytes_and_a_broken_one_fails_alone() -> None:
+    """A results frame carries each run's `RunResult` as its worker encoded it: the pool
+    hands those very bytes on (`run_encoded`), except a result that is not even JSON
+    (it would spoil the reply and record messages it is spliced into), which fails its
+    own run only."""
+    async with fake_pool(slots_per_worker=4) as pool:
+        tasks = {
+            name: asyncio.create_task(
+                pool.run_encoded(
+                    name,
+                    webhook_request({}, request_id=name).model_dump_json().encode(),
+                    flow("acme"),
+                    flow("acme").model_dump_json().encode(),
+                    30,
+                )
+            )
+            for name in ("good", "broken")
+        }
+        await until(lambda: len(pool.hosted) == 2)
+        worker = pool.worker_of("good")
+        now = datetime.now(UTC)
+        good = RunResult(
+            request_id="good",
+            outcome=Outcome.SUCCEEDED,
+            status_code=200,
+            content_type="text/plain",
+            body="fine",
+            started_at=now,
+            finished_at=now,
+        )
+        encoded = good.model_dump_json().encode()
+        header = [[worker.keys.pop("good"), len(encoded), "succeeded", 0.25]]
+        header.append([worker.keys.pop("broken"), 5, "succeeded", 0.0])
+        payload = b"R" + orjson.dumps(header) + b"\n" + encoded + b'{"a":'
+        assert worker.writer is not None
+        worker.writer.write(frame(payload))
+        output = await asyncio.wait_for(tasks["good"], 2)
+        assert isinstance(output, RunOutput)
+        assert (output.encoded, output.outcome, output.duration_s) == (encoded, "succeeded", 0.25)
+        broken = await asyncio.wait_for(tasks["broken"], 2)
+        assert isinstance(broken, RunOutput)
+        assert (broken.outcome, broken.decoded().error) == (
+            "failed",
+            "the run's result could not be read",
+        )

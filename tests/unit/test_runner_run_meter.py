@@ -232,3 +232,14 @@ def test_renders_sharing_a_budget_are_charged_what_they_used() -> None:
     assert watchdog.fired_count == 1 and budget.used_s >= 0.2
     with pytest.raises(RenderTimeout), watchdog.limit(60, budget):
         pass  # nothing left: refused before it starts
+
+
+def test_a_render_with_a_smaller_budget_is_stopped_while_the_watchdog_sleeps_for_another() -> None:
+    """The watchdog sleeps until the armed render could be past its budget; a render
+    armed meanwhile with less of a budget wakes it, or it would run on unchecked."""
+    watchdog = RenderWatchdog(tick_s=0.005)
+    with watchdog.limit(60):
+        time.sleep(0.05)  # the watchdog now sleeps for up to a minute
+    with pytest.raises(RenderTimeout), watchdog.limit(0.1):
+        burn_cpu(30)
+    assert watchdog.fired_count == 1
