@@ -161,8 +161,13 @@ class Partitions:
                     gap.start,
                     gap.end,
                 )
-                # Attaching takes a lighter lock on the parent than CREATE ... PARTITION
-                # OF (reads and writes go on), and builds the indexes on the new table.
+                # A statement planned before the attach commits keeps the old list of
+                # partitions but may take its snapshot after: it would miss rows moved
+                # into the new one (from the default partition here, from the old table
+                # by legacy_copy.py right after). Holding the parent exclusively until
+                # commit lets every such statement end first; ATTACH alone takes a
+                # lighter lock. Rare (a slot is made `ahead` of time) and brief.
+                await conn.execute(f"LOCK TABLE {PARENT} IN ACCESS EXCLUSIVE MODE")
                 await conn.execute(
                     f'ALTER TABLE {PARENT} ATTACH PARTITION debugger."{name}"'
                     f" FOR VALUES FROM ('{gap.start.isoformat()}') TO ('{gap.end.isoformat()}')"
