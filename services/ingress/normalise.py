@@ -225,6 +225,7 @@ def webhook_request(
     body: bytes,
     parsed_input: Any,
     mode: RunMode,
+    trace: dict[str, str] | None = None,
 ) -> WebhookRequest:
     return WebhookRequest(
         request_id=request_id,
@@ -239,6 +240,7 @@ def webhook_request(
         **raw_body_fields(body),
         input=parsed_input,
         mode=mode,
+        trace=trace or {},
     )
 
 
