@@ -19,7 +19,7 @@ INPUTS: list[Any] = [
     {"kind": "myResult", "company_id": 123456, "user_id": 789123},
     {"floats": [1.0, 0.1, -0.0, 1e-7, 1e16, 1.5e16, 1e19, 1e22, 1e300, 5e-324, 123.456]},
     {"ints": [2**64 - 1, -(2**63), 0], "nested": [{"": []}, True, False, None]},
-    ["text", "é ü 中文 \u2028", "\u0000\u001f\u007f \"quoted\" \\ /"],
+    ["text", "é ü 中文 \u2028", '\u0000\u001f\u007f "quoted" \\ /'],
     "a plain text body",
     None,
 ]
@@ -34,7 +34,7 @@ def request(input_: Any, received_at: datetime, **fields: Any) -> WebhookRequest
         method="POST",
         path="/v1/flow-webhook/" + "f" * 32,
         query={"a": ["1", "2"], "b": "é"},
-        headers={"content-type": "application/json", "x-odd": "\u0001 \" \\ é"},
+        headers={"content-type": "application/json", "x-odd": '\u0001 " \\ é'},
         content_type="application/json",
         raw_body='{"kind": "myResult"}',
         input=input_,
