@@ -20,6 +20,7 @@ requests of many traces."""
 
 import contextlib
 import os
+import random
 import re
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -198,13 +199,11 @@ def carried_of(parent: Mapping[str, str]) -> Carrier:
     trace's random ids, not sampled."""
     found = _parsed(parent.get("traceparent"))
     if found is None:
-        trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
-        # All zeros names no span (a chance of 2^-64 at most); the SDK's ids are never it.
-        if trace_id == _NO_TRACE:
-            trace_id = _NO_TRACE[:-1] + "1"
-        if span_id == _NO_SPAN:
-            span_id = _NO_SPAN[:-1] + "1"
-        return {"traceparent": f"00-{trace_id}-{span_id}-00"}
+        # Random like the SDK's own ids (`random`, not the OS's entropy: ids need not be
+        # secret), never zero (which names no span).
+        trace_id = random.getrandbits(128) or 1
+        span_id = random.getrandbits(64) or 1
+        return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-00"}
     flags = int(found.group(4), 16) & TraceFlags.SAMPLED
     handed = {"traceparent": f"00-{found.group(2)}-{found.group(3)}-{flags:02x}"}
     state = parent.get("tracestate")
