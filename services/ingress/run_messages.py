@@ -6,15 +6,21 @@ The bytes are what `StartRun(...).model_dump_json()` and `RunProgress(...)` give
 same keys in the same order, datetimes in UTC with `Z`
 (tests/unit/test_ingress_run_messages.py). A request orjson cannot encode (a value it
 does not know) goes through the models instead, which also say why it cannot be sent
-(`Unencodable`)."""
+(`Unencodable`).
+
+A sync run's reply is read as `RunAnswer`: the fields of its `RunResult` the sender's
+answer is made of, typed as there; the rest (the step trace, the times) is the
+debugger's, and not validated again here."""
 
 from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from shared.messaging.batching import Unencodable
 from shared.schemas.runs import RunProgress, StartRun, WebhookRequest
+from shared.schemas.vocabulary import Outcome
 
 # The request's fields in their declared order: a request holding any other set (a
 # field added to the schema and not seen here) is encoded by its model.
@@ -84,3 +90,14 @@ def _by_model(model: StartRun | RunProgress) -> bytes:
         return model.model_dump_json().encode()
     except ValueError as exc:  # pydantic's serialisation error is one
         raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
+
+
+class RunAnswer(BaseModel):
+    """What the ingress reads of a sync run's `RunResult` reply (its other fields are
+    ignored): the answer to send, and its outcome for the metrics."""
+
+    outcome: Outcome
+    status_code: int
+    content_type: str
+    body: str
+    headers: dict[str, str] = {}

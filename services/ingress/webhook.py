@@ -31,7 +31,7 @@ from services.ingress.normalise import (
 from services.ingress.pubsub import is_jwt_bearer
 from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
 from services.ingress.refusals import RefusalRecorder
-from services.ingress.run_messages import run_progress_json, start_run_json
+from services.ingress.run_messages import RunAnswer, run_progress_json, start_run_json
 from services.ingress.settings import IngressSettings
 from services.ingress.signatures import RequestLine
 from services.ingress.signing import SignatureChecks
@@ -637,7 +637,7 @@ class WebhookHandler:
         """`start`: the run's `StartRun`, encoded (run_messages.py)."""
         with self.backlog.sync_request(request.workspace_id):  # 429 past its bound
             result = await self.runner.run_encoded(
-                request.request_id, start, timeout_s, keep_queued=keep_queued
+                request.request_id, start, timeout_s, RunAnswer, keep_queued=keep_queued
             )
         answer.outcome = result.outcome
         # The flow's own headers were checked on save: none the ingress owns

@@ -11,6 +11,9 @@ the runners, many to a message (group commit, `BatchPublisher`):
 """
 
 import asyncio
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from shared.errors import Timeout
 from shared.messaging.batching import BatchPublisher, Unencodable
@@ -18,6 +21,8 @@ from shared.messaging.connection import Broker
 from shared.messaging.contracts import ASYNC_RUNS, SYNC_RUNS
 from shared.messaging.rpc import RpcClient
 from shared.schemas.runs import RunResult, StartRun
+
+Reply = TypeVar("Reply", bound=BaseModel)
 
 
 class RunnerClient:
@@ -52,13 +57,21 @@ class RunnerClient:
         except ValueError as exc:  # pydantic's serialisation error is one
             raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
         return await self.run_encoded(
-            start.request.request_id, encoded, timeout_s, keep_queued=keep_queued
+            start.request.request_id, encoded, timeout_s, RunResult, keep_queued=keep_queued
         )
 
     async def run_encoded(
-        self, request_id: str, encoded: bytes, timeout_s: float, *, keep_queued: bool = False
-    ) -> RunResult:
-        """`run` of a `StartRun` its caller encoded (services/ingress/run_messages.py)."""
+        self,
+        request_id: str,
+        encoded: bytes,
+        timeout_s: float,
+        reply_as: type[Reply],
+        *,
+        keep_queued: bool = False,
+    ) -> Reply:
+        """`run` of a `StartRun` its caller encoded (services/ingress/run_messages.py).
+        `reply_as`: the model the `RunResult` reply is read as (`RunResult`, or one of a
+        part of its fields, which reads only those)."""
         reply = self.rpc.expect(request_id)
         try:
             async with asyncio.timeout(timeout_s):
@@ -73,7 +86,7 @@ class RunnerClient:
             ) from None
         finally:
             self.rpc.forget(request_id)
-        return self.rpc.unpack(result, RunResult)
+        return self.rpc.unpack(result, reply_as)
 
     async def drain(self) -> None:
         await self._async_runs.drain()

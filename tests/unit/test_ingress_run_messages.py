@@ -76,3 +76,33 @@ def test_what_orjson_cannot_encode_goes_through_the_model() -> None:
     normalised = request({"big": 2**70}, RECEIVED[0])
     expected = StartRun(request=normalised, flow_version=1).model_dump_json().encode()
     assert start_run_json(normalised, 1) == expected
+
+
+def test_a_sync_runs_reply_is_read_for_its_answer() -> None:
+    """`RunAnswer` reads the fields of a full `RunResult` reply the answer is made of,
+    as the model has them; the step trace and times are not its concern."""
+    from services.ingress.run_messages import RunAnswer
+    from shared.schemas.runs import RunResult, StepTrace
+
+    at = RECEIVED[0]
+    result = RunResult(
+        request_id="r-1",
+        outcome="failed",
+        status_code=502,
+        content_type="text/plain",
+        body="upstream said no",
+        error="step `call` failed",
+        headers={"x-flow": "1"},
+        steps=[
+            StepTrace(ref_id="call", type="http", output={"a": 1}, started_at=at, duration_ms=1)
+        ],
+        started_at=at,
+        finished_at=at,
+    )
+    answer = RunAnswer.model_validate_json(result.model_dump_json())
+    assert answer.model_dump() == result.model_dump(
+        include={"outcome", "status_code", "content_type", "body", "headers"}
+    )
+    assert set(RunAnswer.model_fields) <= set(RunResult.model_fields)
+    for name, field in RunAnswer.model_fields.items():
+        assert field.annotation == RunResult.model_fields[name].annotation
