@@ -20,8 +20,10 @@ requests of many traces."""
 
 import contextlib
 import os
+import random
 import re
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -57,6 +59,12 @@ class _Switch:
 
     on = False
     tracer: trace.Tracer | None = None
+
+
+# Off: the current request's W3C context, as the carrier it is handed on as. A plain
+# dict in a context variable, set once per request: no OpenTelemetry object is made for
+# a trace nothing records (`span`, `carrier`, `current_ids`). Never mutated.
+_carried: ContextVar[Carrier | None] = ContextVar("flowhooks_trace_carried", default=None)
 
 
 def enabled() -> bool:
@@ -113,6 +121,9 @@ def switch(on: bool) -> None:
 def carrier() -> Carrier:
     """The current span's W3C context, to hand on ({} outside any); off, the context
     the request came with (`span` keeps it current without recording)."""
+    if not _Switch.on:
+        carried = _carried.get()
+        return dict(carried) if carried else {}
     # Formatted here rather than by the configured propagator: W3C trace context is the
     # one format spoken (as the contract says), and this is a tenth of its cost.
     span_context = trace.get_current_span().get_span_context()
@@ -181,11 +192,26 @@ def _span_context(parent: Mapping[str, str]) -> SpanContext | None:
     )
 
 
-def _new_trace() -> SpanContext:
-    """A trace started without the SDK (off): random ids, not sampled."""
-    return SpanContext(
-        int.from_bytes(os.urandom(16)) or 1, int.from_bytes(os.urandom(8)) or 1, is_remote=False
-    )
+def carried_of(parent: Mapping[str, str]) -> Carrier:
+    """Off: what a request with this carrier hands on, as `carrier` formats it when
+    traces are on: the sender's context (its `traceparent` in version 00's form, its
+    flags but `sampled` dropped, its `tracestate` as OpenTelemetry reads it), or a new
+    trace's random ids, not sampled."""
+    found = _parsed(parent.get("traceparent"))
+    if found is None:
+        # Random like the SDK's own ids (`random`, not the OS's entropy: ids need not be
+        # secret), never zero (which names no span).
+        trace_id = random.getrandbits(128) or 1
+        span_id = random.getrandbits(64) or 1
+        return {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-00"}
+    flags = int(found.group(4), 16) & TraceFlags.SAMPLED
+    handed = {"traceparent": f"00-{found.group(2)}-{found.group(3)}-{flags:02x}"}
+    state = parent.get("tracestate")
+    if state:
+        header = TraceState.from_header([state]).to_header()
+        if header:
+            handed["tracestate"] = header
+    return handed
 
 
 def _context(parent: Mapping[str, str] | None) -> otel_context.Context | None:
@@ -262,14 +288,11 @@ def span(
         if parent is None:
             yield None
             return
-        span_context = _span_context(parent) or _new_trace()
-        token = otel_context.attach(
-            trace.set_span_in_context(NonRecordingSpan(span_context), otel_context.Context())
-        )
+        token = _carried.set(carried_of(parent))
         try:
             yield None
         finally:
-            otel_context.detach(token)
+            _carried.reset(token)
         return
     with tracer().start_as_current_span(
         name,
@@ -310,6 +333,12 @@ def failed(current: Span | None, error_type: str) -> None:
 
 def current_ids() -> tuple[str, str] | None:
     """The current span's trace and span ids in hex (for logs), None outside a span."""
+    if not _Switch.on:
+        carried = _carried.get()
+        if carried is None:
+            return None
+        traceparent = carried["traceparent"]  # 00-<trace id>-<span id>-<flags>
+        return traceparent[3:35], traceparent[36:52]
     span_context = trace.get_current_span().get_span_context()
     if not span_context.is_valid:
         return None

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import orjson
@@ -66,6 +67,22 @@ class Ops:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        # Each (route, status)'s children, bound on first use: a label look-up costs a
+        # lock, a tuple and a dict probe per request otherwise. Routes and statuses are
+        # closed sets, so these stay small.
+        self._counted: dict[tuple[str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
+
+    def answered(self, route: str, status: int, seconds: float) -> None:
+        """One request answered: counted by route and status, timed by route."""
+        counted = self._counted.get((route, status))
+        if counted is None:
+            counted = self._counted[route, status] = self.http_requests.labels(route, str(status))
+        counted.inc()
+        timed = self._timed.get(route)
+        if timed is None:
+            timed = self._timed[route] = self.http_latency.labels(route)
+        timed.observe(seconds)
 
 
 OPS = web.AppKey("ops", Ops)
@@ -164,8 +181,7 @@ async def envelope_middleware(
     if ops is not None:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        ops.http_requests.labels(name, str(response.status)).inc()
-        ops.http_latency.labels(name).observe(time.perf_counter() - started)
+        ops.answered(name, response.status, time.perf_counter() - started)
     return response
 
 
@@ -196,6 +212,14 @@ async def read_body(request: web.Request, *, max_bytes: int, timeout_s: float) -
     `timeout_s`: aiohttp itself waits for a slow sender forever."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
+    content = request.content
+    if content.is_eof():
+        # All of it arrived with the headers (most webhooks: one segment): it is in the
+        # buffer, so no wait to bound and no chunk loop.
+        body = content.read_nowait()
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"the body is larger than {max_bytes} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from shared.errors import RateLimited
 from shared.schemas.backlog import RunsDrained
-from shared.schemas.runs import StartRun
+from shared.schemas.runs import StartRun, WebhookRequest
 
 # A full backlog drains at the pace of its runs: seconds, not the next instant.
 QUEUED_RETRY_AFTER_S = 5
@@ -75,9 +75,14 @@ class WorkspaceBacklog:
         """Around the publish of an async run: raises `RateLimited` if its workspace is
         at a bound; counts it meanwhile, and afterwards unless the publish failed.
         `origin`: this process's broker instance, which runners report its end to."""
-        request = start.request
-        self.check(request.workspace_id)
         start.origin = origin
+        with self.queueing(start.request):
+            yield
+
+    @contextmanager
+    def queueing(self, request: WebhookRequest) -> Iterator[None]:
+        """`scheduling` of a run whose message the caller encoded with its origin."""
+        self.check(request.workspace_id)
         self.add(request.request_id, request.workspace_id, len(request.raw_body))
         try:
             yield

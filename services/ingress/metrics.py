@@ -9,7 +9,7 @@ that refused them (`RATE_LIMIT_REASONS`), counted by the components that keep th
 signature, `recorded` in the debugger or `skipped` (past the flow's budget of records,
 refusals.py)."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -74,12 +74,16 @@ class IngressMetrics:
             ["result"],
             registry=self.registry,
         )
+        self._webhook: dict[tuple[str, str], Any] = {}
         # Bound once: the hot path only increments.
         self.cache_hit = self.access_cache.labels("hit")
         self.cache_miss = self.access_cache.labels("miss")
 
     def webhook(self, outcome: str, mode: str) -> None:
-        self.webhook_requests.labels(outcome, mode).inc()
+        counted = self._webhook.get((outcome, mode))
+        if counted is None:  # bound once per (outcome, mode): both closed sets
+            counted = self._webhook[outcome, mode] = self.webhook_requests.labels(outcome, mode)
+        counted.inc()
 
     def watch(self, webhook: "WebhookHandler") -> None:
         """The refusals the webhook's limiters and bounds count, read at scrape time."""

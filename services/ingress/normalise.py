@@ -4,6 +4,7 @@ passes on)."""
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -79,6 +80,21 @@ def json_shape(value: Any) -> tuple[int, bool]:
     return deepest, suspect
 
 
+# Where a JSON number may be a float orjson made of an integer past 2^63: a digit before
+# an exponent, or 19 digits in a row (in a string too: the check only has to be sure).
+_MAY_BE_LARGE = re.compile(rb"[0-9][eE]|[0-9]{19}")
+
+
+def may_exceed(body: bytes, max_depth: int) -> bool:
+    """Whether the body's JSON may be nested past `max_depth` or hold an inexact
+    integer; False lets `parse_json` skip the walk of what it parsed (`json_shape`), as
+    for most bodies: nesting needs a bracket per level, and such a float a long number
+    or an exponent."""
+    if body.count(b"{") + body.count(b"[") > max_depth:
+        return True
+    return _MAY_BE_LARGE.search(body) is not None
+
+
 def _exact_integer(literal: str) -> int:
     # No JSON integer has leading zeros: more than 20 digits is out of range, and int()
     # of a very long literal would cost seconds.
@@ -113,6 +129,8 @@ def parse_json(body: bytes, max_depth: int = 64) -> Any:
         raise BadRequest(
             f"the body is not valid JSON: {exc}", data={"line": exc.lineno, "column": exc.colno}
         ) from None
+    if not may_exceed(body, max_depth):
+        return value
     depth, suspect = json_shape(value)
     if depth > max_depth:
         raise BadRequest(f"the JSON body is nested deeper than {max_depth} levels")
@@ -153,9 +171,10 @@ def clean_headers(headers: MultiMapping[str]) -> dict[str, str]:
     bytes that are not UTF-8 kept as U+FFFD (aiohttp hands them over as lone surrogates,
     which nothing downstream could encode)."""
     cleaned: dict[str, str] = {}
-    for raw_name, raw_value in headers.items():
-        lower = replace_undecodable(raw_name.lower())
-        value = replace_undecodable(raw_value)
+    for raw_name, value in headers.items():
+        lower = raw_name.lower()
+        if not (lower.isascii() and value.isascii()):  # what replace_undecodable keeps
+            lower, value = replace_undecodable(lower), replace_undecodable(value)
         if lower in DROPPED_HEADERS:
             continue
         cleaned[lower] = f"{cleaned[lower]}, {value}" if lower in cleaned else value
@@ -225,6 +244,7 @@ def webhook_request(
     body: bytes,
     parsed_input: Any,
     mode: RunMode,
+    trace: dict[str, str] | None = None,
 ) -> WebhookRequest:
     return WebhookRequest(
         request_id=request_id,
@@ -239,6 +259,7 @@ def webhook_request(
         **raw_body_fields(body),
         input=parsed_input,
         mode=mode,
+        trace=trace or {},
     )
 
 

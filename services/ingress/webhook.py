@@ -31,6 +31,7 @@ from services.ingress.normalise import (
 from services.ingress.pubsub import is_jwt_bearer
 from services.ingress.rate_limit import BadSignatureBudget, FlowRateLimiter
 from services.ingress.refusals import RefusalRecorder
+from services.ingress.run_messages import RunAnswer, run_progress_json, start_run_json
 from services.ingress.settings import IngressSettings
 from services.ingress.signatures import RequestLine
 from services.ingress.signing import SignatureChecks
@@ -67,7 +68,6 @@ from shared.schemas.runs import (
     RunProgress,
     RunResult,
     RunsFinished,
-    StartRun,
     StepTrace,
     WebhookRequest,
     error_result,
@@ -261,8 +261,9 @@ class WebhookHandler:
         answer is counted once, by outcome and mode (services/ingress/metrics.py)."""
         answer = Answer()
         # The sender's `traceparent` is honoured; without one the trace starts here.
+        # Off, only its ids are carried (stored with the request): no name to make.
         with tracing.span(
-            f"{request.method} {_route_of(request)}",
+            f"{request.method} {_route_of(request)}" if tracing.enabled() else "",
             kind=tracing.SERVER,
             parent=tracing.incoming(request.headers),
             attributes=_span_attributes(request),
@@ -368,11 +369,15 @@ class WebhookHandler:
         content_type = request.headers.get("Content-Type")
         if content_type is not None:
             content_type = replace_undecodable(content_type)
-        query = multi_dict(
-            (replace_undecodable(key), replace_undecodable(value))
-            for key, value in request.query.items()
+        query = (
+            multi_dict(
+                (replace_undecodable(key), replace_undecodable(value))
+                for key, value in request.query.items()
+            )
+            if request.query_string
+            else {}
         )
-        normalised = webhook_request(
+        return webhook_request(
             request_id=request[REQUEST_ID],
             flow_id=flow.flow_id,
             workspace_id=flow.workspace_id,
@@ -385,8 +390,9 @@ class WebhookHandler:
             body=body,
             parsed_input=None,
             mode=RunMode.of(flow.is_async),
+            # The context the request is handed on in (what `tracing.handed_on` gives).
+            trace=tracing.carrier(),
         )
-        return tracing.handed_on(normalised)
 
     async def _verify(
         self, request: web.Request, flow: FlowWebhookSettings, received_at: datetime
@@ -514,30 +520,22 @@ class WebhookHandler:
         answer: Answer,
     ) -> web.Response:
         """Queue (async) or run (sync) the request; `key`: its dedup key, as its first."""
-        received_at = normalised.received_at
         if flow.is_async:
             # An async run's time budget starts when a runner takes it, not now.
             answer.outcome = Progress.QUEUED
-            return await self._schedule(
-                StartRun(request=normalised, flow_version=flow.version, dedup_key=key)
-            )
+            return await self._schedule(normalised, flow.version, key)
         if flow.on_timeout == "accept":
             # No deadline: its caller may be answered 202 and poll, so the run goes on
             # (with the runner's own budget) whenever it starts.
-            start = StartRun(
-                request=normalised,
-                flow_version=flow.version,
-                dedup_key=key,
-                accept_on_timeout=True,
-            )
-            return await self._run_or_accept(start, flow.timeout_s, answer)
-        start = StartRun(
-            request=normalised,
-            flow_version=flow.version,
-            deadline=received_at + timedelta(seconds=flow.timeout_s),
+            start = start_run_json(normalised, flow.version, dedup_key=key, accept_on_timeout=True)
+            return await self._run_or_accept(normalised, start, flow.timeout_s, answer)
+        start = start_run_json(
+            normalised,
+            flow.version,
+            deadline=normalised.received_at + timedelta(seconds=flow.timeout_s),
             dedup_key=key,
         )
-        return await self._run_sync(start, flow.timeout_s, answer)
+        return await self._run_sync(normalised, start, flow.timeout_s, answer)
 
     async def find(self, request: web.Request, caller: TokenIdentity | None) -> FlowWebhookSettings:
         """The status route's flow (`Route.resource`): authorised like a bearer webhook
@@ -594,42 +592,53 @@ class WebhookHandler:
         parser = parse_push_input if push_envelope else parse_input
         if sns_envelope:
             parser = parse_sns_input
-        parse = partial(parser, method, query, content_type, body, self.limits)
         if method == "GET" or len(body) <= self.parse_inline_max_bytes:
-            return parse()
+            return parser(method, query, content_type, body, self.limits)
+        parse = partial(parser, method, query, content_type, body, self.limits)
         return await asyncio.get_running_loop().run_in_executor(self.parser, parse)
 
-    async def _schedule(self, start: StartRun) -> web.Response:
+    async def _schedule(
+        self, request: WebhookRequest, flow_version: int, key: str | None
+    ) -> web.Response:
         """200 only once the broker has confirmed the persistent message on the durable
         queue; any failure is a 503 from `Broker.publish`, never a false 200."""
-        # 429 past the workspace's bounds; the runners report its end to this process.
-        async with self.backlog.scheduling(start, origin=self.broker.instance):
-            await self.runner.schedule(start)
+        # The runners report its end to this process (`origin`).
+        start = start_run_json(request, flow_version, dedup_key=key, origin=self.broker.instance)
+        with self.backlog.queueing(request):  # 429 past the workspace's bounds
+            await self.runner.schedule_encoded(start)
         if self.record_queued:
             # Best effort, batched, not awaited: the debugger shows it `queued` meanwhile.
-            self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
-        return json_response(scheduled_body(start.request.request_id))
+            self.queued.publish_encoded_soon(run_progress_json(request, datetime.now(UTC)))
+        return json_response(scheduled_body(request.request_id))
 
     async def _run_or_accept(
-        self, start: StartRun, timeout_s: float, answer: Answer
+        self, request: WebhookRequest, start: bytes, timeout_s: float, answer: Answer
     ) -> web.Response:
         """`on_timeout: "accept"`: the run's answer if it comes within the flow's
         timeout, else 202 with the status URL; the run goes on."""
         try:
-            return await self._run_sync(start, timeout_s, answer, keep_queued=True)
+            return await self._run_sync(request, start, timeout_s, answer, keep_queued=True)
         except Timeout:
             answer.outcome = "accepted"
             if self.record_queued:
                 # Best effort: the debugger may know it only once the run starts.
-                self.queued.publish_soon(RunProgress(request=start.request, at=datetime.now(UTC)))
-            request = start.request
+                self.queued.publish_encoded_soon(run_progress_json(request, datetime.now(UTC)))
             return json_response(accepted_body(request.flow_id, request.request_id), status=202)
 
     async def _run_sync(
-        self, start: StartRun, timeout_s: float, answer: Answer, *, keep_queued: bool = False
+        self,
+        request: WebhookRequest,
+        start: bytes,
+        timeout_s: float,
+        answer: Answer,
+        *,
+        keep_queued: bool = False,
     ) -> web.Response:
-        with self.backlog.sync_request(start.request.workspace_id):  # 429 past its bound
-            result = await self.runner.run(start, timeout_s, keep_queued=keep_queued)
+        """`start`: the run's `StartRun`, encoded (run_messages.py)."""
+        with self.backlog.sync_request(request.workspace_id):  # 429 past its bound
+            result = await self.runner.run_encoded(
+                request.request_id, start, timeout_s, RunAnswer, keep_queued=keep_queued
+            )
         answer.outcome = result.outcome
         # The flow's own headers were checked on save: none the ingress owns
         # (X-Request-Id, Content-Length, hop-by-hop) can be among them.

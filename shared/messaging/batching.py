@@ -83,11 +83,16 @@ class BatchPublisher(Generic[Item]):
         expires in the queue at the latest of them (dead-lettered, not run late)."""
         await asyncio.shield(self._messages.submit(_encode(item, expires_in_s)))
 
-    async def publish_encoded(self, encoded: bytes) -> None:
-        """`publish` of an item its caller encoded already (an `Item`'s JSON, e.g.
-        spliced from parts that arrived encoded: services/runner/runs.py)."""
-        trace = tracing.carrier() if tracing.enabled() else {}
-        await asyncio.shield(self._messages.submit(_Encoded(encoded, None, trace)))
+    async def publish_encoded(self, encoded: bytes, *, expires_in_s: float | None = None) -> None:
+        """`publish` of an item its caller encoded as JSON itself (the ingress's hot
+        messages, services/ingress/run_messages.py: no model per request; results
+        spliced from a worker's bytes, services/runner/runs.py)."""
+        await asyncio.shield(self._messages.submit(_wrap(encoded, expires_in_s)))
+
+    def publish_encoded_soon(self, encoded: bytes) -> None:
+        """`publish_soon` of an item its caller encoded as JSON itself."""
+        confirmed = self._messages.submit(_wrap(encoded, None))
+        confirmed.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def publish_together(self, items: Sequence[Item]) -> None:
         """Every item in the same message, or none (a source's runs: services/ingress/
@@ -146,6 +151,10 @@ def _encode(item: BaseModel, expires_in_s: float | None) -> _Encoded:
         encoded = item.model_dump_json().encode()
     except ValueError as exc:  # pydantic's serialisation error is one
         raise Unencodable(f"the event cannot be encoded: {str(exc)[:300]}") from None
+    return _wrap(encoded, expires_in_s)
+
+
+def _wrap(encoded: bytes, expires_in_s: float | None) -> _Encoded:
     expires_at = time.monotonic() + expires_in_s if expires_in_s is not None else None
     return _Encoded(encoded, expires_at, tracing.carrier() if tracing.enabled() else {})
 

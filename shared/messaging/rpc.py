@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
@@ -43,8 +43,10 @@ RESULT, ERROR = "result", "error"
 REPLIES = "replies"
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
+    """A tuple rather than a frozen dataclass: one is made per reply, and a frozen
+    dataclass's constructor sets each field through `object.__setattr__`."""
+
     type: str  # RESULT or ERROR
     body: Any  # decoded JSON
 
@@ -86,8 +88,13 @@ class RpcClient:
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         if message.type == REPLIES:
+            # A grouped reply (often tens of runs' results): every waiter resolved in
+            # one loop.
+            pending = self._pending
             for item in orjson.loads(message.body)["items"]:
-                self._resolve(item["correlation_id"], Reply(item["type"], item["body"]))
+                future = pending.pop(item["correlation_id"], None)
+                if future is not None and not future.done():
+                    future.set_result(Reply(item["type"], item["body"]))
         else:
             self._resolve(message.correlation_id or "", Reply(message.type or "", message.body))
 

@@ -257,3 +257,37 @@ async def test_a_callback_attempt_continues_its_runs_trace(
     assert attempt.name == "callback"
     assert format(attempt.parent.span_id, "016x") == "b7ad6b7169203331"
     assert attempt.attributes["flowhooks.callback.attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        {"traceparent": SENDER},
+        {"traceparent": SENDER.replace("-01", "-03"), "tracestate": "v=1,w=2"},
+        {"traceparent": SENDER, "tracestate": "not a valid state"},
+        {"traceparent": " " + SENDER + " ", "tracestate": ""},
+    ],
+)
+def test_off_a_request_hands_on_what_the_sdk_would_format(parent: dict[str, str]) -> None:
+    """Off, the carrier is made without OpenTelemetry's objects: it must be what the
+    SpanContext of the same parent gives (`carrier`'s format when traces are on)."""
+    context = tracing._span_context(parent)
+    assert context is not None
+    expected = {
+        "traceparent": f"00-{context.trace_id:032x}-{context.span_id:016x}"
+        f"-{context.trace_flags:02x}"
+    }
+    if context.trace_state:
+        expected["tracestate"] = context.trace_state.to_header()
+    assert tracing.carried_of(parent) == expected
+
+
+def test_off_a_new_trace_has_random_ids_and_logs_carry_them() -> None:
+    with tracing.span("a", parent={"traceparent": "00-not-a-trace"}):
+        first = tracing.carrier()["traceparent"]
+        assert tracing.current_ids() == (first[3:35], first[36:52])
+    with tracing.span("b", parent={}):
+        second = tracing.carrier()["traceparent"]
+    assert first != second
+    assert tracing.trace_id_of({"traceparent": first}) == first[3:35]
+    assert tracing.current_ids() is None
