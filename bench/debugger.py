@@ -46,8 +46,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import statistics
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -341,6 +343,22 @@ async def writes_when_done(database_url: str, flow_id: str, count: int) -> dict[
         await conn.close()
 
 
+_WRITE_COUNTER = re.compile(r"^flowhooks_debugger_(rows_stored|writes)(?:_total)? ([0-9.e+]+)$")
+
+
+def write_counts(system: System) -> dict[str, float]:
+    """Rows stored and writes so far by the debugger (its `/metrics`)."""
+    counts = {"rows_stored": 0.0, "writes": 0.0}
+    for service in system.processes.get("debugger", []):
+        # A loopback http URL of our own (harness/system.py).
+        with urllib.request.urlopen(f"{service.ops_url}/metrics", timeout=10) as answer:  # noqa: S310
+            for line in answer.read().decode().splitlines():
+                found = _WRITE_COUNTER.match(line)
+                if found:
+                    counts[found[1]] += float(found[2])
+    return counts
+
+
 def live(seconds: float, concurrency: int, env: dict[str, str]) -> dict[str, object]:
     """The whole system under the closed loop (bench.budget's load: the bench flow, sync
     then async, each after unmeasured load): the debugger's and its PostgreSQL
@@ -375,7 +393,9 @@ def live(seconds: float, concurrency: int, env: dict[str, str]) -> dict[str, obj
                     "body": SMALL_JSON,
                 }
                 loadgen({**load, "seconds": 3, "concurrency": concurrency})
+                counted = write_counts(system)
                 measured = bench.measure(scenario, load)
+                written = write_counts(system)
                 after = asyncio.run(writes_when_done(database_url, flows[scenario], 1))
                 requests = max(1, after["requests"])  # the scenario's own flow
                 results[scenario] = {
@@ -390,6 +410,12 @@ def live(seconds: float, concurrency: int, env: dict[str, str]) -> dict[str, obj
                         kind: round((after[kind] - before[kind]) / requests, 3)
                         for kind in ("inserts", "updates", "hot_updates")
                     },
+                    # The debugger's writes during the measured load.
+                    "rows_per_write": round(
+                        (written["rows_stored"] - counted["rows_stored"])
+                        / max(1.0, written["writes"] - counted["writes"]),
+                        1,
+                    ),
                     "database_commits_per_request": round(
                         (after["commits"] - before["commits"]) / requests, 3
                     ),
