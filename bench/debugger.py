@@ -39,6 +39,12 @@
    then async, each after 3 s unmeasured): the debugger's and its PostgreSQL backends'
    CPU per request, the items per message of every hop, the row versions written per
    stored request and the database's commits per request.
+6. `--write-cost ROUNDS`: the intake's write alone (`RequestStore.write`, in this
+   process, no broker): the debugger's and PostgreSQL's CPU per write and per row at
+   1, 15 and 100 rows a write, inserts (a new request) and updates (its outcome after
+   its queued row); the schema variants of `VARIANTS` (indexes dropped, json instead of
+   jsonb) at 50 rows a write; rows with a few-kilobyte step trace compressed with pglz
+   and with lz4.
 """
 
 import argparse
@@ -423,6 +429,170 @@ def live(seconds: float, concurrency: int, env: dict[str, str]) -> dict[str, obj
                 before = after
         finally:
             system.stop_all()
+    return results
+
+
+# Schema variants for `--write-cost` (each beside the schema as migrated): what each
+# index and the row's shape cost a row version.
+VARIANTS = {
+    "no GIN index on input (search)": ["DROP INDEX debugger.requests_input_search"],
+    "no received_at index": ["DROP INDEX debugger.requests_received_at"],
+    "no outcome index": ["DROP INDEX debugger.requests_flow_outcome"],
+    "steps and headers json, not jsonb": [
+        "ALTER TABLE debugger.requests ALTER COLUMN steps TYPE json, ALTER COLUMN headers TYPE json"
+    ],
+}
+
+
+async def backend_pids(pool: asyncpg.Pool) -> list[int]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    return [row["pid"] for row in rows]
+
+
+async def timed_writes(
+    store: RequestStore, pids: list[int], batches: list[list[Any]]
+) -> tuple[float, float]:
+    """The debugger's (this process's) and the backends' CPU seconds for the writes."""
+    client, backends = time.process_time(), sum(cpu_seconds(pid) for pid in pids)
+    for rows in batches:
+        await store.write(rows)
+    return time.process_time() - client, sum(cpu_seconds(pid) for pid in pids) - backends
+
+
+def request_rows(flow_id: str, count: int, scenario: str) -> dict[str, list[Any]]:
+    """The rows the intake writes for `count` requests of `scenario`, by event."""
+    from services.debugger.records import Redaction, rows_from_event
+
+    made: dict[str, list[Any]] = {}
+    for key, body in messages(count, flow_id, count, scenario):
+        made.setdefault(key, []).extend(rows_from_event(key, body, Redaction(), {}))
+    return made
+
+
+async def write_cost(url: str, sql: list[str], sizes: tuple[int, ...]) -> dict[str, object]:
+    """In this process, against `url` (migrated, then `sql`): the intake's write alone
+    (store.RequestStore.write), per batch size: new rows (`insert`, a sync request or
+    an async one's queued row), then the same requests' outcomes (`update`)."""
+    from services.debugger.app import DATABASE
+    from shared.db import open_pool
+
+    pool = await open_pool(url, 2, DATABASE.schema, DATABASE.migrations)
+    try:
+        async with pool.acquire() as conn:
+            for statement in sql:
+                await conn.execute(statement)
+        store = RequestStore(pool)
+        flow = str(uuid.uuid4())
+        warm = request_rows(flow, 10, "async")
+        await store.write(warm[naming.REQUEST_QUEUED])
+        await store.write(warm[naming.RUN_FINISHED])
+        pids = await backend_pids(pool)
+        figures: dict[str, object] = {}
+        for size in sizes:
+            count = max(10 * size, 2000 // size * size)
+            made = request_rows(flow, count, "async")
+            for kind, key in (("insert", naming.REQUEST_QUEUED), ("update", naming.RUN_FINISHED)):
+                rows = made[key]
+                batches = [rows[n : n + size] for n in range(0, count, size)]
+                client, backends = await timed_writes(store, pids, batches)
+                figures[f"{size} rows a write, {kind}"] = {
+                    "debugger_ms_per_write": round(1000 * client / len(batches), 3),
+                    "postgres_ms_per_write": round(1000 * backends / len(batches), 3),
+                    "debugger_ms_per_row": round(1000 * client / count, 4),
+                    "postgres_ms_per_row": round(1000 * backends / count, 4),
+                }
+        return figures
+    finally:
+        await pool.close()
+
+
+async def trace_compression(url: str, method: str, count: int = 2000) -> dict[str, object]:
+    """PostgreSQL's CPU per row for rows whose step trace is a few kilobytes (8 http
+    steps), compressed with `method` (set on the table and its partitions)."""
+    from services.debugger.app import DATABASE
+    from services.debugger.records import Redaction, finished_row
+    from shared.db import open_pool
+
+    pool = await open_pool(url, 2, DATABASE.schema, DATABASE.migrations)
+    try:
+        async with pool.acquire() as conn:
+            tables = await conn.fetch(
+                "SELECT 'debugger.requests'::regclass::text AS t UNION ALL SELECT"
+                " inhrelid::regclass::text FROM pg_inherits"
+                " WHERE inhparent = 'debugger.requests'::regclass"
+            )
+            for table in tables:
+                await conn.execute(
+                    f"ALTER TABLE {table['t']} ALTER COLUMN steps SET COMPRESSION {method}"
+                )
+        flow = str(uuid.uuid4())
+        rows = []
+        for n in range(count):
+            request = webhook_request(flow, n, RunMode.SYNC, datetime.now(UTC))
+            steps = [
+                StepTrace(
+                    ref_id=f"s{i}",
+                    type="http",
+                    input={"url": f"https://example.com/api/{i}/{n}"},
+                    output={
+                        "status": 200,
+                        "body": {
+                            "items": [{"id": k, "name": f"item {k} of {n}"} for k in range(12)]
+                        },
+                    },
+                    started_at=request.received_at,
+                    duration_ms=1.5,
+                )
+                for i in range(8)
+            ]
+            outcome = finished(request)
+            outcome.result.steps = steps
+            rows.append(finished_row(outcome, Redaction()))
+        store = RequestStore(pool)
+        await store.write(rows[:50])
+        pids = await backend_pids(pool)
+        _, backends = await timed_writes(
+            store, pids, [rows[n : n + 50] for n in range(50, count, 50)]
+        )
+        async with pool.acquire() as conn:
+            stored = await conn.fetchrow(
+                "SELECT avg(length(steps::text))::int AS text_bytes,"
+                " avg(pg_column_size(steps))::int AS stored_bytes,"
+                " min(pg_column_compression(steps)) AS method FROM debugger.requests"
+            )
+        return {
+            **dict(stored),
+            "postgres_ms_per_row": round(1000 * backends / (count - 50), 4),
+        }
+    finally:
+        await pool.close()
+
+
+def write_costs(rounds: int) -> dict[str, list[object]]:
+    """`--write-cost`: the intake's write alone, in this process (no broker): CPU per
+    write and per row at 1, 15 and 100 rows a write; the schema variants (VARIANTS) at
+    50 rows a write; a few-kilobyte step trace with pglz and lz4. `rounds` times each,
+    interleaved (the machine's load moves)."""
+    results: dict[str, list[object]] = {}
+
+    def measured(name: str, figures: object) -> None:
+        results.setdefault(name, []).append(figures)
+        print(name, json.dumps(figures), flush=True)
+
+    for _ in range(rounds):
+        with fresh_database() as url:
+            measured("batch sizes", asyncio.run(write_cost(url, [], (1, 15, 100))))
+        for name, sql in {"as migrated": [], **VARIANTS}.items():
+            with fresh_database() as url:
+                measured(f"variant: {name}", asyncio.run(write_cost(url, sql, (50,))))
+        for method in ("pglz", "lz4"):
+            with fresh_database() as url:
+                measured(
+                    f"trace compression: {method}", asyncio.run(trace_compression(url, method))
+                )
     return results
 
 
@@ -815,6 +985,13 @@ def main() -> None:
         " the debugger's and PostgreSQL's CPU and the row versions written per request",
     )
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--write-cost",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only the intake's write alone (section 6), this many rounds",
+    )
     parser.add_argument("--ingest-only", action="store_true", help="skip the listing figures")
     parser.add_argument(
         "--partitions",
@@ -828,6 +1005,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     results: dict[str, object] = {}
+    if args.write_cost:
+        results["write_cost"] = write_costs(args.write_cost)
+        print(json.dumps(results, indent=2))
+        return
     if args.live:
         env = dict(pair.split("=", 1) for pair in args.env)
         results["live"] = live(args.live, args.concurrency, env)
