@@ -158,8 +158,15 @@ def _decode(record: asyncpg.Record) -> dict[str, Any]:
 
 
 async def _upsert(conn: asyncpg.Connection, rows: Sequence[RequestRow]) -> None:
+    # A column that is NULL in every row (a dozen are, in most batches: the trace's
+    # when traces are off, replays' and dedup's links, ...) goes as one NULL, not an
+    # array of them: asyncpg checks every element it encodes, and unnest pads a
+    # missing array with NULLs.
+    columns = [
+        None if column.count(None) == len(column) else column for column in zip(*rows, strict=True)
+    ]
     try:
-        await conn.execute(UPSERT, *zip(*rows, strict=True))
+        await conn.execute(UPSERT, *columns)
     except asyncpg.DataError as exc:
         cause = exc.__cause__
         found = _ARGUMENT.match(str(exc))
