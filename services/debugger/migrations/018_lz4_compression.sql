@@ -1,7 +1,8 @@
 -- A request's large values (the step trace, the bodies, the input, the error) are
 -- compressed with lz4 instead of pglz when PostgreSQL compresses them (a row past
--- about 2 kB): for a trace of a few kilobytes the write costs about half the CPU
--- (bench/debugger.py), and reading it back less too, for a little more space.
+-- about 2 kB): for a 5 kB trace PostgreSQL spent 10-40 % less CPU a row (bench.debugger
+-- --write-cost; noisy on a shared machine), decompressing is cheaper too, for about 1 %
+-- more space.
 -- Catalogue-only: rows stored before keep their pglz values (both stay readable).
 -- On a partitioned table the setting holds for partitions created after it (with
 -- `LIKE ... INCLUDING COMPRESSION`, partitions.py), so the existing ones are set one
