@@ -1,18 +1,23 @@
 """Debugger figures: `python -m bench.debugger [--rows 1000000] [--events 20000]
-[--items 1,10,50] [--ingest-only | --listing-only]`, and
+[--items 1,10,50] [--scenario sync,async,async-apart] [--sql STATEMENT ...]
+[--env NAME=VALUE ...] [--ingest-only | --listing-only]`,
+`python -m bench.debugger --live SECONDS`, and
 `python -m bench.debugger --partitions [--records 20000000] [--days 14]`.
 
-1. Ingest rate: with the debugger stopped, `--events` RunFinished records are queued,
-   `--items` of them to a message (1: one message per record, the worst case and what
-   an idle runner sends; 10 and 50: `RunsFinished` batches as the runner's group
-   commit sends them under load); the debugger is started and timed until every one
-   is stored.
-   Reported per setting: `records_per_s` over the steady window (from the first
-   stored row to the last, so the process's start-up is not counted),
-   `records_per_s_incl_start` (from launching the process), and the debugger
-   process's CPU per record over the steady window (`cpu_ms_per_record`, 1.0 = one
-   core-millisecond) and its PostgreSQL backends' (`postgres_cpu_ms_per_record`; the
-   WAL writer, the checkpointer and RabbitMQ are not counted).
+1. Ingest rate: the debugger is started (idle), then `--events` requests' events are
+   published to it, `--items` requests to a message, and timed until every request
+   has its outcome. `--scenario`: `sync` (`run.finished` only), `async`
+   (`request.queued`, `run.started`, `run.finished`, a message of each in turn per
+   group of requests: a request's events mostly in one batch), `async-no-started`
+   (no `run.started`); `-apart` after a name: each kind of event for every request
+   before the next kind (each event in a batch of its own: one row version per
+   event). `--sql`: a variant of the schema (run after the migrations; one ingest
+   run for each, beside none), e.g. an index dropped. Reported per run:
+   `requests_per_s`, the debugger process's CPU per request (`cpu_ms_per_request`,
+   1.0 = one core-millisecond) and its PostgreSQL backends'
+   (`postgres_cpu_ms_per_request`; the WAL writer, the checkpointer and RabbitMQ
+   are not counted), and the row versions written per request (PostgreSQL's
+   statistics: inserts, updates, HOT updates).
 2. Listing latency at scale: `--rows` requests are COPYed into the table (one hot flow
    with a fifth of them, the rest spread over 500 flows), then the listing query the
    API runs is timed: the first page, and a page deep in the hot flow via the cursor.
@@ -30,6 +35,16 @@
    7-day window by cursor, lookups by id, and retention of the oldest day: `DROP` of
    its partition vs the batched `DELETE` of today's retention (time, WAL bytes, table
    and index size after; the DELETE's space only comes back after a VACUUM, timed too).
+5. `--live SECONDS`: the whole system under the closed loop (bench.budget's load, sync
+   then async, each after 3 s unmeasured): the debugger's and its PostgreSQL backends'
+   CPU per request, the items per message of every hop, the row versions written per
+   stored request and the database's commits per request.
+6. `--write-cost ROUNDS`: the intake's write alone (`RequestStore.write`, in this
+   process, no broker): the debugger's and PostgreSQL's CPU per write and per row at
+   1, 15 and 100 rows a write, inserts (a new request) and updates (its outcome after
+   its queued row); the schema variants of `VARIANTS` (indexes dropped, json instead of
+   jsonb) at 50 rows a write; rows with a few-kilobyte step trace compressed with pglz
+   and with lz4.
 """
 
 import argparse
@@ -37,8 +52,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import statistics
 import time
+import urllib.request
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,58 +65,127 @@ import asyncpg
 
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
-from services.debugger.store import COLUMNS, RequestStore
+from services.debugger.records import RANK_OUTCOME
+from services.debugger.store import COLUMNS, RequestRow, RequestStore
 from shared.messaging import naming
 from shared.messaging.connection import Broker
-from shared.schemas.runs import RunFinished, RunResult, RunsFinished, WebhookRequest
+from shared.request_ids import new_request_id
+from shared.schemas.runs import (
+    RunFinished,
+    RunProgress,
+    RunResult,
+    RunsFinished,
+    RunsProgressed,
+    StepTrace,
+    WebhookRequest,
+)
 from shared.schemas.vocabulary import Outcome, RunMode
 
 WORKSPACE = str(uuid.uuid4())
 
 
-def finished(flow_id: str, n: int) -> RunFinished:
-    now = datetime.now(UTC)
-    request = WebhookRequest(
-        request_id=uuid.uuid4().hex,
+# What the bench's own flow makes of a request (bench/__main__.py): the load
+# generator's headers, a small JSON body, one template step, a small JSON answer.
+HEADERS = {
+    "host": "127.0.0.1:8080",
+    "user-agent": "Python/3.11 aiohttp/3.9.5",
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "content-length": "62",
+    "content-type": "application/json",
+}
+
+
+def webhook_request(flow_id: str, n: int, mode: RunMode, at: datetime) -> WebhookRequest:
+    body = {"kind": "myResult", "company_id": 123456, "user_id": 789123 + n}
+    return WebhookRequest(
+        request_id=new_request_id(at),
         flow_id=flow_id,
         workspace_id=WORKSPACE,
-        received_at=now,
+        received_at=at,
         method="POST",
         path=f"/v1/flow-webhook/{flow_id}",
         query={},
-        headers={"content-type": "application/json", "user-agent": "bench"},
+        headers=HEADERS,
         content_type="application/json",
-        raw_body=f'{{"n": {n}}}',
-        input={"n": n},
+        raw_body=json.dumps(body),
+        input=body,
+        mode=mode,
+    )
+
+
+def finished(request: WebhookRequest) -> RunFinished:
+    at = request.received_at
+    step = StepTrace(
+        ref_id="res1",
+        type="template",
+        input={"template": "{{ web1.kind }}"},
+        output={"value": "myResult"},
+        started_at=at,
+        duration_ms=0.05,
     )
     result = RunResult(
         request_id=request.request_id,
         outcome=Outcome.SUCCEEDED,
         status_code=200,
         content_type="application/json",
-        body='{"ok": true}',
-        started_at=now,
-        finished_at=now,
+        body='{"valid": "myResult"}',
+        steps=[step],
+        started_at=at,
+        finished_at=at,
     )
     return RunFinished(request=request, result=result)
 
 
-def event(flow_id: str, n: int, items: int = 1) -> bytes:
-    """One `run.finished` message of `items` records, numbered from `n`."""
-    records = [finished(flow_id, n + i) for i in range(items)]
-    return RunsFinished(items=records).model_dump_json().encode()
+# The events of one request, by scenario (the routing keys in the order they are sent).
+SCENARIOS = {
+    # A sync request: its outcome only.
+    "sync": (naming.RUN_FINISHED,),
+    # An async request: queued (ingress), started and finished (runner).
+    "async": (naming.REQUEST_QUEUED, naming.RUN_STARTED, naming.RUN_FINISHED),
+    # An async request whose run finished before `run.started` was sent (or without it).
+    "async-no-started": (naming.REQUEST_QUEUED, naming.RUN_FINISHED),
+}
+# "<scenario>-apart": every request's first event, then every second, ... (each event
+# in a batch of its own: one write per event); else a message of each event in turn
+# per group of requests (a request's events in one batch but at a batch's edge).
+APART = "-apart"
 
 
-async def queue_events(amqp_url: str, count: int, flow_id: str, items: int = 1) -> None:
+def event_body(routing_key: str, requests: list[WebhookRequest]) -> bytes:
+    if routing_key == naming.RUN_FINISHED:
+        return RunsFinished(items=[finished(r) for r in requests]).model_dump_json().encode()
+    return (
+        RunsProgressed(items=[RunProgress(request=r, at=r.received_at) for r in requests])
+        .model_dump_json()
+        .encode()
+    )
+
+
+def messages(count: int, flow_id: str, items: int, scenario: str) -> list[tuple[str, bytes]]:
+    """(routing key, body) of every message, in the order they are published, `items`
+    requests to a message (see SCENARIOS and APART)."""
+    apart = scenario.endswith(APART)
+    scenario = scenario.removesuffix(APART)
+    mode = RunMode.SYNC if scenario == "sync" else RunMode.ASYNC
+    now = datetime.now(UTC)
+    requests = [webhook_request(flow_id, n, mode, now) for n in range(count)]
+    groups = [requests[n : n + items] for n in range(0, count, items)]
+    keys = SCENARIOS[scenario]
+    if apart:
+        return [(key, event_body(key, group)) for key in keys for group in groups]
+    return [(key, event_body(key, group)) for group in groups for key in keys]
+
+
+async def queue_events(amqp_url: str, bodies: list[tuple[str, bytes]]) -> None:
     broker = Broker(amqp_url, "bench")
     await broker.connect()
     try:
-        bodies = [event(flow_id, n, min(items, count - n)) for n in range(0, count, items)]
         for start in range(0, len(bodies), 500):
             await asyncio.gather(
                 *(
-                    broker.publish(body, routing_key=naming.RUN_FINISHED, to_events=True)
-                    for body in bodies[start : start + 500]
+                    broker.publish(body, routing_key=key, to_events=True)
+                    for key, body in bodies[start : start + 500]
                 )
             )
     finally:
@@ -126,57 +212,388 @@ async def backends_cpu_seconds(conn: asyncpg.Connection) -> float:
     return total
 
 
-async def watch_ingest(database_url: str, events: int, pid: int) -> dict[str, float]:
-    """Poll the row count until `events` rows are stored: when the first and the last
-    showed up, and the CPU time in between of the debugger and of its PostgreSQL
-    backends."""
+# Row versions written to the requests' tables (all partitions), from PostgreSQL's
+# statistics: inserts, updates, and the updates that were HOT (no index touched).
+WRITES = (
+    "SELECT coalesce(sum(n_tup_ins), 0) AS inserts, coalesce(sum(n_tup_upd), 0) AS updates,"
+    " coalesce(sum(n_tup_hot_upd), 0) AS hot_updates FROM pg_stat_user_tables"
+    " WHERE schemaname = 'debugger' AND relname LIKE 'requests%'"
+)
+DONE = f"SELECT count(*) FROM debugger.requests WHERE source_rank = {RANK_OUTCOME}"
+
+
+async def publish_and_watch(
+    amqp_url: str, database_url: str, bodies: list[tuple[str, bytes]], events: int, pid: int
+) -> dict[str, float]:
+    """Publish the messages to the running (idle) debugger and poll the count of
+    requests with their outcome until `events` are: how long from the first publish,
+    and the CPU time meanwhile of the debugger and of its PostgreSQL backends."""
     conn = await asyncpg.connect(database_url)
     try:
-        first: tuple[float, int, float, float] | None = None
+        cpu, postgres_cpu = cpu_seconds(pid), await backends_cpu_seconds(conn)
+        began = time.monotonic()
+        publishing = asyncio.create_task(queue_events(amqp_url, bodies))
         while True:
-            count = int(await conn.fetchval("SELECT count(*) FROM debugger.requests"))
-            now = time.monotonic()
-            if count and first is None:
-                first = (now, count, cpu_seconds(pid), await backends_cpu_seconds(conn))
-            if count >= events:
-                assert first is not None
-                return {
-                    "first_at": first[0],
-                    "first_count": first[1],
-                    "last_at": now,
-                    "cpu_s": cpu_seconds(pid) - first[2],
-                    "postgres_cpu_s": await backends_cpu_seconds(conn) - first[3],
-                }
-            await asyncio.sleep(0.01)
+            if int(await conn.fetchval(DONE)) >= events:
+                break
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - began
+        await publishing
+        return {
+            "seconds": took,
+            "cpu_s": cpu_seconds(pid) - cpu,
+            "postgres_cpu_s": await backends_cpu_seconds(conn) - postgres_cpu,
+        }
     finally:
         await conn.close()
 
 
-def ingest_rate(events: int, items: int = 1) -> dict[str, float]:
+async def row_writes(database_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        # The backends' counts reach the statistics when they are flushed (at most
+        # once a second, and when a backend exits: the debugger has stopped).
+        await asyncio.sleep(1.5)
+        return {kind: int(count) for kind, count in (await conn.fetchrow(WRITES)).items()}
+    finally:
+        await conn.close()
+
+
+async def alter_schema(database_url: str, statements: list[str]) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def ingest_rate(
+    events: int,
+    items: int = 1,
+    scenario: str = "sync",
+    sql: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """`events` requests of `scenario`, `items` to a message; `sql` run on the migrated
+    schema first (a variant: an index dropped, ...), `env` for the debugger."""
     with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        system = System(amqp_url, database_url, extra_env={"FLOWHOOKS_LOG_LEVEL": "warning"})
+        system = System(
+            amqp_url, database_url, extra_env={"FLOWHOOKS_LOG_LEVEL": "warning", **(env or {})}
+        )
         try:
             first = system.start("debugger")  # migrates and declares the queue
             system.stop(first)
-            asyncio.run(queue_events(amqp_url, events, str(uuid.uuid4()), items))
-            started = time.monotonic()
+            asyncio.run(alter_schema(database_url, sql or []))
+            bodies = messages(events, str(uuid.uuid4()), items, scenario)
             debugger = system.start("debugger")
-            seen = asyncio.run(watch_ingest(database_url, events, debugger.process.pid))
+            seen = asyncio.run(
+                publish_and_watch(amqp_url, database_url, bodies, events, debugger.process.pid)
+            )
         finally:
             system.stop_all()
-    steady_records = events - seen["first_count"]
-    steady_s = max(seen["last_at"] - seen["first_at"], 1e-3)
+        writes = asyncio.run(row_writes(database_url))
     return {
+        "scenario": scenario,
+        "variant": "; ".join(sql or []) or "as migrated",
+        "env": env or {},
         "events": events,
         "items_per_message": items,
-        "seconds": round(seen["last_at"] - started, 2),
-        "records_per_s": round(steady_records / steady_s, 1),
-        "records_per_s_incl_start": round(events / (seen["last_at"] - started), 1),
-        "cpu_ms_per_record": round(1000 * seen["cpu_s"] / max(steady_records, 1), 4),
-        "postgres_cpu_ms_per_record": round(
-            1000 * seen["postgres_cpu_s"] / max(steady_records, 1), 4
-        ),
+        "seconds": round(seen["seconds"], 2),
+        "requests_per_s": round(events / seen["seconds"], 1),
+        "cpu_ms_per_request": round(1000 * seen["cpu_s"] / events, 4),
+        "postgres_cpu_ms_per_request": round(1000 * seen["postgres_cpu_s"] / events, 4),
+        "row_writes_per_request": {
+            kind: round(count / events, 2) for kind, count in writes.items()
+        },
     }
+
+
+async def writes_when_done(database_url: str, flow_id: str, count: int) -> dict[str, int]:
+    """Once every request of the flow has its outcome (at least `count` of them): the
+    row versions written to the requests' tables so far, and the requests stored."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline:
+            stored, pending = await conn.fetchrow(
+                "SELECT count(*), count(*) FILTER (WHERE source_rank < $2)"
+                " FROM debugger.requests WHERE flow_id = $1::uuid",
+                flow_id,
+                RANK_OUTCOME,
+            )
+            if stored >= count and not pending:
+                break
+            await asyncio.sleep(0.2)
+        # A backend's statistics reach the view within a second while it is busy, in
+        # up to 10 s once idle: until they show every stored row, and stop moving.
+        total = await conn.fetchval("SELECT count(*) FROM debugger.requests")
+        writes, previous = await conn.fetchrow(WRITES), None
+        while writes != previous or writes["inserts"] < total:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(1)
+            previous, writes = writes, await conn.fetchrow(WRITES)
+        # Transactions of the whole database: the debugger's writes, its other work
+        # (alerts, partitions), the runner's, this poll's (5 a second).
+        commits = await conn.fetchval(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return {
+            "requests": int(stored),
+            "commits": int(commits),
+            **{kind: int(n) for kind, n in writes.items()},
+        }
+    finally:
+        await conn.close()
+
+
+_WRITE_COUNTER = re.compile(r"^flowhooks_debugger_(rows_stored|writes)(?:_total)? ([0-9.e+]+)$")
+
+
+def write_counts(system: System) -> dict[str, float]:
+    """Rows stored and writes so far by the debugger (its `/metrics`)."""
+    counts = {"rows_stored": 0.0, "writes": 0.0}
+    for service in system.processes.get("debugger", []):
+        # A loopback http URL of our own (harness/system.py).
+        with urllib.request.urlopen(f"{service.ops_url}/metrics", timeout=10) as answer:  # noqa: S310
+            for line in answer.read().decode().splitlines():
+                found = _WRITE_COUNTER.match(line)
+                if found:
+                    counts[found[1]] += float(found[2])
+    return counts
+
+
+def live(seconds: float, concurrency: int, env: dict[str, str]) -> dict[str, object]:
+    """The whole system under the closed loop (bench.budget's load: the bench flow, sync
+    then async, each after unmeasured load): the debugger's and its PostgreSQL
+    backends' CPU per request, the items per message of the debugger's events, and
+    the row versions written per stored request (PostgreSQL's statistics: inserts,
+    updates, of which HOT)."""
+    from bench.__main__ import SMALL_JSON, Bench, api_setup, loadgen, postgresql_pid
+
+    results: dict[str, object] = {"env": env}
+    with fresh_vhost() as amqp_url, fresh_database() as database_url:
+        system = System(
+            amqp_url,
+            database_url,
+            extra_env={
+                "FLOWHOOKS_LOG_LEVEL": "warning",
+                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
+                **env,
+            },
+        )
+        postmaster = asyncio.run(postgresql_pid(database_url))
+        infrastructure = {"postgresql": postmaster} if postmaster is not None else {}
+        bench = Bench(system, seconds, concurrency, infrastructure, database_url.rsplit("/", 1)[-1])
+        try:
+            system.start_all()
+            flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
+            ingress = system.url("ingress")
+            before = {"inserts": 0, "updates": 0, "hot_updates": 0, "requests": 0, "commits": 0}
+            for scenario in ("sync", "async"):
+                load = {
+                    "url": f"{ingress}/v1/flow-webhook/{flows[scenario]}",
+                    "headers": {"Authorization": f"Bearer {flows[scenario + '_token']}"},
+                    "body": SMALL_JSON,
+                }
+                loadgen({**load, "seconds": 3, "concurrency": concurrency})
+                counted = write_counts(system)
+                measured = bench.measure(scenario, load)
+                written = write_counts(system)
+                after = asyncio.run(writes_when_done(database_url, flows[scenario], 1))
+                requests = max(1, after["requests"])  # the scenario's own flow
+                results[scenario] = {
+                    "rps": measured["rps"],
+                    "cpu_ms_per_request": {
+                        hop: measured["cpu_ms_per_request"].get(hop)
+                        for hop in ("debugger", "postgresql")
+                    },
+                    "items_per_message": measured["items_per_message"],
+                    # Over the warm-up and the measured load: every stored request.
+                    "row_writes_per_request": {
+                        kind: round((after[kind] - before[kind]) / requests, 3)
+                        for kind in ("inserts", "updates", "hot_updates")
+                    },
+                    # The debugger's writes during the measured load.
+                    "rows_per_write": round(
+                        (written["rows_stored"] - counted["rows_stored"])
+                        / max(1.0, written["writes"] - counted["writes"]),
+                        1,
+                    ),
+                    "database_commits_per_request": round(
+                        (after["commits"] - before["commits"]) / requests, 3
+                    ),
+                }
+                before = after
+        finally:
+            system.stop_all()
+    return results
+
+
+# Schema variants for `--write-cost` (each beside the schema as migrated): what each
+# index and the row's shape cost a row version.
+VARIANTS = {
+    "no GIN index on input (search)": ["DROP INDEX debugger.requests_input_search"],
+    "no received_at index": ["DROP INDEX debugger.requests_received_at"],
+    "no outcome index": ["DROP INDEX debugger.requests_flow_outcome"],
+    "steps and headers json, not jsonb": [
+        "ALTER TABLE debugger.requests ALTER COLUMN steps TYPE json, ALTER COLUMN headers TYPE json"
+    ],
+}
+
+
+async def backend_pids(pool: asyncpg.Pool) -> list[int]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        )
+    return [row["pid"] for row in rows]
+
+
+async def timed_writes(
+    store: RequestStore, pids: list[int], batches: list[list[Any]]
+) -> tuple[float, float]:
+    """The debugger's (this process's) and the backends' CPU seconds for the writes."""
+    client, backends = time.process_time(), sum(cpu_seconds(pid) for pid in pids)
+    for rows in batches:
+        await store.write(rows)
+    return time.process_time() - client, sum(cpu_seconds(pid) for pid in pids) - backends
+
+
+def request_rows(flow_id: str, count: int, scenario: str) -> dict[str, list[Any]]:
+    """The rows the intake writes for `count` requests of `scenario`, by event."""
+    from services.debugger.records import Redaction, rows_from_event
+
+    made: dict[str, list[Any]] = {}
+    for key, body in messages(count, flow_id, count, scenario):
+        made.setdefault(key, []).extend(rows_from_event(key, body, Redaction(), {}))
+    return made
+
+
+async def write_cost(url: str, sql: list[str], sizes: tuple[int, ...]) -> dict[str, object]:
+    """In this process, against `url` (migrated, then `sql`): the intake's write alone
+    (store.RequestStore.write), per batch size: new rows (`insert`, a sync request or
+    an async one's queued row), then the same requests' outcomes (`update`)."""
+    from services.debugger.app import DATABASE
+    from shared.db import open_pool
+
+    pool = await open_pool(url, 2, DATABASE.schema, DATABASE.migrations)
+    try:
+        async with pool.acquire() as conn:
+            for statement in sql:
+                await conn.execute(statement)
+        store = RequestStore(pool)
+        flow = str(uuid.uuid4())
+        warm = request_rows(flow, 10, "async")
+        await store.write(warm[naming.REQUEST_QUEUED])
+        await store.write(warm[naming.RUN_FINISHED])
+        pids = await backend_pids(pool)
+        figures: dict[str, object] = {}
+        for size in sizes:
+            count = max(10 * size, 2000 // size * size)
+            made = request_rows(flow, count, "async")
+            for kind, key in (("insert", naming.REQUEST_QUEUED), ("update", naming.RUN_FINISHED)):
+                rows = made[key]
+                batches = [rows[n : n + size] for n in range(0, count, size)]
+                client, backends = await timed_writes(store, pids, batches)
+                figures[f"{size} rows a write, {kind}"] = {
+                    "debugger_ms_per_write": round(1000 * client / len(batches), 3),
+                    "postgres_ms_per_write": round(1000 * backends / len(batches), 3),
+                    "debugger_ms_per_row": round(1000 * client / count, 4),
+                    "postgres_ms_per_row": round(1000 * backends / count, 4),
+                }
+        return figures
+    finally:
+        await pool.close()
+
+
+async def trace_compression(url: str, method: str, count: int = 2000) -> dict[str, object]:
+    """PostgreSQL's CPU per row for rows whose step trace is a few kilobytes (8 http
+    steps), compressed with `method` (set on the table and its partitions)."""
+    from services.debugger.app import DATABASE
+    from services.debugger.records import Redaction, finished_row
+    from shared.db import open_pool
+
+    pool = await open_pool(url, 2, DATABASE.schema, DATABASE.migrations)
+    try:
+        async with pool.acquire() as conn:
+            tables = await conn.fetch(
+                "SELECT 'debugger.requests'::regclass::text AS t UNION ALL SELECT"
+                " inhrelid::regclass::text FROM pg_inherits"
+                " WHERE inhparent = 'debugger.requests'::regclass"
+            )
+            for table in tables:
+                await conn.execute(
+                    f"ALTER TABLE {table['t']} ALTER COLUMN steps SET COMPRESSION {method}"
+                )
+        flow = str(uuid.uuid4())
+        rows = []
+        for n in range(count):
+            request = webhook_request(flow, n, RunMode.SYNC, datetime.now(UTC))
+            steps = [
+                StepTrace(
+                    ref_id=f"s{i}",
+                    type="http",
+                    input={"url": f"https://example.com/api/{i}/{n}"},
+                    output={
+                        "status": 200,
+                        "body": {
+                            "items": [{"id": k, "name": f"item {k} of {n}"} for k in range(12)]
+                        },
+                    },
+                    started_at=request.received_at,
+                    duration_ms=1.5,
+                )
+                for i in range(8)
+            ]
+            outcome = finished(request)
+            outcome.result.steps = steps
+            rows.append(finished_row(outcome, Redaction()))
+        store = RequestStore(pool)
+        await store.write(rows[:50])
+        pids = await backend_pids(pool)
+        _, backends = await timed_writes(
+            store, pids, [rows[n : n + 50] for n in range(50, count, 50)]
+        )
+        async with pool.acquire() as conn:
+            stored = await conn.fetchrow(
+                "SELECT avg(length(steps::text))::int AS text_bytes,"
+                " avg(pg_column_size(steps))::int AS stored_bytes,"
+                " min(pg_column_compression(steps)) AS method FROM debugger.requests"
+            )
+        return {
+            **dict(stored),
+            "postgres_ms_per_row": round(1000 * backends / (count - 50), 4),
+        }
+    finally:
+        await pool.close()
+
+
+def write_costs(rounds: int) -> dict[str, list[object]]:
+    """`--write-cost`: the intake's write alone, in this process (no broker): CPU per
+    write and per row at 1, 15 and 100 rows a write; the schema variants (VARIANTS) at
+    50 rows a write; a few-kilobyte step trace with pglz and lz4. `rounds` times each,
+    interleaved (the machine's load moves)."""
+    results: dict[str, list[object]] = {}
+
+    def measured(name: str, figures: object) -> None:
+        results.setdefault(name, []).append(figures)
+        print(name, json.dumps(figures), flush=True)
+
+    for _ in range(rounds):
+        with fresh_database() as url:
+            measured("batch sizes", asyncio.run(write_cost(url, [], (1, 15, 100))))
+        for name, sql in {"as migrated": [], **VARIANTS}.items():
+            with fresh_database() as url:
+                measured(f"variant: {name}", asyncio.run(write_cost(url, sql, (50,))))
+        for method in ("pglz", "lz4"):
+            with fresh_database() as url:
+                measured(
+                    f"trace compression: {method}", asyncio.run(trace_compression(url, method))
+                )
+    return results
 
 
 async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
@@ -300,7 +717,6 @@ async def partitions_vs_today(records: int, days: int) -> dict[str, object]:
     from services.debugger.app import DATABASE
     from services.debugger.partitions import Partitions, slot_start
     from shared.db import migrate
-    from shared.request_ids import new_request_id
 
     now = datetime.now(UTC)
     start = slot_start(now - timedelta(days=days - 1), timedelta(days=1))
@@ -390,7 +806,7 @@ async def partitions_vs_today(records: int, days: int) -> dict[str, object]:
             await pool.execute("ANALYZE debugger.requests")
         for name, pool in pools.items():
             figures: dict[str, object] = {"copy_records_per_s": round(records / fill_s[name])}
-            upsert = store_module.UPSERT_STAGED
+            upsert = store_module.UPSERT
             if name == "today":
                 upsert = upsert.replace("ON CONFLICT (id, received_at)", "ON CONFLICT (id)")
             figures["intake_records_per_s"] = await _intake_rate(pool, upsert, rows, records)
@@ -406,24 +822,17 @@ async def partitions_vs_today(records: int, days: int) -> dict[str, object]:
 async def _intake_rate(
     pool: asyncpg.Pool, upsert: str, rows: Any, records: int, count: int = 20_000
 ) -> int:
-    """Records a second through the intake's write (COPY to staging, one upsert per
-    batch of 1,000), for `count` new records of now."""
-    from services.debugger.store import CREATE_STAGING, STAGING
-
-    # Whole rows, as the intake stages them (the columns after source_rank at their
+    """Records a second through the intake's write (one statement per batch of 1,000,
+    store.UPSERT), for `count` new records of now."""
+    # Whole rows, as the intake writes them (the columns after source_rank at their
     # defaults).
-    made = [(*row, None, None, "utf-8", None, None, None) for row in rows(records, count)]
+    defaults = RequestRow._field_defaults
+    rest = [defaults.get(name) for name in COLUMNS[COLUMNS.index("source_rank") + 1 :]]
+    made = [(*row, *rest) for row in rows(records, count)]
     t0 = time.perf_counter()
     async with pool.acquire() as conn:
         for offset in range(0, count, 1000):
-            async with conn.transaction():
-                await conn.execute(CREATE_STAGING)
-                await conn.copy_records_to_table(
-                    STAGING,
-                    records=made[offset : offset + 1000],
-                    columns=COLUMNS,
-                )
-                await conn.execute(upsert)
+            await conn.execute(upsert, *zip(*made[offset : offset + 1000], strict=True))
     return round(count / (time.perf_counter() - t0))
 
 
@@ -550,6 +959,39 @@ def main() -> None:
         default="1,10,50",
         help="records per message, one ingest run for each (comma-separated)",
     )
+    parser.add_argument(
+        "--scenario",
+        default="sync",
+        help=f"the events of each request, comma-separated: {', '.join(SCENARIOS)}; with"
+        f" '{APART}': each kind of event for every request before the next kind (one write"
+        " per event instead of one per request)",
+    )
+    parser.add_argument(
+        "--sql",
+        action="append",
+        default=[],
+        help="a variant of the schema: a statement run after the migrations (repeatable:"
+        " one ingest run per statement, beside none)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the debugger (repeatable)"
+    )
+    parser.add_argument(
+        "--live",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="only the whole system under the closed loop for this long, sync and async:"
+        " the debugger's and PostgreSQL's CPU and the row versions written per request",
+    )
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument(
+        "--write-cost",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only the intake's write alone (section 6), this many rounds",
+    )
     parser.add_argument("--ingest-only", action="store_true", help="skip the listing figures")
     parser.add_argument(
         "--partitions",
@@ -563,13 +1005,28 @@ def main() -> None:
     )
     args = parser.parse_args()
     results: dict[str, object] = {}
+    if args.write_cost:
+        results["write_cost"] = write_costs(args.write_cost)
+        print(json.dumps(results, indent=2))
+        return
+    if args.live:
+        env = dict(pair.split("=", 1) for pair in args.env)
+        results["live"] = live(args.live, args.concurrency, env)
+        print(json.dumps(results, indent=2))
+        return
     if args.partitions:
         results["partitions"] = asyncio.run(partitions_vs_today(args.records, args.days))
         print(json.dumps(results, indent=2))
         return
     if not args.listing_only:
-        results["ingest"] = [ingest_rate(args.events, int(i)) for i in args.items.split(",")]
-        print(json.dumps(results), flush=True)
+        env = dict(pair.split("=", 1) for pair in args.env)
+        runs: list[dict[str, object]] = []
+        for variant in [[], *([statement] for statement in args.sql)]:
+            for scenario in args.scenario.split(","):
+                for items in args.items.split(","):
+                    runs.append(ingest_rate(args.events, int(items), scenario, variant, env))
+                    print(json.dumps(runs[-1]), flush=True)
+        results["ingest"] = runs
     if not args.ingest_only:
         with fresh_database() as database_url:
             results["listing"] = asyncio.run(fill_and_list(database_url, args.rows))

@@ -38,7 +38,13 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.debugger.metrics import DebuggerMetrics, dead_letter_reason
-from services.debugger.records import Redaction, flow_from_event, reduced_row, rows_from_event
+from services.debugger.records import (
+    Deferred,
+    Redaction,
+    deferred_rows,
+    flow_from_event,
+    reduced_row,
+)
 from services.debugger.store import FlowRow, RequestRow, RequestStore
 from shared import tracing
 from shared.messaging import naming
@@ -127,8 +133,9 @@ class _Refused(Exception):
         self.cause = cause
 
 
-# (message, its rows are flows (not requests), its rows)
-Pending = tuple[AbstractIncomingMessage, bool, Sequence[RequestRow | FlowRow]]
+# (message, its rows are flows (not requests), its rows: progress rows deferred, built
+# only if nothing newer about the same request is in the batch; records.Deferred)
+Pending = tuple[AbstractIncomingMessage, bool, Sequence[RequestRow | Deferred | FlowRow]]
 
 
 class BatchIngest:
@@ -168,6 +175,7 @@ class BatchIngest:
         self._abandoned = asyncio.Event()
         # Counters for logs, metrics and tests.
         self.stored = 0  # request rows written (whole or reduced)
+        self.writes = 0  # batches written (rows per write: stored / writes)
         self.reduced = 0  # request rows stored in their reduced form
         self.dropped = 0  # rows not stored at all (not even reduced)
         self.rejected = 0  # messages refused as unreadable
@@ -186,7 +194,7 @@ class BatchIngest:
             rows = (
                 [flow_from_event(message.body)]
                 if is_flow
-                else rows_from_event(
+                else deferred_rows(
                     message.routing_key or "", message.body, self.redaction, message.headers
                 )
             )
@@ -287,7 +295,7 @@ class BatchIngest:
         message, is_flow, rows = item
         if not rows:
             return
-        row = rows[0]
+        row = rows[0].build() if isinstance(rows[0], Deferred) else rows[0]
         reason = f"{type(cause).__name__}: {str(cause).strip()[:500]}"
         if isinstance(row, RequestRow):
             try:
@@ -317,7 +325,7 @@ class BatchIngest:
         or `_Abandoned` (shutdown gave up)."""
         # The same request twice in one batch: keep its last event only (ON CONFLICT
         # cannot touch one row twice in a statement); the rank rule sorts out the rest.
-        rows: dict[str, RequestRow] = {}
+        rows: dict[str, RequestRow | Deferred] = {}
         flows: dict[uuid.UUID, FlowRow] = {}
         for _, _, message_rows in batch:
             for row in message_rows:
@@ -327,15 +335,16 @@ class BatchIngest:
                         flows[row.flow_id] = row
                 elif row.id not in rows or rows[row.id].source_rank <= row.source_rank:
                     rows[row.id] = row
+        written = [row.build() if isinstance(row, Deferred) else row for row in rows.values()]
         unknown = 0
         failures = 0
         started_ns = time.time_ns()
         while True:
             try:
-                written = list(rows.values())
                 await self.store.write(written, list(flows.values()))
                 _trace_stored(written, started_ns)
                 self.stored += len(rows)
+                self.writes += 1
                 self.metrics.committed(written)
                 if self.after_write is not None and written:
                     try:

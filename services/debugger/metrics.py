@@ -76,6 +76,14 @@ class DebuggerMetrics:
                         lambda: ingest.stored,
                     ),
                     (
+                        # Rows per write (stored / writes): a write costs about as much
+                        # as a few dozen rows (bench/debugger.py), so under load the
+                        # intake's cost per request depends on it.
+                        "flowhooks_debugger_writes",
+                        "Batches of records written, each in one statement or transaction",
+                        lambda: ingest.writes,
+                    ),
+                    (
                         "flowhooks_debugger_rows_dropped",
                         "Request records PostgreSQL refused even in their reduced form",
                         lambda: ingest.dropped,

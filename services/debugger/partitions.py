@@ -152,7 +152,8 @@ class Partitions:
                 name = partition_name(gap.start)
                 await conn.execute(
                     f'CREATE TABLE debugger."{name}" (LIKE {PARENT}'
-                    " INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)"
+                    " INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE"
+                    " INCLUDING COMPRESSION)"  # lz4 for the large values (migration 018)
                 )
                 moved = await conn.execute(
                     f"WITH moved AS (DELETE FROM debugger.{DEFAULT} WHERE received_at >= $1"

@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
@@ -355,37 +356,79 @@ def rows_from_event(
     return build(routing_key, body, redaction, headers or {})
 
 
-def _queued_rows(
-    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
-) -> list[RequestRow]:
-    return [
-        _progress_row(item.request, redaction, Progress.QUEUED, None, RANK_QUEUED)
-        for item in _items(body, RunsProgressed, RunProgress, routing_key)
-    ]
+class Deferred(NamedTuple):
+    """A progress row (`queued`, `running`, `waiting`) as the intake holds it until its
+    batch is written: built then only if nothing of a higher rank about the same request
+    came in the same batch (an async run's `run.started` and `run.finished` mostly
+    do: the runner sends them moments apart)."""
+
+    id: str
+    source_rank: int
+    build: Callable[[], RequestRow]
 
 
-def _running_rows(
-    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
-) -> list[RequestRow]:
+def deferred_rows(
+    routing_key: str,
+    body: bytes,
+    redaction: Redaction,
+    headers: Mapping[str, Any] | None = None,
+) -> list[RequestRow | Deferred]:
+    """`rows_from_event`, with the progress rows deferred (see `Deferred`)."""
+    progress = PROGRESS_BY_EVENT.get(routing_key)
+    if progress is None:
+        return list(rows_from_event(routing_key, body, redaction, headers))
+    return list(progress(routing_key, body, redaction))
+
+
+def _queued(routing_key: str, body: bytes, redaction: Redaction) -> list[Deferred]:
     return [
-        _progress_row(item.request, redaction, Progress.RUNNING, item.at, RANK_RUNNING)
-        if item.resume_at is None
-        else _row(
-            item.request,
-            redaction,
-            RunReport(Progress.WAITING, RANK_RUNNING, resume_at=item.resume_at),
+        Deferred(
+            item.request.request_id,
+            RANK_QUEUED,
+            partial(_progress_row, item.request, redaction, Progress.QUEUED, None, RANK_QUEUED),
         )
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
     ]
 
 
-def _waiting_rows(
-    routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
-) -> list[RequestRow]:
+def _running(routing_key: str, body: bytes, redaction: Redaction) -> list[Deferred]:
     return [
-        _progress_row(item.request, redaction, Progress.WAITING, None, RANK_WAITING)
+        Deferred(
+            item.request.request_id,
+            RANK_RUNNING,
+            partial(_progress_row, item.request, redaction, Progress.RUNNING, item.at, RANK_RUNNING)
+            if item.resume_at is None
+            else partial(
+                _row,
+                item.request,
+                redaction,
+                RunReport(Progress.WAITING, RANK_RUNNING, resume_at=item.resume_at),
+            ),
+        )
         for item in _items(body, RunsProgressed, RunProgress, routing_key)
     ]
+
+
+def _waiting(routing_key: str, body: bytes, redaction: Redaction) -> list[Deferred]:
+    return [
+        Deferred(
+            item.request.request_id,
+            RANK_WAITING,
+            partial(_progress_row, item.request, redaction, Progress.WAITING, None, RANK_WAITING),
+        )
+        for item in _items(body, RunsProgressed, RunProgress, routing_key)
+    ]
+
+
+def _built(
+    progress: Callable[[str, bytes, Redaction], list[Deferred]],
+) -> RowBuilder:
+    def build(
+        routing_key: str, body: bytes, redaction: Redaction, _: Mapping[str, Any]
+    ) -> list[RequestRow]:
+        return [row.build() for row in progress(routing_key, body, redaction)]
+
+    return build
 
 
 def _finished_rows(
@@ -547,9 +590,9 @@ def _finished_row(finished: RunFinished, redaction: Redaction) -> RequestRow:
 # Every event about requests, and how its rows are built (the debugger's queue and the
 # live tail are bound to exactly these).
 ROWS_BY_EVENT: dict[str, RowBuilder] = {
-    contracts.REQUEST_QUEUED.routing_key: _queued_rows,
-    contracts.RUN_STARTED.routing_key: _running_rows,
-    contracts.RUN_WAITING.routing_key: _waiting_rows,
+    contracts.REQUEST_QUEUED.routing_key: _built(_queued),
+    contracts.RUN_STARTED.routing_key: _built(_running),
+    contracts.RUN_WAITING.routing_key: _built(_waiting),
     contracts.RUN_FINISHED.routing_key: _finished_rows,
     contracts.REQUEST_REJECTED.routing_key: _finished_rows,
     contracts.REQUEST_DEDUPLICATED.routing_key: _finished_rows,
@@ -558,4 +601,10 @@ ROWS_BY_EVENT: dict[str, RowBuilder] = {
     contracts.REQUEST_ROUTED.routing_key: _finished_rows,
     contracts.RUN_EXPIRED.routing_key: _dead_letter_rows,
     contracts.RUN_DEAD_LETTERED.routing_key: _dead_letter_rows,
+}
+# The events whose rows the intake defers (`deferred_rows`).
+PROGRESS_BY_EVENT: dict[str, Callable[[str, bytes, Redaction], list[Deferred]]] = {
+    contracts.REQUEST_QUEUED.routing_key: _queued,
+    contracts.RUN_STARTED.routing_key: _running,
+    contracts.RUN_WAITING.routing_key: _waiting,
 }

@@ -1,5 +1,6 @@
 """debugger's SQL: batched idempotent writes, and the reads of the ops API."""
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -80,11 +81,14 @@ class FlowRow(NamedTuple):
 
 COLUMNS = RequestRow._fields
 _JSONB = {"query", "headers", "input", "steps", "truncated", "response_headers"}
-# A batch goes in by COPY (binary) to a session's temporary table, then in one statement
-# to its place: the client's CPU per row is about half of `executemany`'s and PostgreSQL
-# does one statement per batch, not one per row. jsonb columns travel as text and are
-# parsed by the INSERT (so invalid JSON is refused data, as before).
-_STAGING_TYPES = {
+# A batch goes in as one prepared statement: each column an array parameter, unnested
+# into rows and upserted. Under load a batch is a few dozen rows, so what a batch costs
+# apart from its rows is most of the write: one statement (planned once per
+# connection) instead of a transaction of five (a temporary table, COPY to it, an
+# upsert planned afresh each time, the flows' owners): bench/debugger.py. The
+# statement is atomic on its own. jsonb columns travel as text and are parsed by the
+# INSERT (so invalid JSON is refused data).
+_ARRAY_TYPES = {
     "flow_id": "uuid",
     "workspace_id": "uuid",
     "received_at": "timestamptz",
@@ -96,23 +100,30 @@ _STAGING_TYPES = {
     "answered_at": "timestamptz",
     "resume_at": "timestamptz",
 }
-STAGING = "debugger_requests_batch"
-CREATE_STAGING = (
-    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} ("
-    + ", ".join(f"{name} {_STAGING_TYPES.get(name, 'text')}" for name in COLUMNS)
-    + ") ON COMMIT DELETE ROWS"
+_PARAMETERS = ", ".join(
+    f"${number}::{_ARRAY_TYPES.get(name, 'text')}[]" for number, name in enumerate(COLUMNS, 1)
 )
 _SELECTED = ", ".join(f"{name}::jsonb" if name in _JSONB else name for name in COLUMNS)
 _UPDATES = ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])
 # The rank rule: a row is only replaced by an event of the same or a higher rank.
-UPSERT_STAGED = (
+UPSERT = (
     f"INSERT INTO debugger.requests ({', '.join(COLUMNS)})"
-    f" SELECT {_SELECTED} FROM pg_temp.{STAGING} ORDER BY id"
+    f" SELECT {_SELECTED} FROM unnest({_PARAMETERS}) AS batch ({', '.join(COLUMNS)})"
+    # In id order: two writers (replicas) lock the rows they share in the same order,
+    # so they wait for each other instead of deadlocking.
+    " ORDER BY id"
     # (id, received_at): the partitioned table's key; every event about a request
     # carries the request's own received_at, so this is the request's one row.
     f" ON CONFLICT (id, received_at) DO UPDATE SET {_UPDATES}, stored_at = now()"
     " WHERE debugger.requests.source_rank <= EXCLUDED.source_rank"
 )
+# A batch's large fields (characters) one statement carries at most: the parameters
+# are sent whole (COPY streamed them), and one value may not pass 1 GB.
+_PART_BYTES = 32 << 20
+_ARGUMENT = re.compile(r"invalid input for query argument \$(\d+)")
+# The flows' owners this process has written (they are never deleted): the statement
+# is left out of a batch whose owners are all known. Bounded: forgotten when full.
+_KNOWN_OWNERS_MAX = 100_000
 UPSERT_FLOW = (
     "INSERT INTO debugger.flows (flow_id, workspace_id, version, deleted, name, status)"
     " VALUES ($1, $2, $3, $4, $5, $6)"
@@ -146,6 +157,54 @@ def _decode(record: asyncpg.Record) -> dict[str, Any]:
     return row
 
 
+async def _upsert(conn: asyncpg.Connection, rows: Sequence[RequestRow]) -> None:
+    # A column that is NULL in every row (a dozen are, in most batches: the trace's
+    # when traces are off, replays' and dedup's links, ...) goes as one NULL, not an
+    # array of them: asyncpg checks every element it encodes, and unnest pads a
+    # missing array with NULLs.
+    columns = [
+        None if column.count(None) == len(column) else column for column in zip(*rows, strict=True)
+    ]
+    try:
+        await conn.execute(UPSERT, *columns)
+    except asyncpg.DataError as exc:
+        cause = exc.__cause__
+        found = _ARGUMENT.match(str(exc))
+        if cause is None or found is None:
+            raise
+        # asyncpg could not encode a value: its message quotes the parameter (the
+        # column's values, other rows' included); say the column and why instead.
+        column = COLUMNS[int(found[1]) - 1]
+        raise asyncpg.DataError(f"{column}: {type(cause).__name__}: {cause}") from None
+
+
+def _parts(rows: Sequence[RequestRow]) -> list[Sequence[RequestRow]]:
+    """The batch, or (when its large fields add up to more than a statement should
+    carry) consecutive parts of it in id order (the order the statement locks rows in),
+    each within `_PART_BYTES`."""
+    sizes = [
+        len(row.raw_body)
+        + len(row.headers)
+        + len(row.steps)
+        + len(row.input or "")
+        + len(row.response_body or "")
+        for row in rows
+    ]
+    if sum(sizes) <= _PART_BYTES:
+        return [rows]
+    parts: list[Sequence[RequestRow]] = []
+    part: list[RequestRow] = []
+    used = 0
+    for size, row in sorted(zip(sizes, rows, strict=True), key=lambda pair: pair[1].id):
+        if part and used + size > _PART_BYTES:
+            parts.append(part)
+            part, used = [], 0
+        part.append(row)
+        used += size
+    parts.append(part)
+    return parts
+
+
 class RequestStore:
     def __init__(
         self,
@@ -159,31 +218,41 @@ class RequestStore:
         # While the old, unpartitioned table still has rows (legacy_copy.py): read both,
         # and move a request's old row before writing it again.
         self.legacy = legacy
+        self._owners: set[tuple[str, str]] = set()
 
     @property
     def source(self) -> str:
         return self.legacy.source() if self.legacy is not None else PARENT
 
     async def write(self, rows: Sequence[RequestRow], flows: Sequence[FlowRow] = ()) -> None:
-        """One transaction per batch: its requests COPYed to the staging table and
-        upserted from there in one statement (at most one row per request id: ON
+        """The batch's requests in one statement (at most one row per request id: ON
         CONFLICT cannot touch a row twice in a statement); a redelivered event updates
-        its row in place, by the rank rule."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        its row in place, by the rank rule. Flows and their owners first, each write
+        idempotent: a batch that fails part way is written again whole."""
+        async with self.pool.acquire() as conn:
             if flows:
                 await conn.executemany(UPSERT_FLOW, flows)
-            if rows:
-                await conn.execute(CREATE_STAGING)  # once per connection; then a no-op
-                await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
-                if self.legacy is not None:
-                    await self.legacy.adopt(conn, sorted({row.id for row in rows}))
-                # In id order: two writers (replicas) lock the rows they share in the
-                # same order, so they wait for each other instead of deadlocking.
-                await conn.execute(UPSERT_STAGED)
-                owners = sorted({(str(row.flow_id), str(row.workspace_id)) for row in rows})
+            if not rows:
+                return
+            owners = sorted({(row.flow_id, row.workspace_id) for row in rows} - self._owners)
+            if owners:
                 await conn.execute(
                     INSERT_FLOW_OWNERS, [flow for flow, _ in owners], [ws for _, ws in owners]
                 )
+            parts = _parts(rows)
+            adopt = self.legacy is not None and self.legacy.present
+            if len(parts) == 1 and not adopt:
+                await _upsert(conn, rows)
+            else:
+                async with conn.transaction():
+                    if self.legacy is not None and adopt:
+                        # The old rows of these ids move first, in the same transaction.
+                        await self.legacy.adopt(conn, sorted({row.id for row in rows}))
+                    for part in parts:
+                        await _upsert(conn, part)
+        if len(self._owners) + len(owners) > _KNOWN_OWNERS_MAX:
+            self._owners.clear()
+        self._owners.update(owners)
 
     async def flow_owner(self, flow_id: uuid.UUID) -> tuple[str, bool] | None:
         """(workspace id, deleted) as the debugger heard it; None: never heard of it."""

@@ -21,12 +21,14 @@ import pytest
 from services.debugger.app import DATABASE
 from services.debugger.ingest import BatchIngest
 from services.debugger.records import Redaction
+from services.debugger.run_status import RunStatuses
 from services.debugger.store import RequestStore
 from shared.db import open_pool
 from shared.messaging import naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import FLOW_CHANGED
 from shared.schemas.access import FlowChanged, FlowWebhookSettings
+from shared.schemas.dedup import GetRunStatus
 from shared.schemas.runs import (
     RunFinished,
     RunProgress,
@@ -199,8 +201,10 @@ async def test_one_refused_row_does_not_cost_the_batch(amqp_url: str, database_u
         poisoned = await dbg.row("poison-status")
         assert poisoned is not None
         assert poisoned["outcome"] == "succeeded" and poisoned["status_code"] is None
-        # Found while encoding the batch for COPY (asyncpg's own words).
-        assert poisoned["error"].startswith("not storable: OverflowError: value out of int32")
+        # Found while encoding the batch (asyncpg's words, with the column's name).
+        assert poisoned["error"].startswith(
+            "not storable: DataError: status_code: OverflowError: value out of int32"
+        )
         assert poisoned["error"].endswith("; the run's error: odd")
         assert (poisoned["raw_body"], poisoned["input"], poisoned["steps"]) == ("", None, "[]")
         assert orjson.loads(poisoned["truncated_text"])["reduced"] is True
@@ -338,6 +342,56 @@ async def test_the_rank_rule_holds_within_and_across_batches(
         await eventually(updated)
         count = await dbg.pool.fetchval("SELECT count(*) FROM debugger.requests")
         assert count == 2
+
+
+async def test_an_async_outcome_before_its_queued_event_and_without_started(
+    amqp_url: str, database_url: str
+) -> None:
+    """The runner may send no `run.started` for a run that finished quickly, and the
+    ingress's `request.queued` may come after the outcome: the row is the outcome's,
+    whole, whatever order the events come in, and the status URL reads it done."""
+    async with debugger(amqp_url, database_url, Redaction()) as dbg:
+        step = StepTrace(
+            ref_id="res1", type="template", output={"value": 1}, started_at=NOW, duration_ms=1
+        )
+
+        def events(request_id: str) -> tuple[RunFinished, bytes]:
+            request = webhook_request(request_id)
+            outcome = finished(request, body='{"done": 1}', steps=[step], answered_at=NOW)
+            progress = RunsProgressed(items=[RunProgress(request=request, at=NOW)])
+            return outcome, progress.model_dump_json().encode()
+
+        async def progress(body: bytes, key: str = naming.REQUEST_QUEUED) -> None:
+            await dbg.broker.publish(body, routing_key=key, to_events=True)
+
+        # Apart: the outcome alone, then (later batches) its queued and started events.
+        apart, apart_progress = events("apart")
+        await dbg.publish(apart)
+        await dbg.consume()
+        await eventually(lambda: dbg.row("apart"))
+        await progress(apart_progress)
+        await dbg.publish(finished(webhook_request("marker-1")))
+        await eventually(lambda: dbg.row("marker-1"))
+        await progress(apart_progress, naming.RUN_STARTED)
+        await dbg.publish(finished(webhook_request("marker-2")))
+        await eventually(lambda: dbg.row("marker-2"))
+        # Together, in one batch: the outcome, then its queued event.
+        together, together_progress = events("together")
+        await dbg.publish(together)
+        await progress(together_progress)
+        await eventually(lambda: dbg.row("together"))
+        statuses = RunStatuses(dbg.pool)
+        for request_id in ("apart", "together"):
+            row = await dbg.row(request_id)
+            assert row is not None
+            assert (row["outcome"], row["source_rank"], row["status_code"]) == ("succeeded", 3, 200)
+            assert (row["started_at"], row["finished_at"], row["answered_at"]) == (NOW, NOW, NOW)
+            assert row["response_body"] == '{"done": 1}' and row["mode"] == "async"
+            assert [s["ref_id"] for s in orjson.loads(row["steps"])] == ["res1"]
+            status = await statuses.get(GetRunStatus(flow_id=FLOW, request_id=request_id))
+            assert status.state == "done" and status.outcome == "succeeded"
+            assert status.result is not None and status.result.body == '{"done": 1}'
+        assert await dbg.pool.fetchval("SELECT count(*) FROM debugger.requests") == 4
 
 
 async def test_flow_ownership_only_from_the_runners_user(amqp_url: str, database_url: str) -> None:

@@ -16,7 +16,7 @@ from services.debugger.ingest import BatchIngest, classify
 from services.debugger.records import Redaction
 from services.debugger.store import FlowRow, RequestRow
 from shared.messaging import naming
-from shared.schemas.runs import RunFinished, RunResult, RunsFinished
+from shared.schemas.runs import RunFinished, RunProgress, RunResult, RunsFinished, RunsProgressed
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -251,3 +251,60 @@ def test_classification() -> None:
     assert classify(asyncpg.exceptions.QueryCanceledError("x")) == "unknown"
     assert classify(asyncpg.exceptions.OutOfMemoryError("x")) == "unknown"
     assert classify(RuntimeError("x")) == "unknown"
+
+
+def progress(routing_key: str, *request_ids: str, resume_at: datetime | None = None) -> Message:
+    items = [
+        RunProgress(
+            request=webhook_request(
+                {"a": 1},
+                request_id=request_id,
+                flow_id="00000000-0000-0000-0000-000000000001",
+                workspace_id="00000000-0000-0000-0000-000000000002",
+                received_at=NOW,
+                mode="async",
+            ),
+            at=NOW,
+            resume_at=resume_at,
+        )
+        for request_id in request_ids
+    ]
+    return Message(RunsProgressed(items=items).model_dump_json().encode(), routing_key)
+
+
+async def test_progress_rows_are_written_whole_unless_the_outcome_is_in_the_batch() -> None:
+    """`queued` and `running` are held unbuilt until the batch is written: where the
+    run's outcome came in the same batch only the outcome is written; alone, they are
+    written whole (the request's contents, for the listing and search while it runs)."""
+    store = FakeStore()
+    intake = ingest(store)
+    messages = [
+        progress(naming.REQUEST_QUEUED, "both", "queued-only", "running-only"),
+        progress(naming.RUN_STARTED, "both", "running-only"),
+        progress(naming.RUN_STARTED, "waiting", resume_at=NOW),
+        event("both"),
+    ]
+    await feed(intake, messages)
+    assert all(m.acked for m in messages) and store.writes == 1
+    outcomes = {request_id: row.outcome for request_id, row in store.rows.items()}
+    assert outcomes == {
+        "both": "succeeded",
+        "queued-only": "queued",
+        "running-only": "running",
+        "waiting": "waiting",
+    }
+    running = store.rows["running-only"]
+    assert (running.source_rank, running.started_at, running.mode) == (1, NOW, "async")
+    assert (running.raw_body, running.input) == ('{"a":1}', '{"a":1}')
+    assert store.rows["waiting"].resume_at == NOW and store.rows["queued-only"].source_rank == 0
+
+
+async def test_a_refused_progress_row_is_stored_reduced() -> None:
+    store = FakeStore()
+    intake = ingest(store)
+    messages = [progress(naming.REQUEST_QUEUED, "fine", "never-storable"), event("other")]
+    await feed(intake, messages)
+    assert all(m.acked for m in messages)
+    assert store.rows["fine"].outcome == "queued" and store.rows["other"].outcome == "succeeded"
+    # The fake refuses any row of that id, the reduced one too: dropped, with a log.
+    assert "never-storable" not in store.rows and (intake.reduced, intake.dropped) == (0, 1)

@@ -71,6 +71,7 @@ def service_registry(service: str) -> CollectorRegistry:
         dropped=0,
         rejected=0,
         write_failures=0,
+        writes=0,
         pending=0,
         refused=0,
         refused_runs=0,
