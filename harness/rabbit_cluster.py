@@ -218,10 +218,45 @@ class RabbitCluster:
     def _await_boot(self, index: int, deadline: float, confirm: bool = True) -> None:
         """Until the node's app runs. Polls the AMQP port first (its listener starts at
         the very end of the boot; a CLI call costs a second of CPU), then confirms with
-        one `await_startup` (unless not `confirm`: the caller asks the cluster next)."""
+        one `await_startup` (unless not `confirm`: the caller asks the cluster next).
+        A node that exits during its boot is spawned once more: on a machine busy with
+        other clusters' boots one did (CI, 2026-12-07; its logs went with its folder),
+        and what the cluster is for (kills, restarts) only starts after the boot."""
         node = self.nodes[index]
+        for attempt in (1, 2):
+            try:
+                self._await_port(node, deadline)
+                while confirm:
+                    left = max(deadline - time.monotonic(), 5.0)
+                    try:
+                        ctl(
+                            node.name,
+                            "await_startup",
+                            "--timeout",
+                            str(int(left)),
+                            timeout_s=left + 10,
+                        )
+                        break
+                    except RuntimeError:
+                        # E.g. the CLI found no free port of its own while others ran (a
+                        # busy machine); the node is judged by its process and the deadline.
+                        if time.monotonic() > deadline or self._exited(node):
+                            raise
+                        time.sleep(0.5)
+                return
+            except RuntimeError:
+                if attempt == 2 or not self._exited(node) or time.monotonic() > deadline:
+                    raise
+                self._spawn(index)
+
+    @staticmethod
+    def _exited(node: RabbitNode) -> bool:
+        return node.process is not None and node.process.poll() is not None
+
+    def _await_port(self, node: RabbitNode, deadline: float) -> None:
         while True:
-            if node.process is not None and node.process.poll() is not None:
+            if self._exited(node):
+                assert node.process is not None
                 raise RuntimeError(
                     f"{node.name} exited during boot ({node.process.returncode}); "
                     f"see {node.base / 'log'} and {node.base / 'console.log'}"
@@ -229,21 +264,8 @@ class RabbitCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{node.name} did not boot in time; see {node.base}")
             if _port_open(node.amqp_port):
-                break
-            time.sleep(0.05)
-        while confirm:
-            left = max(deadline - time.monotonic(), 5.0)
-            try:
-                ctl(node.name, "await_startup", "--timeout", str(int(left)), timeout_s=left + 10)
                 return
-            except RuntimeError:
-                # E.g. the CLI found no free port of its own while others ran (a busy
-                # machine); the node itself is judged by its process and the deadline.
-                if time.monotonic() > deadline or (
-                    node.process is not None and node.process.poll() is not None
-                ):
-                    raise
-                time.sleep(0.5)
+            time.sleep(0.05)
 
     def _boot(self, indexes: Sequence[int], confirm: bool = True) -> None:
         """Spawn the nodes, wait (in parallel) until each one's app runs."""
