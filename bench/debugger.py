@@ -371,64 +371,49 @@ def live(seconds: float, concurrency: int, env: dict[str, str]) -> dict[str, obj
     backends' CPU per request, the items per message of the debugger's events, and
     the row versions written per stored request (PostgreSQL's statistics: inserts,
     updates, of which HOT)."""
-    from bench.__main__ import SMALL_JSON, Bench, api_setup, loadgen, postgresql_pid
+    from bench.measure import SMALL_JSON, api_setup, loadgen, system_bench
 
     results: dict[str, object] = {"env": env}
-    with fresh_vhost() as amqp_url, fresh_database() as database_url:
-        system = System(
-            amqp_url,
-            database_url,
-            extra_env={
-                "FLOWHOOKS_LOG_LEVEL": "warning",
-                "FLOWHOOKS_INGRESS_FLOW_RATE_LIMIT_PER_S": "0",
-                **env,
-            },
-        )
-        postmaster = asyncio.run(postgresql_pid(database_url))
-        infrastructure = {"postgresql": postmaster} if postmaster is not None else {}
-        bench = Bench(system, seconds, concurrency, infrastructure, database_url.rsplit("/", 1)[-1])
-        try:
-            system.start_all()
-            flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
-            ingress = system.url("ingress")
-            before = {"inserts": 0, "updates": 0, "hot_updates": 0, "requests": 0, "commits": 0}
-            for scenario in ("sync", "async"):
-                load = {
-                    "url": f"{ingress}/v1/flow-webhook/{flows[scenario]}",
-                    "headers": {"Authorization": f"Bearer {flows[scenario + '_token']}"},
-                    "body": SMALL_JSON,
-                }
-                loadgen({**load, "seconds": 3, "concurrency": concurrency})
-                counted = write_counts(system)
-                measured = bench.measure(scenario, load)
-                written = write_counts(system)
-                after = asyncio.run(writes_when_done(database_url, flows[scenario], 1))
-                requests = max(1, after["requests"])  # the scenario's own flow
-                results[scenario] = {
-                    "rps": measured["rps"],
-                    "cpu_ms_per_request": {
-                        hop: measured["cpu_ms_per_request"].get(hop)
-                        for hop in ("debugger", "postgresql")
-                    },
-                    "items_per_message": measured["items_per_message"],
-                    # Over the warm-up and the measured load: every stored request.
-                    "row_writes_per_request": {
-                        kind: round((after[kind] - before[kind]) / requests, 3)
-                        for kind in ("inserts", "updates", "hot_updates")
-                    },
-                    # The debugger's writes during the measured load.
-                    "rows_per_write": round(
-                        (written["rows_stored"] - counted["rows_stored"])
-                        / max(1.0, written["writes"] - counted["writes"]),
-                        1,
-                    ),
-                    "database_commits_per_request": round(
-                        (after["commits"] - before["commits"]) / requests, 3
-                    ),
-                }
-                before = after
-        finally:
-            system.stop_all()
+    with system_bench(seconds, concurrency, env=env) as (bench, database_url):
+        system = bench.system
+        flows = asyncio.run(api_setup(system, system.create_token("bench", "automation")))
+        ingress = system.url("ingress")
+        before = {"inserts": 0, "updates": 0, "hot_updates": 0, "requests": 0, "commits": 0}
+        for scenario in ("sync", "async"):
+            load = {
+                "url": f"{ingress}/v1/flow-webhook/{flows[scenario]}",
+                "headers": {"Authorization": f"Bearer {flows[scenario + '_token']}"},
+                "body": SMALL_JSON,
+            }
+            loadgen({**load, "seconds": 3, "concurrency": concurrency})
+            counted = write_counts(system)
+            measured = bench.measure(scenario, load)
+            written = write_counts(system)
+            after = asyncio.run(writes_when_done(database_url, flows[scenario], 1))
+            requests = max(1, after["requests"])  # the scenario's own flow
+            results[scenario] = {
+                "rps": measured["rps"],
+                "cpu_ms_per_request": {
+                    hop: measured["cpu_ms_per_request"].get(hop)
+                    for hop in ("debugger", "postgresql")
+                },
+                "items_per_message": measured["items_per_message"],
+                # Over the warm-up and the measured load: every stored request.
+                "row_writes_per_request": {
+                    kind: round((after[kind] - before[kind]) / requests, 3)
+                    for kind in ("inserts", "updates", "hot_updates")
+                },
+                # The debugger's writes during the measured load.
+                "rows_per_write": round(
+                    (written["rows_stored"] - counted["rows_stored"])
+                    / max(1.0, written["writes"] - counted["writes"]),
+                    1,
+                ),
+                "database_commits_per_request": round(
+                    (after["commits"] - before["commits"]) / requests, 3
+                ),
+            }
+            before = after
     return results
 
 
