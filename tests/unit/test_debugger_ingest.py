@@ -16,7 +16,14 @@ from services.debugger.ingest import BatchIngest, classify
 from services.debugger.records import Redaction
 from services.debugger.store import FlowRow, RequestRow
 from shared.messaging import naming
-from shared.schemas.runs import RunFinished, RunProgress, RunResult, RunsFinished, RunsProgressed
+from shared.schemas.runs import (
+    RunFinished,
+    RunProgress,
+    RunResult,
+    RunsFinished,
+    RunsProgressed,
+    WebhookRequest,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -97,17 +104,22 @@ class FakeStore:
         self.rows.update({row.id: row for row in rows})
 
 
+def request_of(request_id: str, **fields: Any) -> WebhookRequest:
+    """The events' request: one flow of one workspace, received at NOW."""
+    return webhook_request(
+        {"a": 1},
+        request_id=request_id,
+        flow_id="00000000-0000-0000-0000-000000000001",
+        workspace_id="00000000-0000-0000-0000-000000000002",
+        received_at=NOW,
+        **fields,
+    )
+
+
 def event(*request_ids: str, status: int = 200) -> Message:
     items = [
         RunFinished(
-            request=webhook_request(
-                {"a": 1},
-                request_id=request_id,
-                flow_id="00000000-0000-0000-0000-000000000001",
-                workspace_id="00000000-0000-0000-0000-000000000002",
-                received_at=NOW,
-                raw_body="body",
-            ),
+            request=request_of(request_id, raw_body="body"),
             result=RunResult(
                 request_id=request_id,
                 outcome="succeeded",
@@ -256,14 +268,7 @@ def test_classification() -> None:
 def progress(routing_key: str, *request_ids: str, resume_at: datetime | None = None) -> Message:
     items = [
         RunProgress(
-            request=webhook_request(
-                {"a": 1},
-                request_id=request_id,
-                flow_id="00000000-0000-0000-0000-000000000001",
-                workspace_id="00000000-0000-0000-0000-000000000002",
-                received_at=NOW,
-                mode="async",
-            ),
+            request=request_of(request_id, mode="async"),
             at=NOW,
             resume_at=resume_at,
         )
