@@ -46,7 +46,6 @@ import orjson
 import structlog
 
 from services.debugger.legacy_copy import LegacyRequests, requests_source
-from services.debugger.partitions import PARENT
 from services.debugger.replay_edit import Edit, Replayer, replay_request
 from services.debugger.store import RequestStore
 from shared.errors import BadRequest, Conflict, Timeout, Unavailable
@@ -94,30 +93,6 @@ def job_view(record: asyncpg.Record) -> dict[str, Any]:
 
 def replay_id(job_id: uuid.UUID, request_id: str) -> str:
     return uuid.uuid5(job_id, request_id).hex
-
-
-# A request's detail lists this many of its replays at most (oldest first).
-MAX_LISTED_REPLAYS = 100
-
-
-async def replays_of(
-    pool: asyncpg.Pool,
-    request_id: str,
-    workspace_id: str,
-    received_at: datetime,
-    source: str = PARENT,
-) -> list[str]:
-    """The ids of a request's replays (index `requests_replay_of`): received after it,
-    so the partitions before it are not read."""
-    rows = await pool.fetch(
-        f"SELECT id FROM {source} WHERE replay_of = $1 AND workspace_id = $2"
-        " AND received_at >= $4 ORDER BY received_at, id LIMIT $3",
-        request_id,
-        uuid.UUID(workspace_id),
-        MAX_LISTED_REPLAYS,
-        received_at,
-    )
-    return [row["id"] for row in rows]
 
 
 class ReplayJobs:

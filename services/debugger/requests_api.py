@@ -23,9 +23,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from services.debugger.callbacks import CallbackAttempts
-from services.debugger.replay_jobs import replays_of
+from services.debugger.linked_requests import linked_ids
 from services.debugger.search import parse_headers, parse_match
-from services.debugger.source_links import runs_of
 from services.debugger.stats import WINDOWS, FlowSeries
 from services.debugger.store import RequestStore
 from services.debugger.tail import LiveTail, sse
@@ -374,16 +373,14 @@ class RequestsApi:
             response["answered_at"] = answered_at
         if row.get("resume_at") is None:
             row.pop("resume_at", None)  # shown only while the run waits in a `delay`
-        row["replays"] = await replays_of(
-            self.store.pool, row["id"], caller.workspace_id, row["received_at"], self.store.source
+        pool, source, workspace = self.store.pool, self.store.source, caller.workspace_id
+        received_at = row["received_at"]
+        row["replays"] = await linked_ids(
+            pool, "replay_of", row["id"], workspace, received_at, source
         )
         if row["outcome"] == Outcome.ROUTED:  # a source's request: the runs it started
-            row["runs"] = await runs_of(
-                self.store.pool,
-                row["id"],
-                caller.workspace_id,
-                row["received_at"],
-                self.store.source,
+            row["runs"] = await linked_ids(
+                pool, "source_request_id", row["id"], workspace, received_at, source
             )
         if row["source_request_id"] is None:  # left out but for a source's runs
             del row["source_request_id"]
