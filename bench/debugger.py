@@ -581,6 +581,45 @@ def write_costs(rounds: int) -> dict[str, list[object]]:
     return results
 
 
+def stored_row(
+    request_id: str,
+    flow: uuid.UUID,
+    workspace: uuid.UUID,
+    at: datetime,
+    i: int,
+    headers: dict[str, str],
+    source_rank: int,
+) -> tuple[Any, ...]:
+    """The `i`th succeeded sync request of a filled table, as COPY takes it (the
+    columns up to `source_rank`); `headers`: beside the content type."""
+    return (
+        request_id,
+        flow,
+        workspace,
+        at,
+        "POST",
+        "/v1/x",
+        "{}",
+        json.dumps({"content-type": "application/json", **headers}),
+        "application/json",
+        f'{{"n": {i}}}',
+        False,
+        # Consecutive rows of the hot flow (every fifth row) cycle through 100 customer
+        # ids: each id is 1 % of the flow.
+        f'{{"n": {i}, "customer": {{"id": {(i // 5) % 100}}}}}',
+        RunMode.SYNC,
+        Outcome.SUCCEEDED,
+        200,
+        "application/json",
+        '{"ok": true}',
+        None,
+        "[]",
+        at,
+        at + timedelta(milliseconds=3),
+        source_rank,
+    )
+
+
 async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
     from services.debugger.app import DATABASE
     from shared.db import migrate
@@ -600,32 +639,7 @@ async def fill_and_list(database_url: str, rows: int) -> dict[str, object]:
                 flow = hot if i % 5 == 0 else others[i % 500]
                 at = base + timedelta(milliseconds=i * 1.7)
                 records.append(
-                    (
-                        uuid.uuid4().hex,
-                        flow,
-                        uuid.UUID(WORKSPACE),
-                        at,
-                        "POST",
-                        "/v1/x",
-                        "{}",
-                        '{"content-type": "application/json"}',
-                        "application/json",
-                        f'{{"n": {i}}}',
-                        False,
-                        # Consecutive rows of the hot flow (every fifth row) cycle
-                        # through 100 customer ids: each id is 1 % of the flow.
-                        f'{{"n": {i}, "customer": {{"id": {(i // 5) % 100}}}}}',
-                        RunMode.SYNC,
-                        Outcome.SUCCEEDED,
-                        200,
-                        "application/json",
-                        '{"ok": true}',
-                        None,
-                        "[]",
-                        at,
-                        at + timedelta(milliseconds=3),
-                        2,
-                    )
+                    stored_row(uuid.uuid4().hex, flow, uuid.UUID(WORKSPACE), at, i, {}, 2)
                 )
             await conn.copy_records_to_table(
                 "requests",
@@ -720,32 +734,8 @@ async def partitions_vs_today(records: int, days: int) -> dict[str, object]:
             request_id = new_request_id(at)
             if i % every == 0 and i < records:
                 sampled.append(request_id)
-            made.append(
-                (
-                    request_id,
-                    hot if i % 5 == 0 else others[i % 500],
-                    workspace,
-                    at,
-                    "POST",
-                    "/v1/x",
-                    "{}",
-                    '{"content-type": "application/json", "x-event": "push"}',
-                    "application/json",
-                    f'{{"n": {i}}}',
-                    False,
-                    f'{{"n": {i}, "customer": {{"id": {(i // 5) % 100}}}}}',
-                    RunMode.SYNC,
-                    Outcome.SUCCEEDED,
-                    200,
-                    "application/json",
-                    '{"ok": true}',
-                    None,
-                    "[]",
-                    at,
-                    at + timedelta(milliseconds=3),
-                    3,
-                )
-            )
+            flow = hot if i % 5 == 0 else others[i % 500]
+            made.append(stored_row(request_id, flow, workspace, at, i, {"x-event": "push"}, 3))
         return made
 
     columns = COLUMNS[: COLUMNS.index("source_rank") + 1]
