@@ -29,6 +29,21 @@ def shared_system() -> Iterator[System]:
         yield running
 
 
+@pytest.fixture(scope="session")
+def debugger_and_outbound_system() -> Iterator[System]:
+    """test_isolation_debugger's and test_isolation_outbound's system (a start less in
+    the serial pass): each module's settings (its SYSTEM_ENV) bound a part of the
+    services the other does not use (the debugger API's listings and searches; the
+    callback and alert senders and the replays), and each sees workspaces of its own.
+    No variable may be set by both: one module's value would change the other's test."""
+    from tests.e2e import test_isolation_debugger, test_isolation_outbound
+
+    debugger, outbound = test_isolation_debugger.SYSTEM_ENV, test_isolation_outbound.SYSTEM_ENV
+    assert not debugger.keys() & outbound.keys(), debugger.keys() & outbound.keys()
+    with running_system(**debugger, **outbound) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def system(request: pytest.FixtureRequest) -> Iterator[System]:
     """One running system per test module (starting four services takes seconds), or,

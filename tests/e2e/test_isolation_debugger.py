@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from harness.client import Api, eventually
-from harness.system import REPO, System, running_system
+from harness.system import REPO, System
 
 pytestmark = pytest.mark.e2e
 
@@ -71,14 +71,19 @@ LAGS = 2
 LISTING_FLOOR_MS = 10.0
 
 
+# The debugger API's bounds only (its listings and searches): the system is shared with
+# test_isolation_outbound, whose settings are the outgoing senders' and the replays'
+# (tests/e2e/conftest.py `debugger_and_outbound_system`).
+SYSTEM_ENV = {
+    "FLOWHOOKS_DEBUGGER_API_STATEMENT_TIMEOUT_MS": str(STATEMENT_TIMEOUT_MS),
+    "FLOWHOOKS_DEBUGGER_LIST_PER_WORKSPACE": str(PER_WORKSPACE),
+    "FLOWHOOKS_DEBUGGER_LIST_TIME_SHARE": str(TIME_SHARE),
+}
+
+
 @pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(
-        FLOWHOOKS_DEBUGGER_API_STATEMENT_TIMEOUT_MS=str(STATEMENT_TIMEOUT_MS),
-        FLOWHOOKS_DEBUGGER_LIST_PER_WORKSPACE=str(PER_WORKSPACE),
-        FLOWHOOKS_DEBUGGER_LIST_TIME_SHARE=str(TIME_SHARE),
-    ) as running:
-        yield running
+def system(debugger_and_outbound_system: System) -> System:
+    return debugger_and_outbound_system.with_own_workspaces()
 
 
 @pytest.fixture

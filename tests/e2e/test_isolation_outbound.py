@@ -19,7 +19,7 @@ import base64
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from aiohttp import web
 
 from harness.client import Api, eventually, ok_or_failing_flow
 from harness.receiver import serving
-from harness.system import System, running_system
+from harness.system import System
 
 pytestmark = pytest.mark.e2e
 
@@ -50,34 +50,39 @@ MAX_TARPIT_ATTEMPTS = 3 + 2 - 1
 SLOW_REPLAY_S = 3.0
 
 
+# The outgoing senders' and the replays' settings: the system is shared with
+# test_isolation_debugger, whose settings are the debugger API's listing and search
+# bounds, which nothing here calls (tests/e2e/conftest.py `debugger_and_outbound_system`).
+SYSTEM_ENV = {
+    "FLOWHOOKS_WEBHOOK_SECRETS_KEY": SECRETS_KEY,
+    "FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS": ALLOWED,
+    # Callbacks: a window of 8 messages, 4 attempts shared by the workspaces, 2 per
+    # destination, a 2 s first-byte timeout, 3 failures open a circuit for 30 s.
+    "FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS": ALLOWED,
+    "FLOWHOOKS_RUNNER_CALLBACK_PREFETCH": "8",
+    "FLOWHOOKS_RUNNER_CALLBACK_SLOTS": "4",
+    "FLOWHOOKS_RUNNER_CALLBACK_PER_DESTINATION": "2",
+    "FLOWHOOKS_RUNNER_CALLBACK_FIRST_BYTE_TIMEOUT_S": "2",
+    "FLOWHOOKS_RUNNER_CALLBACK_BREAKER_FAILURES": "3",
+    # Alerts: the same, with 8 notices claimed at once; evaluated and polled often.
+    "FLOWHOOKS_DEBUGGER_ALERT_ALLOW_NETWORKS": ALLOWED,
+    "FLOWHOOKS_DEBUGGER_ALERT_EVAL_INTERVAL_S": "0.2",
+    "FLOWHOOKS_DEBUGGER_ALERT_POLL_INTERVAL_S": "0.2",
+    "FLOWHOOKS_DEBUGGER_ALERT_CONCURRENCY": "8",
+    "FLOWHOOKS_DEBUGGER_ALERT_SLOTS": "4",
+    "FLOWHOOKS_DEBUGGER_ALERT_PER_DESTINATION": "2",
+    "FLOWHOOKS_DEBUGGER_ALERT_FIRST_BYTE_TIMEOUT_S": "2",
+    "FLOWHOOKS_DEBUGGER_ALERT_BREAKER_FAILURES": "3",
+    # Replays: 4 in flight per debugger, jobs looked for every half second.
+    "FLOWHOOKS_DEBUGGER_REPLAY_IN_FLIGHT": "4",
+    "FLOWHOOKS_DEBUGGER_REPLAY_TIMEOUT_S": "10",
+    "FLOWHOOKS_DEBUGGER_REPLAY_POLL_S": "0.5",
+}
+
+
 @pytest.fixture(scope="module")
-def system() -> Iterator[System]:
-    with running_system(
-        FLOWHOOKS_WEBHOOK_SECRETS_KEY=SECRETS_KEY,
-        FLOWHOOKS_RUNNER_HTTP_ALLOW_NETWORKS=ALLOWED,
-        # Callbacks: a window of 8 messages, 4 attempts shared by the workspaces, 2 per
-        # destination, a 2 s first-byte timeout, 3 failures open a circuit for 30 s.
-        FLOWHOOKS_RUNNER_CALLBACK_ALLOW_NETWORKS=ALLOWED,
-        FLOWHOOKS_RUNNER_CALLBACK_PREFETCH="8",
-        FLOWHOOKS_RUNNER_CALLBACK_SLOTS="4",
-        FLOWHOOKS_RUNNER_CALLBACK_PER_DESTINATION="2",
-        FLOWHOOKS_RUNNER_CALLBACK_FIRST_BYTE_TIMEOUT_S="2",
-        FLOWHOOKS_RUNNER_CALLBACK_BREAKER_FAILURES="3",
-        # Alerts: the same, with 8 notices claimed at once; evaluated and polled often.
-        FLOWHOOKS_DEBUGGER_ALERT_ALLOW_NETWORKS=ALLOWED,
-        FLOWHOOKS_DEBUGGER_ALERT_EVAL_INTERVAL_S="0.2",
-        FLOWHOOKS_DEBUGGER_ALERT_POLL_INTERVAL_S="0.2",
-        FLOWHOOKS_DEBUGGER_ALERT_CONCURRENCY="8",
-        FLOWHOOKS_DEBUGGER_ALERT_SLOTS="4",
-        FLOWHOOKS_DEBUGGER_ALERT_PER_DESTINATION="2",
-        FLOWHOOKS_DEBUGGER_ALERT_FIRST_BYTE_TIMEOUT_S="2",
-        FLOWHOOKS_DEBUGGER_ALERT_BREAKER_FAILURES="3",
-        # Replays: 4 in flight per debugger, jobs looked for every half second.
-        FLOWHOOKS_DEBUGGER_REPLAY_IN_FLIGHT="4",
-        FLOWHOOKS_DEBUGGER_REPLAY_TIMEOUT_S="10",
-        FLOWHOOKS_DEBUGGER_REPLAY_POLL_S="0.5",
-    ) as running:
-        yield running
+def system(debugger_and_outbound_system: System) -> System:
+    return debugger_and_outbound_system.with_own_workspaces()
 
 
 @pytest.fixture
