@@ -24,23 +24,29 @@ SERIAL = {
 }
 
 # The parallel pass hands out whole files in collection order (`--no-loadscope-reorder`
-# in the Makefile): the longest first (measured), so that none starts last and runs
-# alone while the other process has nothing left; then the other e2e and integration
-# files; the many short unit files last, filling the gaps at the end.
+# in the Makefile): the longest first (measured: a file's setup, calls and teardowns in a
+# `make test` run), so that none starts last and runs alone while the other process has
+# nothing left; then the other e2e and integration files; the many short unit files
+# last, filling the gaps at the end.
 LONGEST_FIRST = (
-    # Its own RabbitMQ cluster and PostgreSQL pair on private ports (bench/chaos.py): it
-    # kills only those, so it runs beside the others, first, as the longest (about 100 s).
+    # Its own RabbitMQ cluster and PostgreSQL pair on private ports (bench/chaos.py
+    # --suite): it kills only those, so it runs beside the others, first, as the longest.
     "tests/e2e/test_chaos.py",
     "tests/integration/test_broker_failover.py",
-    "tests/e2e/test_dev_supervisor.py",
-    "tests/e2e/test_replays.py",
-    "tests/e2e/test_cli.py",
-    "tests/integration/test_database_failover.py",
     "tests/e2e/test_fuzz.py",
-    "tests/e2e/test_debugger.py",
+    "tests/e2e/test_cli.py",
+    "tests/e2e/test_replays.py",
     "tests/e2e/test_token_key_ring.py",
+    "tests/e2e/test_callbacks.py",
+    "tests/integration/test_worker_pool.py",
+    "tests/e2e/test_alerts.py",
     "tests/e2e/test_ordering.py",
+    "tests/e2e/test_dedup_and_status.py",
+    "tests/e2e/test_dev_supervisor.py",
+    "tests/e2e/test_timeouts_and_outages.py",
+    "tests/e2e/test_debugger_search.py",
     "tests/e2e/test_debugger_pages.py",
+    "tests/integration/test_database_failover.py",
     "tests/e2e/test_respond_and_delay.py",
 )
 
