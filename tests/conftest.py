@@ -51,10 +51,22 @@ LONGEST_FIRST = (
 )
 
 
+# Last in the serial pass, one after the other: the two isolation modules that share one
+# system (tests/e2e/conftest.py `debugger_and_outbound_system`, started by the first, up
+# until the session ends). Anywhere else, it would idle beside the modules run between
+# or after them, its pollers querying amid their timing bounds.
+SHARED_SYSTEM_LAST = (
+    "tests/e2e/test_isolation_debugger.py",
+    "tests/e2e/test_isolation_outbound.py",
+)
+
+
 def run_order(nodeid: str) -> int:
     path = nodeid.split("::")[0]
     if path in LONGEST_FIRST:
         return LONGEST_FIRST.index(path)
+    if path in SHARED_SYSTEM_LAST:
+        return len(LONGEST_FIRST) + 2
     return len(LONGEST_FIRST) + (1 if path.startswith("tests/unit/") else 0)
 
 
