@@ -36,13 +36,16 @@ class Receiver:
 
 
 @asynccontextmanager
-async def serving(app: web.Application, host: str) -> AsyncIterator[str]:
+async def serving(
+    app: web.Application, host: str, shutdown_timeout_s: float = 60.0
+) -> AsyncIterator[str]:
     """`app` served on a free port of `host` (a loopback address the runner's outgoing
-    policy allows); yields its base URL."""
+    policy allows); yields its base URL. At the end, handlers still in flight get
+    `shutdown_timeout_s` to finish, then are cancelled (aiohttp takes 0 for no bound)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         port = sock.getsockname()[1]
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     try:
