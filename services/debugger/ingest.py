@@ -1,6 +1,7 @@
 """The debugger's intake: events from its quorum queue, written in batches (one
-transaction per batch: COPY to a staging table, then one upsert, idempotent on the
-request id, store.py) and acked only after commit, with one `multiple` ack per batch.
+upsert statement per batch, idempotent on the request id, store.py) and acked only
+after commit, with one `multiple` ack per batch. A message of progress only may wait
+for a later batch, no longer than a batch lingers (`_held_back`).
 
 Failures, and why they are handled this way (no event of one workspace can stop the
 intake of everyone):
