@@ -201,8 +201,10 @@ class BatchIngest:
         self.unknown_retries = unknown_retries
         self._pending: list[_Entry] = []
         self._pending_rows = 0
-        # Progress messages held back from the batches written so far (`_held_back`).
+        # Progress messages held back from the batches written so far (`_held_back`),
+        # and the written messages whose ack waits for an older held one (`_settle`).
         self._held: list[_Entry] = []
+        self._written: list[AbstractIncomingMessage] = []
         # Unreadable messages, rejected with the batch they arrived in (before its ack).
         self._unreadable: list[AbstractIncomingMessage] = []
         self._flush_lock = asyncio.Lock()
@@ -313,9 +315,11 @@ class BatchIngest:
         channel up to that one: all of those are in this batch or settled already
         (events join the batch in delivery order, batches are written one at a time,
         and this batch's rejects were sent, each awaited, before the ack), except the
-        messages held back for a later batch: past the oldest of those on a channel,
-        each message is acked alone. A message without a delivery tag (a test double)
-        is acked alone."""
+        messages held back for a later batch. So on a channel with a held message the
+        ack goes up to the newest written delivery before the oldest held one; the
+        written ones after it wait, unacked, for a later batch's ack (a frame each
+        would cost more than the wait: a held message is written within a linger). A
+        message without a delivery tag (a test double) is acked alone."""
         for message in unreadable:
             await self._reject(message)
         oldest_held: dict[int, int] = {}
@@ -325,23 +329,21 @@ class BatchIngest:
                 channel = id(message.channel)
                 oldest_held[channel] = min(tag, oldest_held.get(channel, tag))
         newest: dict[int, AbstractIncomingMessage] = {}
-        alone: list[AbstractIncomingMessage] = []
-        for message, _, _ in batch:
+        written, self._written = [*self._written, *(message for message, _, _ in batch)], []
+        for message in written:
             tag = getattr(message, "delivery_tag", None)
             if not isinstance(tag, int):
-                alone.append(message)
+                await self._ack_one(message, multiple=False)
                 continue
             channel = id(message.channel)
             if tag > oldest_held.get(channel, tag):
-                alone.append(message)
+                self._written.append(message)
                 continue
             current = newest.get(channel)
             if current is None or (current.delivery_tag or 0) < tag:
                 newest[channel] = message
         for message in newest.values():
             await self._ack_one(message, multiple=True)
-        for message in alone:
-            await self._ack_one(message, multiple=False)
 
     async def _ack_one(self, message: AbstractIncomingMessage, multiple: bool) -> None:
         try:

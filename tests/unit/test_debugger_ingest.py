@@ -331,7 +331,7 @@ async def test_a_queued_row_waits_one_batch_for_its_outcome_and_is_never_written
     """A batch written while an async request's `request.queued` is within its hold (a
     batch's linger) leaves it for the next batch; its `run.finished` comes in that one,
     so the request is written once, with its outcome. Nothing is acked before the write
-    that holds it: past a held message, the batch's messages are acked one by one."""
+    that holds it: the written messages after a held one wait for a later ack."""
     store = CountingStore()
     intake = BatchIngest(store, Redaction(), batch_size=4, linger_s=60)  # type: ignore[arg-type]
     queued = progress(naming.REQUEST_QUEUED, "async-1", "async-2")
@@ -340,15 +340,14 @@ async def test_a_queued_row_waits_one_batch_for_its_outcome_and_is_never_written
         await intake.on_event(message)  # type: ignore[arg-type]
     # The batch size was reached: written without the held queued rows.
     assert store.written == [[("sync-1", "succeeded"), ("sync-2", "succeeded")]]
-    assert not queued.acked and finished_before.acked and finished_after.acked
-    assert CHANNEL[0].frames == [("ack", 2, False), ("ack", 3, False)]
-    assert intake.pending == 1
+    # Written, but a multiple ack would settle the held message too: not acked yet.
+    assert CHANNEL[0].frames == [] and intake.pending == 1
     outcome = event("async-1")
     await intake.on_event(outcome)  # type: ignore[arg-type]
     await intake.close(5)  # the end of the hold (shutdown: everything is written)
     assert store.written[1:] == [[("async-1", "succeeded"), ("async-2", "queued")]]
-    assert queued.acked and outcome.acked and intake.pending == 0
-    assert CHANNEL[0].frames[2:] == [("ack", 4, True)]
+    assert CHANNEL[0].frames == [("ack", 4, True)] and intake.pending == 0
+    assert all(m.acked for m in (queued, finished_before, finished_after, outcome))
 
 
 async def test_a_held_queued_row_is_written_when_its_hold_ends() -> None:
@@ -378,7 +377,7 @@ async def test_a_held_message_keeps_only_the_rows_no_outcome_replaced() -> None:
     await intake.on_event(queued)  # type: ignore[arg-type]
     await intake.on_event(started)  # type: ignore[arg-type]
     await intake.on_event(event("done"))  # type: ignore[arg-type]
-    assert store.written == [[("done", "succeeded")]]
+    assert store.written == [[("done", "succeeded")]] and CHANNEL[0].frames == []
     await intake.close(5)
     assert store.written[1:] == [[("open", "queued")]]
     assert store.rows["done"].outcome == "succeeded" and queued.acked and started.acked
@@ -394,3 +393,23 @@ def test_a_value_the_batch_document_cannot_hold_is_refused_data() -> None:
     with pytest.raises(TypeError) as refused:
         batch_document([good._replace(error="a\ud800b")])
     assert classify(refused.value) == "data"
+
+
+async def test_written_messages_before_a_held_one_are_acked_at_once() -> None:
+    """Only what comes after a held message on its channel waits: the batch's messages
+    before it are acked with the batch, on every channel."""
+    store = CountingStore()
+    intake = BatchIngest(store, Redaction(), batch_size=4, linger_s=60)  # type: ignore[arg-type]
+    other = Channel()
+    elsewhere = Message(event("sync-2").body, channel=other)
+    CHANNEL[0] = Channel()  # without the delivery that made the body
+    first = event("sync-1")
+    queued = progress(naming.REQUEST_QUEUED, "async-1")
+    after = event("sync-3")
+    for message in (first, elsewhere, queued, after):
+        await intake.on_event(message)  # type: ignore[arg-type]
+    assert CHANNEL[0].frames == [("ack", 1, True)] and other.frames == [("ack", 1, True)]
+    assert not queued.acked and not after.acked
+    await intake.close(5)
+    assert CHANNEL[0].frames == [("ack", 1, True), ("ack", 3, True)]
+    assert store.written[1:] == [[("async-1", "queued")]]
