@@ -140,6 +140,9 @@ Pending = tuple[AbstractIncomingMessage, bool, Sequence[RequestRow | Deferred | 
 # (the loop time until which the message may be held back for a later batch, 0.0:
 # never; the message)
 _Entry = tuple[float, Pending]
+# A hold that ends within this much is over: uvloop's timers count whole milliseconds,
+# so the flush at a hold's end may come a little before it (and would hold again).
+_TIMER_SLACK_S = 0.002
 
 
 def _held_back(entries: list[_Entry], now: float) -> tuple[list[Pending], list[_Entry]]:
@@ -290,7 +293,8 @@ class BatchIngest:
                 if not entries and not unreadable:
                     return
                 if hold:
-                    batch, held = _held_back(entries, asyncio.get_running_loop().time())
+                    now = asyncio.get_running_loop().time()
+                    batch, held = _held_back(entries, now + _TIMER_SLACK_S)
                 else:
                     batch, held = [item for _, item in entries], []
                 self._held = held
