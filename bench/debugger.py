@@ -66,7 +66,7 @@ import asyncpg
 from harness.infra import fresh_database, fresh_vhost
 from harness.system import System
 from services.debugger.records import RANK_OUTCOME
-from services.debugger.store import COLUMNS, RequestRow, RequestStore, batch_document
+from services.debugger.store import COLUMNS, RequestRow, RequestStore
 from shared.messaging import naming
 from shared.messaging.connection import Broker
 from shared.request_ids import new_request_id
@@ -803,11 +803,11 @@ async def _intake_rate(
     # defaults).
     defaults = RequestRow._field_defaults
     rest = [defaults.get(name) for name in COLUMNS[COLUMNS.index("source_rank") + 1 :]]
-    made = [RequestRow(*row, *rest) for row in rows(records, count)]
+    made = [(*row, *rest) for row in rows(records, count)]
     t0 = time.perf_counter()
     async with pool.acquire() as conn:
         for offset in range(0, count, 1000):
-            await conn.execute(upsert, batch_document(made[offset : offset + 1000]))
+            await conn.execute(upsert, *zip(*made[offset : offset + 1000], strict=True))
     return round(count / (time.perf_counter() - t0))
 
 

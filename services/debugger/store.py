@@ -1,5 +1,6 @@
 """debugger's SQL: batched idempotent writes, and the reads of the ops API."""
 
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -80,19 +81,17 @@ class FlowRow(NamedTuple):
 
 COLUMNS = RequestRow._fields
 _JSONB = {"query", "headers", "input", "steps", "truncated", "response_headers"}
-# A batch goes in as one prepared statement: its rows as one JSON document (an array of
-# objects, a row's NULL columns left out), turned into rows by `json_to_recordset` and
-# upserted. Under load a batch is a few dozen rows, so what a batch costs apart from its
-# rows is most of the write: one statement (planned once per connection) instead of a
-# transaction of five (a temporary table, COPY to it, an upsert planned afresh each
-# time, the flows' owners). One document rather than one array a column: asyncpg
-# checks and encodes every element of every array (6-8 µs a row), orjson writes the
-# document in a fraction of that, and PostgreSQL reads it for no more than the arrays
-# (bench/debugger.py --write-cost). The statement is atomic on its own. The jsonb
-# columns' text (JSON that records.py made with orjson) goes into the document as it
-# is, not as a string to be escaped and parsed twice; invalid JSON makes the document
-# invalid, which is refused data like any other.
-_RECORD_TYPES = {
+# A batch goes in as one prepared statement: each column an array parameter, unnested
+# into rows and upserted. Under load a batch is a few dozen rows, so what a batch costs
+# apart from its rows is most of the write: one statement (planned once per
+# connection) instead of a transaction of five (a temporary table, COPY to it, an
+# upsert planned afresh each time, the flows' owners): bench/debugger.py. The
+# statement is atomic on its own. jsonb columns travel as text and are parsed by the
+# INSERT (so invalid JSON is refused data). Arrays rather than one JSON document
+# (`json_to_recordset`): the document costs the debugger about a third less a row but
+# PostgreSQL more, about as much in all (bench/results/debugger-intake-*.json), and
+# the database is the part that does not scale by replicas.
+_ARRAY_TYPES = {
     "flow_id": "uuid",
     "workspace_id": "uuid",
     "received_at": "timestamptz",
@@ -103,14 +102,16 @@ _RECORD_TYPES = {
     "source_rank": "smallint",
     "answered_at": "timestamptz",
     "resume_at": "timestamptz",
-    **{name: "jsonb" for name in _JSONB},
 }
-_RECORD = ", ".join(f"{name} {_RECORD_TYPES.get(name, 'text')}" for name in COLUMNS)
+_PARAMETERS = ", ".join(
+    f"${number}::{_ARRAY_TYPES.get(name, 'text')}[]" for number, name in enumerate(COLUMNS, 1)
+)
+_SELECTED = ", ".join(f"{name}::jsonb" if name in _JSONB else name for name in COLUMNS)
 _UPDATES = ", ".join(f"{name} = EXCLUDED.{name}" for name in COLUMNS[1:])
 # The rank rule: a row is only replaced by an event of the same or a higher rank.
 UPSERT = (
     f"INSERT INTO debugger.requests ({', '.join(COLUMNS)})"
-    f" SELECT {', '.join(COLUMNS)} FROM json_to_recordset($1::json) AS batch ({_RECORD})"
+    f" SELECT {_SELECTED} FROM unnest({_PARAMETERS}) AS batch ({', '.join(COLUMNS)})"
     # In id order: two writers (replicas) lock the rows they share in the same order,
     # so they wait for each other instead of deadlocking.
     " ORDER BY id"
@@ -122,6 +123,7 @@ UPSERT = (
 # A batch's large fields (characters) one statement carries at most: the parameters
 # are sent whole (COPY streamed them), and one value may not pass 1 GB.
 _PART_BYTES = 32 << 20
+_ARGUMENT = re.compile(r"invalid input for query argument \$(\d+)")
 # The flows' owners this process has written (they are never deleted): the statement
 # is left out of a batch whose owners are all known. Bounded: forgotten when full.
 _KNOWN_OWNERS_MAX = 100_000
@@ -158,29 +160,25 @@ def _decode(record: asyncpg.Record) -> dict[str, Any]:
     return row
 
 
-def batch_document(rows: Sequence[RequestRow]) -> str:
-    """The rows as `UPSERT`'s document: an object a row, its NULL columns left out
-    (`json_to_recordset` reads a missing key as NULL), the jsonb columns' JSON text in
-    place. A naive time is UTC (as asyncpg takes it). Raises orjson's JSONEncodeError,
-    a TypeError (refused data), for a value it cannot encode (a lone surrogate)."""
-    fragment = orjson.Fragment
-    jsonb = _JSONB
-    return orjson.dumps(
-        [
-            {
-                # The jsonb columns are JSON text (str) whenever they are not None.
-                name: fragment(value) if name in jsonb else value  # type: ignore[arg-type]
-                for name, value in zip(COLUMNS, row, strict=True)
-                if value is not None
-            }
-            for row in rows
-        ],
-        option=orjson.OPT_NAIVE_UTC,
-    ).decode()
-
-
 async def _upsert(conn: asyncpg.Connection, rows: Sequence[RequestRow]) -> None:
-    await conn.execute(UPSERT, batch_document(rows))
+    # A column that is NULL in every row (a dozen are, in most batches: the trace's
+    # when traces are off, replays' and dedup's links, ...) goes as one NULL, not an
+    # array of them: asyncpg checks every element it encodes, and unnest pads a
+    # missing array with NULLs.
+    columns = [
+        None if column.count(None) == len(column) else column for column in zip(*rows, strict=True)
+    ]
+    try:
+        await conn.execute(UPSERT, *columns)
+    except asyncpg.DataError as exc:
+        cause = exc.__cause__
+        found = _ARGUMENT.match(str(exc))
+        if cause is None or found is None:
+            raise
+        # asyncpg could not encode a value: its message quotes the parameter (the
+        # column's values, other rows' included); say the column and why instead.
+        column = COLUMNS[int(found[1]) - 1]
+        raise asyncpg.DataError(f"{column}: {type(cause).__name__}: {cause}") from None
 
 
 def _parts(rows: Sequence[RequestRow]) -> list[Sequence[RequestRow]]:

@@ -13,8 +13,8 @@ import pytest
 
 from harness.factories import webhook_request
 from services.debugger.ingest import BatchIngest, classify
-from services.debugger.records import Redaction, finished_row
-from services.debugger.store import FlowRow, RequestRow, batch_document
+from services.debugger.records import Redaction
+from services.debugger.store import FlowRow, RequestRow
 from shared.messaging import naming
 from shared.schemas.runs import (
     RunFinished,
@@ -381,18 +381,6 @@ async def test_a_held_message_keeps_only_the_rows_no_outcome_replaced() -> None:
     await intake.close(5)
     assert store.written[1:] == [[("open", "queued")]]
     assert store.rows["done"].outcome == "succeeded" and queued.acked and started.acked
-
-
-def test_a_value_the_batch_document_cannot_hold_is_refused_data() -> None:
-    """A lone surrogate (text that is not UTF-8) cannot go into the write's JSON
-    document: the encoder's error is refused data (the row is stored reduced), not an
-    outage to wait out."""
-    finished = RunsFinished.model_validate_json(event("s").body).items[0]
-    good = finished_row(finished, Redaction())
-    assert orjson.loads(batch_document([good]))[0]["id"] == "s"
-    with pytest.raises(TypeError) as refused:
-        batch_document([good._replace(error="a\ud800b")])
-    assert classify(refused.value) == "data"
 
 
 async def test_written_messages_before_a_held_one_are_acked_at_once() -> None:

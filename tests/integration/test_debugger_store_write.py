@@ -1,7 +1,7 @@
-"""The intake's write sends a batch as one JSON document (store.UPSERT): what it stores
+"""The intake's write sends a batch as one array a column (store.UPSERT): what it stores
 is what a plain INSERT of the same values stores, column for column, whatever the text
 holds (quotes, backslashes, control characters, characters beyond the BMP), whatever
-the times' offsets and precision."""
+the times' offsets and precision, and a column NULL in every row (sent as one NULL)."""
 
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -53,12 +53,14 @@ def awkward_row(request_id: str) -> RequestRow:
     )
 
 
-async def test_the_document_stores_what_a_plain_insert_stores(database_url: str) -> None:
+async def test_the_batch_write_stores_what_a_plain_insert_stores(database_url: str) -> None:
     pool = await open_pool(database_url, 2, DATABASE.schema, DATABASE.migrations)
     try:
         written, reference = new_request_id(NOW), new_request_id(NOW)
         sparse = new_request_id(NOW)
-        await RequestStore(pool).write([awkward_row(written), row(sparse, NOW)])
+        store = RequestStore(pool)
+        await store.write([awkward_row(written), row(new_request_id(NOW), NOW)])
+        await store.write([row(sparse, NOW)])  # its NULL columns NULL in every row
         # The reference: each value a parameter of its column's type (asyncpg's codecs).
         values = ", ".join(f"${n}" for n in range(1, len(COLUMNS) + 1))
         await pool.execute(
@@ -75,7 +77,7 @@ async def test_the_document_stores_what_a_plain_insert_stores(database_url: str)
         }
         assert stored[written] == stored[reference]
         assert AWKWARD in stored[written]
-        # A row's NULL columns are left out of the document: stored NULL.
+        # A column NULL in every row of a batch goes as one NULL: stored NULL.
         nulls = await pool.fetchrow(
             "SELECT response_body, error, trace_id, resume_at FROM debugger.requests WHERE id = $1",
             sparse,
