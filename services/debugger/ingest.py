@@ -1,6 +1,7 @@
 """The debugger's intake: events from its quorum queue, written in batches (one
-transaction per batch: COPY to a staging table, then one upsert, idempotent on the
-request id, store.py) and acked only after commit, with one `multiple` ack per batch.
+upsert statement per batch, idempotent on the request id, store.py) and acked only
+after commit, with one `multiple` ack per batch. A message of progress only may wait
+for a later batch, no longer than a batch lingers (`_held_back`).
 
 Failures, and why they are handled this way (no event of one workspace can stop the
 intake of everyone):
@@ -136,6 +137,41 @@ class _Refused(Exception):
 # (message, its rows are flows (not requests), its rows: progress rows deferred, built
 # only if nothing newer about the same request is in the batch; records.Deferred)
 Pending = tuple[AbstractIncomingMessage, bool, Sequence[RequestRow | Deferred | FlowRow]]
+# (the loop time until which the message may be held back for a later batch, 0.0:
+# never; the message)
+_Entry = tuple[float, Pending]
+# A hold that ends within this much is over: uvloop's timers count whole milliseconds,
+# so the flush at a hold's end may come a little before it (and would hold again).
+_TIMER_SLACK_S = 0.002
+
+
+def _held_back(entries: list[_Entry], now: float) -> tuple[list[Pending], list[_Entry]]:
+    """The entries to write now, and those held for a later batch: a message of progress
+    rows only (`queued`, `running`, `waiting`) still within its hold, keeping only the
+    rows that nothing of a higher rank about the same request has come to replace (those
+    are decided by this batch: their newer row is in it). An async request's
+    `request.queued` usually comes one batch before its `run.finished`; held, the two
+    are one row version instead of an insert and an update."""
+    best: dict[str, int] = {}
+    for _, (_, _, rows) in entries:
+        for row in rows:
+            if not isinstance(row, FlowRow) and best.get(row.id, -1) < row.source_rank:
+                best[row.id] = row.source_rank
+    due: list[Pending] = []
+    held: list[_Entry] = []
+    for hold_until, item in entries:
+        if hold_until > now:
+            message, _, rows = item
+            still_open = [
+                row
+                for row in rows
+                if not isinstance(row, FlowRow) and best[row.id] <= row.source_rank
+            ]
+            if still_open:
+                held.append((hold_until, (message, False, still_open)))
+                continue
+        due.append(item)
+    return due, held
 
 
 class BatchIngest:
@@ -166,12 +202,20 @@ class BatchIngest:
         # PostgreSQL away: a batch write is retried for as long as it takes.
         self.write_retry = RetryPolicy.doubling(retry_delay_s, max_retry_delay_s)
         self.unknown_retries = unknown_retries
-        self._pending: list[Pending] = []
+        self._pending: list[_Entry] = []
         self._pending_rows = 0
+        # Progress messages held back from the batches written so far (`_held_back`),
+        # and the written messages whose ack waits for an older held one (`_settle`).
+        self._held: list[_Entry] = []
+        self._written: list[AbstractIncomingMessage] = []
         # Unreadable messages, rejected with the batch they arrived in (before its ack).
         self._unreadable: list[AbstractIncomingMessage] = []
         self._flush_lock = asyncio.Lock()
-        self._timer: asyncio.Task[None] | None = None
+        # The next flush by time (a batch's linger, or a held message's end of hold),
+        # and when; the flushes it started (kept referenced until done).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timed_flushes: set[asyncio.Task[None]] = set()
         self._abandoned = asyncio.Event()
         # Counters for logs, metrics and tests.
         self.stored = 0  # request rows written (whole or reduced)
@@ -184,7 +228,7 @@ class BatchIngest:
     @property
     def pending(self) -> int:
         """Messages received and not yet written (nor acked, nor rejected)."""
-        return len(self._pending) + len(self._unreadable)
+        return len(self._pending) + len(self._held) + len(self._unreadable)
 
     async def on_event(self, message: AbstractIncomingMessage) -> None:
         is_flow = message.routing_key == naming.FLOW_CHANGED
@@ -209,58 +253,101 @@ class BatchIngest:
         else:
             if message.routing_key in _DEAD_LETTERED:
                 self.metrics.dead_letters.labels(dead_letter_reason(message.headers)).inc(len(rows))
-            self._pending.append((message, is_flow, rows))
+            loop = asyncio.get_running_loop()
+            # Progress alone may wait for its outcome, as long as a batch lingers: a
+            # request shows as `queued` no later than it would have without the hold.
+            progress_only = not is_flow and all(isinstance(row, Deferred) for row in rows)
+            hold_until = loop.time() + self.linger_s if progress_only else 0.0
+            self._pending.append((hold_until, (message, is_flow, rows)))
             self._pending_rows += len(rows)
             if self._pending_rows >= self.batch_size:
-                await self.flush()
+                await self.flush(hold=True)
                 return
-        if self._timer is None:
-            self._timer = asyncio.create_task(self._linger())
+        self._flush_by(asyncio.get_running_loop().time() + self.linger_s)
 
-    async def _linger(self) -> None:
-        await asyncio.sleep(self.linger_s)
+    def _flush_by(self, at: float) -> None:
+        """A flush at loop time `at` at the latest (an earlier one already set stays)."""
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
+        self._timer_at = at
+        self._timer = asyncio.get_running_loop().call_at(at, self._timed_flush)
+
+    def _timed_flush(self) -> None:
         self._timer = None
-        await self.flush()
+        task = asyncio.create_task(self.flush(hold=True))
+        self._timed_flushes.add(task)
+        task.add_done_callback(self._timed_flushes.discard)
 
-    async def flush(self) -> None:
+    async def flush(self, *, hold: bool = False) -> None:
+        """Write what has come in and ack it. `hold`: progress messages still within
+        their hold wait for a later batch (`_held_back`); else everything is written."""
         async with self._flush_lock:
-            while self._pending or self._unreadable:
-                batch, self._pending, self._pending_rows = self._pending, [], 0
+            first = True
+            while first or self._pending or self._unreadable:
+                first = False
+                entries = self._held + self._pending
+                self._pending, self._pending_rows = [], 0
                 unreadable, self._unreadable = self._unreadable, []
+                if not entries and not unreadable:
+                    return
+                if hold:
+                    now = asyncio.get_running_loop().time()
+                    batch, held = _held_back(entries, now + _TIMER_SLACK_S)
+                else:
+                    batch, held = [item for _, item in entries], []
+                self._held = held
                 try:
                     if batch:
                         await self._store_apart(batch)
                 except _Abandoned:
                     return
-                await self._settle(batch, unreadable)
+                await self._settle(batch, unreadable, held)
+            if self._held:
+                self._flush_by(min(hold_until for hold_until, _ in self._held))
 
     async def _settle(
-        self, batch: list[Pending], unreadable: list[AbstractIncomingMessage]
+        self,
+        batch: list[Pending],
+        unreadable: list[AbstractIncomingMessage],
+        held: Sequence[_Entry] = (),
     ) -> None:
         """After the batch's commit: reject its unreadable messages, then ack the rest
         with one `multiple` ack per channel (for its newest delivery) instead of one
         frame per message. A multiple ack settles every outstanding delivery of the
         channel up to that one: all of those are in this batch or settled already
         (events join the batch in delivery order, batches are written one at a time,
-        and this batch's rejects were sent, each awaited, before the ack). A message
-        without a delivery tag (a test double) is acked alone."""
+        and this batch's rejects were sent, each awaited, before the ack), except the
+        messages held back for a later batch. So on a channel with a held message the
+        ack goes up to the newest written delivery before the oldest held one; the
+        written ones after it wait, unacked, for a later batch's ack (a frame each
+        would cost more than the wait: a held message is written within a linger). A
+        message without a delivery tag (a test double) is acked alone."""
         for message in unreadable:
             await self._reject(message)
+        oldest_held: dict[int, int] = {}
+        for _, (message, _, _) in held:
+            tag = getattr(message, "delivery_tag", None)
+            if isinstance(tag, int):
+                channel = id(message.channel)
+                oldest_held[channel] = min(tag, oldest_held.get(channel, tag))
         newest: dict[int, AbstractIncomingMessage] = {}
-        alone: list[AbstractIncomingMessage] = []
-        for message, _, _ in batch:
+        written, self._written = [*self._written, *(message for message, _, _ in batch)], []
+        for message in written:
             tag = getattr(message, "delivery_tag", None)
             if not isinstance(tag, int):
-                alone.append(message)
+                await self._ack_one(message, multiple=False)
                 continue
             channel = id(message.channel)
+            if tag > oldest_held.get(channel, tag):
+                self._written.append(message)
+                continue
             current = newest.get(channel)
             if current is None or (current.delivery_tag or 0) < tag:
                 newest[channel] = message
         for message in newest.values():
             await self._ack_one(message, multiple=True)
-        for message in alone:
-            await self._ack_one(message, multiple=False)
 
     async def _ack_one(self, message: AbstractIncomingMessage, multiple: bool) -> None:
         try:
@@ -387,7 +474,7 @@ class BatchIngest:
             self._timer.cancel()
             self._timer = None
         try:
-            await asyncio.wait_for(self.flush(), timeout_s)
+            await asyncio.wait_for(self.flush(hold=False), timeout_s)
         except TimeoutError:
             log.warning("shutdown_flush_gave_up", pending=self.pending)
             self._abandoned.set()

@@ -313,3 +313,91 @@ async def test_a_refused_progress_row_is_stored_reduced() -> None:
     assert store.rows["fine"].outcome == "queued" and store.rows["other"].outcome == "succeeded"
     # The fake refuses any row of that id, the reduced one too: dropped, with a log.
     assert "never-storable" not in store.rows and (intake.reduced, intake.dropped) == (0, 1)
+
+
+class CountingStore(FakeStore):
+    """A FakeStore that also keeps each write's rows (id, outcome), in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[list[tuple[str, str]]] = []
+
+    async def write(self, rows: Sequence[RequestRow], flows: Sequence[FlowRow] = ()) -> None:
+        await super().write(rows, flows)
+        self.written.append([(row.id, row.outcome) for row in rows])
+
+
+async def test_a_queued_row_waits_one_batch_for_its_outcome_and_is_never_written() -> None:
+    """A batch written while an async request's `request.queued` is within its hold (a
+    batch's linger) leaves it for the next batch; its `run.finished` comes in that one,
+    so the request is written once, with its outcome. Nothing is acked before the write
+    that holds it: the written messages after a held one wait for a later ack."""
+    store = CountingStore()
+    intake = BatchIngest(store, Redaction(), batch_size=4, linger_s=60)  # type: ignore[arg-type]
+    queued = progress(naming.REQUEST_QUEUED, "async-1", "async-2")
+    finished_before, finished_after = event("sync-1"), event("sync-2")
+    for message in (queued, finished_before, finished_after):
+        await intake.on_event(message)  # type: ignore[arg-type]
+    # The batch size was reached: written without the held queued rows.
+    assert store.written == [[("sync-1", "succeeded"), ("sync-2", "succeeded")]]
+    # Written, but a multiple ack would settle the held message too: not acked yet.
+    assert CHANNEL[0].frames == [] and intake.pending == 1
+    outcome = event("async-1")
+    await intake.on_event(outcome)  # type: ignore[arg-type]
+    await intake.close(5)  # the end of the hold (shutdown: everything is written)
+    assert store.written[1:] == [[("async-1", "succeeded"), ("async-2", "queued")]]
+    assert CHANNEL[0].frames == [("ack", 4, True)] and intake.pending == 0
+    assert all(m.acked for m in (queued, finished_before, finished_after, outcome))
+
+
+async def test_a_held_queued_row_is_written_when_its_hold_ends() -> None:
+    """With nothing else coming in, a held `queued` row is written (and acked) once its
+    hold is over, in a batch of its own."""
+    store = CountingStore()
+    intake = BatchIngest(store, Redaction(), batch_size=1, linger_s=0.01)  # type: ignore[arg-type]
+    queued = progress(naming.REQUEST_QUEUED, "alone")
+    await intake.on_event(queued)  # type: ignore[arg-type]
+    assert store.written == [] and not queued.acked  # the batch size was reached: held
+    for _ in range(1000):
+        if queued.acked:
+            break
+        await asyncio.sleep(0.005)
+    assert store.written == [[("alone", "queued")]] and queued.acked
+    await intake.close(5)
+
+
+async def test_a_held_message_keeps_only_the_rows_no_outcome_replaced() -> None:
+    """A `request.queued` message whose requests partly finished in the batch: the
+    finished ones are written with their outcome now, the rest wait (and are written
+    queued when nothing came for them)."""
+    store = CountingStore()
+    intake = BatchIngest(store, Redaction(), batch_size=4, linger_s=60)  # type: ignore[arg-type]
+    queued = progress(naming.REQUEST_QUEUED, "done", "open")
+    started = progress(naming.RUN_STARTED, "done")
+    await intake.on_event(queued)  # type: ignore[arg-type]
+    await intake.on_event(started)  # type: ignore[arg-type]
+    await intake.on_event(event("done"))  # type: ignore[arg-type]
+    assert store.written == [[("done", "succeeded")]] and CHANNEL[0].frames == []
+    await intake.close(5)
+    assert store.written[1:] == [[("open", "queued")]]
+    assert store.rows["done"].outcome == "succeeded" and queued.acked and started.acked
+
+
+async def test_written_messages_before_a_held_one_are_acked_at_once() -> None:
+    """Only what comes after a held message on its channel waits: the batch's messages
+    before it are acked with the batch, on every channel."""
+    store = CountingStore()
+    intake = BatchIngest(store, Redaction(), batch_size=4, linger_s=60)  # type: ignore[arg-type]
+    other = Channel()
+    elsewhere = Message(event("sync-2").body, channel=other)
+    CHANNEL[0] = Channel()  # without the delivery that made the body
+    first = event("sync-1")
+    queued = progress(naming.REQUEST_QUEUED, "async-1")
+    after = event("sync-3")
+    for message in (first, elsewhere, queued, after):
+        await intake.on_event(message)  # type: ignore[arg-type]
+    assert CHANNEL[0].frames == [("ack", 1, True)] and other.frames == [("ack", 1, True)]
+    assert not queued.acked and not after.acked
+    await intake.close(5)
+    assert CHANNEL[0].frames == [("ack", 1, True), ("ack", 3, True)]
+    assert store.written[1:] == [[("async-1", "queued")]]
