@@ -2,9 +2,15 @@
 delivered again (its runner died mid-batch) runs only what had not finished. Marks are
 group-committed (one INSERT for the runs that finish together) and written before the
 batch is acked; they are an optimisation of at-least-once, so a mark that cannot be
-written is logged, not fatal (the run may then run again after a crash)."""
+written is logged, not fatal (the run may then run again after a crash).
+
+Runs marked together (`mark_all`: a message's parked runs) are one item of the group
+commit. While marks keep coming the inserts go over one connection held from the pool: a connection given back is reset (a second round trip, `RESET ALL` and
+the like) at every insert, which under load cost the supervisor more than the insert."""
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
 
 import asyncpg
 import structlog
@@ -22,27 +28,50 @@ class FinishedRuns:
         self.pool = pool
         self.keep_s = keep_s
         self.prune_batch = prune_batch
-        self._marks: GroupCommit[str] = GroupCommit(self._insert)
+        # Each item: the marks of one caller (a message's runs, or one).
+        self._marks: GroupCommit[Sequence[str]] = GroupCommit(self._insert)
+        # The connection the inserts go over while marks keep coming (None: none held).
+        self._held: asyncpg.pool.PoolConnectionProxy | None = None
 
     async def mark(self, request_id: str) -> None:
-        """Waits for the mark at most about twice `MARK_TIMEOUT_S` (the insert in
+        await self.mark_all((request_id,))
+
+    async def mark_all(self, request_ids: Sequence[str]) -> None:
+        """Waits for the marks at most about twice `MARK_TIMEOUT_S` (the insert in
         flight, then its own): a slow database must not hold back the acks of runs
         that are done. The bound is on each insert, not on each caller (a timer and a
         task per run cost the supervisor more than the mark itself)."""
+        if not request_ids:
+            return
         try:
-            await self._marks.submit(request_id)
+            await self._marks.submit(request_ids)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("finished_mark_failed", error=repr(exc))
 
-    async def _insert(self, request_ids: list[str]) -> None:
-        await asyncio.wait_for(
-            self.pool.execute(
-                "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
-                " ON CONFLICT DO NOTHING",
-                request_ids,
-            ),
-            MARK_TIMEOUT_S,
-        )
+    async def _insert(self, batches: list[Sequence[str]]) -> None:
+        request_ids = [request_id for batch in batches for request_id in batch]
+        if self._held is None:
+            self._held = await asyncio.wait_for(self.pool.acquire(), MARK_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(
+                self._held.execute(
+                    "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
+                    " ON CONFLICT DO NOTHING",
+                    request_ids,
+                ),
+                MARK_TIMEOUT_S,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):  # the insert's error is the one to tell
+                await self._give_back()  # the pool resets it, or replaces it if broken
+            raise
+        if not self._marks.pending:  # no more marks for now: the pool may have it
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await self.pool.release(held, timeout=MARK_TIMEOUT_S)
 
     async def which(self, request_ids: list[str]) -> set[str]:
         """Those of `request_ids` that finished (none, if the database cannot say)."""
@@ -69,3 +98,4 @@ class FinishedRuns:
 
     async def drain(self) -> None:
         await self._marks.drain()
+        await self._give_back()

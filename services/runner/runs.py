@@ -467,11 +467,8 @@ class RunService:
             log.warning("runs_not_parked", count=len(copies) - len(taken))
             marked = True  # the message comes again: those parked must not run from it
         if marked:
-            await asyncio.gather(
-                *(
-                    self.finished_runs.mark(park_mark(copy.request.request_id, copy.parked))
-                    for copy in taken
-                )
+            await self.finished_runs.mark_all(
+                [park_mark(copy.request.request_id, copy.parked) for copy in taken]
             )
         return len(taken) == len(copies)
 

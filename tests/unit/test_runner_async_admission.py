@@ -97,6 +97,9 @@ class FakeFinishedRuns:
     async def mark(self, request_id: str) -> None:
         self.marked.add(request_id)
 
+    async def mark_all(self, request_ids: list[str]) -> None:
+        self.marked.update(request_ids)
+
     async def which(self, request_ids: list[str]) -> set[str]:
         return self.marked & set(request_ids)
 
