@@ -5,8 +5,9 @@ batch is acked; they are an optimisation of at-least-once, so a mark that cannot
 written is logged, not fatal (the run may then run again after a crash).
 
 Runs marked together (`mark_all`: a message's parked runs) are one item of the group
-commit. While marks keep coming the inserts go over one connection held from the pool: a connection given back is reset (a second round trip, `RESET ALL` and
-the like) at every insert, which under load cost the supervisor more than the insert."""
+commit. While marks keep coming the inserts go over one connection held from the pool:
+a connection given back is reset (a second round trip, `RESET ALL` and the like) at
+every insert, which under load cost the supervisor more than the insert."""
 
 import asyncio
 import contextlib
@@ -52,9 +53,11 @@ class FinishedRuns:
         request_ids = [request_id for batch in batches for request_id in batch]
         if self._held is None:
             self._held = await asyncio.wait_for(self.pool.acquire(), MARK_TIMEOUT_S)
+        held = self._held
+        assert held is not None
         try:
             await asyncio.wait_for(
-                self._held.execute(
+                held.execute(
                     "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
                     " ON CONFLICT DO NOTHING",
                     request_ids,

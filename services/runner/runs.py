@@ -80,6 +80,7 @@ from shared.schemas.runs import (
     StartRun,
     StartRuns,
     error_result,
+    request_json,
 )
 from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
 from shared.service import Delivery, Retry
@@ -527,7 +528,7 @@ class RunService:
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         # Encoded once: for its worker, and for its record (`run.finished`).
-        request = start.request.model_dump_json().encode()
+        request = request_json(start.request)
         try:
             result = await self._execute(
                 start, request, ticket, announce=reply_to is None or start.accept_on_timeout
@@ -566,7 +567,7 @@ class RunService:
                     )
                 return
             result = RunOutput.of(stored)  # not stored: the run fails, naming the bound
-        self.metrics.run_duration.labels(result.outcome).observe(result.duration_s)
+        self.metrics.observe_run(result.outcome, result.duration_s)
         if start.repeated is not None and result.repeated is None:
             result = result.with_repeated(start.repeated)
         if reply_to is None:

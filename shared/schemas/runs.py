@@ -63,6 +63,24 @@ class WebhookRequest(BaseModel):
         return self.raw_body
 
 
+# A request's fields in their declared order (`request_json`).
+_REQUEST_FIELDS = tuple(WebhookRequest.model_fields)
+
+
+def request_json(request: WebhookRequest) -> bytes:
+    """`request.model_dump_json()`'s bytes, with orjson from its fields (a fifth of the
+    cost: the runner encodes every request it runs, for its worker and its record):
+    the same keys in the same order, datetimes in UTC with `Z`. A request orjson
+    cannot encode, or holding another set of fields, goes through the model."""
+    fields = request.__dict__
+    if tuple(fields) == _REQUEST_FIELDS:
+        try:
+            return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
+        except orjson.JSONEncodeError:
+            pass
+    return request.model_dump_json().encode()
+
+
 # `StartRun.flow_version` of a replay: whatever version the flow has now, read afresh.
 CURRENT_VERSION = 0
 
