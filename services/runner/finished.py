@@ -22,6 +22,8 @@ from shared.group_commit import GroupCommit
 log = structlog.get_logger(__name__)
 
 MARK_TIMEOUT_S = 2.0
+# What a mark may fail with (logged: the run may run again after a crash).
+_MARK_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class FinishedRuns:
@@ -46,8 +48,23 @@ class FinishedRuns:
             return
         try:
             await self._marks.submit(request_ids)
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except _MARK_ERRORS as exc:
             log.warning("finished_mark_failed", error=repr(exc))
+
+    def mark_soon(self, request_id: str) -> "asyncio.Future[None]":
+        """The mark handed over without waiting for it: its future goes to `settle`
+        (a sync message's runs: services/runner/runs.py)."""
+        return self._marks.submit((request_id,))
+
+    async def settle(self, marks: Sequence["asyncio.Future[None]"]) -> None:
+        """Waits for marks handed over by `mark_soon`, as `mark_all` waits for its own."""
+        if not marks:
+            return
+        await asyncio.wait(marks)
+        for mark in marks:
+            error = None if mark.cancelled() else mark.exception()
+            if error is not None:  # any: the runs were answered, the message is acked
+                log.warning("finished_mark_failed", error=repr(error))
 
     async def _insert(self, batches: list[Sequence[str]]) -> None:
         request_ids = [request_id for batch in batches for request_id in batch]

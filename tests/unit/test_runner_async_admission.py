@@ -67,6 +67,9 @@ class FakePool:
 
 
 class FakeFlows:
+    def cached(self, flow_id: str, min_version: int) -> None:
+        return None  # sync runs go the way of any run here (the direct path: elsewhere)
+
     async def get(self, flow_id: str, min_version: int) -> CachedFlow:
         snapshot = FlowSnapshot(id=flow_id, workspace_id="?", version=1, definition={})
         return CachedFlow(snapshot, snapshot.model_dump_json().encode(), timeout_s=30.0)
@@ -99,6 +102,9 @@ class FakeFinishedRuns:
 
     async def mark_all(self, request_ids: list[str]) -> None:
         self.marked.update(request_ids)
+
+    async def settle(self, marks: list["asyncio.Future[None]"]) -> None:
+        assert not marks  # sync runs here go the way of any run (marked with `mark`)
 
     async def which(self, request_ids: list[str]) -> set[str]:
         return self.marked & set(request_ids)
