@@ -81,6 +81,7 @@ from shared.schemas.runs import (
     StartRun,
     StartRuns,
     error_result,
+    progress_json,
     request_json,
 )
 from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
@@ -159,6 +160,9 @@ class _Batch:
     # Workspace -> its runs of this message held in memory for its share, not yet
     # finished: while there are any, the message is one of its waiting messages.
     held: dict[str, int] = field(default_factory=dict)
+    # Its runs' finished marks, handed over as each is recorded, waited for before the
+    # ack (`FinishedRuns.settle`): no task waits for each.
+    marks: list["asyncio.Future[None]"] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.undecided <= 0:
@@ -411,6 +415,7 @@ class RunService:
             # slow run in the same message must not hold these back.
             parked = await self._park(batch.parked, marked=len(batch.parked) < len(starts))
         outcomes = await runs
+        await self.finished_runs.settle(batch.marks)
         failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failed or not parked:
             # The broker or the database is away: deliver it again later; the runs that
@@ -722,7 +727,9 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
-        await self._conclude(start, request, result, reply_to)
+        await self._conclude(
+            start, request, result, reply_to, ticket.batch.marks if ticket is not None else None
+        )
 
     async def _conclude(
         self,
@@ -730,9 +737,11 @@ class RunService:
         request: bytes,
         result: RunOutput | Suspension,
         reply_to: str | None,
+        marks: list["asyncio.Future[None]"] | None = None,
     ) -> None:
         """From a run's result on: a suspension stored (or handed over), the result
-        recorded, answered (sync) and marked finished."""
+        recorded, answered (sync) and marked finished (the mark handed over to `marks`
+        if given, for its message to wait for, else waited for here)."""
         request_id = start.request.request_id
         if isinstance(result, Suspension) and result.answers and reply_to is not None:
             handed_over = await self._hand_over(start, result, reply_to)
@@ -754,10 +763,15 @@ class RunService:
         self.metrics.observe_run(result.outcome, result.duration_s)
         if start.repeated is not None and result.repeated is None:
             result = result.with_repeated(start.repeated)
-        await self._record_and_answer(start, request, result, reply_to)
+        await self._record_and_answer(start, request, result, reply_to, marks)
 
     async def _record_and_answer(
-        self, start: StartRun, request: bytes, result: RunOutput, reply_to: str | None
+        self,
+        start: StartRun,
+        request: bytes,
+        result: RunOutput,
+        reply_to: str | None,
+        marks: list["asyncio.Future[None]"] | None = None,
     ) -> None:
         request_id = start.request.request_id
         if reply_to is None:
@@ -777,7 +791,10 @@ class RunService:
             self.replies.send(reply_to, request_id, RESULT, result.encoded)
         if reply_to is None:
             await self._enqueue_callback(start, result)
-        await self.finished_runs.mark(request_id)
+        if marks is not None:
+            marks.append(self.finished_runs.mark_soon(request_id))
+        else:
+            await self.finished_runs.mark(request_id)
         if reply_to is None and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
 
@@ -936,7 +953,7 @@ class RunService:
                 ticket.decide()
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
-            self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
+            self.started.publish_encoded_soon(progress_json(encoded_request, datetime.now(UTC)))
         self.runs_running += 1
         try:
             return await self.pool.run_encoded(

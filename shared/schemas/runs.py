@@ -222,6 +222,14 @@ class RunProgress(BaseModel):
     resume_at: datetime | None = None
 
 
+def progress_json(request: bytes, at: datetime) -> bytes:
+    """`RunProgress(request=..., at=at).model_dump_json()`'s bytes, spliced of the
+    request as encoded (`request_json`): the runner announces every async run it starts
+    with the bytes it encoded for the run."""
+    at_json = orjson.dumps(at, option=orjson.OPT_UTC_Z)
+    return b'{"request":' + request + b',"at":' + at_json + b',"resume_at":null}'
+
+
 class RunsProgressed(BaseModel):
     """The body of `request.queued` (ingress, once async requests are durably queued)
     and `run.started` (runner, as it starts async runs); both batched and best effort:

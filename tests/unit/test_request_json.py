@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from harness.factories import webhook_request
-from shared.schemas.runs import WebhookRequest, request_json
+from shared.schemas.runs import RunProgress, WebhookRequest, progress_json, request_json
 from shared.schemas.vocabulary import RunMode
 
 
@@ -45,3 +45,15 @@ def test_request_json_is_the_models_json(request_: WebhookRequest) -> None:
 def test_a_copied_request_is_encoded_as_its_model_would() -> None:
     request = webhook_request({"a": 1}).model_copy(update={"debounced_by": "r9"})
     assert request_json(request) == request.model_dump_json().encode()
+
+
+@pytest.mark.parametrize(
+    "at",
+    [datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)],
+)
+def test_progress_json_is_the_models_json(at: datetime) -> None:
+    request = webhook_request({"a": [1, "b"]}, mode=RunMode.ASYNC)
+    assert (
+        progress_json(request_json(request), at)
+        == RunProgress(request=request, at=at).model_dump_json().encode()
+    )

@@ -103,8 +103,14 @@ class FakeFinishedRuns:
     async def mark_all(self, request_ids: list[str]) -> None:
         self.marked.update(request_ids)
 
+    def mark_soon(self, request_id: str) -> "asyncio.Future[None]":
+        self.marked.add(request_id)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
     async def settle(self, marks: list["asyncio.Future[None]"]) -> None:
-        assert not marks  # sync runs here go the way of any run (marked with `mark`)
+        await asyncio.gather(*marks)
 
     async def which(self, request_ids: list[str]) -> set[str]:
         return self.marked & set(request_ids)
