@@ -5,12 +5,14 @@ batch is acked; they are an optimisation of at-least-once, so a mark that cannot
 written is logged, not fatal (the run may then run again after a crash).
 
 Runs marked together (`mark_all`: a message's parked runs) are one item of the group
-commit. While marks keep coming the inserts go over one connection held from the pool:
-a connection given back is reset (a second round trip, `RESET ALL` and the like) at
-every insert, which under load cost the supervisor more than the insert."""
+commit. While marks keep coming the inserts go over one connection held from the pool
+(given back once none came for `hold_idle_s`): a connection given back is reset (a
+second round trip, `RESET ALL` and the like) at every insert, which under load cost the
+supervisor more than the insert."""
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -27,14 +29,25 @@ _MARK_ERRORS = (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceE
 
 
 class FinishedRuns:
-    def __init__(self, pool: asyncpg.Pool, keep_s: float, prune_batch: int = 10_000) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        keep_s: float,
+        prune_batch: int = 10_000,
+        hold_idle_s: float = 1.0,
+    ) -> None:
         self.pool = pool
+        self.hold_idle_s = hold_idle_s
         self.keep_s = keep_s
         self.prune_batch = prune_batch
         # Each item: the marks of one caller (a message's runs, or one).
         self._marks: GroupCommit[Sequence[str]] = GroupCommit(self._insert)
         # The connection the inserts go over while marks keep coming (None: none held).
         self._held: asyncpg.pool.PoolConnectionProxy | None = None
+        self._inserting = False
+        self._last_insert = 0.0  # monotonic
+        self._idle_check: asyncio.TimerHandle | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def mark(self, request_id: str) -> None:
         await self.mark_all((request_id,))
@@ -68,30 +81,60 @@ class FinishedRuns:
 
     async def _insert(self, batches: list[Sequence[str]]) -> None:
         request_ids = [request_id for batch in batches for request_id in batch]
-        if self._held is None:
-            self._held = await asyncio.wait_for(self.pool.acquire(), MARK_TIMEOUT_S)
-        held = self._held
-        assert held is not None
+        self._inserting = True
         try:
-            await asyncio.wait_for(
-                held.execute(
-                    "INSERT INTO runner.finished_runs (request_id) SELECT unnest($1::text[])"
-                    " ON CONFLICT DO NOTHING",
-                    request_ids,
-                ),
-                MARK_TIMEOUT_S,
+            if self._held is None:
+                self._held = await asyncio.wait_for(self.pool.acquire(), MARK_TIMEOUT_S)
+            held = self._held
+            assert held is not None
+            try:
+                await asyncio.wait_for(
+                    held.execute(
+                        "INSERT INTO runner.finished_runs (request_id)"
+                        " SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                        request_ids,
+                    ),
+                    MARK_TIMEOUT_S,
+                )
+            except BaseException:
+                with contextlib.suppress(Exception):  # the insert's error is the one to tell
+                    await self._give_back()  # the pool resets it, or replaces it if broken
+                raise
+        finally:
+            self._inserting = False
+            self._last_insert = time.monotonic()
+        if self._idle_check is None:
+            self._idle_check = asyncio.get_running_loop().call_later(
+                self.hold_idle_s, self._release_if_idle
             )
-        except BaseException:
-            with contextlib.suppress(Exception):  # the insert's error is the one to tell
-                await self._give_back()  # the pool resets it, or replaces it if broken
-            raise
-        if not self._marks.pending:  # no more marks for now: the pool may have it
-            await self._give_back()
+
+    def _release_if_idle(self) -> None:
+        """The held connection back to the pool once no insert came for `hold_idle_s`
+        (checked at most that often: no timer an insert)."""
+        self._idle_check = None
+        if self._held is None:
+            return
+        idle_s = time.monotonic() - self._last_insert
+        if self._inserting or idle_s < self.hold_idle_s:
+            self._idle_check = asyncio.get_running_loop().call_later(
+                self.hold_idle_s - idle_s if not self._inserting else self.hold_idle_s,
+                self._release_if_idle,
+            )
+            return
+        # Taken from `_held` here, in one step with the check: no insert is using it,
+        # and the next one acquires another.
+        held, self._held = self._held, None
+        task = asyncio.get_running_loop().create_task(self._release(held))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _give_back(self) -> None:
         held, self._held = self._held, None
         if held is not None:
-            await self.pool.release(held, timeout=MARK_TIMEOUT_S)
+            await self._release(held)
+
+    async def _release(self, held: asyncpg.pool.PoolConnectionProxy) -> None:
+        await self.pool.release(held, timeout=MARK_TIMEOUT_S)
 
     async def which(self, request_ids: list[str]) -> set[str]:
         """Those of `request_ids` that finished (none, if the database cannot say)."""
@@ -118,4 +161,8 @@ class FinishedRuns:
 
     async def drain(self) -> None:
         await self._marks.drain()
+        if self._idle_check is not None:
+            self._idle_check.cancel()
+            self._idle_check = None
         await self._give_back()
+        await asyncio.gather(*self._releasing, return_exceptions=True)

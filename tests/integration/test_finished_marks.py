@@ -1,7 +1,7 @@
 """The runner's finished marks on a real PostgreSQL (services/runner/finished.py): marks
 handed over together are all written, those of many callers group-committed over one
 connection held while marks keep coming, and the connection given back to the pool
-once they stop (and at drain)."""
+once none came for a while (and at drain); a failed insert costs later marks nothing."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -25,10 +25,10 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def test_marks_of_many_callers_are_all_written_and_the_connection_given_back(
+async def test_marks_of_many_callers_are_all_written_over_a_held_connection(
     pool: asyncpg.Pool,
 ) -> None:
-    marks = FinishedRuns(pool, keep_s=3600)
+    marks = FinishedRuns(pool, keep_s=3600, hold_idle_s=3600)
     await asyncio.gather(
         *(marks.mark(f"r{n}") for n in range(50)),
         marks.mark_all([f"p{n}#parked1" for n in range(5)]),
@@ -36,12 +36,28 @@ async def test_marks_of_many_callers_are_all_written_and_the_connection_given_ba
     )
     ids = [f"r{n}" for n in range(50)] + [f"p{n}#parked1" for n in range(5)]
     assert await marks.which([*ids, "never"]) == set(ids)
-    # Nothing more to mark: the held connection is back in the pool, which can lend
-    # both of its connections again.
-    first, second = await pool.acquire(), await pool.acquire()
+    # Held between inserts: the pool has one of its two connections left to lend.
+    first = await pool.acquire()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(pool.acquire(), 0.05)
+    await marks.drain()  # given back: the pool lends both again
+    second = await asyncio.wait_for(pool.acquire(), 5)
     await pool.release(first)
     await pool.release(second)
+
+
+async def test_the_held_connection_goes_back_once_no_mark_came_for_a_while(
+    pool: asyncpg.Pool,
+) -> None:
+    marks = FinishedRuns(pool, keep_s=3600, hold_idle_s=0.05)
+    await marks.mark("r1")
+    first = await pool.acquire()
+    second = await asyncio.wait_for(pool.acquire(), 5)  # once the mark's is back
+    await pool.release(first)
+    await pool.release(second)
+    await marks.mark("r2")  # held again, and given back at drain
     await marks.drain()
+    assert await marks.which(["r1", "r2"]) == {"r1", "r2"}
 
 
 async def test_a_mark_after_an_insert_failed_is_written_on_a_fresh_connection(
@@ -53,5 +69,5 @@ async def test_a_mark_after_an_insert_failed_is_written_on_a_fresh_connection(
     await marks.mark("bad\x00id")
     await marks.mark("after")
     assert await marks.which(["before", "after"]) == {"before", "after"}
-    await marks.drain()
+    await marks.drain()  # the held connection back: the pool can close
     assert await pool.fetchval("SELECT count(*) FROM runner.finished_runs") == 2
