@@ -38,6 +38,11 @@ class GroupCommit(Generic[T]):
         self._flusher: asyncio.Task[None] | None = None
         self.flushes = 0
 
+    @property
+    def pending(self) -> int:
+        """Items handed over and not yet in a flush."""
+        return len(self._waiting)
+
     async def add(self, item: T) -> None:
         await asyncio.shield(self.submit(item))
 

@@ -27,6 +27,15 @@ class RunnerMetrics:
             registry=self.registry,
             buckets=RUN_BUCKETS,
         )
+        # Each outcome's child, looked up once (`labels` takes a lock and builds a key
+        # at every call: once a run).
+        self._run_duration_of: dict[str, Histogram] = {}
+
+    def observe_run(self, outcome: str, duration_s: float) -> None:
+        child = self._run_duration_of.get(outcome)
+        if child is None:
+            child = self._run_duration_of[outcome] = self.run_duration.labels(outcome)
+        child.observe(duration_s)
 
     def watch(self, pool: WorkerPool, callbacks: CallbackSender, runs: "RunService") -> None:
         """The counters the pool, the run service and the callback sender keep, read at

@@ -249,6 +249,39 @@ class WorkerPool:
         handed over at a `respond` step, its state to store); never raises for anything
         the run does. `request`: the `WebhookRequest` encoded, `flow_encoded`: `flow`
         encoded. `resume`: a run going on after a `delay` or a `respond`."""
+        run = self._submit(request_id, request, flow, flow_encoded, timeout_s, resume)
+        try:
+            return await run.result
+        except asyncio.CancelledError:
+            tenant = self._tenants.get(run.workspace)
+            if tenant is not None and run in tenant.queue:  # never started: its place goes
+                tenant.queue.remove(run)  # to the next
+                self._fill(run.workspace, tenant)
+                self._dispatch()
+            raise
+
+    def submit_encoded(
+        self,
+        request_id: str,
+        request: bytes,
+        flow: FlowSnapshot,
+        flow_encoded: bytes,
+        timeout_s: float,
+    ) -> "asyncio.Future[RunOutput | Suspension]":
+        """`run_encoded` without a task to await it: the future of its result, for a
+        caller that goes on from a callback (services/runner/runs.py, a sync message's
+        runs). The run is not withdrawn if its caller goes away."""
+        return self._submit(request_id, request, flow, flow_encoded, timeout_s, None).result
+
+    def _submit(
+        self,
+        request_id: str,
+        request: bytes,
+        flow: FlowSnapshot,
+        flow_encoded: bytes,
+        timeout_s: float,
+        resume: Resumed | None,
+    ) -> _Run:
         key = next(self._keys)
         encoded_resume = resume.model_dump_json().encode() if resume is not None else None
         run = _Run(
@@ -264,14 +297,7 @@ class WorkerPool:
         self._fill(run.workspace, tenant)
         if tenant.queue:
             self._dispatch()
-        try:
-            return await run.result
-        except asyncio.CancelledError:
-            if run in tenant.queue:  # never started: its place goes to the next
-                tenant.queue.remove(run)
-                self._fill(run.workspace, tenant)
-                self._dispatch()
-            raise
+        return run
 
     # --- placement ------------------------------------------------------------------
 

@@ -20,7 +20,11 @@ has passed, so it sleeps until the earliest moment the armed render could be pas
 budget (what is left of it, at least `tick_s`), and, with nothing armed, until a render
 is armed. Renders last micro- to milliseconds against a budget of half a second, so it
 wakes a few times a second under load and never when idle (it ticked every 5 ms in
-every worker, idle or not: a few % of a worker's CPU under load).
+every worker, idle or not: a few % of a worker's CPU under load). Between renders under
+load it does not wait to be woken: it wakes again a budget later if renders were armed
+since its last check (each such wake is a check, as for an armed render), else it waits
+for the next render. Waking it at every arm cost a thread switch and the GIL handed
+back and forth a render (a tenth of a worker's CPU under load, py-spy).
 
 Several renders can share one budget (`RenderBudget`: the webhook response's body and
 headers, an `http` step's fields): each is armed with what is left of it and charged
@@ -68,6 +72,10 @@ class RenderWatchdog:
         self._started_ns = 0  # that clock when the render was armed
         self._target = 0
         self._fired = False
+        # A render was armed since the last check, with this budget: renders come and
+        # go, so the watchdog checks again that much later instead of being woken.
+        self._seen = False
+        self._seen_s = 0.0
         self._thread: threading.Thread | None = None
         self.fired_count = 0
 
@@ -95,6 +103,8 @@ class RenderWatchdog:
             self._target = target
             self._fired = False
             self._armed = True
+            self._seen = True
+            self._seen_s = seconds
             started_ns = self._started_ns
             if self._idle or time.monotonic() + seconds < self._wakes_at:
                 self._wake.notify()  # it would check this render too late
@@ -118,6 +128,14 @@ class RenderWatchdog:
     def _check(self) -> float | None:
         """Under the lock: fires at the armed render if it is past its budget; how long
         to sleep before the next check (None: until a render is armed)."""
+        seen, self._seen = self._seen, False
+        if not self._armed and seen and not self._fired:
+            # Renders were armed since the last check: the next comes soon, and a wake
+            # a budget from now is in time for it (a render armed with less notifies).
+            sleep_s = max(self.tick_s, self._seen_s)
+            self._idle = False
+            self._wakes_at = time.monotonic() + sleep_s
+            return sleep_s
         self._idle = not self._armed or self._fired
         if self._idle:
             return None

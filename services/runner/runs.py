@@ -36,9 +36,10 @@ cost the supervisor 7 % of a core); the ingress's per-workspace queued bounds bo
 many there can be."""
 
 import asyncio
+import contextlib
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -80,6 +81,8 @@ from shared.schemas.runs import (
     StartRun,
     StartRuns,
     error_result,
+    progress_json,
+    request_json,
 )
 from shared.schemas.vocabulary import JSON, Outcome, Progress, RunMode, envelope
 from shared.service import Delivery, Retry
@@ -157,6 +160,9 @@ class _Batch:
     # Workspace -> its runs of this message held in memory for its share, not yet
     # finished: while there are any, the message is one of its waiting messages.
     held: dict[str, int] = field(default_factory=dict)
+    # Its runs' finished marks, handed over as each is recorded, waited for before the
+    # ack (`FinishedRuns.settle`): no task waits for each.
+    marks: list["asyncio.Future[None]"] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.undecided <= 0:
@@ -178,6 +184,43 @@ class _Ticket:
                 self.batch.decided.set()
 
 
+class _Direct:
+    """A sync message's runs on the direct path (`RunService._run_direct`): how many
+    are not done yet, their marks, and the tasks of those that went on another way."""
+
+    def __init__(self) -> None:
+        self.left = 0
+        self.marks: list[asyncio.Future[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._all_done: asyncio.Future[None] | None = None
+
+    def done_one(self) -> None:
+        self.left -= 1
+        if self.left == 0 and self._all_done is not None and not self._all_done.done():
+            self._all_done.set_result(None)
+
+    def follow(self, step: Coroutine[Any, Any, None]) -> None:
+        """The run goes on in a task of its own (awaited by `finished`)."""
+        self._tasks.append(asyncio.get_running_loop().create_task(step))
+        self.done_one()
+
+    def failed(self, start: StartRun, reply_to: str, replies: GroupedReplies) -> None:
+        log.exception("direct_run_failed", request_id=start.request.request_id)
+        error = Unavailable("the runner cannot run the flow right now")
+        with contextlib.suppress(Exception):
+            replies.send(reply_to, start.request.request_id, ERROR, error_body(error))
+        self.done_one()
+
+    async def finished(self) -> None:
+        """Once every run is done (answered, or gone on in its task) and those tasks
+        ended."""
+        if self.left:
+            self._all_done = asyncio.get_running_loop().create_future()
+            await self._all_done
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 @dataclass(frozen=True)
 class CachedFlow:
     snapshot: FlowSnapshot
@@ -197,6 +240,19 @@ class FlowCache:
         self.store = store
         self.size = size
         self._flows: OrderedDict[str, CachedFlow] = OrderedDict()
+
+    def cached(self, flow_id: str, min_version: int) -> CachedFlow | None:
+        """The flow if its cached copy serves a run of `min_version` (no replay's):
+        what `get` returns without reading the store; None when `get` would read it."""
+        cached = self._flows.get(flow_id)
+        if (
+            cached is None
+            or min_version == CURRENT_VERSION
+            or cached.snapshot.version < min_version
+        ):
+            return None
+        self._flows.move_to_end(flow_id)
+        return cached
 
     async def get(self, flow_id: str, min_version: int) -> CachedFlow | None:
         cached = self._flows.get(flow_id)
@@ -339,9 +395,14 @@ class RunService:
             if not starts:
                 return
         if reply_to is not None:
+            direct = _Direct()
+            others = [start for start in starts if not self._run_direct(start, reply_to, direct)]
             await asyncio.gather(
-                *(self._one(start, reply_to) for start in starts), return_exceptions=True
+                *(self._one(start, reply_to) for start in others),
+                direct.finished(),
+                return_exceptions=True,
             )
+            await self.finished_runs.settle(direct.marks)
             return
         batch = _Batch(len(starts))
         runs = asyncio.gather(
@@ -354,6 +415,7 @@ class RunService:
             # slow run in the same message must not hold these back.
             parked = await self._park(batch.parked, marked=len(batch.parked) < len(starts))
         outcomes = await runs
+        await self.finished_runs.settle(batch.marks)
         failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failed or not parked:
             # The broker or the database is away: deliver it again later; the runs that
@@ -364,6 +426,122 @@ class RunService:
                 if failed
                 else f"{len(batch.parked)} async runs not parked"
             )
+
+    def _run_direct(self, start: StartRun, reply_to: str, direct: "_Direct") -> bool:
+        """A sync run on the direct path, if it can take it (False: it goes the way of
+        any run, `_one`): a run of a cached flow that nothing but its result, record and
+        reply concern (no dedup key, replay check, early accept, resume or repeat; traces
+        off). It goes to the pool at once and on from callbacks: recorded when done,
+        answered once confirmed, its mark handed over for the message to wait for; no
+        task, timer or span of its own. Whatever else its result needs (a suspension,
+        a record tried again, an error) goes on in a task (`_Direct.follow`) where
+        `_run_one` would have gone on. The same steps and order as `_run_one`."""
+        if (
+            start.dedup_key is not None
+            or start.resume is not None
+            or start.repeated is not None
+            or start.unless_paused
+            or start.accept_on_timeout
+            or tracing.enabled()
+        ):
+            return False
+        request = start.request
+        flow = self.flows.cached(request.flow_id, start.flow_version)
+        if flow is None:
+            return False
+        timeout_s = flow.timeout_s
+        if start.deadline is not None:
+            # Its caller's deadline: past it, `_execute` records it `expired`.
+            timeout_s = min(timeout_s, (start.deadline - datetime.now(UTC)).total_seconds())
+            if timeout_s <= 0:
+                return False
+        encoded = request_json(request)
+        ran = self.pool.submit_encoded(
+            request.request_id, encoded, flow.snapshot, flow.snapshot_encoded, timeout_s
+        )
+        self.runs_running += 1
+        direct.left += 1
+        ran.add_done_callback(lambda done: self._ran_direct(start, encoded, reply_to, direct, done))
+        return True
+
+    def _ran_direct(
+        self,
+        start: StartRun,
+        request: bytes,
+        reply_to: str,
+        direct: "_Direct",
+        ran: "asyncio.Future[RunOutput | Suspension]",
+    ) -> None:
+        self.runs_running -= 1
+        result = None if ran.cancelled() or ran.exception() else ran.result()
+        if not isinstance(result, RunOutput):  # a suspension to store, or an error
+            direct.follow(self._go_on(start, self._concluded(start, request, reply_to, ran)))
+            return
+        try:
+            self.metrics.observe_run(result.outcome, result.duration_s)
+            confirmed = self.finished.submit_encoded(_record_of(request, result))
+        except Exception:  # a bug: its caller hears, the message is not held forever
+            direct.failed(start, reply_to, self.replies)
+            return
+        confirmed.add_done_callback(
+            lambda done: self._recorded_direct(start, request, result, reply_to, direct, done)
+        )
+
+    def _recorded_direct(
+        self,
+        start: StartRun,
+        request: bytes,
+        result: RunOutput,
+        reply_to: str,
+        direct: "_Direct",
+        confirmed: "asyncio.Future[None]",
+    ) -> None:
+        if confirmed.cancelled() or confirmed.exception() is not None:
+            # Tried again for as long as its caller waits, as any sync run's record.
+            direct.follow(
+                self._go_on(start, self._record_and_answer(start, request, result, reply_to))
+            )
+            return
+        request_id = start.request.request_id
+        try:
+            self.replies.send(reply_to, request_id, RESULT, result.encoded)
+            direct.marks.append(self.finished_runs.mark_soon(request_id))
+        except Exception:  # a bug: its caller hears, the message is not held forever
+            direct.failed(start, reply_to, self.replies)
+            return
+        direct.done_one()
+
+    async def _concluded(
+        self,
+        start: StartRun,
+        request: bytes,
+        reply_to: str,
+        ran: "asyncio.Future[RunOutput | Suspension]",
+    ) -> None:
+        """A direct run's result that needs more than a record and a reply (a suspension
+        to store or hand over), or its run that failed in the pool: as in `_run_one`."""
+        try:
+            result = ran.result()
+        except Exception:
+            log.exception("run_not_started")
+            error = Unavailable("the runner cannot run the flow right now")
+            self.replies.send(reply_to, start.request.request_id, ERROR, error_body(error))
+            raise
+        await self._conclude(start, request, result, reply_to)
+
+    async def _go_on(self, start: StartRun, step: Coroutine[Any, Any, None]) -> None:
+        """A direct run going on in a task: in its request's span and log context, as in
+        `_one`."""
+        structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
+        with tracing.processing(
+            naming.SYNC_RUNS_QUEUE,
+            start.request.trace,
+            **{
+                "flowhooks.request_id": start.request.request_id,
+                "flowhooks.flow_id": start.request.flow_id,
+            },
+        ):
+            await step
 
     async def _hold_paced(self, starts: list[StartRun]) -> list[StartRun]:
         """Inserts the runs of paced flows into `runner.paced_runs` (their message is
@@ -467,11 +645,8 @@ class RunService:
             log.warning("runs_not_parked", count=len(copies) - len(taken))
             marked = True  # the message comes again: those parked must not run from it
         if marked:
-            await asyncio.gather(
-                *(
-                    self.finished_runs.mark(park_mark(copy.request.request_id, copy.parked))
-                    for copy in taken
-                )
+            await self.finished_runs.mark_all(
+                [park_mark(copy.request.request_id, copy.parked) for copy in taken]
             )
         return len(taken) == len(copies)
 
@@ -530,7 +705,7 @@ class RunService:
         request_id = start.request.request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         # Encoded once: for its worker, and for its record (`run.finished`).
-        request = start.request.model_dump_json().encode()
+        request = request_json(start.request)
         try:
             result = await self._execute(
                 start, request, ticket, announce=reply_to is None or start.accept_on_timeout
@@ -552,6 +727,22 @@ class RunService:
                 error = Unavailable("the runner cannot run the flow right now")
                 self.replies.send(reply_to, request_id, ERROR, error_body(error))
             raise
+        await self._conclude(
+            start, request, result, reply_to, ticket.batch.marks if ticket is not None else None
+        )
+
+    async def _conclude(
+        self,
+        start: StartRun,
+        request: bytes,
+        result: RunOutput | Suspension,
+        reply_to: str | None,
+        marks: list["asyncio.Future[None]"] | None = None,
+    ) -> None:
+        """From a run's result on: a suspension stored (or handed over), the result
+        recorded, answered (sync) and marked finished (the mark handed over to `marks`
+        if given, for its message to wait for, else waited for here)."""
+        request_id = start.request.request_id
         if isinstance(result, Suspension) and result.answers and reply_to is not None:
             handed_over = await self._hand_over(start, result, reply_to)
             if handed_over is None:
@@ -569,9 +760,20 @@ class RunService:
                     )
                 return
             result = RunOutput.of(stored)  # not stored: the run fails, naming the bound
-        self.metrics.run_duration.labels(result.outcome).observe(result.duration_s)
+        self.metrics.observe_run(result.outcome, result.duration_s)
         if start.repeated is not None and result.repeated is None:
             result = result.with_repeated(start.repeated)
+        await self._record_and_answer(start, request, result, reply_to, marks)
+
+    async def _record_and_answer(
+        self,
+        start: StartRun,
+        request: bytes,
+        result: RunOutput,
+        reply_to: str | None,
+        marks: list["asyncio.Future[None]"] | None = None,
+    ) -> None:
+        request_id = start.request.request_id
         if reply_to is None:
             await self._record(request, result)
         elif not await self._record_while_awaited(start, request, result):
@@ -589,7 +791,10 @@ class RunService:
             self.replies.send(reply_to, request_id, RESULT, result.encoded)
         if reply_to is None:
             await self._enqueue_callback(start, result)
-        await self.finished_runs.mark(request_id)
+        if marks is not None:
+            marks.append(self.finished_runs.mark_soon(request_id))
+        else:
+            await self.finished_runs.mark(request_id)
         if reply_to is None and self.drain_reports is not None:
             self.drain_reports.finished(start.origin, request_id)
 
@@ -748,7 +953,7 @@ class RunService:
                 ticket.decide()
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
-            self.started.publish_soon(RunProgress(request=request, at=datetime.now(UTC)))
+            self.started.publish_encoded_soon(progress_json(encoded_request, datetime.now(UTC)))
         self.runs_running += 1
         try:
             return await self.pool.run_encoded(
@@ -763,6 +968,9 @@ class RunService:
     async def _record(self, request: bytes, result: RunOutput) -> None:
         """`run.finished` (confirmed) of the request and the result, both as encoded:
         a `RunFinished` spliced of them."""
-        await self.finished.publish_encoded(
-            b'{"request":' + request + b',"result":' + result.encoded + b"}"
-        )
+        await self.finished.publish_encoded(_record_of(request, result))
+
+
+def _record_of(request: bytes, result: RunOutput) -> bytes:
+    """A `RunFinished` spliced of the request and the result, both as encoded."""
+    return b'{"request":' + request + b',"result":' + result.encoded + b"}"

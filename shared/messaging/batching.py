@@ -89,6 +89,12 @@ class BatchPublisher(Generic[Item]):
         spliced from a worker's bytes, services/runner/runs.py)."""
         await asyncio.shield(self._messages.submit(_wrap(encoded, expires_in_s)))
 
+    def submit_encoded(self, encoded: bytes) -> "asyncio.Future[None]":
+        """`publish_encoded` without a task to await it: the future is done once the
+        message holding the item is confirmed, or failed with what `publish` raises
+        (for a caller that goes on from a callback: services/runner/runs.py)."""
+        return self._messages.submit(_wrap(encoded, None))
+
     def publish_encoded_soon(self, encoded: bytes) -> None:
         """`publish_soon` of an item its caller encoded as JSON itself."""
         confirmed = self._messages.submit(_wrap(encoded, None))

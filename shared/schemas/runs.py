@@ -63,6 +63,24 @@ class WebhookRequest(BaseModel):
         return self.raw_body
 
 
+# A request's fields in their declared order (`request_json`).
+_REQUEST_FIELDS = tuple(WebhookRequest.model_fields)
+
+
+def request_json(request: WebhookRequest) -> bytes:
+    """`request.model_dump_json()`'s bytes, with orjson from its fields (a fifth of the
+    cost: the runner encodes every request it runs, for its worker and its record):
+    the same keys in the same order, datetimes in UTC with `Z`. A request orjson
+    cannot encode, or holding another set of fields, goes through the model."""
+    fields = request.__dict__
+    if tuple(fields) == _REQUEST_FIELDS:
+        try:
+            return orjson.dumps(fields, option=orjson.OPT_UTC_Z)
+        except orjson.JSONEncodeError:
+            pass
+    return request.model_dump_json().encode()
+
+
 # `StartRun.flow_version` of a replay: whatever version the flow has now, read afresh.
 CURRENT_VERSION = 0
 
@@ -202,6 +220,14 @@ class RunProgress(BaseModel):
     # Set on `run.started` when the run stopped in a `delay` step: it is `waiting` and
     # resumes then (services/runner/delays.py).
     resume_at: datetime | None = None
+
+
+def progress_json(request: bytes, at: datetime) -> bytes:
+    """`RunProgress(request=..., at=at).model_dump_json()`'s bytes, spliced of the
+    request as encoded (`request_json`): the runner announces every async run it starts
+    with the bytes it encoded for the run."""
+    at_json = orjson.dumps(at, option=orjson.OPT_UTC_Z)
+    return b'{"request":' + request + b',"at":' + at_json + b',"resume_at":null}'
 
 
 class RunsProgressed(BaseModel):

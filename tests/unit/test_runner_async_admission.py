@@ -67,6 +67,9 @@ class FakePool:
 
 
 class FakeFlows:
+    def cached(self, flow_id: str, min_version: int) -> None:
+        return None  # sync runs go the way of any run here (the direct path: elsewhere)
+
     async def get(self, flow_id: str, min_version: int) -> CachedFlow:
         snapshot = FlowSnapshot(id=flow_id, workspace_id="?", version=1, definition={})
         return CachedFlow(snapshot, snapshot.model_dump_json().encode(), timeout_s=30.0)
@@ -96,6 +99,18 @@ class FakeFinishedRuns:
 
     async def mark(self, request_id: str) -> None:
         self.marked.add(request_id)
+
+    async def mark_all(self, request_ids: list[str]) -> None:
+        self.marked.update(request_ids)
+
+    def mark_soon(self, request_id: str) -> "asyncio.Future[None]":
+        self.marked.add(request_id)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def settle(self, marks: list["asyncio.Future[None]"]) -> None:
+        await asyncio.gather(*marks)
 
     async def which(self, request_ids: list[str]) -> set[str]:
         return self.marked & set(request_ids)

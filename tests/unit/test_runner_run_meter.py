@@ -243,3 +243,17 @@ def test_a_render_with_a_smaller_budget_is_stopped_while_the_watchdog_sleeps_for
     with pytest.raises(RenderTimeout), watchdog.limit(0.1):
         burn_cpu(30)
     assert watchdog.fired_count == 1
+
+
+def test_a_render_after_many_is_stopped_by_the_watchdog_lingering_between_renders() -> None:
+    """Under load the watchdog is not woken at each render: having seen renders since
+    its last check, it checks again a budget later. A render armed then with the same
+    budget is still stopped once past it."""
+    watchdog = RenderWatchdog(tick_s=0.005)
+    for _ in range(200):
+        with watchdog.limit(0.1):
+            pass
+    time.sleep(0.02)  # it has checked: renders were armed, so it lingers, not idle
+    with pytest.raises(RenderTimeout), watchdog.limit(0.1):
+        burn_cpu(30)
+    assert watchdog.fired_count == 1
