@@ -293,7 +293,6 @@ async def serve(
         await site.start()
 
     guards = Guards()
-    app.on_response_prepare.append(guards.on_response_prepare)
     runner = runner_for(app, shutdown_timeout_s)
     ops_runner: web.AppRunner | None = None
     await runner.setup()  # runs the cleanup contexts' start: connections, consumers
@@ -302,7 +301,6 @@ async def serve(
             # Started after the service's setup: its readiness checks exist by then.
             ops = ops_app(app)
             ops_guards = Guards()
-            ops.on_response_prepare.append(ops_guards.on_response_prepare)
             ops_runner = runner_for(ops, 1.0)
             await ops_runner.setup()
             await listen(ops_runner, ops_port, ops_guards)
