@@ -1,20 +1,9 @@
-from datetime import UTC, datetime
-from typing import Any
-
 import pytest
 from multidict import CIMultiDict
 
 from services.ingress.form_body import multi_dict
-from services.ingress.normalise import (
-    BodyLimits,
-    clean_headers,
-    parse_input,
-    parse_json,
-    webhook_request,
-)
+from services.ingress.normalise import BodyLimits, clean_headers, parse_input, parse_json
 from shared.errors import BadRequest
-from shared.schemas.runs import WebhookRequest
-from shared.schemas.vocabulary import RunMode
 
 
 def test_json_body_and_empty_body() -> None:
@@ -78,45 +67,3 @@ def test_the_walk_of_parsed_json_is_skipped_only_where_it_cannot_refuse() -> Non
 def test_headers_not_utf8_are_kept_with_replacement_characters() -> None:
     headers = CIMultiDict([("X-Odd", "caf\udce9"), ("X-\udcffName", "v"), ("X-Fine", "é")])
     assert clean_headers(headers) == {"x-odd": "caf\ufffd", "x-\ufffdname": "v", "x-fine": "é"}
-
-
-@pytest.mark.parametrize(
-    ("query", "body", "content_type", "trace"),
-    [
-        ({}, b'{"a": 1}', "application/json", {}),
-        ({"a": "1", "b": ["2", "3"]}, b"\xff\xfe not UTF-8", None, {"traceparent": "00-x"}),
-        ({"q": "x"}, b"", "text/plain", None),
-    ],
-)
-def test_a_normalised_request_is_the_model_it_would_validate_as(
-    query: dict[str, Any], body: bytes, content_type: str | None, trace: dict[str, str] | None
-) -> None:
-    """`webhook_request` builds its model without validating it: the same fields, values,
-    set fields and JSON as the validated model."""
-    arguments: dict[str, Any] = dict(
-        request_id="0" * 32,
-        flow_id="f" * 32,
-        workspace_id="w" * 32,
-        received_at=datetime(2026, 12, 7, 1, 2, 3, 456789, tzinfo=UTC),
-        method="POST",
-        path="/v1/flow-webhook/" + "f" * 32,
-        query=query,
-        headers=CIMultiDict({"Content-Type": "x", "X-A": "1", "Authorization": "Bearer t"}),
-        content_type=content_type,
-        body=body,
-        parsed_input=None,
-        mode=RunMode.ASYNC,
-        trace=trace,
-    )
-    built = webhook_request(**arguments)
-    validated = WebhookRequest.model_validate(built.model_dump())
-    assert built == validated
-    assert built.model_fields_set == validated.model_fields_set - {
-        "replay_of",
-        "duplicate_of",
-        "debounced_by",
-        "source_request_id",
-    }
-    assert built.model_dump_json() == validated.model_dump_json()
-    assert built.raw_body_bytes() == body
-    assert "authorization" not in built.headers
