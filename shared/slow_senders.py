@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -23,7 +24,12 @@ END_OF_HEADERS = b"\r\n\r\n"
 
 
 class HeaderDeadline(asyncio.Protocol):
-    def __init__(self, inner: asyncio.Protocol, timeout_s: float, guards: "Guards") -> None:
+    """Kept cheap for the usual request, whose header block arrives in one packet: no
+    timer is set for it (one is set only when a packet leaves a header block
+    unfinished), and its end is learned from aiohttp's own request (its body complete)
+    rather than from a signal on every response."""
+
+    def __init__(self, inner: RequestHandler, timeout_s: float, guards: "Guards") -> None:
         self.inner = inner
         self.timeout_s = timeout_s
         self.guards = guards
@@ -31,6 +37,18 @@ class HeaderDeadline(asyncio.Protocol):
         self.awaiting_headers = True
         self.tail = b""
         self.timer: asyncio.TimerHandle | None = None
+        # Every request aiohttp makes on this connection passes here: once its body has
+        # all arrived (at once for most), the next bytes begin a new header block.
+        make_request = inner._request_factory
+        assert make_request is not None
+
+        def request_factory(
+            message: Any, payload: StreamReader, *args: Any, **kwargs: Any
+        ) -> BaseRequest:
+            payload.on_eof(self.request_done)
+            return make_request(message, payload, *args, **kwargs)
+
+        inner._request_factory = request_factory
 
     def _arm(self) -> None:
         if self.timer is None:
@@ -48,34 +66,36 @@ class HeaderDeadline(asyncio.Protocol):
             self.transport.abort()
 
     def request_done(self) -> None:
-        """The response is on its way: the next bytes start a new header block."""
+        """The request's body has all arrived: the next bytes start a new header block."""
         self.awaiting_headers = True
         self.tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.guards.by_transport[id(transport)] = self
-        self._arm()
+        self._arm()  # a connection that sends nothing is cut off too
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self.transport is not None:
-            self.guards.by_transport.pop(id(self.transport), None)
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self.awaiting_headers:
-            self._arm()
+            # `b"" + data` is `data` itself: the join copies only after a packet that
+            # ended inside a header block.
             if END_OF_HEADERS in self.tail + data:
                 self.awaiting_headers = False
                 self._disarm()
             else:
-                self.tail = data[-3:]
+                # The deadline runs from the block's first byte (or the connection's
+                # opening, armed then), not from this packet.
+                self._arm()
+                self.tail = (self.tail + data)[-3:]
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        self.inner.eof_received()
+        return None  # what aiohttp's handler means: the transport closes itself
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -109,16 +129,10 @@ class EnvelopeRequestHandler(RequestHandler):
 
 
 class Guards:
-    """The live connections' guards, so that a finished request re-arms its guard."""
+    """What a site's guards share: the count of connections they cut off."""
 
     def __init__(self) -> None:
-        self.by_transport: dict[int, HeaderDeadline] = {}
         self.cut_off = 0
-
-    async def on_response_prepare(self, request: web.Request, _: web.StreamResponse) -> None:
-        guard = self.by_transport.get(id(request.transport))
-        if guard is not None:
-            guard.request_done()
 
 
 class GuardedSite(web.TCPSite):

@@ -11,13 +11,16 @@ each). Every caller of `publish` returns only when the broker confirmed the mess
 holding its event, or raises `Unavailable` if it did not: each caller keeps exactly the
 guarantee of its own confirmed publish.
 
+A caller that stops waiting (cancelled: its own timeout) leaves its event in the batch:
+`GroupCommit` gives each item a future of its own, and a flush skips the futures
+already done, so no shield is needed around it (one less future a request).
+
 Batches never couple fates: each event is encoded on its own when it is handed over (an
 event that cannot be encoded fails its own caller, `Unencodable`, and never joins a
 batch), and a batch the broker refuses is split in halves until the refused event
 stands alone, so only its own caller hears of it.
 """
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
@@ -81,13 +84,13 @@ class BatchPublisher(Generic[Item]):
         """Returns once the message holding `item` is confirmed. `expires_in_s`: nobody
         waits for the item after that; a message whose every item has such a time
         expires in the queue at the latest of them (dead-lettered, not run late)."""
-        await asyncio.shield(self._messages.submit(_encode(item, expires_in_s)))
+        await self._messages.submit(_encode(item, expires_in_s))
 
     async def publish_encoded(self, encoded: bytes, *, expires_in_s: float | None = None) -> None:
         """`publish` of an item its caller encoded as JSON itself (the ingress's hot
         messages, services/ingress/run_messages.py: no model per request; results
         spliced from a worker's bytes, services/runner/runs.py)."""
-        await asyncio.shield(self._messages.submit(_wrap(encoded, expires_in_s)))
+        await self._messages.submit(_wrap(encoded, expires_in_s))
 
     def submit_encoded(self, encoded: bytes) -> "asyncio.Future[None]":
         """`publish_encoded` without a task to await it: the future is done once the
@@ -106,7 +109,7 @@ class BatchPublisher(Generic[Item]):
         through, and their caller hears the fate of that one message."""
         parts = [_encode(item, None).encoded for item in items]
         trace = tracing.carrier() if tracing.enabled() else {}
-        await asyncio.shield(self._messages.submit(_Encoded(b",".join(parts), None, trace)))
+        await self._messages.submit(_Encoded(b",".join(parts), None, trace))
 
     def publish_soon(self, item: Item) -> None:
         """Best effort: batched like `publish`, but nobody waits, and a failure is only

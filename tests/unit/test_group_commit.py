@@ -80,3 +80,36 @@ async def test_a_flush_may_answer_item_by_item_and_batches_stop_at_their_size() 
     assert flushed == [[4, 6], [13], [1]]
     assert [str(r) if r else None for r in results] == [None, None, "no 13", None]
     assert commit.flushes == 3
+
+
+async def test_a_caller_cancelled_while_awaiting_its_own_future_leaves_its_item() -> None:
+    """What `BatchPublisher` relies on, awaiting `submit`'s future without a shield: a
+    caller that stops waiting (its own timeout) before the flush cancels only its own
+    future; its item is flushed with the others, who hear their flush's fate."""
+    flushed: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def flush(items: list[int]) -> None:
+        flushed.append(items)
+        if len(flushed) == 1:
+            await gate.wait()
+
+    commit: GroupCommit[int] = GroupCommit(flush)
+    first = commit.submit(0)  # in flight
+    await asyncio.sleep(0)
+
+    async def wait_for(n: int) -> None:
+        await commit.submit(n)
+
+    waiting = [asyncio.create_task(wait_for(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0)
+    waiting[1].cancel()
+    gate.set()
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert [type(result).__name__ for result in results] == [
+        "NoneType",
+        "NoneType",
+        "CancelledError",
+        "NoneType",
+    ]
+    assert flushed == [[0], [1, 2, 3]]
