@@ -21,6 +21,7 @@ batch), and a batch the broker refuses is split in halves until the refused even
 stands alone, so only its own caller hears of it.
 """
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
