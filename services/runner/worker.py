@@ -38,6 +38,7 @@ from services.runner.worker_protocol import (
     Suspension,
     WorkItem,
     WorkSuspended,
+    encode_result,
     frame,
     frame_of,
     read_frame,
@@ -222,7 +223,7 @@ class Worker:
 
     def _finish(self, key: int, result: RunResult) -> None:
         try:
-            encoded = result.model_dump_json().encode()
+            encoded = encode_result(result)
         except ValueError as exc:  # pydantic's serialisation error: e.g. a lone surrogate
             error = FlowError(f"the run's result cannot be encoded: {str(exc)[:300]}")
             result = error_result(result.request_id, error, Outcome.FAILED, result.started_at)
