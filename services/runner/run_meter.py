@@ -72,11 +72,12 @@ class SliceMarker:
     # slice's times: the CPU time first, then the wall time, then the key; and leaving
     # clears the key only.
 
-    def enter(self, key: int, cpu_ns: int) -> None:
-        """Run `key` computes from now; `cpu_ns` is the thread's CPU time now (the
-        caller has read it for its own meter)."""
+    def enter(self, key: int, cpu_ns: int, since_ns: int | None = None) -> None:
+        """Run `key` computes from now; `cpu_ns` is the thread's CPU time now and
+        `since_ns` `time.monotonic_ns()` now (the caller has read them for its own
+        meter: one clock read less a slice; None: read here)."""
         _FIELD.pack_into(self._map, _CPU_SINCE, cpu_ns)
-        _FIELD.pack_into(self._map, _SINCE, time.monotonic_ns())
+        _FIELD.pack_into(self._map, _SINCE, time.monotonic_ns() if since_ns is None else since_ns)
         _FIELD.pack_into(self._map, _KEY, key)
 
     def leave(self) -> None:
@@ -153,8 +154,10 @@ class MeteredRun:
         stopped = False
         while True:
             started_ns = time.thread_time_ns()
-            self.marker.enter(self.key, started_ns)
-            wall_started_ns = time.perf_counter_ns()
+            # Read after the CPU clock, as `enter` would: the marker's wall time is the
+            # meter's too.
+            wall_started_ns = time.monotonic_ns()
+            self.marker.enter(self.key, started_ns, wall_started_ns)
             try:
                 if to_throw is not None:
                     yielded = coroutine.throw(to_throw)
@@ -163,7 +166,7 @@ class MeteredRun:
             except StopIteration as stop:
                 return stop.value
             finally:
-                spent_ns = time.perf_counter_ns() - wall_started_ns
+                spent_ns = time.monotonic_ns() - wall_started_ns
                 if spent_ns > SHORT_SLICE_NS:
                     spent_ns = time.thread_time_ns() - started_ns
                 spent = spent_ns / 1e9
