@@ -30,6 +30,7 @@ from services.runner.worker_protocol import (
     read_results,
     work_item,
 )
+from shared import heap
 from shared.schemas.vocabulary import Outcome
 
 
@@ -57,6 +58,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
     bounds = RunBounds()
     marker = SliceMarker.create()
     worker = Worker(bounds, marker)
+    heap.settle()  # as the worker's start-up ends (services/runner/worker.py `_main`)
     snapshot = FlowSnapshot(
         id="00000000-0000-0000-0000-000000000001",
         workspace_id="00000000-0000-0000-0000-0000000000aa",
