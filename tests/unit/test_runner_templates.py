@@ -80,3 +80,26 @@ def test_compiled_once(engine: TemplateEngine) -> None:
 def test_names_referenced(engine: TemplateEngine) -> None:
     names = engine.referenced_names("{{ web1.a }}{% for x in res1.value %}{{ x }}{% endfor %}")
     assert names == {"web1", "res1"}
+
+
+def test_the_sandbox_globals_reach_every_template_and_a_run_cannot_change_them(
+    engine: TemplateEngine,
+) -> None:
+    # A template's globals are a copy of the sandbox's (a dict, for speed): all of
+    # Jinja's are there, in text templates and single expressions alike.
+    assert engine.render_value("{{ range(3) | list }}", CONTEXT, "f") == [0, 1, 2]
+    assert engine.render_value("{{ dict(a=1) }}", CONTEXT, "f") == {"a": 1}
+    text = "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}"
+    assert engine.render_value(text + "{% endfor %}{{ ns.n }}", CONTEXT, "f") == 3
+    assert (
+        engine.render_value(
+            "{% set c = cycler('a', 'b') %}{{ c.next() }}{{ c.next() }}", CONTEXT, "f"
+        )
+        == "ab"
+    )
+    # A context value of a global's name shadows it for that render only.
+    assert engine.render_value("{{ range }}", {"range": 7}, "f") == 7
+    assert engine.render_value("{{ range(2) | list }}", CONTEXT, "f") == [0, 1]
+    compiled = engine.compile("{{ range(1) | list }}")
+    assert type(compiled.text.globals) is dict
+    assert compiled.text.globals.keys() == engine.env.globals.keys()
