@@ -162,6 +162,15 @@ class OutboundHttp:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
+    @property
+    def prepared(self) -> bool:
+        return self._session is not None or self._closed
+
+    def prepare(self) -> None:
+        """Import aiohttp and make the session now rather than at the first request (a
+        runner worker does it outside any run's metered CPU and slices)."""
+        self._the_session()
+
     def _the_session(self) -> "aiohttp.ClientSession":
         if self._session is None:
             if self._closed:
