@@ -24,13 +24,21 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
+from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from shared import tracing
 from shared.redaction import is_secret_header, safe_url
+
+if TYPE_CHECKING:
+    import aiohttp
+
+# aiohttp is imported where a request is made, not at the top: the runner's workers
+# import this module for every flow (the http step) but most never send a request, and
+# aiohttp's client costs ~0.2 s of CPU at each worker's start (its connector builds the
+# default SSL contexts when imported). The resolver, which subclasses aiohttp's, lives in
+# shared/guarded_resolver.py for the same reason.
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,40 +85,6 @@ class AddressPolicy:
         self.check(host, address)
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves with the system resolver, then refuses if any address is not allowed."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self.policy = policy
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
-        except socket.gaierror as exc:
-            raise OSError(f"cannot resolve {host}: {exc}") from exc
-        results: list[ResolveResult] = []
-        for family_, _, proto, _, sockaddr in infos:
-            address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
-            self.policy.check(host, address)
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=str(address),
-                    port=int(sockaddr[1]),
-                    family=family_,
-                    proto=proto,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            )
-        return results
-
-    async def close(self) -> None:
-        return None
-
-
 # Characters no URL an http step may call contains (RFC 3986 has no place for them;
 # WHATWG parsers read a backslash as a slash, others do not: refuse the ambiguity).
 # (A space is left to yarl, which encodes it: `?q={{ name }}` with "Ada Lovelace".)
@@ -154,6 +128,8 @@ async def check_destination(policy: AddressPolicy, url: str) -> URL:
         return target
     except ValueError:
         pass  # a name: resolve it
+    from shared.guarded_resolver import GuardedResolver  # lazily: see the imports
+
     try:
         await GuardedResolver(policy).resolve(target.host or "", target.port or 0, socket.AF_UNSPEC)
     except OSError as exc:
@@ -182,14 +158,39 @@ class OutboundHttp:
 
     def __init__(self, policy: AddressPolicy) -> None:
         self.policy = policy
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                resolver=GuardedResolver(policy), limit=200, ttl_dns_cache=None, use_dns_cache=False
-            ),
-            auto_decompress=True,
-            # No cookie jar: the session is shared by every workspace's runs.
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # Made at the first request (aiohttp is imported then: see the imports).
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    @property
+    def prepared(self) -> bool:
+        return self._session is not None or self._closed
+
+    def prepare(self) -> None:
+        """Import aiohttp and make the session now rather than at the first request (a
+        runner worker does it outside any run's metered CPU and slices)."""
+        self._the_session()
+
+    def _the_session(self) -> "aiohttp.ClientSession":
+        if self._session is None:
+            if self._closed:
+                raise RuntimeError("Session is closed")  # what aiohttp says after close
+            import aiohttp
+
+            from shared.guarded_resolver import GuardedResolver
+
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    resolver=GuardedResolver(self.policy),
+                    limit=200,
+                    ttl_dns_cache=None,
+                    use_dns_cache=False,
+                ),
+                auto_decompress=True,
+                # No cookie jar: the session is shared by every workspace's runs.
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
     async def request(
         self,
@@ -258,6 +259,9 @@ class OutboundHttp:
         connect_timeout_s: float | None,
         first_byte_timeout_s: float | None,
     ) -> tuple[int, dict[str, str], bytes]:
+        session = self._the_session()
+        import aiohttp  # loaded by _the_session: see the imports
+
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         for _ in range(self.MAX_REDIRECTS + 1):
             self.policy.check_literal(target)
@@ -266,7 +270,7 @@ class OutboundHttp:
                 try:
                     async with headers_due:
                         response = await stack.enter_async_context(
-                            self.session.request(
+                            session.request(
                                 method,
                                 target,
                                 headers=headers,
@@ -314,7 +318,9 @@ class OutboundHttp:
         raise OutboundRefused(f"more than {self.MAX_REDIRECTS} redirects")
 
     async def close(self) -> None:
-        await self.session.close()
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
 
 
 def is_retryable(status: int) -> bool:

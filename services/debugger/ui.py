@@ -23,7 +23,6 @@ from pathlib import Path
 
 import asyncpg
 from aiohttp import web
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel
 
 from services.debugger.legacy_copy import LegacyRequests, requests_source
@@ -123,29 +122,43 @@ class DebuggerUi:
         self.series = FlowSeries(pool)
         # The sparklines read every listed flow's last day: a slot like any listing.
         self.limiter = limiter
+        self.trace_url_template = trace_url_template
+        # Rendered at the first request, not at start: few debuggers are ever asked for
+        # the page, and jinja2's import and the compile cost ~30 ms of CPU at each start.
+        self._index_html: str | None = None
+        self.static = _load_static(ASSETS / "static")
+
+    async def redirect(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/ui/")
+
+    def index_html(self) -> str:
+        if self._index_html is None:
+            self._index_html = self._render_index()
+        return self._index_html
+
+    def _render_index(self) -> str:
+        # jinja2 is imported here, not at the top: see __init__.
+        from jinja2 import Environment, FileSystemLoader, select_autoescape
+
         env = Environment(
             loader=FileSystemLoader(ASSETS / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
         # Rendered once: the shell is the same for everyone and holds no data.
-        self.index_html = env.get_template("index.html").render(
+        return env.get_template("index.html").render(
             outcomes=sorted(RECORDED_OUTCOMES),
             modes=tuple(RunMode),
             replay_outcomes=sorted(REPLAY_FILTER_OUTCOMES),
             failed_outcomes=",".join(FAILED_OUTCOMES),
             # An attribute value, escaped by the template; the script only fills in the
             # id (URL-encoded) and links only http(s) (settings.py checks it too).
-            trace_url_template=trace_url_template or "",
+            trace_url_template=self.trace_url_template or "",
             waiting=Progress.WAITING,
         )
-        self.static = _load_static(ASSETS / "static")
-
-    async def redirect(self, request: web.Request) -> web.StreamResponse:
-        raise web.HTTPFound("/ui/")
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(
-            text=self.index_html,
+            text=self.index_html(),
             content_type="text/html",
             charset="utf-8",
             headers=SECURITY_HEADERS,

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import jwt
 import orjson
 import structlog
-from jwt.algorithms import RSAAlgorithm
 
 from services.ingress.fetched import MAX_FETCHES_IN_FLIGHT, FetchedByUrl
 from shared.outbound import OutboundHttp, OutboundRefused
@@ -173,6 +171,12 @@ class JwksCache:
 
 def _read_jwks(body: bytes) -> dict[str, Any]:
     """Key id -> RSA public key, of the RS256 signing keys of a JWKS document."""
+    # PyJWT (and the cryptography it loads) is imported here and in verify_push_token,
+    # not at the top: every ingress imports this module, few flows take Pub/Sub pushes,
+    # and it costs ~20 ms of CPU at each start.
+    import jwt
+    from jwt.algorithms import RSAAlgorithm
+
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -200,6 +204,8 @@ async def verify_push_token(
     token: str, audience: str, email: str, jwks_url: str | None, jwks: JwksCache
 ) -> str | None:
     """None when the push token holds, else why not (401). Raises JwksUnavailable."""
+    import jwt  # lazily: see _read_jwks
+
     try:
         header = jwt.get_unverified_header(token)
     except jwt.DecodeError:

@@ -29,7 +29,6 @@ from typing import Any
 import aiohttp
 import orjson
 import structlog
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -355,6 +354,10 @@ class SnsCertificates:
 def _read_certificate(body: bytes, shown: str) -> _Certificate:
     """An X.509 certificate in PEM with an RSA key of at least 2048 bits, else
     CertificateRefused saying what is wrong."""
+    # Imported here, not at the top: every ingress imports this module but few flows
+    # take SNS messages, and cryptography's x509 costs ~15 ms of CPU at each start.
+    from cryptography import x509
+
     try:
         certificate = x509.load_pem_x509_certificate(body)
     except ValueError:

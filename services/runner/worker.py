@@ -18,6 +18,7 @@ import sys
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 import uvloop
@@ -59,6 +60,16 @@ _PR_SET_PDEATHSIG = 1
 FLOW_CACHE_SIZE = 1000
 
 
+def _has_http_step(value: Any) -> bool:
+    """Whether a saved definition holds an `http` step anywhere (a loop's or an
+    `on_error`'s steps too). Anything else typed "http" only loads aiohttp early."""
+    if isinstance(value, dict):
+        return value.get("type") == "http" or any(_has_http_step(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_http_step(v) for v in value)
+    return False
+
+
 class Worker:
     def __init__(self, bounds: RunBounds, marker: SliceMarker) -> None:
         self.bounds = bounds
@@ -88,6 +99,17 @@ class Worker:
         self._flows.move_to_end(key)
         return flow
 
+    def _prepare_http(self, snapshot: FlowSnapshot) -> None:
+        """aiohttp is imported at the first flow with an `http` step, not at start (most
+        workers never send a request, and it costs ~0.2 s of CPU), and here, before the
+        run is metered: in its first request it would be charged to that run's CPU
+        budget and could hold one slice past FLOWHOOKS_RUNNER_RUN_SLICE_S. A flow already
+        parsed (cached) was checked at its first run."""
+        if self.http.prepared or (snapshot.id, snapshot.version) in self._flows:
+            return
+        if _has_http_step(snapshot.definition):
+            self.http.prepare()
+
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sender = asyncio.create_task(self._send_done(writer))
         writer.write(frame(b'{"ready":true}'))
@@ -115,6 +137,7 @@ class Worker:
             self._finish(key, error_result("", error, Outcome.FAILED, started_at))
             return
         structlog.contextvars.bind_contextvars(request_id=item.request.request_id)
+        self._prepare_http(item.flow)
         state = RunState(self.bounds)
         if item.resume is not None:  # after a `delay`: the run as it was stored
             state.trace = list(item.resume.trace)

@@ -32,6 +32,6 @@ def test_the_template_is_optional_and_checked() -> None:
 
 
 def test_the_page_carries_it_escaped() -> None:
-    shell = DebuggerUi(None, None, 'https://x.example/{trace_id}?q="><b>').index_html  # type: ignore[arg-type]
+    shell = DebuggerUi(None, None, 'https://x.example/{trace_id}?q="><b>').index_html()  # type: ignore[arg-type]
     assert 'data-trace-url-template="https://x.example/{trace_id}?q=&#34;&gt;&lt;b&gt;"' in shell
-    assert 'data-trace-url-template=""' in DebuggerUi(None, None).index_html  # type: ignore[arg-type]
+    assert 'data-trace-url-template=""' in DebuggerUi(None, None).index_html()  # type: ignore[arg-type]

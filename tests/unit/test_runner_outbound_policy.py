@@ -5,9 +5,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from shared.guarded_resolver import GuardedResolver
 from shared.outbound import (
     AddressPolicy,
-    GuardedResolver,
     OutboundHttp,
     OutboundRefused,
     parse_url,
