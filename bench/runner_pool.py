@@ -19,8 +19,8 @@ import uvloop
 from bench.__main__ import SYNC_FLOW
 from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
+from services.runner.flow_cache import without_auth
 from services.runner.pool import WorkerPool
-from services.runner.runs import without_auth
 from services.runner.worker_protocol import FlowSnapshot
 
 

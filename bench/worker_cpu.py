@@ -22,8 +22,8 @@ import uvloop
 from bench.measure import SYNC_FLOW
 from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
+from services.runner.flow_cache import without_auth
 from services.runner.run_meter import SliceMarker
-from services.runner.runs import without_auth
 from services.runner.worker import Worker
 from services.runner.worker_protocol import (
     RESULTS,

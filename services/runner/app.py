@@ -18,6 +18,7 @@ from services.runner.delays import DelayedRuns
 from services.runner.dispatcher import PacedDispatcher
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
+from services.runner.flow_cache import FlowCache
 from services.runner.flows_api import (
     FlowList,
     FlowListQuery,
@@ -30,7 +31,7 @@ from services.runner.learned_secrets import SecretLearning
 from services.runner.metrics import RunnerMetrics
 from services.runner.paced_runs import PacedRuns
 from services.runner.pool import WorkerPool
-from services.runner.runs import FlowCache, RunService, async_window
+from services.runner.runs import RunService, async_window
 from services.runner.settings import RunnerSettings
 from services.runner.source_store import SourceStore
 from services.runner.sources import (

@@ -2,7 +2,9 @@
 runs are answered on the caller's reply queue (the sender's answer), async runs are
 acked only after their outcomes were published. The flows themselves run in the worker
 pool (`pool.py`), never here. Either way `run.finished` carries the request, the result
-and the step trace to the debugger.
+and the step trace to the debugger. A sync run that needs nothing but its result, record
+and reply takes the direct path (direct_runs.py: `_run_one`'s steps in callback form);
+flows come from `FlowCache` (flow_cache.py).
 
 Async runs of paced flows (`webhook.ordering`, ...; pacing.py) are not run from their
 message: they are inserted into `runner.paced_runs` and the message is acked after the
@@ -36,20 +38,17 @@ cost the supervisor 7 % of a core); the ingress's per-workspace queued bounds bo
 many there can be."""
 
 import asyncio
-import contextlib
 import itertools
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import orjson
 import structlog
 
 from services.runner.callbacks import CallbackSender
 from services.runner.dedup import DedupKeys
-from services.runner.definition import WebhookCallback, WebhookTrigger
 from services.runner.delays import (
     DelayedRuns,
     WaitingBoundExceeded,
@@ -57,14 +56,15 @@ from services.runner.delays import (
     resumed_of,
     waiting_mark,
 )
+from services.runner.direct_runs import DirectMessage, DirectRuns
 from services.runner.drain_reports import DrainReports
 from services.runner.finished import FinishedRuns
+from services.runner.flow_cache import FlowCache
 from services.runner.metrics import RunnerMetrics
 from services.runner.paced_runs import PacedRuns
-from services.runner.pacing import Lane, Pacing
+from services.runner.pacing import Lane
 from services.runner.pool import WorkerPool
-from services.runner.store import FlowStore
-from services.runner.worker_protocol import Answered, FlowSnapshot, RunOutput, Suspension
+from services.runner.worker_protocol import Answered, RunOutput, Suspension
 from shared import tracing
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
 from shared.messaging import naming
@@ -74,13 +74,13 @@ from shared.messaging.contracts import PARKED_RUNS
 from shared.messaging.rpc import ERROR, RESULT, GroupedReplies, error_body
 from shared.retry import RetryPolicy
 from shared.schemas.runs import (
-    CURRENT_VERSION,
     RunFinished,
     RunProgress,
     RunResult,
     StartRun,
     StartRuns,
     error_result,
+    finished_json,
     progress_json,
     request_json,
 )
@@ -184,120 +184,6 @@ class _Ticket:
                 self.batch.decided.set()
 
 
-class _Direct:
-    """A sync message's runs on the direct path (`RunService._run_direct`): how many
-    are not done yet, their marks, and the tasks of those that went on another way."""
-
-    def __init__(self) -> None:
-        self.left = 0
-        self.marks: list[asyncio.Future[None]] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._all_done: asyncio.Future[None] | None = None
-
-    def done_one(self) -> None:
-        self.left -= 1
-        if self.left == 0 and self._all_done is not None and not self._all_done.done():
-            self._all_done.set_result(None)
-
-    def follow(self, step: Coroutine[Any, Any, None]) -> None:
-        """The run goes on in a task of its own (awaited by `finished`)."""
-        self._tasks.append(asyncio.get_running_loop().create_task(step))
-        self.done_one()
-
-    def failed(self, start: StartRun, reply_to: str, replies: GroupedReplies) -> None:
-        log.exception("direct_run_failed", request_id=start.request.request_id)
-        error = Unavailable("the runner cannot run the flow right now")
-        with contextlib.suppress(Exception):
-            replies.send(reply_to, start.request.request_id, ERROR, error_body(error))
-        self.done_one()
-
-    async def finished(self) -> None:
-        """Once every run is done (answered, or gone on in its task) and those tasks
-        ended."""
-        if self.left:
-            self._all_done = asyncio.get_running_loop().create_future()
-            await self._all_done
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-@dataclass(frozen=True)
-class CachedFlow:
-    snapshot: FlowSnapshot
-    snapshot_encoded: bytes  # encoded once: it goes to a worker with every run
-    timeout_s: float
-    # `webhook.callback` as stored (secret sealed); None: no completion callback.
-    callback: WebhookCallback | None = None
-    # Its ordering and pacing (pacing.py); None: its async runs start at once.
-    pacing: Pacing | None = None
-
-
-class FlowCache:
-    """Flows as saved, by id; reloaded when a request names a newer version. The
-    supervisor never parses templates: workers do (user code stays in them)."""
-
-    def __init__(self, store: FlowStore, size: int = 10_000) -> None:
-        self.store = store
-        self.size = size
-        self._flows: OrderedDict[str, CachedFlow] = OrderedDict()
-
-    def cached(self, flow_id: str, min_version: int) -> CachedFlow | None:
-        """The flow if its cached copy serves a run of `min_version` (no replay's):
-        what `get` returns without reading the store; None when `get` would read it."""
-        cached = self._flows.get(flow_id)
-        if (
-            cached is None
-            or min_version == CURRENT_VERSION
-            or cached.snapshot.version < min_version
-        ):
-            return None
-        self._flows.move_to_end(flow_id)
-        return cached
-
-    async def get(self, flow_id: str, min_version: int) -> CachedFlow | None:
-        cached = self._flows.get(flow_id)
-        # A replay (`CURRENT_VERSION`) always reads the flow afresh.
-        if (
-            cached is not None
-            and min_version != CURRENT_VERSION
-            and cached.snapshot.version >= min_version
-        ):
-            self._flows.move_to_end(flow_id)
-            return cached
-        row = await self.store.get(flow_id)
-        if row is None:
-            self._flows.pop(flow_id, None)
-            return None
-        snapshot = FlowSnapshot(
-            id=row.id,
-            workspace_id=row.workspace_id,
-            version=row.version,
-            definition={"name": row.name, "status": row.status, **without_auth(row.definition)},
-        )
-        trigger = WebhookTrigger.model_validate(row.definition.get("webhook", {}))
-        flow = CachedFlow(
-            snapshot,
-            snapshot.model_dump_json().encode(),
-            trigger.timeout_s,
-            trigger.callback,
-            Pacing.of(trigger),
-        )
-        self._flows[flow_id] = flow
-        if len(self._flows) > self.size:
-            self._flows.popitem(last=False)
-        return flow
-
-
-def without_auth(definition: dict[str, Any]) -> dict[str, Any]:
-    """The definition a worker gets: no `webhook.auth` nor `webhook.callback`. Their
-    secrets are sealed, but the workers run flow authors' templates and need none of it."""
-    webhook = definition.get("webhook")
-    if not isinstance(webhook, dict) or not {"auth", "callback"} & webhook.keys():
-        return definition
-    kept = {k: v for k, v in webhook.items() if k not in ("auth", "callback")}
-    return {**definition, "webhook": kept}
-
-
 class RunService:
     """The consumer of both run queues. A message holds one `StartRun` or many
     (`StartRuns`); its runs go to the worker pool together, each is recorded
@@ -350,7 +236,20 @@ class RunService:
         self.waiting_messages_max = waiting_messages_max
         self._waiting_messages: Counter[str] = Counter()
         self.runs_parked = 0  # for metrics and tests
-        self.runs_running = 0  # in the worker pool now (running or waiting for a slot)
+        # Runs in the worker pool now (running or waiting for a slot) that a task awaits;
+        # those on the direct path are counted by `direct` (`runs_running`: both).
+        self._runs_awaited = 0
+        # Sync runs that need nothing but their result, record and reply (direct_runs.py).
+        self.direct = DirectRuns(
+            flows,
+            pool,
+            finished,
+            replies,
+            finished_runs,
+            self.metrics,
+            conclude=self._conclude,
+            record_and_answer=self._record_and_answer,
+        )
         # Parked runs, group-committed: those parked while a publish awaits its confirm
         # go together in the next message, so under load a backlog of one-run messages
         # comes back as a few large ones (less churn per TTL).
@@ -364,6 +263,11 @@ class RunService:
         # Called once paced runs were inserted, with when the first of them may start
         # (wakes this replica's dispatcher then).
         self.on_paced: Callable[[datetime], None] = lambda due: None
+
+    @property
+    def runs_running(self) -> int:
+        """Runs in the worker pool now (running or waiting for a slot)."""
+        return self._runs_awaited + self.direct.running
 
     async def on_sync_runs(self, runs: StartRuns, delivery: Delivery) -> None:
         await self._take(runs.items, delivery, reply_to=delivery.reply_to)
@@ -395,14 +299,16 @@ class RunService:
             if not starts:
                 return
         if reply_to is not None:
-            direct = _Direct()
-            others = [start for start in starts if not self._run_direct(start, reply_to, direct)]
+            # Runs that need nothing but a record and a reply go on from callbacks
+            # (direct_runs.py); the others each in a task (`_one`).
+            message = DirectMessage()
+            others = [start for start in starts if not self.direct.run(start, reply_to, message)]
             await asyncio.gather(
                 *(self._one(start, reply_to) for start in others),
-                direct.finished(),
+                message.finished(),
                 return_exceptions=True,
             )
-            await self.finished_runs.settle(direct.marks)
+            await self.finished_runs.settle(message.marks)
             return
         batch = _Batch(len(starts))
         runs = asyncio.gather(
@@ -426,122 +332,6 @@ class RunService:
                 if failed
                 else f"{len(batch.parked)} async runs not parked"
             )
-
-    def _run_direct(self, start: StartRun, reply_to: str, direct: "_Direct") -> bool:
-        """A sync run on the direct path, if it can take it (False: it goes the way of
-        any run, `_one`): a run of a cached flow that nothing but its result, record and
-        reply concern (no dedup key, replay check, early accept, resume or repeat; traces
-        off). It goes to the pool at once and on from callbacks: recorded when done,
-        answered once confirmed, its mark handed over for the message to wait for; no
-        task, timer or span of its own. Whatever else its result needs (a suspension,
-        a record tried again, an error) goes on in a task (`_Direct.follow`) where
-        `_run_one` would have gone on. The same steps and order as `_run_one`."""
-        if (
-            start.dedup_key is not None
-            or start.resume is not None
-            or start.repeated is not None
-            or start.unless_paused
-            or start.accept_on_timeout
-            or tracing.enabled()
-        ):
-            return False
-        request = start.request
-        flow = self.flows.cached(request.flow_id, start.flow_version)
-        if flow is None:
-            return False
-        timeout_s = flow.timeout_s
-        if start.deadline is not None:
-            # Its caller's deadline: past it, `_execute` records it `expired`.
-            timeout_s = min(timeout_s, (start.deadline - datetime.now(UTC)).total_seconds())
-            if timeout_s <= 0:
-                return False
-        encoded = request_json(request)
-        ran = self.pool.submit_encoded(
-            request.request_id, encoded, flow.snapshot, flow.snapshot_encoded, timeout_s
-        )
-        self.runs_running += 1
-        direct.left += 1
-        ran.add_done_callback(lambda done: self._ran_direct(start, encoded, reply_to, direct, done))
-        return True
-
-    def _ran_direct(
-        self,
-        start: StartRun,
-        request: bytes,
-        reply_to: str,
-        direct: "_Direct",
-        ran: "asyncio.Future[RunOutput | Suspension]",
-    ) -> None:
-        self.runs_running -= 1
-        result = None if ran.cancelled() or ran.exception() else ran.result()
-        if not isinstance(result, RunOutput):  # a suspension to store, or an error
-            direct.follow(self._go_on(start, self._concluded(start, request, reply_to, ran)))
-            return
-        try:
-            self.metrics.observe_run(result.outcome, result.duration_s)
-            confirmed = self.finished.submit_encoded(_record_of(request, result))
-        except Exception:  # a bug: its caller hears, the message is not held forever
-            direct.failed(start, reply_to, self.replies)
-            return
-        confirmed.add_done_callback(
-            lambda done: self._recorded_direct(start, request, result, reply_to, direct, done)
-        )
-
-    def _recorded_direct(
-        self,
-        start: StartRun,
-        request: bytes,
-        result: RunOutput,
-        reply_to: str,
-        direct: "_Direct",
-        confirmed: "asyncio.Future[None]",
-    ) -> None:
-        if confirmed.cancelled() or confirmed.exception() is not None:
-            # Tried again for as long as its caller waits, as any sync run's record.
-            direct.follow(
-                self._go_on(start, self._record_and_answer(start, request, result, reply_to))
-            )
-            return
-        request_id = start.request.request_id
-        try:
-            self.replies.send(reply_to, request_id, RESULT, result.encoded)
-            direct.marks.append(self.finished_runs.mark_soon(request_id))
-        except Exception:  # a bug: its caller hears, the message is not held forever
-            direct.failed(start, reply_to, self.replies)
-            return
-        direct.done_one()
-
-    async def _concluded(
-        self,
-        start: StartRun,
-        request: bytes,
-        reply_to: str,
-        ran: "asyncio.Future[RunOutput | Suspension]",
-    ) -> None:
-        """A direct run's result that needs more than a record and a reply (a suspension
-        to store or hand over), or its run that failed in the pool: as in `_run_one`."""
-        try:
-            result = ran.result()
-        except Exception:
-            log.exception("run_not_started")
-            error = Unavailable("the runner cannot run the flow right now")
-            self.replies.send(reply_to, start.request.request_id, ERROR, error_body(error))
-            raise
-        await self._conclude(start, request, result, reply_to)
-
-    async def _go_on(self, start: StartRun, step: Coroutine[Any, Any, None]) -> None:
-        """A direct run going on in a task: in its request's span and log context, as in
-        `_one`."""
-        structlog.contextvars.bind_contextvars(request_id=start.request.request_id)
-        with tracing.processing(
-            naming.SYNC_RUNS_QUEUE,
-            start.request.trace,
-            **{
-                "flowhooks.request_id": start.request.request_id,
-                "flowhooks.flow_id": start.request.flow_id,
-            },
-        ):
-            await step
 
     async def _hold_paced(self, starts: list[StartRun]) -> list[StartRun]:
         """Inserts the runs of paced flows into `runner.paced_runs` (their message is
@@ -954,13 +744,13 @@ class RunService:
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
             self.started.publish_encoded_soon(progress_json(encoded_request, datetime.now(UTC)))
-        self.runs_running += 1
+        self._runs_awaited += 1
         try:
             return await self.pool.run_encoded(
                 request.request_id, encoded_request, snapshot, snapshot_encoded, timeout_s, resume
             )
         finally:
-            self.runs_running -= 1
+            self._runs_awaited -= 1
             if held:
                 assert ticket is not None
                 self._release(ticket.batch, request.workspace_id)
@@ -968,9 +758,4 @@ class RunService:
     async def _record(self, request: bytes, result: RunOutput) -> None:
         """`run.finished` (confirmed) of the request and the result, both as encoded:
         a `RunFinished` spliced of them."""
-        await self.finished.publish_encoded(_record_of(request, result))
-
-
-def _record_of(request: bytes, result: RunOutput) -> bytes:
-    """A `RunFinished` spliced of the request and the result, both as encoded."""
-    return b'{"request":' + request + b',"result":' + result.encoded + b"}"
+        await self.finished.publish_encoded(finished_json(request, result.encoded))

@@ -230,6 +230,13 @@ def progress_json(request: bytes, at: datetime) -> bytes:
     return b'{"request":' + request + b',"at":' + at_json + b',"resume_at":null}'
 
 
+def finished_json(request: bytes, result: bytes) -> bytes:
+    """`RunFinished(request=..., result=...).model_dump_json()`'s bytes, spliced of the
+    request (`request_json`) and the result as encoded: the runner records every run
+    with the bytes it already has."""
+    return b'{"request":' + request + b',"result":' + result + b"}"
+
+
 class RunsProgressed(BaseModel):
     """The body of `request.queued` (ingress, once async requests are durably queued)
     and `run.started` (runner, as it starts async runs); both batched and best effort:

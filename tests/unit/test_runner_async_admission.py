@@ -15,9 +15,9 @@ import pytest
 
 from harness.factories import webhook_request
 from services.runner.drain_reports import DrainReports
+from services.runner.flow_cache import CachedFlow
 from services.runner.runs import (
     REPEATED_AFTER_CRASH,
-    CachedFlow,
     RunService,
     async_window,
     park_mark,

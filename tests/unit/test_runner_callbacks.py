@@ -21,7 +21,7 @@ from services.runner.callbacks import (
     webhook_id,
 )
 from services.runner.definition import SealedSecret, WebhookCallback, parse_definition
-from services.runner.runs import without_auth
+from services.runner.flow_cache import without_auth
 from services.runner.templates import TemplateEngine
 from services.runner.webhook_secrets import (
     held_callback_secret,

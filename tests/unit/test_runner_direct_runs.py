@@ -1,4 +1,4 @@
-"""A sync message's runs on the direct path (services/runner/runs.py, `_run_direct`):
+"""A sync message's runs on the direct path (services/runner/direct_runs.py, `DirectRuns`):
 each is recorded when its result comes, answered once its record is confirmed (not
 when the message's other runs are done), marked finished before the message is done;
 a record the broker refuses is tried again before the answer; runs the path does not
@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 
 from harness.factories import webhook_request
-from services.runner.runs import CachedFlow, RunService
+from services.runner.flow_cache import CachedFlow
+from services.runner.runs import RunService
 from services.runner.worker_protocol import FlowSnapshot, RunOutput
 from shared.errors import Unavailable
 from shared.messaging import naming
