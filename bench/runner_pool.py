@@ -1,6 +1,6 @@
 """`python -m bench.runner_pool [--seconds S]`: the runner's worker hop alone, without
 the broker, the ingress or the database: a real `WorkerPool` with real worker
-processes runs the bench's sync flow (bench/__main__.py `SYNC_FLOW`) for one workspace,
+processes runs the bench's sync flow (bench/measure.py `SYNC_FLOW`) for one workspace,
 `--in-flight` runs at once, handed over in bursts of `--burst` (as a broker message of
 `StartRuns` hands them), for `--seconds` after a warm-up. Prints the CPU per run of the
 supervisor's process (this one: the pool's side, placement, frames, results) and of its
@@ -16,7 +16,7 @@ from typing import Any
 
 import uvloop
 
-from bench.__main__ import SYNC_FLOW
+from bench.measure import SYNC_FLOW
 from harness.factories import webhook_request
 from services.runner.bounds import RunBounds
 from services.runner.flow_cache import without_auth
