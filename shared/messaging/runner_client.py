@@ -10,11 +10,11 @@ the runners, many to a message (group commit, `BatchPublisher`):
   grouping the replies that are ready together (`rpc.REPLIES`).
 """
 
+import asyncio
 from typing import TypeVar
 
 from pydantic import BaseModel
 
-from shared.deadline import Deadline
 from shared.errors import Timeout
 from shared.messaging.batching import BatchPublisher, Unencodable
 from shared.messaging.connection import Broker
@@ -74,7 +74,7 @@ class RunnerClient:
         part of its fields, which reads only those)."""
         reply = self.rpc.expect(request_id)
         try:
-            with Deadline(timeout_s):  # asyncio.timeout's mechanism, cheaper
+            async with asyncio.timeout(timeout_s):
                 await self._sync_runs.publish_encoded(
                     encoded, expires_in_s=None if keep_queued else timeout_s
                 )
