@@ -1,7 +1,8 @@
-"""`python -m bench` (`make bench`): the ceiling, Node-RED when installed, then the
-system, every scenario with the load generator in its own process; writes
-`bench/results/<date>.json` and `.md`. Bounded: every scenario runs a fixed number of
-seconds; the whole run takes 3-4 minutes on a 2-core machine.
+"""`python -m bench` (`make bench`): the ceiling, Node-RED when installed, the
+architecture alone (bench/pattern.py), then the system, every scenario with the load
+generator in its own process; writes `bench/results/<date>.json` and `.md`. Bounded:
+every scenario runs a fixed number of seconds; the whole run takes 4-5 minutes on a
+2-core machine.
 
 The load generator of the closed loops (50 connections) is `wrk` when it is on PATH
 (Debian's package, as in issue 29's figures), else bench/loadgen.py (Python); the
@@ -11,12 +12,13 @@ Node-RED (optional, like promtool): FLOWHOOKS_BENCH_NODE_RED=/path/to/node-red o
 `node-red` on PATH (bench/nodered.py); without it the report says "not installed".
 
 Scenarios (each reported as a ratio to the ceiling measured in the same run):
-ceiling, Node-RED, sync, async (closed loop, then open loop at half the closed-loop
-rate: p99 at half of saturation), paused, unauthorized, xml, runners (sync, and an
-I/O-bound flow whose `http` step waits 50 ms on a local endpoint, with 1, 2 and 4
-runner processes), debugger (every accepted async request stored, and the lag until
-the last one was). Under the sync and async closed loops, the per-hop CPU budget per
-request and the mean items per broker message on every hop (bench/budget.py's table).
+ceiling, Node-RED, the pattern's sync and async, sync, async (closed loop, then open
+loop at half the closed-loop rate: p99 at half of saturation), paused, unauthorized,
+xml, runners (sync, and an I/O-bound flow whose `http` step waits 50 ms on a local
+endpoint, with 1, 2 and 4 runner processes), debugger (every accepted async request
+stored, and the lag until the last one was). Under the sync and async closed loops,
+the per-hop CPU budget per request and the mean items per broker message on every hop
+(bench/budget.py's table).
 """
 
 import argparse
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from bench import nodered, wrk
+from bench import nodered, pattern, wrk
 from bench.budget import table as budget_table
 from bench.measure import (
     RESULTS,
@@ -68,6 +70,12 @@ def measure_peers(args: argparse.Namespace, generator: str) -> dict[str, Any]:
                 "ceiling", pid, load, args.seconds, args.concurrency, "python"
             )
     results["node_red"] = nodered.measure(args.seconds, args.concurrency, generator, args.warmup)
+    # The architecture with none of flowhooks' work (bench/pattern.py): how far the aims,
+    # ratios to the bare ceiling, are reachable at all on the machine of this run.
+    for kind, result in pattern.measure(
+        args.seconds, args.concurrency, generator, args.warmup
+    ).items():
+        results[f"pattern_{kind}"] = result
     return results
 
 
@@ -163,7 +171,12 @@ def summary(results: dict[str, Any]) -> list[str]:
             f" p50 {node_red['p50_ms']} / p99 {node_red['p99_ms']} ms, {node_red['statuses']}"
         )
     for kind, aim in AIMS.items():
-        lines.append(f"{kind}: ratio {results[kind]['ratio_to_ceiling']} (aim ≥ {aim})")
+        found, floor = results[kind], results[f"pattern_{kind}"]
+        lines.append(
+            f"{kind}: ratio {found['ratio_to_ceiling']} (aim ≥ {aim}); the architecture alone"
+            f" (bench/pattern.py) {floor['ratio_to_ceiling']}, so flowhooks reaches"
+            f" {found['rps'] / floor['rps']:.2f} of its own architecture's rate"
+        )
     for kind in AIMS:
         half = results[f"{kind}_open_loop_half"]
         lines.append(
