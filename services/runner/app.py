@@ -195,7 +195,10 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         paced=paced,
         waiting=BatchPublisher(kernel.broker, RUN_WAITING),
         delays=delays,
+        started_after_s=settings.runner_record_started_after_s,
     )
+    if runs.held_starts is not None:
+        kernel.on_shutdown(runs.held_starts.close)  # its timer, after the paced runs' drain
     # Paced flows' runs (webhook.ordering, ...): claimed from the database by every
     # replica's dispatcher (dispatcher.py).
     dispatcher = PacedDispatcher(

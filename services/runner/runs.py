@@ -64,6 +64,7 @@ from services.runner.metrics import RunnerMetrics
 from services.runner.paced_runs import PacedRuns
 from services.runner.pacing import Lane
 from services.runner.pool import WorkerPool
+from services.runner.started_hold import HeldStarts
 from services.runner.worker_protocol import Answered, RunOutput, Suspension
 from shared import tracing
 from shared.errors import Conflict, FlowError, NotFound, Timeout, Unavailable
@@ -209,6 +210,7 @@ class RunService:
         paced: PacedRuns | None = None,
         waiting: BatchPublisher[RunProgress] | None = None,
         delays: DelayedRuns | None = None,
+        started_after_s: float = 0.0,
     ) -> None:
         self.broker = broker
         self.metrics = metrics if metrics is not None else RunnerMetrics()
@@ -218,6 +220,13 @@ class RunService:
         self.finished = finished
         # run.started events (None: not sent): best effort, batched, never awaited.
         self.started = started
+        # Async runs announced only once they have run `started_after_s` (None: at once,
+        # as they start): most end within ms, and then send no run.started at all.
+        self.held_starts = (
+            HeldStarts(started.publish_encoded_soon, started_after_s)
+            if started is not None and started_after_s > 0
+            else None
+        )
         self.replies = replies
         self.finished_runs = finished_runs
         self.dedup_keys = dedup_keys
@@ -699,7 +708,7 @@ class RunService:
     ) -> RunOutput | Suspension:
         """`encoded_request`: `start.request`, encoded. `ticket`: an async run, admitted
         (`_admit`) just before it goes to the pool. `announce`: publish `run.started`
-        once it does."""
+        once it does (after `held_starts`' hold, if it is still going then)."""
         request = start.request
         started_at = datetime.now(UTC)
         if start.deadline is not None and start.deadline <= started_at:
@@ -741,9 +750,17 @@ class RunService:
                 held = self._admit(start, ticket.batch)
             finally:
                 ticket.decide()
+        held_start: int | None = None
         if announce and self.started is not None:
             # Best effort, batched, not awaited: lets the debugger show `running`.
-            self.started.publish_encoded_soon(progress_json(encoded_request, datetime.now(UTC)))
+            if self.held_starts is not None and not start.accept_on_timeout:
+                # Only if the run is still going after the hold (started_hold.py).
+                held_start = self.held_starts.hold(encoded_request, started_at)
+            else:
+                # At once: a sync run accepted on its timeout has no other record while
+                # it runs, and its caller is sent to the status URL at that timeout,
+                # which may be shorter than the hold.
+                self.started.publish_encoded_soon(progress_json(encoded_request, datetime.now(UTC)))
         self._runs_awaited += 1
         try:
             return await self.pool.run_encoded(
@@ -751,6 +768,9 @@ class RunService:
             )
         finally:
             self._runs_awaited -= 1
+            if held_start is not None:
+                assert self.held_starts is not None
+                self.held_starts.withdraw(held_start)
             if held:
                 assert ticket is not None
                 self._release(ticket.batch, request.workspace_id)

@@ -108,6 +108,14 @@ class RunnerSettings(DatabaseSettings, WebhookSecretsSettings, _Sections):
     runner_event_batch: int = Field(default=200, ge=1)
     # Tell the debugger when an async run starts (outcome `running`).
     runner_record_started: bool = True
+    # ... only once it has run this long (announced between this and twice this after
+    # it started; services/runner/started_hold.py): a run that ends sooner sends no
+    # run.started, and its record goes from `queued` to its outcome. Most async runs
+    # end within milliseconds, so their `running` was a message at every hop for a state
+    # nobody could see; 0.1 s is below what a person or a status poller notices, and a
+    # hold of ms would still catch runs waiting a moment for a worker under load.
+    # 0: at once, as each starts.
+    runner_record_started_after_s: float = Field(default=0.1, ge=0)
     # Paced flows (webhook.ordering, ...; services/runner/paced_runs.py): a claimed run's
     # lease (renewed every third of it while it runs; a dead replica's runs are taken
     # over once it lapses), how long a run waits for earlier runs of its key still on
