@@ -49,6 +49,7 @@ from bench.measure import (
     system_bench,
     webhook_load,
 )
+from bench.pattern import PROCESSES
 from harness.system import REPO, free_port
 
 # Issue 29's aims, as ratios to the ceiling of the same run, and p99 at half load.
@@ -202,8 +203,14 @@ def scenario_table(results: dict[str, Any]) -> list[str]:
     for name, result in results.items():
         if isinstance(result, dict) and "rps" in result:
             cpu = result.get("cpu_ms_per_request", {})
-            # The ceiling's and Node-RED's own process stand in the ingress's place.
-            cpu = {"ingress": cpu.get("ceiling", cpu.get("node_red")), **cpu}
+            # The ceiling's and Node-RED's own process stand in the ingress's place, the
+            # pattern's worker and sink in the runner's and the debugger's.
+            cpu = {
+                "ingress": cpu.get("ceiling", cpu.get("node_red", cpu.get("pattern_ingress"))),
+                "runner": cpu.get("pattern_worker"),
+                "debugger": cpu.get("pattern_sink"),
+                **cpu,
+            }
             per_service = " / ".join(
                 str(cpu.get(service, "-"))
                 for service in ("ingress", "runner", "debugger", "rabbitmq", "postgresql")
@@ -213,6 +220,37 @@ def scenario_table(results: dict[str, Any]) -> list[str]:
                 f"| {result['ratio_to_ceiling']} | {result['p50_ms']} | {result['p99_ms']} "
                 f"| {result['statuses']} | {per_service} |"
             )
+    return lines
+
+
+# Each flowhooks hop beside the pattern's process doing its part (bench/pattern.py).
+BESIDE_PATTERN = (
+    ("ingress", ("ingress",), ("pattern_ingress",)),
+    ("runner (supervisor and workers) / worker", ("runner",), ("pattern_worker",)),
+    ("debugger and PostgreSQL / sink", ("debugger", "postgresql"), ("pattern_sink",)),
+    ("RabbitMQ", ("rabbitmq",), ("rabbitmq",)),
+)
+
+
+def pattern_table(results: dict[str, Any]) -> list[str]:
+    """CPU ms a request of each hop, flowhooks beside the architecture alone, in the
+    same run: what flowhooks' own work costs on each hop."""
+    lines = [
+        "| CPU ms a request: flowhooks / the pattern (x) | sync | async |",
+        "|---|---|---|",
+    ]
+    everything = sum((hop[1] for hop in BESIDE_PATTERN), ())
+    rows = [*BESIDE_PATTERN, ("all", everything, (*PROCESSES, "rabbitmq"))]
+    for label, ours, theirs in rows:
+        cells = []
+        for kind in ("sync", "async"):
+            found = results[kind]["cpu_ms_per_request"]
+            floor = results[f"pattern_{kind}"]["cpu_ms_per_request"]
+            mine = sum(found.get(key, 0.0) for key in ours)
+            base = sum(floor.get(key, 0.0) for key in theirs)
+            ratio = f" ({mine / base:.1f})" if base else ""
+            cells.append(f"{mine:.3f} / {base:.3f}{ratio}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -277,6 +315,10 @@ def main() -> None:
         *summary(results),
         "",
         *scenario_table(results),
+        "",
+        "Each hop beside the architecture alone (bench/pattern.py):",
+        "",
+        *pattern_table(results),
         "",
         "Per-hop CPU budget per request and items per broker message (bench/budget.py):",
         "",
