@@ -74,7 +74,7 @@ from shared.messaging.permissions import ServiceAccess
 from shared.messaging.rpc import GroupedReplies
 from shared.outbound import AddressPolicy, OutboundHttp
 from shared.schemas.access import FlowOwner, FlowOwnerQuery
-from shared.schemas.runs import RunFinished
+from shared.schemas.runs import RunFinished, RunProgress
 from shared.secret_box import SecretBox
 from shared.service import Database, Kernel, ServiceSpec
 
@@ -167,6 +167,8 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
     kernel.periodic("drain_reports", settings.runner_drain_report_interval_s, drain_reports.flush)
     kernel.on_shutdown(drain_reports.flush)
     paced = PacedRuns(kernel.pool, settings.runner_paced_lease_s, settings.runner_paced_settle_s)
+    # `running` and a delay's `waiting` through one publisher: in the order handed over.
+    progress: BatchPublisher[RunProgress] = BatchPublisher(kernel.broker, RUN_STARTED)
     delays = DelayedRuns(
         kernel.pool,
         kernel.broker,
@@ -174,6 +176,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         max_state_bytes=settings.runner_delay_max_state_bytes,
         max_run_state_bytes=settings.runner_delay_max_run_state_bytes,
         resume_batch=settings.runner_delay_resume_batch,
+        progress=progress,
     )
     kernel.periodic("delays_resume", settings.runner_delay_poll_s, delays.resume_due)
     runs = RunService(
@@ -181,7 +184,7 @@ async def wire(kernel: Kernel[RunnerSettings]) -> None:
         FlowCache(store),
         workers,
         finished,
-        BatchPublisher(kernel.broker, RUN_STARTED) if settings.runner_record_started else None,
+        progress if settings.runner_record_started else None,
         replies,
         finished_runs,
         dedup_keys,

@@ -116,7 +116,12 @@ class DelayedRuns:
         max_state_bytes: int,
         max_run_state_bytes: int = 8 * 1024 * 1024,
         resume_batch: int = 500,
+        progress: BatchPublisher[RunProgress] | None = None,
     ) -> None:
+        """`progress`: the runner's `run.started` publisher, where `waiting` goes too (by
+        default one of its own): one publisher sends in the order it is handed to, so a
+        run's `running` (handed over by the run.started hold's tick, just before the run
+        may stop in a delay) always reaches the debugger before its `waiting`."""
         self.pool = pool
         self.max_run_state_bytes = max_run_state_bytes
         self.max_waiting_runs = max_waiting_runs
@@ -125,7 +130,9 @@ class DelayedRuns:
         # Resumed runs to the async-runs queue, many to a message, each confirmed.
         self._resumes: BatchPublisher[StartRun] = BatchPublisher(broker, ASYNC_RUNS)
         # `waiting` with the resume time, for the debugger and the status URL.
-        self._waiting: BatchPublisher[RunProgress] = BatchPublisher(broker, RUN_STARTED)
+        self._waiting: BatchPublisher[RunProgress] = (
+            progress if progress is not None else BatchPublisher(broker, RUN_STARTED)
+        )
         self._stores: GroupCommit[_ToStore] = GroupCommit(
             self._store_batch, max_items=500, max_size=32 * 1024 * 1024, size=_size
         )

@@ -21,8 +21,9 @@ future and no publish for a run that ends within the hold.
 A run withdraws its token when `RunService._execute` returns, whatever it returned:
 a run that stopped in a `delay` step within the hold sends no `running`, only its
 `waiting` (services/runner/delays.py); one that stopped later had its `running`
-handed to the publisher before its `waiting` was (so `waiting`, same rank, is written
-after it, as before this hold)."""
+handed to the publisher before its `waiting` was, and both go through the same
+publisher (services/runner/app.py), which sends in that order: `waiting`, same rank,
+is written after it."""
 
 import asyncio
 from collections.abc import Callable

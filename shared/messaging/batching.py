@@ -81,6 +81,11 @@ class BatchPublisher(Generic[Item]):
         )
         self.messages_sent = 0
 
+    @property
+    def pending(self) -> int:
+        """Items handed over and not yet in a message on its way."""
+        return self._messages.pending
+
     async def publish(self, item: Item, *, expires_in_s: float | None = None) -> None:
         """Returns once the message holding `item` is confirmed. `expires_in_s`: nobody
         waits for the item after that; a message whose every item has such a time

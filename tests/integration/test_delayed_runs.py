@@ -17,8 +17,17 @@ from services.runner.delays import DelayedRuns, WaitingBoundExceeded
 from services.runner.worker_protocol import FlowSnapshot, Resumed, Suspension
 from shared.db import open_pool
 from shared.messaging import topology
+from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
-from shared.schemas.runs import StartRun, StartRuns
+from shared.messaging.contracts import RUN_STARTED
+from shared.schemas.runs import (
+    RunProgress,
+    RunsProgressed,
+    StartRun,
+    StartRuns,
+    progress_json,
+    request_json,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +107,51 @@ async def test_stored_within_bounds_then_resumed_once_confirmed(
     assert await delays.fresh_copies([resumed]) == []
     parked = resumed.model_copy(update={"parked": 1})
     assert await delays.fresh_copies([parked]) == [parked]
+
+
+class HeldBroker:
+    """The `run.started` publisher's broker, holding its first message until released:
+    a flush in flight, as under load, with what comes meanwhile queued behind it."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.items: list[tuple[str, bool]] = []  # request id, with a resume time
+
+    async def publish(self, body: bytes, **_: object) -> None:
+        if not self.items:
+            await self.release.wait()
+        for item in RunsProgressed.model_validate_json(body).items:
+            self.items.append((item.request.request_id, item.resume_at is not None))
+
+
+async def test_waiting_goes_through_the_runner_progress_publisher_after_running(
+    parts: tuple[asyncpg.Pool, Broker],
+) -> None:
+    """A run announced `running` by the run.started hold's tick while a flush is in
+    flight, then stopped in a delay: its `waiting` reaches the debugger after its
+    `running`, since both go through one publisher (two publishers would send the
+    `waiting` at once, ahead of the `running` still queued)."""
+    pool, broker = parts
+    held = HeldBroker()
+    progress: BatchPublisher[RunProgress] = BatchPublisher(held, RUN_STARTED)  # type: ignore[arg-type]
+    delays = DelayedRuns(
+        pool, broker, max_waiting_runs=5, max_state_bytes=1_000_000, progress=progress
+    )
+    start, suspension = waiting("r1", 60)
+    now = datetime.now(UTC)
+    progress.publish_encoded_soon(
+        progress_json(request_json(webhook_request({}, request_id="other")), now)
+    )
+    await asyncio.sleep(0)  # that flush is in flight, held
+    progress.publish_encoded_soon(progress_json(request_json(start.request), now))
+    storing = asyncio.create_task(delays.store(start, suspension))
+
+    async def queued_behind_the_flush() -> None:  # the run's `running`, then its `waiting`
+        while progress.pending < 2:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(queued_behind_the_flush(), 10)
+    held.release.set()
+    await asyncio.wait_for(storing, 10)
+    await progress.drain()
+    assert held.items == [("other", False), ("r1", False), ("r1", True)]
