@@ -8,10 +8,13 @@ process is: a channel, a classic queue, the quorum queues' write-ahead log
 Divided by the requests answered in the window: reductions a request. Reductions count
 work done, not time waited, so they move less with the machine's load than CPU
 seconds do; but the broker serves every vhost of the machine, so run it when nothing
-else uses the broker. Needs `rabbitmqctl` of the local broker."""
+else uses the broker. Needs `rabbitmqctl` of the local broker. `--pattern-pads 0 800
+2000`: the pattern alone with its items padded, how the broker's work grows with the
+bytes of its messages."""
 
 import argparse
 import asyncio
+import json
 import re
 import subprocess
 import threading
@@ -102,12 +105,37 @@ def measure(warmup: float) -> dict[str, dict[str, Any]]:
     return found
 
 
+def measure_item_bytes(pads: list[int], warmup: float) -> dict[str, dict[str, Any]]:
+    """The pattern alone with its body padded by each of `pads` bytes (the body travels
+    in every hop's items): how the broker's work grows with the bytes it is given."""
+    found: dict[str, dict[str, Any]] = {}
+    with fresh_vhost() as amqp_url, pattern.running(amqp_url) as (_, url):
+        for pad in pads:
+            body = json.dumps({**json.loads(SMALL_JSON), "pad": "x" * pad})
+            for kind in ("sync", "async"):
+                load = {"url": f"{url}/v1/flow-webhook/{kind}", "body": body}
+                found[f"pattern {kind}, body padded by {pad} bytes"] = under_load(load, warmup)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--warmup", type=float, default=4.0, help="unmeasured seconds first")
     parser.add_argument("--top", type=int, default=10, help="process kinds listed")
+    parser.add_argument(
+        "--pattern-pads",
+        type=int,
+        nargs="+",
+        metavar="BYTES",
+        help="instead: the pattern alone, its body padded by each of these (e.g. 0 800 2000)",
+    )
     args = parser.parse_args()
-    for name, result in measure(args.warmup).items():
+    found = (
+        measure_item_bytes(args.pattern_pads, args.warmup)
+        if args.pattern_pads
+        else measure(args.warmup)
+    )
+    for name, result in found.items():
         print(f"{name}: {result['rps']} req/s, {result['per_request']} reductions a request")
         ranked = sorted(result["by_kind"].items(), key=lambda item: -item[1])
         for kind, count in ranked[: args.top]:
