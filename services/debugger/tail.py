@@ -33,6 +33,8 @@ def summary(row: RequestRow) -> dict[str, Any]:
         "outcome": row.outcome,
         "status_code": row.status_code,
         "duration_ms": round((finished - received).total_seconds() * 1000, 3) if finished else None,
+        # As the listing's items: only while the run waits in a `delay` step.
+        **({"resume_at": row.resume_at} if row.resume_at is not None else {}),
     }
 
 
