@@ -2,14 +2,18 @@
 answers what it leaves out 200 `filtered` and records it without a run; a source fans
 one request out to every matching route, each its own async run."""
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 import pytest
 from nacl.signing import SigningKey
+from yarl import URL
 
 from harness.client import Api, eventually
+from harness.infra import _rabbitmqctl
+from shared.messaging import naming
 
 PENDING = ("queued", "running")
 pytestmark = [pytest.mark.e2e, pytest.mark.shared_system]
@@ -348,3 +352,51 @@ async def test_source_crud_and_a_deleted_source_is_gone_from_the_ingress(api: Ap
         return True if status == 404 else None
 
     await eventually(gone, timeout_s=5)
+
+
+async def test_a_source_request_the_broker_cannot_take_is_503_and_no_route_runs(
+    api: Api,
+) -> None:
+    """A source's runs go to the broker in one confirmed message (all of them or none):
+    with the async-runs queue refusing (full: `reject-publish` at a bound of 0; the
+    runners stopped, since a quorum queue takes one message while it is empty), the
+    sender gets 503 and none of the routes' runs is queued."""
+    flows = [await api.create_flow(flow_of(name)) for name in ("first", "second")]
+    status, source = await runner(api, "POST", "/v1/sources", {"name": "refused"})
+    assert status == 201, source
+    for flow in flows:
+        status, _ = await runner(
+            api, "PUT", f"/v1/sources/{source['id']}/routes/{flow['id']}", {"filter": None}
+        )
+        assert status == 200
+    vhost = URL(api.system.amqp_url).path.lstrip("/")
+    # Above the queue bounds policy (priority 0): only this one applies to the queue.
+    full = orjson.dumps({"max-length": 0, "overflow": "reject-publish"}).decode()
+    queue = "^" + naming.ASYNC_RUNS_QUEUE.replace(".", r"\.") + "$"
+    policy = ("-p", vhost, "--priority", "9", "--apply-to", "queues", "source-full", queue)
+    system = api.system
+    for running in list(system.processes["runner"]):
+        system.stop(running)
+    await asyncio.to_thread(_rabbitmqctl, "set_policy", *policy, full)
+    try:
+        # The policy reaches the queue a moment after rabbitmqctl returns: sent until
+        # refused (those taken before run as usual).
+        for _ in range(100):
+            status, headers, answer = await to_source(api, source["id"], source["token"], {})
+            if status != 200:
+                break
+            await asyncio.sleep(0.05)
+        assert (status, answer["status"], answer["error"]) == (503, 503, "unavailable"), answer
+        assert headers["Retry-After"] == "5"
+        refused = headers["X-Request-Id"]
+    finally:
+        await asyncio.to_thread(_rabbitmqctl, "clear_policy", "-p", vhost, "source-full")
+        system.start("runner")
+    # Taken again once the queue is: a later request's runs run, and the refused one's,
+    # which would have been queued ahead of them, were not.
+    status, headers, answer = await to_source(api, source["id"], source["token"], {})
+    assert (status, answer["data"]["routed"]) == (200, 2)
+    later = headers["X-Request-Id"]
+    assert [(await record(api, f"{later}-{n}"))["outcome"] for n in (1, 2)] == ["succeeded"] * 2
+    for n in (1, 2):
+        assert (await api.debugger(f"/v1/requests/{refused}-{n}"))[0] == 404
