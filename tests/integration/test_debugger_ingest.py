@@ -24,7 +24,7 @@ from services.debugger.records import Redaction
 from services.debugger.run_status import RunStatuses
 from services.debugger.store import RequestStore
 from shared.db import open_pool
-from shared.messaging import naming, topology
+from shared.messaging import encoding, naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import FLOW_CHANGED
 from shared.schemas.access import FlowChanged, FlowWebhookSettings
@@ -254,7 +254,10 @@ async def test_dead_lettered_runs_say_why(amqp_url: str, database_url: str) -> N
                 message = await queue.get(fail=False, timeout=5)
                 if message is None:
                     break
-                if StartRun.model_validate_json(message.body).request.request_id == "rejected-run":
+                if (
+                    StartRun.model_validate_json(encoding.body(message)).request.request_id
+                    == "rejected-run"
+                ):
                     await message.reject(requeue=False)  # what a runner does with a bad run
                 else:
                     deliveries += 1  # a runner that dies mid-run, every time
