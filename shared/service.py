@@ -53,6 +53,7 @@ from prometheus_client import CollectorRegistry
 from shared.db import create_pool, open_pool
 from shared.http_api import TOKEN_CHECK, Route, RpcTokenCheck, add_routes
 from shared.logging import configure_logging
+from shared.messaging import encoding
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Body, Command, Request, Response, Rpc
 from shared.messaging.dispatch import EventHandlers, UnknownEvent
@@ -136,7 +137,11 @@ class Kernel(Generic[S]):
         self.settings = settings
         self.app = app
         self.broker = Broker(
-            settings.broker_urls, name, settings.publish_timeout_s, settings.broker_replicas
+            settings.broker_urls,
+            name,
+            settings.publish_timeout_s,
+            settings.broker_replicas,
+            settings.broker_compress_min_bytes,
         )
         self._declared = declared.with_reply_queue(name) if declared is not None else None
         if self._declared is not None:
@@ -228,7 +233,7 @@ class Kernel(Generic[S]):
 
         async def settle(message: AbstractIncomingMessage) -> None:
             try:
-                body = command.decode(message.body)
+                body = command.decode(encoding.body(message))
             except ValueError as exc:  # pydantic's ValidationError is a ValueError
                 await _reject(message, repr(exc))
                 return
@@ -414,7 +419,7 @@ async def _reject(message: AbstractIncomingMessage, reason: str) -> None:
         routing_key=message.routing_key,
         message_type=message.type,
         error=reason[:500],
-        body=message.body[:200],
+        body=message.body[:200],  # as received: perhaps what could not be inflated
     )
     await message.reject(requeue=False)
 

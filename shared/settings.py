@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from yarl import URL
 
+from shared.messaging.encoding import DEFAULT_MIN_BYTES
 from shared.messaging.topology import DEFAULT_QUEUE_BOUNDS, QueueBounds
 from shared.secret_box import SecretBox
 
@@ -59,6 +60,11 @@ class ServiceSettings(BaseSettings):
     # the RPC and sync-run queues are classic. On a cluster of 3 or more nodes, 3: every
     # durable queue is a quorum queue of 3 members, so losing a node loses no queue.
     broker_replicas: int = Field(default=1, ge=1)
+    # Batched messages to quorum queues (async runs, the events: not RPCs nor sync runs)
+    # whose body is at least this many bytes are sent deflated (shared/messaging/
+    # encoding.py): the quorum write-ahead log's work grows with the bytes. 0: never.
+    # Rolling upgrade: only once every consumer runs a version that inflates.
+    broker_compress_min_bytes: int = Field(default=DEFAULT_MIN_BYTES, ge=0)
     # The runners' broker login: a `flow.changed` from any other user is dropped as forged
     # (by auth and the debugger). Unset: this service's own login, right when every
     # service shares one (development); with `flowhooks broker-setup`: flowhooks-runner.

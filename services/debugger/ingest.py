@@ -48,7 +48,7 @@ from services.debugger.records import (
 )
 from services.debugger.store import FlowRow, RequestRow, RequestStore
 from shared import tracing
-from shared.messaging import naming
+from shared.messaging import encoding, naming
 from shared.messaging.trust import check_publisher
 from shared.retry import RetryPolicy
 
@@ -235,19 +235,19 @@ class BatchIngest:
         try:
             if is_flow and self.runner_user is not None:
                 check_publisher(message, self.runner_user)  # a forged owner is dropped
+            # Inflated if sent deflated (a dead-lettered run keeps its encoding too).
+            raw = encoding.body(message)
             rows = (
-                [flow_from_event(message.body)]
+                [flow_from_event(raw)]
                 if is_flow
-                else deferred_rows(
-                    message.routing_key or "", message.body, self.redaction, message.headers
-                )
+                else deferred_rows(message.routing_key or "", raw, self.redaction, message.headers)
             )
         except Exception as exc:  # unreadable (ValidationError is a ValueError), or a bug
             log.error(
                 "bad_debugger_event",
                 routing_key=message.routing_key,
                 error=repr(exc)[:500],
-                body=message.body[:200],
+                body=message.body[:200],  # as received: perhaps what did not inflate
             )
             self._unreadable.append(message)
         else:

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.debugger.records import ROWS_BY_EVENT, Redaction, rows_from_event
 from services.debugger.store import RequestRow
-from shared.messaging import naming
+from shared.messaging import encoding, naming
 from shared.messaging.connection import Broker
 
 log = structlog.get_logger(__name__)
@@ -90,7 +90,7 @@ class LiveTail:
             return
         try:
             rows = rows_from_event(
-                message.routing_key or "", message.body, self.redaction, message.headers
+                message.routing_key or "", encoding.body(message), self.redaction, message.headers
             )
         except Exception:  # unreadable: the durable intake logs it
             return

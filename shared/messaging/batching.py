@@ -19,6 +19,9 @@ Batches never couple fates: each event is encoded on its own when it is handed o
 event that cannot be encoded fails its own caller, `Unencodable`, and never joins a
 batch), and a batch the broker refuses is split in halves until the refused event
 stands alone, so only its own caller hears of it.
+
+A message to a quorum queue (or the events exchange) at least the broker's
+`compress_min_bytes` long is sent deflated (shared/messaging/encoding.py).
 """
 
 import asyncio
@@ -35,6 +38,7 @@ from shared.errors import Unavailable
 from shared.group_commit import FlushResult, GroupCommit
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Command, Event
+from shared.messaging.encoding import compress
 
 Item = TypeVar("Item", bound=BaseModel)
 
@@ -72,6 +76,14 @@ class BatchPublisher(Generic[Item]):
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.reply_to = reply_to
+        # Deflate big messages (`encoding.py`) on the hops whose queues are quorum, whose
+        # write-ahead log costs the broker work a byte: the events exchange (its durable
+        # queues are quorum) and quorum work queues; not the sync runs (classic). A test's
+        # stand-in broker without the setting: never.
+        quorum = not self.to_queue or (
+            isinstance(target, Command) and target.queue.arguments.get("x-queue-type") == "quorum"
+        )
+        self.compress_min_bytes: int = getattr(broker, "compress_min_bytes", 0) if quorum else 0
         # Each event takes its bytes and a comma in the message's list.
         self._messages: GroupCommit[_Encoded] = GroupCommit(
             self._send,
@@ -126,7 +138,10 @@ class BatchPublisher(Generic[Item]):
 
     async def _send(self, batch: list[_Encoded]) -> FlushResult:
         """One message of `batch`; what each event's caller hears."""
-        body = b'{"items":[' + b",".join(event.encoded for event in batch) + b"]}"
+        body, content_encoding = compress(
+            b'{"items":[' + b",".join(event.encoded for event in batch) + b"]}",
+            self.compress_min_bytes,
+        )
         deadlines = [event.expires_at for event in batch if event.expires_at is not None]
         expiration_s = (
             max(0.001, max(deadlines) - time.monotonic()) if len(deadlines) == len(batch) else None
@@ -142,6 +157,7 @@ class BatchPublisher(Generic[Item]):
                     expiration_s=expiration_s,
                     headers=_trace_headers(),
                     batch=(self.routing_key, len(batch)),
+                    content_encoding=content_encoding,
                 )
         except Exception as exc:  # Unavailable, or a bug: every waiter must hear
             if len(batch) > 1 and _refused(exc):

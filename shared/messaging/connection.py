@@ -39,6 +39,7 @@ from yarl import URL
 from shared.errors import Unavailable
 from shared.messaging import naming
 from shared.messaging.contracts import Body, Event
+from shared.messaging.encoding import DEFAULT_MIN_BYTES
 from shared.messaging.topology import (
     QueueSpec,
     declare_topology,
@@ -104,6 +105,7 @@ class Broker:
         service: str,
         publish_timeout_s: float = 5.0,
         replicas: int = 1,
+        compress_min_bytes: int = DEFAULT_MIN_BYTES,
     ) -> None:
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
@@ -118,6 +120,9 @@ class Broker:
         self.publish_timeout_s = publish_timeout_s
         # Quorum members of every durable queue (`topology.replicated`).
         self.replicas = replicas
+        # Batched messages to quorum queues at least this long are sent deflated
+        # (`encoding.py`, `BatchPublisher`); 0: none.
+        self.compress_min_bytes = compress_min_bytes
         self._connection: FailoverConnection | None = None
         self._confirm_channel: AbstractRobustChannel | None = None
         self._topology_channel: AbstractRobustChannel | None = None
@@ -227,11 +232,13 @@ class Broker:
         message_type: str | None = None,
         headers: dict[str, Any] | None = None,
         batch: tuple[str, int] | None = None,
+        content_encoding: str | None = None,
     ) -> None:
         """Publish and, with `confirm`, wait for the broker's ack (bounded by the publish
         timeout). Raises `Unavailable` when the broker did not take the message, and
         `UndeclaredEvent` for an event this service does not declare it publishes.
-        `batch`: a batched message's hop and item count, for the batch counters."""
+        `batch`: a batched message's hop and item count, for the batch counters.
+        `content_encoding`: how `body` was compressed (`encoding.compress`)."""
         if to_events and self.may_publish_event and not self.may_publish_event(routing_key):
             raise UndeclaredEvent(f"{self.service} does not declare publishing {routing_key}")
         # The properties aio-pika's `Message` would give (its defaults included), built
@@ -242,6 +249,7 @@ class Broker:
         properties = spec.Basic.Properties(
             app_id=self.service,
             content_type="application/json",
+            content_encoding=content_encoding,
             correlation_id=correlation_id,
             delivery_mode=PERSISTENT if persistent else NOT_PERSISTENT,
             # Milliseconds, as aio-pika encodes a timedelta.

@@ -8,6 +8,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel
 
+from shared.messaging import encoding
 from shared.messaging.contracts import Body, Event
 from shared.messaging.trust import check_publisher
 
@@ -40,7 +41,8 @@ class EventHandlers:
 
     def decode(self, message: AbstractIncomingMessage) -> BaseModel:
         """Raises `UnknownEvent` for a routing key nobody handles, pydantic's
-        `ValidationError` for a body that is not the event's schema, `UntrustedPublisher`
+        `ValidationError` for a body that is not the event's schema, `UnreadableBody`
+        for one that does not inflate, `UntrustedPublisher`
         (a ValueError too) for one published by another user than the trusted one."""
         entry = self._handlers.get(message.routing_key or "")
         if entry is None:
@@ -49,7 +51,7 @@ class EventHandlers:
         if trusted is not None:
             check_publisher(message, trusted)
         schema: type[BaseModel] = entry[0]
-        return schema.model_validate_json(message.body)
+        return schema.model_validate_json(encoding.body(message))
 
     async def handle(self, message: AbstractIncomingMessage, body: BaseModel) -> None:
         await self._handlers[message.routing_key or ""][1](body)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import tracing
 from shared.errors import ApiError, BadRequest, InternalError, Timeout, Unavailable, error_from_kind
-from shared.messaging import naming
+from shared.messaging import encoding, naming
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import Rpc
 
@@ -87,16 +87,22 @@ class RpcClient:
         await self.broker.consume(self.reply_queue, self._on_reply, prefetch=1000, no_ack=True)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        try:
+            # Replies are never compressed today; read like every delivery all the same.
+            raw = encoding.body(message)
+        except encoding.UnreadableBody as exc:  # its waiter times out, as for a lost reply
+            log.warning("rpc_reply_unreadable", error=repr(exc))
+            return
         if message.type == REPLIES:
             # A grouped reply (often tens of runs' results): every waiter resolved in
             # one loop.
             pending = self._pending
-            for item in orjson.loads(message.body)["items"]:
+            for item in orjson.loads(raw)["items"]:
                 future = pending.pop(item["correlation_id"], None)
                 if future is not None and not future.done():
                     future.set_result(Reply(item["type"], item["body"]))
         else:
-            self._resolve(message.correlation_id or "", Reply(message.type or "", message.body))
+            self._resolve(message.correlation_id or "", Reply(message.type or "", raw))
 
     def _resolve(self, correlation_id: str, reply: Reply) -> None:
         future = self._pending.pop(correlation_id, None)
@@ -207,7 +213,9 @@ class RpcServer:
             if method is None:
                 raise BadRequest(f"unknown RPC method {message.type!r}")
             try:
-                request = method.request_model.model_validate_json(message.body)
+                request = method.request_model.model_validate_json(encoding.body(message))
+            except encoding.UnreadableBody as exc:
+                raise BadRequest(f"unreadable {message.type} request: {exc}") from exc
             except ValidationError as exc:
                 raise BadRequest(
                     f"invalid {message.type} request: {exc.error_count()} errors"

@@ -9,7 +9,7 @@ import time
 import aio_pika
 import pytest
 
-from shared.messaging import naming, topology
+from shared.messaging import encoding, naming, topology
 from shared.messaging.connection import Broker
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ async def test_a_parked_message_returns_after_its_step_and_is_not_held_behind_a_
         await broker.publish(b"short", routing_key=naming.callback_wait_queue_name(1))
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            await arrived.put((message.body, time.monotonic() - started))
+            await arrived.put((encoding.body(message), time.monotonic() - started))
             await message.ack()
 
         await broker.consume(topology.CALLBACKS, on_message, prefetch=10)

@@ -24,7 +24,7 @@ from services.debugger.records import Redaction
 from services.debugger.run_status import RunStatuses
 from services.debugger.store import RequestStore
 from shared.db import open_pool
-from shared.messaging import naming, topology
+from shared.messaging import encoding, naming, topology
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import FLOW_CHANGED
 from shared.schemas.access import FlowChanged, FlowWebhookSettings
@@ -254,7 +254,10 @@ async def test_dead_lettered_runs_say_why(amqp_url: str, database_url: str) -> N
                 message = await queue.get(fail=False, timeout=5)
                 if message is None:
                     break
-                if StartRun.model_validate_json(message.body).request.request_id == "rejected-run":
+                if (
+                    StartRun.model_validate_json(encoding.body(message)).request.request_id
+                    == "rejected-run"
+                ):
                     await message.reject(requeue=False)  # what a runner does with a bad run
                 else:
                     deliveries += 1  # a runner that dies mid-run, every time
@@ -282,9 +285,11 @@ async def test_dead_lettered_runs_say_why(amqp_url: str, database_url: str) -> N
         assert uuid.UUID(str(looping["flow_id"])) == uuid.UUID(FLOW)
 
 
+@pytest.mark.parametrize("compress_min_bytes", [0, 1])
 async def test_a_dead_lettered_batch_of_runs_is_one_record_per_run(
-    amqp_url: str, database_url: str
+    amqp_url: str, database_url: str, compress_min_bytes: int
 ) -> None:
+    """Deflated or not (a dead-lettered message keeps its content encoding)."""
     async with debugger(amqp_url, database_url, Redaction()) as dbg:
         await dbg.consume()
         connection = await aio_pika.connect(amqp_url)
@@ -297,10 +302,14 @@ async def test_a_dead_lettered_batch_of_runs_is_one_record_per_run(
                     for n in range(3)
                 ]
             )
+            body, content_encoding = encoding.compress(
+                runs.model_dump_json().encode(), compress_min_bytes
+            )
             await dbg.broker.publish(
-                runs.model_dump_json().encode(), routing_key=naming.ASYNC_RUNS_QUEUE
+                body, routing_key=naming.ASYNC_RUNS_QUEUE, content_encoding=content_encoding
             )
             message = await queue.get(timeout=5)
+            assert message.content_encoding == ("deflate" if compress_min_bytes else None)
             await message.reject(requeue=False)  # dead-lettered whole
         finally:
             await connection.close()

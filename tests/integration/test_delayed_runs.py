@@ -16,7 +16,7 @@ from services.runner.app import DATABASE
 from services.runner.delays import DelayedRuns, WaitingBoundExceeded
 from services.runner.worker_protocol import FlowSnapshot, Resumed, Suspension
 from shared.db import open_pool
-from shared.messaging import topology
+from shared.messaging import encoding, topology
 from shared.messaging.batching import BatchPublisher
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import RUN_STARTED
@@ -84,7 +84,7 @@ async def test_stored_within_bounds_then_resumed_once_confirmed(
     arrived: asyncio.Queue[bytes] = asyncio.Queue()
 
     async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await arrived.put(message.body)
+        await arrived.put(encoding.body(message))
         await message.ack()
 
     await broker.consume(topology.ASYNC_RUNS, on_message, prefetch=10)

@@ -22,7 +22,7 @@ from services.runner.store import FlowRow, FlowStore
 from services.runner.token_keys import TokenKey, TokenKeyRing
 from shared.db import open_pool
 from shared.errors import BadRequest, NotFound, Unauthorized, Unavailable
-from shared.messaging import naming
+from shared.messaging import encoding, naming
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import LEARN_WEBHOOK_SECRET
 from shared.messaging.rpc import RpcClient, RpcServer
@@ -93,7 +93,7 @@ async def runner(amqp_url: str, database_url: str) -> AsyncIterator[Runner]:
         changes: list[FlowChanged] = []
 
         async def on_change(message: AbstractIncomingMessage) -> None:
-            changes.append(FlowChanged.model_validate_json(message.body))
+            changes.append(FlowChanged.model_validate_json(encoding.body(message)))
 
         await client_broker.consume(
             f"test-flow-changes-{client_broker.instance}",

@@ -12,7 +12,7 @@ import pytest
 
 from harness.factories import webhook_request
 from shared.errors import Unavailable
-from shared.messaging import naming, topology
+from shared.messaging import encoding, naming, topology
 from shared.messaging.broker_setup import Rabbitmqctl, apply_queue_bounds, vhost_of
 from shared.messaging.connection import Broker
 from shared.messaging.contracts import PARKED_RUNS
@@ -62,7 +62,7 @@ async def test_a_parked_message_comes_back_to_the_async_queue_after_the_ttl_as_a
     finally:
         await broker.close()
     assert topology.PARK_TTL_S * 0.9 <= after_s < topology.PARK_TTL_S + 2.0
-    assert StartRuns.model_validate_json(message.body) == body
+    assert StartRuns.model_validate_json(encoding.body(message)) == body
     # Not a redelivery: the delivery limit of the async queue counts it from zero.
     assert not message.redelivered
     headers = message.headers or {}

@@ -3,11 +3,14 @@ command's deliveries (ack, requeue after `Retry`, dead-letter what cannot be rea
 it dispatches events, and its shutdown order."""
 
 import asyncio
+import zlib
 
 import aio_pika
 import pytest
 from pydantic import BaseModel
 
+from shared.messaging import encoding
+from shared.messaging.batching import BatchPublisher
 from shared.messaging.contracts import Command, Event
 from shared.messaging.dispatch import EventHandlers
 from shared.messaging.topology import QueueSpec
@@ -68,7 +71,7 @@ async def _dead_letters(connection: aio_pika.abc.AbstractConnection, count: int)
             if message is None:
                 await asyncio.sleep(0.05)
             else:
-                bodies.append(message.body)
+                bodies.append(encoding.body(message))
     return sorted(bodies)
 
 
@@ -190,3 +193,75 @@ async def test_a_periodic_job_outlives_its_failures_and_stops_with_the_service(
     await asyncio.sleep(0.2)
     assert runs[:3] == [0, 1, 2]
     assert len(runs) == stopped_at
+
+
+class Notes(BaseModel):
+    items: list[Note]
+
+
+NOTES: Event[Notes] = Event("test.kernel.notes", Notes)
+# A quorum queue, as the debugger's events: where a batch is sent deflated.
+QUORUM_EVENTS = QueueSpec(
+    "flowhooks.test.kernel.quorum-events",
+    {"x-queue-type": "quorum", "x-dead-letter-exchange": "", "x-dead-letter-routing-key": DEAD},
+)
+
+
+async def test_a_deflated_batch_is_read_as_sent_and_a_bad_encoding_dead_lettered(
+    amqp_url: str,
+) -> None:
+    """A batch `BatchPublisher` deflated (25 items, over the default threshold) reaches
+    the kernel's event handler item for item; a body in an unknown encoding, or
+    marked deflated but corrupt, is dead-lettered as it came."""
+    kernel = await _kernel(amqp_url)
+    connection = await _declare(amqp_url)
+    channel = await connection.channel()
+    await channel.declare_queue(QUORUM_EVENTS.name, durable=True, arguments=QUORUM_EVENTS.arguments)
+    events = await channel.get_exchange("flowhooks.events")
+    await (await channel.get_queue(QUORUM_EVENTS.name)).bind(events, NOTES.routing_key)
+    # What went over the wire, seen by a queue of its own.
+    wire = await channel.declare_queue(exclusive=True)
+    await wire.bind(events, NOTES.routing_key)
+    received: list[Notes] = []
+
+    async def on_notes(notes: Notes) -> None:
+        received.append(notes)
+
+    handlers = EventHandlers()
+    handlers.on(NOTES, on_notes)
+    kernel.on_events(QUORUM_EVENTS, handlers, prefetch=10)
+    await kernel.start_consuming()
+    sent = [Note(text=f"run {n}: " + "the same request, the same steps " * 3) for n in range(25)]
+    try:
+        publisher: BatchPublisher[Note] = BatchPublisher(kernel.broker, NOTES)
+        await publisher.publish_together(sent)
+        await _until(lambda: len(received) == 1)
+        assert received == [Notes(items=sent)]
+        raw = await wire.get(no_ack=True, timeout=5)
+        plain = Notes(items=sent).model_dump_json().encode()
+        assert len(plain) >= encoding.DEFAULT_MIN_BYTES
+        assert raw.content_encoding == "deflate"
+        assert len(raw.body) < len(plain) // 4
+        assert encoding.body(raw) == plain
+
+        corrupt = zlib.compress(plain, 1)[:-8]
+        await kernel.broker.publish(
+            plain, routing_key=NOTES.routing_key, to_events=True, content_encoding="gzip"
+        )
+        await kernel.broker.publish(
+            corrupt, routing_key=NOTES.routing_key, to_events=True, content_encoding="deflate"
+        )
+        dead = await channel.get_queue(DEAD)
+        bodies: list[tuple[str | None, bytes]] = []
+        async with asyncio.timeout(10):
+            while len(bodies) < 2:
+                message = await dead.get(no_ack=True, fail=False)
+                if message is None:
+                    await asyncio.sleep(0.05)
+                else:
+                    bodies.append((message.content_encoding, message.body))
+        assert sorted(bodies) == [("deflate", corrupt), ("gzip", plain)]
+        assert len(received) == 1
+    finally:
+        await kernel.stop()
+        await connection.close()
