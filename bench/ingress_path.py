@@ -63,6 +63,7 @@ class _Message:
         self.type = REPLIES
         self.body = body
         self.correlation_id = None
+        self.content_encoding = None
 
 
 class InstantBroker:

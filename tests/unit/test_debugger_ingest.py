@@ -66,6 +66,7 @@ class Message:
         self.body = body
         self.routing_key = routing_key
         self.headers: dict[str, Any] = {}
+        self.content_encoding: str | None = None  # sent as it is (shared/messaging/encoding.py)
         self.channel = channel or CHANNEL[0]
         self.delivery_tag = self.channel.deliver()
 
