@@ -1,7 +1,8 @@
 """Compressed message bodies: what `BatchPublisher` deflates and every consumer inflates.
 
-Most of what RabbitMQ spends on flowhooks beyond the bare architecture is the quorum
-queues' write-ahead log, whose work grows with the bytes written (docs/performance.md);
+By the broker's own count, most of what RabbitMQ does for flowhooks beyond the bare
+architecture is the quorum queues' write-ahead log, whose work grows with the bytes
+written (docs/performance.md);
 a batch of 12-25 near-identical JSON items (runs, their results and step traces)
 deflates to a fraction of its size. So a batched message to a quorum queue (or to the
 events exchange, whose durable queues are quorum) whose body is at least
