@@ -2,12 +2,11 @@
 
 By the broker's own count, most of what RabbitMQ does for flowhooks beyond the bare
 architecture is the quorum queues' write-ahead log, whose work grows with the bytes
-written (docs/performance.md);
-a batch of 12-25 near-identical JSON items (runs, their results and step traces)
-deflates to a fraction of its size. So a batched message to a quorum queue (or to the
-events exchange, whose durable queues are quorum) whose body is at least
-`FLOWHOOKS_BROKER_COMPRESS_MIN_BYTES` is sent deflated (zlib, level 1: the fastest),
-marked by the AMQP `content_encoding` property; RPC requests and replies and the sync
+written (docs/performance.md); a batch of 12-25 near-identical JSON items (runs, their
+results and step traces) deflates to a fraction of its size. So a batched message to
+a quorum queue (or to the events exchange, whose durable queues are quorum) whose body
+is at least `FLOWHOOKS_BROKER_COMPRESS_MIN_BYTES` is sent deflated (zlib, level 1: the
+fastest), marked by the AMQP `content_encoding` property; RPC requests and replies and the sync
 runs (classic queues: no WAL) are sent as they are.
 
 Every consumer reads a delivery's body through `body(message)`, never `message.body`:
