@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from bench.ingress_path import HEADERS
+from bench.ingress_path import HEADERS, RESULT_BODY
 from bench.measure import SMALL_JSON, SYNC_FLOW, XML_5K, XML_FLOW
 from services.ingress.normalise import BodyLimits, parse_input, webhook_request
 from services.ingress.run_messages import start_run_json
@@ -49,7 +49,6 @@ from services.runner.worker_protocol import FlowSnapshot, work_item
 from shared import heap
 from shared.messaging.contracts import SYNC_RUNS
 from shared.schemas.runs import (
-    RunResult,
     StartRun,
     WebhookRequest,
     finished_json,
@@ -76,19 +75,7 @@ def snapshot(definition: dict[str, Any]) -> bytes:
 
 
 # A run's result as its worker encodes it (what `finished_json` splices).
-RESULT = (
-    RunResult(
-        request_id="r" * 32,
-        outcome="succeeded",
-        status_code=200,
-        content_type="application/json",
-        body='{"valid": "myResult"}',
-        started_at=datetime(2026, 12, 7, tzinfo=UTC),
-        finished_at=datetime(2026, 12, 7, 0, 0, 0, 1000, tzinfo=UTC),
-    )
-    .model_dump_json()
-    .encode()
-)
+RESULT = RESULT_BODY
 
 
 def message(
